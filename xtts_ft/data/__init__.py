@@ -1,0 +1,1 @@
+"""Data: the Sample contract and manifests, corpus formatters, audio and text operations."""

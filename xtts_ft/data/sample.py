@@ -1,0 +1,73 @@
+"""The Sample: one line of train.jsonl / eval.jsonl, and reading/writing manifests.
+
+`audio` is stored relative to the manifest's directory so a prepared dataset can be moved
+as a whole; `resolve_audio` turns it back into a path.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, List, Optional
+
+from xtts_ft.io_utils import write_jsonl
+
+
+@dataclass
+class Sample:
+    audio: str
+    text: str
+    speaker: str
+    language: str
+    duration: float
+    emotion: Optional[str] = None
+    extra: dict[str, Any] = field(default_factory=dict)  # fields the source had beyond ours
+
+    def to_json(self) -> dict[str, Any]:
+        row = asdict(self)
+        extra = row.pop("extra")
+        if row["emotion"] is None:
+            row.pop("emotion")
+        return {**row, **extra}
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any], where: str = "") -> "Sample":
+        missing = [k for k in ("audio", "text", "speaker", "language", "duration") if k not in row]
+        if missing:
+            raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
+        known = {"audio", "text", "speaker", "language", "duration", "emotion"}
+        return cls(
+            audio=str(row["audio"]),
+            text=str(row["text"]),
+            speaker=str(row["speaker"]),
+            language=str(row["language"]),
+            duration=float(row["duration"]),
+            emotion=row.get("emotion"),
+            extra={k: v for k, v in row.items() if k not in known},
+        )
+
+
+def read_manifest(path: Path) -> List[Sample]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist; run `xtts-ft prepare` first")
+    samples = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+        samples.append(Sample.from_json(row, where))
+    return samples
+
+
+def write_manifest(path: Path, samples: Iterable[Sample]) -> None:
+    write_jsonl(path, (s.to_json() for s in samples))
+
+
+def resolve_audio(manifest: Path, sample: Sample) -> Path:
+    return (Path(manifest).parent / sample.audio).resolve()

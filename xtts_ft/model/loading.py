@@ -1,0 +1,91 @@
+"""Load an XTTS-v2 model: a local directory in the stock layout or a Hugging Face Hub id.
+
+Tiny and real models go through the same `load_xtts`; only `resolve_model_dir` differs
+(building the tiny model on first use, or downloading from the Hub when asked).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+from xtts_ft.model.layout import STOCK_FILES, check_layout, dvae_kwargs
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def looks_like_hub_id(source: str) -> bool:
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
+
+
+def download_from_hub(repo_id: str, revision: Optional[str] = None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=list(STOCK_FILES) + ["*.md"]))
+    except Exception as err:  # offline, unknown repo, gated repo: all end the same way for the user
+        raise RuntimeError(
+            f"cannot fetch {repo_id!r} from the Hugging Face Hub ({type(err).__name__}: {err}). "
+            f"If this machine is offline, download it where you have network "
+            f"(`huggingface-cli download {repo_id}`) and pass the local directory, e.g. model.source=/path/to/XTTS-v2"
+        ) from err
+
+
+def resolve_model_dir(source: str, revision: Optional[str] = None, build_tiny: bool = False, tiny_seed: int = 0) -> Path:
+    """A local directory holding the stock files, building or downloading it if asked."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        check_layout(path)
+        return path
+    if build_tiny:
+        from xtts_ft.model.tiny import build_tiny_xtts
+
+        log.info("building a tiny random XTTS at %s", path)
+        return build_tiny_xtts(path, seed=tiny_seed)
+    if looks_like_hub_id(source):
+        return download_from_hub(source, revision)
+    raise FileNotFoundError(f"model source {source!r} is neither a directory nor a Hub id (owner/name)")
+
+
+def resolve_model_cfg(model_cfg) -> Path:
+    return resolve_model_dir(model_cfg.source, model_cfg.get("revision"), model_cfg.build_tiny, model_cfg.tiny_seed)
+
+
+def load_xtts(model_dir: Path, device: str | torch.device = "cpu", for_inference: bool = True) -> Tuple[object, object]:
+    """(XttsConfig, Xtts) loaded with coqui-tts's own loader, exactly as its users load it."""
+    from TTS.tts.configs.xtts_config import XttsConfig
+    from TTS.tts.models.xtts import Xtts
+
+    model_dir = Path(model_dir)
+    check_layout(model_dir)
+    config = XttsConfig()
+    config.load_json(str(model_dir / "config.json"))
+    model = Xtts(config)
+    model.load_checkpoint(config, checkpoint_dir=str(model_dir), eval=for_inference)
+    model.to(pick_device(device) if isinstance(device, str) else device)
+    return config, model
+
+
+def load_dvae(model_dir: Path):
+    """The frozen DVAE (mel → audio codes) and its mel normalisation, for training only."""
+    from TTS.tts.layers.xtts.dvae import DiscreteVAE
+
+    dvae = DiscreteVAE(**dvae_kwargs(model_dir))
+    state = torch.load(Path(model_dir) / "dvae.pth", map_location="cpu", weights_only=True)
+    # Not strict: extra (unused) keys are tolerated as in coqui's trainer; missing ones are not.
+    missing = dvae.load_state_dict(state, strict=False).missing_keys
+    if missing:
+        raise ValueError(f"{Path(model_dir) / 'dvae.pth'} lacks DVAE weights: {', '.join(missing[:5])} ...")
+    dvae.eval().requires_grad_(False)
+    mel_stats = torch.load(Path(model_dir) / "mel_stats.pth", map_location="cpu", weights_only=True)
+    return dvae, mel_stats

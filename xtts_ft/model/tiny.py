@@ -1,0 +1,94 @@
+"""Build a tiny, randomly initialised XTTS of the real architecture, saved in the stock layout.
+
+Same classes and file layout as XTTS-v2, only smaller where coqui-tts lets it be: 2 GPT
+layers of width 64, a small BPE vocabulary with the XTTS special tokens, a small DVAE.
+coqui's loader builds the HiFiGAN decoder and speaker encoder at their fixed real size
+(only the decoder's input width follows the GPT width), so those stay real-sized.
+Tests and the demo run every stage on it through the same loader the real model uses.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xtts_ft.io_utils import atomic_dir, write_json
+from xtts_ft.model.layout import REAL_DVAE, SIDECAR
+
+LANGUAGES = ["en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi"]
+SPECIAL_TOKENS = ["[STOP]", "[UNK]", "[SPACE]", "[START]"] + [f"[{lang}]" for lang in LANGUAGES]
+TINY_DVAE = {**REAL_DVAE, "codebook_dim": 32, "hidden_dim": 32, "num_resnet_blocks": 1}
+TINY_GPT = dict(gpt_layers=2, gpt_n_model_channels=64, gpt_n_heads=4)
+# Enough text for BPE merges that look like a real vocabulary; the alphabet covers Latin scripts.
+BPE_TEXT = [
+    "the quick brown fox jumps over the lazy dog",
+    "she sells sea shells by the sea shore",
+    "le petit chat dort sur le canapé et il fait très beau aujourd'hui",
+    "nous allons au marché le samedi matin avec les enfants de l'école",
+    "hello world this is a tiny text to speech model for tests",
+]
+ALPHABET = list(string.ascii_lowercase + string.digits + ".,;:!?'\"-()") + list("àâäçéèêëîïôöùûüÿñœæß")
+
+
+def build_tokenizer(path: Path, vocab_size: int = 320) -> None:
+    """A BPE over lower-cased text with the XTTS special tokens, like the released vocab.json."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=ALPHABET)
+    tokenizer.train_from_iterator(BPE_TEXT, trainer=trainer)
+    tokenizer.save(str(path))
+
+
+def synthetic_mel_stats(dvae_mel) -> torch.Tensor:
+    """Per-channel mean log-mel of quiet noise: a stand-in for the released mel_stats.pth."""
+    noise = torch.from_numpy(np.random.default_rng(0).normal(0, 0.05, 22050 * 4).astype(np.float32))
+    return dvae_mel(noise.unsqueeze(0)).mean(dim=(0, 2))
+
+
+def build_tiny_xtts(out_dir: Path, seed: int = 0) -> Path:
+    from TTS.tts.configs.xtts_config import XttsConfig
+    from TTS.tts.layers.tortoise.arch_utils import TorchMelSpectrogram
+    from TTS.tts.layers.xtts.dvae import DiscreteVAE
+    from TTS.tts.models.xtts import Xtts
+
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    with atomic_dir(out_dir) as tmp:
+        build_tokenizer(tmp / "vocab.json")
+        config = XttsConfig()
+        config.model_args.tokenizer_file = ""  # the loader reads vocab.json beside model.pth
+        for key, value in TINY_GPT.items():
+            setattr(config.model_args, key, value)
+        config.model_args.gpt_num_audio_tokens = TINY_DVAE["num_tokens"] + 2
+        config.model_args.gpt_start_audio_token = TINY_DVAE["num_tokens"]
+        config.model_args.gpt_stop_audio_token = TINY_DVAE["num_tokens"] + 1
+        config.model_args.gpt_use_perceiver_resampler = True  # as in the release
+        config.model_args.decoder_input_dim = TINY_GPT["gpt_n_model_channels"]
+        # The released config's decoding settings (XTTS-v2 config.json).
+        config.temperature, config.top_k, config.top_p = 0.75, 50, 0.85
+        config.repetition_penalty, config.length_penalty = 10.0, 1.0
+        config.gpt_cond_len, config.gpt_cond_chunk_len = 30, 4
+        config.languages = list(LANGUAGES)
+
+        model = Xtts(config)
+        from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer
+
+        model.tokenizer = VoiceBpeTokenizer(vocab_file=str(tmp / "vocab.json"))
+        model.init_models()  # sizes the text embedding from the vocabulary, as load_checkpoint does
+        dvae_mel = TorchMelSpectrogram(mel_norm_file=None, sampling_rate=22050)
+        mel_stats = synthetic_mel_stats(dvae_mel)
+        model.mel_stats.copy_(mel_stats)
+        dvae = DiscreteVAE(**TINY_DVAE)
+
+        config.save_json(str(tmp / "config.json"))
+        torch.save({"model": model.state_dict()}, tmp / "model.pth")
+        torch.save(dvae.state_dict(), tmp / "dvae.pth")
+        torch.save(mel_stats, tmp / "mel_stats.pth")
+        torch.save({}, tmp / "speakers_xtts.pth")  # no named voices; export can add some
+        write_json(tmp / SIDECAR, {"kind": "tiny-random", "seed": seed, "gpt": TINY_GPT, "dvae": TINY_DVAE})
+    return out_dir
