@@ -73,7 +73,9 @@ def run(cfg: DictConfig) -> Path:
     # Build: the base model with only the GPT trainable, the frozen DVAE, the data.
     model_dir = resolve_model_cfg(cfg.model)
     _, xtts = load_xtts(model_dir, device, for_inference=False)
-    xtts.requires_grad_(False).eval()
+    # Not xtts.eval(): coqui's Xtts.eval() also builds the inference wrapper around the GPT.
+    xtts.requires_grad_(False)
+    xtts.hifigan_decoder.eval()
     gpt = xtts.gpt.requires_grad_(True).train()
     dvae, mel_stats = load_dvae(model_dir)
     features = GptFeatures(dvae, mel_stats, xtts.args.gpt_use_perceiver_resampler).to(device)

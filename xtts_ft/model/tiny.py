@@ -69,9 +69,11 @@ def build_tiny_xtts(out_dir: Path, seed: int = 0) -> Path:
         config.model_args.gpt_stop_audio_token = TINY_DVAE["num_tokens"] + 1
         config.model_args.gpt_use_perceiver_resampler = True  # as in the release
         config.model_args.decoder_input_dim = TINY_GPT["gpt_n_model_channels"]
-        # The released config's decoding settings (XTTS-v2 config.json).
+        # Decoding as released (temperature 0.75, top-k 50, top-p 0.85) except the repetition
+        # penalty: coqui's default 2.0, not the release's 10. A random tiny DVAE maps speech to a
+        # handful of codes, so a penalty of 10 makes the tiny GPT stop after a few frames.
         config.temperature, config.top_k, config.top_p = 0.75, 50, 0.85
-        config.repetition_penalty, config.length_penalty = 10.0, 1.0
+        config.repetition_penalty, config.length_penalty = 2.0, 1.0
         config.gpt_cond_len, config.gpt_cond_chunk_len = 30, 4
         config.languages = list(LANGUAGES)
 

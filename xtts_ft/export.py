@@ -1,0 +1,174 @@
+"""Stage `export`: a training state → a directory in the stock XTTS-v2 layout.
+
+The export is the product: `config.json`, `model.pth` (GPT + HiFiGAN decoder + mel stats
+only: no optimizer, no DVAE), `vocab.json`, `dvae.pth`, `mel_stats.pth`,
+`speakers_xtts.pth` as coqui-tts expects them, plus `xtts_ft.json` (what produced it) and a
+model card. It is built aside, reloaded with coqui-tts's own loader and compared, and only
+then moved into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import List
+
+import torch
+from omegaconf import DictConfig
+
+from xtts_ft import __version__
+from xtts_ft.io_utils import atomic_dir, write_json, write_text
+from xtts_ft.model.layout import SIDECAR, read_sidecar
+from xtts_ft.model.loading import load_xtts
+
+# Keys coqui's loader drops anyway; a slim export never writes them.
+TRAINING_ONLY_PREFIXES = ("dvae.", "torch_mel_spectrogram_style_encoder.", "torch_mel_spectrogram_dvae.")
+COPIED_FILES = ("vocab.json", "dvae.pth", "mel_stats.pth", "speakers_xtts.pth")
+
+
+def training_state_path(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.runs_dir) / cfg.run_name / "gpt" / "state.pt"
+
+
+def outputs(cfg: DictConfig) -> List[Path]:
+    out = Path(cfg.out_dir)
+    return [out / "model.pth", out / "config.json", out / SIDECAR, out / "README.md"]
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_training_state(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"training state {path} does not exist; run `xtts-ft train-gpt` first")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable xtts-ft training state ({type(err).__name__}: {err})") from err
+
+
+def run(cfg: DictConfig) -> Path:
+    out = Path(cfg.out_dir)
+    if out.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=true to replace it")
+    state = load_training_state(training_state_path(cfg))
+    base_dir = Path(state["base_model_dir"])
+    config, xtts = load_xtts(base_dir, "cpu", for_inference=False)
+    xtts.gpt.load_state_dict(state["gpt"])
+
+    with atomic_dir(out) as tmp:
+        weights = {k: v for k, v in xtts.state_dict().items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+        torch.save({"model": weights}, tmp / "model.pth")
+        config.model_args.tokenizer_file = ""  # read vocab.json beside model.pth, not a path on this machine
+        config.save_json(str(tmp / "config.json"))
+        for name in COPIED_FILES:
+            shutil.copy2(base_dir / name, tmp / name)
+        verify_export(tmp, state["gpt"])
+        sidecar = export_record(state, base_dir, tmp, config)
+        write_json(tmp / SIDECAR, sidecar)
+        write_text(tmp / "README.md", model_card(sidecar))
+    print(f"exported {out} ({(out / 'model.pth').stat().st_size / 2**20:.1f} MiB model.pth)")
+    return out
+
+
+def verify_export(export_dir: Path, gpt_state: dict) -> None:
+    """Reload with coqui-tts's stock loader and check the GPT weights came through unchanged."""
+    _, reloaded = load_xtts(export_dir, "cpu", for_inference=False)
+    loaded = reloaded.gpt.state_dict()
+    for key, value in gpt_state.items():
+        if not torch.equal(loaded[key], value):
+            raise RuntimeError(f"export check failed: GPT weight {key} differs after reloading {export_dir}")
+
+
+def export_record(state: dict, base_dir: Path, export_dir: Path, config) -> dict:
+    train_cfg = state["config"]
+    data_dir = Path(train_cfg["paths"]["processed_dir"]) / train_cfg["data"]["name"]
+    stats_path = data_dir / "stats.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+    stats.pop("config", None)
+    base_sidecar = read_sidecar(base_dir)
+    return {
+        "xtts_ft_version": __version__,
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "base_model": {
+            "source": train_cfg["model"]["source"],
+            "name": train_cfg["model"]["name"],
+            "kind": base_sidecar.get("kind", "released"),
+            "model_sha256": sha256(base_dir / "model.pth"),
+        },
+        "languages": list(config.languages),
+        "emotion_tokens": [],
+        "training": {"gpt_steps": state["step"], "run_name": train_cfg["run_name"], "lr": train_cfg["lr"]},
+        "data": stats,
+        "metrics": {},
+        "files": {name: sha256(export_dir / name) for name in ("model.pth", "config.json", "vocab.json")},
+        # The tiny model's DVAE differs from the released one; keep its shape with the export.
+        **({"dvae": base_sidecar["dvae"]} if "dvae" in base_sidecar else {}),
+    }
+
+
+def model_card(record: dict) -> str:
+    languages = "\n".join(f"- {lang}" for lang in record["languages"])
+    base = record["base_model"]
+    metrics = record.get("metrics") or {}
+    metrics_md = "\n".join(f"| {k} | {v} |" for k, v in metrics.items()) or "| (not evaluated yet) | |"
+    data = record.get("data", {})
+    train = data.get("train", {})
+    return f"""---
+license: other
+license_name: coqui-public-model-license
+license_link: https://coqui.ai/cpml
+library_name: coqui
+base_model: {base['source']}
+pipeline_tag: text-to-speech
+tags:
+- xtts
+- xtts-ft
+- text-to-speech
+- voice-cloning
+language:
+{languages}
+---
+
+# {record['training']['run_name']} — XTTS-v2 fine-tune
+
+Fine-tuned from `{base['source']}` ({base['kind']}) with [xtts-ft](https://github.com/) {record['xtts_ft_version']}:
+GPT trained for {record['training']['gpt_steps']} steps on {train.get('clips', '?')} clips
+({train.get('hours', '?')} h; speakers: {', '.join(train.get('speakers', {})) or '?'}).
+The license is inherited from the base model (Coqui Public Model License for XTTS-v2).
+
+## Use with coqui-tts
+
+```python
+from TTS.tts.configs.xtts_config import XttsConfig
+from TTS.tts.models.xtts import Xtts
+
+config = XttsConfig()
+config.load_json("config.json")
+model = Xtts(config)
+model.load_checkpoint(config, checkpoint_dir=".", eval=True)
+out = model.synthesize("Hello!", speaker_wav="reference.wav", language="en")
+```
+
+## Use with xtts-ft
+
+```bash
+xtts-ft synth checkpoint=. text="Hello!" language=en reference=reference.wav out=hello.wav
+```
+
+## Metrics
+
+| metric | value |
+|---|---|
+{metrics_md}
+
+Produced by xtts-ft; see `xtts_ft.json` for the base model hash, data statistics and file hashes.
+"""

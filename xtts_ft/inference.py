@@ -1,0 +1,154 @@
+"""The one inference path: CLI, notebooks, evaluation and tests all synthesize through here.
+
+`XttsSynthesizer` loads the released base, an export or a Hub id with coqui-tts's own
+loader, clones voices from reference audio it loads itself (soundfile + soxr, never
+torchaudio.load), caches conditioning latents per reference file, splits long text into
+sentences, and applies the decoding settings of the model's config.json unless overridden.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from xtts_ft.data.audio import load_audio
+from xtts_ft.model.loading import load_xtts, pick_device, resolve_model_dir
+
+DECODING_KEYS = ("temperature", "top_k", "top_p", "repetition_penalty", "length_penalty")
+CODES_PER_SECOND = 22050 / 1024  # one GPT audio code per 1024 samples at 22.05 kHz
+
+
+@dataclass
+class Voice:
+    gpt_cond_latent: torch.Tensor
+    speaker_embedding: torch.Tensor
+
+
+@dataclass
+class Synthesis:
+    wav: np.ndarray  # float32 mono at `sample_rate`
+    sample_rate: int
+    seconds_to_generate: float
+    stopped: List[bool]  # per sentence: the GPT emitted its stop token (False: cut by the babble guard)
+
+    @property
+    def duration(self) -> float:
+        return self.wav.size / self.sample_rate
+
+    @property
+    def real_time_factor(self) -> float:
+        return self.seconds_to_generate / max(self.duration, 1e-9)
+
+
+def split_sentences(text: str, language: str) -> List[str]:
+    import pysbd
+
+    try:
+        segmenter = pysbd.Segmenter(language=language.split("-")[0], clean=False)
+    except ValueError:  # a language pysbd does not know: its English rules split on . ! ? too
+        segmenter = pysbd.Segmenter(language="en", clean=False)
+    return [s.strip() for s in segmenter.segment(text) if s.strip()]
+
+
+class XttsSynthesizer:
+    def __init__(self, checkpoint: Union[str, Path], device: str = "auto", revision: Optional[str] = None):
+        self.model_dir = resolve_model_dir(str(checkpoint), revision)
+        self.device = pick_device(device)
+        self.config, self.model = load_xtts(self.model_dir, self.device, for_inference=True)
+        self.sample_rate = int(self.config.model_args.output_sample_rate)
+        self._voices: Dict[Tuple[str, int, int], Voice] = {}
+
+    @property
+    def languages(self) -> List[str]:
+        return list(self.config.languages)
+
+    @property
+    def voice_names(self) -> List[str]:
+        manager = self.model.speaker_manager
+        return manager.speaker_names if manager is not None else []
+
+    def clone_voice(self, reference: Union[str, Path]) -> Voice:
+        """Conditioning latents for a reference clip, computed once per file version."""
+        path = Path(reference)
+        if not path.is_file():
+            raise FileNotFoundError(f"reference audio {path} does not exist")
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        if key not in self._voices:
+            audio = torch.from_numpy(load_audio(path, 22050)).unsqueeze(0)
+            max_seconds = int(self.config.max_ref_len)
+            audio = audio[:, : 22050 * max_seconds]
+            if audio.shape[1] < 22050 * 0.5:
+                raise ValueError(f"reference audio {path} is {audio.shape[1] / 22050:.2f} s long; give at least 0.5 s (3-10 s is best)")
+            gpt_cond_latent = self.model.get_gpt_cond_latents(
+                audio, 22050, length=int(self.config.gpt_cond_len), chunk_length=int(self.config.gpt_cond_chunk_len)
+            )
+            speaker_embedding = self.model.get_speaker_embedding(audio.to(self.device), 22050)
+            self._voices[key] = Voice(gpt_cond_latent, speaker_embedding)
+        return self._voices[key]
+
+    def named_voice(self, name: str) -> Voice:
+        if name not in self.voice_names:
+            raise KeyError(f"no voice named {name!r} in {self.model_dir / 'speakers_xtts.pth'}; known: {', '.join(self.voice_names) or 'none'}")
+        latents = self.model.speaker_manager.speakers[name]
+        return Voice(latents["gpt_cond_latent"], latents["speaker_embedding"])
+
+    def decoding_settings(self, overrides: Optional[dict] = None) -> dict:
+        settings = {key: getattr(self.config, key) for key in DECODING_KEYS}
+        settings.update({k: v for k, v in (overrides or {}).items() if k in DECODING_KEYS and v is not None})
+        return settings
+
+    def synthesize(
+        self,
+        text: str,
+        language: str,
+        reference: Union[str, Path, None] = None,
+        voice: Optional[str] = None,
+        decoding: Optional[dict] = None,
+    ) -> Synthesis:
+        if not text.strip():
+            raise ValueError("text is empty")
+        language = language.split("-")[0] if language != "zh-cn" else language
+        if language not in self.languages:
+            raise ValueError(f"language {language!r} is not in this model's config.languages: {', '.join(self.languages)}")
+        if (reference is None) == (voice is None):
+            raise ValueError("give exactly one of reference= (an audio file to clone) or voice= (a named voice)")
+        chosen = self.clone_voice(reference) if reference is not None else self.named_voice(voice)
+        decoding = dict(decoding or {})
+        settings = self.decoding_settings(decoding)
+        max_seconds_per_char = float(decoding.get("max_seconds_per_char") or 0.25)
+        if decoding.get("seed") is not None:
+            torch.manual_seed(int(decoding["seed"]))
+
+        started = time.perf_counter()
+        pieces, stopped = [], []
+        for sentence in split_sentences(text, language):
+            # Babble guard: a sentence cannot need more than ~max_seconds_per_char per character.
+            max_codes = int((2.0 + max_seconds_per_char * len(sentence)) * CODES_PER_SECOND)
+            max_codes = min(max_codes, int(self.model.args.gpt_max_audio_tokens) - 3)
+            out = self.model.inference(
+                sentence,
+                language,
+                chosen.gpt_cond_latent,
+                chosen.speaker_embedding,
+                enable_text_splitting=False,
+                max_new_tokens=max_codes,
+                **settings,
+            )
+            codes = out["gpt_latents"].shape[1]
+            stopped.append(codes < max_codes)
+            pieces.append(np.asarray(out["wav"], dtype=np.float32).reshape(-1))
+        elapsed = time.perf_counter() - started
+        return Synthesis(np.concatenate(pieces), self.sample_rate, elapsed, stopped)
+
+    def synthesize_to_file(self, out: Union[str, Path], **kwargs) -> Synthesis:
+        from xtts_ft.data.audio import write_wav
+
+        result = self.synthesize(**kwargs)
+        write_wav(Path(out), result.wav, result.sample_rate)
+        return result
