@@ -8,6 +8,7 @@ the model in runs/<run_name>/gpt/state.pt, and `export` turns it into a model.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from xtts_ft.config import to_container
 from xtts_ft.data.batches import collate, encode_samples, iterate_batches
 from xtts_ft.data.sample import read_manifest
-from xtts_ft.io_utils import torch_save, write_jsonl, write_text
+from xtts_ft.io_utils import torch_save, write_json, write_jsonl, write_text
 from xtts_ft.model.features import GptFeatures
 from xtts_ft.model.loading import load_dvae, load_xtts, pick_device, resolve_model_cfg
 
@@ -35,7 +36,13 @@ def run_dir(cfg: DictConfig) -> Path:
 
 
 def outputs(cfg: DictConfig) -> List[Path]:
-    return [run_dir(cfg) / "state.pt"]
+    return [run_dir(cfg) / "state.pt", run_dir(cfg) / "progress.json"]
+
+
+def is_done(cfg: DictConfig) -> bool:
+    """The run reached max_steps (a killed or shorter run is not done: it resumes)."""
+    progress = run_dir(cfg) / "progress.json"
+    return progress.is_file() and json.loads(progress.read_text())["step"] >= cfg.max_steps
 
 
 def gpt_losses(gpt, features: GptFeatures, batch: dict, device: torch.device):
@@ -127,6 +134,7 @@ def run(cfg: DictConfig) -> Path:
             },
             state_path,
         )
+        write_json(out / "progress.json", {"step": step, "max_steps": cfg.max_steps})
 
     # Loop.
     writer = SummaryWriter(str(out / "tensorboard"))

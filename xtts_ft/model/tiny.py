@@ -50,6 +50,34 @@ def synthetic_mel_stats(dvae_mel) -> torch.Tensor:
     return dvae_mel(noise.unsqueeze(0)).mean(dim=(0, 2))
 
 
+def calibration_audio(n: int = 64, seconds: float = 1.0, seed: int = 0) -> torch.Tensor:
+    """Speech-like synthetic signals: harmonic tones (random f0, amplitude envelope) plus noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(22050 * seconds)) / 22050
+    signals = []
+    for _ in range(n):
+        f0 = rng.uniform(80, 300)
+        tone = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) * rng.uniform(0, 1) / k for k in range(1, 20))
+        envelope = 0.05 + 0.3 * np.abs(np.sin(2 * np.pi * rng.uniform(1, 5) * t))
+        signal = tone * envelope + rng.normal(0, rng.uniform(0.001, 0.1), t.size)
+        signals.append(signal * rng.uniform(0.05, 0.5))
+    return torch.from_numpy(np.stack(signals).astype(np.float32))
+
+
+@torch.no_grad()
+def calibrate_codebook(dvae, dvae_mel, seed: int = 0) -> None:
+    """Seed the DVAE codebook with encoder outputs of calibration audio (a k-means++-style init).
+
+    A purely random codebook maps all speech to 2-3 codes, which leaves the tiny GPT nothing
+    to learn; with this init espeak-ng speech uses a few hundred codes, like a trained DVAE.
+    """
+    hidden = dvae.encoder(dvae.norm(dvae_mel(calibration_audio(seed=seed))))
+    frames = hidden.permute(0, 2, 1).reshape(-1, hidden.shape[1])
+    pick = torch.randperm(frames.shape[0], generator=torch.Generator().manual_seed(seed))[: dvae.codebook.n_embed]
+    dvae.codebook.embed.copy_(frames[pick].T)
+    dvae.codebook.embed_avg.copy_(frames[pick].T)
+
+
 def build_tiny_xtts(out_dir: Path, seed: int = 0) -> Path:
     from TTS.tts.configs.xtts_config import XttsConfig
     from TTS.tts.layers.tortoise.arch_utils import TorchMelSpectrogram
@@ -84,8 +112,10 @@ def build_tiny_xtts(out_dir: Path, seed: int = 0) -> Path:
         model.init_models()  # sizes the text embedding from the vocabulary, as load_checkpoint does
         dvae_mel = TorchMelSpectrogram(mel_norm_file=None, sampling_rate=22050)
         mel_stats = synthetic_mel_stats(dvae_mel)
+        dvae_mel.mel_norms = mel_stats
         model.mel_stats.copy_(mel_stats)
-        dvae = DiscreteVAE(**TINY_DVAE)
+        dvae = DiscreteVAE(**TINY_DVAE).eval()
+        calibrate_codebook(dvae, dvae_mel, seed)
 
         config.save_json(str(tmp / "config.json"))
         torch.save({"model": model.state_dict()}, tmp / "model.pth")

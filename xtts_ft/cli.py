@@ -1,0 +1,84 @@
+"""The `xtts-ft` command: one verb per stage, Hydra overrides after it.
+
+    xtts-ft prepare data=demo
+    xtts-ft train-gpt data=demo model=tiny max_steps=200
+    xtts-ft export run_name=demo model=tiny
+    xtts-ft synth checkpoint=exports/demo text="Hello." language=en reference=ref.wav out=hello.wav
+    xtts-ft evaluate checkpoint=exports/demo manifest=data/processed/demo/eval.jsonl out_dir=runs/demo/eval
+    xtts-ft pipeline recipe=demo        (xtts-ft demo is its short form)
+
+Stage verbs run under Hydra (so --cfg job, --multirun and --help work); Hydra's own logs
+go to runs/.hydra/<stage>/<time>/.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import List, Optional
+
+VERBS = {
+    "prepare": "corpus → data/processed/<name>/ (wavs, train/eval/dropped.jsonl, stats.json)",
+    "train-gpt": "fine-tune the GPT on a prepared dataset → runs/<run_name>/gpt/",
+    "export": "training state → exports/<run_name>/ in the stock XTTS-v2 layout",
+    "synth": "clone a voice and speak a text → a 24 kHz WAV",
+    "evaluate": "synthesize a probe set and measure it → CSV + Markdown report",
+    "pipeline": "run a recipe's stages in order, skipping finished ones (recipe=demo)",
+    "demo": "the demo recipe: the whole pipeline on the shipped corpus and a tiny model",
+}
+
+
+def usage() -> str:
+    lines = ["usage: xtts-ft <verb> [key=value ...]", "", "verbs:"]
+    lines += [f"  {verb:<10} {text}" for verb, text in VERBS.items()]
+    lines += ["", "`xtts-ft <verb> --help` lists a stage's configuration; `--cfg job` prints it resolved."]
+    return "\n".join(lines)
+
+
+def run_pipeline(args: List[str]) -> None:
+    from xtts_ft import pipeline
+    from xtts_ft.config import compose
+
+    pipeline.run(compose("pipeline", args))
+
+
+def run_stage(verb: str, args: List[str]) -> None:
+    import hydra
+
+    from xtts_ft.config import CONF_DIR, register_configs
+
+    stage = verb.replace("-", "_")
+    module = importlib.import_module(f"xtts_ft.{stage}")
+    register_configs()
+
+    @hydra.main(config_path=str(CONF_DIR), config_name=stage, version_base="1.3")
+    def hydra_entry(cfg) -> None:
+        module.run(cfg)
+
+    defaults = []
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        defaults.append(f"hydra.run.dir=runs/.hydra/{stage}/${{now:%Y-%m-%d_%H-%M-%S}}")
+    if not any(a.startswith("hydra.sweep.dir=") for a in args):
+        defaults.append(f"hydra.sweep.dir=runs/.hydra/{stage}-multirun/${{now:%Y-%m-%d_%H-%M-%S}}")
+    sys.argv = [f"xtts-ft {verb}", *defaults, *args]
+    hydra_entry()
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return
+    verb, args = argv[0], argv[1:]
+    if verb not in VERBS:
+        sys.exit(f"xtts-ft: unknown verb {verb!r}\n\n{usage()}")
+    if verb == "demo":
+        run_pipeline(["recipe=demo", *args])
+    elif verb == "pipeline":
+        run_pipeline(args)
+    else:
+        run_stage(verb, args)
+
+
+if __name__ == "__main__":
+    main()
