@@ -31,7 +31,7 @@ def recipe_path(recipe: str) -> Path:
     raise FileNotFoundError(f"no recipe {recipe!r}; known recipes: {', '.join(known)}")
 
 
-def load_recipe(recipe: str) -> List[dict]:
+def load_recipe(recipe: str) -> dict:
     path = recipe_path(recipe)
     spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     stages = spec.get("stages")
@@ -40,7 +40,7 @@ def load_recipe(recipe: str) -> List[dict]:
     for i, entry in enumerate(stages):
         if entry.get("stage") not in STAGES or entry["stage"] == "pipeline":
             raise ValueError(f"{path}: stages[{i}].stage={entry.get('stage')!r} is not one of {', '.join(STAGES[:-1])}")
-    return stages
+    return spec
 
 
 def applicable(override: str, cfg: DictConfig) -> bool:
@@ -55,9 +55,9 @@ def stage_done(module, cfg: DictConfig) -> bool:
 
 
 def run(cfg: DictConfig) -> List[dict]:
-    stages = load_recipe(cfg.recipe)
+    recipe = load_recipe(cfg.recipe)
     report = []
-    for entry in stages:
+    for entry in recipe["stages"]:
         stage = entry["stage"]
         overrides = list(entry.get("overrides") or [])
         base = compose(stage, overrides)
@@ -73,4 +73,8 @@ def run(cfg: DictConfig) -> List[dict]:
         module.run(stage_cfg)
         report.append({"stage": stage, "skipped": False, "seconds": round(time.perf_counter() - started, 1)})
     print("pipeline:", json.dumps(report))
+    if recipe.get("outputs"):
+        print("\noutputs:")
+        for what, where in recipe["outputs"].items():
+            print(f"  {what}:\n    {where}")
     return report

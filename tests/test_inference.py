@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+from xtts_ft.inference import split_sentences
+
+
+def _reference(prepared):
+    return next((prepared / "wavs").glob("0_alicia*.wav"))
+
+
+def test_synthesis_is_24khz_finite_and_not_silent(synthesizer, prepared):
+    text = "The birch canoe slid on the smooth planks."
+    result = synthesizer.synthesize(text=text, language="en", reference=_reference(prepared), decoding={"seed": 0})
+    assert result.sample_rate == 24000
+    assert result.wav.dtype == np.float32 and np.isfinite(result.wav).all()
+    assert np.sqrt(np.mean(result.wav**2)) > 1e-3
+    # The babble guard bounds the length: 2 s + 0.25 s per character.
+    assert 0.1 < result.duration <= 2.0 + 0.25 * len(text) + 0.5
+    assert result.real_time_factor > 0
+
+
+def test_same_seed_same_audio_and_latents_are_cached(synthesizer, prepared):
+    kwargs = dict(text="Hello there.", language="en", reference=_reference(prepared), decoding={"seed": 3})
+    first = synthesizer.synthesize(**kwargs)
+    second = synthesizer.synthesize(**kwargs)
+    assert np.array_equal(first.wav, second.wav)
+    assert len(synthesizer._voices) == 1
+
+
+def test_long_text_is_split_into_sentences():
+    assert split_sentences("One thing. Another thing! A third?", "en") == ["One thing.", "Another thing!", "A third?"]
+    assert len(split_sentences("Premier. Second.", "fr")) == 2
+    assert split_sentences("Dëgg la. Waaw.", "wo") == ["Dëgg la.", "Waaw."]  # unknown to pysbd: English rules
+
+
+def test_bad_requests_are_clear_errors(synthesizer, prepared, tmp_path):
+    with pytest.raises(ValueError, match="not in this model's config.languages"):
+        synthesizer.synthesize(text="Hi.", language="xx", reference=_reference(prepared))
+    with pytest.raises(FileNotFoundError, match="reference audio"):
+        synthesizer.synthesize(text="Hi.", language="en", reference=tmp_path / "nope.wav")
+    with pytest.raises(ValueError, match="exactly one of"):
+        synthesizer.synthesize(text="Hi.", language="en")
+    with pytest.raises(ValueError, match="empty"):
+        synthesizer.synthesize(text="  ", language="en", reference=_reference(prepared))

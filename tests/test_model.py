@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from xtts_ft.model.layout import STOCK_FILES
+from xtts_ft.model.loading import load_dvae, load_xtts, looks_like_hub_id, resolve_model_dir
+
+
+def test_tiny_model_is_saved_in_the_stock_layout(tiny_model_dir):
+    for name in STOCK_FILES:
+        assert (tiny_model_dir / name).is_file(), name
+
+
+def test_tiny_model_loads_with_coqui_loader(tiny_model_dir):
+    config, model = load_xtts(tiny_model_dir, "cpu", for_inference=False)
+    assert config.model_args.gpt_layers == 2
+    assert model.gpt.model_dim == 64
+    assert len(model.gpt.gpt.h) == 2
+    # Text embedding sized from the vocabulary, special tokens where XTTS expects them.
+    vocab = model.tokenizer.tokenizer.get_vocab()
+    assert vocab["[STOP]"] == 0 and vocab["[UNK]"] == 1 and vocab["[SPACE]"] == 2
+    assert model.gpt.text_embedding.num_embeddings == model.tokenizer.get_number_tokens()
+    assert model.gpt.start_text_token == vocab["[START]"]
+    # HiFiGAN decoder and speaker encoder are real-sized: only the input width follows the GPT.
+    decoder_params = sum(p.numel() for p in model.hifigan_decoder.parameters())
+    assert decoder_params > 20_000_000
+    assert torch.equal(model.mel_stats, torch.load(tiny_model_dir / "mel_stats.pth", weights_only=True))
+
+
+def test_tokenizer_encodes_demo_text_without_unknowns(tiny_model_dir):
+    _, model = load_xtts(tiny_model_dir, "cpu", for_inference=False)
+    for text, lang in [("The birch canoe slid on the smooth planks.", "en"), ("Il fait très beau aujourd'hui.", "fr")]:
+        ids = model.tokenizer.encode(text, lang)
+        assert ids[0] == model.tokenizer.tokenizer.token_to_id(f"[{lang}]")
+        assert 1 not in ids  # [UNK]
+
+
+def test_tiny_dvae_uses_many_codes_on_speech(tiny_model_dir, prepared):
+    from xtts_ft.data.audio import load_audio
+    from xtts_ft.model.features import GptFeatures
+
+    dvae, mel_stats = load_dvae(tiny_model_dir)
+    features = GptFeatures(dvae, mel_stats)
+    wav = torch.from_numpy(load_audio(next((prepared / "wavs").glob("*.wav")), 22050)).unsqueeze(0)
+    codes = features.audio_codes(wav)
+    assert codes.shape[1] == pytest.approx(wav.shape[1] / 1024, abs=2)  # one code per 1024 samples
+    assert codes.unique().numel() >= 10
+    cond = features.conditioning_mels(wav)
+    assert cond.shape[:3] == (1, 1, 80)
+
+
+def test_model_source_resolution(tmp_path, monkeypatch):
+    assert looks_like_hub_id("coqui/XTTS-v2")
+    assert not looks_like_hub_id("./models/tiny") and not looks_like_hub_id("/abs/dir/x")
+    (tmp_path / "incomplete").mkdir()
+    (tmp_path / "incomplete" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="missing model.pth, vocab.json"):
+        resolve_model_dir(str(tmp_path / "incomplete"))
+    with pytest.raises(FileNotFoundError, match="neither a directory nor a Hub id"):
+        resolve_model_dir(str(tmp_path / "nothing" / "here"))
+
+
+def test_offline_hub_id_fails_with_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(RuntimeError, match="model.source=/path/to/XTTS-v2"):
+        resolve_model_dir("coqui/XTTS-v2")
