@@ -107,3 +107,17 @@ def test_demo_end_to_end_from_a_clean_directory(tmp_path):
 
     again = subprocess.run(CLI + ["demo"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done already, skipping") == 5
+
+
+def test_hydra_flags_and_overrides_are_separated():
+    from xtts_ft.cli import split_hydra_args
+
+    options, overrides = split_hydra_args(["a=1", "--cfg", "job", "b=2", "-m", "--info", "defaults"])
+    assert options == ["--cfg", "job", "-m", "--info", "defaults"]
+    assert overrides == ["a=1", "b=2"]
+
+
+def test_cfg_job_prints_the_resolved_config():
+    result = subprocess.run(CLI + ["synth", "checkpoint=x", "--cfg", "job", "text=hi", "reference=r.wav"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "checkpoint: x" in result.stdout and "reference: r.wav" in result.stdout

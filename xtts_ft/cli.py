@@ -60,8 +60,31 @@ def run_stage(verb: str, args: List[str]) -> None:
         defaults.append(f"hydra.run.dir=runs/.hydra/{stage}/${{now:%Y-%m-%d_%H-%M-%S}}")
     if not any(a.startswith("hydra.sweep.dir=") for a in args):
         defaults.append(f"hydra.sweep.dir=runs/.hydra/{stage}-multirun/${{now:%Y-%m-%d_%H-%M-%S}}")
-    sys.argv = [f"xtts-ft {verb}", *defaults, *args]
+    options, overrides = split_hydra_args(args)
+    # argparse wants Hydra's overrides as one contiguous run of positionals.
+    sys.argv = [f"xtts-ft {verb}", *options, *overrides, *defaults]
     hydra_entry()
+
+
+# Hydra flags that take a value (`--cfg job`, `-cn name`, `--info defaults`, ...).
+VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+               "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}
+
+
+def split_hydra_args(args: List[str]) -> tuple:
+    options, overrides = [], []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("-"):
+            options.append(arg)
+            if arg in VALUE_FLAGS and i + 1 < len(args) and not args[i + 1].startswith("-") and "=" not in args[i + 1]:
+                options.append(args[i + 1])
+                i += 1
+        else:
+            overrides.append(arg)
+        i += 1
+    return options, overrides
 
 
 def main(argv: Optional[List[str]] = None) -> None:
