@@ -15,6 +15,10 @@ missing=()
 for pkg in espeak-ng ffmpeg; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
+# Debian's own python3 needs python3-venv for `python3 -m venv` (a pyenv/python.org build has it).
+if ! "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1; then
+  missing+=("python3-venv")
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   echo "installing Debian packages: ${missing[*]}"
@@ -22,12 +26,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}" >/dev/null
 fi
 
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+[ -x "$VENV/bin/pip" ] || { rm -rf "$VENV"; "$PYTHON" -m venv "$VENV"; }
 stamp="$VENV/.setup-$(cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "installing xtts-ft into $VENV (first time: a few minutes, ~7 GB with torch's CUDA libraries)"
   "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q torch==2.14.1 torchaudio==2.11.0
+  "$VENV/bin/pip" install -q torch==2.14.1 torchaudio==2.11.0 torchcodec==0.17.0
   "$VENV/bin/pip" install -q -e ".[dev,eval,hub]"
   # resemblyzer depends on `webrtcvad`, which imports pkg_resources (gone from new setuptools);
   # `webrtcvad-wheels` ships the same module without that import.

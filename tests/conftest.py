@@ -59,7 +59,7 @@ def trained(workdir, tiny_model_dir, prepared) -> Path:
 def exported(workdir, trained) -> Path:
     from xtts_ft import export
 
-    cfg = compose("export", [o for o in demo_overrides(workdir) if o.startswith("paths.")] + ["model=tiny", "run_name=demo"])
+    cfg = compose("export", [o for o in demo_overrides(workdir) if o.startswith("paths.")] + ["run_name=demo"])
     return export.run(cfg)
 
 

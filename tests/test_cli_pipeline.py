@@ -45,7 +45,7 @@ def test_pipeline_runs_a_recipe_then_skips_finished_stages(tmp_path, workdir, ti
                 "stages": [
                     {"stage": "prepare", "overrides": ["data=demo"]},
                     {"stage": "train_gpt", "overrides": ["data=demo", "model=tiny", "run_name=p", "max_steps=2", "batch_size=2"]},
-                    {"stage": "export", "overrides": ["model=tiny", "run_name=p"]},
+                    {"stage": "export", "overrides": ["run_name=p"]},
                 ]
             }
         )
@@ -62,6 +62,15 @@ def test_pipeline_runs_a_recipe_then_skips_finished_stages(tmp_path, workdir, ti
     assert (tmp_path / "exports" / "p" / "model.pth").is_file()
     second = pipeline.run(cfg)
     assert [s["skipped"] for s in second] == [True, True, True]
+    # Training further (max_steps reaches only train_gpt) makes the export stale: it re-runs.
+    longer = compose("pipeline", [f"recipe={recipe}", f"overrides={json.dumps(extra + ['max_steps=3'])}"])
+    third = pipeline.run(longer)
+    assert [s["skipped"] for s in third] == [True, False, False]
+
+
+def test_demo_help_lists_recipes():
+    result = subprocess.run(CLI + ["demo", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "recipes: demo" in result.stdout
 
 
 def test_unknown_recipe_lists_known_ones():

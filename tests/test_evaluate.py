@@ -19,7 +19,7 @@ def test_speaker_similarity_separates_voices(prepared):
         audio, rate = sf.read(str(path), dtype="float32")
         return audio, rate
 
-    a1, a2, b = clip("0_alicia*", 0), clip("0_alicia*", 1), clip("1_annie*", 0)
+    a1, a2, b = clip("0_wavs__alicia*", 0), clip("0_wavs__alicia*", 1), clip("1_wavs__annie*", 0)
     same = metrics.speaker_similarity(*a1, *a2)
     different = metrics.speaker_similarity(*a1, *b)
     assert same > different + 0.05
@@ -27,14 +27,16 @@ def test_speaker_similarity_separates_voices(prepared):
 
 
 def test_evaluate_stage_writes_a_table_and_report(exported, prepared, tmp_path):
-    cfg = compose("evaluate", [f"checkpoint={exported}", f"manifest={prepared / 'eval.jsonl'}", f"out_dir={tmp_path}", "max_utterances=2"])
+    cfg = compose("evaluate", [f"checkpoint={exported}", f"manifest={prepared / 'eval.jsonl'}", f"out_dir={tmp_path}", "max_utterances=3"])
     table = evaluate.run(cfg)
-    assert len(table) == 2
+    assert list(table["language"]) == ["en", "en", "fr"]
     assert (table["seconds"] > 0).all() and np.isfinite(table["rtf"]).all()
     assert table["speaker_similarity"].between(-1, 1).all()
     english = table[table["language"] == "en"]
     assert english["cer"].notna().all() and (english["cer"] >= 0).all()
+    # The bundled Whisper is English-only: French is not scored rather than scored wrongly.
+    assert np.isnan(table[table["language"] == "fr"]["cer"]).all()
     saved = pd.read_csv(tmp_path / "utterances.csv")
-    assert len(saved) == 2 and (tmp_path / saved["wav"][0]).is_file()
+    assert len(saved) == 3 and (tmp_path / saved["wav"][0]).is_file()
     report = (tmp_path / "report.md").read_text()
     assert "Summary per language" in report and "not the XTTS paper's models" in report

@@ -40,7 +40,7 @@ def test_sidecar_and_model_card_describe_the_export(exported):
 
 @pytest.mark.slow
 def test_plain_coqui_tts_loads_and_speaks_the_export_in_a_fresh_process(exported, prepared):
-    reference = next((prepared / "wavs").glob("0_alicia*.wav"))
+    reference = next((prepared / "wavs").glob("0_wavs__alicia*.wav"))
     script = textwrap.dedent(
         f"""
         import numpy as np, soundfile as sf, torch

@@ -5,7 +5,7 @@ from xtts_ft.inference import split_sentences
 
 
 def _reference(prepared):
-    return next((prepared / "wavs").glob("0_alicia*.wav"))
+    return next((prepared / "wavs").glob("0_wavs__alicia*.wav"))
 
 
 def test_synthesis_is_24khz_finite_and_not_silent(synthesizer, prepared):

@@ -112,3 +112,30 @@ def test_ljspeech_prefers_the_normalized_column(tmp_path):
     out = _prepare(tmp_path, root, formatter="ljspeech")
     texts = sorted(s.text for s in read_manifest(out / "train.jsonl") + read_manifest(out / "eval.jsonl"))
     assert texts == ["Doctor Smith, first", "Plain text"]
+
+
+def test_same_file_names_in_different_folders_do_not_collide(tmp_path):
+    import numpy as np
+
+    root = _corpus(tmp_path, ["s1/0001.wav|first speaker|s1", "s2/0001.wav|second speaker|s2",
+                              "s1/0002.wav|first again|s1", "s2/0002.wav|second again|s2"])
+    for folder, freq in (("s1", 2000), ("s2", 4000)):
+        (root / folder).mkdir()
+        for name in ("0001", "0002"):
+            sf.write(root / folder / f"{name}.wav", 0.3 * np.sin(np.linspace(0, freq, 22050)).astype("float32"), 22050)
+    out = _prepare(tmp_path, root)
+    kept = read_manifest(out / "train.jsonl") + read_manifest(out / "eval.jsonl")
+    assert len({s.audio for s in kept}) == 4
+    by_text = {s.text: sf.read(str(out / s.audio))[0] for s in kept}
+    assert not np.allclose(by_text["first speaker"], by_text["second speaker"])
+
+
+def test_extra_columns_travel_into_the_sample(tmp_path):
+    import numpy as np
+
+    root = _corpus(tmp_path, ["a.wav|one|s1|calm", "b.wav|two|s1|calm"], header="audio_file|text|speaker_name|style")
+    for name in ("a", "b"):
+        sf.write(root / f"{name}.wav", 0.3 * np.sin(np.linspace(0, 3000, 22050)).astype("float32"), 22050)
+    out = _prepare(tmp_path, root)
+    sample = read_manifest(out / "train.jsonl")[0]
+    assert sample.extra["style"] == "calm" and sample.extra["source_line"].endswith(("metadata.csv:2", "metadata.csv:3"))

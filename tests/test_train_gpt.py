@@ -66,16 +66,49 @@ def test_training_run_writes_state_and_tensorboard(trained):
     assert len(events.Scalars("eval/loss")) == 3
 
 
-def test_resume_continues_the_run(tmp_path, tiny_model_dir, prepared, workdir):
-    overrides = demo_overrides(workdir) + TRAIN_OVERRIDES + [f"paths.runs_dir={tmp_path}", "eval_every=100"]
-    train_gpt.run(compose("train_gpt", overrides + ["max_steps=4"]))
-    cfg = compose("train_gpt", overrides + ["max_steps=6"])
+def _losses(run_dir):
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars("train/loss")]
+
+
+def test_resume_continues_the_same_trajectory(tmp_path, tiny_model_dir, prepared, workdir):
+    overrides = demo_overrides(workdir) + TRAIN_OVERRIDES + ["eval_every=100"]
+    straight = train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'a'}", "max_steps=6"]))
+    resumed_dir = [f"paths.runs_dir={tmp_path / 'b'}"]
+    train_gpt.run(compose("train_gpt", overrides + resumed_dir + ["max_steps=4"]))
+    cfg = compose("train_gpt", overrides + resumed_dir + ["max_steps=6"])
     assert not train_gpt.is_done(cfg)
-    state_path = train_gpt.run(cfg)
-    state = torch.load(state_path, map_location="cpu", weights_only=True)
-    assert state["step"] == 6
-    assert state["batch_in_epoch"] == 6  # 37 clips / batch 4: still in epoch 0, six batches in
+    resumed = train_gpt.run(cfg)
     assert train_gpt.is_done(cfg)
+
+    a = torch.load(straight, map_location="cpu", weights_only=True)
+    b = torch.load(resumed, map_location="cpu", weights_only=True)
+    assert b["step"] == 6 and b["batch_in_epoch"] == 6  # 37 clips / batch 4: still epoch 0
+    for key, value in a["gpt"].items():
+        torch.testing.assert_close(b["gpt"][key], value, rtol=0, atol=1e-6, msg=key)
+    # Same loss at every step, each step logged once.
+    loss_a, loss_b = _losses(straight.parent), _losses(resumed.parent)
+    assert [s for s, _ in loss_b] == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([v for _, v in loss_b], [v for _, v in loss_a], rtol=1e-5)
+
+
+def test_resume_refuses_a_changed_dataset(tmp_path, tiny_model_dir, prepared, workdir):
+    overrides = demo_overrides(workdir) + TRAIN_OVERRIDES + [f"paths.runs_dir={tmp_path}", "eval_every=100"]
+    train_gpt.run(compose("train_gpt", overrides + ["max_steps=1"]))
+    with pytest.raises(ValueError, match="batch_size=4, now 37 with batch_size=2"):
+        train_gpt.run(compose("train_gpt", overrides + ["max_steps=2", "batch_size=2"]))
+
+
+def test_weight_decay_spares_biases_norms_and_embeddings(tiny_model_dir):
+    _, xtts = load_xtts(tiny_model_dir, "cpu", for_inference=False)
+    decay, no_decay = train_gpt.parameter_groups(xtts.gpt, 0.01)
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    decayed, spared = {id(p) for p in decay["params"]}, {id(p) for p in no_decay["params"]}
+    assert id(xtts.gpt.text_embedding.weight) in spared
+    assert id(xtts.gpt.final_norm.weight) in spared and id(xtts.gpt.text_head.bias) in spared
+    assert id(xtts.gpt.text_head.weight) in decayed
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(xtts.gpt.parameters()))
 
 
 def test_missing_manifest_is_a_clear_error(tmp_path, tiny_model_dir, workdir):

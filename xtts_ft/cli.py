@@ -2,7 +2,7 @@
 
     xtts-ft prepare data=demo
     xtts-ft train-gpt data=demo model=tiny max_steps=200
-    xtts-ft export run_name=demo model=tiny
+    xtts-ft export run_name=demo
     xtts-ft synth checkpoint=exports/demo text="Hello." language=en reference=ref.wav out=hello.wav
     xtts-ft evaluate checkpoint=exports/demo manifest=data/processed/demo/eval.jsonl out_dir=runs/demo/eval
     xtts-ft pipeline recipe=demo        (xtts-ft demo is its short form)
@@ -35,11 +35,26 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def run_pipeline(args: List[str]) -> None:
-    from xtts_ft import pipeline
-    from xtts_ft.config import compose
+PIPELINE_KEYS = ("recipe", "force", "overrides")
 
-    pipeline.run(compose("pipeline", args))
+
+def run_pipeline(verb: str, args: List[str]) -> None:
+    """`xtts-ft demo paths.runs_dir=/x model.device=cuda`: keys the pipeline does not have go to every stage."""
+    from xtts_ft import pipeline
+    from xtts_ft.config import RECIPES_DIR, compose
+
+    if any(a in ("-h", "--help") for a in args):
+        recipes = sorted(p.name for p in RECIPES_DIR.iterdir() if (p / "recipe.yaml").is_file())
+        print(
+            f"usage: xtts-ft {verb} [recipe=NAME] [force=true] [stage overrides ...]\n\n"
+            f"{VERBS[verb]}\nrecipes: {', '.join(recipes)} (in {RECIPES_DIR})\n"
+            "Other key=value arguments go to every stage whose config has that key, e.g. paths.runs_dir=/scratch/runs."
+        )
+        return
+    own = [a for a in args if a.split("=", 1)[0] in PIPELINE_KEYS]
+    cfg = compose("pipeline", own)
+    cfg.overrides = [*cfg.overrides, *(a for a in args if a not in own)]
+    pipeline.run(cfg)
 
 
 def run_stage(verb: str, args: List[str]) -> None:
@@ -96,9 +111,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     if verb not in VERBS:
         sys.exit(f"xtts-ft: unknown verb {verb!r}\n\n{usage()}")
     if verb == "demo":
-        run_pipeline(["recipe=demo", *args])
+        run_pipeline(verb, ["recipe=demo", *args])
     elif verb == "pipeline":
-        run_pipeline(args)
+        run_pipeline(verb, args)
     else:
         run_stage(verb, args)
 

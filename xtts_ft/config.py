@@ -67,7 +67,6 @@ class PrepareConfig:
     eval_fraction: float = 0.1
     min_eval_per_speaker: int = 1
     seed: int = 0
-    overwrite: bool = False
 
 
 @dataclass
@@ -93,12 +92,11 @@ class TrainGptConfig:
     eval_every: int = 100
     save_every: int = 500
     resume: bool = True  # continue runs/<run_name>/gpt/state.pt when it exists
-    num_workers: int = 0
 
 
 @dataclass
 class ExportConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    # The base model comes from the training state (it records the directory it trained from).
     paths: PathsConfig = field(default_factory=PathsConfig)
     run_name: str = MISSING
     out_dir: str = "${paths.exports_dir}/${run_name}"
@@ -120,6 +118,7 @@ class DecodingConfig:
 
 @dataclass
 class SynthConfig:
+    paths: PathsConfig = field(default_factory=PathsConfig)  # for interpolation in recipes
     checkpoint: str = MISSING  # export dir, stock model dir or Hub id
     text: str = MISSING
     language: str = "en"
@@ -131,6 +130,7 @@ class SynthConfig:
 
 @dataclass
 class EvaluateConfig:
+    paths: PathsConfig = field(default_factory=PathsConfig)  # for interpolation in recipes
     checkpoint: str = MISSING
     manifest: str = MISSING  # a prepared eval.jsonl: its texts, languages and reference clips
     out_dir: str = MISSING

@@ -10,19 +10,18 @@ then moved into place.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import List
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from xtts_ft import __version__
 from xtts_ft.io_utils import atomic_dir, write_json, write_text
 from xtts_ft.model.layout import SIDECAR, read_sidecar
-from xtts_ft.model.loading import load_xtts
+from xtts_ft.model.loading import load_xtts, resolve_model_cfg
 
 # Keys coqui's loader drops anyway; a slim export never writes them.
 TRAINING_ONLY_PREFIXES = ("dvae.", "torch_mel_spectrogram_style_encoder.", "torch_mel_spectrogram_dvae.")
@@ -61,6 +60,8 @@ def run(cfg: DictConfig) -> Path:
         raise FileExistsError(f"{out} exists; pass overwrite=true to replace it")
     state = load_training_state(training_state_path(cfg))
     base_dir = Path(state["base_model_dir"])
+    if not base_dir.is_dir():  # runs/ moved to another machine, or the tiny model was cleaned
+        base_dir = resolve_model_cfg(OmegaConf.create(state["config"]["model"]))
     config, xtts = load_xtts(base_dir, "cpu", for_inference=False)
     xtts.gpt.load_state_dict(state["gpt"])
 
@@ -90,10 +91,7 @@ def verify_export(export_dir: Path, gpt_state: dict) -> None:
 
 def export_record(state: dict, base_dir: Path, export_dir: Path, config) -> dict:
     train_cfg = state["config"]
-    data_dir = Path(train_cfg["paths"]["processed_dir"]) / train_cfg["data"]["name"]
-    stats_path = data_dir / "stats.json"
-    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
-    stats.pop("config", None)
+    stats = state.get("data_stats", {})
     base_sidecar = read_sidecar(base_dir)
     return {
         "xtts_ft_version": __version__,
@@ -140,7 +138,7 @@ language:
 
 # {record['training']['run_name']} — XTTS-v2 fine-tune
 
-Fine-tuned from `{base['source']}` ({base['kind']}) with [xtts-ft](https://github.com/) {record['xtts_ft_version']}:
+Fine-tuned from `{base['source']}` ({base['kind']}) with xtts-ft {record['xtts_ft_version']}:
 GPT trained for {record['training']['gpt_steps']} steps on {train.get('clips', '?')} clips
 ({train.get('hours', '?')} h; speakers: {', '.join(train.get('speakers', {})) or '?'}).
 The license is inherited from the base model (Coqui Public Model License for XTTS-v2).

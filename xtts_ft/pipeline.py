@@ -1,5 +1,7 @@
 """Stage `pipeline`: run a recipe's stages in order, skipping those whose outputs exist.
 
+Once a stage runs, every later stage runs too (its inputs changed).
+
 A recipe (`recipes/<name>/recipe.yaml`) is a list of `{stage, overrides}`; each stage is
 composed like `xtts-ft <stage> overrides...` and run through its plain `run(cfg)`. Extra
 overrides given to the pipeline go to every stage whose config has that key.
@@ -57,6 +59,7 @@ def stage_done(module, cfg: DictConfig) -> bool:
 def run(cfg: DictConfig) -> List[dict]:
     recipe = load_recipe(cfg.recipe)
     report = []
+    upstream_ran = False  # once a stage runs, later stages' outputs are stale
     for entry in recipe["stages"]:
         stage = entry["stage"]
         overrides = list(entry.get("overrides") or [])
@@ -64,13 +67,14 @@ def run(cfg: DictConfig) -> List[dict]:
         extra = [o for o in cfg.overrides if applicable(o, base)]
         stage_cfg = compose(stage, overrides + extra) if extra else base
         module = importlib.import_module(f"xtts_ft.{stage}")
-        if not cfg.force and stage_done(module, stage_cfg):
+        if not cfg.force and not upstream_ran and stage_done(module, stage_cfg):
             print(f"── {stage}: done already, skipping (force=true re-runs it)")
             report.append({"stage": stage, "skipped": True})
             continue
         print(f"── {stage}")
         started = time.perf_counter()
         module.run(stage_cfg)
+        upstream_ran = True
         report.append({"stage": stage, "skipped": False, "seconds": round(time.perf_counter() - started, 1)})
     print("pipeline:", json.dumps(report))
     if recipe.get("outputs"):

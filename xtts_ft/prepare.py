@@ -72,6 +72,16 @@ def check_record(record: dict, root: Path, cfg: DictConfig, seen: set) -> Tuple[
     return audio, "", ""
 
 
+def output_name(source_index: int, audio: Path, root: Path, used: set) -> str:
+    """Unique names: spk1/0001.wav and spk2/0001.wav, or x.wav and x.flac, must not overwrite each other."""
+    relative = audio.resolve().relative_to(root.resolve())
+    name = f"{source_index}_{relative.with_suffix('').as_posix().replace('/', '__')}.wav"
+    if name in used:
+        name = f"{source_index}_{relative.as_posix().replace('/', '__').replace('.', '_')}.wav"
+    used.add(name)
+    return name
+
+
 def split_by_speaker(samples: List[Sample], cfg: DictConfig) -> Tuple[List[Sample], List[Sample]]:
     """Per speaker: a seeded shuffle, then eval_fraction (at least min_eval_per_speaker) to eval."""
     by_speaker: Dict[str, List[Sample]] = defaultdict(list)
@@ -101,6 +111,7 @@ def run(cfg: DictConfig) -> Path:
     dropped: List[dict] = []
     with atomic_dir(out) as tmp:
         seen: set = set()
+        used_names: set = set()
         for index, source in enumerate(cfg.data.sources):
             root = Path(source.path)
             records = read_corpus(root, source.formatter, source.metadata, source.speaker)
@@ -110,7 +121,7 @@ def run(cfg: DictConfig) -> Path:
                     dropped.append({**record, "language": source.language, "reason": reason, "message": message})
                     log.info("dropped %s (%s): %s", record["source_line"], reason, message)
                     continue
-                name = f"{index}_{Path(str(record['audio'])).stem}.wav"
+                name = output_name(index, Path(str(record["audio"])), root, used_names)
                 write_wav(tmp / "wavs" / name, audio, cfg.sample_rate)
                 kept.append(
                     Sample(
@@ -119,7 +130,7 @@ def run(cfg: DictConfig) -> Path:
                         speaker=str(record["speaker"]),
                         language=source.language,
                         duration=round(audio.size / cfg.sample_rate, 4),
-                        extra={"source_line": record["source_line"]},
+                        extra={k: v for k, v in record.items() if k not in ("audio", "text", "speaker")},
                     )
                 )
         train, evaluation = split_by_speaker(kept, cfg)

@@ -45,6 +45,20 @@ def is_done(cfg: DictConfig) -> bool:
     return progress.is_file() and json.loads(progress.read_text())["step"] >= cfg.max_steps
 
 
+def parameter_groups(gpt: torch.nn.Module, weight_decay: float) -> list:
+    """Decay only weight matrices, as coqui's recipe does (optimizer_wd_only_on_weights):
+    biases, norms and embeddings are not pulled towards zero."""
+    no_decay_modules = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.Embedding)
+    decay, no_decay = [], []
+    for module in gpt.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            skip = isinstance(module, no_decay_modules) or name.endswith("bias") or param.ndim < 2
+            (no_decay if skip else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def gpt_losses(gpt, features: GptFeatures, batch: dict, device: torch.device):
     batch = {k: v.to(device) for k, v in batch.items()}
     loss_text, loss_mel, _ = gpt(
@@ -101,7 +115,9 @@ def run(cfg: DictConfig) -> Path:
         raise ValueError(f"no trainable clips in {data_dir / 'train.jsonl'} (see {out / 'skipped.jsonl'})")
 
     trainable = [p for p in gpt.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(gpt, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+    )
     warmup = max(cfg.warmup_steps, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
 
@@ -110,14 +126,25 @@ def run(cfg: DictConfig) -> Path:
     state_path = out / "state.pt"
     if cfg.resume and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if (state["train_items"], state["config"]["batch_size"]) != (len(train_items), cfg.batch_size):
+            raise ValueError(
+                f"{state_path} was trained on {state['train_items']} clips with batch_size={state['config']['batch_size']}, "
+                f"now {len(train_items)} with batch_size={cfg.batch_size}: its sampler position means nothing here. "
+                "Use another run_name, or resume=false to start over in this one."
+            )
         gpt.load_state_dict(state["gpt"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        if torch.cuda.is_available() and state.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         print(f"resuming {state_path} at step {step}")
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    stats_path = data_dir / "stats.json"
+    data_stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+    data_stats.pop("config", None)
 
     def save_state() -> None:
         torch_save(
@@ -126,6 +153,9 @@ def run(cfg: DictConfig) -> Path:
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "train_items": len(train_items),
+                "data_stats": data_stats,
                 "step": step,
                 "epoch": epoch,
                 "batch_in_epoch": batch_in_epoch,
@@ -137,7 +167,8 @@ def run(cfg: DictConfig) -> Path:
         write_json(out / "progress.json", {"step": step, "max_steps": cfg.max_steps})
 
     # Loop.
-    writer = SummaryWriter(str(out / "tensorboard"))
+    # purge_step: after a crash, events logged past the saved step are dropped, not duplicated.
+    writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
     batches = iterate_batches(len(train_items), cfg.batch_size, cfg.seed, epoch, batch_in_epoch)
     progress = tqdm(total=cfg.max_steps, initial=step, desc="train-gpt", unit="step")
     audio_seconds, started = 0.0, time.perf_counter()
@@ -179,7 +210,7 @@ def run(cfg: DictConfig) -> Path:
             save_state()
     progress.close()
     writer.close()
-    if not state_path.is_file():  # max_steps already reached on resume: keep the contract
+    if not state_path.is_file() or not is_done(cfg):  # e.g. killed between state.pt and progress.json
         save_state()
     print(f"trained GPT for {step} steps → {state_path} (TensorBoard: {out / 'tensorboard'})")
     return state_path

@@ -36,8 +36,10 @@ def coqui_csv(root: Path, metadata: str = "metadata.csv", speaker: Optional[str]
         if not any(cell.strip() for cell in row):
             continue
         cells = dict(zip(header, row))
+        extra = {k: v for k, v in cells.items() if k not in ("audio_file", "text", "speaker_name")}
         records.append(
             {
+                **extra,  # columns beyond ours travel into the Sample
                 "audio": str(root / cells.get("audio_file", "").strip()),
                 "text": cells.get("text", ""),
                 "speaker": (cells.get("speaker_name") or speaker or root.name).strip(),
@@ -74,5 +76,6 @@ def read_corpus(root: Path, formatter: str, metadata: str, speaker: Optional[str
     if formatter not in FORMATTERS:
         raise ValueError(f"unknown formatter {formatter!r}; choose one of {', '.join(FORMATTERS)}")
     if not root.is_dir():
-        raise FileNotFoundError(f"corpus directory {root} does not exist")
+        hint = f" (relative to the current directory {Path.cwd()})" if not root.is_absolute() else ""
+        raise FileNotFoundError(f"corpus directory {root} does not exist{hint}")
     return FORMATTERS[formatter](root, metadata=metadata, speaker=speaker)
