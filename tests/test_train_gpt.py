@@ -8,7 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.conftest import TRAIN_OVERRIDES, demo_overrides
 from xtts_ft import train_gpt
 from xtts_ft.config import compose
-from xtts_ft.data.batches import collate, encode_samples, epoch_order, iterate_batches
+from xtts_ft.data.batches import collate, encode_samples, epoch_order, iterate_batches, pick_references
 from xtts_ft.data.sample import read_manifest
 from xtts_ft.model.features import GptFeatures
 from xtts_ft.model.loading import load_dvae, load_xtts
@@ -37,7 +37,11 @@ def test_loss_goes_down_on_a_fixed_batch(tiny_model_dir, prepared):
     manifest = prepared / "train.jsonl"
     items, skipped = encode_samples(read_manifest(manifest)[:4], xtts.tokenizer, 200, 255995, manifest)
     assert len(items) == 4 and not skipped
-    batch = collate(items, (3.0, 6.0), np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    references = pick_references(items, [0, 1, 2, 3], rng)
+    assert all(ref != item.audio for ref, item in zip(references, items))  # another clip of the same voice
+    assert all(ref.name.split("__")[1].split("_")[0] == item.speaker for ref, item in zip(references, items))
+    batch = collate(items, references, (3.0, 6.0), rng)
     assert batch["wavs"].shape[0] == 4 and batch["cond_wavs"].shape[0] == 4
     optimizer = torch.optim.AdamW(gpt.parameters(), lr=1e-3)
     losses = []

@@ -84,6 +84,9 @@ class TrainGptConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.96])
     warmup_steps: int = 0
     grad_clip: float = 1.0
+    # coqui's GPTArgs defaults: the text CE is a small auxiliary loss next to the audio-code CE.
+    text_ce_weight: float = 0.01
+    mel_ce_weight: float = 1.0
     max_audio_seconds: float = 11.6
     max_text_tokens: int = 200
     cond_min_seconds: float = 3.0  # the reference crop fed to the conditioning encoder

@@ -114,7 +114,8 @@ def export_record(state: dict, base_dir: Path, export_dir: Path, config) -> dict
 
 
 def model_card(record: dict) -> str:
-    languages = "\n".join(f"- {lang}" for lang in record["languages"])
+    # The Hub's metadata wants ISO 639-1 codes: XTTS's "zh-cn" is "zh" there.
+    languages = "\n".join(f"- {lang.split('-')[0]}" for lang in record["languages"])
     base = record["base_model"]
     metrics = record.get("metrics") or {}
     metrics_md = "\n".join(f"| {k} | {v} |" for k, v in metrics.items()) or "| (not evaluated yet) | |"

@@ -22,7 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from xtts_ft.config import to_container
-from xtts_ft.data.batches import collate, encode_samples, iterate_batches
+from xtts_ft.data.batches import collate, encode_samples, iterate_batches, pick_references
 from xtts_ft.data.sample import read_manifest
 from xtts_ft.io_utils import torch_save, write_json, write_jsonl, write_text
 from xtts_ft.model.features import GptFeatures
@@ -75,14 +75,16 @@ def gpt_losses(gpt, features: GptFeatures, batch: dict, device: torch.device):
 def evaluate_loss(gpt, features, items, cfg, device) -> dict:
     gpt.eval()
     totals, batches = np.zeros(2), 0
+    cond_seconds = (cfg.cond_min_seconds, cfg.cond_max_seconds)
     for i in range(0, len(items), cfg.batch_size):
-        rng = np.random.default_rng([cfg.seed, i])  # the same reference crops at every eval
-        batch = collate(items[i : i + cfg.batch_size], (cfg.cond_min_seconds, cfg.cond_max_seconds), rng)
+        rng = np.random.default_rng([cfg.seed, i])  # the same references and crops at every eval
+        indices = list(range(i, min(i + cfg.batch_size, len(items))))
+        batch = collate([items[j] for j in indices], pick_references(items, indices, rng), cond_seconds, rng)
         totals += [loss.item() for loss in gpt_losses(gpt, features, batch, device)]
         batches += 1
     gpt.train()
     text, mel = totals / max(batches, 1)
-    return {"eval/loss_text_ce": text, "eval/loss_mel_ce": mel, "eval/loss": text + mel}
+    return {"eval/loss_text_ce": text, "eval/loss_mel_ce": mel, "eval/loss": cfg.text_ce_weight * text + cfg.mel_ce_weight * mel}
 
 
 def run(cfg: DictConfig) -> Path:
@@ -178,9 +180,10 @@ def run(cfg: DictConfig) -> Path:
             epoch, b, indices = next(batches)
             batch_in_epoch = b + 1
             rng = np.random.default_rng([cfg.seed, epoch, b])
-            batch = collate([train_items[i] for i in indices], (cfg.cond_min_seconds, cfg.cond_max_seconds), rng)
+            references = pick_references(train_items, indices, rng)
+            batch = collate([train_items[i] for i in indices], references, (cfg.cond_min_seconds, cfg.cond_max_seconds), rng)
             loss_text, loss_mel = gpt_losses(gpt, features, batch, device)
-            loss = loss_text + loss_mel
+            loss = cfg.text_ce_weight * loss_text + cfg.mel_ce_weight * loss_mel
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {step}: stopping; last good state is {state_path}")
             (loss / cfg.grad_accum_steps).backward()
