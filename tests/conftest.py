@@ -38,7 +38,7 @@ def tiny_model_dir(workdir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def prepared(workdir) -> Path:
+def prepared(workdir, tiny_model_dir) -> Path:  # its vocabulary checks the texts
     from xtts_ft import prepare
 
     return prepare.run(compose("prepare", demo_overrides(workdir)))

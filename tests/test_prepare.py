@@ -48,13 +48,18 @@ def _corpus(tmp_path, rows, header="audio_file|text|speaker_name"):
     return root
 
 
-def _prepare(tmp_path, root, formatter="coqui_csv"):
-    overrides = [
-        "data.name=t",
-        f"data.sources=[{{path: {root}, formatter: {formatter}, language: en}}]",
-        f"paths.processed_dir={tmp_path / 'out'}",
-    ]
-    return prepare.run(compose("prepare", overrides))
+def _prepare(tmp_path, root, formatter="coqui_csv", source_extra="", overrides=("max_text_tokens=0",)):
+    return prepare.run(
+        compose(
+            "prepare",
+            [
+                "data.name=t",
+                f"data.sources=[{{path: {root}, formatter: {formatter}, language: en{source_extra}}}]",
+                f"paths.processed_dir={tmp_path / 'out'}",
+                *overrides,
+            ],
+        )
+    )
 
 
 def test_bad_audio_and_paths_are_dropped_with_reasons(tmp_path):
@@ -111,7 +116,7 @@ def test_ljspeech_prefers_the_normalized_column(tmp_path):
         sf.write(root / "wavs" / f"{name}.wav", 0.3 * np.sin(np.linspace(0, 3000, 33075)).astype("float32"), 22050)
     out = _prepare(tmp_path, root, formatter="ljspeech")
     texts = sorted(s.text for s in read_manifest(out / "train.jsonl") + read_manifest(out / "eval.jsonl"))
-    assert texts == ["Doctor Smith, first", "Plain text"]
+    assert texts == ["doctor smith, first", "plain text"]  # the normalized column, then the English cleaner
 
 
 def test_same_file_names_in_different_folders_do_not_collide(tmp_path):
@@ -138,4 +143,146 @@ def test_extra_columns_travel_into_the_sample(tmp_path):
         sf.write(root / f"{name}.wav", 0.3 * np.sin(np.linspace(0, 3000, 22050)).astype("float32"), 22050)
     out = _prepare(tmp_path, root)
     sample = read_manifest(out / "train.jsonl")[0]
-    assert sample.extra["style"] == "calm" and sample.extra["source_line"].endswith(("metadata.csv:2", "metadata.csv:3"))
+    assert sample.extra["style"] == "calm" and sample.extra["raw_text"] in ("one", "two") and sample.extra["source_line"].endswith(("metadata.csv:2", "metadata.csv:3"))
+
+
+def _tone(seconds=1.0, rate=22050, amplitude=0.3, channels=1):
+    import numpy as np
+
+    t = np.arange(int(seconds * rate)) / rate
+    wave = (amplitude * np.sin(2 * np.pi * 220 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))).astype("float32")
+    return np.stack([wave] * channels, axis=1) if channels > 1 else wave
+
+
+def _kept(out):
+    return read_manifest(out / "train.jsonl") + read_manifest(out / "eval.jsonl")
+
+
+def test_vctk_layout(tmp_path):
+    root = tmp_path / "vctk"
+    for speaker in ("p225", "p226"):
+        for i in (1, 2):
+            (root / "txt" / speaker).mkdir(parents=True, exist_ok=True)
+            (root / "txt" / speaker / f"{speaker}_00{i}.txt").write_text(f"Please call Stella {i}.\n")
+            (root / "wav48_silence_trimmed" / speaker).mkdir(parents=True, exist_ok=True)
+            sf.write(root / "wav48_silence_trimmed" / speaker / f"{speaker}_00{i}_mic1.flac", _tone(rate=48000), 48000)
+    out = _prepare(tmp_path, root, formatter="vctk")
+    kept = _kept(out)
+    assert sorted((s.speaker, s.text) for s in kept) == [
+        ("p225", "please call stella one."), ("p225", "please call stella two."),
+        ("p226", "please call stella one."), ("p226", "please call stella two."),
+    ]
+    assert all(s.extra["source_rate"] == 48000 for s in kept)
+    assert {sf.info(str(out / s.audio)).samplerate for s in kept} == {22050}
+
+
+def test_common_voice_tsv(tmp_path):
+    root = tmp_path / "cv"
+    (root / "clips").mkdir(parents=True)
+    rows = ["client_id\tpath\tsentence\tup_votes\tgender", "abc\ta.mp3.wav\tBonjour à tous.\t2\tfemale",
+            "abc\tb.mp3.wav\tIl y a 3 chats.\t3\tfemale", "def\tc.mp3.wav\t\t1\tmale"]
+    (root / "validated.tsv").write_text("\n".join(rows) + "\n")
+    for name in ("a", "b", "c"):
+        sf.write(root / "clips" / f"{name}.mp3.wav", _tone(rate=48000, channels=2), 48000)
+    out = prepare.run(compose("prepare", [
+        "data.name=cv", f"data.sources=[{{path: {root}, formatter: common_voice, language: fr, metadata: validated.tsv}}]",
+        f"paths.processed_dir={tmp_path / 'out'}", "max_text_tokens=0"]))
+    kept = _kept(out)
+    assert sorted(s.text for s in kept) == ["bonjour à tous.", "il y a trois chats."]
+    assert {s.speaker for s in kept} == {"abc"} and kept[0].extra["gender"] == "female"
+    assert sf.info(str(out / kept[0].audio)).channels == 1
+    dropped = [json.loads(line) for line in (out / "dropped.jsonl").read_text().splitlines()]
+    assert [(d["reason"], d["source_line"].rsplit(":", 1)[1]) for d in dropped] == [("empty_text", "4")]
+
+
+@pytest.mark.parametrize("suffix", ["csv", "tsv", "jsonl"])
+def test_generic_table_with_configured_columns(tmp_path, suffix):
+    root = tmp_path / "tbl"
+    root.mkdir()
+    rows = [("x.wav", "First line.", "ann", "happy"), ("y.wav", "Second line.", "ann", "sad")]
+    if suffix == "jsonl":
+        text = "".join(json.dumps({"file": a, "sentence": t, "who": w, "mood": m}) + "\n" for a, t, w, m in rows)
+    else:
+        sep = "," if suffix == "csv" else "\t"
+        text = "\n".join([sep.join(["file", "sentence", "who", "mood"])] + [sep.join(r) for r in rows]) + "\n"
+    (root / f"meta.{suffix}").write_text(text)
+    for name in ("x", "y"):
+        sf.write(root / f"{name}.wav", _tone(rate=16000), 16000)
+    columns = "{audio: file, text: sentence, speaker: who, emotion: mood}"
+    out = _prepare(tmp_path, root, formatter="table", source_extra=f", metadata: meta.{suffix}, columns: {columns}")
+    kept = sorted(_kept(out), key=lambda s: s.text)
+    assert [(s.text, s.speaker, s.emotion) for s in kept] == [("first line.", "ann", "happy"), ("second line.", "ann", "sad")]
+    assert "mood" not in kept[0].extra and "file" not in kept[0].extra
+
+
+def test_audiofolder(tmp_path):
+    root = tmp_path / "af"
+    root.mkdir()
+    (root / "metadata.csv").write_text("file_name,transcription\none.wav,Hello there.\ntwo.wav,General Kenobi.\n")
+    for name in ("one", "two"):
+        sf.write(root / f"{name}.wav", _tone(rate=44100), 44100)
+    out = _prepare(tmp_path, root, formatter="audiofolder", source_extra=", speaker: obi, columns: {text: transcription}")
+    assert sorted((s.text, s.speaker) for s in _kept(out)) == [("general kenobi.", "obi"), ("hello there.", "obi")]
+
+
+def test_every_kind_of_bad_record_gets_its_reason(tmp_path, tiny_model_dir):
+    import numpy as np
+
+    root = _corpus(tmp_path, [
+        "wavs/good1.wav|Dr. Smith paid $20.|s1",
+        "wavs/good2.wav|It is easy to tell the depth of a well.|s1",
+        "wavs/missing.wav|No file.|s1",
+        "wavs/empty.wav|Empty audio.|s1",
+        "wavs/truncated.wav|Cut short.|s1",
+        "wavs/short.wav|Too short.|s1",
+        "wavs/long.wav|Too long.|s1",
+        "wavs/clipped.wav|Clipped.|s1",
+        "wavs/cjk.wav|你好世界|s1",
+        "wavs/many.wav|" + "word " * 120 + "|s1",
+        "wavs/good1.wav|Duplicate.|s1",
+        "../escape.wav|Outside.|s1",
+        "wavs/blank.wav|   |s1",
+    ])
+    w = root / "wavs"
+    for name in ("good1", "good2", "cjk", "many"):
+        sf.write(w / f"{name}.wav", _tone(seconds=1.5, rate=44100), 44100)
+    sf.write(w / "empty.wav", np.zeros(0, dtype="float32"), 22050)
+    sf.write(w / "truncated.wav", _tone(seconds=2.0), 22050)
+    (w / "truncated.wav").write_bytes((w / "truncated.wav").read_bytes()[:30])
+    sf.write(w / "short.wav", _tone(seconds=0.2), 22050)
+    sf.write(w / "long.wav", _tone(seconds=13.0), 22050)
+    sf.write(w / "clipped.wav", np.clip(_tone(seconds=1.5, amplitude=3.0), -1, 1), 22050)
+    sf.write(w / "blank.wav", _tone(), 22050)
+    (tmp_path / "escape.wav").write_bytes(b"")
+    out = _prepare(tmp_path, root, overrides=[f"paths.models_dir={tiny_model_dir.parent}", "max_text_chars=1000"])
+    dropped = {d["audio"].rsplit("/", 1)[-1] + ":" + d["source_line"].rsplit(":", 1)[1]: d["reason"]
+               for d in map(json.loads, (out / "dropped.jsonl").read_text().splitlines())}
+    assert dropped == {
+        "missing.wav:4": "missing_file", "empty.wav:5": "unreadable_audio", "truncated.wav:6": "unreadable_audio",
+        "short.wav:7": "too_short", "long.wav:8": "too_long", "clipped.wav:9": "clipped",
+        "cjk.wav:10": "unknown_characters", "many.wav:11": "too_many_tokens", "good1.wav:12": "duplicate_audio",
+        "escape.wav:13": "outside_root", "blank.wav:14": "empty_text",
+    }
+    kept = sorted(_kept(out), key=lambda s: s.text)
+    assert [s.text for s in kept] == ["doctor smith paid twenty dollars.", "it is easy to tell the depth of a well."]
+    assert kept[0].extra["raw_text"] == "Dr. Smith paid $20."
+    assert all(sf.info(str(out / s.audio)).samplerate == 22050 for s in kept)
+    message = [json.loads(l) for l in (out / "dropped.jsonl").read_text().splitlines() if "cjk" in l][0]["message"]
+    assert "你" in message
+
+
+def test_decoder_copies_come_from_the_source_and_loudness_is_normalised(tmp_path):
+    import pyloudnorm
+
+    root = _corpus(tmp_path, ["wavs/hi.wav|High rate source.|s1", "wavs/lo.wav|Low rate source.|s1"])
+    sf.write(root / "wavs" / "hi.wav", _tone(seconds=2.0, rate=48000, amplitude=0.05), 48000)
+    sf.write(root / "wavs" / "lo.wav", _tone(seconds=2.0, rate=16000, amplitude=0.05), 16000)
+    out = _prepare(tmp_path, root, overrides=["max_text_tokens=0", "decoder_copies=true", "loudness_lufs=-23"])
+    for sample in _kept(out):
+        audio, rate = sf.read(str(out / sample.audio))
+        copy, copy_rate = sf.read(str(out / sample.extra["audio_24k"]))
+        assert (rate, copy_rate) == (22050, 24000)
+        assert copy.size / 24000 == pytest.approx(audio.size / 22050, abs=0.002)  # the same span
+        assert pyloudnorm.Meter(22050).integrated_loudness(audio) == pytest.approx(-23, abs=0.5)
+        assert sample.extra["band_limited"] == (sample.extra["source_rate"] < 24000)
+    assert json.loads((out / "stats.json").read_text())["band_limited_clips"] == 1

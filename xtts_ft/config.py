@@ -41,12 +41,23 @@ class ModelConfig:
 
 
 @dataclass
+class ColumnsConfig:
+    """Column names for the `table` and `audiofolder` formatters."""
+
+    audio: str = "audio"
+    text: str = "text"
+    speaker: Optional[str] = "speaker"
+    emotion: Optional[str] = None
+
+
+@dataclass
 class SourceConfig:
-    path: str = MISSING  # corpus root (holds metadata.csv)
-    formatter: str = "coqui_csv"  # coqui_csv | ljspeech
+    path: str = MISSING  # corpus root (holds the metadata file)
+    formatter: str = "coqui_csv"  # coqui_csv | ljspeech | vctk | common_voice | table | audiofolder
     language: str = MISSING
-    metadata: str = "metadata.csv"
-    speaker: Optional[str] = None  # speaker name for single-speaker formats (LJSpeech)
+    metadata: str = "metadata.csv"  # relative to path; common_voice: e.g. validated.tsv
+    speaker: Optional[str] = None  # speaker name when the source has none (LJSpeech, one-voice tables)
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
 
 
 @dataclass
@@ -58,12 +69,18 @@ class DataConfig:
 @dataclass
 class PrepareConfig:
     data: DataConfig = field(default_factory=DataConfig)
+    # The base model whose vocab.json the texts must fit (only vocab.json is read or downloaded).
+    model: ModelConfig = field(default_factory=ModelConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     sample_rate: int = 22050  # GPT/DVAE rate
     min_seconds: float = 0.5
     max_seconds: float = 11.6  # coqui recipe's GPT audio limit (255995 samples at 22.05 kHz)
     max_text_chars: int = 250
+    max_text_tokens: int = 200  # coqui recipe's limit; 0 disables the tokenizer checks
     trim_top_db: float = 40.0  # silence below peak-40 dB at both ends is cut
+    max_clipped_fraction: float = 0.001  # more samples than this at full scale: dropped as `clipped`
+    loudness_lufs: Optional[float] = None  # e.g. -23.0: normalise integrated loudness (pyloudnorm)
+    decoder_copies: bool = False  # also write 24 kHz copies from the source (HiFiGAN decoder targets)
     eval_fraction: float = 0.1
     min_eval_per_speaker: int = 1
     seed: int = 0

@@ -1,31 +1,53 @@
 """Stage `prepare`: corpus → data/processed/<name>/ (wavs, train/eval/dropped.jsonl, stats.json).
 
-Reads every configured source with its formatter, rejects bad records with a stable reason
-code (never silently), writes 22.05 kHz mono trimmed WAVs, and splits train/eval per
-speaker with a seed. The whole output directory is built aside and moved into place at the
-end, so an interrupted run never leaves a half-prepared dataset behind.
+Reads every configured source with its formatter, normalises text with the language's
+cleaner, checks it against the base model's vocabulary, rejects bad records with a stable
+reason code (never silently), writes 22.05 kHz mono trimmed WAVs (and 24 kHz copies from the
+source for decoder training when asked), and splits train/eval per speaker with a seed. The
+whole output directory is built aside and moved into place at the end, so an interrupted
+run never leaves a half-prepared dataset behind.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import re
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+import soundfile as sf
+import soxr
 from omegaconf import DictConfig
 from tqdm import tqdm
 
 from xtts_ft.config import to_container
-from xtts_ft.data.audio import load_audio, trim_silence, write_wav
+from xtts_ft.data.audio import write_wav
 from xtts_ft.data.formatters import read_corpus
 from xtts_ft.data.sample import Sample, write_manifest
+from xtts_ft.data.text import clean_text, cleaner_name, token_ids
 from xtts_ft.io_utils import atomic_dir, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
+DECODER_RATE = 24000
+
+
+class Rejected(Exception):
+    """A record that cannot be used: `reason` is the stable code written to dropped.jsonl."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class Clip:
+    audio: np.ndarray  # mono at cfg.sample_rate, trimmed (and loudness-normalised if asked)
+    audio_24k: Optional[np.ndarray]  # the same span resampled from the source, for decoder targets
+    source_rate: int
+    clipped_fraction: float
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -37,39 +59,77 @@ def outputs(cfg: DictConfig) -> List[Path]:
     return [out / "train.jsonl", out / "eval.jsonl", out / "dropped.jsonl", out / "stats.json"]
 
 
-def clean_text(text: str) -> str:
-    # Only whitespace here: XTTS's tokenizer applies its per-language cleaners at encode time.
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def check_record(record: dict, root: Path, cfg: DictConfig, seen: set) -> Tuple[Optional[np.ndarray], str, str]:
-    """Return (trimmed audio, "", "") for a good record, or (None, reason, message)."""
-    text = clean_text(str(record["text"]))
+def check_text(raw: str, language: str, cfg: DictConfig, tokenizer) -> str:
+    text = clean_text(raw, language)
     if not text:
-        return None, "empty_text", "the transcript is empty"
+        raise Rejected("empty_text", "the transcript is empty")
     if len(text) > cfg.max_text_chars:
-        return None, "text_too_long", f"{len(text)} characters > max_text_chars={cfg.max_text_chars}"
+        raise Rejected("text_too_long", f"{len(text)} characters > max_text_chars={cfg.max_text_chars}")
+    if tokenizer is not None:
+        ids = token_ids(tokenizer, text, language)
+        unk = tokenizer.token_to_id("[UNK]")
+        if unk in ids:
+            unknown = sorted({ch for ch in text if ch != " " and unk in token_ids(tokenizer, ch, language)[1:]})
+            raise Rejected("unknown_characters", f"not in the model's vocabulary: {' '.join(unknown) or '?'}")
+        if len(ids) > cfg.max_text_tokens:
+            raise Rejected("too_many_tokens", f"{len(ids)} tokens > max_text_tokens={cfg.max_text_tokens}")
+    return text
+
+
+def check_path(record: dict, root: Path, seen: set) -> Path:
     audio_path = Path(str(record["audio"])).resolve()
     if not audio_path.is_relative_to(root.resolve()):
-        return None, "outside_root", f"{audio_path} is outside the corpus root {root}"
+        raise Rejected("outside_root", f"{audio_path} is outside the corpus root {root}")
     if not audio_path.is_file():
-        return None, "missing_file", f"{audio_path} does not exist"
+        raise Rejected("missing_file", f"{audio_path} does not exist")
     if audio_path in seen:
-        return None, "duplicate_audio", f"{audio_path} is already used by an earlier record"
+        raise Rejected("duplicate_audio", f"{audio_path} is already used by an earlier record")
     seen.add(audio_path)
+    return audio_path
+
+
+def process_audio(path: Path, cfg: DictConfig) -> Clip:
+    """Decode once at the source rate; derive the 22.05 kHz clip and the 24 kHz copy from it."""
+    import librosa
+
     try:
-        audio = load_audio(audio_path, cfg.sample_rate)
-    except RuntimeError as err:
-        return None, "unreadable_audio", str(err)
-    if audio.size == 0 or not np.isfinite(audio).all():
-        return None, "unreadable_audio", "the audio is empty or holds non-finite samples"
-    audio = trim_silence(audio, cfg.trim_top_db)
+        source, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile raises several types for corrupt or truncated files
+        raise Rejected("unreadable_audio", f"cannot read {path}: {err}") from None
+    source = source.mean(axis=1)
+    if source.size == 0 or not np.isfinite(source).all():
+        raise Rejected("unreadable_audio", f"{path} is empty or holds non-finite samples")
+    clipped = float(np.mean(np.abs(source) >= 0.999))
+    if clipped > cfg.max_clipped_fraction:
+        raise Rejected("clipped", f"{clipped:.2%} of samples at full scale > max_clipped_fraction={cfg.max_clipped_fraction}")
+    audio = soxr.resample(source, rate, cfg.sample_rate, quality="HQ") if rate != cfg.sample_rate else source
+    _, (start, end) = librosa.effects.trim(audio, top_db=cfg.trim_top_db)
+    audio = audio[start:end]
     seconds = audio.size / cfg.sample_rate
     if seconds < cfg.min_seconds:
-        return None, "too_short", f"{seconds:.2f} s after trimming < min_seconds={cfg.min_seconds}"
+        raise Rejected("too_short", f"{seconds:.2f} s after trimming < min_seconds={cfg.min_seconds}")
     if seconds > cfg.max_seconds:
-        return None, "too_long", f"{seconds:.2f} s > max_seconds={cfg.max_seconds}"
-    return audio, "", ""
+        raise Rejected("too_long", f"{seconds:.2f} s > max_seconds={cfg.max_seconds}")
+    audio_24k = None
+    if cfg.decoder_copies:
+        # From the source, not from the 22.05 kHz copy, cut at the same instants.
+        span = source[int(start / cfg.sample_rate * rate) : int(end / cfg.sample_rate * rate)]
+        audio_24k = soxr.resample(span, rate, DECODER_RATE, quality="HQ") if rate != DECODER_RATE else span
+    if cfg.loudness_lufs is not None:
+        audio, audio_24k = normalize_loudness(audio, audio_24k, cfg)
+    return Clip(audio.astype(np.float32), None if audio_24k is None else audio_24k.astype(np.float32), rate, clipped)
+
+
+def normalize_loudness(audio: np.ndarray, audio_24k: Optional[np.ndarray], cfg: DictConfig):
+    """One gain for both copies (measured on the 22.05 kHz one), never pushing peaks past -1 dBFS."""
+    import pyloudnorm
+
+    loudness = pyloudnorm.Meter(cfg.sample_rate).integrated_loudness(audio)
+    if not np.isfinite(loudness):  # shorter than the meter's 400 ms block, or silent
+        return audio, audio_24k
+    gain = 10 ** ((cfg.loudness_lufs - loudness) / 20)
+    gain = min(gain, 10 ** (-1 / 20) / max(float(np.abs(audio).max()), 1e-9))
+    return audio * gain, None if audio_24k is None else audio_24k * gain
 
 
 def output_name(source_index: int, audio: Path, root: Path, used: set) -> str:
@@ -103,10 +163,21 @@ def split_by_speaker(samples: List[Sample], cfg: DictConfig) -> Tuple[List[Sampl
     return train, evaluation
 
 
+def load_tokenizer(cfg: DictConfig):
+    if cfg.max_text_tokens <= 0:
+        return None
+    from tokenizers import Tokenizer
+
+    from xtts_ft.model.loading import resolve_vocab
+
+    return Tokenizer.from_file(str(resolve_vocab(cfg.model)))
+
+
 def run(cfg: DictConfig) -> Path:
     out = output_dir(cfg)
     if not cfg.data.sources:
         raise ValueError(f"data.sources is empty for dataset {cfg.data.name!r}: nothing to prepare")
+    tokenizer = load_tokenizer(cfg)
     kept: List[Sample] = []
     dropped: List[dict] = []
     with atomic_dir(out) as tmp:
@@ -114,23 +185,34 @@ def run(cfg: DictConfig) -> Path:
         used_names: set = set()
         for index, source in enumerate(cfg.data.sources):
             root = Path(source.path)
-            records = read_corpus(root, source.formatter, source.metadata, source.speaker)
+            records = read_corpus(root, source)
             for record in tqdm(records, desc=f"prepare {root}", unit="clip"):
-                audio, reason, message = check_record(record, root, cfg, seen)
-                if audio is None:
-                    dropped.append({**record, "language": source.language, "reason": reason, "message": message})
-                    log.info("dropped %s (%s): %s", record["source_line"], reason, message)
+                try:
+                    text = check_text(str(record["text"]), source.language, cfg, tokenizer)
+                    clip = process_audio(check_path(record, root, seen), cfg)
+                except Rejected as rejected:
+                    dropped.append({**record, "language": source.language, "reason": rejected.reason, "message": str(rejected)})
+                    log.info("dropped %s (%s): %s", record["source_line"], rejected.reason, rejected)
                     continue
                 name = output_name(index, Path(str(record["audio"])), root, used_names)
-                write_wav(tmp / "wavs" / name, audio, cfg.sample_rate)
+                write_wav(tmp / "wavs" / name, clip.audio, cfg.sample_rate)
+                extra = {k: v for k, v in record.items() if k not in ("audio", "text", "speaker", "emotion")}
+                extra.update(raw_text=str(record["text"]), source_rate=clip.source_rate)
+                if clip.audio_24k is not None:
+                    write_wav(tmp / "wavs_24k" / name, clip.audio_24k, DECODER_RATE)
+                    extra["audio_24k"] = f"wavs_24k/{name}"
+                    extra["band_limited"] = clip.source_rate < DECODER_RATE  # no content above source_rate/2
+                if clip.clipped_fraction > 0:
+                    extra["clipped_fraction"] = round(clip.clipped_fraction, 6)
                 kept.append(
                     Sample(
                         audio=f"wavs/{name}",
-                        text=clean_text(str(record["text"])),
+                        text=text,
                         speaker=str(record["speaker"]),
                         language=source.language,
-                        duration=round(audio.size / cfg.sample_rate, 4),
-                        extra={k: v for k, v in record.items() if k not in ("audio", "text", "speaker")},
+                        duration=round(clip.audio.size / cfg.sample_rate, 4),
+                        emotion=record.get("emotion") or None,
+                        extra=extra,
                     )
                 )
         train, evaluation = split_by_speaker(kept, cfg)
@@ -151,11 +233,14 @@ def dataset_stats(train: List[Sample], evaluation: List[Sample], dropped: List[d
             "speakers": dict(Counter(s.speaker for s in samples)),
         }
 
+    languages = sorted({source.language for source in cfg.data.sources})
     return {
         "name": cfg.data.name,
         "sample_rate": cfg.sample_rate,
         "train": summary(train),
         "eval": summary(evaluation),
         "dropped": {"clips": len(dropped), "reasons": dict(Counter(d["reason"] for d in dropped))},
+        "text_cleaners": {language: cleaner_name(language) for language in languages},
+        "band_limited_clips": sum(1 for s in train + evaluation if s.extra.get("band_limited")),
         "config": to_container(cfg),
     }

@@ -7,8 +7,6 @@ so our code does not depend on torchaudio's codec backends.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Tuple
-
 import numpy as np
 import soundfile as sf
 import soxr
@@ -24,21 +22,6 @@ def load_audio(path: Path, sample_rate: int) -> np.ndarray:
     if rate != sample_rate and audio.size:
         audio = soxr.resample(audio, rate, sample_rate, quality="HQ").astype(np.float32)
     return audio
-
-
-def audio_info(path: Path) -> Tuple[int, int]:
-    """(sample rate, frames) from the header, without decoding."""
-    info = sf.info(str(path))
-    return info.samplerate, info.frames
-
-
-def trim_silence(audio: np.ndarray, top_db: float) -> np.ndarray:
-    import librosa
-
-    if audio.size == 0:
-        return audio
-    trimmed, _ = librosa.effects.trim(audio, top_db=top_db)
-    return trimmed
 
 
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:

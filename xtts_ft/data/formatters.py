@@ -1,30 +1,56 @@
 """Corpus formatters: each reads one corpus layout into raw records.
 
-A raw record is a dict with `audio` (absolute path), `text`, `speaker`, and `source_line`
-(file:line, for error messages and dropped.jsonl). Formatters never drop anything: a bad
-row becomes a record that `prepare` rejects with a reason.
+A raw record is a dict with `audio` (absolute path), `text`, `speaker`, `source_line`
+(file:line, for error messages and dropped.jsonl), and any extra fields the source had.
+Formatters never drop anything: a bad row becomes a record that `prepare` rejects with a
+reason. Adding a layout = one function here + its name in FORMATTERS.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Tuple
 
 Record = Dict[str, object]
 
 
-def _read_rows(path: Path) -> List[List[str]]:
+def _pipe_rows(path: Path) -> List[List[str]]:
     if not path.is_file():
         raise FileNotFoundError(f"metadata file {path} does not exist")
     with path.open(encoding="utf-8", newline="") as f:
         return list(csv.reader(f, delimiter="|", quoting=csv.QUOTE_NONE))
 
 
-def coqui_csv(root: Path, metadata: str = "metadata.csv", speaker: Optional[str] = None) -> List[Record]:
+def _table_rows(path: Path, delimiter: str) -> Iterator[Tuple[int, dict]]:
+    """(line number, row dict) for a headed CSV/TSV, or a JSON-lines file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"metadata file {path} does not exist")
+    with path.open(encoding="utf-8", newline="") as f:
+        if path.suffix == ".jsonl":
+            for lineno, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        yield lineno, json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            return
+        reader = csv.DictReader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+        for row in reader:
+            yield reader.line_num, row
+
+
+def _require_columns(path: Path, row: dict, columns: Dict[str, str]) -> None:
+    missing = [f"{role}={name!r}" for role, name in columns.items() if name and name not in row]
+    if missing:
+        raise ValueError(f"{path}:1: no column {', '.join(missing)} (columns found: {', '.join(row)})")
+
+
+def coqui_csv(root: Path, source) -> List[Record]:
     """coqui's CSV: a header `audio_file|text|speaker_name`, then one clip per line."""
-    path = root / metadata
-    rows = _read_rows(path)
+    path = root / source.metadata
+    rows = _pipe_rows(path)
     if not rows:
         raise ValueError(f"{path}: empty file")
     header = [h.strip() for h in rows[0]]
@@ -42,18 +68,18 @@ def coqui_csv(root: Path, metadata: str = "metadata.csv", speaker: Optional[str]
                 **extra,  # columns beyond ours travel into the Sample
                 "audio": str(root / cells.get("audio_file", "").strip()),
                 "text": cells.get("text", ""),
-                "speaker": (cells.get("speaker_name") or speaker or root.name).strip(),
+                "speaker": (cells.get("speaker_name") or source.speaker or root.name).strip(),
                 "source_line": f"{path}:{lineno}",
             }
         )
     return records
 
 
-def ljspeech(root: Path, metadata: str = "metadata.csv", speaker: Optional[str] = None) -> List[Record]:
+def ljspeech(root: Path, source) -> List[Record]:
     """LJSpeech: `id|text[|normalized text]`, audio in wavs/<id>.wav; the normalized column wins."""
-    path = root / metadata
+    path = root / source.metadata
     records = []
-    for lineno, row in enumerate(_read_rows(path), start=1):
+    for lineno, row in enumerate(_pipe_rows(path), start=1):
         if not any(cell.strip() for cell in row):
             continue
         clip_id = row[0].strip()
@@ -62,20 +88,112 @@ def ljspeech(root: Path, metadata: str = "metadata.csv", speaker: Optional[str] 
             {
                 "audio": str(root / "wavs" / f"{clip_id}.wav"),
                 "text": text,
-                "speaker": speaker or root.name,
+                "speaker": source.speaker or root.name,
                 "source_line": f"{path}:{lineno}",
             }
         )
     return records
 
 
-FORMATTERS: Dict[str, Callable[..., List[Record]]] = {"coqui_csv": coqui_csv, "ljspeech": ljspeech}
+def vctk(root: Path, source) -> List[Record]:
+    """VCTK: txt/<spk>/<spk>_<id>.txt beside wav48_silence_trimmed/<spk>/<spk>_<id>_mic1.flac (0.92)
+    or wav48/<spk>/<spk>_<id>.wav (0.80)."""
+    txt_dir = root / "txt"
+    if not txt_dir.is_dir():
+        raise FileNotFoundError(f"{txt_dir} does not exist: not a VCTK layout (txt/<speaker>/*.txt)")
+    records = []
+    for txt in sorted(txt_dir.glob("*/*.txt")):
+        speaker, stem = txt.parent.name, txt.stem
+        candidates = [
+            root / "wav48_silence_trimmed" / speaker / f"{stem}_mic1.flac",
+            root / "wav48" / speaker / f"{stem}.wav",
+        ]
+        audio = next((c for c in candidates if c.is_file()), candidates[0])
+        records.append(
+            {"audio": str(audio), "text": txt.read_text(encoding="utf-8"), "speaker": speaker, "source_line": f"{txt}:1"}
+        )
+    return records
 
 
-def read_corpus(root: Path, formatter: str, metadata: str, speaker: Optional[str]) -> List[Record]:
-    if formatter not in FORMATTERS:
-        raise ValueError(f"unknown formatter {formatter!r}; choose one of {', '.join(FORMATTERS)}")
+def common_voice(root: Path, source) -> List[Record]:
+    """Common Voice: <metadata> (e.g. validated.tsv) with client_id, path, sentence; audio in clips/."""
+    path = root / (source.metadata if source.metadata.endswith(".tsv") else "validated.tsv")
+    records = []
+    for lineno, row in _table_rows(path, "\t"):
+        if lineno == 2:
+            _require_columns(path, row, {"audio": "path", "text": "sentence"})
+        extra = {k: v for k, v in row.items() if k not in ("path", "sentence", "client_id") and v}
+        records.append(
+            {
+                **extra,
+                "audio": str(root / "clips" / (row.get("path") or "")),
+                "text": row.get("sentence") or "",
+                "speaker": row.get("client_id") or source.speaker or root.name,
+                "source_line": f"{path}:{lineno}",
+            }
+        )
+    return records
+
+
+def table(root: Path, source) -> List[Record]:
+    """Any CSV (`,`), TSV (`\\t`) or JSONL with a header/keys; column names from `source.columns`."""
+    path = root / source.metadata
+    delimiter = "\t" if path.suffix == ".tsv" else ","
+    columns = dict(source.columns)
+    records = []
+    for lineno, row in _table_rows(path, delimiter):
+        if len(records) == 0:
+            _require_columns(path, row, {"audio": columns["audio"], "text": columns["text"]})
+        ours = {v for v in columns.values() if v}
+        record = {k: v for k, v in row.items() if k not in ours}
+        record.update(
+            audio=str(root / str(row.get(columns["audio"]) or "")),
+            text=str(row.get(columns["text"]) or ""),
+            speaker=str(row.get(columns["speaker"]) or source.speaker or root.name) if columns.get("speaker") else (source.speaker or root.name),
+            source_line=f"{path}:{lineno}",
+        )
+        if columns.get("emotion") and row.get(columns["emotion"]):
+            record["emotion"] = row[columns["emotion"]]
+        records.append(record)
+    return records
+
+
+def audiofolder(root: Path, source) -> List[Record]:
+    """Hugging Face's audiofolder: metadata.csv (or .jsonl) with `file_name` beside the audio."""
+    metadata = source.metadata if source.metadata != "metadata.csv" or (root / "metadata.csv").is_file() else "metadata.jsonl"
+    path = root / metadata
+    columns = {**dict(source.columns), "audio": "file_name"}
+    records = []
+    for lineno, row in _table_rows(path, "\t" if path.suffix == ".tsv" else ","):
+        if not records:
+            _require_columns(path, row, {"audio": "file_name", "text": columns["text"]})
+        ours = {v for v in columns.values() if v}
+        records.append(
+            {
+                **{k: v for k, v in row.items() if k not in ours},
+                "audio": str(root / str(row.get("file_name") or "")),
+                "text": str(row.get(columns["text"]) or ""),
+                "speaker": str(row.get(columns.get("speaker") or "", "") or source.speaker or root.name),
+                "source_line": f"{path}:{lineno}",
+            }
+        )
+    return records
+
+
+FORMATTERS: Dict[str, Callable[[Path, object], List[Record]]] = {
+    "coqui_csv": coqui_csv,
+    "ljspeech": ljspeech,
+    "vctk": vctk,
+    "common_voice": common_voice,
+    "table": table,
+    "audiofolder": audiofolder,
+}
+
+
+def read_corpus(root: Path, source) -> List[Record]:
+    if source.formatter not in FORMATTERS:
+        raise ValueError(f"unknown formatter {source.formatter!r}; choose one of {', '.join(FORMATTERS)}")
     if not root.is_dir():
         hint = f" (relative to the current directory {Path.cwd()})" if not root.is_absolute() else ""
         raise FileNotFoundError(f"corpus directory {root} does not exist{hint}")
-    return FORMATTERS[formatter](root, metadata=metadata, speaker=speaker)
+    return FORMATTERS[source.formatter](root, source)

@@ -57,6 +57,24 @@ def resolve_model_dir(source: str, revision: Optional[str] = None, build_tiny: b
     raise FileNotFoundError(f"model source {source!r} is neither a directory nor a Hub id (owner/name)")
 
 
+def resolve_vocab(model_cfg) -> Path:
+    """The model's vocab.json, without downloading the whole model from the Hub."""
+    path = Path(model_cfg.source).expanduser()
+    if path.is_dir() or model_cfg.build_tiny:
+        return resolve_model_cfg(model_cfg) / "vocab.json"
+    if looks_like_hub_id(model_cfg.source):
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return Path(hf_hub_download(model_cfg.source, "vocab.json", revision=model_cfg.get("revision")))
+        except Exception as err:
+            raise RuntimeError(
+                f"cannot fetch vocab.json of {model_cfg.source!r} from the Hub ({type(err).__name__}); "
+                "pass a local model directory (model.source=/path/to/XTTS-v2) or max_text_tokens=0 to skip token checks"
+            ) from err
+    raise FileNotFoundError(f"model source {model_cfg.source!r} is neither a directory nor a Hub id (owner/name)")
+
+
 def resolve_model_cfg(model_cfg) -> Path:
     return resolve_model_dir(model_cfg.source, model_cfg.get("revision"), model_cfg.build_tiny, model_cfg.tiny_seed)
 

@@ -1,0 +1,65 @@
+"""Text normalisation per language: one registry used by `prepare` (and later by training and inference).
+
+Languages coqui-tts knows use its multilingual cleaners (lower-case, numbers, abbreviations,
+symbols spelled out). Any other language gets a registered cleaner, or the basic one
+(Unicode NFC, lower-case, collapsed spaces) — never coqui's NotImplementedError.
+
+    from xtts_ft.data.text import register_cleaner
+
+    @register_cleaner("wo")
+    def wolof(text: str) -> str: ...
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Callable, Dict
+
+# The languages coqui-tts 0.28's VoiceBpeTokenizer.preprocess_text cleans with multilingual_cleaners.
+COQUI_LANGUAGES = {"ar", "cs", "de", "en", "es", "fr", "hi", "hu", "it", "nl", "pl", "pt", "ru", "tr", "zh", "ko"}
+CLEANERS: Dict[str, Callable[[str], str]] = {}
+
+
+def register_cleaner(language: str):
+    def decorator(function: Callable[[str], str]) -> Callable[[str], str]:
+        CLEANERS[language] = function
+        return function
+
+    return decorator
+
+
+def basic_cleaner(text: str) -> str:
+    text = unicodedata.normalize("NFC", text).lower()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def cleaner_name(language: str) -> str:
+    language = language.split("-")[0]
+    if language in CLEANERS:
+        return CLEANERS[language].__name__
+    return "coqui_multilingual" if language in COQUI_LANGUAGES else "basic"
+
+
+def clean_text(text: str, language: str) -> str:
+    language = language.split("-")[0]
+    text = re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip()
+    if not text:
+        return ""
+    if language in CLEANERS:
+        return CLEANERS[language](text)
+    if language in COQUI_LANGUAGES:
+        from TTS.tts.layers.xtts.tokenizer import multilingual_cleaners
+
+        return re.sub(r"\s+", " ", multilingual_cleaners(text, language)).strip()
+    return basic_cleaner(text)
+
+
+def token_ids(tokenizer, text: str, language: str) -> list:
+    """Ids as XTTS encodes already-cleaned text: `[lang]` + text with spaces as [SPACE].
+
+    Goes through the `tokenizers` object directly, so it works for languages coqui's
+    VoiceBpeTokenizer.encode refuses.
+    """
+    language = "zh-cn" if language.split("-")[0] == "zh" else language.split("-")[0]
+    return tokenizer.encode(f"[{language}]{text}".replace(" ", "[SPACE]")).ids
