@@ -286,3 +286,13 @@ def test_decoder_copies_come_from_the_source_and_loudness_is_normalised(tmp_path
         assert pyloudnorm.Meter(22050).integrated_loudness(audio) == pytest.approx(-23, abs=0.5)
         assert sample.extra["band_limited"] == (sample.extra["source_rate"] < 24000)
     assert json.loads((out / "stats.json").read_text())["band_limited_clips"] == 1
+
+
+def test_worker_processes_give_the_same_dataset(tmp_path, prepared, workdir, monkeypatch):
+    monkeypatch.setattr(prepare, "CLIPS_PER_WORKER", 1)  # the demo is small: force two workers
+    out = prepare.run(compose("prepare", demo_overrides(tmp_path)[:2] + [
+        f"paths.processed_dir={tmp_path}", f"paths.models_dir={workdir / 'models'}", "num_workers=2"]))
+    for name in ("train.jsonl", "eval.jsonl", "dropped.jsonl"):
+        assert (out / name).read_text() == (prepared / name).read_text()
+    first = sorted((prepared / "wavs").iterdir())[0]
+    assert (out / "wavs" / first.name).read_bytes() == first.read_bytes()

@@ -11,7 +11,10 @@ run never leaves a half-prepared dataset behind.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import random
+from concurrent.futures import ProcessPoolExecutor
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,7 @@ from xtts_ft.io_utils import atomic_dir, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 DECODER_RATE = 24000
+CLIPS_PER_WORKER = 64
 
 
 class Rejected(Exception):
@@ -40,6 +44,9 @@ class Rejected(Exception):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
+
+    def __reduce__(self):  # travels back from worker processes
+        return Rejected, (self.reason, str(self))
 
 
 @dataclass
@@ -132,6 +139,53 @@ def normalize_loudness(audio: np.ndarray, audio_24k: Optional[np.ndarray], cfg: 
     return audio * gain, None if audio_24k is None else audio_24k * gain
 
 
+@dataclass
+class AudioJob:
+    path: Path  # source file, already checked to exist inside the corpus root
+    name: str  # output file name under wavs/ (and wavs_24k/)
+
+
+@dataclass
+class ClipInfo:
+    """What travels back from a worker: numbers, not audio."""
+
+    samples: int
+    source_rate: int
+    clipped_fraction: float
+    has_24k: bool
+
+
+def run_audio_job(job: AudioJob, cfg: DictConfig, out: Path):
+    """Decode, process and write one clip (in a worker process): ClipInfo, or the Rejected reason."""
+    try:
+        clip = process_audio(job.path, cfg)
+    except Rejected as rejected:
+        return rejected
+    write_wav(out / "wavs" / job.name, clip.audio, cfg.sample_rate)
+    if clip.audio_24k is not None:
+        write_wav(out / "wavs_24k" / job.name, clip.audio_24k, DECODER_RATE)
+    return ClipInfo(clip.audio.size, clip.source_rate, clip.clipped_fraction, clip.audio_24k is not None)
+
+
+def _worker(args):
+    return run_audio_job(*args)
+
+
+def map_audio_jobs(jobs: List[AudioJob], cfg: DictConfig, out: Path):
+    """Results in job order (so manifests do not depend on scheduling), over `num_workers` processes."""
+    # A spawned worker costs seconds of imports: below CLIPS_PER_WORKER clips each, fewer workers win.
+    workers = min(cfg.num_workers or os.cpu_count() or 1, -(-len(jobs) // CLIPS_PER_WORKER))
+    tasks = [(job, cfg, out) for job in jobs]
+    if workers <= 1:
+        yield from map(_worker, tasks)
+        return
+    # spawn, not fork: the parent may hold torch/OpenMP or tokenizer threads whose locks a forked
+    # child would inherit. An executor (not a Pool) raises if a worker dies instead of hanging.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+        yield from pool.map(_worker, tasks, chunksize=4)
+
+
 def output_name(source_index: int, audio: Path, root: Path, used: set) -> str:
     """Unique names: spk1/0001.wav and spk2/0001.wav, or x.wav and x.flac, must not overwrite each other."""
     relative = audio.resolve().relative_to(root.resolve())
@@ -179,42 +233,55 @@ def run(cfg: DictConfig) -> Path:
         raise ValueError(f"data.sources is empty for dataset {cfg.data.name!r}: nothing to prepare")
     tokenizer = load_tokenizer(cfg)
     kept: List[Sample] = []
-    dropped: List[dict] = []
+    dropped: List[Tuple[int, dict]] = []  # (position in the corpus, entry): written in corpus order
+
+    def drop(position: int, record: dict, language: str, rejected: Rejected) -> None:
+        dropped.append((position, {**record, "language": language, "reason": rejected.reason, "message": str(rejected)}))
+        log.info("dropped %s (%s): %s", record["source_line"], rejected.reason, rejected)
+
     with atomic_dir(out) as tmp:
+        # Cheap checks (text, paths, duplicates) in order here; audio work in parallel below.
         seen: set = set()
         used_names: set = set()
+        pending: List[Tuple[int, dict, object, str, AudioJob]] = []
+        position = 0
         for index, source in enumerate(cfg.data.sources):
             root = Path(source.path)
-            records = read_corpus(root, source)
-            for record in tqdm(records, desc=f"prepare {root}", unit="clip"):
+            for record in read_corpus(root, source):
+                position += 1
                 try:
                     text = check_text(str(record["text"]), source.language, cfg, tokenizer)
-                    clip = process_audio(check_path(record, root, seen), cfg)
+                    path = check_path(record, root, seen)
                 except Rejected as rejected:
-                    dropped.append({**record, "language": source.language, "reason": rejected.reason, "message": str(rejected)})
-                    log.info("dropped %s (%s): %s", record["source_line"], rejected.reason, rejected)
+                    drop(position, record, source.language, rejected)
                     continue
-                name = output_name(index, Path(str(record["audio"])), root, used_names)
-                write_wav(tmp / "wavs" / name, clip.audio, cfg.sample_rate)
-                extra = {k: v for k, v in record.items() if k not in ("audio", "text", "speaker", "emotion")}
-                extra.update(raw_text=str(record["text"]), source_rate=clip.source_rate)
-                if clip.audio_24k is not None:
-                    write_wav(tmp / "wavs_24k" / name, clip.audio_24k, DECODER_RATE)
-                    extra["audio_24k"] = f"wavs_24k/{name}"
-                    extra["band_limited"] = clip.source_rate < DECODER_RATE  # no content above source_rate/2
-                if clip.clipped_fraction > 0:
-                    extra["clipped_fraction"] = round(clip.clipped_fraction, 6)
-                kept.append(
-                    Sample(
-                        audio=f"wavs/{name}",
-                        text=text,
-                        speaker=str(record["speaker"]),
-                        language=source.language,
-                        duration=round(clip.audio.size / cfg.sample_rate, 4),
-                        emotion=record.get("emotion") or None,
-                        extra=extra,
-                    )
+                job = AudioJob(path, output_name(index, Path(str(record["audio"])), root, used_names))
+                pending.append((position, record, source, text, job))
+
+        results = map_audio_jobs([job for *_, job in pending], cfg, tmp)
+        for (position, record, source, text, job), clip in tqdm(zip(pending, results), total=len(pending), desc="prepare audio", unit="clip"):
+            if isinstance(clip, Rejected):
+                drop(position, record, source.language, clip)
+                continue
+            extra = {k: v for k, v in record.items() if k not in ("audio", "text", "speaker", "emotion")}
+            extra.update(raw_text=str(record["text"]), source_rate=clip.source_rate)
+            if clip.has_24k:
+                extra["audio_24k"] = f"wavs_24k/{job.name}"
+                extra["band_limited"] = clip.source_rate < DECODER_RATE  # no content above source_rate/2
+            if clip.clipped_fraction > 0:
+                extra["clipped_fraction"] = round(clip.clipped_fraction, 6)
+            kept.append(
+                Sample(
+                    audio=f"wavs/{job.name}",
+                    text=text,
+                    speaker=str(record["speaker"]),
+                    language=source.language,
+                    duration=round(clip.samples / cfg.sample_rate, 4),
+                    emotion=record.get("emotion") or None,
+                    extra=extra,
                 )
+            )
+        dropped = [entry for _, entry in sorted(dropped, key=lambda pair: pair[0])]
         train, evaluation = split_by_speaker(kept, cfg)
         write_manifest(tmp / "train.jsonl", train)
         write_manifest(tmp / "eval.jsonl", evaluation)
