@@ -5,6 +5,7 @@ import soundfile as sf
 
 from tests.conftest import demo_overrides
 from xtts_ft import prepare
+from xtts_ft.data import clips
 from xtts_ft.config import compose
 from xtts_ft.data.sample import read_manifest
 
@@ -289,7 +290,7 @@ def test_decoder_copies_come_from_the_source_and_loudness_is_normalised(tmp_path
 
 
 def test_worker_processes_give_the_same_dataset(tmp_path, prepared, workdir, monkeypatch):
-    monkeypatch.setattr(prepare, "CLIPS_PER_WORKER", 1)  # the demo is small: force two workers
+    monkeypatch.setattr(clips, "CLIPS_PER_WORKER", 1)  # the demo is small: force two workers
     out = prepare.run(compose("prepare", demo_overrides(tmp_path)[:2] + [
         f"paths.processed_dir={tmp_path}", f"paths.models_dir={workdir / 'models'}", "num_workers=2"]))
     for name in ("train.jsonl", "eval.jsonl", "dropped.jsonl"):

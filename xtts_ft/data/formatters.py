@@ -180,6 +180,39 @@ def audiofolder(root: Path, source) -> List[Record]:
     return records
 
 
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
+
+
+def long_recordings(root: Path, source) -> List[Record]:
+    """Untranscribed recordings under `root`, cut on ASR word timestamps into `source.segments_dir`.
+
+    Segments are cached: a recording already segmented (its `<stem>.segments.json` exists) is not
+    transcribed again. Pieces the segmenter rejects come back as records carrying their reason.
+    """
+    from xtts_ft.data.segment import segment_recording
+    from xtts_ft.io_utils import write_json
+
+    out_dir = Path(source.segments_dir)
+    recordings = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and out_dir not in p.parents)
+    if not recordings:
+        raise FileNotFoundError(f"no audio ({', '.join(AUDIO_EXTENSIONS)}) under {root}")
+    records = []
+    for recording in recordings:
+        index = out_dir / f"{recording.stem}.segments.json"
+        if index.is_file():
+            cached = json.loads(index.read_text(encoding="utf-8"))
+            segments, dropped = cached["segments"], cached["dropped"]
+        else:
+            segments, dropped = segment_recording(recording, out_dir, source.language, model=source.asr_model,
+                                                  target_seconds=source.target_seconds)
+            write_json(index, {"segments": segments, "dropped": dropped})
+        speaker = source.speaker or recording.stem
+        records += [{**seg, "speaker": speaker, "recording": str(recording)} for seg in segments]
+        records += [{"audio": str(recording), "text": d.get("text", ""), "speaker": speaker, "source_line": d["source_line"],
+                     "rejected": [d["reason"], d["message"]]} for d in dropped]
+    return records
+
+
 FORMATTERS: Dict[str, Callable[[Path, object], List[Record]]] = {
     "coqui_csv": coqui_csv,
     "ljspeech": ljspeech,
@@ -187,6 +220,7 @@ FORMATTERS: Dict[str, Callable[[Path, object], List[Record]]] = {
     "common_voice": common_voice,
     "table": table,
     "audiofolder": audiofolder,
+    "long_recordings": long_recordings,
 }
 
 
