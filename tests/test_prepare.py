@@ -297,3 +297,32 @@ def test_worker_processes_give_the_same_dataset(tmp_path, prepared, workdir, mon
         assert (out / name).read_text() == (prepared / name).read_text()
     first = sorted((prepared / "wavs").iterdir())[0]
     assert (out / "wavs" / first.name).read_bytes() == first.read_bytes()
+
+
+@pytest.mark.parametrize("layout", ["save_to_disk", "parquet"])
+def test_hugging_face_dataset(tmp_path, layout):
+    datasets = pytest.importorskip("datasets")
+    import io
+
+    clips = []
+    for i, rate in enumerate((16000, 48000, 44100)):
+        buffer = io.BytesIO()
+        sf.write(buffer, _tone(seconds=1.2, rate=rate), rate, format="FLAC")
+        clips.append({"bytes": buffer.getvalue(), "path": f"clip{i}.flac"})
+    table = {"audio": clips, "sentence": ["Hello there.", "It costs $5.", ""], "spk": ["a", "a", "b"]}
+    dataset = datasets.Dataset.from_dict(table).cast_column("audio", datasets.Audio(decode=False))
+    path = tmp_path / "ds"
+    if layout == "save_to_disk":
+        dataset.save_to_disk(str(path))
+    else:
+        path.mkdir()
+        dataset.to_parquet(str(path / "train.parquet"))
+    out = prepare.run(compose("prepare", [
+        "data.name=hf", f"data.sources=[{{path: {path}, formatter: hf, language: en, columns: {{audio: audio, text: sentence, speaker: spk}}}}]",
+        f"paths.processed_dir={tmp_path / 'out'}", "max_text_tokens=0"]))
+    kept = sorted(_kept(out), key=lambda s: s.text)
+    assert [(s.text, s.speaker) for s in kept] == [("hello there.", "a"), ("it costs five dollars.", "a")]
+    assert {s.extra["source_rate"] for s in kept} == {16000, 48000}
+    assert all(sf.info(str(out / s.audio)).samplerate == 22050 for s in kept)
+    dropped = [json.loads(line) for line in (out / "dropped.jsonl").read_text().splitlines()]
+    assert [(d["reason"], d["source_line"].endswith("[train][2]")) for d in dropped] == [("empty_text", True)]

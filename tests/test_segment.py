@@ -131,7 +131,7 @@ def test_prepare_cuts_long_recordings_into_a_manifest(recording, tmp_path):
     kept = read_manifest(out / "train.jsonl") + read_manifest(out / "eval.jsonl")
     assert len(kept) >= 3 and {s.speaker for s in kept} == {"host"}
     assert all(1.0 <= s.duration <= 11.0 and s.text == s.text.lower() for s in kept)
-    index = tmp_path / "out" / "segments" / "pod" / "0" / "episode1.segments.json"
+    index = tmp_path / "out" / "cache" / "pod" / "0" / "episode1.segments.json"
     assert index.is_file()
     stamp = index.stat().st_mtime_ns
     again = prepare.run(cfg)  # segments are cached: no second transcription

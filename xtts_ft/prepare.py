@@ -128,10 +128,10 @@ def run(cfg: DictConfig) -> Path:
         position = 0
         for index, source in enumerate(cfg.data.sources):
             root = Path(source.path)
-            if source.formatter == "long_recordings":
-                if source.segments_dir is None:
-                    source.segments_dir = str(Path(cfg.paths.processed_dir) / "segments" / cfg.data.name / str(index))
-                root_for_audio = Path(source.segments_dir)  # the clips prepare reads are the cut segments
+            if source.formatter in ("hf", "long_recordings"):
+                if source.cache_dir is None:
+                    source.cache_dir = str(Path(cfg.paths.processed_dir) / "cache" / cfg.data.name / str(index))
+                root_for_audio = Path(source.cache_dir)  # the clips prepare reads: decoded rows, cut segments
             else:
                 root_for_audio = root
             for record in read_corpus(root, source):

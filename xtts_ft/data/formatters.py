@@ -184,7 +184,7 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
 
 
 def long_recordings(root: Path, source) -> List[Record]:
-    """Untranscribed recordings under `root`, cut on ASR word timestamps into `source.segments_dir`.
+    """Untranscribed recordings under `root`, cut on ASR word timestamps into `source.cache_dir`.
 
     Segments are cached: a recording already segmented (its `<stem>.segments.json` exists) is not
     transcribed again. Pieces the segmenter rejects come back as records carrying their reason.
@@ -192,7 +192,7 @@ def long_recordings(root: Path, source) -> List[Record]:
     from xtts_ft.data.segment import segment_recording
     from xtts_ft.io_utils import write_json
 
-    out_dir = Path(source.segments_dir)
+    out_dir = Path(source.cache_dir)
     recordings = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and out_dir not in p.parents)
     if not recordings:
         raise FileNotFoundError(f"no audio ({', '.join(AUDIO_EXTENSIONS)}) under {root}")
@@ -213,6 +213,61 @@ def long_recordings(root: Path, source) -> List[Record]:
     return records
 
 
+def hf_dataset(path: str, source) -> List[Record]:
+    """A Hugging Face dataset: a Hub id, a `save_to_disk` directory, or parquet file(s).
+
+    Audio is read undecoded (`Audio(decode=False)`) and its bytes written to `source.cache_dir`,
+    so our own soundfile path decodes it and no extra codec stack is needed.
+    """
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError("formatter hf needs the `datasets` package: pip install 'xtts-ft[hf]'") from err
+
+    local = Path(path)
+    if local.is_dir() and any((local / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
+        loaded = datasets.load_from_disk(str(local))
+        dataset = loaded[source.split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    elif local.suffix == ".parquet" or (local.is_dir() and any(local.glob("*.parquet"))):
+        files = [str(local)] if local.is_file() else sorted(str(p) for p in local.glob("*.parquet"))
+        dataset = datasets.load_dataset("parquet", data_files=files, split="train")
+    else:
+        try:
+            dataset = datasets.load_dataset(path, split=source.split)
+        except Exception as err:
+            raise RuntimeError(f"cannot load dataset {path!r} split {source.split!r} ({type(err).__name__}: {err})") from err
+    columns = dict(source.columns)
+    missing = [f"{role}={columns[role]!r}" for role in ("audio", "text") if columns[role] not in dataset.column_names]
+    if missing:
+        raise ValueError(f"dataset {path}: no column {', '.join(missing)} (columns: {', '.join(dataset.column_names)})")
+    dataset = dataset.cast_column(columns["audio"], datasets.Audio(decode=False))
+    out_dir = Path(source.cache_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i, row in enumerate(dataset):
+        audio = row[columns["audio"]] or {}
+        suffix = Path(audio.get("path") or "x.wav").suffix or ".wav"
+        target = out_dir / f"{i:07d}{suffix}"
+        if not target.is_file():
+            data = audio.get("bytes")
+            if data is None and audio.get("path") and Path(audio["path"]).is_file():
+                data = Path(audio["path"]).read_bytes()
+            if data is not None:
+                target.write_bytes(data)  # a missing target becomes `missing_file` in dropped.jsonl
+        extra = {k: v for k, v in row.items() if k not in {c for c in columns.values() if c} and isinstance(v, (str, int, float, bool))}
+        record = {
+            **extra,
+            "audio": str(target),
+            "text": str(row.get(columns["text"]) or ""),
+            "speaker": str(row.get(columns.get("speaker") or "") or source.speaker or "speaker"),
+            "source_line": f"{path}[{source.split}][{i}]",
+        }
+        if columns.get("emotion") and row.get(columns["emotion"]):
+            record["emotion"] = row[columns["emotion"]]
+        records.append(record)
+    return records
+
+
 FORMATTERS: Dict[str, Callable[[Path, object], List[Record]]] = {
     "coqui_csv": coqui_csv,
     "ljspeech": ljspeech,
@@ -225,8 +280,10 @@ FORMATTERS: Dict[str, Callable[[Path, object], List[Record]]] = {
 
 
 def read_corpus(root: Path, source) -> List[Record]:
+    if source.formatter == "hf":  # `path` may be a Hub id, not a directory
+        return hf_dataset(source.path, source)
     if source.formatter not in FORMATTERS:
-        raise ValueError(f"unknown formatter {source.formatter!r}; choose one of {', '.join(FORMATTERS)}")
+        raise ValueError(f"unknown formatter {source.formatter!r}; choose one of {', '.join([*FORMATTERS, 'hf'])}")
     if not root.is_dir():
         hint = f" (relative to the current directory {Path.cwd()})" if not root.is_absolute() else ""
         raise FileNotFoundError(f"corpus directory {root} does not exist{hint}")
