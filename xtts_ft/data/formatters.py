@@ -219,6 +219,8 @@ def hf_dataset(path: str, source) -> List[Record]:
     Audio is read undecoded (`Audio(decode=False)`) and its bytes written to `source.cache_dir`,
     so our own soundfile path decodes it and no extra codec stack is needed.
     """
+    from xtts_ft.io_utils import atomic_path
+
     try:
         import datasets
     except ImportError as err:
@@ -252,8 +254,10 @@ def hf_dataset(path: str, source) -> List[Record]:
             data = audio.get("bytes")
             if data is None and audio.get("path") and Path(audio["path"]).is_file():
                 data = Path(audio["path"]).read_bytes()
-            if data is not None:
-                target.write_bytes(data)  # a missing target becomes `missing_file` in dropped.jsonl
+            if data is not None:  # atomic: a half-written file would be reused as if complete
+                with atomic_path(target) as tmp:
+                    tmp.write_bytes(data)
+            # (no data at all: the missing target becomes `missing_file` in dropped.jsonl)
         extra = {k: v for k, v in row.items() if k not in {c for c in columns.values() if c} and isinstance(v, (str, int, float, bool))}
         record = {
             **extra,
