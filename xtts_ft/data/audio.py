@@ -12,13 +12,18 @@ import soundfile as sf
 import soxr
 
 
-def load_audio(path: Path, sample_rate: int) -> np.ndarray:
-    """Mono float32 at `sample_rate`. Raises RuntimeError naming the file if it cannot be read."""
+def read_mono(path: Path):
+    """(mono float32 samples, source rate). Raises RuntimeError naming the file if it cannot be read."""
     try:
         audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as err:  # soundfile raises several types for corrupt files
+    except Exception as err:  # soundfile raises several types for corrupt or truncated files
         raise RuntimeError(f"cannot read audio {path}: {err}") from err
-    audio = audio.mean(axis=1)
+    return audio.mean(axis=1), rate
+
+
+def load_audio(path: Path, sample_rate: int) -> np.ndarray:
+    """Mono float32 at `sample_rate`. Raises RuntimeError naming the file if it cannot be read."""
+    audio, rate = read_mono(path)
     if rate != sample_rate and audio.size:
         audio = soxr.resample(audio, rate, sample_rate, quality="HQ").astype(np.float32)
     return audio

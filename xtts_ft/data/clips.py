@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Union
 
 import numpy as np
-import soundfile as sf
 import soxr
 
-from xtts_ft.data.audio import trim_bounds, write_wav
+from xtts_ft.data.audio import read_mono, trim_bounds, write_wav
 
 DECODER_RATE = 24000
 CLIPS_PER_WORKER = 64
@@ -63,10 +62,9 @@ class Clip:
 def process_audio(path: Path, cfg: AudioSettings) -> Clip:
     """Decode once at the source rate; derive the 22.05 kHz clip and the 24 kHz copy from it."""
     try:
-        source, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as err:  # soundfile raises several types for corrupt or truncated files
-        raise Rejected("unreadable_audio", f"cannot read {path}: {err}") from None
-    source = source.mean(axis=1)
+        source, rate = read_mono(path)
+    except RuntimeError as err:
+        raise Rejected("unreadable_audio", str(err)) from None
     if source.size == 0 or not np.isfinite(source).all():
         raise Rejected("unreadable_audio", f"{path} is empty or holds non-finite samples")
     if np.abs(source).max() < SILENCE_PEAK:

@@ -149,7 +149,7 @@ def table(root: Path, source) -> List[Record]:
         record.update(
             audio=str(root / str(row.get(columns["audio"]) or "")),
             text=str(row.get(columns["text"]) or ""),
-            speaker=str(row.get(columns["speaker"]) or source.speaker or root.name) if columns.get("speaker") else (source.speaker or root.name),
+            speaker=str(row.get(columns.get("speaker") or "") or source.speaker or root.name),
             source_line=f"{path}:{lineno}",
         )
         if columns.get("emotion") and row.get(columns["emotion"]):
