@@ -1,31 +1,25 @@
 import json
+import shutil
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import TRAIN_OVERRIDES, demo_overrides
-from xtts_ft import train_gpt
+from tests.conftest import REPO, TRAIN_OVERRIDES, demo_overrides
+from xtts_ft import export, train_gpt
 from xtts_ft.config import compose
-from xtts_ft.data.batches import collate, encode_samples, epoch_order, iterate_batches, pick_references
+from xtts_ft.data.audio import load_audio
+from xtts_ft.data.batches import collate, encode_samples, pick_references
 from xtts_ft.data.sample import read_manifest
 from xtts_ft.model.features import GptFeatures
 from xtts_ft.model.loading import load_dvae, load_xtts
+from xtts_ft.train.runtime import Runtime, RunLock
 
-
-def test_batches_cover_every_sample_once_per_epoch():
-    seen = [i for epoch, _, batch in _take(iterate_batches(10, 3, seed=1, epoch=0, start_batch=0), 4) for i in batch]
-    assert sorted(seen) == list(range(10))
-    assert epoch_order(10, 1, 0) == epoch_order(10, 1, 0) != epoch_order(10, 1, 1)
-    # Restoring mid-epoch continues exactly where the full iteration was.
-    full = _take(iterate_batches(10, 3, seed=1, epoch=0, start_batch=0), 7)
-    resumed = _take(iterate_batches(10, 3, seed=1, epoch=1, start_batch=1), 2)
-    assert full[5:] == resumed
-
-
-def _take(iterator, n):
-    return [next(iterator) for _ in range(n)]
+QUIET = ["eval_every=1000", "eval_sentences=[]"]
 
 
 def test_loss_goes_down_on_a_fixed_batch(tiny_model_dir, prepared):
@@ -55,19 +49,77 @@ def test_loss_goes_down_on_a_fixed_batch(tiny_model_dir, prepared):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
-def test_training_run_writes_state_and_tensorboard(trained):
+def test_dvae_code_cache_is_reused_and_invalidated(tmp_path, tiny_model_dir, prepared):
+    _, xtts = load_xtts(tiny_model_dir, "cpu", for_inference=False)
+    dvae, mel_stats = load_dvae(tiny_model_dir)
+    features = GptFeatures(dvae, mel_stats)
+    manifest = tmp_path / "train.jsonl"
+    shutil.copy(prepared / "train.jsonl", manifest)
+    shutil.copytree(prepared / "wavs", tmp_path / "wavs")
+    items, _ = encode_samples(read_manifest(manifest)[:5], xtts.tokenizer, 200, 255995, manifest)
+    single = Runtime(0, 1, torch.device("cpu"))
+
+    def attach(dvae_hash):
+        return train_gpt.attach_codes(items, features, tmp_path / "train.codes.pt", dvae_hash, "cpu", single, "codes")
+
+    first, computed = attach("dvae-a")
+    assert computed == 5
+    # The cached codes are what the DVAE gives for the clip alone: ~one code per 1024 samples.
+    for item in first:
+        assert item.codes.dtype == torch.int16 and item.codes.numel() == -(-(item.num_samples // 256 + 1) // 4)
+        wav = torch.from_numpy(load_audio(item.audio, 22050)).unsqueeze(0)
+        torch.testing.assert_close(item.codes.long(), features.audio_codes(wav).squeeze(0))
+    again, computed = attach("dvae-a")
+    assert computed == 0 and all(torch.equal(a.codes, b.codes) for a, b in zip(first, again))
+    # A changed clip is recomputed alone; a changed DVAE recomputes everything.
+    audio = items[2].audio.read_bytes()
+    items[2].audio.write_bytes(audio[:-2000] + bytes(2000))
+    _, computed = attach("dvae-a")
+    assert computed == 1
+    _, computed = attach("dvae-b")
+    assert computed == 5
+    # A truncated cache file is rebuilt, not trusted.
+    (tmp_path / "train.codes.pt").write_bytes(b"garbage")
+    _, computed = attach("dvae-b")
+    assert computed == 5
+
+
+def test_training_run_writes_state_checkpoints_and_tensorboard(trained):
     run_dir = trained.parent
     state = torch.load(trained, map_location="cpu", weights_only=True)
     assert state["step"] == 30
-    assert {"gpt", "optimizer", "scheduler", "torch_rng", "epoch", "batch_in_epoch", "config"} <= set(state)
-    assert not any(k.startswith("gpt_inference") for k in state["gpt"])  # no inference wrapper in training
-    assert json.loads((run_dir / "progress.json").read_text()) == {"step": 30, "max_steps": 30}
-    events = EventAccumulator(str(run_dir / "tensorboard"))
+    assert {"gpt", "optimizer", "scheduler", "scaler", "torch_rng", "epoch", "batch_in_epoch", "sampler", "config"} <= set(state)
+    assert not any(k.startswith("gpt_inference") or k.startswith("gpt.wte") for k in state["gpt"])  # eval audio's wrapper
+    progress = json.loads((run_dir / "progress.json").read_text())
+    assert progress["step"] == 30 and progress["samples"] == 120 and progress["loop_seconds"] > 0
+    # keep_last=3 weight-only checkpoints and the best by eval loss.
+    kept = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*.pt"))
+    assert kept == ["step_00000010.pt", "step_00000020.pt", "step_00000030.pt"]
+    best = torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    assert best["step"] in (10, 20, 30) and set(best["gpt"]) == set(state["gpt"])
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"audio": 0, "images": 0})
     events.Reload()
     losses = [e.value for e in events.Scalars("train/loss")]
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
-    assert len(events.Scalars("eval/loss")) == 3
+    evals = [e.value for e in events.Scalars("eval/loss")]
+    assert len(evals) == 3 and best["eval_loss"] == pytest.approx(min(evals), rel=1e-6)
+    for tag in ("train/lr", "train/grad_norm", "train/samples_per_second", "train/audio_seconds_per_second", "train/peak_memory_mb"):
+        assert len(events.Scalars(tag)) == 30, tag
+    assert events.Scalars("train/peak_memory_mb")[-1].value > 100
+    assert len(events.Audio("eval_audio/0")) == 3 and len(events.Images("eval_mel/0")) == 3
+
+
+def test_export_picks_the_best_or_a_kept_step(tmp_path, workdir, trained):
+    paths = [o for o in demo_overrides(workdir) if o.startswith("paths.")] + ["run_name=demo"]
+    best = torch.load(trained.parent / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    out = export.run(compose("export", paths + ["checkpoint=best", f"out_dir={tmp_path / 'best'}"]))
+    assert json.loads((out / "xtts_ft.json").read_text())["training"]["gpt_steps"] == best["step"]
+    weights = torch.load(out / "model.pth", map_location="cpu", weights_only=True)["model"]
+    torch.testing.assert_close(weights["gpt.mel_head.weight"], best["gpt"]["mel_head.weight"], rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="step_00000005.pt does not exist.*kept: best.pt, step_00000010.pt"):
+        export.run(compose("export", paths + ["checkpoint=5", f"out_dir={tmp_path / 'five'}"]))
 
 
 def _losses(run_dir):
@@ -76,32 +128,92 @@ def _losses(run_dir):
     return [(e.step, e.value) for e in events.Scalars("train/loss")]
 
 
-def test_resume_continues_the_same_trajectory(tmp_path, tiny_model_dir, prepared, workdir):
-    overrides = demo_overrides(workdir) + TRAIN_OVERRIDES + ["eval_every=100"]
-    straight = train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'a'}", "max_steps=6"]))
-    resumed_dir = [f"paths.runs_dir={tmp_path / 'b'}"]
-    train_gpt.run(compose("train_gpt", overrides + resumed_dir + ["max_steps=4"]))
-    cfg = compose("train_gpt", overrides + resumed_dir + ["max_steps=6"])
-    assert not train_gpt.is_done(cfg)
+def test_killed_run_resumes_on_the_same_trajectory(tmp_path, tiny_model_dir, prepared, workdir):
+    overrides = demo_overrides(workdir) + TRAIN_OVERRIDES + QUIET + ["save_every=3", "max_steps=40"]
+    straight = train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'a'}"]))
+
+    killed = overrides + [f"paths.runs_dir={tmp_path / 'b'}"]
+    code = f"from xtts_ft import train_gpt; from xtts_ft.config import compose; train_gpt.run(compose('train_gpt', {killed!r}))"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = tmp_path / "b" / "demo" / "gpt" / "progress.json"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (progress.is_file() and json.loads(progress.read_text())["step"] >= 7):
+        time.sleep(0.02)
+    proc.kill()  # SIGKILL, somewhere after step 7: no chance to clean up
+    proc.wait()
+    cfg = compose("train_gpt", killed)
+    assert not train_gpt.is_done(cfg), "the run finished before it could be killed"
     resumed = train_gpt.run(cfg)
     assert train_gpt.is_done(cfg)
 
     a = torch.load(straight, map_location="cpu", weights_only=True)
     b = torch.load(resumed, map_location="cpu", weights_only=True)
-    assert b["step"] == 6 and b["batch_in_epoch"] == 6  # 37 clips / batch 4: still epoch 0
+    assert (b["step"], b["epoch"], b["batch_in_epoch"]) == (a["step"], a["epoch"], a["batch_in_epoch"]) == (40, 3, 10)
     for key, value in a["gpt"].items():
-        torch.testing.assert_close(b["gpt"][key], value, rtol=0, atol=1e-6, msg=key)
+        torch.testing.assert_close(b["gpt"][key], value, rtol=1e-5, atol=1e-6, msg=key)
     # Same loss at every step, each step logged once.
     loss_a, loss_b = _losses(straight.parent), _losses(resumed.parent)
-    assert [s for s, _ in loss_b] == [1, 2, 3, 4, 5, 6]
+    assert [s for s, _ in loss_b] == list(range(1, 41))
     np.testing.assert_allclose([v for _, v in loss_b], [v for _, v in loss_a], rtol=1e-5)
 
 
-def test_resume_refuses_a_changed_dataset(tmp_path, tiny_model_dir, prepared, workdir):
-    overrides = demo_overrides(workdir) + TRAIN_OVERRIDES + [f"paths.runs_dir={tmp_path}", "eval_every=100"]
+def test_resume_refuses_a_changed_data_path(tmp_path, tiny_model_dir, prepared, workdir):
+    overrides = demo_overrides(workdir) + TRAIN_OVERRIDES + QUIET + [f"paths.runs_dir={tmp_path}"]
     train_gpt.run(compose("train_gpt", overrides + ["max_steps=1"]))
-    with pytest.raises(ValueError, match="batch_size=4, now 37 with batch_size=2"):
+    with pytest.raises(ValueError, match="global_batch: 4 → 2"):
         train_gpt.run(compose("train_gpt", overrides + ["max_steps=2", "batch_size=2"]))
+    with pytest.raises(FileExistsError, match="already holds a training run; resume=true continues it"):
+        train_gpt.run(compose("train_gpt", overrides + ["max_steps=2", "resume=false"]))
+
+
+def test_a_second_run_in_a_live_run_directory_is_refused(tmp_path, tiny_model_dir, prepared, workdir):
+    cfg = compose("train_gpt", demo_overrides(workdir) + TRAIN_OVERRIDES + QUIET + [f"paths.runs_dir={tmp_path}", "max_steps=1"])
+    with RunLock(train_gpt.run_dir(cfg)):
+        with pytest.raises(RuntimeError, match=r"is in use by a running training \(pid \d+ on"):
+            train_gpt.run(cfg)
+    # Released (as a crashed run's lock is, by the kernel): the same run now goes ahead.
+    assert train_gpt.run(cfg).is_file()
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_state(tmp_path, tiny_model_dir, prepared, workdir):
+    overrides = demo_overrides(workdir) + TRAIN_OVERRIDES + QUIET + [f"paths.runs_dir={tmp_path}"]
+    state_path = train_gpt.run(compose("train_gpt", overrides + ["max_steps=2"]))
+    before = state_path.read_bytes()
+    with pytest.raises(FloatingPointError, match=r"training diverged at step 3: .*grad norm nan.*last good state is .*state.pt"):
+        train_gpt.run(compose("train_gpt", overrides + ["max_steps=4", "text_ce_weight=nan"]))
+    assert state_path.read_bytes() == before
+    assert json.loads((state_path.parent / "progress.json").read_text())["step"] == 2
+
+
+def test_gradient_checkpointing_changes_memory_not_results(tmp_path, tiny_model_dir, prepared, workdir):
+    overrides = demo_overrides(workdir) + TRAIN_OVERRIDES + QUIET + ["max_steps=3"]
+    plain = train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'a'}"]))
+    ckpt = train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'b'}", "grad_checkpointing=true"]))
+    np.testing.assert_allclose([v for _, v in _losses(ckpt.parent)], [v for _, v in _losses(plain.parent)], rtol=1e-5)
+    bf16 = train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'c'}", "precision=bf16"]))
+    bf16_losses = [v for _, v in _losses(bf16.parent)]
+    assert np.isfinite(bf16_losses).all()
+    np.testing.assert_allclose(bf16_losses, [v for _, v in _losses(plain.parent)], rtol=0.05)  # close, not equal
+    with pytest.raises(ValueError, match="precision=fp16 needs a CUDA device"):
+        train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'd'}", "precision=fp16", "model.device=cpu"]))
+
+
+def test_which_gpt_parts_train(tiny_model_dir):
+    _, xtts = load_xtts(tiny_model_dir, "cpu", for_inference=False)
+    gpt = xtts.gpt
+    train_gpt.select_trainable(gpt, freeze_text_embeddings=False, train_last_layers=0)
+    assert all(p.requires_grad for p in gpt.parameters())
+    train_gpt.select_trainable(gpt, freeze_text_embeddings=True, train_last_layers=0)
+    assert not gpt.text_embedding.weight.requires_grad and gpt.mel_embedding.weight.requires_grad
+    train_gpt.select_trainable(gpt, freeze_text_embeddings=False, train_last_layers=1)
+    trainable = {n for n, p in gpt.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("gpt.h.1.", "gpt.ln_f.", "final_norm.", "text_head.", "mel_head.")) for n in trainable)
+    assert any(n.startswith("gpt.h.1.") for n in trainable) and not any(n.startswith("gpt.h.0.") for n in trainable)
+    with pytest.raises(ValueError, match="train_last_layers=5 but the GPT has 2 layers"):
+        train_gpt.select_trainable(gpt, False, 5)
+    assert not gpt.gpt.gradient_checkpointing
+    train_gpt.enable_activation_checkpointing(gpt.gpt)
+    assert gpt.gpt.gradient_checkpointing
 
 
 def test_weight_decay_spares_biases_norms_and_embeddings(tiny_model_dir):

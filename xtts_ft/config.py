@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -117,9 +117,25 @@ class TrainGptConfig:
     max_text_tokens: int = 200
     cond_min_seconds: float = 3.0  # the reference crop fed to the conditioning encoder
     cond_max_seconds: float = 6.0
+    # Data path: sorting chunks of this many global batches by length cuts padding (0/1: off).
+    bucket_batches: int = 16
+    # Per-language share of each epoch (default 1 = every clip once); e.g. {en: 0.2} replays a
+    # fresh 20 % of the English clips each epoch beside the new language.
+    language_weights: Dict[str, float] = field(default_factory=dict)
+    # Compute and memory.
+    precision: str = "fp32"  # fp32 | bf16 (CPU or GPU autocast) | fp16 (CUDA, with a grad scaler)
+    grad_checkpointing: bool = False  # recompute transformer activations in backward: less memory, ~30 % more time
+    num_threads: int = 0  # torch CPU threads per process; 0 = all cores (torchrun's OMP_NUM_THREADS wins)
+    # Which GPT parts train: everything by default.
+    freeze_text_embeddings: bool = False
+    train_last_layers: int = 0  # > 0: only the last N transformer blocks, the final norms and the heads
     log_every: int = 10
     eval_every: int = 100
+    # Audio in TensorBoard at each eval: these sentences, cloned from the first eval clip in this language.
+    eval_sentences: List[str] = field(default_factory=lambda: ["The birch canoe slid on the smooth planks."])
+    eval_language: str = "en"
     save_every: int = 500
+    keep_last: int = 3  # weight-only checkpoints kept under checkpoints/ (best.pt is kept apart)
     resume: bool = True  # continue runs/<run_name>/gpt/state.pt when it exists
 
 
@@ -128,6 +144,7 @@ class ExportConfig:
     # The base model comes from the training state (it records the directory it trained from).
     paths: PathsConfig = field(default_factory=PathsConfig)
     run_name: str = MISSING
+    checkpoint: str = "latest"  # latest (state.pt) | best (lowest eval loss) | a kept step number
     out_dir: str = "${paths.exports_dir}/${run_name}"
     overwrite: bool = True
 

@@ -54,11 +54,25 @@ def load_training_state(path: Path) -> dict:
         raise ValueError(f"{path} is not a readable xtts-ft training state ({type(err).__name__}: {err})") from err
 
 
+def chosen_weights(cfg: DictConfig, run_dir: Path) -> dict:
+    """The GPT weights to export: the latest state (default), the best by eval loss, or a step."""
+    choice = str(cfg.checkpoint)
+    if choice == "latest":
+        return {}
+    path = run_dir / "checkpoints" / ("best.pt" if choice == "best" else f"step_{int(choice):08d}.pt" if choice.isdigit() else "")
+    if not path.is_file():
+        kept = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
+        raise FileNotFoundError(f"checkpoint={choice}: {path} does not exist (kept: {', '.join(kept) or 'none'}; or use latest)")
+    checkpoint = load_training_state(path)
+    return {"gpt": checkpoint["gpt"], "step": checkpoint["step"]}
+
+
 def run(cfg: DictConfig) -> Path:
     out = Path(cfg.out_dir)
     if out.exists() and not cfg.overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=true to replace it")
     state = load_training_state(training_state_path(cfg))
+    state.update(chosen_weights(cfg, training_state_path(cfg).parent))
     base_dir = Path(state["base_model_dir"])
     if not base_dir.is_dir():  # runs/ moved to another machine, or the tiny model was cleaned
         base_dir = resolve_model_cfg(OmegaConf.create(state["config"]["model"]))

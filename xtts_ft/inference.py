@@ -63,6 +63,17 @@ class XttsSynthesizer:
         self.sample_rate = int(self.config.model_args.output_sample_rate)
         self._voices: Dict[Tuple[str, int, int], Voice] = {}
 
+    @classmethod
+    def from_model(cls, config, model, model_dir: Optional[Path] = None) -> "XttsSynthesizer":
+        """Wrap a model already in memory (e.g. the GPT being trained, for in-loop eval audio)."""
+        self = cls.__new__(cls)
+        self.model_dir = Path(model_dir) if model_dir else None
+        self.device = next(model.parameters()).device
+        self.config, self.model = config, model
+        self.sample_rate = int(config.model_args.output_sample_rate)
+        self._voices = {}
+        return self
+
     @property
     def languages(self) -> List[str]:
         return list(self.config.languages)

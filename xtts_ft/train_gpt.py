@@ -1,13 +1,21 @@
 """Stage `train-gpt`: fine-tune the XTTS GPT on a prepared manifest.
 
-An explicit loop (build, load, loop, save) rather than coqui's GPTTrainer: the DVAE,
-HiFiGAN decoder and speaker encoder stay frozen; batches are deterministic; the training
-state (GPT weights, optimizer, scheduler, step, sampler position, RNG) is saved apart from
-the model in runs/<run_name>/gpt/state.pt, and `export` turns it into a model.
+An explicit loop (build, load, loop, save) rather than coqui's GPTTrainer: the DVAE, HiFiGAN
+decoder and speaker encoder stay frozen; the DVAE codes of every clip are computed once and
+cached next to the manifest; the sampler is deterministic (`xtts_ft.data.sampler`) and every
+micro-batch seeds its own randomness (reference crop, dropout), so a run continues exactly
+after a kill and a torchrun launch over N processes follows the same trajectory as one
+process accumulating N micro-batches.
+
+Outputs in runs/<run_name>/gpt/: state.pt (everything resume needs), progress.json,
+checkpoints/step_*.pt (GPT weights, last `keep_last`), checkpoints/best.pt (lowest eval loss),
+tensorboard/, config.yaml. `export` turns a state or checkpoint into a model.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -18,17 +26,21 @@ from typing import List
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from xtts_ft.config import to_container
-from xtts_ft.data.batches import collate, encode_samples, iterate_batches, pick_references
+from xtts_ft.data.audio import load_audio
+from xtts_ft.data.batches import collate, encode_samples, pick_references
 from xtts_ft.data.sample import read_manifest
+from xtts_ft.data.sampler import LengthBucketSampler
 from xtts_ft.io_utils import torch_save, write_json, write_jsonl, write_text
 from xtts_ft.model.features import GptFeatures
-from xtts_ft.model.loading import load_dvae, load_xtts, pick_device, resolve_model_cfg
+from xtts_ft.model.loading import load_dvae, load_xtts, resolve_model_cfg
+from xtts_ft.train import runtime as rt
+from xtts_ft.train.cache import cached_features, file_hash
 
 log = logging.getLogger(__name__)
+EVAL_EPOCH = 2**31 - 1  # seeds eval batches apart from any training epoch
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -59,161 +71,349 @@ def parameter_groups(gpt: torch.nn.Module, weight_decay: float) -> list:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def select_trainable(gpt: torch.nn.Module, freeze_text_embeddings: bool, train_last_layers: int) -> None:
+    """Set requires_grad on the GPT parts that train (see TrainGptConfig)."""
+    gpt.requires_grad_(True)
+    blocks = gpt.gpt.h
+    if train_last_layers > 0:
+        if train_last_layers > len(blocks):
+            raise ValueError(f"train_last_layers={train_last_layers} but the GPT has {len(blocks)} layers")
+        gpt.requires_grad_(False)
+        for module in [*blocks[-train_last_layers:], gpt.gpt.ln_f, gpt.final_norm, gpt.text_head, gpt.mel_head]:
+            module.requires_grad_(True)
+    if freeze_text_embeddings:
+        gpt.text_embedding.requires_grad_(False)
+        gpt.text_pos_embedding.requires_grad_(False)
+
+
+def enable_activation_checkpointing(transformer) -> None:
+    """Recompute each GPT-2 block's activations in backward (transformers' own mechanism).
+
+    coqui feeds the transformer embeddings (`inputs_embeds`) and deletes its token embedding, so
+    transformers must not try to hook the (absent) input embedding: declaring the embeddings
+    as the main input says exactly that.
+    """
+    transformer.main_input_name = "inputs_embeds"
+    enable = getattr(transformer, "activation_checkpointing_enable", None)
+    if enable is not None:  # transformers >= 5.x
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        transformer.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def make_optimizer(gpt, cfg, device: torch.device) -> torch.optim.Optimizer:
+    # The fused AdamW kernel (CPU and CUDA) updates all tensors in one pass: measured ~3× faster
+    # than the per-tensor loop on CPU, same results to float tolerance.
+    return torch.optim.AdamW(
+        parameter_groups(gpt, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=True
+    )
+
+
 def gpt_losses(gpt, features: GptFeatures, batch: dict, device: torch.device):
     batch = {k: v.to(device) for k, v in batch.items()}
+    codes = batch["codes"] if "codes" in batch else features.audio_codes(batch["wavs"])
     loss_text, loss_mel, _ = gpt(
         batch["text_inputs"],
         batch["text_lengths"],
-        features.audio_codes(batch["wavs"]),
+        codes,
         batch["wav_lengths"],
         cond_mels=features.conditioning_mels(batch["cond_wavs"]),
     )
     return loss_text, loss_mel
 
 
+def micro_batch_rng(seed: int, epoch: int, batch: int, micro: int) -> np.random.Generator:
+    """The randomness of one micro-batch (reference choice, crop, dropout), from its position alone."""
+    rng = np.random.default_rng([seed, epoch, batch, micro])
+    torch.manual_seed(int(rng.integers(2**62)))
+    return rng
+
+
+def attach_codes(items, features: GptFeatures, cache_path: Path, dvae_hash: str, device, runtime: rt.Runtime, desc: str):
+    """Each item with its DVAE codes, computed once per clip (rank 0 fills the cache first)."""
+
+    @torch.no_grad()
+    def compute(clip: Path) -> torch.Tensor:
+        wav = torch.from_numpy(load_audio(clip, 22050)).unsqueeze(0).to(device)
+        return features.audio_codes(wav).squeeze(0).to(torch.int16).cpu()
+
+    computed = 0
+    if runtime.is_main:
+        codes, computed = cached_features(cache_path, dvae_hash, [i.audio for i in items], compute, desc)
+    runtime.barrier()
+    if not runtime.is_main:
+        codes, _ = cached_features(cache_path, dvae_hash, [i.audio for i in items], compute, desc)
+    return [item.with_codes(c) for item, c in zip(items, codes)], computed
+
+
 @torch.no_grad()
 def evaluate_loss(gpt, features, items, cfg, device) -> dict:
+    was_training = gpt.training
     gpt.eval()
     totals, batches = np.zeros(2), 0
     cond_seconds = (cfg.cond_min_seconds, cfg.cond_max_seconds)
     for i in range(0, len(items), cfg.batch_size):
-        rng = np.random.default_rng([cfg.seed, i])  # the same references and crops at every eval
+        rng = micro_batch_rng(cfg.seed, EVAL_EPOCH, i, 0)  # the same references and crops at every eval
         indices = list(range(i, min(i + cfg.batch_size, len(items))))
         batch = collate([items[j] for j in indices], pick_references(items, indices, rng), cond_seconds, rng)
-        totals += [loss.item() for loss in gpt_losses(gpt, features, batch, device)]
+        with rt.autocast(cfg.precision, device):
+            totals += [loss.float().item() for loss in gpt_losses(gpt, features, batch, device)]
         batches += 1
-    gpt.train()
-    text, mel = totals / max(batches, 1)
+    gpt.train(was_training)
+    text, mel = (float(v) for v in totals / max(batches, 1))
     return {"eval/loss_text_ce": text, "eval/loss_mel_ce": mel, "eval/loss": cfg.text_ce_weight * text + cfg.mel_ce_weight * mel}
+
+
+@torch.no_grad()
+def log_eval_audio(writer, xtts, config, gpt, items, cfg, step: int) -> None:
+    """Synthesize the eval sentences with the current GPT, through the shared inference module."""
+    from xtts_ft.inference import XttsSynthesizer
+
+    if not cfg.eval_sentences or not items:
+        return
+    reference = next((i for i in items if i.language == cfg.eval_language), items[0])
+    if not hasattr(gpt, "gpt_inference"):
+        gpt.init_gpt_for_inference(kv_cache=True)
+    was_training = gpt.training
+    gpt.eval()
+    try:
+        synthesizer = XttsSynthesizer.from_model(config, xtts)  # fresh voice cache: the GPT changed
+        for n, sentence in enumerate(cfg.eval_sentences):
+            result = synthesizer.synthesize(sentence, reference.language, reference=reference.audio, decoding={"seed": cfg.seed})
+            writer.add_audio(f"eval_audio/{n}", torch.from_numpy(result.wav).unsqueeze(0), step, sample_rate=result.sample_rate)
+            writer.add_image(f"eval_mel/{n}", mel_image(result.wav, result.sample_rate), step, dataformats="HW")
+    finally:
+        gpt.train(was_training)
+
+
+def mel_image(wav: np.ndarray, sample_rate: int) -> np.ndarray:
+    import librosa
+
+    mel = librosa.power_to_db(librosa.feature.melspectrogram(y=wav, sr=sample_rate, n_mels=80), ref=np.max, top_db=80)
+    return np.flipud((mel + 80) / 80).astype(np.float32).copy()  # low frequencies at the bottom
+
+
+def training_weights(gpt, keys) -> dict:
+    """The GPT weights as trained (without the inference wrapper eval audio adds)."""
+    return {k: v for k, v in gpt.state_dict().items() if k in keys}
+
+
+def manifest_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def run(cfg: DictConfig) -> Path:
     out = run_dir(cfg)
+    runtime = rt.start(cfg.model.device, cfg.num_threads)
+    try:
+        with rt.RunLock(out) if runtime.is_main else contextlib.nullcontext():
+            return train(cfg, runtime, out)
+    finally:
+        runtime.close()
+
+
+def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
     data_dir = Path(cfg.paths.processed_dir) / cfg.data.name
-    device = pick_device(cfg.model.device)
+    device = runtime.device
+    state_path = out / "state.pt"
+    if state_path.is_file() and not cfg.resume:
+        raise FileExistsError(
+            f"{out} already holds a training run; resume=true continues it. To start over, delete {out} or choose another run_name."
+        )
     torch.manual_seed(cfg.seed)
 
     # Build: the base model with only the GPT trainable, the frozen DVAE, the data.
     model_dir = resolve_model_cfg(cfg.model)
-    _, xtts = load_xtts(model_dir, device, for_inference=False)
+    config, xtts = load_xtts(model_dir, device, for_inference=False)
     # Not xtts.eval(): coqui's Xtts.eval() also builds the inference wrapper around the GPT.
     xtts.requires_grad_(False)
     xtts.hifigan_decoder.eval()
-    gpt = xtts.gpt.requires_grad_(True).train()
+    gpt = xtts.gpt.train()
+    select_trainable(gpt, cfg.freeze_text_embeddings, cfg.train_last_layers)
+    if cfg.grad_checkpointing:
+        enable_activation_checkpointing(gpt.gpt)
+    weight_keys = set(gpt.state_dict())
     dvae, mel_stats = load_dvae(model_dir)
     features = GptFeatures(dvae, mel_stats, xtts.args.gpt_use_perceiver_resampler).to(device)
 
     max_samples = int(cfg.max_audio_seconds * 22050)
-    train_items, skipped = encode_samples(
-        read_manifest(data_dir / "train.jsonl"), xtts.tokenizer, cfg.max_text_tokens, max_samples, data_dir / "train.jsonl"
-    )
-    eval_items, eval_skipped = encode_samples(
-        read_manifest(data_dir / "eval.jsonl"), xtts.tokenizer, cfg.max_text_tokens, max_samples, data_dir / "eval.jsonl"
-    )
-    if skipped or eval_skipped:
+    manifests = {split: data_dir / f"{split}.jsonl" for split in ("train", "eval")}
+    train_items, skipped = encode_samples(read_manifest(manifests["train"]), xtts.tokenizer, cfg.max_text_tokens, max_samples, manifests["train"])
+    eval_items, eval_skipped = encode_samples(read_manifest(manifests["eval"]), xtts.tokenizer, cfg.max_text_tokens, max_samples, manifests["eval"])
+    if (skipped or eval_skipped) and runtime.is_main:
         write_jsonl(out / "skipped.jsonl", skipped + eval_skipped)
         log.warning("skipped %d clip(s) the GPT cannot train on; see %s", len(skipped) + len(eval_skipped), out / "skipped.jsonl")
     if not train_items:
-        raise ValueError(f"no trainable clips in {data_dir / 'train.jsonl'} (see {out / 'skipped.jsonl'})")
+        raise ValueError(f"no trainable clips in {manifests['train']} (see {out / 'skipped.jsonl'})")
+    # Audio codes once: the DVAE is frozen, so a clip's codes never change while it and the DVAE don't.
+    dvae_hash = file_hash(Path(model_dir) / "dvae.pth", Path(model_dir) / "mel_stats.pth")
+    cache_started = time.perf_counter()
+    train_items, computed = attach_codes(train_items, features, data_dir / "train.codes.pt", dvae_hash, device, runtime, "DVAE codes (train)")
+    eval_items, eval_computed = attach_codes(eval_items, features, data_dir / "eval.codes.pt", dvae_hash, device, runtime, "DVAE codes (eval)")
+    if computed + eval_computed:
+        print(f"computed DVAE codes for {computed + eval_computed} clip(s) in {time.perf_counter() - cache_started:.1f} s (cached in {data_dir})")
 
-    trainable = [p for p in gpt.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        parameter_groups(gpt, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+    sampler = LengthBucketSampler(
+        [i.duration for i in train_items], [i.language for i in train_items], cfg.batch_size, cfg.grad_accum_steps,
+        runtime.world_size, runtime.rank, cfg.seed, cfg.bucket_batches, dict(cfg.language_weights),
     )
+    sampler_key = {
+        "manifest": manifest_hash(manifests["train"]),
+        "global_batch": sampler.global_batch,
+        "bucket_batches": cfg.bucket_batches,
+        "language_weights": dict(cfg.language_weights),
+        "seed": cfg.seed,
+    }
+    model = gpt
+    if runtime.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(gpt, device_ids=[device] if device.type == "cuda" else None)
+    trainable = [p for p in gpt.parameters() if p.requires_grad]
+    optimizer = make_optimizer(gpt, cfg, device)
     warmup = max(cfg.warmup_steps, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
     # Load: continue the same run if a training state exists.
-    step, epoch, batch_in_epoch = 0, 0, 0
-    state_path = out / "state.pt"
-    if cfg.resume and state_path.is_file():
+    step, epoch, batch_in_epoch, best_eval = 0, 0, 0, math.inf
+    if state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if (state["train_items"], state["config"]["batch_size"]) != (len(train_items), cfg.batch_size):
+        saved_key = state.get("sampler", {})
+        changed = {k: (saved_key.get(k), v) for k, v in sampler_key.items() if saved_key.get(k) != v}
+        if changed:
             raise ValueError(
-                f"{state_path} was trained on {state['train_items']} clips with batch_size={state['config']['batch_size']}, "
-                f"now {len(train_items)} with batch_size={cfg.batch_size}: its sampler position means nothing here. "
-                "Use another run_name, or resume=false to start over in this one."
+                f"{state_path} was trained with another data path ("
+                + "; ".join(f"{k}: {old} → {new}" for k, (old, new) in changed.items())
+                + "): its sampler position means nothing here. Use another run_name, or delete the run to start over."
             )
         gpt.load_state_dict(state["gpt"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        if torch.cuda.is_available() and state.get("cuda_rng"):
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        print(f"resuming {state_path} at step {step}")
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])  # each micro-batch reseeds; this covers anything outside them
+        step, epoch, batch_in_epoch, best_eval = state["step"], state["epoch"], state["batch_in_epoch"], state["best_eval_loss"]
+        if runtime.is_main:
+            print(f"resuming {state_path} at step {step}")
     stats_path = data_dir / "stats.json"
     data_stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
     data_stats.pop("config", None)
+    checkpoints = out / "checkpoints"
+    if runtime.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     def save_state() -> None:
+        weights = training_weights(gpt, weight_keys)
         torch_save(
             {
-                "gpt": gpt.state_dict(),
+                "gpt": weights,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "sampler": sampler_key,
                 "train_items": len(train_items),
                 "data_stats": data_stats,
                 "step": step,
                 "epoch": epoch,
                 "batch_in_epoch": batch_in_epoch,
+                "best_eval_loss": best_eval,
                 "base_model_dir": str(Path(model_dir).resolve()),
                 "config": to_container(cfg),
             },
             state_path,
         )
-        write_json(out / "progress.json", {"step": step, "max_steps": cfg.max_steps})
+        torch_save({"gpt": weights, "step": step}, checkpoints / f"step_{step:08d}.pt")
+        for old in sorted(checkpoints.glob("step_*.pt"))[: -cfg.keep_last or None]:
+            old.unlink()
+        loop_seconds = time.perf_counter() - started
+        write_json(
+            out / "progress.json",
+            {"step": step, "max_steps": cfg.max_steps, "loop_seconds": round(loop_seconds, 3), "samples": samples_seen,
+             "audio_seconds": round(audio_seconds, 2), "world_size": runtime.world_size},
+        )
 
     # Loop.
-    # purge_step: after a crash, events logged past the saved step are dropped, not duplicated.
-    writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
-    batches = iterate_batches(len(train_items), cfg.batch_size, cfg.seed, epoch, batch_in_epoch)
-    progress = tqdm(total=cfg.max_steps, initial=step, desc="train-gpt", unit="step")
-    audio_seconds, started = 0.0, time.perf_counter()
+    writer = None
+    if runtime.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step: after a crash, events logged past the saved step are dropped, not duplicated.
+        writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
+    steps = sampler.steps(epoch, batch_in_epoch)
+    progress = tqdm(total=cfg.max_steps, initial=step, desc="train-gpt", unit="step", disable=not runtime.is_main)
+    cond_seconds = (cfg.cond_min_seconds, cfg.cond_max_seconds)
+    audio_seconds, samples_seen, started = 0.0, 0, time.perf_counter()
     while step < cfg.max_steps:
+        plan = next(steps)
         optimizer.zero_grad(set_to_none=True)
-        for _ in range(cfg.grad_accum_steps):
-            epoch, b, indices = next(batches)
-            batch_in_epoch = b + 1
-            rng = np.random.default_rng([cfg.seed, epoch, b])
-            references = pick_references(train_items, indices, rng)
-            batch = collate([train_items[i] for i in indices], references, (cfg.cond_min_seconds, cfg.cond_max_seconds), rng)
-            loss_text, loss_mel = gpt_losses(gpt, features, batch, device)
-            loss = cfg.text_ce_weight * loss_text + cfg.mel_ce_weight * loss_mel
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at step {step}: stopping; last good state is {state_path}")
-            (loss / cfg.grad_accum_steps).backward()
+        losses = torch.zeros(2)
+        for a, indices in enumerate(plan.micro_batches):
+            rng = micro_batch_rng(cfg.seed, plan.epoch, plan.batch, plan.micro_offset + a)
+            batch = collate([train_items[i] for i in indices], pick_references(train_items, indices, rng), cond_seconds, rng)
+            last = a == len(plan.micro_batches) - 1
+            # DDP all-reduces gradients only after the last micro-batch of the step.
+            sync = model.no_sync() if runtime.distributed and not last else contextlib.nullcontext()
+            with sync:
+                with rt.autocast(cfg.precision, device):
+                    loss_text, loss_mel = gpt_losses(model, features, batch, device)
+                    loss = cfg.text_ce_weight * loss_text + cfg.mel_ce_weight * loss_mel
+                scaler.scale(loss / cfg.grad_accum_steps).backward()
+            losses += torch.stack([loss_text.detach().float().cpu(), loss_mel.detach().float().cpu()]) / cfg.grad_accum_steps
             audio_seconds += batch["wav_lengths"].sum().item() / 22050
+            samples_seen += len(indices)
+        scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        optimizer.step()
+        # Divergence guard. Gradients are all-reduced, so every rank sees the same norm and stops
+        # together. fp16 overflows are the grad scaler's business (it skips the step).
+        if not torch.isfinite(losses).all() or (cfg.precision != "fp16" and not torch.isfinite(grad_norm)):
+            raise FloatingPointError(
+                f"training diverged at step {step + 1}: loss text {losses[0]:.4g}, audio {losses[1]:.4g}, grad norm {float(grad_norm):.4g}. "
+                f"Stopped without saving; the last good state is {state_path if state_path.is_file() else 'none (no state saved yet)'}. "
+                "Lower lr, raise warmup_steps or use precision=fp32."
+            )
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         step += 1
+        epoch, batch_in_epoch = plan.epoch, plan.batch + 1
         progress.update(1)
         if step % cfg.log_every == 0 or step == 1 or step == cfg.max_steps:
-            elapsed = time.perf_counter() - started
-            scalars = {
-                "train/loss": loss.item(),
-                "train/loss_text_ce": loss_text.item(),
-                "train/loss_mel_ce": loss_mel.item(),
-                "train/lr": scheduler.get_last_lr()[0],
-                "train/grad_norm": float(grad_norm),
-                "train/audio_seconds_per_second": audio_seconds / max(elapsed, 1e-9),
-            }
-            for key, value in scalars.items():
+            if runtime.distributed:  # log the mean over all ranks' micro-batches
+                reduced = losses.to(device)
+                torch.distributed.all_reduce(reduced)
+                losses = reduced.cpu() / runtime.world_size
+            if writer is not None:
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                loss_value = float(cfg.text_ce_weight * losses[0] + cfg.mel_ce_weight * losses[1])
+                scalars = {
+                    "train/loss": loss_value,
+                    "train/loss_text_ce": float(losses[0]),
+                    "train/loss_mel_ce": float(losses[1]),
+                    "train/lr": scheduler.get_last_lr()[0],
+                    "train/grad_norm": float(grad_norm),
+                    "train/audio_seconds_per_second": audio_seconds * runtime.world_size / elapsed,
+                    "train/samples_per_second": samples_seen * runtime.world_size / elapsed,
+                    "train/peak_memory_mb": rt.peak_memory_mb(device),
+                }
+                for key, value in scalars.items():
+                    writer.add_scalar(key, value, step)
+                progress.set_postfix(loss=f"{loss_value:.3f}")
+        if runtime.is_main and eval_items and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            metrics = evaluate_loss(gpt, features, eval_items, cfg, device)
+            for key, value in metrics.items():
                 writer.add_scalar(key, value, step)
-            progress.set_postfix(loss=f"{loss.item():.3f}")
-        if eval_items and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            for key, value in evaluate_loss(gpt, features, eval_items, cfg, device).items():
-                writer.add_scalar(key, value, step)
-        if step % cfg.save_every == 0 or step == cfg.max_steps:
+            if metrics["eval/loss"] < best_eval:
+                best_eval = metrics["eval/loss"]
+                torch_save({"gpt": training_weights(gpt, weight_keys), "step": step, "eval_loss": best_eval}, checkpoints / "best.pt")
+            log_eval_audio(writer, xtts, config, gpt, eval_items, cfg, step)
+        if runtime.is_main and (step % cfg.save_every == 0 or step == cfg.max_steps):
             save_state()
     progress.close()
-    writer.close()
-    if not state_path.is_file() or not is_done(cfg):  # e.g. killed between state.pt and progress.json
+    if writer is not None:
+        writer.close()
+    if runtime.is_main and (not state_path.is_file() or not is_done(cfg)):  # e.g. max_steps already reached
         save_state()
-    print(f"trained GPT for {step} steps → {state_path} (TensorBoard: {out / 'tensorboard'})")
+    runtime.barrier()
+    if runtime.is_main:
+        print(f"trained GPT for {step} steps → {state_path} (TensorBoard: {out / 'tensorboard'})")
     return state_path

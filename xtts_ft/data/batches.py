@@ -1,17 +1,17 @@
-"""Deterministic batches for GPT training: every sample once per epoch, restorable mid-epoch.
+"""GPT training items and batches: tokenised texts, cached audio codes, reference crops.
 
-Unlike coqui's XTTS dataset (which ignores the index and swaps clips at random), item i is
-always sample i; the order is a seeded permutation per epoch, so (epoch, batch) fully
-identifies what the model saw, and resume continues from there.
+Item i is always sample i (unlike coqui's XTTS dataset, which ignores the index and swaps clips
+at random); which items form a step is the sampler's job (`xtts_ft.data.sampler`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+import soundfile as sf
 import torch
 
 from xtts_ft.data.audio import load_audio
@@ -23,6 +23,16 @@ class GptItem:
     audio: Path  # 22.05 kHz prepared clip
     text_tokens: torch.Tensor  # (L,)
     speaker: str
+    language: str
+    num_samples: int  # length of the clip at 22.05 kHz
+    codes: Optional[torch.Tensor] = None  # (~num_samples/1024,) DVAE codes, from the cache
+
+    @property
+    def duration(self) -> float:
+        return self.num_samples / 22050
+
+    def with_codes(self, codes: torch.Tensor) -> "GptItem":
+        return replace(self, codes=codes)
 
 
 def encode_samples(samples: List[Sample], tokenizer, max_text_tokens: int, max_samples: int, manifest: Path):
@@ -37,11 +47,16 @@ def encode_samples(samples: List[Sample], tokenizer, max_text_tokens: int, max_s
         elif 1 in tokens:  # [UNK]
             skipped.append({**s.to_json(), "reason": "unknown_characters", "message": "text encodes to [UNK]"})
         else:
-            kept.append(GptItem(resolve_audio(manifest, s), torch.tensor(tokens, dtype=torch.long), s.speaker))
+            audio = resolve_audio(manifest, s)
+            try:
+                num_samples = sf.info(str(audio)).frames
+            except (RuntimeError, sf.LibsndfileError) as err:
+                raise FileNotFoundError(f"{manifest}: clip {audio} is missing or unreadable ({err}); run `xtts-ft prepare` again") from None
+            kept.append(GptItem(audio, torch.tensor(tokens, dtype=torch.long), s.speaker, s.language, num_samples))
     return kept, skipped
 
 
-def pick_references(items: List[GptItem], indices: List[int], rng: np.random.Generator) -> List[Path]:
+def pick_references(items: Sequence[GptItem], indices: List[int], rng: np.random.Generator) -> List[Path]:
     """A voice reference for each clip: another clip of the same speaker when there is one.
 
     Conditioning on the target clip itself would let the GPT copy its length and content from
@@ -57,24 +72,12 @@ def pick_references(items: List[GptItem], indices: List[int], rng: np.random.Gen
     return references
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> List[int]:
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=generator).tolist()
-
-
-def iterate_batches(n: int, batch_size: int, seed: int, epoch: int, start_batch: int) -> Iterator[Tuple[int, int, List[int]]]:
-    """Yield (epoch, batch index, sample indices) forever, starting at (epoch, start_batch)."""
-    while True:
-        order = epoch_order(n, seed, epoch)
-        batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-        for b in range(start_batch, len(batches)):
-            yield epoch, b, batches[b]
-        epoch, start_batch = epoch + 1, 0
-
-
 def collate(items: List[GptItem], references: List[Path], cond_seconds: Tuple[float, float], rng: np.random.Generator):
-    """Pad a batch; crop one reference segment per clip, all of one length (no cond padding)."""
-    wavs = [torch.from_numpy(load_audio(item.audio, 22050)) for item in items]
+    """Pad a batch; crop one reference segment per clip, all of one length (no cond padding).
+
+    Items with cached codes give `codes`; without, the batch carries the waveforms (`wavs`) for
+    the caller to encode.
+    """
     refs = [torch.from_numpy(load_audio(path, 22050)) for path in references]
     tokens = [item.text_tokens for item in items]
     cond_len = int(min(min(r.numel() for r in refs), rng.uniform(*cond_seconds) * 22050))
@@ -82,10 +85,15 @@ def collate(items: List[GptItem], references: List[Path], cond_seconds: Tuple[fl
     for r in refs:
         start = int(rng.integers(0, r.numel() - cond_len + 1))
         cond.append(r[start : start + cond_len])
-    return {
-        "wavs": torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True),
-        "wav_lengths": torch.tensor([w.numel() for w in wavs]),
+    batch = {
+        "wav_lengths": torch.tensor([item.num_samples for item in items]),
         "text_inputs": torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True),
         "text_lengths": torch.tensor([t.numel() for t in tokens]),
         "cond_wavs": torch.stack(cond),
     }
+    if all(item.codes is not None for item in items):
+        batch["codes"] = torch.nn.utils.rnn.pad_sequence([item.codes.long() for item in items], batch_first=True)
+    else:
+        wavs = [torch.from_numpy(load_audio(item.audio, 22050)) for item in items]
+        batch["wavs"] = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
+    return batch

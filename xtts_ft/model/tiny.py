@@ -78,25 +78,29 @@ def calibrate_codebook(dvae, dvae_mel, seed: int = 0) -> None:
     dvae.codebook.embed_avg.copy_(frames[pick].T)
 
 
-def build_tiny_xtts(out_dir: Path, seed: int = 0) -> Path:
+def build_tiny_xtts(out_dir: Path, seed: int = 0, gpt: dict | None = None, dvae: dict | None = None) -> Path:
+    """Build and save a random XTTS at `out_dir`. `gpt`/`dvae` override the tiny sizes (e.g. the
+    benchmark's full-size GPT: gpt_layers=30, gpt_n_model_channels=1024, gpt_n_heads=16, with
+    the real DVAE shape `layout.REAL_DVAE`)."""
     from TTS.tts.configs.xtts_config import XttsConfig
     from TTS.tts.layers.tortoise.arch_utils import TorchMelSpectrogram
     from TTS.tts.layers.xtts.dvae import DiscreteVAE
     from TTS.tts.models.xtts import Xtts
 
     out_dir = Path(out_dir)
+    gpt_sizes, dvae_kwargs = {**TINY_GPT, **(gpt or {})}, {**TINY_DVAE, **(dvae or {})}
     torch.manual_seed(seed)
     with atomic_dir(out_dir) as tmp:
         build_tokenizer(tmp / "vocab.json")
         config = XttsConfig()
         config.model_args.tokenizer_file = ""  # the loader reads vocab.json beside model.pth
-        for key, value in TINY_GPT.items():
+        for key, value in gpt_sizes.items():
             setattr(config.model_args, key, value)
-        config.model_args.gpt_num_audio_tokens = TINY_DVAE["num_tokens"] + 2
-        config.model_args.gpt_start_audio_token = TINY_DVAE["num_tokens"]
-        config.model_args.gpt_stop_audio_token = TINY_DVAE["num_tokens"] + 1
+        config.model_args.gpt_num_audio_tokens = dvae_kwargs["num_tokens"] + 2
+        config.model_args.gpt_start_audio_token = dvae_kwargs["num_tokens"]
+        config.model_args.gpt_stop_audio_token = dvae_kwargs["num_tokens"] + 1
         config.model_args.gpt_use_perceiver_resampler = True  # as in the release
-        config.model_args.decoder_input_dim = TINY_GPT["gpt_n_model_channels"]
+        config.model_args.decoder_input_dim = gpt_sizes["gpt_n_model_channels"]
         # Decoding as released (temperature 0.75, top-k 50, top-p 0.85) except the repetition
         # penalty: coqui's default 2.0, not the release's 10. A random tiny DVAE maps speech to a
         # handful of codes, so a penalty of 10 makes the tiny GPT stop after a few frames.
@@ -114,7 +118,7 @@ def build_tiny_xtts(out_dir: Path, seed: int = 0) -> Path:
         mel_stats = synthetic_mel_stats(dvae_mel)
         dvae_mel.mel_norms = mel_stats
         model.mel_stats.copy_(mel_stats)
-        dvae = DiscreteVAE(**TINY_DVAE).eval()
+        dvae = DiscreteVAE(**dvae_kwargs).eval()
         calibrate_codebook(dvae, dvae_mel, seed)
 
         config.save_json(str(tmp / "config.json"))
@@ -122,5 +126,5 @@ def build_tiny_xtts(out_dir: Path, seed: int = 0) -> Path:
         torch.save(dvae.state_dict(), tmp / "dvae.pth")
         torch.save(mel_stats, tmp / "mel_stats.pth")
         torch.save({}, tmp / "speakers_xtts.pth")  # no named voices; export can add some
-        write_json(tmp / SIDECAR, {"kind": "tiny-random", "seed": seed, "gpt": TINY_GPT, "dvae": TINY_DVAE})
+        write_json(tmp / SIDECAR, {"kind": "tiny-random", "seed": seed, "gpt": gpt_sizes, "dvae": dvae_kwargs})
     return out_dir

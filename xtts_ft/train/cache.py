@@ -1,0 +1,66 @@
+"""An on-disk cache of per-clip tensors computed by a frozen model (DVAE audio codes; decoder
+latents), kept next to the manifest it belongs to.
+
+Each entry is keyed by the clip's path and the hash of its bytes, and the whole file by the
+hash of the model that produced it: a changed clip is recomputed alone, a changed model
+recomputes everything. The file is written atomically and read with weights_only loading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+import os
+from typing import Callable, Dict, List, Sequence
+
+import torch
+from tqdm import tqdm
+
+from xtts_ft.io_utils import torch_save
+
+log = logging.getLogger(__name__)
+
+
+def file_hash(*paths: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_features(
+    cache_path: Path,
+    model_hash: str,
+    clips: Sequence[Path],
+    compute: Callable[[Path], torch.Tensor],
+    desc: str = "caching features",
+) -> tuple[List[torch.Tensor], int]:
+    """One tensor per clip, from the cache where valid; returns (tensors, how many were computed)."""
+    cache_path = Path(cache_path)
+    entries: Dict[str, dict] = {}
+    if cache_path.is_file():
+        try:
+            stored = torch.load(cache_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated or foreign: rebuild rather than fail
+            log.warning("ignoring unreadable feature cache %s (%s)", cache_path, err)
+            stored = {}
+        if stored.get("model_hash") == model_hash:
+            entries = stored["entries"]
+        elif stored:
+            log.info("%s was computed by another model: recomputing every clip", cache_path)
+    tensors, computed, fresh = [], 0, {}
+    for clip in tqdm(clips, desc=desc, unit="clip", leave=False, disable=len(clips) < 50):
+        # Relative to the cache: the processed directory can move with its cache.
+        key, content = os.path.relpath(Path(clip).resolve(), cache_path.parent.resolve()), file_hash(clip)
+        entry = entries.get(key)
+        if entry is None or entry["hash"] != content:
+            entry = {"hash": content, "value": compute(clip)}
+            computed += 1
+        fresh[key] = entry
+        tensors.append(entry["value"])
+    if computed or set(fresh) != set(entries):
+        torch_save({"model_hash": model_hash, "entries": fresh}, cache_path)
+    return tensors, computed

@@ -1,0 +1,127 @@
+"""The process a training loop runs in: distributed set-up (torchrun), the device, mixed
+precision, the run-directory lock and memory figures."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import resource
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Optional
+
+import torch
+import torch.distributed as dist
+
+from xtts_ft.model.loading import pick_device
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Runtime:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def start(device: str = "auto", num_threads: int = 0) -> Runtime:
+    """A single process, or one rank of a torchrun launch (WORLD_SIZE/RANK/LOCAL_RANK set).
+
+    NCCL on GPUs (one per local rank), gloo on CPU.
+    """
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    elif torch.get_num_threads() == 1 and (os.cpu_count() or 1) > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # coqui's trainer dataset module pins torch to one thread when imported; undo that unless
+        # the user asked for it.
+        torch.set_num_threads(os.cpu_count())
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Runtime(0, 1, pick_device(device))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device_ = pick_device(device)
+    if device_.type == "cuda":
+        device_ = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device_)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return Runtime(dist.get_rank(), dist.get_world_size(), device_)
+
+
+def autocast(precision: str, device: torch.device):
+    """bf16/fp16 autocast where asked (fp16 only on CUDA); fp32: no autocast."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision=fp16 needs a CUDA device; on CPU use precision=bf16")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"{torch.cuda.get_device_name(device)} does not support bf16; use precision=fp16")
+    if PRECISIONS[precision] is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held while a run writes into it.
+
+    flock locks belong to the open file: the kernel releases them when the process ends, so a
+    crashed or killed run never leaves the directory stuck.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "run.lock"
+        self._file: Optional[IO] = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise RuntimeError(
+                f"{self.path.parent} is in use by a running training ({holder}); wait for it to finish, "
+                "or give this run another run_name"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
