@@ -3,6 +3,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,3 +64,40 @@ def test_plain_coqui_tts_loads_and_speaks_the_export_in_a_fresh_process(exported
     assert result.returncode == 0, result.stderr[-2000:]
     line = [l for l in result.stdout.splitlines() if l.startswith("SAMPLES")][0].split()
     assert int(line[1]) > 0 and line[3] == "True"
+
+
+def test_half_precision_safetensors_and_named_voices(tmp_path, workdir, exported, prepared):
+    from safetensors.torch import load_file
+
+    from xtts_ft import export
+    from xtts_ft.config import compose
+    from xtts_ft.inference import XttsSynthesizer
+    from tests.conftest import demo_overrides
+
+    reference = next((prepared / "wavs").glob("0_wavs__alicia*.wav"))
+    paths = [o for o in demo_overrides(workdir) if o.startswith("paths.")]
+    out = export.run(compose("export", paths + ["run_name=demo", f"out_dir={tmp_path / 'half'}", "half=true",
+                                                "safetensors=true", f"+voices={{alicia: {reference}}}"]))
+    full = torch.load(exported / "model.pth", map_location="cpu", weights_only=True)["model"]
+    half = torch.load(out / "model.pth", map_location="cpu", weights_only=True)["model"]
+    assert set(half) == set(full)
+    assert all(v.dtype == torch.float16 for v in half.values() if v.is_floating_point())
+    ratio = (out / "model.pth").stat().st_size / (exported / "model.pth").stat().st_size
+    assert 0.45 < ratio < 0.55, ratio  # half precision halves the weights file
+    for key in ("gpt.mel_head.weight", "hifigan_decoder.waveform_decoder.conv_post.weight"):
+        torch.testing.assert_close(half[key].float(), full[key], rtol=1e-3, atol=1e-3)
+    tensors = load_file(str(out / "model.safetensors"))
+    assert set(tensors) == set(half) and all(torch.equal(tensors[k], half[k]) for k in half)
+    record = json.loads((out / "xtts_ft.json").read_text())
+    assert record["voices"] == ["alicia"] and record["weights_dtype"] == "float16" and record["safetensors"]
+
+    # The named voice is stored the stock way and speaks through the shared module.
+    speakers = torch.load(out / "speakers_xtts.pth", map_location="cpu", weights_only=True)
+    assert set(speakers["alicia"]) == {"gpt_cond_latent", "speaker_embedding"}
+    synthesizer = XttsSynthesizer(out, device="cpu")
+    assert synthesizer.voice_names == ["alicia"]
+    cloned = synthesizer.clone_voice(reference)
+    torch.testing.assert_close(speakers["alicia"]["gpt_cond_latent"], cloned.gpt_cond_latent)
+    by_name = synthesizer.synthesize(text="Hello there.", language="en", voice="alicia", decoding={"seed": 1})
+    by_file = synthesizer.synthesize(text="Hello there.", language="en", reference=reference, decoding={"seed": 1})
+    assert by_name.wav.size > 0 and np.array_equal(by_name.wav, by_file.wav)

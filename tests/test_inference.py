@@ -42,3 +42,14 @@ def test_bad_requests_are_clear_errors(synthesizer, prepared, tmp_path):
         synthesizer.synthesize(text="Hi.", language="en")
     with pytest.raises(ValueError, match="empty"):
         synthesizer.synthesize(text="  ", language="en", reference=_reference(prepared))
+
+
+def test_streaming_yields_chunks_that_add_up_to_the_whole(synthesizer, prepared):
+    kwargs = dict(text="The birch canoe slid on the smooth planks.", language="en", reference=_reference(prepared), decoding={"seed": 0})
+    whole = synthesizer.synthesize(**kwargs)
+    chunks = list(synthesizer.stream(**kwargs, chunk_codes=2))
+    assert len(chunks) >= 2
+    assert all(c.sample_rate == 24000 and c.wav.dtype == np.float32 and c.wav.size > 0 for c in chunks)
+    times = [c.seconds_since_start for c in chunks]
+    assert times == sorted(times) and 0 < times[0] < times[-1]  # the first chunk comes before the end
+    assert sum(c.wav.size for c in chunks) == whole.wav.size

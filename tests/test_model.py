@@ -64,3 +64,24 @@ def test_offline_hub_id_fails_with_the_fix(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(RuntimeError, match="model.source=/path/to/XTTS-v2"):
         resolve_model_dir("coqui/XTTS-v2")
+
+
+def test_truncated_or_altered_weights_are_named_in_the_error(tmp_path, tiny_model_dir):
+    import shutil
+
+    import pytest
+
+    from xtts_ft.model.loading import check_weights_file, load_xtts
+
+    check_weights_file(tiny_model_dir / "model.pth")  # intact: no error
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    data = (tiny_model_dir / "model.pth").read_bytes()
+    (broken / "model.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"broken/model.pth is truncated or corrupted"):
+        load_xtts(broken, "cpu")
+    altered = bytearray(data)
+    altered[len(data) // 2] ^= 0xFF  # one flipped byte inside a tensor
+    (broken / "model.pth").write_bytes(bytes(altered))
+    with pytest.raises(ValueError, match=r"broken/model.pth is corrupted: its entry .* fails its checksum"):
+        load_xtts(broken, "cpu")

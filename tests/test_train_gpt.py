@@ -91,7 +91,7 @@ def test_training_run_writes_state_checkpoints_and_tensorboard(trained):
     assert {"gpt", "optimizer", "scheduler", "scaler", "torch_rng", "epoch", "batch_in_epoch", "sampler", "config"} <= set(state)
     assert not any(k.startswith("gpt_inference") or k.startswith("gpt.wte") for k in state["gpt"])  # eval audio's wrapper
     progress = json.loads((run_dir / "progress.json").read_text())
-    assert progress["step"] == 30 and progress["samples"] == 120 and progress["loop_seconds"] > 0
+    assert progress["step"] == 30 and progress["samples"] == 120 and progress["train_seconds"] > 0
     # keep_last=3 weight-only checkpoints and the best by eval loss.
     kept = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*.pt"))
     assert kept == ["step_00000010.pt", "step_00000020.pt", "step_00000030.pt"]

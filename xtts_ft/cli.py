@@ -23,6 +23,7 @@ VERBS = {
     "export": "training state → exports/<run_name>/ in the stock XTTS-v2 layout",
     "synth": "clone a voice and speak a text → a 24 kHz WAV",
     "evaluate": "synthesize a probe set and measure it → CSV + Markdown report",
+    "push": "upload an export to a Hugging Face Hub model repo (dry_run=true shows what would go)",
     "pipeline": "run a recipe's stages in order, skipping finished ones (recipe=demo)",
     "demo": "the demo recipe: the whole pipeline on the shipped corpus and a tiny model",
 }

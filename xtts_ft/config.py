@@ -17,7 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).parent / "conf"
 RECIPES_DIR = Path(__file__).parent / "recipes"
-STAGES = ("prepare", "train_gpt", "export", "synth", "evaluate", "pipeline")
+STAGES = ("prepare", "train_gpt", "export", "synth", "evaluate", "push", "pipeline")
 
 
 @dataclass
@@ -130,7 +130,7 @@ class TrainGptConfig:
     freeze_text_embeddings: bool = False
     train_last_layers: int = 0  # > 0: only the last N transformer blocks, the final norms and the heads
     log_every: int = 10
-    eval_every: int = 100
+    eval_every: int = 100  # eval loss (+ best.pt, eval audio) every N steps and at the end; 0: never
     # Audio in TensorBoard at each eval: these sentences, cloned from the first eval clip in this language.
     eval_sentences: List[str] = field(default_factory=lambda: ["The birch canoe slid on the smooth planks."])
     eval_language: str = "en"
@@ -147,6 +147,23 @@ class ExportConfig:
     checkpoint: str = "latest"  # latest (state.pt) | best (lowest eval loss) | a kept step number
     out_dir: str = "${paths.exports_dir}/${run_name}"
     overwrite: bool = True
+    half: bool = False  # fp16 weights in model.pth (half the size; coqui-tts loads them into its fp32 model)
+    safetensors: bool = False  # also write model.safetensors (same tensors, no pickle)
+    # Named voices: name → reference clip; their latents go into speakers_xtts.pth (synth voice=<name>).
+    voices: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PushConfig:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    run_name: Optional[str] = None
+    export_dir: str = "${paths.exports_dir}/${run_name}"
+    repo_id: str = MISSING  # owner/name on the Hugging Face Hub
+    private: bool = True
+    revision: Optional[str] = None  # branch to push to (default: main)
+    commit_message: str = "Upload an XTTS-v2 fine-tune exported by xtts-ft"
+    dry_run: bool = False  # list the files and print the model card; send nothing
+    endpoint: Optional[str] = None  # a Hub mirror or private Hub (default: huggingface.co / HF_ENDPOINT)
 
 
 @dataclass
@@ -168,7 +185,9 @@ class SynthConfig:
     checkpoint: str = MISSING  # export dir, stock model dir or Hub id
     text: str = MISSING
     language: str = "en"
-    reference: str = MISSING  # WAV/FLAC/... of the voice to clone
+    reference: Optional[str] = None  # WAV/FLAC/... of the voice to clone
+    voice: Optional[str] = None  # or a named voice of the export (speakers_xtts.pth)
+    stream: bool = False  # generate chunk by chunk and report the time to first audio
     out: str = "synth.wav"
     device: str = "auto"
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
@@ -202,6 +221,7 @@ def register_configs() -> None:
         "export_schema": ExportConfig,
         "synth_schema": SynthConfig,
         "evaluate_schema": EvaluateConfig,
+        "push_schema": PushConfig,
         "pipeline_schema": PipelineConfig,
     }.items():
         cs.store(name=name, node=node)

@@ -81,26 +81,55 @@ def run(cfg: DictConfig) -> Path:
 
     with atomic_dir(out) as tmp:
         weights = {k: v for k, v in xtts.state_dict().items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+        if cfg.half:  # coqui's loader copies them into its fp32 model: half the file, same model up to fp16 rounding
+            weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
         torch.save({"model": weights}, tmp / "model.pth")
+        if cfg.safetensors:
+            from safetensors.torch import save_file
+
+            # clone: safetensors refuses tensors that share storage, and a file must not depend on it.
+            save_file({k: v.detach().clone().contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"),
+                      metadata={"format": "pt", "producer": f"xtts-ft {__version__}"})
         config.model_args.tokenizer_file = ""  # read vocab.json beside model.pth, not a path on this machine
         config.save_json(str(tmp / "config.json"))
         for name in COPIED_FILES:
             shutil.copy2(base_dir / name, tmp / name)
-        verify_export(tmp, state["gpt"])
+        verify_export(tmp, state["gpt"], half=cfg.half)
+        voices = add_named_voices(tmp, dict(cfg.voices)) if cfg.voices else []
         sidecar = export_record(state, base_dir, tmp, config)
+        sidecar.update(voices=voices, weights_dtype="float16" if cfg.half else "float32",
+                       safetensors=bool(cfg.safetensors))
         write_json(tmp / SIDECAR, sidecar)
         write_text(tmp / "README.md", model_card(sidecar))
     print(f"exported {out} ({(out / 'model.pth').stat().st_size / 2**20:.1f} MiB model.pth)")
     return out
 
 
-def verify_export(export_dir: Path, gpt_state: dict) -> None:
-    """Reload with coqui-tts's stock loader and check the GPT weights came through unchanged."""
+def verify_export(export_dir: Path, gpt_state: dict, half: bool = False) -> None:
+    """Reload with coqui-tts's stock loader and check the GPT weights came through unchanged
+    (exactly as rounded to fp16 for a half-precision export)."""
     _, reloaded = load_xtts(export_dir, "cpu", for_inference=False)
     loaded = reloaded.gpt.state_dict()
     for key, value in gpt_state.items():
-        if not torch.equal(loaded[key], value):
+        expected = value.half().to(value.dtype) if half and value.is_floating_point() else value
+        if not torch.equal(loaded[key], expected):
             raise RuntimeError(f"export check failed: GPT weight {key} differs after reloading {export_dir}")
+
+
+def add_named_voices(export_dir: Path, voices: dict) -> list:
+    """Speaker latents of reference clips, computed by the exported model, saved in
+    speakers_xtts.pth the way the stock file holds its voices (name → gpt_cond_latent,
+    speaker_embedding), beside any voices the base model had."""
+    from xtts_ft.inference import XttsSynthesizer
+
+    synthesizer = XttsSynthesizer(export_dir, device="cpu")
+    path = export_dir / "speakers_xtts.pth"
+    speakers = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
+    for name, reference in voices.items():
+        voice = synthesizer.clone_voice(reference)
+        speakers[name] = {"gpt_cond_latent": voice.gpt_cond_latent.cpu(), "speaker_embedding": voice.speaker_embedding.cpu()}
+    torch.save(speakers, path)
+    return sorted(voices)
 
 
 def export_record(state: dict, base_dir: Path, export_dir: Path, config) -> dict:

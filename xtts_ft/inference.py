@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -43,6 +43,13 @@ class Synthesis:
     @property
     def real_time_factor(self) -> float:
         return self.seconds_to_generate / max(self.duration, 1e-9)
+
+
+@dataclass
+class AudioChunk:
+    wav: np.ndarray  # float32 mono at `sample_rate`
+    sample_rate: int
+    seconds_since_start: float  # of the stream() call: the first chunk's is the time to first audio
 
 
 def split_sentences(text: str, language: str) -> List[str]:
@@ -114,14 +121,8 @@ class XttsSynthesizer:
         settings.update({k: v for k, v in (overrides or {}).items() if k in DECODING_KEYS and v is not None})
         return settings
 
-    def synthesize(
-        self,
-        text: str,
-        language: str,
-        reference: Union[str, Path, None] = None,
-        voice: Optional[str] = None,
-        decoding: Optional[dict] = None,
-    ) -> Synthesis:
+    def _request(self, text: str, language: str, reference, voice, decoding: Optional[dict]):
+        """Validate a request: (language, voice latents, decoding settings, babble-guard rate)."""
         if not text.strip():
             raise ValueError("text is empty")
         language = language.split("-")[0] if language != "zh-cn" else language
@@ -135,13 +136,26 @@ class XttsSynthesizer:
         max_seconds_per_char = float(decoding.get("max_seconds_per_char") or 0.25)
         if decoding.get("seed") is not None:
             torch.manual_seed(int(decoding["seed"]))
+        return language, chosen, settings, max_seconds_per_char
 
+    def _max_codes(self, sentence: str, max_seconds_per_char: float) -> int:
+        # Babble guard: a sentence cannot need more than ~max_seconds_per_char per character.
+        max_codes = int((2.0 + max_seconds_per_char * len(sentence)) * CODES_PER_SECOND)
+        return min(max_codes, int(self.model.args.gpt_max_audio_tokens) - 3)
+
+    def synthesize(
+        self,
+        text: str,
+        language: str,
+        reference: Union[str, Path, None] = None,
+        voice: Optional[str] = None,
+        decoding: Optional[dict] = None,
+    ) -> Synthesis:
+        language, chosen, settings, max_seconds_per_char = self._request(text, language, reference, voice, decoding)
         started = time.perf_counter()
         pieces, stopped = [], []
         for sentence in split_sentences(text, language):
-            # Babble guard: a sentence cannot need more than ~max_seconds_per_char per character.
-            max_codes = int((2.0 + max_seconds_per_char * len(sentence)) * CODES_PER_SECOND)
-            max_codes = min(max_codes, int(self.model.args.gpt_max_audio_tokens) - 3)
+            max_codes = self._max_codes(sentence, max_seconds_per_char)
             out = self.model.inference(
                 sentence,
                 language,
@@ -156,6 +170,33 @@ class XttsSynthesizer:
             pieces.append(np.asarray(out["wav"], dtype=np.float32).reshape(-1))
         elapsed = time.perf_counter() - started
         return Synthesis(np.concatenate(pieces), self.sample_rate, elapsed, stopped)
+
+    def stream(
+        self,
+        text: str,
+        language: str,
+        reference: Union[str, Path, None] = None,
+        voice: Optional[str] = None,
+        decoding: Optional[dict] = None,
+        chunk_codes: int = 20,
+    ) -> Iterator[AudioChunk]:
+        """Audio as it is generated: a chunk every `chunk_codes` GPT codes (~0.93 s at 20), each
+        with the seconds since the call, so the first one's is the time to first audio."""
+        language, chosen, settings, max_seconds_per_char = self._request(text, language, reference, voice, decoding)
+        started = time.perf_counter()
+        for sentence in split_sentences(text, language):
+            for wav in self.model.inference_stream(
+                sentence,
+                language,
+                chosen.gpt_cond_latent,
+                chosen.speaker_embedding,
+                stream_chunk_size=chunk_codes,
+                enable_text_splitting=False,
+                max_new_tokens=self._max_codes(sentence, max_seconds_per_char),
+                **settings,
+            ):
+                chunk = wav.detach().float().cpu().numpy().reshape(-1)
+                yield AudioChunk(chunk, self.sample_rate, time.perf_counter() - started)
 
     def synthesize_to_file(self, out: Union[str, Path], **kwargs) -> Synthesis:
         from xtts_ft.data.audio import write_wav

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
+
+from xtts_ft.data.audio import write_wav
 
 from xtts_ft.inference import XttsSynthesizer
 
@@ -16,13 +19,22 @@ def outputs(cfg: DictConfig) -> List[Path]:
 
 def run(cfg: DictConfig) -> Path:
     synthesizer = XttsSynthesizer(cfg.checkpoint, device=cfg.device)
-    result = synthesizer.synthesize_to_file(
-        Path(cfg.out),
+    # Exactly one of a reference clip and a named voice (an export's speakers_xtts.pth).
+    request = dict(
         text=cfg.text,
         language=cfg.language,
         reference=cfg.reference,
+        voice=cfg.voice,
         decoding=OmegaConf.to_container(cfg.decoding, resolve=True),
     )
+    if cfg.stream:
+        chunks = list(synthesizer.stream(**request))
+        wav = np.concatenate([c.wav for c in chunks])
+        write_wav(Path(cfg.out), wav, synthesizer.sample_rate)
+        print(f"wrote {cfg.out}: {wav.size / synthesizer.sample_rate:.2f} s in {len(chunks)} streamed chunks; "
+              f"first audio after {chunks[0].seconds_since_start:.2f} s, all after {chunks[-1].seconds_since_start:.2f} s")
+        return Path(cfg.out)
+    result = synthesizer.synthesize_to_file(Path(cfg.out), **request)
     note = "" if all(result.stopped) else " (cut by the babble guard: the model did not stop by itself)"
     print(f"wrote {cfg.out}: {result.duration:.2f} s at {result.sample_rate} Hz, RTF {result.real_time_factor:.2f}{note}")
     return Path(cfg.out)

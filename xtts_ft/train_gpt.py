@@ -102,8 +102,8 @@ def enable_activation_checkpointing(transformer) -> None:
 
 
 def make_optimizer(gpt, cfg, device: torch.device) -> torch.optim.Optimizer:
-    # The fused AdamW kernel (CPU and CUDA) updates all tensors in one pass: measured ~3× faster
-    # than the per-tensor loop on CPU, same results to float tolerance.
+    # The fused AdamW kernel (CPU and CUDA) updates all tensors in one pass: 1.45× faster than
+    # torch's default per-tensor loop on 2 CPU cores for 50M parameters (0.86 s vs 1.25 s a step).
     return torch.optim.AdamW(
         parameter_groups(gpt, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=True
     )
@@ -220,6 +220,12 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
         raise FileExistsError(
             f"{out} already holds a training run; resume=true continues it. To start over, delete {out} or choose another run_name."
         )
+    if cfg.precision == "bf16" and device.type == "cpu" and torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
+        log.warning(
+            "precision=bf16 on a CPU without native bf16 kernels (capability %s): autocast emulates them, "
+            "measured ~90x slower than fp32 here. Use precision=fp32 (grad_checkpointing=true saves memory).",
+            torch.backends.cpu.get_cpu_capability(),
+        )
     torch.manual_seed(cfg.seed)
 
     # Build: the base model with only the GPT trainable, the frozen DVAE, the data.
@@ -325,10 +331,10 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
         torch_save({"gpt": weights, "step": step}, checkpoints / f"step_{step:08d}.pt")
         for old in sorted(checkpoints.glob("step_*.pt"))[: -cfg.keep_last or None]:
             old.unlink()
-        loop_seconds = time.perf_counter() - started
+        # Throughput of this process's training steps (evals and checkpoint writes excluded).
         write_json(
             out / "progress.json",
-            {"step": step, "max_steps": cfg.max_steps, "loop_seconds": round(loop_seconds, 3), "samples": samples_seen,
+            {"step": step, "max_steps": cfg.max_steps, "train_seconds": round(train_seconds, 3), "samples": samples_seen,
              "audio_seconds": round(audio_seconds, 2), "world_size": runtime.world_size},
         )
 
@@ -342,8 +348,9 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
     steps = sampler.steps(epoch, batch_in_epoch)
     progress = tqdm(total=cfg.max_steps, initial=step, desc="train-gpt", unit="step", disable=not runtime.is_main)
     cond_seconds = (cfg.cond_min_seconds, cfg.cond_max_seconds)
-    audio_seconds, samples_seen, started = 0.0, 0, time.perf_counter()
+    audio_seconds, samples_seen, train_seconds = 0.0, 0, 0.0
     while step < cfg.max_steps:
+        step_started = time.perf_counter()
         plan = next(steps)
         optimizer.zero_grad(set_to_none=True)
         losses = torch.zeros(2)
@@ -376,6 +383,7 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
         scheduler.step()
         step += 1
         epoch, batch_in_epoch = plan.epoch, plan.batch + 1
+        train_seconds += time.perf_counter() - step_started
         progress.update(1)
         if step % cfg.log_every == 0 or step == 1 or step == cfg.max_steps:
             if runtime.distributed:  # log the mean over all ranks' micro-batches
@@ -383,7 +391,7 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
                 torch.distributed.all_reduce(reduced)
                 losses = reduced.cpu() / runtime.world_size
             if writer is not None:
-                elapsed = max(time.perf_counter() - started, 1e-9)
+                elapsed = max(train_seconds, 1e-9)
                 loss_value = float(cfg.text_ce_weight * losses[0] + cfg.mel_ce_weight * losses[1])
                 scalars = {
                     "train/loss": loss_value,
@@ -398,7 +406,7 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
                 for key, value in scalars.items():
                     writer.add_scalar(key, value, step)
                 progress.set_postfix(loss=f"{loss_value:.3f}")
-        if runtime.is_main and eval_items and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+        if runtime.is_main and eval_items and cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == cfg.max_steps):
             metrics = evaluate_loss(gpt, features, eval_items, cfg, device)
             for key, value in metrics.items():
                 writer.add_scalar(key, value, step)

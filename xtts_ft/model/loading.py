@@ -7,6 +7,7 @@ Tiny and real models go through the same `load_xtts`; only `resolve_model_dir` d
 from __future__ import annotations
 
 import logging
+import zipfile
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -86,12 +87,39 @@ def load_xtts(model_dir: Path, device: str | torch.device = "cpu", for_inference
 
     model_dir = Path(model_dir)
     check_layout(model_dir)
+    for name in ("model.pth", "mel_stats.pth", "speakers_xtts.pth"):
+        check_weights_file(model_dir / name)
     config = XttsConfig()
     config.load_json(str(model_dir / "config.json"))
     model = Xtts(config)
-    model.load_checkpoint(config, checkpoint_dir=str(model_dir), eval=for_inference)
+    try:  # coqui-tts loads weights-only (no arbitrary unpickling) on torch >= 2.4
+        model.load_checkpoint(config, checkpoint_dir=str(model_dir), eval=for_inference)
+    except Exception as err:
+        raise ValueError(f"coqui-tts could not load {model_dir / 'model.pth'} ({type(err).__name__}: {err})") from err
     model.to(pick_device(device) if isinstance(device, str) else device)
     return config, model
+
+
+def check_weights_file(path: Path) -> None:
+    """A torch file that is truncated or altered fails here, naming it, instead of deep in a loader.
+
+    torch.save writes a zip archive with a CRC per tensor: reading it back checks every byte.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return  # optional files (speakers_xtts.pth) may be absent; check_layout covers required ones
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            if f.read(2) != b"\x80\x02":  # the pre-1.6 torch format starts with a pickle protocol-2 header
+                raise ValueError(f"{path} is truncated or corrupted (not a complete torch weights file)")
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise ValueError(f"{path} is truncated or corrupted ({err})") from None
+    if bad is not None:
+        raise ValueError(f"{path} is corrupted: its entry {bad} fails its checksum (altered or partly written)")
 
 
 def load_dvae(model_dir: Path):
@@ -99,6 +127,7 @@ def load_dvae(model_dir: Path):
     from TTS.tts.layers.xtts.dvae import DiscreteVAE
 
     dvae = DiscreteVAE(**dvae_kwargs(model_dir))
+    check_weights_file(Path(model_dir) / "dvae.pth")
     state = torch.load(Path(model_dir) / "dvae.pth", map_location="cpu", weights_only=True)
     # Not strict: extra (unused) keys are tolerated as in coqui's trainer; missing ones are not.
     missing = dvae.load_state_dict(state, strict=False).missing_keys
