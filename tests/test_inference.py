@@ -1,4 +1,5 @@
 import numpy as np
+import soundfile as sf
 import pytest
 
 from xtts_ft.inference import split_sentences
@@ -53,3 +54,23 @@ def test_streaming_yields_chunks_that_add_up_to_the_whole(synthesizer, prepared)
     times = [c.seconds_since_start for c in chunks]
     assert times == sorted(times) and 0 < times[0] < times[-1]  # the first chunk comes before the end
     assert sum(c.wav.size for c in chunks) == whole.wav.size
+
+
+def test_batch_synthesis_from_a_csv(synthesizer, prepared, tmp_path):
+    from xtts_ft.inference import read_requests
+
+    reference = _reference(prepared)
+    table = tmp_path / "texts.csv"
+    table.write_text(f"text,name,reference\nHello there.,hello,\nGood morning.,,{reference}\n")
+    requests = read_requests(table, "en", str(reference), None)
+    assert [r["name"] for r in requests] == ["hello", None] and all(r["reference"] == str(reference) for r in requests)
+    rows = synthesizer.synthesize_batch(requests, tmp_path / "out", decoding={"seed": 0})
+    assert [r["name"] for r in rows] == ["hello", "0001"]
+    for row in rows:
+        audio, rate = sf.read(row["file"], dtype="float32")
+        assert rate == 24000 and audio.size / rate == pytest.approx(row["seconds"], abs=1e-3) and row["seconds"] > 0
+    (tmp_path / "bad.csv").write_text("words\nhi\n")
+    with pytest.raises(ValueError, match="no `text` column"):
+        read_requests(tmp_path / "bad.csv", "en", str(reference), None)
+    (tmp_path / "empty.txt").write_text("one\n\ntwo\n")
+    assert [r["text"] for r in read_requests(tmp_path / "empty.txt", "fr", None, "alicia")] == ["one", "two"]

@@ -183,7 +183,11 @@ class DecodingConfig:
 class SynthConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)  # for interpolation in recipes
     checkpoint: str = MISSING  # export dir, stock model dir or Hub id
-    text: str = MISSING
+    text: Optional[str] = None
+    # A batch instead: a .txt (one text per line) or CSV/TSV (text[, language, reference, voice, name])
+    # → one WAV per row in out_dir, with index.jsonl.
+    texts: Optional[str] = None
+    out_dir: str = "synth"
     language: str = "en"
     reference: Optional[str] = None  # WAV/FLAC/... of the voice to clone
     voice: Optional[str] = None  # or a named voice of the export (speakers_xtts.pth)

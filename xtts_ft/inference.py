@@ -62,6 +62,33 @@ def split_sentences(text: str, language: str) -> List[str]:
     return [s.strip() for s in segmenter.segment(text) if s.strip()]
 
 
+def read_requests(path: Union[str, Path], language: str, reference: Optional[str], voice: Optional[str]) -> List[dict]:
+    """Texts to synthesize from a .txt (one per line) or a CSV/TSV with a `text` column and
+    optional `language`, `reference`, `voice`, `name` columns (missing ones take the defaults)."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"texts file {path} does not exist")
+    if path.suffix.lower() in (".csv", ".tsv"):
+        table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str, keep_default_na=False)
+        if "text" not in table.columns:
+            raise ValueError(f"{path}: no `text` column (columns: {', '.join(table.columns)})")
+        rows = table.to_dict("records")
+    else:
+        rows = [{"text": line.strip()} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    requests = []
+    for line, row in enumerate(rows, start=2 if path.suffix.lower() in (".csv", ".tsv") else 1):
+        if not str(row.get("text", "")).strip():
+            raise ValueError(f"{path}, line {line}: empty text")
+        request = {"text": row["text"], "language": row.get("language") or language,
+                   "reference": row.get("reference") or None, "voice": row.get("voice") or None, "name": row.get("name") or None}
+        if request["reference"] is None and request["voice"] is None:
+            request["reference"], request["voice"] = reference, voice
+        requests.append(request)
+    return requests
+
+
 class XttsSynthesizer:
     def __init__(self, checkpoint: Union[str, Path], device: str = "auto", revision: Optional[str] = None):
         self.model_dir = resolve_model_dir(str(checkpoint), revision)
@@ -197,6 +224,27 @@ class XttsSynthesizer:
             ):
                 chunk = wav.detach().float().cpu().numpy().reshape(-1)
                 yield AudioChunk(chunk, self.sample_rate, time.perf_counter() - started)
+
+    def synthesize_batch(self, requests: List[dict], out_dir: Union[str, Path], decoding: Optional[dict] = None) -> List[dict]:
+        """Each request (text, language, reference or voice, optional name) → <out_dir>/<name>.wav,
+        with a progress bar; returns one row per request (file, duration, RTF, stopped)."""
+        from tqdm import tqdm
+
+        from xtts_ft.data.audio import write_wav
+
+        out_dir = Path(out_dir)
+        rows = []
+        for i, request in enumerate(tqdm(requests, desc="synth", unit="text")):
+            name = request.get("name") or f"{i:04d}"
+            result = self.synthesize(
+                text=request["text"], language=request["language"], reference=request.get("reference"),
+                voice=request.get("voice"), decoding=decoding,
+            )
+            path = out_dir / f"{name}.wav"
+            write_wav(path, result.wav, result.sample_rate)
+            rows.append({"name": name, "file": str(path), "text": request["text"], "language": request["language"],
+                         "seconds": round(result.duration, 3), "rtf": round(result.real_time_factor, 3), "stopped": all(result.stopped)})
+        return rows
 
     def synthesize_to_file(self, out: Union[str, Path], **kwargs) -> Synthesis:
         from xtts_ft.data.audio import write_wav

@@ -10,15 +10,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from xtts_ft.data.audio import write_wav
 
-from xtts_ft.inference import XttsSynthesizer
+from xtts_ft.inference import XttsSynthesizer, read_requests
+from xtts_ft.io_utils import write_jsonl
 
 
 def outputs(cfg: DictConfig) -> List[Path]:
-    return [Path(cfg.out)]
+    return [Path(cfg.out_dir) / "index.jsonl"] if cfg.texts else [Path(cfg.out)]
 
 
 def run(cfg: DictConfig) -> Path:
     synthesizer = XttsSynthesizer(cfg.checkpoint, device=cfg.device)
+    if cfg.texts:  # a batch: one WAV per text in out_dir, plus an index
+        requests = read_requests(cfg.texts, cfg.language, cfg.reference, cfg.voice)
+        rows = synthesizer.synthesize_batch(requests, cfg.out_dir, OmegaConf.to_container(cfg.decoding, resolve=True))
+        write_jsonl(Path(cfg.out_dir) / "index.jsonl", rows)
+        print(f"wrote {len(rows)} WAVs to {cfg.out_dir} (index: {Path(cfg.out_dir) / 'index.jsonl'})")
+        return Path(cfg.out_dir)
+    if cfg.text is None:
+        raise ValueError("give text=... (one text) or texts=<file.txt|.csv> (a batch)")
     # Exactly one of a reference clip and a named voice (an export's speakers_xtts.pth).
     request = dict(
         text=cfg.text,
