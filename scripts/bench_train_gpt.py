@@ -1,419 +1,721 @@
-"""Benchmark one GPT training step: ours (xtts_ft.train_gpt) against coqui-tts's own GPTTrainer.
+"""Benchmark GPT fine-tuning throughput and memory: our loop against coqui-tts's own GPTTrainer.
 
-What it measures, on CPU, on the tiny XTTS (xtts_ft.model.tiny, 2 GPT layers of width 64)
-and the same fixed batches of the prepared demo corpus:
+What it measures, on CPU, for each GPT size (--sizes) and path (--paths), each run alone in a
+fresh child process (this script with --child):
 
-  ours       xtts_ft.train_gpt.gpt_losses (DVAE codes + conditioning mels + GPT forward)
-             + backward + grad clip + AdamW step on xtts.gpt — what `xtts-ft train-gpt` does.
-  coqui      TTS.tts.layers.xtts.trainer.gpt_trainer.GPTTrainer on the same tiny model:
-             format_batch + format_batch_on_device (conditioning mels + DVAE codes) + train_step
-             + backward + grad clip + AdamW step from its own get_optimizer — what coqui's
-             Trainer.optimize does per step. Fed exactly our inputs (our reference crops,
-             cond_idxs = cond_lens = None), so both paths do the same work.
-  coqui-ds   the same GPTTrainer fed conditioning the way coqui's XTTSDataset builds it by
-             default (gpt_use_masking_gt_prompt_approach): a 3-6 s slice of the clip itself (half of it
-             when shorter), zero-padded to max_conditioning_length (6 s), with cond_idxs.
+  samples/s   samples trained / seconds of the training loop, over whole epochs of the same
+              prepared corpus (the loop only: model building, checkpoint loading and the
+              one-off DVAE code cache are excluded; data loading, DVAE/mel features, forward,
+              backward, grad clip and optimizer steps are included).
+  peak RSS    the child's resident-memory high-water mark (VmHWM from /proc, exact; the
+              parent also samples the child's RSS every 5 ms and the larger value is kept) over
+              set-up plus training, as a machine must hold it. Ours also evaluates and writes
+              checkpoints after its last step (coqui's path here does neither): its peak is read
+              just before those, and the whole-process peak is reported beside it.
 
-Time: the three steps run interleaved in this one process (the order rotates every round), and
-the table gives the median seconds per step over --steps rounds after --warmup rounds.
-Memory: each path also runs alone in a fresh child process (this script with --memory-of),
-which reports the peak RSS (psutil, sampled every 2 ms) during its steps above its RSS just
-before the first step (after building the model, optimizer and batches, and malloc_trim), and
-the RSS the set-up itself added. RSS deltas in one shared process would mean nothing: the
-allocator keeps what the first path freed and ru_maxrss never goes down.
-CPU only, fp32, --threads torch threads for all paths (default 1, see --help).
+The data: `scripts/make_bench_corpus.py` speaks English with two espeak-ng voices, clip
+durations spread evenly over 1-11 s as in real fine-tuning sets; `xtts_ft.prepare` turns it
+into train.jsonl (--clips clips; one extra clip per voice goes to eval.jsonl, which prepare
+insists on). Both paths train on exactly these 22.05 kHz files.
 
-Run it from the repository root:
+The sizes: `tiny` (xtts_ft.model.tiny: 2 GPT layers of width 64) and `full` (the XTTS-v2 GPT:
+30 layers, width 1024, 16 heads, the real DVAE shape), both randomly initialised by
+`build_tiny_xtts` in the stock layout and cached under --work-dir/models.
 
-    .venv/bin/python scripts/bench_train_gpt.py --steps 20
+The paths:
+  coqui          the reference: coqui-tts's GPTTrainer built as its XTTS-v2 recipe
+                 (recipes/ljspeech/xtts_v2/train_gpt_xtts.py) builds it, from GPTTrainerConfig/
+                 GPTArgs matching the model's config.json (mel_norm_file = the model's
+                 mel_stats.pth, dvae_checkpoint/xtts_checkpoint/tokenizer_file from the model
+                 dir, conditioning 3-6 s, max_wav_length 255995, max_text_length 200, masking-GT
+                 prompt approach, perceiver); its XTTSDataset through trainer.get_data_loader,
+                 batch --batch-size, 0 loader workers; per batch what coqui's Trainer does:
+                 format_batch -> format_batch_on_device -> train_step -> backward -> grad clip
+                 1.0 -> step of trainer.get_optimizer()'s AdamW (lr 5e-6, betas 0.9/0.96, wd
+                 0.01 on weights only). All cores: torch.set_num_threads(os.cpu_count()) after
+                 the import. XTTSDataset ignores the index and draws clips at random with
+                 replacement, so an "epoch" is len(loader) batches of random clips: samples are
+                 counted as trained, and audio seconds are reported next to them.
+  coqui-shipped  the same, as shipped: importing TTS.tts.layers.xtts.trainer.dataset calls
+                 torch.set_num_threads(1), and nothing resets it.
+  ours           `xtts_ft.train_gpt.run` (what `xtts-ft train-gpt` runs) on the same manifest,
+                 fp32, all cores (num_threads=0), same batch, lr 5e-6, max_steps = whole epochs,
+                 its default length bucketing (bucket_batches), no eval audio (eval_sentences=[]);
+                 its runs/<run>/gpt/progress.json gives train_seconds (the training steps only:
+                 evals and checkpoint writes excluded, as the coqui path does neither; eval_every=0
+                 here), samples and audio seconds. A throwaway max_steps=0 run first builds the
+                 DVAE code cache next to the manifest; its time is reported apart.
+  ours-ckpt      ours with gradient checkpointing alone (grad_checkpointing=true, fp32).
+  ours-mem       ours with the memory options: grad_checkpointing=true precision=bf16. Left out
+                 at full size by default where the CPU has no bf16 matmul kernels (no
+                 AVX512-BF16/AMX: torch falls back to a scalar kernel, ~90x slower than fp32 for
+                 a 1024x4096 linear); name it in --paths to run it anyway.
 
-It builds the tiny model and prepares the demo corpus in a temporary directory unless given
---model-dir (a tiny model directory) and --data-dir (a prepared dir with train.jsonl).
+Run it from the repository root (all sizes and paths; the full size takes the longest):
+
+    .venv/bin/python scripts/bench_train_gpt.py --sizes tiny,full
+
+Smaller: `--sizes tiny`, `--paths coqui,ours`, `--clips 4 --epochs 1` (or per size,
+`--clips tiny=16,full=8`). Results: a Markdown table on stdout and JSON in --out. Child logs
+are kept in --work-dir/logs. Another job on the same cores changes every number: before each
+run the script waits (--wait-idle, default up to 300 s) for the other processes to leave the
+cores idle, and it records how many cores they kept busy during the run; a ratio marked
+"(contended)" came from a run during which they used more than 0.2 of a core.
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
-import ctypes
-import dataclasses
 import json
+import math
 import os
 import platform
-import random
+import re
 import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from xtts_ft.config import compose  # noqa: E402
-from xtts_ft.data.batches import collate, encode_samples, iterate_batches, pick_references  # noqa: E402
-from xtts_ft.data.sample import read_manifest  # noqa: E402
-from xtts_ft.model.features import GptFeatures  # noqa: E402
-from xtts_ft.model.layout import REAL_DVAE  # noqa: E402
-from xtts_ft.model.loading import load_dvae, load_xtts  # noqa: E402
-from xtts_ft.train_gpt import gpt_losses, parameter_groups  # noqa: E402
-
-# Importing coqui's GPT trainer imports its dataset module, which calls torch.set_num_threads(1)
-# at import time: note the counts, then set --threads explicitly so that every path gets it.
-THREADS_BEFORE_COQUI = torch.get_num_threads()
-from TTS.tts.configs.xtts_config import XttsConfig  # noqa: E402
-from TTS.tts.layers.xtts.trainer.dataset import get_prompt_slice  # noqa: E402
-from TTS.tts.layers.xtts.trainer.gpt_trainer import GPTArgs, GPTTrainer, GPTTrainerConfig  # noqa: E402
-
-THREADS_AFTER_COQUI = torch.get_num_threads()
-PATHS = ("ours", "coqui", "coqui-ds")
-CPU = torch.device("cpu")
-
-parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-parser.add_argument("--steps", type=int, default=20, help="timed steps per path (after warm-up)")
-parser.add_argument("--warmup", type=int, default=3, help="untimed steps per path first")
-parser.add_argument("--batch-size", type=int, default=4)
-parser.add_argument(
-    "--threads", type=int, default=1,
-    help="torch intra-op threads for every path (default 1: what importing coqui's GPT trainer sets, "
-    "and the only stable setting when other jobs share the cores)",
-)
-parser.add_argument("--model-dir", type=Path, help="an existing tiny XTTS directory (default: build one)")
-parser.add_argument("--data-dir", type=Path, help="an existing prepared dir with train.jsonl (default: prepare the demo)")
-parser.add_argument("--seed", type=int, default=0)
-parser.add_argument("--memory-of", choices=PATHS, help=argparse.SUPPRESS)  # child mode: one path, print its RSS
-args = parser.parse_args()
-torch.set_num_threads(args.threads)
-
-# The training settings of the demo (`xtts-ft train-gpt data=demo model=tiny lr=1e-3`).
-cfg = compose("train_gpt", ["model=tiny", "lr=1e-3", f"batch_size={args.batch_size}", f"seed={args.seed}"])
+SIZES = ("tiny", "full")
+PATHS = ("coqui", "coqui-shipped", "ours", "ours-ckpt", "ours-mem")
+REFERENCE = "coqui"
+FULL_GPT = dict(gpt_layers=30, gpt_n_model_channels=1024, gpt_n_heads=16)
+# Our overrides per path (the keys are xtts_ft.config.TrainGptConfig's): explicit, so that the
+# benchmark does not silently follow a changed default.
+OURS_VARIANTS = {
+    "ours": ["precision=fp32", "grad_checkpointing=false", "num_threads=0"],
+    "ours-ckpt": ["precision=fp32", "grad_checkpointing=true", "num_threads=0"],
+    "ours-mem": ["precision=bf16", "grad_checkpointing=true", "num_threads=0"],
+}
+# Full size: 2 steps of 4 per path keep all paths together under ~25 min on 2 cores.
+DEFAULT_CLIPS, DEFAULT_EPOCHS = {"tiny": 16, "full": 8}, {"tiny": 2, "full": 1}
+MARK = "BENCH_RESULT "
 
 
-def rss_mb() -> float:
-    return psutil.Process().memory_info().rss / 2**20
+def per_size(value: str, name: str, default: dict) -> dict:
+    """'8' -> 8 for every size; 'tiny=16,full=8' -> per size (sizes not named keep the default)."""
+    if "=" not in value:
+        return {size: int(value) for size in SIZES}
+    out = dict(default)
+    for part in value.split(","):
+        size, _, number = part.partition("=")
+        if size not in SIZES:
+            raise SystemExit(f"--{name}: unknown size {size!r} (choose from {', '.join(SIZES)})")
+        out[size] = int(number)
+    return out
 
 
-def malloc_trim() -> None:
-    """Give freed heap memory back to the OS, so the baseline RSS is what is really in use."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="tiny", help="comma list of: tiny, full (default tiny)")
+    parser.add_argument(
+        "--paths", help=f"comma list of: {', '.join(PATHS)} (default all; ours-mem only where the CPU has bf16 matmuls)"
+    )
+    parser.add_argument("--clips", default="", help=f"training clips, N or tiny=N,full=M (default {DEFAULT_CLIPS})")
+    parser.add_argument("--epochs", default="", help=f"epochs per path, N or tiny=N,full=M (default {DEFAULT_EPOCHS})")
+    parser.add_argument("--batch-size", type=int, default=4, help="global batch for every path")
+    parser.add_argument("--min-seconds", type=float, default=1.0, help="shortest clip of the generated corpus")
+    parser.add_argument(
+        "--max-seconds", type=float, default=11.0,
+        help="longest clip; e.g. --clips 4 --min-seconds 10 --max-seconds 11 makes every batch the same worst case, "
+        "for peak memory at the same batch",
+    )
+    parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "bench_train_gpt", help="models, corpus, logs (reused)")
+    parser.add_argument("--out", type=Path, help="JSON results (default <work-dir>/results.json)")
+    parser.add_argument("--coqui-workers", type=int, default=0, help="coqui DataLoader workers (its recipe: 8)")
+    parser.add_argument("--ours-overrides", default="", help="extra space-separated Hydra overrides for every ours path")
+    parser.add_argument(
+        "--wait-idle", type=float, default=300,
+        help="before each run, wait up to this many seconds for other processes to leave the cores idle",
+    )
+    parser.add_argument("--no-warmup", action="store_true", help="skip our throwaway DVAE-cache run")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # child mode: a JSON spec
+    args = parser.parse_args()
+    args.sizes = [s for s in args.sizes.split(",") if s]
+    args.paths_explicit = args.paths is not None
+    args.paths = [p for p in (args.paths or ",".join(PATHS)).split(",") if p]
+    for size in args.sizes:
+        if size not in SIZES:
+            raise SystemExit(f"--sizes: unknown size {size!r}")
+    for path in args.paths:
+        if path not in PATHS:
+            raise SystemExit(f"--paths: unknown path {path!r}")
+    args.clips = per_size(args.clips, "clips", DEFAULT_CLIPS) if args.clips else dict(DEFAULT_CLIPS)
+    args.epochs = per_size(args.epochs, "epochs", DEFAULT_EPOCHS) if args.epochs else dict(DEFAULT_EPOCHS)
+    args.work_dir = args.work_dir.resolve()
+    args.out = (args.out or args.work_dir / "results.json").resolve()
+    return args
 
 
-class PeakRss:
-    """Sample this process's RSS every `interval` seconds in a thread; keep the maximum."""
-
-    def __init__(self, interval: float = 0.002):
-        self.interval, self.peak, self._stop = interval, 0.0, threading.Event()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_mb())
-            time.sleep(self.interval)
-
-    def __enter__(self):
-        self.peak = rss_mb()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_mb())
+# =============================================================================================
+# Child side: each function runs in a fresh process and returns a JSON-able dict.
+# =============================================================================================
+def vm_hwm_bytes() -> int:
+    """This process's peak RSS since exec (ru_maxrss would include the parent's at fork time)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
-# ---------------------------------------------------------------------------------------------
-# 1. The tiny model and the prepared demo data (built once; children reuse the parent's).
-# ---------------------------------------------------------------------------------------------
-workdir = Path(tempfile.mkdtemp(prefix="bench_train_gpt_"))
-atexit.register(shutil.rmtree, workdir, ignore_errors=True)
-if args.model_dir is None:
+def cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def child_setup(spec: dict) -> dict:
+    """Build (or reuse) the model of this size and the prepared corpus of this clip count."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import torch
+    from make_bench_corpus import make_corpus
+
+    from xtts_ft import prepare
+    from xtts_ft.config import compose
+    from xtts_ft.model.layout import REAL_DVAE
     from xtts_ft.model.tiny import build_tiny_xtts
 
-    args.model_dir = build_tiny_xtts(workdir / "tiny-xtts", seed=0)
-if args.data_dir is None:
-    from xtts_ft import prepare
-
-    demo = REPO / "data" / "demo"
-    args.data_dir = prepare.run(
-        compose(
-            "prepare",
-            [f"paths.processed_dir={workdir}/processed", f"data.sources.0.path={demo / 'en'}", f"data.sources.1.path={demo / 'fr'}"],
+    work, size, clips = Path(spec["work"]), spec["size"], spec["clips"]
+    model_dir, built_s = work / "models" / size, None
+    if not (model_dir / "model.pth").is_file():
+        started = time.perf_counter()
+        if size == "full":
+            build_tiny_xtts(model_dir, seed=0, gpt=FULL_GPT, dvae=REAL_DVAE)
+        else:
+            build_tiny_xtts(model_dir, seed=0)
+        built_s = time.perf_counter() - started
+    # One extra clip per voice: prepare puts at least one clip per speaker in eval.jsonl.
+    lo, hi = spec.get("min_seconds", 1.0), spec.get("max_seconds", 11.0)
+    span = "" if (lo, hi) == (1.0, 11.0) else f"-{lo:g}to{hi:g}s"
+    corpus = make_corpus(work / "corpus" / f"clips{clips + 2}{span}", clips + 2, lo, hi)
+    name = f"{size}-clips{clips}{span}"  # one prepared dir per size: the DVAE code cache depends on the DVAE
+    data_dir = work / "processed" / name
+    if not (data_dir / "train.jsonl").is_file():
+        prepare.run(
+            compose(
+                "prepare",
+                [
+                    f"data.name={name}",
+                    f"data.sources=[{{path: {json.dumps(str(corpus))}, formatter: coqui_csv, language: en}}]",
+                    f"paths.processed_dir={work / 'processed'}",
+                    f"model.source={model_dir}",
+                    "model.build_tiny=false",
+                    "eval_fraction=0",
+                    "min_eval_per_speaker=1",
+                    "num_workers=1",
+                ],
+            )
         )
-    )
-model_dir, data_dir = Path(args.model_dir), Path(args.data_dir)
-tiny_sidecar = json.loads((model_dir / "xtts_ft.json").read_text())
+    train = [json.loads(line) for line in (data_dir / "train.jsonl").read_text().splitlines() if line.strip()]
+    import TTS
+
+    return {
+        # Without AVX512-BF16/AMX, oneDNN has no bf16 matmul and torch falls back to a scalar
+        # kernel: a 1024x4096 linear's forward+backward under bf16 autocast measured 62 s vs
+        # 0.7 s in fp32 on this machine's EPYC.
+        "cpu_bf16_matmul": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "model_dir": str(model_dir),
+        "model_built_s": built_s,
+        "data_dir": str(data_dir),
+        "data_name": name,
+        "train_clips": len(train),
+        "train_durations": sorted(s["duration"] for s in train),
+        "torch": torch.__version__,
+        "coqui_tts": TTS.__version__,
+        "python": platform.python_version(),
+    }
 
 
-# ---------------------------------------------------------------------------------------------
-# 2. The two training set-ups.
-# ---------------------------------------------------------------------------------------------
-def build_ours():
-    """As xtts_ft.train_gpt.run: coqui's loader, only the GPT trainable, our frozen DVAE."""
-    _, xtts = load_xtts(model_dir, CPU, for_inference=False)
-    xtts.requires_grad_(False)
-    xtts.hifigan_decoder.eval()
-    gpt = xtts.gpt.requires_grad_(True).train()
-    features = GptFeatures(*load_dvae(model_dir), xtts.args.gpt_use_perceiver_resampler)
-    optimizer = torch.optim.AdamW(
-        parameter_groups(gpt, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
-    )
-    return xtts, gpt, features, optimizer
+def coqui_config(model_dir: Path, dvae_checkpoint: Path, batch_size: int, workers: int):
+    """GPTTrainerConfig as coqui's XTTS-v2 recipe builds it, with the sizes of this model's config.json."""
+    import dataclasses
 
+    from TTS.tts.configs.xtts_config import XttsAudioConfig, XttsConfig
+    from TTS.tts.layers.xtts.trainer.gpt_trainer import GPTArgs, GPTTrainerConfig
 
-def coqui_config(dvae_checkpoint: Path) -> GPTTrainerConfig:
-    """GPTTrainerConfig for the tiny model: its config.json's model_args + the trainer's file paths."""
-    tiny = XttsConfig()
-    tiny.load_json(str(model_dir / "config.json"))
+    stock = XttsConfig()
+    stock.load_json(str(model_dir / "config.json"))
     fields = {f.name for f in dataclasses.fields(GPTArgs)}
-    model_args = GPTArgs(**{k: v for k, v in tiny.model_args.to_dict().items() if k in fields})
-    sizes = dict(
-        gpt_layers=2, gpt_n_model_channels=64, gpt_n_heads=4, gpt_num_audio_tokens=1026,
-        gpt_start_audio_token=1024, gpt_stop_audio_token=1025, gpt_use_perceiver_resampler=True,
+    model_args = GPTArgs(**{k: v for k, v in stock.model_args.to_dict().items() if k in fields})
+    recipe = dict(  # recipes/ljspeech/xtts_v2/train_gpt_xtts.py
+        max_conditioning_length=132300,  # 6 s
+        min_conditioning_length=66150,  # 3 s
+        debug_loading_failures=False,
+        max_wav_length=255995,  # ~11.6 s
+        max_text_length=200,
+        gpt_use_masking_gt_prompt_approach=True,
+        gpt_use_perceiver_resampler=True,
+        tokenizer_file=str(model_dir / "vocab.json"),
+        mel_norm_file=str(model_dir / "mel_stats.pth"),  # never the URL default
+        xtts_checkpoint=str(model_dir / "model.pth"),
+        dvae_checkpoint=str(dvae_checkpoint),
     )
-    for key, value in sizes.items():
-        assert getattr(model_args, key) == value, f"tiny model has {key}={getattr(model_args, key)}, expected {value}"
+    for key, value in recipe.items():
         setattr(model_args, key, value)
-    model_args.tokenizer_file = str(model_dir / "vocab.json")
-    model_args.mel_norm_file = str(model_dir / "mel_stats.pth")  # never the URL default
-    model_args.xtts_checkpoint = str(model_dir / "model.pth")
-    model_args.dvae_checkpoint = str(dvae_checkpoint)
+    # The recipe's token ids follow the DVAE (1024 codes + start + stop): config.json has them.
+    assert model_args.gpt_num_audio_tokens == model_args.gpt_stop_audio_token + 1, model_args
     return GPTTrainerConfig(
         model_args=model_args,
-        batch_size=args.batch_size,
-        lr=cfg.lr,
+        audio=XttsAudioConfig(sample_rate=22050, dvae_sample_rate=22050, output_sample_rate=24000),
+        batch_size=batch_size,
+        eval_batch_size=batch_size,
+        num_loader_workers=workers,
         optimizer="AdamW",
-        optimizer_params={"betas": list(cfg.betas), "eps": 1e-8, "weight_decay": cfg.weight_decay},
-        optimizer_wd_only_on_weights=True,  # as coqui's XTTS-v2 recipe
-        grad_clip=cfg.grad_clip,
+        optimizer_wd_only_on_weights=True,
+        optimizer_params={"betas": [0.9, 0.96], "eps": 1e-8, "weight_decay": 1e-2},
+        lr=5e-06,
+        grad_clip=1.0,  # coqui's default is 0 (off); ours clips at 1.0, so the reference does too
         mixed_precision=False,
     )
 
 
-def build_coqui(try_tiny_dvae_first: bool):
-    """GPTTrainer on the tiny model, with its DVAE replaced by the tiny one.
+def child_coqui(spec: dict) -> dict:
+    import torch
 
-    GPTTrainer.__init__ hard-codes the released DVAE's shape (codebook_dim=hidden_dim=512,
-    3 resnet blocks) and load_state_dict(strict=False) still refuses size mismatches, so the
-    tiny dvae.pth cannot go in through dvae_checkpoint. We give it an empty state dict instead
-    (strict=False loads nothing), then replace `.dvae` by the tiny DVAE from xtts_ft's loader.
-    Nothing in coqui is monkeypatched.
-    """
-    refusal = None
-    if try_tiny_dvae_first:
-        try:
-            GPTTrainer(coqui_config(model_dir / "dvae.pth"))
-        except RuntimeError as err:
-            refusal = str(err).strip().splitlines()
-            refusal = refusal[0] + " " + next((line.strip() for line in refusal[1:] if "size mismatch" in line), "")
-    empty = workdir / "empty_dvae.pth"
-    torch.save({}, empty)
-    config = coqui_config(empty)
+    threads_before_import = torch.get_num_threads()
+    from TTS.tts.layers.xtts.trainer.gpt_trainer import GPTTrainer  # imports trainer.dataset: 1 thread
+
+    from xtts_ft.model.layout import REAL_DVAE, dvae_kwargs
+    from xtts_ft.model.loading import load_dvae
+
+    threads_after_import = torch.get_num_threads()
+    if spec["path"] == "coqui":
+        torch.set_num_threads(os.cpu_count())
+    set_up_started = time.perf_counter()
+    model_dir, data_dir = Path(spec["model_dir"]), Path(spec["data_dir"])
+    # GPTTrainer.__init__ hard-codes the released DVAE's shape, and load_state_dict(strict=False)
+    # still refuses size mismatches: a tiny dvae.pth cannot go in through dvae_checkpoint. Then we
+    # give it an empty state dict (nothing to load, nothing refused) and swap in the tiny DVAE.
+    real_dvae = dvae_kwargs(model_dir) == REAL_DVAE
+    dvae_checkpoint = model_dir / "dvae.pth"
+    if not real_dvae:
+        dvae_checkpoint = Path(spec["work"]) / "empty_dvae.pth"
+        torch.save({}, dvae_checkpoint)
+    config = coqui_config(model_dir, dvae_checkpoint, spec["batch_size"], spec["coqui_workers"])
     trainer = GPTTrainer(config)
-    trainer.dvae = load_dvae(model_dir)[0]  # the tiny DVAE (xtts_ft.json "dvae"), frozen, eval
-    # coqui's Trainer: on_train_epoch_start puts the whole model in eval and only the GPT in train.
-    trainer.eval()
-    trainer.xtts.gpt.train()
+    if not real_dvae:
+        trainer.dvae = load_dvae(model_dir)[0]
+    # Our prepared manifest as coqui sample dicts (what load_tts_samples returns): same files.
+    samples = []
+    for line in (data_dir / "train.jsonl").read_text().splitlines():
+        if line.strip():
+            s = json.loads(line)
+            samples.append(
+                {"audio_file": str(data_dir / s["audio"]), "text": s["text"], "speaker_name": s["speaker"],
+                 "language": s["language"], "root_path": str(data_dir), "audio_unique_name": s["audio"]}
+            )
+    loader = trainer.get_data_loader(config, is_eval=False, samples=samples, verbose=False)
     optimizer = trainer.get_optimizer()
-    return trainer, optimizer, refusal
+    gpt_params = [p for group in optimizer.param_groups for p in group["params"]]
+    set_up_s = time.perf_counter() - set_up_started
 
-
-# ---------------------------------------------------------------------------------------------
-# 3. The fixed batches: the first warmup+steps batches `xtts-ft train-gpt` would draw.
-# ---------------------------------------------------------------------------------------------
-def build_batches(tokenizer, count: int):
-    manifest = data_dir / "train.jsonl"
-    items, _ = encode_samples(
-        read_manifest(manifest), tokenizer, cfg.max_text_tokens, int(cfg.max_audio_seconds * 22050), manifest
-    )
-    order = iterate_batches(len(items), cfg.batch_size, cfg.seed, 0, 0)
-    ours, dataset_cond = [], []
-    random.seed(args.seed)  # get_prompt_slice draws with the `random` module, as XTTSDataset does
-    for _ in range(count):
-        epoch, b, indices = next(order)
-        chosen = [items[i] for i in indices]
-        rng = np.random.default_rng([cfg.seed, epoch, b])  # exactly as xtts_ft.train_gpt.run
-        references = pick_references(items, indices, rng)
-        ours.append(collate(chosen, references, (cfg.cond_min_seconds, cfg.cond_max_seconds), rng))
-        # coqui's default conditioning: a slice of the clip itself padded to 6 s, with its indices.
-        slices = [
-            get_prompt_slice(str(item.audio), GPTArgs.max_conditioning_length, GPTArgs.min_conditioning_length, 22050)
-            for item in chosen
-        ]
-        dataset_cond.append(
-            {"conditioning": torch.stack([s[0].unsqueeze(1) for s in slices]), "cond_idxs": torch.tensor([s[2] for s in slices])}
-        )
-    return ours, dataset_cond
-
-
-def coqui_batch(batch: dict, dataset_cond: dict | None = None) -> dict:
-    """Our collated batch in the layout of XTTSDataset.collate_fn (what format_batch receives)."""
-    out = {
-        "padded_text": batch["text_inputs"].int(),  # collate_fn builds an IntTensor
-        "text_lengths": batch["text_lengths"],
-        "wav": batch["wavs"].unsqueeze(1),  # (B, 1, T)
-        "wav_lengths": batch["wav_lengths"],
-        "conditioning": batch["cond_wavs"][:, None, None, :],  # (B, num_cond_samples=1, 1, T)
-        "cond_idxs": None,
-        "cond_lens": None,
+    samples_done, audio_s, steps, losses = 0, 0.0, 0, []
+    cpu0, started = cpu_seconds(), time.perf_counter()
+    for _ in range(spec["epochs"]):
+        # coqui's Trainer.train_epoch: model.train(), then GPTTrainer.on_train_epoch_start puts
+        # everything in eval and the GPT back in train.
+        trainer.train()
+        trainer.eval()
+        trainer.xtts.gpt.train()
+        for batch in loader:
+            batch = trainer.format_batch(batch)
+            batch = trainer.format_batch_on_device(batch)  # conditioning mels + DVAE codes, no grad
+            _, loss_dict = trainer.train_step(batch, criterion=None)
+            loss_dict["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(gpt_params, config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss_dict["loss"].item())  # coqui's Trainer detaches + logs every step
+            samples_done += len(batch["wav_lengths"])
+            audio_s += batch["wav_lengths"].sum().item() / 22050
+            steps += 1
+    loop_s = time.perf_counter() - started
+    return {
+        "threads": torch.get_num_threads(),
+        "threads_before_import": threads_before_import,
+        "threads_after_import": threads_after_import,
+        "set_up_s": set_up_s,
+        "loop_s": loop_s,
+        "loop_source": "timed around the loop",
+        "loop_cpu_s": cpu_seconds() - cpu0,
+        "steps": steps,
+        "samples": samples_done,
+        "audio_s": audio_s,
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "dvae": "dvae.pth" if real_dvae else "tiny DVAE swapped in (empty dvae_checkpoint)",
     }
-    if dataset_cond is not None:
-        out["conditioning"] = dataset_cond["conditioning"]
-        out["cond_idxs"] = dataset_cond["cond_idxs"].clone()  # the GPT rescales it in place
-    return out
 
 
-# ---------------------------------------------------------------------------------------------
-# 4. One training step of each path.
-# ---------------------------------------------------------------------------------------------
-def our_step(gpt, features, optimizer, batch) -> float:
-    optimizer.zero_grad(set_to_none=True)
-    loss_text, loss_mel = gpt_losses(gpt, features, batch, CPU)
-    loss = loss_text + loss_mel
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(gpt.parameters(), cfg.grad_clip)
-    optimizer.step()
-    return loss.item()
+def child_ours(spec: dict) -> dict:
+    import torch
+
+    from xtts_ft import train_gpt
+    from xtts_ft.config import compose
+
+    from xtts_ft.config import TrainGptConfig
+
+    # Keys of our variants that this checkout's schema lacks (e.g. before the memory options
+    # landed): the default variant runs without them (noted); the memory variant cannot.
+    known = set(TrainGptConfig.__dataclass_fields__)
+    variant_keys = {o.split("=", 1)[0] for variant in OURS_VARIANTS.values() for o in variant}
+    missing = [o for o in spec["overrides"] if o.split("=", 1)[0] in variant_keys and o.split("=", 1)[0] not in known]
+    if missing and spec.get("required"):
+        raise SystemExit(f"this checkout's train_gpt config has no {missing}: cannot run this variant")
+    cfg = compose("train_gpt", [o for o in spec["overrides"] if o not in missing])
+    run_dir = train_gpt.run_dir(cfg)
+    # progress.json's loop_seconds is taken when the last state is saved, so it also holds the
+    # final eval and the checkpoint writes (GBs at full size), which the coqui path does not do.
+    # Time those calls (behaviour unchanged) and subtract them.
+    excluded, hwm = {}, {}
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            # The first of these calls comes right after the last training step: the peak RSS so
+            # far is set-up + training, what the coqui child's whole-process peak covers.
+            hwm.setdefault("before_eval_save", vm_hwm_bytes())
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                excluded[name] = excluded.get(name, 0.0) + time.perf_counter() - t0
+
+        return wrapper
+
+    wrapped = [n for n in ("evaluate_loss", "log_eval_audio", "torch_save") if callable(getattr(train_gpt, n, None))]
+    for name in wrapped:
+        setattr(train_gpt, name, timed(name, getattr(train_gpt, name)))
+    cpu0, started = cpu_seconds(), time.perf_counter()
+    train_gpt.run(cfg)
+    run_s = time.perf_counter() - started
+    progress = json.loads((run_dir / "progress.json").read_text())
+    resolved = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+    settings = {}
+    for line in resolved.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("precision", "grad_checkpointing", "bucket_batches", "num_threads", "batch_size", "max_steps"):
+            settings[key] = value.strip()
+    loop_s, source = progress.get("train_seconds"), "progress.json train_seconds (training steps only)"
+    if loop_s is None:
+        loop_s, source = progress.get("loop_seconds"), "progress.json loop_seconds"
+    if loop_s is None:
+        loop_s, source = run_s, "run() wall time, INCLUDES set-up"
+    elif excluded and "train_seconds" not in progress:
+        loop_s -= sum(excluded.values())
+        source += " minus " + " + ".join(f"{k} {v:.1f} s" for k, v in excluded.items())
+    return {
+        "threads": torch.get_num_threads(),
+        "run_s": run_s,
+        "run_cpu_s": cpu_seconds() - cpu0,
+        "loop_s": loop_s,
+        "loop_seconds_raw": progress.get("loop_seconds"),
+        "excluded_s": excluded,
+        "loop_source": source,
+        "audio_s": progress.get("audio_seconds"),
+        "steps": progress.get("step"),
+        "samples": progress.get("samples"),
+        "progress": progress,
+        "settings": settings,
+        "run_dir": str(run_dir),
+        "missing_keys": missing,
+        "vm_hwm_training_bytes": hwm.get("before_eval_save"),
+    }
 
 
-def coqui_step(trainer, optimizer, batch) -> float:
-    """What coqui's Trainer.train_step/optimize do for GPTTrainer on one device, fp32, no accumulation."""
-    optimizer.zero_grad(set_to_none=True)
-    batch = trainer.format_batch_on_device(trainer.format_batch(batch))
-    _, loss_dict = trainer.train_step(batch, criterion=None)
-    loss_dict["loss"].backward()
-    torch.nn.utils.clip_grad_norm_(trainer.xtts.gpt.parameters(), cfg.grad_clip)
-    optimizer.step()
-    return loss_dict["loss"].item()
+def child_main(spec: dict) -> None:
+    result = {"setup": child_setup, "coqui": child_coqui, "ours": child_ours}[spec["kind"]](spec)
+    result["vm_hwm_bytes"] = vm_hwm_bytes()
+    result["cpu_s"] = cpu_seconds()
+    print(MARK + json.dumps(result), flush=True)
 
 
-rounds = args.warmup + args.steps
+# =============================================================================================
+# Parent side: run children one at a time, watch their memory, report.
+# =============================================================================================
+class RssWatch:
+    """Sample a process's RSS (plus its descendants', refreshed each second) every 5 ms."""
 
-# ---------------------------------------------------------------------------------------------
-# Child mode: one path alone in a fresh process, for its memory.
-# ---------------------------------------------------------------------------------------------
-if args.memory_of:
-    malloc_trim()
-    before_setup = rss_mb()
-    if args.memory_of == "ours":
-        xtts, gpt, features, optimizer = build_ours()
-        batches, _ = build_batches(xtts.tokenizer, rounds)
-        step = lambda i: our_step(gpt, features, optimizer, batches[i])  # noqa: E731
-    else:
-        trainer, optimizer, _ = build_coqui(try_tiny_dvae_first=False)
-        batches, dataset_cond = build_batches(trainer.xtts.tokenizer, rounds)
-        with_cond = args.memory_of == "coqui-ds"
-        step = lambda i: coqui_step(trainer, optimizer, coqui_batch(batches[i], dataset_cond[i] if with_cond else None))  # noqa: E731
-    malloc_trim()
-    before_steps = rss_mb()
-    with PeakRss() as peak:
-        for i in range(rounds):
-            step(i)
-    print(json.dumps({"setup_mb": before_steps - before_setup, "step_peak_growth_mb": peak.peak - before_steps}))
-    sys.exit(0)
+    def __init__(self, pid: int, interval: float = 0.005):
+        self.proc, self.interval, self.peak = psutil.Process(pid), interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
 
-# ---------------------------------------------------------------------------------------------
-# 5. Build both, check they compute the same losses, then time them interleaved.
-# ---------------------------------------------------------------------------------------------
-load_before = os.getloadavg()
-xtts, gpt, features, our_optimizer = build_ours()
-trainer, coqui_optimizer, dvae_refusal = build_coqui(try_tiny_dvae_first=True)
-batches, dataset_cond = build_batches(xtts.tokenizer, rounds)
-assert all(torch.equal(a, b) for a, b in zip(gpt.state_dict().values(), trainer.xtts.gpt.state_dict().values()))
+    def _run(self) -> None:
+        family, refreshed = [self.proc], 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now - refreshed > 1.0:
+                try:
+                    family = [self.proc] + self.proc.children(recursive=True)
+                except psutil.Error:
+                    return
+                refreshed = now
+            total = 0
+            for p in family:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(self.interval)
 
-# Same weights, same batch, dropout off: the two paths must give the same unweighted losses.
-gpt.eval()
-trainer.xtts.gpt.eval()
-with torch.no_grad():
-    ours_losses = [x.item() for x in gpt_losses(gpt, features, batches[0], CPU)]
-    _, loss_dict = trainer.train_step(trainer.format_batch_on_device(coqui_batch(batches[0])), criterion=None)
-    coqui_losses = [
-        loss_dict["loss_text_ce"].item() / trainer.args.gpt_loss_text_ce_weight,
-        loss_dict["loss_mel_ce"].item() / trainer.args.gpt_loss_mel_ce_weight,
-    ]
-gpt.train()
-trainer.xtts.gpt.train()
-print(f"batch 0 losses (text, mel), eval mode: ours {ours_losses}, coqui {coqui_losses}")
-
-steps = {
-    "ours": lambda i: our_step(gpt, features, our_optimizer, batches[i]),
-    "coqui": lambda i: coqui_step(trainer, coqui_optimizer, coqui_batch(batches[i])),
-    "coqui-ds": lambda i: coqui_step(trainer, coqui_optimizer, coqui_batch(batches[i], dataset_cond[i])),
-}
-seconds = {name: [] for name in PATHS}
-for i in range(rounds):
-    for name in PATHS[i % 3 :] + PATHS[: i % 3]:  # rotate who goes first
-        started = time.perf_counter()
-        steps[name](i)
-        if i >= args.warmup:
-            seconds[name].append(time.perf_counter() - started)
-load_after = os.getloadavg()
-
-# ---------------------------------------------------------------------------------------------
-# 6. Memory: each path alone in a child process.
-# ---------------------------------------------------------------------------------------------
-memory = {}
-for name in PATHS:
-    child = [sys.executable, __file__, "--memory-of", name, "--model-dir", str(model_dir), "--data-dir", str(data_dir)]
-    child += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
-    child += ["--threads", str(args.threads), "--seed", str(args.seed)]
-    done = subprocess.run(child, capture_output=True, text=True, cwd=REPO)
-    if done.returncode != 0:
-        raise RuntimeError(f"memory child {name} failed:\n{done.stderr[-3000:]}")
-    memory[name] = json.loads(done.stdout.strip().splitlines()[-1])
-
-# ---------------------------------------------------------------------------------------------
-# 7. Report.
-# ---------------------------------------------------------------------------------------------
-def quartiles(xs):
-    q = statistics.quantiles(xs, n=4)
-    return q[0], q[2]
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
 
 
-median = {name: statistics.median(seconds[name]) for name in PATHS}
-audio_seconds = statistics.mean(b["wav_lengths"].sum().item() / 22050 for b in batches[args.warmup :])
-labels = {
-    "ours": "ours: `gpt_losses` + AdamW",
-    "coqui": "coqui `GPTTrainer`, same inputs",
-    "coqui-ds": "coqui `GPTTrainer`, XTTSDataset-style cond (6 s padded + cond_idxs)",
-}
-command = f".venv/bin/python scripts/bench_train_gpt.py --steps {args.steps} --warmup {args.warmup} --batch-size {args.batch_size}"
-if args.threads != 1:
-    command += f" --threads {args.threads}"
-lines = [
-    f"Command: `{command}`",
-    "",
-    f"Machine: {psutil.cpu_count(logical=True)} logical CPU cores ({platform.processor() or platform.machine()}), "
-    f"no GPU used; torch {torch.__version__} with {torch.get_num_threads()} threads "
-    f"(importing coqui's GPT trainer set it {THREADS_BEFORE_COQUI} -> {THREADS_AFTER_COQUI}; --threads {args.threads}), "
-    f"coqui-tts {__import__('TTS').__version__}, Python {platform.python_version()}; "
-    f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after the timed rounds.",
-    f"Batches: {rounds} fixed batches of {args.batch_size} clips from {data_dir} "
-    f"(mean {audio_seconds:.1f} s of audio per batch); first {args.warmup} untimed.",
-    "",
-    "| path | median s/step | IQR s/step | ours / this (time) | step peak RSS growth MB | set-up RSS MB |",
-    "|---|---|---|---|---|---|",
-]
-for name in PATHS:
-    lo, hi = quartiles(seconds[name])
-    lines.append(
-        f"| {labels[name]} | {median[name]:.3f} | {lo:.3f}–{hi:.3f} | {median['ours'] / median[name]:.2f} "
-        f"| {memory[name]['step_peak_growth_mb']:.0f} | {memory[name]['setup_mb']:.0f} |"
+def busy_cpu_seconds() -> float:
+    """CPU seconds all processes on this machine have used since boot."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def wait_idle(limit_s: float) -> float:
+    """Wait (at most limit_s) until the other processes use under a quarter of a core; return their use."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        others = psutil.cpu_percent(interval=2.0) / 100 * (os.cpu_count() or 1)
+        if others < 0.25 or time.monotonic() >= deadline:
+            return others
+        time.sleep(5)
+
+
+def run_child(spec: dict, log: Path, idle_wait_s: float = 0.0) -> dict:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    others_before = wait_idle(idle_wait_s)
+    load_before = os.getloadavg()[0]
+    busy0, own0 = busy_cpu_seconds(), cpu_seconds()
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True,
+        )
+        watch = RssWatch(proc.pid)
+        code = proc.wait()
+        sampled = watch.stop()
+    wall = time.perf_counter() - started
+    text = log.read_text(errors="replace")
+    lines = [line for line in text.splitlines() if line.startswith(MARK)]
+    if code != 0 or not lines:
+        return {"error": f"exit {code}; see {log}", "error_tail": text[-2500:], "wall_s": wall}
+    result = json.loads(lines[-1][len(MARK):])
+    # Cores the rest of the machine kept busy while the child ran (another job skews every number).
+    others = busy_cpu_seconds() - busy0 - (cpu_seconds() - own0) - result.get("cpu_s", 0.0)
+    result.update(
+        wall_s=wall, rss_sampled_bytes=sampled, load_before=load_before, load_after=os.getloadavg()[0],
+        others_cores_before=others_before, others_cores_during=max(others, 0.0) / wall,
     )
-lines += [
-    "",
-    f"Memory ratio ours / coqui (step peak growth): {memory['ours']['step_peak_growth_mb'] / max(memory['coqui']['step_peak_growth_mb'], 1e-9):.2f}",
-    f"Batch 0 losses in eval mode (text, mel): ours {ours_losses[0]:.6f}, {ours_losses[1]:.6f}; "
-    f"coqui {coqui_losses[0]:.6f}, {coqui_losses[1]:.6f}",
-    f"GPTTrainer with dvae_checkpoint=<tiny dvae.pth>: {dvae_refusal or 'accepted'}",
-]
-print("\n".join(lines))
+    # Peak RSS of set-up + training: ours also evaluates and writes checkpoints after its last
+    # step (the coqui path does neither), so its peak is read just before those when known.
+    result["peak_rss_whole_bytes"] = max(sampled, result.get("vm_hwm_bytes", 0))
+    result["peak_rss_bytes"] = result.get("vm_hwm_training_bytes") or result["peak_rss_whole_bytes"]
+    return result
+
+
+def ours_overrides(args, setup: dict, size: str, run_name: str, max_steps: int, variant: list) -> list:
+    return [
+        "model=tiny",  # the group only names the model; source points at this size's directory
+        f"model.source={setup['model_dir']}",
+        "model.build_tiny=false",
+        "model.device=cpu",
+        f"paths.processed_dir={Path(setup['data_dir']).parent}",
+        f"data.name={setup['data_name']}",
+        f"paths.runs_dir={args.work_dir / 'runs'}",
+        f"run_name={run_name}",
+        f"batch_size={args.batch_size}",
+        f"max_steps={max_steps}",
+        "lr=5e-6",
+        "eval_every=0",  # no eval loss, no eval audio: the coqui path evaluates nothing either
+        "save_every=1000000",
+        "log_every=1",
+        "eval_sentences=[]",  # no eval synthesis (it still evaluates the loss at the last step)
+        "resume=false",
+        *variant,
+        *args.ours_overrides.split(),
+    ]
+
+
+def bench_size(args, size: str) -> tuple:
+    clips, epochs = args.clips[size], args.epochs[size]
+    print(f"\n== {size}: {clips} training clips, {epochs} epoch(s), batch {args.batch_size}", flush=True)
+    logs = args.work_dir / "logs"
+    setup = run_child(
+        {"kind": "setup", "work": str(args.work_dir), "size": size, "clips": clips, "min_seconds": args.min_seconds, "max_seconds": args.max_seconds},
+        logs / f"{size}-setup.log",
+    )
+    if "error" in setup:
+        raise SystemExit(f"set-up for {size} failed: {setup['error']}\n{setup['error_tail']}")
+    d = setup["train_durations"]
+    print(f"   data: {setup['train_clips']} clips, {min(d):.2f}-{max(d):.2f} s (mean {sum(d) / len(d):.2f} s), {setup['data_dir']}")
+    if setup["model_built_s"]:
+        print(f"   built the {size} model in {setup['model_built_s']:.0f} s")
+    steps_per_epoch = math.ceil(setup["train_clips"] / args.batch_size)
+    runs, warmup = [], None
+    order = [p for p in PATHS if p in args.paths]
+    for path in order:
+        if path == "ours-mem" and size == "full" and not setup["cpu_bf16_matmul"] and not args.paths_explicit:
+            print("   ours-mem skipped: this CPU has no bf16 matmul kernels (one full-size step ran >16 min in a trial); "
+                  "name it in --paths to run it anyway", flush=True)
+            runs.append({"path": path, "size": size, "epochs": epochs, "batch": args.batch_size,
+                         "error": "skipped: no bf16 matmul on this CPU", "error_tail": ""})
+            continue
+        spec = {"path": path, "size": size, "work": str(args.work_dir), "epochs": epochs, "batch_size": args.batch_size}
+        if path.startswith("coqui"):
+            spec.update(kind="coqui", model_dir=setup["model_dir"], data_dir=setup["data_dir"], coqui_workers=args.coqui_workers)
+        else:
+            cached = sorted(p.name for p in Path(setup["data_dir"]).glob("*codes*"))
+            if warmup is None and cached and not args.no_warmup:
+                warmup = {"skipped": f"the DVAE code cache is already there: {cached}"}
+                print(f"   ours warm-up skipped: {warmup['skipped']}", flush=True)
+            if warmup is None and not args.no_warmup:
+                # The first run on a manifest builds the DVAE code cache next to it: a throwaway
+                # run with max_steps=0 (set-up, cache, save) pays that, so the measured runs reuse it.
+                before = {p.name for p in Path(setup["data_dir"]).iterdir()}
+                name = f"{setup['data_name']}-warmup-{os.getpid()}"
+                wspec = {"kind": "ours", "overrides": ours_overrides(args, setup, size, name, 0, OURS_VARIANTS["ours"])}
+                print("   ours warm-up (max_steps=0) ...", flush=True)
+                warmup = run_child(wspec, logs / f"{size}-ours-warmup.log", args.wait_idle)
+                warmup["new_files"] = sorted({p.name for p in Path(setup["data_dir"]).iterdir()} - before)
+                said = re.search(r"computed DVAE codes for (\d+) clip\(s\) in ([\d.]+) s", (logs / f"{size}-ours-warmup.log").read_text())
+                warmup["cache_s"] = float(said.group(2)) if said else None  # None: the cache was already there
+                shutil.rmtree(args.work_dir / "runs" / name, ignore_errors=True)
+                said = warmup.get("error") or f"{warmup['wall_s']:.1f} s wall, new files {warmup['new_files']}"
+                print(f"   ours warm-up: {said}", flush=True)
+            name = f"{setup['data_name']}-{path}-{os.getpid()}"
+            overrides = ours_overrides(args, setup, size, name, epochs * steps_per_epoch, OURS_VARIANTS[path])
+            spec.update(kind="ours", overrides=overrides, run_name=name, required=path != "ours")
+        print(f"   {path} ...", flush=True)
+        result = run_child(spec, logs / f"{size}-{path}.log", args.wait_idle)
+        if spec["kind"] == "ours":
+            shutil.rmtree(args.work_dir / "runs" / spec["run_name"], ignore_errors=True)  # state.pt: GBs at full size
+            if "error" not in result and result.get("samples") is None:
+                # progress.json without `samples`: our loop covers each clip once per epoch.
+                result["samples"] = epochs * setup["train_clips"]
+                result["samples_source"] = "epochs x clips (progress.json has no samples)"
+            if "error" not in result and result.get("audio_s") is None:
+                result["audio_s"] = epochs * sum(d)  # whole epochs: every clip once per epoch
+        result.update(path=path, size=size, epochs=epochs, batch=args.batch_size)
+        if "error" in result:
+            print(f"   {path} FAILED: {result['error']}\n{result['error_tail'][-1500:]}", flush=True)
+        else:
+            print(
+                f"   {path}: {result['samples']} samples in {result['loop_s']:.1f} s = {result['samples'] / result['loop_s']:.3f} samples/s, "
+                f"peak RSS {result['peak_rss_bytes'] / 1e9:.2f} GB, {result['threads']} thread(s), child wall {result['wall_s']:.0f} s",
+                flush=True,
+            )
+        runs.append(result)
+    return setup, warmup, runs
+
+
+def markdown(all_runs: list) -> str:
+    lines = [
+        "| path | size | threads | batch | epochs | samples | audio s | loop s | samples/s | vs coqui | peak RSS GB | vs coqui |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for size in SIZES:
+        runs = [r for r in all_runs if r["size"] == size]
+        ref = next((r for r in runs if r["path"] == REFERENCE and "error" not in r), None)
+        for r in runs:
+            if "error" in r:
+                said = r["error"] if r["error"].startswith("skipped") else f"failed: {r['error']}"
+                lines.append(f"| {r['path']} | {size} | | {r['batch']} | {r['epochs']} | {said} | | | | | | |")
+                continue
+            rate = r["samples"] / r["loop_s"]
+            ratio = f"{rate / (ref['samples'] / ref['loop_s']):.2f}" if ref else "–"
+            if r["others_cores_during"] > 0.2:
+                ratio += " (contended)"
+            mem = f"{r['peak_rss_bytes'] / ref['peak_rss_bytes']:.2f}" if ref else "–"
+            lines.append(
+                f"| {r['path']} | {size} | {r['threads']} | {r['batch']} | {r['epochs']} | {r['samples']} | {r['audio_s']:.0f} "
+                f"| {r['loop_s']:.1f} | {rate:.3f} | {ratio} | {r['peak_rss_bytes'] / 1e9:.2f} | {mem} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.child:
+        child_main(json.loads(args.child))
+        return
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    cpu_model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+        platform.machine(),
+    )
+    results = {
+        "command": " ".join([".venv/bin/python", "scripts/bench_train_gpt.py", *sys.argv[1:]]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu": cpu_model,
+            "memory_gb": psutil.virtual_memory().total / 1e9,
+            "available_gb_at_start": psutil.virtual_memory().available / 1e9,
+        },
+        "sizes": {},
+        "runs": [],
+    }
+    for size in args.sizes:
+        setup, warmup, runs = bench_size(args, size)
+        results["sizes"][size] = {"setup": setup, "ours_warmup": warmup}
+        results["runs"] += runs
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))  # after each size, in case a later one dies
+
+    table = markdown(results["runs"])
+    setup = next(iter(results["sizes"].values()))["setup"]
+    m = results["machine"]
+    notes = [
+        f"Command: `{results['command']}`",
+        "",
+        f"Machine: {m['cpus']} logical CPUs ({m['cpu']}), {m['memory_gb']:.0f} GB RAM, no GPU; torch {setup['torch']}, "
+        f"coqui-tts {setup['coqui_tts']}, Python {setup['python']}.",
+    ]
+    for size, info in results["sizes"].items():
+        d = info["setup"]["train_durations"]
+        notes.append(f"{size}: {len(d)} training clips of {min(d):.1f}-{max(d):.1f} s (mean {sum(d) / len(d):.2f} s).")
+        w = info["ours_warmup"]
+        if w and "skipped" in w:
+            notes.append(f"{size}: ours warm-up skipped, {w['skipped']}")
+        elif w:
+            notes.append(
+                f"{size}: ours warm-up run (max_steps=0: set-up and the DVAE code cache): "
+                + (w.get("error") or f"{w['wall_s']:.1f} s wall for the whole child, of which the DVAE code cache "
+                   + (f"{w['cache_s']:.1f} s" if w.get("cache_s") is not None else "0 s (already built)")
+                   + f"; new files next to the manifest: {w['new_files']}")
+            )
+    for r in results["runs"]:
+        if "error" in r:
+            continue
+        extra = (
+            f"other processes busy {r['others_cores_during']:.2f} cores during the run ({r['others_cores_before']:.2f} just before); "
+            f"loop time from {r['loop_source']}"
+        )
+        if r.get("loop_cpu_s"):
+            extra += f"; loop used {r['loop_cpu_s'] / r['loop_s']:.2f} cores"
+        if r.get("vm_hwm_training_bytes"):
+            extra += (
+                f"; peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB up to the last step, "
+                f"{r['peak_rss_whole_bytes'] / 1e9:.2f} GB with the final eval + checkpoint writes"
+            )
+        if r["path"].startswith("coqui"):
+            extra += f"; threads at import {r['threads_before_import']} -> {r['threads_after_import']}; set-up {r['set_up_s']:.1f} s"
+        else:
+            extra += f"; settings {r['settings']}"
+            if r.get("missing_keys"):
+                extra += f"; NOT in this checkout's config, left out: {r['missing_keys']}"
+        notes.append(f"{r['size']} {r['path']}: {extra}")
+    report = "\n".join([*notes[:3], "", table, "", *notes[3:]])
+    print("\n" + report)
+    results["markdown"] = report
+    args.out.write_text(json.dumps(results, indent=1))
+    print(f"\nJSON: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
