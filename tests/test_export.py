@@ -40,30 +40,42 @@ def test_sidecar_and_model_card_describe_the_export(exported):
 
 
 @pytest.mark.slow
-def test_plain_coqui_tts_loads_and_speaks_the_export_in_a_fresh_process(exported, prepared):
+def test_plain_coqui_tts_loads_the_export_and_speaks_like_our_module(exported, prepared):
+    """In a fresh process: coqui-tts's own loaders (Xtts.load_checkpoint and TTS.api.TTS) take the
+    export unchanged, and coqui's Xtts.inference with our decoding settings and seed gives
+    exactly the audio of our inference module."""
     reference = next((prepared / "wavs").glob("0_wavs__alicia*.wav"))
     script = textwrap.dedent(
         f"""
         import numpy as np, soundfile as sf, torch
         from TTS.tts.configs.xtts_config import XttsConfig
         from TTS.tts.models.xtts import Xtts
+        from TTS.api import TTS
+        from xtts_ft.inference import XttsSynthesizer
+        text = "The birch canoe slid on the smooth planks."
         config = XttsConfig()
         config.load_json("{exported}/config.json")
         model = Xtts(config)
         model.load_checkpoint(config, checkpoint_dir="{exported}", eval=True)
-        audio, rate = sf.read("{reference}", dtype="float32")
-        latent = model.get_gpt_cond_latents(torch.from_numpy(audio)[None], rate)
-        speaker = model.get_speaker_embedding(torch.from_numpy(audio)[None], rate)
-        torch.manual_seed(0)
-        out = model.inference("hello there.", "en", latent, speaker, max_new_tokens=120, repetition_penalty=2.0)
-        wav = np.asarray(out["wav"])
-        print("SAMPLES", wav.size, "FINITE", bool(np.isfinite(wav).all()))
+        ours = XttsSynthesizer("{exported}", device="cpu")
+        mine = ours.synthesize(text=text, language="en", reference="{reference}", decoding={{"seed": 7}})
+        voice = ours.clone_voice("{reference}")
+        torch.manual_seed(7)
+        out = model.inference(text, "en", voice.gpt_cond_latent, voice.speaker_embedding, enable_text_splitting=False,
+                              max_new_tokens=ours._max_codes(text, 0.25), **ours.decoding_settings())
+        theirs = np.asarray(out["wav"], dtype=np.float32)
+        print("SAME", theirs.shape == mine.wav.shape and bool(np.array_equal(theirs, mine.wav)), mine.wav.size)
+        api = TTS(model_path="{exported}", config_path="{exported}/config.json", progress_bar=False)
+        wav = np.asarray(api.tts(text="hello there.", speaker_wav="{reference}", language="en"), dtype=np.float32)
+        print("API", wav.size, bool(np.isfinite(wav).all()))
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    line = [l for l in result.stdout.splitlines() if l.startswith("SAMPLES")][0].split()
-    assert int(line[1]) > 0 and line[3] == "True"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    same = [l for l in result.stdout.splitlines() if l.startswith("SAME")][0].split()
+    assert same[1] == "True" and int(same[2]) > 0
+    api = [l for l in result.stdout.splitlines() if l.startswith("API")][0].split()
+    assert int(api[1]) > 0 and api[2] == "True"
 
 
 def test_half_precision_safetensors_and_named_voices(tmp_path, workdir, exported, prepared):

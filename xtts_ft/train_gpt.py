@@ -338,8 +338,6 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
              "audio_seconds": round(audio_seconds, 2), "world_size": runtime.world_size},
         )
 
-    rt.release_freed_memory()
-
     # Loop.
     writer = None
     if runtime.is_main:

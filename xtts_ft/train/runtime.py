@@ -4,7 +4,6 @@ precision, the run-directory lock and memory figures."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import os
 import resource
@@ -82,15 +81,6 @@ def autocast(precision: str, device: torch.device):
     if PRECISIONS[precision] is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
-
-
-def release_freed_memory() -> None:
-    """Give the heap that loading left behind back to the OS (glibc keeps freed memory, e.g. the
-    checkpoint's state dict, for reuse; training's own peak comes later and should not stack on it)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
 
 
 def peak_memory_mb(device: torch.device) -> float:
