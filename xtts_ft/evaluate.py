@@ -60,6 +60,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
             "rtf": result.real_time_factor,
             "stopped": all(result.stopped),
             "speaker_similarity": metrics.speaker_similarity(result.wav, result.sample_rate, ref_audio, 16000),
+            "dnsmos": metrics.dnsmos(result.wav, result.sample_rate)["ovrl_mos"],
             "transcript": None,
             "cer": math.nan,
             "wer": math.nan,
@@ -81,7 +82,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
-    columns = ["cer", "wer", "speaker_similarity", "duration_ratio", "rtf", "rms_dbfs"]
+    columns = ["cer", "wer", "speaker_similarity", "dnsmos", "duration_ratio", "rtf", "rms_dbfs"]
     summary = table.groupby("language")[columns].mean()
     summary["stopped_fraction"] = table.groupby("language")["stopped"].mean()
     summary["utterances"] = table.groupby("language").size()
@@ -105,8 +106,9 @@ Probe set: `{cfg.manifest}` ({len(table)} utterance(s); each row's own recording
 
 ## Utterances
 
-{table[["utterance", "language", "speaker", "seconds", "duration_ratio", "cer", "speaker_similarity", "rtf", "stopped", "wav"]].round(3).to_markdown(index=False)}
+{table[["utterance", "language", "speaker", "seconds", "duration_ratio", "cer", "speaker_similarity", "dnsmos", "rtf", "stopped", "wav"]].round(3).to_markdown(index=False)}
 
 Metric models: {asr_note} Speaker similarity: resemblyzer (cosine; same voice ≈ 0.85+, different ≈ 0.6 on espeak-ng speech).
+Quality: DNSMOS overall (P.835, 1-5; speechmos's bundled ONNX models).
 These are not the XTTS paper's models (Whisper large-v3, ECAPA2, UTMOS): do not compare the numbers directly.
 """

@@ -94,6 +94,22 @@ def speaker_similarity(audio_a: np.ndarray, rate_a: int, audio_b: np.ndarray, ra
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+def dnsmos(audio: np.ndarray, sample_rate: int) -> dict:
+    """Microsoft's DNSMOS (P.835 signal/background/overall and P.808 MOS, 1-5) from the ONNX
+    models bundled in `speechmos`; audio is resampled to its 16 kHz and clipped to [-1, 1]."""
+    try:
+        from speechmos import dnsmos as dnsmos_model
+    except ImportError as err:
+        raise ImportError("DNSMOS needs speechmos (bundles the ONNX models): pip install 'xtts-ft[eval]'") from err
+    import soxr
+
+    audio = np.asarray(audio, dtype=np.float32)
+    if sample_rate != 16000:
+        audio = soxr.resample(audio, sample_rate, 16000, quality="HQ").astype(np.float32)
+    scores = dnsmos_model.run(np.clip(audio, -1.0, 1.0), sr=16000)
+    return {key: float(scores[key]) for key in ("ovrl_mos", "sig_mos", "bak_mos", "p808_mos")}
+
+
 def rms_dbfs(audio: np.ndarray) -> float:
     rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
     return 20 * np.log10(max(rms, 1e-10))
