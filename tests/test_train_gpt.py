@@ -13,7 +13,7 @@ from tests.conftest import REPO, TRAIN_OVERRIDES, demo_overrides
 from xtts_ft import export, train_gpt
 from xtts_ft.config import compose
 from xtts_ft.data.audio import load_audio
-from xtts_ft.data.batches import collate, encode_samples, pick_references
+from xtts_ft.data.batches import ReferencePicker, collate, encode_samples
 from xtts_ft.data.sample import read_manifest
 from xtts_ft.model.features import GptFeatures
 from xtts_ft.model.loading import load_dvae, load_xtts
@@ -32,7 +32,7 @@ def test_loss_goes_down_on_a_fixed_batch(tiny_model_dir, prepared):
     items, skipped = encode_samples(read_manifest(manifest)[:4], xtts.tokenizer, 200, 255995, manifest)
     assert len(items) == 4 and not skipped
     rng = np.random.default_rng(0)
-    references = pick_references(items, [0, 1, 2, 3], rng)
+    references = ReferencePicker(items)([0, 1, 2, 3], rng)
     assert all(ref != item.audio for ref, item in zip(references, items))  # another clip of the same voice
     assert all(ref.name.split("__")[1].split("_")[0] == item.speaker for ref, item in zip(references, items))
     batch = collate(items, references, (3.0, 6.0), rng)
@@ -120,6 +120,8 @@ def test_export_picks_the_best_or_a_kept_step(tmp_path, workdir, trained):
     torch.testing.assert_close(weights["gpt.mel_head.weight"], best["gpt"]["mel_head.weight"], rtol=0, atol=0)
     with pytest.raises(FileNotFoundError, match="step_00000005.pt does not exist.*kept: best.pt, step_00000010.pt"):
         export.run(compose("export", paths + ["checkpoint=5", f"out_dir={tmp_path / 'five'}"]))
+    with pytest.raises(ValueError, match="checkpoint=newest: use latest, best or a step number"):
+        export.run(compose("export", paths + ["checkpoint=newest", f"out_dir={tmp_path / 'newest'}"]))
 
 
 def _losses(run_dir):

@@ -59,7 +59,12 @@ def chosen_weights(cfg: DictConfig, run_dir: Path) -> dict:
     choice = str(cfg.checkpoint)
     if choice == "latest":
         return {}
-    path = run_dir / "checkpoints" / ("best.pt" if choice == "best" else f"step_{int(choice):08d}.pt" if choice.isdigit() else "")
+    if choice == "best":
+        path = run_dir / "checkpoints" / "best.pt"
+    elif choice.isdigit():
+        path = run_dir / "checkpoints" / f"step_{int(choice):08d}.pt"
+    else:
+        raise ValueError(f"checkpoint={choice}: use latest, best or a step number")
     if not path.is_file():
         kept = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
         raise FileNotFoundError(f"checkpoint={choice}: {path} does not exist (kept: {', '.join(kept) or 'none'}; or use latest)")

@@ -56,20 +56,31 @@ def encode_samples(samples: List[Sample], tokenizer, max_text_tokens: int, max_s
     return kept, skipped
 
 
-def pick_references(items: Sequence[GptItem], indices: List[int], rng: np.random.Generator) -> List[Path]:
+class ReferencePicker:
     """A voice reference for each clip: another clip of the same speaker when there is one.
 
     Conditioning on the target clip itself would let the GPT copy its length and content from
-    the reference, which inference (a different reference sentence) never offers.
+    the reference, which inference (a different reference sentence) never offers. The speaker
+    groups are built once: picking runs at every training step.
     """
-    by_speaker: dict = {}
-    for i, item in enumerate(items):
-        by_speaker.setdefault(item.speaker, []).append(i)
-    references = []
-    for i in indices:
-        others = [j for j in by_speaker[items[i].speaker] if j != i] or [i]
-        references.append(items[others[int(rng.integers(len(others)))]].audio)
-    return references
+
+    def __init__(self, items: Sequence[GptItem]):
+        self.items = items
+        self.groups: dict = {}
+        for i, item in enumerate(items):
+            self.groups.setdefault(item.speaker, []).append(i)
+        self.position = {i: p for group in self.groups.values() for p, i in enumerate(group)}
+
+    def __call__(self, indices: List[int], rng: np.random.Generator) -> List[Path]:
+        references = []
+        for i in indices:
+            group = self.groups[self.items[i].speaker]
+            if len(group) == 1:  # a lone clip of its speaker is its own reference
+                references.append(self.items[i].audio)
+                continue
+            k = int(rng.integers(len(group) - 1))  # one of the others, skipping i itself
+            references.append(self.items[group[k if k < self.position[i] else k + 1]].audio)
+        return references
 
 
 def collate(items: List[GptItem], references: List[Path], cond_seconds: Tuple[float, float], rng: np.random.Generator):

@@ -96,9 +96,6 @@ class LengthBucketSampler:
         batches = batches[self._rng(epoch, 2).permutation(len(batches))]
         return [b.tolist() for b in batches]
 
-    def batches_per_epoch(self, epoch: int = 0) -> int:
-        return len(self.epoch_batches(epoch))
-
     def steps(self, epoch: int = 0, start_batch: int = 0) -> Iterator[Step]:
         """This rank's steps forever, from (epoch, start_batch)."""
         while True:
