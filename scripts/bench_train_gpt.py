@@ -51,6 +51,25 @@ The paths:
                  AVX512-BF16/AMX: torch falls back to a scalar kernel, ~90x slower than fp32 for
                  a 1024x4096 linear); name it in --paths to run it anyway.
 
+On a GPU (--device cuda) the same children train on cuda:0 and report, instead of peak RSS,
+the peak CUDA memory (torch.cuda.max_memory_allocated over set-up plus training; the reserved
+peak beside it). The first --skip-steps steps of each path (default 2 on cuda, 0 on CPU) are
+left out of the timing (CUDA context, cuBLAS/cuDNN set-up and the caching allocator's first
+growth fall there), the device is synchronised before the clock is read, and the default paths
+add our precisions:
+  ours-bf16      ours with bf16 autocast (precision=bf16), no checkpointing.
+  ours-fp16      ours with fp16 autocast and a GradScaler (precision=fp16).
+  coqui-amp      the coqui path as its Trainer runs with mixed_precision=True (precision fp16):
+                 torch.autocast(cuda, float16) around train_step, a GradScaler, unscale before
+                 the clip.
+On cuda the coqui path moves the GPTTrainer to the GPU (what coqui's Trainer does: model.cuda())
+and each batch with trainer.generic_utils.to_cuda before format_batch_on_device. Where
+torchcodec is missing (torchaudio >= 2.9 decodes through it), coqui's load_audio is replaced
+by the same steps on soundfile (mono mean, resample if needed, clip to [-1, 1]); the JSON says
+so. Neither path enables TF32: fp32 is full fp32 in both.
+
+    .venv/bin/python scripts/bench_train_gpt.py --device cuda --sizes full --wait-idle 0
+
 Run it from the repository root (all sizes and paths; the full size takes the longest):
 
     .venv/bin/python scripts/bench_train_gpt.py --sizes tiny,full
@@ -82,7 +101,10 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = ("tiny", "full")
-PATHS = ("coqui", "coqui-shipped", "ours", "ours-ckpt", "ours-mem")
+PATHS = ("coqui", "coqui-shipped", "ours", "ours-ckpt", "ours-mem")  # the CPU default, in run order
+# On cuda the default runs ours first and the reference last (a late failure keeps the rest).
+GPU_PATHS = ("ours", "ours-bf16", "ours-fp16", "ours-mem", "coqui", "coqui-amp")
+ALL_PATHS = PATHS + ("ours-bf16", "ours-fp16", "coqui-amp")
 REFERENCE = "coqui"
 FULL_GPT = dict(gpt_layers=30, gpt_n_model_channels=1024, gpt_n_heads=16)
 # Our overrides per path (the keys are xtts_ft.config.TrainGptConfig's): explicit, so that the
@@ -91,7 +113,10 @@ OURS_VARIANTS = {
     "ours": ["precision=fp32", "grad_checkpointing=false", "num_threads=0"],
     "ours-ckpt": ["precision=fp32", "grad_checkpointing=true", "num_threads=0"],
     "ours-mem": ["precision=bf16", "grad_checkpointing=true", "num_threads=0"],
+    "ours-bf16": ["precision=bf16", "grad_checkpointing=false", "num_threads=0"],
+    "ours-fp16": ["precision=fp16", "grad_checkpointing=false", "num_threads=0"],
 }
+BF16_PATHS = ("ours-mem", "ours-bf16")  # too slow on a CPU without bf16 matmul kernels
 # Full size: 2 steps of 4 per path keep all paths together under ~25 min on 2 cores.
 DEFAULT_CLIPS, DEFAULT_EPOCHS = {"tiny": 16, "full": 8}, {"tiny": 2, "full": 1}
 MARK = "BENCH_RESULT "
@@ -114,7 +139,14 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="tiny", help="comma list of: tiny, full (default tiny)")
     parser.add_argument(
-        "--paths", help=f"comma list of: {', '.join(PATHS)} (default all; ours-mem only where the CPU has bf16 matmuls)"
+        "--paths",
+        help=f"comma list of: {', '.join(ALL_PATHS)} (default on CPU: {', '.join(PATHS)}, ours-mem only where the CPU "
+        f"has bf16 matmuls; on cuda: {', '.join(GPU_PATHS)}, in the order given)",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where every path trains (default cpu)")
+    parser.add_argument(
+        "--skip-steps", type=int, default=None,
+        help="leave each path's first N steps out of the timing (default 0 on cpu, 2 on cuda)",
     )
     parser.add_argument("--clips", default="", help=f"training clips, N or tiny=N,full=M (default {DEFAULT_CLIPS})")
     parser.add_argument("--epochs", default="", help=f"epochs per path, N or tiny=N,full=M (default {DEFAULT_EPOCHS})")
@@ -138,12 +170,15 @@ def parse_args():
     args = parser.parse_args()
     args.sizes = [s for s in args.sizes.split(",") if s]
     args.paths_explicit = args.paths is not None
-    args.paths = [p for p in (args.paths or ",".join(PATHS)).split(",") if p]
+    default_paths = PATHS if args.device == "cpu" else GPU_PATHS
+    args.paths = [p for p in (args.paths or ",".join(default_paths)).split(",") if p]
+    if args.skip_steps is None:
+        args.skip_steps = 0 if args.device == "cpu" else 2
     for size in args.sizes:
         if size not in SIZES:
             raise SystemExit(f"--sizes: unknown size {size!r}")
     for path in args.paths:
-        if path not in PATHS:
+        if path not in ALL_PATHS:
             raise SystemExit(f"--paths: unknown path {path!r}")
     args.clips = per_size(args.clips, "clips", DEFAULT_CLIPS) if args.clips else dict(DEFAULT_CLIPS)
     args.epochs = per_size(args.epochs, "epochs", DEFAULT_EPOCHS) if args.epochs else dict(DEFAULT_EPOCHS)
@@ -172,7 +207,6 @@ def child_setup(spec: dict) -> dict:
     """Build (or reuse) the model of this size and the prepared corpus of this clip count."""
     sys.path.insert(0, str(REPO / "scripts"))
     import torch
-    from make_bench_corpus import make_corpus
 
     from xtts_ft import prepare
     from xtts_ft.config import compose
@@ -191,10 +225,13 @@ def child_setup(spec: dict) -> dict:
     # One extra clip per voice: prepare puts at least one clip per speaker in eval.jsonl.
     lo, hi = spec.get("min_seconds", 1.0), spec.get("max_seconds", 11.0)
     span = "" if (lo, hi) == (1.0, 11.0) else f"-{lo:g}to{hi:g}s"
-    corpus = make_corpus(work / "corpus" / f"clips{clips + 2}{span}", clips + 2, lo, hi)
     name = f"{size}-clips{clips}{span}"  # one prepared dir per size: the DVAE code cache depends on the DVAE
     data_dir = work / "processed" / name
     if not (data_dir / "train.jsonl").is_file():
+        # The corpus is only needed to prepare (a machine without espeak-ng can take a prepared dir).
+        from make_bench_corpus import make_corpus
+
+        corpus = make_corpus(work / "corpus" / f"clips{clips + 2}{span}", clips + 2, lo, hi)
         prepare.run(
             compose(
                 "prepare",
@@ -227,10 +264,13 @@ def child_setup(spec: dict) -> dict:
         "torch": torch.__version__,
         "coqui_tts": TTS.__version__,
         "python": platform.python_version(),
+        "transformers": __import__("transformers").__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cuda": torch.version.cuda,
     }
 
 
-def coqui_config(model_dir: Path, dvae_checkpoint: Path, batch_size: int, workers: int):
+def coqui_config(model_dir: Path, dvae_checkpoint: Path, batch_size: int, workers: int, mixed_precision: bool = False):
     """GPTTrainerConfig as coqui's XTTS-v2 recipe builds it, with the sizes of this model's config.json."""
     import dataclasses
 
@@ -269,8 +309,47 @@ def coqui_config(model_dir: Path, dvae_checkpoint: Path, batch_size: int, worker
         optimizer_params={"betas": [0.9, 0.96], "eps": 1e-8, "weight_decay": 1e-2},
         lr=5e-06,
         grad_clip=1.0,  # coqui's default is 0 (off); ours clips at 1.0, so the reference does too
-        mixed_precision=False,
+        mixed_precision=mixed_precision,  # the recipe leaves it False; coqui-amp sets it (precision fp16)
+        precision="fp16",
     )
+
+
+def cuda_memory() -> dict:
+    import torch
+
+    return {
+        "peak_cuda_bytes": torch.cuda.max_memory_allocated(),
+        "peak_cuda_reserved_bytes": torch.cuda.max_memory_reserved(),
+    }
+
+
+def patch_coqui_audio_loader() -> str:
+    """torchaudio >= 2.9 decodes through torchcodec (and FFmpeg); where that is missing, give
+    coqui's XTTSDataset its load_audio's steps on soundfile instead. Returns what loads audio."""
+    try:
+        import torchcodec  # noqa: F401
+
+        return "torchaudio.load (torchcodec)"
+    except Exception:  # ImportError, or torchcodec without its FFmpeg libraries
+        pass
+    import soundfile
+    import torch
+    import torchaudio
+
+    import TTS.tts.layers.xtts.trainer.dataset as coqui_dataset
+
+    def load_audio(audiopath, sampling_rate):
+        data, lsr = soundfile.read(audiopath, dtype="float32", always_2d=True)
+        audio = torch.from_numpy(data.T.copy())  # (channels, samples), as torchaudio.load gives
+        if audio.size(0) != 1:
+            audio = torch.mean(audio, dim=0, keepdim=True)
+        if lsr != sampling_rate:
+            audio = torchaudio.functional.resample(audio, lsr, sampling_rate)
+        audio.clip_(-1, 1)
+        return audio
+
+    coqui_dataset.load_audio = load_audio
+    return "soundfile (torchcodec missing: coqui's load_audio steps on soundfile)"
 
 
 def child_coqui(spec: dict) -> dict:
@@ -283,8 +362,11 @@ def child_coqui(spec: dict) -> dict:
     from xtts_ft.model.loading import load_dvae
 
     threads_after_import = torch.get_num_threads()
-    if spec["path"] == "coqui":
+    if spec["path"] in ("coqui", "coqui-amp"):
         torch.set_num_threads(os.cpu_count())
+    cuda = spec.get("device", "cpu") == "cuda"
+    amp = spec["path"] == "coqui-amp"
+    audio_loader = patch_coqui_audio_loader()
     set_up_started = time.perf_counter()
     model_dir, data_dir = Path(spec["model_dir"]), Path(spec["data_dir"])
     # GPTTrainer.__init__ hard-codes the released DVAE's shape, and load_state_dict(strict=False)
@@ -295,10 +377,12 @@ def child_coqui(spec: dict) -> dict:
     if not real_dvae:
         dvae_checkpoint = Path(spec["work"]) / "empty_dvae.pth"
         torch.save({}, dvae_checkpoint)
-    config = coqui_config(model_dir, dvae_checkpoint, spec["batch_size"], spec["coqui_workers"])
+    config = coqui_config(model_dir, dvae_checkpoint, spec["batch_size"], spec["coqui_workers"], mixed_precision=amp)
     trainer = GPTTrainer(config)
     if not real_dvae:
         trainer.dvae = load_dvae(model_dir)[0]
+    if cuda:
+        trainer.cuda()  # coqui's Trainer with use_cuda: model.cuda()
     # Our prepared manifest as coqui sample dicts (what load_tts_samples returns): same files.
     samples = []
     for line in (data_dir / "train.jsonl").read_text().splitlines():
@@ -311,7 +395,10 @@ def child_coqui(spec: dict) -> dict:
     loader = trainer.get_data_loader(config, is_eval=False, samples=samples, verbose=False)
     optimizer = trainer.get_optimizer()
     gpt_params = [p for group in optimizer.param_groups for p in group["params"]]
+    scaler = torch.amp.GradScaler("cuda") if amp else None  # coqui's Trainer: use_amp_scaler with fp16
     set_up_s = time.perf_counter() - set_up_started
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    skip, steady = spec.get("skip_steps", 0), None
 
     samples_done, audio_s, steps, losses = 0, 0.0, 0, []
     cpu0, started = cpu_seconds(), time.perf_counter()
@@ -323,24 +410,56 @@ def child_coqui(spec: dict) -> dict:
         trainer.xtts.gpt.train()
         for batch in loader:
             batch = trainer.format_batch(batch)
+            if cuda:  # coqui's Trainer.format_batch: to_cuda on every entry, then format_batch_on_device
+                from trainer.generic_utils import to_cuda
+
+                batch = {k: to_cuda(v) for k, v in batch.items()}
             batch = trainer.format_batch_on_device(batch)  # conditioning mels + DVAE codes, no grad
-            _, loss_dict = trainer.train_step(batch, criterion=None)
-            loss_dict["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(gpt_params, config.grad_clip)
-            optimizer.step()
+            if amp:  # coqui's Trainer._compute_loss + optimize with use_amp_scaler
+                with torch.autocast(device_type="cuda", dtype=torch.float16):
+                    _, loss_dict = trainer.train_step(batch, criterion=None)
+                scaler.scale(loss_dict["loss"]).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(gpt_params, config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                _, loss_dict = trainer.train_step(batch, criterion=None)
+                loss_dict["loss"].backward()
+                torch.nn.utils.clip_grad_norm_(gpt_params, config.grad_clip)
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss_dict["loss"].item())  # coqui's Trainer detaches + logs every step
             samples_done += len(batch["wav_lengths"])
             audio_s += batch["wav_lengths"].sum().item() / 22050
             steps += 1
-    loop_s = time.perf_counter() - started
+            if skip and steps == skip:  # the steady-state clock starts after the first `skip` steps
+                sync()
+                steady = (time.perf_counter(), samples_done, audio_s)
+    sync()
+    loop_s = loop_all_s = time.perf_counter() - started
+    samples_all, audio_all = samples_done, audio_s
+    if steady is not None:
+        loop_s = time.perf_counter() - steady[0]
+        samples_done, audio_s = samples_all - steady[1], audio_all - steady[2]
+    memory = cuda_memory() if cuda else {}
     return {
+        **memory,
+        "device": spec.get("device", "cpu"),
+        "precision": "fp16 autocast + GradScaler" if amp else "fp32",
+        "audio_loader": audio_loader,
+        "skipped_steps": skip if steady is not None else 0,
+        "loop_all_s": loop_all_s,
+        "samples_all": samples_all,
+        "audio_s_all": audio_all,
+        "losses": losses,
+        "finite_losses": all(math.isfinite(x) for x in losses),
         "threads": torch.get_num_threads(),
         "threads_before_import": threads_before_import,
         "threads_after_import": threads_after_import,
         "set_up_s": set_up_s,
         "loop_s": loop_s,
-        "loop_source": "timed around the loop",
+        "loop_source": "timed around the loop" + (f", steps {skip + 1}-{steps} (synchronised)" if steady is not None else ""),
         "loop_cpu_s": cpu_seconds() - cpu0,
         "steps": steps,
         "samples": samples_done,
@@ -372,11 +491,20 @@ def child_ours(spec: dict) -> dict:
     # final eval and the checkpoint writes (GBs at full size), which the coqui path does not do.
     # Time those calls (behaviour unchanged) and subtract them.
     excluded, hwm = {}, {}
+    cuda = spec.get("device", "cpu") == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    skip, marks, recorded = spec.get("skip_steps", 0), {}, []
 
     def timed(name, fn):
         def wrapper(*a, **k):
             # The first of these calls comes right after the last training step: the peak RSS so
             # far is set-up + training, what the coqui child's whole-process peak covers.
+            if "before_eval_save" not in hwm:
+                if cuda:
+                    hwm["cuda"] = cuda_memory()
+                if skip:
+                    sync()
+                    marks["end"] = time.perf_counter()
             hwm.setdefault("before_eval_save", vm_hwm_bytes())
             t0 = time.perf_counter()
             try:
@@ -389,6 +517,24 @@ def child_ours(spec: dict) -> dict:
     wrapped = [n for n in ("evaluate_loss", "log_eval_audio", "torch_save") if callable(getattr(train_gpt, n, None))]
     for name in wrapped:
         setattr(train_gpt, name, timed(name, getattr(train_gpt, name)))
+    # Each training micro-batch (batch_size here, no accumulation) is one collate call: the
+    # steady-state clock starts at the (skip+1)-th, after a sync, and counts what follows.
+    collate, gpt_losses, batches = train_gpt.collate, train_gpt.gpt_losses, []
+
+    def counted_collate(*a, **k):
+        if skip and len(batches) == skip:
+            sync()
+            marks["start"] = time.perf_counter()
+        batch = collate(*a, **k)
+        batches.append((len(batch["wav_lengths"]), float(batch["wav_lengths"].sum()) / 22050))
+        return batch
+
+    def recorded_losses(*a, **k):
+        out = gpt_losses(*a, **k)
+        recorded.append(torch.stack([loss.detach().float() for loss in out]))  # read after the run: no extra sync
+        return out
+
+    train_gpt.collate, train_gpt.gpt_losses = counted_collate, recorded_losses
     cpu0, started = cpu_seconds(), time.perf_counter()
     train_gpt.run(cfg)
     run_s = time.perf_counter() - started
@@ -407,7 +553,25 @@ def child_ours(spec: dict) -> dict:
     elif excluded and "train_seconds" not in progress:
         loop_s -= sum(excluded.values())
         source += " minus " + " + ".join(f"{k} {v:.1f} s" for k, v in excluded.items())
+    steady, loop_all_s = {}, loop_s
+    if skip and "start" in marks and "end" in marks:
+        loop_s, source = marks["end"] - marks["start"], f"timed from step {skip + 1} to the last (synchronised)"
+        steady = {"samples": sum(n for n, _ in batches[skip:]), "audio_s": sum(a for _, a in batches[skip:])}
+    cfg_weights = (float(cfg.text_ce_weight), float(cfg.mel_ce_weight))
+    losses = [cfg_weights[0] * float(t) + cfg_weights[1] * float(m) for t, m in (r.tolist() for r in recorded)]
     return {
+        **hwm.get("cuda", {}),
+        "device": spec.get("device", "cpu"),
+        "precision": settings.get("precision"),
+        "skipped_steps": skip if steady else 0,
+        "loop_all_s": loop_all_s,
+        "samples_all": progress.get("samples"),
+        "audio_s_all": progress.get("audio_seconds"),
+        "steady": steady,
+        "losses": losses,
+        "finite_losses": all(math.isfinite(x) for x in losses),
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
         "threads": torch.get_num_threads(),
         "run_s": run_s,
         "run_cpu_s": cpu_seconds() - cpu0,
@@ -415,9 +579,9 @@ def child_ours(spec: dict) -> dict:
         "loop_seconds_raw": progress.get("loop_seconds"),
         "excluded_s": excluded,
         "loop_source": source,
-        "audio_s": progress.get("audio_seconds"),
+        "audio_s": steady.get("audio_s", progress.get("audio_seconds")),
         "steps": progress.get("step"),
-        "samples": progress.get("samples"),
+        "samples": steady.get("samples", progress.get("samples")),
         "progress": progress,
         "settings": settings,
         "run_dir": str(run_dir),
@@ -524,7 +688,7 @@ def ours_overrides(args, setup: dict, size: str, run_name: str, max_steps: int, 
         "model=tiny",  # the group only names the model; source points at this size's directory
         f"model.source={setup['model_dir']}",
         "model.build_tiny=false",
-        "model.device=cpu",
+        f"model.device={args.device}",
         f"paths.processed_dir={Path(setup['data_dir']).parent}",
         f"data.name={setup['data_name']}",
         f"paths.runs_dir={args.work_dir / 'runs'}",
@@ -542,7 +706,7 @@ def ours_overrides(args, setup: dict, size: str, run_name: str, max_steps: int, 
     ]
 
 
-def bench_size(args, size: str) -> tuple:
+def bench_size(args, size: str, on_run=None) -> tuple:
     clips, epochs = args.clips[size], args.epochs[size]
     print(f"\n== {size}: {clips} training clips, {epochs} epoch(s), batch {args.batch_size}", flush=True)
     logs = args.work_dir / "logs"
@@ -558,15 +722,16 @@ def bench_size(args, size: str) -> tuple:
         print(f"   built the {size} model in {setup['model_built_s']:.0f} s")
     steps_per_epoch = math.ceil(setup["train_clips"] / args.batch_size)
     runs, warmup = [], None
-    order = [p for p in PATHS if p in args.paths]
+    order = [p for p in ALL_PATHS if p in args.paths] if args.device == "cpu" else list(dict.fromkeys(args.paths))
     for path in order:
-        if path == "ours-mem" and size == "full" and not setup["cpu_bf16_matmul"] and not args.paths_explicit:
+        if path in BF16_PATHS and args.device == "cpu" and size == "full" and not setup["cpu_bf16_matmul"] and not args.paths_explicit:
             print("   ours-mem skipped: this CPU has no bf16 matmul kernels (one full-size step ran >16 min in a trial); "
                   "name it in --paths to run it anyway", flush=True)
             runs.append({"path": path, "size": size, "epochs": epochs, "batch": args.batch_size,
                          "error": "skipped: no bf16 matmul on this CPU", "error_tail": ""})
             continue
-        spec = {"path": path, "size": size, "work": str(args.work_dir), "epochs": epochs, "batch_size": args.batch_size}
+        spec = {"path": path, "size": size, "work": str(args.work_dir), "epochs": epochs, "batch_size": args.batch_size,
+                "device": args.device, "skip_steps": args.skip_steps}
         if path.startswith("coqui"):
             spec.update(kind="coqui", model_dir=setup["model_dir"], data_dir=setup["data_dir"], coqui_workers=args.coqui_workers)
         else:
@@ -579,7 +744,8 @@ def bench_size(args, size: str) -> tuple:
                 # run with max_steps=0 (set-up, cache, save) pays that, so the measured runs reuse it.
                 before = {p.name for p in Path(setup["data_dir"]).iterdir()}
                 name = f"{setup['data_name']}-warmup-{os.getpid()}"
-                wspec = {"kind": "ours", "overrides": ours_overrides(args, setup, size, name, 0, OURS_VARIANTS["ours"])}
+                wspec = {"kind": "ours", "device": args.device,
+                         "overrides": ours_overrides(args, setup, size, name, 0, OURS_VARIANTS["ours"])}
                 print("   ours warm-up (max_steps=0) ...", flush=True)
                 warmup = run_child(wspec, logs / f"{size}-ours-warmup.log", args.wait_idle)
                 warmup["new_files"] = sorted({p.name for p in Path(setup["data_dir"]).iterdir()} - before)
@@ -605,12 +771,18 @@ def bench_size(args, size: str) -> tuple:
         if "error" in result:
             print(f"   {path} FAILED: {result['error']}\n{result['error_tail'][-1500:]}", flush=True)
         else:
+            memory = f"peak RSS {result['peak_rss_bytes'] / 1e9:.2f} GB"
+            if result.get("peak_cuda_bytes") is not None:
+                memory = f"peak CUDA {result['peak_cuda_bytes'] / 1e9:.2f} GB (reserved {result['peak_cuda_reserved_bytes'] / 1e9:.2f}), " + memory
             print(
                 f"   {path}: {result['samples']} samples in {result['loop_s']:.1f} s = {result['samples'] / result['loop_s']:.3f} samples/s, "
-                f"peak RSS {result['peak_rss_bytes'] / 1e9:.2f} GB, {result['threads']} thread(s), child wall {result['wall_s']:.0f} s",
+                f"{memory}, {result['threads']} thread(s), child wall {result['wall_s']:.0f} s"
+                + (f", losses {result['first_loss']:.4f} -> {result['last_loss']:.4f}" if result.get("first_loss") is not None else ""),
                 flush=True,
             )
         runs.append(result)
+        if on_run is not None:
+            on_run(setup, warmup, runs)
     return setup, warmup, runs
 
 
@@ -639,6 +811,39 @@ def markdown(all_runs: list) -> str:
     return "\n".join(lines)
 
 
+def markdown_gpu(all_runs: list) -> str:
+    """The cuda table: steady-state throughput, peak CUDA memory, losses, each against coqui."""
+    lines = [
+        "| path | size | precision | batch | steps timed | samples | audio s | loop s | samples/s | vs coqui "
+        "| audio s/s | vs coqui | peak CUDA GB | vs coqui | loss first → last |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for size in SIZES:
+        runs = [r for r in all_runs if r["size"] == size]
+        ref = next((r for r in runs if r["path"] == REFERENCE and "error" not in r), None)
+        for r in runs:
+            if "error" in r:
+                lines.append(f"| {r['path']} | {size} | | {r['batch']} | | failed: {r['error']} | | | | | | | | | |")
+                continue
+            rate, audio_rate = r["samples"] / r["loop_s"], r["audio_s"] / r["loop_s"]
+            mem = r.get("peak_cuda_bytes") or 0
+            precision = r.get("precision") or ""
+            if r["path"] in OURS_VARIANTS and "grad_checkpointing=true" in OURS_VARIANTS[r["path"]]:
+                precision += " + grad ckpt"
+            ratio = lambda a, b: f"{a / b:.2f}" if ref and b else "–"  # noqa: E731
+            steps_timed = r.get("steps", 0) - r.get("skipped_steps", 0)
+            losses = f"{r['first_loss']:.3f} → {r['last_loss']:.3f}" if r.get("first_loss") is not None else ""
+            if not r.get("finite_losses", True):
+                losses += " (NOT finite)"
+            lines.append(
+                f"| {r['path']} | {size} | {precision} | {r['batch']} | {steps_timed} | {r['samples']} | {r['audio_s']:.0f} "
+                f"| {r['loop_s']:.2f} | {rate:.2f} | {ratio(rate, ref['samples'] / ref['loop_s'] if ref else 0)} "
+                f"| {audio_rate:.1f} | {ratio(audio_rate, ref['audio_s'] / ref['loop_s'] if ref else 0)} "
+                f"| {mem / 1e9:.2f} | {ratio(mem, ref.get('peak_cuda_bytes') if ref else 0)} | {losses} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     args = parse_args()
     if args.child:
@@ -660,21 +865,28 @@ def main() -> None:
         "sizes": {},
         "runs": [],
     }
+    results["device"], results["skip_steps"] = args.device, args.skip_steps
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for size in args.sizes:
-        setup, warmup, runs = bench_size(args, size)
-        results["sizes"][size] = {"setup": setup, "ours_warmup": warmup}
-        results["runs"] += runs
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1))  # after each size, in case a later one dies
+        done = list(results["runs"])
 
-    table = markdown(results["runs"])
+        def save(setup, warmup, runs, size=size, done=done):  # after each run, in case a later one dies
+            results["sizes"][size] = {"setup": setup, "ours_warmup": warmup}
+            results["runs"] = done + runs
+            args.out.write_text(json.dumps(results, indent=1))
+
+        setup, warmup, runs = bench_size(args, size, on_run=save)
+        save(setup, warmup, runs)
+
+    table = markdown(results["runs"]) if args.device == "cpu" else markdown_gpu(results["runs"])
     setup = next(iter(results["sizes"].values()))["setup"]
     m = results["machine"]
     notes = [
         f"Command: `{results['command']}`",
         "",
-        f"Machine: {m['cpus']} logical CPUs ({m['cpu']}), {m['memory_gb']:.0f} GB RAM, no GPU; torch {setup['torch']}, "
-        f"coqui-tts {setup['coqui_tts']}, Python {setup['python']}.",
+        f"Machine: {m['cpus']} logical CPUs ({m['cpu']}), {m['memory_gb']:.0f} GB RAM, "
+        + (f"GPU {setup.get('gpu')} (CUDA {setup.get('cuda')}), training on cuda" if args.device == "cuda" else "no GPU")
+        + f"; torch {setup['torch']}, coqui-tts {setup['coqui_tts']}, Python {setup['python']}.",
     ]
     for size, info in results["sizes"].items():
         d = info["setup"]["train_durations"]
@@ -698,6 +910,15 @@ def main() -> None:
         )
         if r.get("loop_cpu_s"):
             extra += f"; loop used {r['loop_cpu_s'] / r['loop_s']:.2f} cores"
+        if r.get("skipped_steps"):
+            extra += (
+                f"; first {r['skipped_steps']} step(s) not timed (whole loop: {r['samples_all']} samples in {r['loop_all_s']:.2f} s"
+                f" = {r['samples_all'] / r['loop_all_s']:.2f} samples/s)"
+            )
+        if r.get("peak_cuda_bytes") is not None:
+            extra += f"; peak CUDA reserved {r['peak_cuda_reserved_bytes'] / 1e9:.2f} GB"
+        if r.get("audio_loader") and not r["audio_loader"].startswith("torchaudio"):
+            extra += f"; audio loader {r['audio_loader']}"
         if r.get("vm_hwm_training_bytes"):
             extra += (
                 f"; peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB up to the last step, "

@@ -1,6 +1,7 @@
 """The `xtts-ft` command: one verb per stage, Hydra overrides after it.
 
     xtts-ft prepare data=demo
+    xtts-ft extend data=wolof languages=[wo] emotions=[happy,sad]
     xtts-ft train-gpt data=demo model=tiny max_steps=200
     xtts-ft export run_name=demo
     xtts-ft synth checkpoint=exports/demo text="Hello." language=en reference=ref.wav out=hello.wav
@@ -19,6 +20,7 @@ from typing import List, Optional
 
 VERBS = {
     "prepare": "corpus → data/processed/<name>/ (wavs, train/eval/dropped.jsonl, stats.json)",
+    "extend": "add languages ([xx] + BPE tokens) and emotion tokens to a base → models/<name>-extended",
     "train-gpt": "fine-tune the GPT on a prepared dataset → runs/<run_name>/gpt/",
     "export": "training state → exports/<run_name>/ in the stock XTTS-v2 layout",
     "synth": "clone a voice and speak a text → a 24 kHz WAV",

@@ -17,7 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).parent / "conf"
 RECIPES_DIR = Path(__file__).parent / "recipes"
-STAGES = ("prepare", "train_gpt", "export", "synth", "evaluate", "push", "pipeline")
+STAGES = ("prepare", "extend", "train_gpt", "export", "synth", "evaluate", "push", "pipeline")
 
 
 @dataclass
@@ -96,6 +96,22 @@ class PrepareConfig:
 
 
 @dataclass
+class ExtendConfig:
+    data: DataConfig = field(default_factory=DataConfig)  # the prepared corpus whose text trains the new tokens
+    model: ModelConfig = field(default_factory=ModelConfig)  # the base to extend
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    # New language codes (e.g. [wo]); empty: every manifest language the base has no [xx] token for.
+    languages: List[str] = field(default_factory=list)
+    # Emotion/style tokens to add, e.g. [happy, sad, angry, neutral, whisper]; a Sample's `emotion`
+    # label then becomes the token in front of its text in training.
+    emotions: List[str] = field(default_factory=list)
+    bpe_vocab_size: int = 1000  # the new language's own BPE; only tokens the base lacks are added
+    char_limit: int = 250  # per new language: the tokenizer's character-limit table (coqui warns above it)
+    out_dir: str = "${paths.models_dir}/${data.name}-extended"
+    overwrite: bool = False
+
+
+@dataclass
 class TrainGptConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -151,6 +167,9 @@ class ExportConfig:
     safetensors: bool = False  # also write model.safetensors (same tensors, no pickle)
     # Named voices: name → reference clip; their latents go into speakers_xtts.pth (synth voice=<name>).
     voices: Dict[str, str] = field(default_factory=dict)
+    # Emotion presets: name → a reference clip spoken with that emotion (emotions_xtts.pth; synth
+    # emotion=<name>). Work for any model, with or without emotion tokens.
+    emotions: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -191,6 +210,8 @@ class SynthConfig:
     language: str = "en"
     reference: Optional[str] = None  # WAV/FLAC/... of the voice to clone
     voice: Optional[str] = None  # or a named voice of the export (speakers_xtts.pth)
+    # An emotion token of an extended model and/or an emotion preset of the export (emotions_xtts.pth).
+    emotion: Optional[str] = None
     stream: bool = False  # generate chunk by chunk and report the time to first audio
     out: str = "synth.wav"
     device: str = "auto"
@@ -221,6 +242,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     for name, node in {
         "prepare_schema": PrepareConfig,
+        "extend_schema": ExtendConfig,
         "train_gpt_schema": TrainGptConfig,
         "export_schema": ExportConfig,
         "synth_schema": SynthConfig,

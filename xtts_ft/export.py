@@ -101,8 +101,9 @@ def run(cfg: DictConfig) -> Path:
             shutil.copy2(base_dir / name, tmp / name)
         verify_export(tmp, state["gpt"], half=cfg.half)
         voices = add_named_voices(tmp, dict(cfg.voices)) if cfg.voices else []
+        emotions = add_emotion_presets(tmp, dict(cfg.emotions)) if cfg.emotions else []
         sidecar = export_record(state, base_dir, tmp, config)
-        sidecar.update(voices=voices, weights_dtype="float16" if cfg.half else "float32",
+        sidecar.update(voices=voices, emotion_presets=emotions, weights_dtype="float16" if cfg.half else "float32",
                        safetensors=bool(cfg.safetensors))
         write_json(tmp / SIDECAR, sidecar)
         write_text(tmp / "README.md", model_card(sidecar))
@@ -137,6 +138,22 @@ def add_named_voices(export_dir: Path, voices: dict) -> list:
     return sorted(voices)
 
 
+def add_emotion_presets(export_dir: Path, emotions: dict) -> list:
+    """Emotion presets: the conditioning latents of a reference clip spoken with that emotion,
+    saved as `emotions_xtts.pth` (name → gpt_cond_latent, speaker_embedding; the stock voices'
+    format). `synth emotion=<name>` conditions the GPT on the preset while the voice keeps its own
+    speaker embedding, so presets work for any model, extended with emotion tokens or not."""
+    from xtts_ft.inference import EMOTIONS_FILE, XttsSynthesizer
+
+    synthesizer = XttsSynthesizer(export_dir, device="cpu")
+    presets = {}
+    for name, reference in emotions.items():
+        voice = synthesizer.clone_voice(reference)
+        presets[name] = {"gpt_cond_latent": voice.gpt_cond_latent.cpu(), "speaker_embedding": voice.speaker_embedding.cpu()}
+    torch.save(presets, export_dir / EMOTIONS_FILE)
+    return sorted(presets)
+
+
 def export_record(state: dict, base_dir: Path, export_dir: Path, config) -> dict:
     train_cfg = state["config"]
     stats = state.get("data_stats", {})
@@ -151,14 +168,65 @@ def export_record(state: dict, base_dir: Path, export_dir: Path, config) -> dict
             "model_sha256": sha256(base_dir / "model.pth"),
         },
         "languages": list(config.languages),
-        "emotion_tokens": [],
+        "emotion_tokens": base_sidecar.get("extension", {}).get("emotion_tokens", []),
         "training": {"gpt_steps": state["step"], "run_name": train_cfg["run_name"], "lr": train_cfg["lr"]},
         "data": stats,
         "metrics": {},
         "files": {name: sha256(export_dir / name) for name in ("model.pth", "config.json", "vocab.json")},
         # The tiny model's DVAE differs from the released one; keep its shape with the export.
         **({"dvae": base_sidecar["dvae"]} if "dvae" in base_sidecar else {}),
+        # What `xtts-ft extend` added (languages, emotion tokens, char limits, cleaners): the
+        # tokenizer of every later load reads it from here.
+        **({"extension": base_sidecar["extension"]} if "extension" in base_sidecar else {}),
     }
+
+
+def extension_section(record: dict) -> str:
+    """How to use the languages and emotion tokens this model added, with plain coqui-tts too."""
+    extension = record.get("extension") or {}
+    lines = []
+    new_languages = extension.get("languages", [])
+    if new_languages:
+        codes = ", ".join(f'"{x}"' for x in new_languages)
+        limits = extension.get("char_limits", {})
+        lines += [
+            f"### New languages: {', '.join(new_languages)}",
+            "",
+            f"coqui-tts's tokenizer cleans only the languages it knows and raises NotImplementedError for {codes}.",
+            "Give it a cleaner in your own code after loading (the model files need no change; xtts-ft does",
+            "this for you):",
+            "",
+            "```python",
+            "from xtts_ft.data.text import clean_text  # the cleaner the model was trained with; or your own",
+            "",
+            "coqui_preprocess = model.tokenizer.preprocess_text",
+            f"model.tokenizer.preprocess_text = lambda txt, lang: clean_text(txt, lang) if lang in ({codes},) else coqui_preprocess(txt, lang)",
+            *(f'model.tokenizer.char_limits["{x}"] = {limits.get(x, 250)}' for x in new_languages),
+            f'out = model.synthesize("...", speaker_wav="reference.wav", language="{new_languages[0]}")',
+            "```",
+            "",
+            f"Cleaners used in training: {', '.join(f'{k}: {v}' for k, v in extension.get('cleaners', {}).items())}.",
+            "",
+        ]
+    emotions = extension.get("emotion_tokens", [])
+    if emotions:
+        lines += [
+            f"### Emotion tokens: {', '.join(emotions)}",
+            "",
+            f"Write the token right before the text, with no space: `\"[{emotions[0]}]Hello there.\"` (plain coqui-tts),",
+            f"or `xtts-ft synth ... emotion={emotions[0]}`.",
+            "",
+        ]
+    presets = record.get("emotion_presets") or []
+    if presets:
+        lines += [
+            f"### Emotion presets: {', '.join(presets)}",
+            "",
+            "`emotions_xtts.pth` holds conditioning latents of reference clips spoken with each emotion;",
+            f"`xtts-ft synth ... emotion={presets[0]}` conditions the GPT on them while keeping the voice's timbre.",
+            "",
+        ]
+    return ("## Languages and emotions added by xtts-ft\n\n" + "\n".join(lines)) if lines else ""
 
 
 def model_card(record: dict) -> str:
@@ -167,6 +235,7 @@ def model_card(record: dict) -> str:
     base = record["base_model"]
     metrics = record.get("metrics") or {}
     metrics_md = "\n".join(f"| {k} | {v} |" for k, v in metrics.items()) or "| (not evaluated yet) | |"
+    extension_md = extension_section(record)
     data = record.get("data", {})
     train = data.get("train", {})
     return f"""---
@@ -205,7 +274,7 @@ model.load_checkpoint(config, checkpoint_dir=".", eval=True)
 out = model.synthesize("Hello!", speaker_wav="reference.wav", language="en")
 ```
 
-## Use with xtts-ft
+{extension_md}## Use with xtts-ft
 
 ```bash
 xtts-ft synth checkpoint=. text="Hello!" language=en reference=reference.wav out=hello.wav

@@ -19,6 +19,7 @@ import torch
 from xtts_ft.data.audio import load_audio
 from xtts_ft.model.loading import load_xtts, pick_device, resolve_model_dir
 
+EMOTIONS_FILE = "emotions_xtts.pth"  # an export's emotion presets (name → conditioning latents)
 DECODING_KEYS = ("temperature", "top_k", "top_p", "repetition_penalty", "length_penalty")
 CODES_PER_SECOND = 22050 / 1024  # one GPT audio code per 1024 samples at 22.05 kHz
 
@@ -62,9 +63,10 @@ def split_sentences(text: str, language: str) -> List[str]:
     return [s.strip() for s in segmenter.segment(text) if s.strip()]
 
 
-def read_requests(path: Union[str, Path], language: str, reference: Optional[str], voice: Optional[str]) -> List[dict]:
+def read_requests(path: Union[str, Path], language: str, reference: Optional[str], voice: Optional[str],
+                  emotion: Optional[str] = None) -> List[dict]:
     """Texts to synthesize from a .txt (one per line) or a CSV/TSV with a `text` column and
-    optional `language`, `reference`, `voice`, `name` columns (missing ones take the defaults)."""
+    optional `language`, `reference`, `voice`, `emotion`, `name` columns (missing ones take the defaults)."""
     import pandas as pd
 
     path = Path(path)
@@ -82,7 +84,8 @@ def read_requests(path: Union[str, Path], language: str, reference: Optional[str
         if not str(row.get("text", "")).strip():
             raise ValueError(f"{path}, line {line}: empty text")
         request = {"text": row["text"], "language": row.get("language") or language,
-                   "reference": row.get("reference") or None, "voice": row.get("voice") or None, "name": row.get("name") or None}
+                   "reference": row.get("reference") or None, "voice": row.get("voice") or None,
+                   "emotion": row.get("emotion") or emotion, "name": row.get("name") or None}
         if request["reference"] is None and request["voice"] is None:
             request["reference"], request["voice"] = reference, voice
         requests.append(request)
@@ -111,6 +114,35 @@ class XttsSynthesizer:
     @property
     def languages(self) -> List[str]:
         return list(self.config.languages)
+
+    @property
+    def emotion_tokens(self) -> List[str]:
+        """Emotion tokens the model was extended with (`xtts-ft extend emotions=[...]`)."""
+        return list(getattr(self.model.tokenizer, "emotion_tokens", []))
+
+    @property
+    def emotion_presets(self) -> Dict[str, dict]:
+        """Emotion presets of an export (`xtts-ft export +emotions={happy: clip.wav}`)."""
+        if not hasattr(self, "_emotion_presets"):
+            path = self.model_dir / EMOTIONS_FILE if self.model_dir else None
+            self._emotion_presets = torch.load(path, map_location="cpu", weights_only=True) if path and path.is_file() else {}
+        return self._emotion_presets
+
+    def with_emotion(self, voice: Voice, emotion: Optional[str]) -> Tuple[Voice, Optional[str]]:
+        """(voice, emotion token to put before the text). An emotion token of the model is used as
+        such; a preset replaces the GPT conditioning (prosody) and keeps the voice's timbre."""
+        if emotion is None:
+            return voice, None
+        token = emotion if emotion in self.emotion_tokens else None
+        preset = self.emotion_presets.get(emotion)
+        if token is None and preset is None:
+            raise ValueError(
+                f"this model has no emotion {emotion!r}: emotion tokens: {', '.join(self.emotion_tokens) or 'none'}; "
+                f"emotion presets: {', '.join(self.emotion_presets) or 'none'}"
+            )
+        if preset is not None:
+            voice = Voice(preset["gpt_cond_latent"].to(self.device), voice.speaker_embedding)
+        return voice, token
 
     @property
     def voice_names(self) -> List[str]:
@@ -148,8 +180,8 @@ class XttsSynthesizer:
         settings.update({k: v for k, v in (overrides or {}).items() if k in DECODING_KEYS and v is not None})
         return settings
 
-    def _request(self, text: str, language: str, reference, voice, decoding: Optional[dict]):
-        """Validate a request: (language, voice latents, decoding settings, babble-guard rate)."""
+    def _request(self, text: str, language: str, reference, voice, decoding: Optional[dict], emotion: Optional[str] = None):
+        """Validate a request: (language, voice latents, decoding settings, babble-guard rate, text prefix)."""
         if not text.strip():
             raise ValueError("text is empty")
         language = language.split("-")[0] if language != "zh-cn" else language
@@ -158,12 +190,14 @@ class XttsSynthesizer:
         if (reference is None) == (voice is None):
             raise ValueError("give exactly one of reference= (an audio file to clone) or voice= (a named voice)")
         chosen = self.clone_voice(reference) if reference is not None else self.named_voice(voice)
+        chosen, emotion_token = self.with_emotion(chosen, emotion)
+        prefix = f"[{emotion_token}]" if emotion_token else ""  # the tokenizer reads it as the emotion token
         decoding = dict(decoding or {})
         settings = self.decoding_settings(decoding)
         max_seconds_per_char = float(decoding.get("max_seconds_per_char") or 0.25)
         if decoding.get("seed") is not None:
             torch.manual_seed(int(decoding["seed"]))
-        return language, chosen, settings, max_seconds_per_char
+        return language, chosen, settings, max_seconds_per_char, prefix
 
     def _max_codes(self, sentence: str, max_seconds_per_char: float) -> int:
         # Babble guard: a sentence cannot need more than ~max_seconds_per_char per character.
@@ -177,14 +211,15 @@ class XttsSynthesizer:
         reference: Union[str, Path, None] = None,
         voice: Optional[str] = None,
         decoding: Optional[dict] = None,
+        emotion: Optional[str] = None,
     ) -> Synthesis:
-        language, chosen, settings, max_seconds_per_char = self._request(text, language, reference, voice, decoding)
+        language, chosen, settings, max_seconds_per_char, prefix = self._request(text, language, reference, voice, decoding, emotion)
         started = time.perf_counter()
         pieces, stopped = [], []
         for sentence in split_sentences(text, language):
             max_codes = self._max_codes(sentence, max_seconds_per_char)
             out = self.model.inference(
-                sentence,
+                prefix + sentence,
                 language,
                 chosen.gpt_cond_latent,
                 chosen.speaker_embedding,
@@ -206,14 +241,15 @@ class XttsSynthesizer:
         voice: Optional[str] = None,
         decoding: Optional[dict] = None,
         chunk_codes: int = 20,
+        emotion: Optional[str] = None,
     ) -> Iterator[AudioChunk]:
         """Audio as it is generated: a chunk every `chunk_codes` GPT codes (~0.93 s at 20), each
         with the seconds since the call, so the first one's is the time to first audio."""
-        language, chosen, settings, max_seconds_per_char = self._request(text, language, reference, voice, decoding)
+        language, chosen, settings, max_seconds_per_char, prefix = self._request(text, language, reference, voice, decoding, emotion)
         started = time.perf_counter()
         for sentence in split_sentences(text, language):
             for wav in self.model.inference_stream(
-                sentence,
+                prefix + sentence,
                 language,
                 chosen.gpt_cond_latent,
                 chosen.speaker_embedding,
@@ -238,11 +274,12 @@ class XttsSynthesizer:
             name = request.get("name") or f"{i:04d}"
             result = self.synthesize(
                 text=request["text"], language=request["language"], reference=request.get("reference"),
-                voice=request.get("voice"), decoding=decoding,
+                voice=request.get("voice"), decoding=decoding, emotion=request.get("emotion"),
             )
             path = out_dir / f"{name}.wav"
             write_wav(path, result.wav, result.sample_rate)
             rows.append({"name": name, "file": str(path), "text": request["text"], "language": request["language"],
+                         "emotion": request.get("emotion"),
                          "seconds": round(result.duration, 3), "rtf": round(result.real_time_factor, 3), "stopped": all(result.stopped)})
         return rows
 

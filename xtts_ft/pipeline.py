@@ -2,7 +2,8 @@
 
 Once a stage runs, every later stage runs too (its inputs changed).
 
-A recipe (`recipes/<name>/recipe.yaml`) is a list of `{stage, overrides}`; each stage is
+A recipe (`recipes/<name>/recipe.yaml`, or a variant `recipes/<name>/<variant>.yaml` run as
+`recipe=<name>/<variant>`) is a list of `{stage, overrides}`; each stage is
 composed like `xtts-ft <stage> overrides...` and run through its plain `run(cfg)`. Extra
 overrides given to the pipeline go to every stage whose config has that key.
 """
@@ -24,12 +25,13 @@ def recipe_path(recipe: str) -> Path:
     path = Path(recipe)
     if path.suffix in (".yaml", ".yml"):
         candidates = [path]
-    else:
-        candidates = [path / "recipe.yaml", RECIPES_DIR / recipe / "recipe.yaml"]
+    else:  # a recipe folder, or a variant inside one: recipe=wolof/tiny → recipes/wolof/tiny.yaml
+        candidates = [path / "recipe.yaml", RECIPES_DIR / recipe / "recipe.yaml", RECIPES_DIR / f"{recipe}.yaml"]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     known = sorted(p.name for p in RECIPES_DIR.iterdir() if (p / "recipe.yaml").is_file())
+    known += sorted(f"{p.parent.name}/{p.stem}" for p in RECIPES_DIR.glob("*/*.yaml") if p.name != "recipe.yaml")
     raise FileNotFoundError(f"no recipe {recipe!r}; known recipes: {', '.join(known)}")
 
 

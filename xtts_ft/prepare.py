@@ -23,7 +23,7 @@ from xtts_ft.config import to_container
 from xtts_ft.data.clips import DECODER_RATE, AudioJob, AudioSettings, Rejected, map_audio_jobs
 from xtts_ft.data.formatters import read_corpus
 from xtts_ft.data.sample import Sample, write_manifest
-from xtts_ft.data.text import clean_text, cleaner_name, token_ids
+from xtts_ft.data.text import clean_text, cleaner_name, language_token, token_ids
 from xtts_ft.io_utils import atomic_dir, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,9 @@ def check_text(raw: str, language: str, cfg: DictConfig, tokenizer) -> str:
         raise Rejected("empty_text", "the transcript is empty")
     if len(text) > cfg.max_text_chars:
         raise Rejected("text_too_long", f"{len(text)} characters > max_text_chars={cfg.max_text_chars}")
-    if tokenizer is not None:
+    # A language the base has no [xx] token for is checked after `xtts-ft extend` adds it (train-gpt
+    # skips, with a reason, any clip the extended vocabulary cannot encode).
+    if tokenizer is not None and tokenizer.token_to_id(language_token(language)) is not None:
         ids = token_ids(tokenizer, text, language)
         unk = tokenizer.token_to_id("[UNK]")
         if unk in ids:

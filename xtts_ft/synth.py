@@ -21,7 +21,7 @@ def outputs(cfg: DictConfig) -> List[Path]:
 def run(cfg: DictConfig) -> Path:
     synthesizer = XttsSynthesizer(cfg.checkpoint, device=cfg.device)
     if cfg.texts:  # a batch: one WAV per text in out_dir, plus an index
-        requests = read_requests(cfg.texts, cfg.language, cfg.reference, cfg.voice)
+        requests = read_requests(cfg.texts, cfg.language, cfg.reference, cfg.voice, cfg.emotion)
         rows = synthesizer.synthesize_batch(requests, cfg.out_dir, OmegaConf.to_container(cfg.decoding, resolve=True))
         write_jsonl(Path(cfg.out_dir) / "index.jsonl", rows)
         print(f"wrote {len(rows)} WAVs to {cfg.out_dir} (index: {Path(cfg.out_dir) / 'index.jsonl'})")
@@ -34,6 +34,7 @@ def run(cfg: DictConfig) -> Path:
         language=cfg.language,
         reference=cfg.reference,
         voice=cfg.voice,
+        emotion=cfg.emotion,
         decoding=OmegaConf.to_container(cfg.decoding, resolve=True),
     )
     if cfg.stream:

@@ -6,6 +6,7 @@ at random); which items form a step is the sampler's job (`xtts_ft.data.sampler`
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -16,6 +17,8 @@ import torch
 
 from xtts_ft.data.audio import load_audio
 from xtts_ft.data.sample import Sample, resolve_audio
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,11 +38,34 @@ class GptItem:
         return replace(self, codes=codes)
 
 
+def emotion_labels(samples: List[Sample], tokenizer, manifest: Path) -> bool:
+    """Whether the samples' `emotion` labels become tokens: yes when the model has emotion tokens
+    (then every label must be one of them), no (with a warning) when it has none."""
+    labels = sorted({s.emotion for s in samples if s.emotion})
+    tokens = list(getattr(tokenizer, "emotion_tokens", []))
+    if not labels:
+        return False
+    if not tokens:
+        log.warning("%s has emotion labels (%s) but the model has no emotion tokens: the labels are ignored "
+                    "(add the tokens with `xtts-ft extend emotions=[%s]`)", manifest, ", ".join(labels), ",".join(labels))
+        return False
+    unknown = [label for label in labels if label not in tokens]
+    if unknown:
+        raise ValueError(f"{manifest}: emotion label(s) {', '.join(unknown)} have no token in the model "
+                         f"(its emotion tokens: {', '.join(tokens)}); extend it with emotions=[{','.join(labels)}]")
+    return True
+
+
 def encode_samples(samples: List[Sample], tokenizer, max_text_tokens: int, max_samples: int, manifest: Path):
-    """Tokenize once; return (trainable items, skipped records with a reason)."""
+    """Tokenize once (`[lang]`, then `[emotion]` when the model has emotion tokens, then the text);
+    return (trainable items, skipped records with a reason)."""
     kept, skipped = [], []
+    with_emotions = emotion_labels(samples, tokenizer, manifest)
     for s in samples:
-        tokens = tokenizer.encode(s.text, lang=s.language)
+        if with_emotions and s.emotion:
+            tokens = tokenizer.encode(s.text, lang=s.language, emotion=s.emotion)
+        else:
+            tokens = tokenizer.encode(s.text, lang=s.language)
         if len(tokens) > max_text_tokens:
             skipped.append({**s.to_json(), "reason": "too_many_tokens", "message": f"{len(tokens)} > {max_text_tokens}"})
         elif s.duration * 22050 > max_samples:

@@ -41,9 +41,16 @@ def cleaner_name(language: str) -> str:
     return "coqui_multilingual" if language in COQUI_LANGUAGES else "basic"
 
 
+LEADING_TAG = re.compile(r"^\s*(\[[^\[\]\s]+\])\s*")  # "[happy]" in front of the text: an emotion token
+
+
 def clean_text(text: str, language: str) -> str:
     language = language.split("-")[0]
     text = re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip()
+    tag = LEADING_TAG.match(text)
+    if tag:  # a control token is not text: kept as written, the rest cleaned
+        rest = clean_text(text[tag.end():], language)
+        return tag.group(1) + rest if rest else ""
     if not text:
         return ""
     if language in CLEANERS:
@@ -55,11 +62,24 @@ def clean_text(text: str, language: str) -> str:
     return basic_cleaner(text)
 
 
+def base_language(language: str) -> str:
+    return language.split("-")[0]
+
+
+def language_token(language: str) -> str:
+    """The `[lang]` token XTTS puts before the text ("zh" is written "zh-cn")."""
+    language = base_language(language)
+    return "[zh-cn]" if language == "zh" else f"[{language}]"
+
+
 def token_ids(tokenizer, text: str, language: str) -> list:
     """Ids as XTTS encodes already-cleaned text: `[lang]` + text with spaces as [SPACE].
 
     Goes through the `tokenizers` object directly, so it works for languages coqui's
     VoiceBpeTokenizer.encode refuses.
     """
-    language = "zh-cn" if language.split("-")[0] == "zh" else language.split("-")[0]
-    return tokenizer.encode(f"[{language}]{text}".replace(" ", "[SPACE]")).ids
+    return tokenizer.encode(f"{language_token(language)}{text}".replace(" ", "[SPACE]")).ids
+
+
+# Cleaners for languages coqui does not know register themselves on import.
+from xtts_ft.data import wolof  # noqa: E402,F401  (registers "wo")

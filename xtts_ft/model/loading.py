@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from xtts_ft.model.layout import STOCK_FILES, check_layout, dvae_kwargs
+from xtts_ft.model.layout import STOCK_FILES, check_layout, dvae_kwargs, read_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,11 @@ def load_xtts(model_dir: Path, device: str | torch.device = "cpu", for_inference
         model.load_checkpoint(config, checkpoint_dir=str(model_dir), eval=for_inference)
     except Exception as err:
         raise ValueError(f"coqui-tts could not load {model_dir / 'model.pth'} ({type(err).__name__}: {err})") from err
+    # Languages coqui does not know (and emotion tokens) through our cleaner registry: for this
+    # model instance only, nothing in coqui-tts is patched.
+    from xtts_ft.model.tokenizer import tokenizer_for
+
+    model.tokenizer = tokenizer_for(model_dir, read_sidecar(model_dir))
     model.to(pick_device(device) if isinstance(device, str) else device)
     return config, model
 

@@ -1,0 +1,101 @@
+"""The Wolof text cleaner (language code `wo`), registered in `xtts_ft.data.text`.
+
+coqui-tts has no Wolof: its tokenizer raises NotImplementedError. This cleaner gives Wolof
+text the same treatment coqui gives its own languages: lower-case, abbreviations and
+symbols spelled out, numbers written as Wolof words, quotes and brackets removed, spaces
+collapsed. It is idempotent (cleaning clean text changes nothing), because prepare cleans
+the manifest and training/inference clean again.
+
+Numbers follow the standard orthography (CLAD; the spelling of the `galsenai/wolof_tts`
+transcripts): a base-5 system up to ten, then tens and hundreds built by multiplication
+("ñaar-fukk" 20, "ñetti téeméer" 300) and addition with "ak" ("fukk ak juróom-benn" 16).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from xtts_ft.data.text import register_cleaner
+
+UNITS = ["", "benn", "ñaar", "ñett", "ñeent", "juróom", "juróom-benn", "juróom-ñaar", "juróom-ñett", "juróom-ñeent"]
+# 30 has its own word; the other tens multiply "fukk" (ten).
+TENS = {1: "fukk", 2: "ñaar-fukk", 3: "fanweer"}
+SCALES = [(10**9, "miliyaar"), (10**6, "tamndareet"), (1000, "junni"), (100, "téeméer")]
+MAX_NUMBER = 10**12 - 1  # beyond this digits are read one by one
+
+# Written forms common in Senegalese Wolof text (borrowed from French), matched as whole words
+# case-insensitively, an abbreviation's own dot included. Extend the table for a corpus's habits.
+ABBREVIATIONS = {"dr": "doktoor", "mme": "madaam", "n°": "nimero", "no": "nimero", "etc": "ak yeneen"}
+SYMBOLS = {"%": " ci téeméer", "&": " ak ", "+": " ak ", "=": " yem ak ", "€": " euro", "$": " dolaar", "°": " degre"}
+# Kept: the sentence punctuation XTTS sees in every language, and the apostrophe/hyphen inside words.
+KEPT_PUNCTUATION = set(".,;:!?'-")
+
+
+def multiplier(n: int) -> str:
+    """The form of n that multiplies a scale word: "ñaari téeméer" (two hundred)."""
+    return number_to_words(n) + "i"
+
+
+def number_to_words(n: int) -> str:
+    if n < 0:
+        return "mines " + number_to_words(-n)
+    if n == 0:
+        return "tus"
+    parts = []
+    for value, word in SCALES:
+        count, n = divmod(n, value)
+        if count:
+            parts.append(word if count == 1 else f"{multiplier(count)} {word}")
+    tens, units = divmod(n, 10)
+    if tens:
+        parts.append(TENS.get(tens) or f"{UNITS[tens]}-fukk")
+    if units:
+        parts.append(UNITS[units])
+    return " ak ".join(parts)
+
+
+def spell_number(match: re.Match) -> str:
+    digits = match.group(0).replace(" ", "").replace(".", "")
+    if "," in digits:  # a decimal comma, the Senegalese (French) convention
+        whole, _, fraction = digits.partition(",")
+        return f"{spell_number_text(whole)} koma {' '.join(number_to_words(int(d)) for d in fraction)}"
+    return spell_number_text(digits)
+
+
+def spell_number_text(digits: str) -> str:
+    value = int(digits)
+    if value > MAX_NUMBER:
+        return " ".join(number_to_words(int(d)) for d in digits)
+    return number_to_words(value)
+
+
+# 1 000 000 and 1.000.000 (thousands separators), 3,5 (decimal comma), plain digits.
+NUMBER = re.compile(r"\d{1,3}(?:[ .]\d{3})+(?:,\d+)?|\d+(?:,\d+)?")
+
+
+ABBREVIATION = re.compile(
+    r"(?<!\w)(" + "|".join(re.escape(a) for a in sorted(ABBREVIATIONS, key=len, reverse=True)) + r")(\.(?=\s+\w)|(?!\w))",
+    flags=re.IGNORECASE,
+)
+
+
+def expand_abbreviations(text: str) -> str:
+    # The dot goes with the abbreviation only when a word follows ("Dr. Ndiaye"); at the end of
+    # a sentence ("... etc.") it stays as the full stop.
+    return ABBREVIATION.sub(lambda m: ABBREVIATIONS[m.group(1).lower()], text)
+
+
+@register_cleaner("wo")
+def wolof_cleaner(text: str) -> str:
+    text = unicodedata.normalize("NFC", text)
+    text = text.replace("’", "'").replace("‘", "'").replace("–", "-").replace("—", ", ")
+    text = expand_abbreviations(text)
+    text = NUMBER.sub(lambda m: f" {spell_number(m)} ", text)
+    for symbol, words in SYMBOLS.items():
+        text = text.replace(symbol, words)
+    text = text.lower()
+    text = "".join(ch if ch.isalpha() or ch.isspace() or ch in KEPT_PUNCTUATION else " " for ch in text)
+    text = re.sub(r"\s+([.,;:!?])", r"\1", text)  # no space before punctuation ("waaw ." → "waaw.")
+    text = re.sub(r"([.,;:!?])[.,;:!?]+", r"\1", text)  # "def?," (a quote's end, then a dash) → "def?"
+    return re.sub(r"\s+", " ", text).strip()
