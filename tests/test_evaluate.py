@@ -1,5 +1,10 @@
+import json
+import shutil
+import subprocess
+
 import numpy as np
 import pandas as pd
+import pytest
 import soundfile as sf
 
 from xtts_ft import evaluate, metrics
@@ -27,7 +32,8 @@ def test_speaker_similarity_separates_voices(prepared):
 
 
 def test_evaluate_stage_writes_a_table_and_report(exported, prepared, tmp_path):
-    cfg = compose("evaluate", [f"checkpoint={exported}", f"manifest={prepared / 'eval.jsonl'}", f"out_dir={tmp_path}", "max_utterances=3"])
+    cfg = compose("evaluate", [f"checkpoint={exported}", f"manifest={prepared / 'eval.jsonl'}", f"out_dir={tmp_path}",
+                               "max_utterances=3", "write_metrics=false"])
     table = evaluate.run(cfg)
     assert list(table["language"]) == ["en", "en", "fr"]
     assert (table["seconds"] > 0).all() and np.isfinite(table["rtf"]).all()
@@ -40,7 +46,8 @@ def test_evaluate_stage_writes_a_table_and_report(exported, prepared, tmp_path):
     saved = pd.read_csv(tmp_path / "utterances.csv")
     assert len(saved) == 3 and (tmp_path / saved["wav"][0]).is_file()
     report = (tmp_path / "report.md").read_text()
-    assert "Summary per language" in report and "not the XTTS paper's models" in report
+    assert "Summary per model and language" in report and "Different protocols" in report
+    assert set(table["model"]) == {exported.name} and table["flagged"].dtype == bool
 
 
 def test_dnsmos_prefers_clean_speech_to_noise(prepared):
@@ -52,3 +59,83 @@ def test_dnsmos_prefers_clean_speech_to_noise(prepared):
     assert all(1.0 <= v <= 5.0 for v in clean.values())
     assert clean["ovrl_mos"] > noisy["ovrl_mos"] + 0.5, (clean, noisy)
     assert clean["p808_mos"] > noisy["p808_mos"] + 0.5
+
+
+def espeak(text: str, voice: str = "en-us+Alicia"):
+    wav = subprocess.run(["espeak-ng", "--stdout", "-v", voice, text], check=True, capture_output=True).stdout
+    import io
+
+    audio, rate = sf.read(io.BytesIO(wav), dtype="float32")
+    return audio, rate
+
+
+def test_hallucination_check_flags_babbling_and_truncation_not_clean_speech():
+    text = "The birch canoe slid on the smooth planks."
+    speech, rate = espeak(text)
+    tail, _ = espeak("and then the boat kept going on and on across the wide blue sea for many hours until night")
+    babble = np.concatenate([speech, tail])  # the right audio, then a long tail
+    truncated = speech[: int(0.35 * speech.size)]
+    results = {}
+    for name, audio in (("clean", speech), ("babble", babble), ("truncated", truncated)):
+        transcript = metrics.transcribe(audio, rate, "en")
+        results[name] = metrics.hallucination_check(audio.size / rate, text, "en", transcript)
+    assert not results["clean"]["flagged"], results["clean"]
+    assert 0.5 < results["clean"]["text_duration_ratio"] < 2.0
+    assert results["babble"]["flagged"] and results["babble"]["asr_insertions"] >= 8, results["babble"]
+    assert "asr_insertions" in results["babble"]["flags"]
+    assert results["truncated"]["flagged"] and results["truncated"]["asr_deletions"] >= 3, results["truncated"]
+    # Without ASR the duration alone still catches a long babble.
+    long_babble = np.concatenate([speech, tail, tail])
+    assert "too_long" in metrics.hallucination_check(long_babble.size / rate, text, "en")["flags"]
+
+
+def test_expected_seconds_follow_the_language():
+    assert metrics.expected_seconds("a" * 150, "en") == pytest.approx(10.3)
+    assert metrics.expected_seconds("字" * 50, "zh-cn") == pytest.approx(10.3)
+    assert metrics.expected_seconds("a" * 130, "wo", {"wo": 13.0}) == pytest.approx(10.3)
+
+
+def test_two_checkpoints_on_a_shipped_probe_set_with_plots_and_metrics_in_the_export(exported, prepared, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(exported, other)
+    reference = sorted((prepared / "wavs").glob("0_wavs__alicia*"))[0]
+    cfg = compose("evaluate", [f"checkpoints=[{exported},{other}]", "probes=short", f"reference={reference}",
+                               "languages=[en,fr]", "max_utterances=2", f"out_dir={tmp_path / 'eval'}", "write_metrics=true"])
+    cfg.checkpoints = [str(exported), str(other)]
+    before = (exported / "xtts_ft.json").read_text()
+    try:
+        table = evaluate.run(cfg)
+    finally:
+        (exported / "xtts_ft.json").write_text(before)  # the shared fixture stays as the other tests expect
+        from xtts_ft.export import model_card
+
+        (exported / "README.md").write_text(model_card(json.loads(before)))
+    assert list(dict.fromkeys(table["model"])) == [exported.name, "other"]
+    assert len(table) == 8 and set(table["language"]) == {"en", "fr"}  # 2 models x 2 languages x 2 probes
+    assert table[table["language"] == "en"]["cer"].notna().all()
+    for png in ("metrics.png", "durations.png"):
+        assert (tmp_path / "eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = pd.read_csv(tmp_path / "eval" / "summary.csv")
+    assert len(summary) == 4 and summary["utterances"].tolist() == [2, 2, 2, 2]
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "Beside the published XTTS v2.0.2" in report and "0.54" in report  # the paper's English CER (%)
+    record = json.loads((other / "xtts_ft.json").read_text())["metrics"]
+    english = record["per_language"]["en"]
+    assert english["utterances"] == 2 and english["cer"] == pytest.approx(table[(table["model"] == "other") & (table["language"] == "en")]["cer"].mean(), abs=1e-4)
+    card = (other / "README.md").read_text()
+    assert "| en |" in card and "not comparable" in card
+
+
+def test_paper_numbers_ship_with_the_package():
+    paper = evaluate.paper_metrics()
+    assert len(paper) == 16 and "hi" not in paper.index
+    assert paper.loc["en", "cer_percent"] == 0.54 and paper["utmos"].between(2.5, 4.5).all()
+
+
+def test_evaluate_needs_probes_and_a_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="give checkpoint="):
+        evaluate.checkpoints(compose("evaluate", [f"out_dir={tmp_path}"]))
+    with pytest.raises(ValueError, match="needs reference="):
+        evaluate.probe_rows(compose("evaluate", [f"out_dir={tmp_path}", "probes=short"]))
+    with pytest.raises(ValueError, match="shipped probe sets are sentences, short"):
+        evaluate.shipped_probes("long")

