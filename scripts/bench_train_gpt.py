@@ -400,7 +400,7 @@ def child_coqui(spec: dict) -> dict:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     skip, steady = spec.get("skip_steps", 0), None
 
-    samples_done, audio_s, steps, losses = 0, 0.0, 0, []
+    samples_done, audio_s, steps, losses, step_ends = 0, 0.0, 0, [], []
     cpu0, started = cpu_seconds(), time.perf_counter()
     for _ in range(spec["epochs"]):
         # coqui's Trainer.train_epoch: model.train(), then GPTTrainer.on_train_epoch_start puts
@@ -433,6 +433,7 @@ def child_coqui(spec: dict) -> dict:
             samples_done += len(batch["wav_lengths"])
             audio_s += batch["wav_lengths"].sum().item() / 22050
             steps += 1
+            step_ends.append(time.perf_counter())  # after loss.item(): the step's forward has finished
             if skip and steps == skip:  # the steady-state clock starts after the first `skip` steps
                 sync()
                 steady = (time.perf_counter(), samples_done, audio_s)
@@ -453,6 +454,7 @@ def child_coqui(spec: dict) -> dict:
         "samples_all": samples_all,
         "audio_s_all": audio_all,
         "losses": losses,
+        "step_s": [round(b - a, 4) for a, b in zip([started] + step_ends, step_ends)],
         "finite_losses": all(math.isfinite(x) for x in losses),
         "threads": torch.get_num_threads(),
         "threads_before_import": threads_before_import,
@@ -519,7 +521,7 @@ def child_ours(spec: dict) -> dict:
         setattr(train_gpt, name, timed(name, getattr(train_gpt, name)))
     # Each training micro-batch (batch_size here, no accumulation) is one collate call: the
     # steady-state clock starts at the (skip+1)-th, after a sync, and counts what follows.
-    collate, gpt_losses, batches = train_gpt.collate, train_gpt.gpt_losses, []
+    collate, gpt_losses, batches, step_starts = train_gpt.collate, train_gpt.gpt_losses, [], []
 
     def counted_collate(*a, **k):
         if skip and len(batches) == skip:
@@ -527,6 +529,7 @@ def child_ours(spec: dict) -> dict:
             marks["start"] = time.perf_counter()
         batch = collate(*a, **k)
         batches.append((len(batch["wav_lengths"]), float(batch["wav_lengths"].sum()) / 22050))
+        step_starts.append(time.perf_counter())
         return batch
 
     def recorded_losses(*a, **k):
@@ -568,6 +571,8 @@ def child_ours(spec: dict) -> dict:
         "samples_all": progress.get("samples"),
         "audio_s_all": progress.get("audio_seconds"),
         "steady": steady,
+        # seconds between successive steps' collate calls (the loop reads its losses back every step)
+        "step_s": [round(b - a, 4) for a, b in zip(step_starts, step_starts[1:] + [marks.get("end", step_starts[-1] if step_starts else 0)])],
         "losses": losses,
         "finite_losses": all(math.isfinite(x) for x in losses),
         "first_loss": losses[0] if losses else None,

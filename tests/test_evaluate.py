@@ -139,3 +139,25 @@ def test_evaluate_needs_probes_and_a_checkpoint(tmp_path):
         evaluate.probe_rows(compose("evaluate", [f"out_dir={tmp_path}", "probes=short"]))
     with pytest.raises(ValueError, match="shipped probe sets are sentences, short"):
         evaluate.shipped_probes("long")
+
+
+@pytest.mark.slow
+def test_the_comparison_notebook_runs(exported, tiny_model_dir, prepared, tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    from tests.conftest import REPO
+
+    reference = sorted((prepared / "wavs").glob("0_wavs__alicia*"))[0]
+    monkeypatch.setenv("XTTS_FT_CHECKPOINTS", f"{exported},{tiny_model_dir}")
+    monkeypatch.setenv("XTTS_FT_REFERENCE", str(reference))
+    monkeypatch.setenv("XTTS_FT_OUT", str(tmp_path / "eval"))
+    notebook = nbformat.read(REPO / "notebooks" / "compare_checkpoints.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    audio = [o for o in outputs if "<audio" in o.get("data", {}).get("text/html", "")]
+    assert len(images) == 2 and len(audio) == 2  # both plots; one player per model
+    table = pd.read_csv(tmp_path / "eval" / "utterances.csv")
+    assert list(dict.fromkeys(table["model"])) == [exported.name, tiny_model_dir.name] and len(table) == 6
