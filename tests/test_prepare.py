@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import soundfile as sf
@@ -326,3 +327,19 @@ def test_hugging_face_dataset(tmp_path, layout):
     assert all(sf.info(str(out / s.audio)).samplerate == 22050 for s in kept)
     dropped = [json.loads(line) for line in (out / "dropped.jsonl").read_text().splitlines()]
     assert [(d["reason"], d["source_line"].endswith("[train][2]")) for d in dropped] == [("empty_text", True)]
+
+    # Another version of the dataset (row 0's audio changed) is not served from the old cache.
+    buffer = io.BytesIO()
+    sf.write(buffer, _tone(seconds=2.5, rate=16000), 16000, format="FLAC")
+    table["audio"][0] = {"bytes": buffer.getvalue(), "path": "clip0.flac"}
+    dataset = datasets.Dataset.from_dict(table).cast_column("audio", datasets.Audio(decode=False))
+    if layout == "save_to_disk":
+        shutil.rmtree(path)
+        dataset.save_to_disk(str(path))
+    else:
+        dataset.to_parquet(str(path / "train.parquet"))
+    out = prepare.run(compose("prepare", [
+        "data.name=hf", f"data.sources=[{{path: {path}, formatter: hf, language: en, columns: {{audio: audio, text: sentence, speaker: spk}}}}]",
+        f"paths.processed_dir={tmp_path / 'out'}", "max_text_tokens=0"]))
+    hello = next(s for s in _kept(out) if s.text == "hello there.")
+    assert hello.duration == pytest.approx(2.5, abs=0.05)

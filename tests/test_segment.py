@@ -2,6 +2,8 @@
 path on an espeak-ng recording, transcribed (and each clip re-transcribed) by the bundled Whisper."""
 
 import io
+import json
+import os
 import shutil
 import subprocess
 
@@ -137,3 +139,25 @@ def test_prepare_cuts_long_recordings_into_a_manifest(recording, tmp_path):
     again = prepare.run(cfg)  # segments are cached: no second transcription
     assert index.stat().st_mtime_ns == stamp
     assert (again / "train.jsonl").read_text() == (out / "train.jsonl").read_text()
+
+    # A different target length is another segmentation: the cache is not reused for it.
+    cfg.data.sources[0].target_seconds = 6.0
+    prepare.run(cfg)
+    assert index.stat().st_mtime_ns != stamp
+    assert json.loads(index.read_text())["key"]["target_seconds"] == 6.0
+    stamp = index.stat().st_mtime_ns
+    os.utime(recording, ns=(recording.stat().st_atime_ns, recording.stat().st_mtime_ns + 10**9))  # the recording changed
+    prepare.run(cfg)
+    assert index.stat().st_mtime_ns != stamp
+
+
+def test_recordings_with_the_same_name_are_refused(tmp_path):
+    from xtts_ft.data.formatters import long_recordings
+    from xtts_ft.config import compose
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        sf.write(str(tmp_path / folder / "ch1.wav"), np.zeros(22050, np.float32), 22050)
+    source = compose("prepare", ["data.name=x", f"data.sources=[{{path: {tmp_path}, formatter: long_recordings, language: en, cache_dir: {tmp_path / 'c'}}}]"]).data.sources[0]
+    with pytest.raises(ValueError, match="same name"):
+        long_recordings(tmp_path, source)

@@ -186,8 +186,10 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
 def long_recordings(root: Path, source) -> List[Record]:
     """Untranscribed recordings under `root`, cut on ASR word timestamps into `source.cache_dir`.
 
-    Segments are cached: a recording already segmented (its `<stem>.segments.json` exists) is not
-    transcribed again. Pieces the segmenter rejects come back as records carrying their reason.
+    Segments are cached: a recording already segmented with the same settings (its
+    `<stem>.segments.json` records the recording's size and mtime, the ASR model, the language and
+    the target length) is not transcribed again; a changed recording or setting re-segments it.
+    Pieces the segmenter rejects come back as records carrying their reason.
     """
     from xtts_ft.data.segment import segment_recording
     from xtts_ft.io_utils import write_json
@@ -196,16 +198,27 @@ def long_recordings(root: Path, source) -> List[Record]:
     recordings = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and out_dir not in p.parents)
     if not recordings:
         raise FileNotFoundError(f"no audio ({', '.join(AUDIO_EXTENSIONS)}) under {root}")
+    stems: Dict[str, Path] = {}
+    for recording in recordings:  # segment files are named by stem: two recordings must not share one
+        if recording.stem in stems:
+            raise ValueError(f"{recording} and {stems[recording.stem]} have the same name; their segments would overwrite "
+                             "each other in the cache: rename one, or prepare the folders as separate sources")
+        stems[recording.stem] = recording
     records = []
     for recording in recordings:
         index = out_dir / f"{recording.stem}.segments.json"
-        if index.is_file():
-            cached = json.loads(index.read_text(encoding="utf-8"))
+        stat = recording.stat()
+        key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "asr_model": source.asr_model,
+               "language": source.language, "target_seconds": float(source.target_seconds)}
+        cached = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
+        if cached.get("key") == key:
             segments, dropped = cached["segments"], cached["dropped"]
         else:
+            for stale in out_dir.glob(f"{recording.stem}_[0-9][0-9][0-9][0-9].wav"):
+                stale.unlink()  # a shorter re-segmentation must not leave old clips looking current
             segments, dropped = segment_recording(recording, out_dir, source.language, model=source.asr_model,
                                                   target_seconds=source.target_seconds)
-            write_json(index, {"segments": segments, "dropped": dropped})
+            write_json(index, {"key": key, "segments": segments, "dropped": dropped})
         speaker = source.speaker or recording.stem
         records += [{**seg, "speaker": speaker, "recording": str(recording)} for seg in segments]
         records += [{"audio": str(recording), "text": d.get("text", ""), "speaker": speaker, "source_line": d["source_line"],
@@ -219,7 +232,7 @@ def hf_dataset(path: str, source) -> List[Record]:
     Audio is read undecoded (`Audio(decode=False)`) and its bytes written to `source.cache_dir`,
     so our own soundfile path decodes it and no extra codec stack is needed.
     """
-    from xtts_ft.io_utils import atomic_path
+    from xtts_ft.io_utils import atomic_path, write_json
 
     try:
         import datasets
@@ -244,6 +257,14 @@ def hf_dataset(path: str, source) -> List[Record]:
         raise ValueError(f"dataset {path}: no column {', '.join(missing)} (columns: {', '.join(dataset.column_names)})")
     dataset = dataset.cast_column(columns["audio"], datasets.Audio(decode=False))
     out_dir = Path(source.cache_dir)
+    # The cache holds one dataset version: rows are files named by index, so another version
+    # (new rows, changed audio; `datasets` gives it another fingerprint) starts from an empty cache.
+    version = {"path": str(path), "split": source.split, "fingerprint": dataset._fingerprint, "audio_column": columns["audio"]}
+    version_file = out_dir / "dataset_version.json"
+    if out_dir.is_dir() and (not version_file.is_file() or json.loads(version_file.read_text(encoding="utf-8")) != version):
+        for stale in out_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9][0-9].*"):  # only the row files this formatter writes
+            stale.unlink()
+        version_file.unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
     for i, row in enumerate(dataset):
@@ -269,6 +290,7 @@ def hf_dataset(path: str, source) -> List[Record]:
         if columns.get("emotion") and row.get(columns["emotion"]):
             record["emotion"] = row[columns["emotion"]]
         records.append(record)
+    write_json(version_file, version)
     return records
 
 
