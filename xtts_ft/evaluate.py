@@ -36,7 +36,7 @@ from xtts_ft.io_utils import write_json, write_text
 
 log = logging.getLogger(__name__)
 
-SUMMARY_COLUMNS = ["cer", "wer", "speaker_similarity", "dnsmos", "duration_ratio", "text_duration_ratio", "flagged", "rtf"]
+SUMMARY_COLUMNS = ["cer", "wer", "speaker_similarity", "dnsmos", "utmos", "duration_ratio", "text_duration_ratio", "flagged", "rtf"]
 PROBE_SETS = ("sentences", "short")
 
 
@@ -123,8 +123,10 @@ def evaluate_model(synthesizer: XttsSynthesizer, label: str, probes: List[dict],
             "rms_dbfs": metrics.rms_dbfs(result.wav),
             "rtf": result.real_time_factor,
             "stopped": all(result.stopped),
-            "speaker_similarity": metrics.speaker_similarity(result.wav, result.sample_rate, load_audio(probe["reference"], 16000), 16000),
+            "speaker_similarity": metrics.speaker_similarity(result.wav, result.sample_rate, load_audio(probe["reference"], 16000), 16000,
+                                                             model=cfg.speaker_model),
             "dnsmos": metrics.dnsmos(result.wav, result.sample_rate)["ovrl_mos"],
+            "utmos": metrics.utmos(result.wav, result.sample_rate, cfg.utmos_model) if cfg.utmos_model else math.nan,
             "transcript": transcript,
             "cer": metrics.cer(probe["text"], transcript) if transcript is not None else math.nan,
             "wer": metrics.wer(probe["text"], transcript) if transcript is not None else math.nan,
@@ -137,6 +139,10 @@ def evaluate_model(synthesizer: XttsSynthesizer, label: str, probes: List[dict],
 def run(cfg: DictConfig) -> pd.DataFrame:
     out = Path(cfg.out_dir)
     probes = probe_rows(cfg)
+    if cfg.speaker_model != "resemblyzer":
+        metrics.ecapa_encoder(cfg.speaker_model)  # a missing model fails now, not after the first synthesis
+    if cfg.utmos_model:
+        metrics.utmos_model(cfg.utmos_model)
     rows, taken, labels = [], set(), {}
     for checkpoint in checkpoints(cfg):
         label = model_label(checkpoint, taken)
@@ -282,7 +288,8 @@ def record_metrics(checkpoint: Path, summary: Optional[pd.DataFrame], cfg: DictC
     record["metrics"] = {
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "probes": ", ".join(filter(None, [Path(cfg.manifest).name if cfg.manifest else None, cfg.probes])),
-        "metric_models": {"asr": cfg.asr_model, "speaker": "resemblyzer", "quality": "DNSMOS (speechmos)"},
+        "metric_models": {"asr": cfg.asr_model, "speaker": cfg.speaker_model,
+                          "quality": "DNSMOS (speechmos)" + (f" + UTMOS ({cfg.utmos_model})" if cfg.utmos_model else "")},
         "per_language": {
             language: {k: (None if pd.isna(v) else round(float(v), 4)) for k, v in row.items()}
             for language, row in summary.iterrows()

@@ -85,8 +85,39 @@ def speaker_encoder():
     return VoiceEncoder("cpu", verbose=False)
 
 
-def speaker_similarity(audio_a: np.ndarray, rate_a: int, audio_b: np.ndarray, rate_b: int) -> float:
-    """Cosine similarity of resemblyzer embeddings (same voice ≈ 0.85+, different ≈ 0.6 on espeak-ng)."""
+@lru_cache(maxsize=1)
+def ecapa_encoder(path: str):
+    """A SpeechBrain ECAPA-TDNN speaker model from a local directory (e.g. a download of
+    `speechbrain/spkrec-ecapa-voxceleb`: hyperparams.yaml + embedding_model.ckpt)."""
+    model_dir = Path(path).expanduser()
+    if not (model_dir / "hyperparams.yaml").is_file():
+        raise FileNotFoundError(
+            f"speaker_model={path}: no SpeechBrain model there (expected {model_dir / 'hyperparams.yaml'}); download one where "
+            "you have network (`hf download speechbrain/spkrec-ecapa-voxceleb --local-dir DIR`) or use speaker_model=resemblyzer"
+        )
+    try:
+        from speechbrain.inference.speaker import EncoderClassifier
+    except ImportError as err:
+        raise ImportError("speaker_model=<ECAPA directory> needs speechbrain: pip install speechbrain") from err
+    return EncoderClassifier.from_hparams(source=str(model_dir), savedir=str(model_dir), run_opts={"device": "cpu"})
+
+
+def ecapa_embedding(audio: np.ndarray, rate: int, path: str) -> np.ndarray:
+    import soxr
+    import torch
+
+    audio_16k = soxr.resample(np.asarray(audio, np.float32), rate, 16000) if rate != 16000 else np.asarray(audio, np.float32)
+    with torch.no_grad():
+        return ecapa_encoder(path).encode_batch(torch.from_numpy(audio_16k).unsqueeze(0)).reshape(-1).numpy()
+
+
+def speaker_similarity(audio_a: np.ndarray, rate_a: int, audio_b: np.ndarray, rate_b: int, model: str = "resemblyzer") -> float:
+    """Cosine similarity of speaker embeddings: resemblyzer's bundled encoder (default; same voice
+    ≈ 0.85+, different ≈ 0.6 on espeak-ng), or an ECAPA-TDNN model directory (`model=<path>`, the
+    family of the paper's ECAPA2 — still not the same model)."""
+    if model != "resemblyzer":
+        a, b = ecapa_embedding(audio_a, rate_a, model), ecapa_embedding(audio_b, rate_b, model)
+        return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
     from resemblyzer import preprocess_wav
 
     encoder = speaker_encoder()
@@ -109,6 +140,33 @@ def dnsmos(audio: np.ndarray, sample_rate: int) -> dict:
         audio = soxr.resample(audio, sample_rate, 16000, quality="HQ").astype(np.float32)
     scores = dnsmos_model.run(np.clip(audio, -1.0, 1.0), sr=16000)
     return {key: float(scores[key]) for key in ("ovrl_mos", "sig_mos", "bak_mos", "p808_mos")}
+
+
+@lru_cache(maxsize=1)
+def utmos_model(path: str):
+    """UTMOS22 (strong) from a local copy of the `tarepan/SpeechMOS` torch.hub repository; its
+    checkpoint is fetched into the torch hub cache on first use, so run it once with network (or
+    copy ~/.cache/torch/hub/checkpoints) before going offline."""
+    import torch
+
+    repo = Path(path).expanduser()
+    if not (repo / "hubconf.py").is_file():
+        raise FileNotFoundError(
+            f"utmos_model={path}: no torch.hub repository there (expected {repo / 'hubconf.py'}); clone "
+            "https://github.com/tarepan/SpeechMOS where you have network, or use the bundled DNSMOS (utmos_model=null)"
+        )
+    try:
+        return torch.hub.load(str(repo), "utmos22_strong", source="local", trust_repo=True).eval()
+    except Exception as err:  # most often: its checkpoint is not in the hub cache and there is no network
+        raise RuntimeError(f"cannot load UTMOS from {repo} ({type(err).__name__}: {err})") from err
+
+
+def utmos(audio: np.ndarray, sample_rate: int, path: str) -> float:
+    """UTMOS22 MOS prediction (1-5), the paper's quality metric, from `utmos_model(path)`."""
+    import torch
+
+    with torch.no_grad():
+        return float(utmos_model(path)(torch.from_numpy(np.asarray(audio, np.float32)).unsqueeze(0), sample_rate).item())
 
 
 def rms_dbfs(audio: np.ndarray) -> float:
