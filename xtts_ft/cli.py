@@ -48,6 +48,7 @@ def run_pipeline(verb: str, args: List[str]) -> None:
 
     if any(a in ("-h", "--help") for a in args):
         recipes = sorted(p.name for p in RECIPES_DIR.iterdir() if (p / "recipe.yaml").is_file())
+        recipes += sorted(f"{p.parent.name}/{p.stem}" for p in RECIPES_DIR.glob("*/*.yaml") if p.name != "recipe.yaml")
         print(
             f"usage: xtts-ft {verb} [recipe=NAME] [force=true] [stage overrides ...]\n\n"
             f"{VERBS[verb]}\nrecipes: {', '.join(recipes)} (in {RECIPES_DIR})\n"
