@@ -159,9 +159,17 @@ def _fixed_batch_losses(state_dicts, workdir, prepared_24k):
 
 
 def test_losses_go_down_on_a_fixed_small_set(tmp_path, workdir, prepared_24k, decoder_trained):
-    overrides = decoder_data_overrides(workdir) + DECODER_OVERRIDES + [f"paths.runs_dir={tmp_path}", "max_steps=6"]
+    overrides = decoder_data_overrides(workdir) + DECODER_OVERRIDES + [
+        f"paths.runs_dir={tmp_path}", "max_steps=6", "eval_every=6", "eval_clips=1", "eval_audio=1"]
     state_path = train_decoder.run(compose("train_decoder", overrides))
     trained = torch.load(state_path, weights_only=True)["decoder"]
+    # Eval: a whole held-out clip decoded from its whole latents, before the first step and at the end.
+    evals = _scalars(state_path.parent, "eval/loss_mel")
+    assert [s for s, _ in evals] == [0, 6] and evals[1][1] < evals[0][1]
+    events = EventAccumulator(str(state_path.parent / "tensorboard"), size_guidance={"audio": 0, "images": 0})
+    events.Reload()
+    assert {"eval_audio/0", "eval_target/0"} <= set(events.Tags()["audio"]) and "eval_mel/0" in events.Tags()["images"]
+    assert torch.load(state_path.parent / "checkpoints" / "best.pt", weights_only=True)["step"] == 6
     before, after = _fixed_batch_losses([None, trained], workdir, prepared_24k)
     # 6 steps from the tiny model's random decoder: the mel L1 (weight 45: the bulk of the loss)
     # falls by more than a fifth, the STFT terms fall too.
@@ -188,17 +196,21 @@ def test_losses_go_down_with_the_discriminator(tmp_path, workdir, prepared_24k, 
 
 
 def test_resume_continues_the_same_run(tmp_path, workdir, prepared_24k, decoder_trained):
-    overrides = decoder_data_overrides(workdir) + DECODER_OVERRIDES + ["adversarial=true", "batch_size=1", "save_every=100"]
+    """Stopped and restarted (spectral-only here, for time; the slow kill test covers the discriminator)."""
+    overrides = decoder_data_overrides(workdir) + DECODER_OVERRIDES + ["batch_size=1", "save_every=100"]
     straight = train_decoder.run(compose("train_decoder", overrides + [f"paths.runs_dir={tmp_path / 'a'}", "max_steps=2"]))
     split = overrides + [f"paths.runs_dir={tmp_path / 'b'}"]
     train_decoder.run(compose("train_decoder", split + ["max_steps=1"]))
     resumed = train_decoder.run(compose("train_decoder", split + ["max_steps=2"]))
     a, b = (torch.load(p, weights_only=True) for p in (straight, resumed))
     assert a["step"] == b["step"] == 2
-    for part in ("decoder", "discriminator"):
-        for key, value in a[part].items():
-            torch.testing.assert_close(b[part][key], value, rtol=1e-5, atol=1e-6, msg=f"{part}.{key}")
-    for tag in ("train/loss_mel", "train/loss_disc"):
+    assert a["discriminator"] is None and b["discriminator"] is None
+    for part in ("decoder", "opt_gen"):
+        flat_a, flat_b = _tensors(a[part]), _tensors(b[part])
+        assert flat_a.keys() == flat_b.keys()
+        for key in flat_a:
+            torch.testing.assert_close(flat_b[key], flat_a[key], rtol=1e-5, atol=1e-6, msg=f"{part}.{key}")
+    for tag in ("train/loss_mel", "train/loss_stft_mag"):
         np.testing.assert_allclose([v for _, v in _scalars(resumed.parent, tag)], [v for _, v in _scalars(straight.parent, tag)], rtol=1e-5)
 
 
