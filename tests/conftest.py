@@ -68,3 +68,29 @@ def synthesizer(exported):
     from xtts_ft.inference import XttsSynthesizer
 
     return XttsSynthesizer(exported, device="cpu")
+
+
+def decoder_data_overrides(tmp: Path) -> list:
+    """The demo corpus prepared with 24 kHz copies (the decoder's targets), beside the plain one."""
+    return [o if not o.startswith("paths.processed_dir=") else f"paths.processed_dir={tmp / 'processed_24k'}" for o in demo_overrides(tmp)]
+
+
+# Affordable decoder runs: the real-sized generator on 2048-sample segments (8 decoder frames).
+DECODER_OVERRIDES = ["model=tiny", "run_name=demo", "gpt=base", "batch_size=2", "segment_samples=2048", "log_every=1",
+                     "eval_every=0", "adversarial=false", "lr_gen=1e-3", "lr_disc=1e-3"]
+
+
+@pytest.fixture(scope="session")
+def prepared_24k(workdir, tiny_model_dir) -> Path:
+    from xtts_ft import prepare
+
+    return prepare.run(compose("prepare", decoder_data_overrides(workdir) + ["decoder_copies=true"]))
+
+
+@pytest.fixture(scope="session")
+def decoder_trained(workdir, prepared_24k) -> Path:
+    """A short spectral-only decoder run (its own runs dir: the shared GPT export stays decoder-free)."""
+    from xtts_ft import train_decoder
+
+    overrides = decoder_data_overrides(workdir) + DECODER_OVERRIDES + [f"paths.runs_dir={workdir / 'runs_decoder'}", "max_steps=3"]
+    return train_decoder.run(compose("train_decoder", overrides))

@@ -3,6 +3,7 @@
     xtts-ft prepare data=demo
     xtts-ft extend data=wolof languages=[wo] emotions=[happy,sad]
     xtts-ft train-gpt data=demo model=tiny max_steps=200
+    xtts-ft train-decoder data=demo model=tiny max_steps=200 adversarial=false
     xtts-ft export run_name=demo
     xtts-ft synth checkpoint=exports/demo text="Hello." language=en reference=ref.wav out=hello.wav
     xtts-ft evaluate checkpoint=exports/demo manifest=data/processed/demo/eval.jsonl out_dir=runs/demo/eval
@@ -22,6 +23,7 @@ VERBS = {
     "prepare": "corpus → data/processed/<name>/ (wavs, train/eval/dropped.jsonl, stats.json)",
     "extend": "add languages ([xx] + BPE tokens) and emotion tokens to a base → models/<name>-extended",
     "train-gpt": "fine-tune the GPT on a prepared dataset → runs/<run_name>/gpt/",
+    "train-decoder": "fine-tune the HiFiGAN decoder on the GPT's latents → runs/<run_name>/decoder/",
     "export": "training state → exports/<run_name>/ in the stock XTTS-v2 layout",
     "synth": "clone a voice and speak a text → a 24 kHz WAV",
     "evaluate": "synthesize a probe set and measure it → CSV + Markdown report",
@@ -33,7 +35,7 @@ VERBS = {
 
 def usage() -> str:
     lines = ["usage: xtts-ft <verb> [key=value ...]", "", "verbs:"]
-    lines += [f"  {verb:<10} {text}" for verb, text in VERBS.items()]
+    lines += [f"  {verb:<13} {text}" for verb, text in VERBS.items()]
     lines += ["", "`xtts-ft <verb> --help` lists a stage's configuration; `--cfg job` prints it resolved."]
     return "\n".join(lines)
 

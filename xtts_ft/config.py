@@ -17,13 +17,13 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).parent / "conf"
 RECIPES_DIR = Path(__file__).parent / "recipes"
-STAGES = ("prepare", "extend", "train_gpt", "export", "synth", "evaluate", "push", "pipeline")
+STAGES = ("prepare", "extend", "train_gpt", "train_decoder", "export", "synth", "evaluate", "push", "pipeline")
 
 
 @dataclass
 class PathsConfig:
     processed_dir: str = "data/processed"  # prepare writes data/processed/<data.name>/
-    runs_dir: str = "runs"  # training writes runs/<run_name>/gpt/
+    runs_dir: str = "runs"  # training writes runs/<run_name>/gpt/ and runs/<run_name>/decoder/
     exports_dir: str = "exports"  # export writes exports/<run_name>/
     models_dir: str = "models"  # the tiny base model is built here
 
@@ -156,11 +156,65 @@ class TrainGptConfig:
 
 
 @dataclass
+class TrainDecoderConfig:
+    """Fine-tune the HiFiGAN decoder on (GPT latents, speaker embedding) → 24 kHz target audio."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    run_name: str = "${data.name}"
+    # Whose latents the decoder learns to voice: auto = the GPT of runs/<run_name>/gpt/state.pt when
+    # that run exists (the GPT the export will carry), else the base model's; base; or the path of
+    # a train-gpt state.pt or checkpoint (e.g. runs/x/gpt/checkpoints/best.pt).
+    gpt: str = "auto"
+    seed: int = 0
+    max_steps: int = 2000
+    batch_size: int = 8
+    grad_accum_steps: int = 1
+    # Random segments of this many 24 kHz samples (a multiple of the decoder's 256-sample hop;
+    # 8192 as in HiFiGAN's recipe ≈ 0.34 s ≈ 7.4 GPT frames): memory does not grow with clip length.
+    # Clips shorter than one segment are skipped (listed in skipped.jsonl).
+    segment_samples: int = 8192
+    # Fine-tuning a trained generator against a fresh discriminator: the discriminator must catch
+    # up, so it learns 10× faster. Betas and decay: coqui's HiFiGAN recipe.
+    lr_gen: float = 2e-5
+    lr_disc: float = 2e-4
+    betas: List[float] = field(default_factory=lambda: [0.8, 0.99])
+    weight_decay: float = 0.0
+    lr_gamma: float = 0.99995  # exponential decay per step, both optimizers
+    grad_clip: float = 5.0  # coqui's vocoder default, both optimizers (0 = off)
+    # Losses, coqui-tts's own (TTS.vocoder.layers.losses) with its HiFiGAN weights: log-mel L1 ×45,
+    # least-squares adversarial ×1 and feature matching ×108 (coqui averages the 54 discriminator
+    # feature maps where the HiFiGAN paper sums them with λ=2: 2·54 = 108). Multi-resolution STFT
+    # (log magnitude + spectral convergence) ×0.5, coqui's weight wherever its configs enable it.
+    mel_loss_weight: float = 45.0
+    stft_loss_weight: float = 0.5
+    adversarial: bool = True  # false: a cheap spectral-only fine-tune (no discriminator at all)
+    adv_loss_weight: float = 1.0
+    feat_match_loss_weight: float = 108.0
+    discriminator: Optional[str] = None  # a discriminator to start from (a train-decoder state.pt or checkpoint); None: fresh
+    disc_warmup_steps: int = 0  # the generator ignores the adversarial losses until the discriminator trained this many steps
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA, with a grad scaler)
+    num_threads: int = 0
+    log_every: int = 10
+    eval_every: int = 200  # eval mel L1 on whole eval clips (+ best.pt, audio and mel images); 0: never
+    eval_clips: int = 8  # eval clips decoded whole at each eval (the first `eval_audio` also go to TensorBoard)
+    eval_audio: int = 2
+    save_every: int = 500
+    keep_last: int = 3
+    resume: bool = True  # continue runs/<run_name>/decoder/state.pt when it exists
+    # Which clips the decoder can train on (the GPT's limits: it computes their latents).
+    max_audio_seconds: float = 11.6
+    max_text_tokens: int = 200
+
+
+@dataclass
 class ExportConfig:
     # The base model comes from the training state (it records the directory it trained from).
     paths: PathsConfig = field(default_factory=PathsConfig)
     run_name: str = MISSING
-    checkpoint: str = "latest"  # latest (state.pt) | best (lowest eval loss) | a kept step number
+    checkpoint: str = "latest"  # the GPT: latest (state.pt) | best (lowest eval loss) | a kept step number
+    decoder_checkpoint: str = "latest"  # the decoder (when runs/<run_name>/decoder/ exists): the same choices
     out_dir: str = "${paths.exports_dir}/${run_name}"
     overwrite: bool = True
     half: bool = False  # fp16 weights in model.pth (half the size; coqui-tts loads them into its fp32 model)
@@ -255,6 +309,7 @@ def register_configs() -> None:
         "prepare_schema": PrepareConfig,
         "extend_schema": ExtendConfig,
         "train_gpt_schema": TrainGptConfig,
+        "train_decoder_schema": TrainDecoderConfig,
         "export_schema": ExportConfig,
         "synth_schema": SynthConfig,
         "evaluate_schema": EvaluateConfig,

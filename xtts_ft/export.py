@@ -1,4 +1,7 @@
-"""Stage `export`: a training state → a directory in the stock XTTS-v2 layout.
+"""Stage `export`: training states → a directory in the stock XTTS-v2 layout.
+
+The GPT comes from runs/<run_name>/gpt/ and the HiFiGAN decoder from runs/<run_name>/decoder/
+when those runs exist (at least one must); every other weight is the base model's.
 
 The export is the product: `config.json`, `model.pth` (GPT + HiFiGAN decoder + mel stats
 only: no optimizer, no DVAE), `vocab.json`, `dvae.pth`, `mel_stats.pth`,
@@ -10,6 +13,7 @@ then moved into place.
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +26,9 @@ from xtts_ft import __version__
 from xtts_ft.io_utils import atomic_dir, write_json, write_text
 from xtts_ft.model.layout import SIDECAR, read_sidecar
 from xtts_ft.model.loading import load_xtts, resolve_model_cfg
+from xtts_ft.train.cache import tensors_hash
+
+log = logging.getLogger(__name__)
 
 # Keys coqui's loader drops anyway; a slim export never writes them.
 TRAINING_ONLY_PREFIXES = ("dvae.", "torch_mel_spectrogram_style_encoder.", "torch_mel_spectrogram_dvae.")
@@ -30,6 +37,10 @@ COPIED_FILES = ("vocab.json", "dvae.pth", "mel_stats.pth", "speakers_xtts.pth")
 
 def training_state_path(cfg: DictConfig) -> Path:
     return Path(cfg.paths.runs_dir) / cfg.run_name / "gpt" / "state.pt"
+
+
+def decoder_state_path(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.runs_dir) / cfg.run_name / "decoder" / "state.pt"
 
 
 def outputs(cfg: DictConfig) -> List[Path]:
@@ -54,9 +65,10 @@ def load_training_state(path: Path) -> dict:
         raise ValueError(f"{path} is not a readable xtts-ft training state ({type(err).__name__}: {err})") from err
 
 
-def chosen_weights(cfg: DictConfig, run_dir: Path) -> dict:
-    """The GPT weights to export: the latest state (default), the best by eval loss, or a step."""
-    choice = str(cfg.checkpoint)
+def chosen_weights(cfg: DictConfig, run_dir: Path, part: str = "gpt") -> dict:
+    """The weights to export (part = gpt | decoder): the latest state (default), the best by eval
+    loss, or a step."""
+    choice = str(cfg.checkpoint if part == "gpt" else cfg.decoder_checkpoint)
     if choice == "latest":
         return {}
     if choice == "best":
@@ -64,25 +76,48 @@ def chosen_weights(cfg: DictConfig, run_dir: Path) -> dict:
     elif choice.isdigit():
         path = run_dir / "checkpoints" / f"step_{int(choice):08d}.pt"
     else:
-        raise ValueError(f"checkpoint={choice}: use latest, best or a step number")
+        raise ValueError(f"{'checkpoint' if part == 'gpt' else 'decoder_checkpoint'}={choice}: use latest, best or a step number")
     if not path.is_file():
         kept = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
         raise FileNotFoundError(f"checkpoint={choice}: {path} does not exist (kept: {', '.join(kept) or 'none'}; or use latest)")
     checkpoint = load_training_state(path)
-    return {"gpt": checkpoint["gpt"], "step": checkpoint["step"]}
+    return {part: checkpoint[part], "step": checkpoint["step"]}
 
 
 def run(cfg: DictConfig) -> Path:
     out = Path(cfg.out_dir)
     if out.exists() and not cfg.overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=true to replace it")
-    state = load_training_state(training_state_path(cfg))
-    state.update(chosen_weights(cfg, training_state_path(cfg).parent))
-    base_dir = Path(state["base_model_dir"])
+    gpt_path, decoder_path = training_state_path(cfg), decoder_state_path(cfg)
+    if not gpt_path.is_file() and not decoder_path.is_file():
+        raise FileNotFoundError(
+            f"training state {gpt_path} does not exist (nor {decoder_path}); run `xtts-ft train-gpt` (and/or `xtts-ft train-decoder`) first"
+        )
+    state = decoder_state = None
+    if gpt_path.is_file():
+        state = load_training_state(gpt_path)
+        state.update(chosen_weights(cfg, gpt_path.parent))
+    if decoder_path.is_file():
+        decoder_state = load_training_state(decoder_path)
+        decoder_state.update(chosen_weights(cfg, decoder_path.parent, "decoder"))
+    main = state or decoder_state
+    base_dir = Path(main["base_model_dir"])
     if not base_dir.is_dir():  # runs/ moved to another machine, or the tiny model was cleaned
-        base_dir = resolve_model_cfg(OmegaConf.create(state["config"]["model"]))
+        base_dir = resolve_model_cfg(OmegaConf.create(main["config"]["model"]))
+    if state and decoder_state and Path(decoder_state["base_model_dir"]).resolve() != Path(state["base_model_dir"]).resolve():
+        raise ValueError(
+            f"{gpt_path} and {decoder_path} were trained from different base models "
+            f"({state['base_model_dir']} vs {decoder_state['base_model_dir']}); they cannot go into one export"
+        )
     config, xtts = load_xtts(base_dir, "cpu", for_inference=False)
-    xtts.gpt.load_state_dict(state["gpt"])
+    if state:
+        xtts.gpt.load_state_dict(state["gpt"])
+    if decoder_state:
+        xtts.hifigan_decoder.waveform_decoder.load_state_dict(decoder_state["decoder"])
+        if tensors_hash(xtts.gpt.state_dict()) != decoder_state["gpt"]["hash"]:
+            # Still a working model, but the decoder learnt to voice another GPT's latents.
+            log.warning("the decoder was fine-tuned on latents of GPT %s, not on the GPT exported here; "
+                        "run train-decoder again (gpt=auto) after train-gpt for a matched pair", decoder_state["gpt"]["source"])
 
     with atomic_dir(out) as tmp:
         weights = {k: v for k, v in xtts.state_dict().items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
@@ -99,10 +134,10 @@ def run(cfg: DictConfig) -> Path:
         config.save_json(str(tmp / "config.json"))
         for name in COPIED_FILES:
             shutil.copy2(base_dir / name, tmp / name)
-        verify_export(tmp, state["gpt"], half=cfg.half)
+        verify_export(tmp, state["gpt"] if state else {}, half=cfg.half, decoder_state=decoder_state["decoder"] if decoder_state else None)
         voices = add_named_voices(tmp, dict(cfg.voices)) if cfg.voices else []
         emotions = add_emotion_presets(tmp, dict(cfg.emotions)) if cfg.emotions else []
-        sidecar = export_record(state, base_dir, tmp, config)
+        sidecar = export_record(state, base_dir, tmp, config, decoder_state)
         sidecar.update(voices=voices, emotion_presets=emotions, weights_dtype="float16" if cfg.half else "float32",
                        safetensors=bool(cfg.safetensors))
         write_json(tmp / SIDECAR, sidecar)
@@ -111,15 +146,16 @@ def run(cfg: DictConfig) -> Path:
     return out
 
 
-def verify_export(export_dir: Path, gpt_state: dict, half: bool = False) -> None:
-    """Reload with coqui-tts's stock loader and check the GPT weights came through unchanged
-    (exactly as rounded to fp16 for a half-precision export)."""
+def verify_export(export_dir: Path, gpt_state: dict, half: bool = False, decoder_state: dict | None = None) -> None:
+    """Reload with coqui-tts's stock loader and check the trained weights (GPT, decoder) came
+    through unchanged (exactly as rounded to fp16 for a half-precision export)."""
     _, reloaded = load_xtts(export_dir, "cpu", for_inference=False)
-    loaded = reloaded.gpt.state_dict()
-    for key, value in gpt_state.items():
-        expected = value.half().to(value.dtype) if half and value.is_floating_point() else value
-        if not torch.equal(loaded[key], expected):
-            raise RuntimeError(f"export check failed: GPT weight {key} differs after reloading {export_dir}")
+    for part, module, trained in (("GPT", reloaded.gpt, gpt_state), ("decoder", reloaded.hifigan_decoder.waveform_decoder, decoder_state or {})):
+        loaded = module.state_dict()
+        for key, value in trained.items():
+            expected = value.half().to(value.dtype) if half and value.is_floating_point() else value
+            if not torch.equal(loaded[key], expected):
+                raise RuntimeError(f"export check failed: {part} weight {key} differs after reloading {export_dir}")
 
 
 def add_named_voices(export_dir: Path, voices: dict) -> list:
@@ -154,9 +190,10 @@ def add_emotion_presets(export_dir: Path, emotions: dict) -> list:
     return sorted(presets)
 
 
-def export_record(state: dict, base_dir: Path, export_dir: Path, config) -> dict:
-    train_cfg = state["config"]
-    stats = state.get("data_stats", {})
+def export_record(state: dict | None, base_dir: Path, export_dir: Path, config, decoder_state: dict | None = None) -> dict:
+    main = state or decoder_state
+    train_cfg = main["config"]
+    stats = main.get("data_stats", {})
     base_sidecar = read_sidecar(base_dir)
     return {
         "xtts_ft_version": __version__,
@@ -169,7 +206,14 @@ def export_record(state: dict, base_dir: Path, export_dir: Path, config) -> dict
         },
         "languages": list(config.languages),
         "emotion_tokens": base_sidecar.get("extension", {}).get("emotion_tokens", []),
-        "training": {"gpt_steps": state["step"], "run_name": train_cfg["run_name"], "lr": train_cfg["lr"]},
+        "training": {
+            "gpt_steps": state["step"] if state else 0,
+            "run_name": train_cfg["run_name"],
+            "lr": state["config"]["lr"] if state else None,
+            **({"decoder_steps": decoder_state["step"], "decoder_lr": decoder_state["config"]["lr_gen"],
+                "decoder_adversarial": decoder_state["config"]["adversarial"], "decoder_gpt": decoder_state["gpt"]["source"]}
+               if decoder_state else {}),
+        },
         "data": stats,
         "metrics": {},
         "files": {name: sha256(export_dir / name) for name in ("model.pth", "config.json", "vocab.json")},
@@ -247,6 +291,11 @@ def extension_section(record: dict) -> str:
     return ("## Languages and emotions added by xtts-ft\n\n" + "\n".join(lines)) if lines else ""
 
 
+def decoder_line(record: dict) -> str:
+    steps = record["training"].get("decoder_steps")
+    return f", HiFiGAN decoder fine-tuned for {steps} steps," if steps else ""
+
+
 def model_card(record: dict) -> str:
     # The Hub's metadata wants ISO 639-1 codes: XTTS's "zh-cn" is "zh" there.
     languages = "\n".join(f"- {lang.split('-')[0]}" for lang in record["languages"])
@@ -275,7 +324,7 @@ language:
 # {record['training']['run_name']} — XTTS-v2 fine-tune
 
 Fine-tuned from `{base['source']}` ({base['kind']}) with xtts-ft {record['xtts_ft_version']}:
-GPT trained for {record['training']['gpt_steps']} steps on {train.get('clips', '?')} clips
+GPT trained for {record['training']['gpt_steps']} steps{decoder_line(record)} on {train.get('clips', '?')} clips
 ({train.get('hours', '?')} h; speakers: {', '.join(train.get('speakers', {})) or '?'}).
 The license is inherited from the base model (Coqui Public Model License for XTTS-v2).
 

@@ -15,7 +15,6 @@ tensorboard/, config.yaml. `export` turns a state or checkpoint into a model.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -36,6 +35,7 @@ from xtts_ft.data.sampler import LengthBucketSampler
 from xtts_ft.io_utils import torch_save, write_json, write_jsonl, write_text
 from xtts_ft.model.features import GptFeatures
 from xtts_ft.model.loading import load_dvae, load_xtts, resolve_model_cfg
+from xtts_ft.train import loop
 from xtts_ft.train import runtime as rt
 from xtts_ft.train.cache import cached_features, file_hash
 
@@ -53,8 +53,7 @@ def outputs(cfg: DictConfig) -> List[Path]:
 
 def is_done(cfg: DictConfig) -> bool:
     """The run reached max_steps (a killed or shorter run is not done: it resumes)."""
-    progress = run_dir(cfg) / "progress.json"
-    return progress.is_file() and json.loads(progress.read_text())["step"] >= cfg.max_steps
+    return loop.is_done(run_dir(cfg), cfg.max_steps)
 
 
 def parameter_groups(gpt: torch.nn.Module, weight_decay: float) -> list:
@@ -124,9 +123,7 @@ def gpt_losses(gpt, features: GptFeatures, batch: dict, device: torch.device):
 
 def micro_batch_rng(seed: int, epoch: int, batch: int, micro: int) -> np.random.Generator:
     """The randomness of one micro-batch (reference choice, crop, dropout), from its position alone."""
-    rng = np.random.default_rng([seed, epoch, batch, micro])
-    torch.manual_seed(int(rng.integers(2**62)))
-    return rng
+    return loop.position_rng(seed, epoch, batch, micro)
 
 
 def attach_codes(items, features: GptFeatures, cache_path: Path, dvae_hash: str, device, runtime: rt.Runtime, desc: str):
@@ -182,16 +179,9 @@ def log_eval_audio(writer, xtts, config, gpt, items, cfg, step: int) -> None:
         for n, sentence in enumerate(cfg.eval_sentences):
             result = synthesizer.synthesize(sentence, reference.language, reference=reference.audio, decoding={"seed": cfg.seed})
             writer.add_audio(f"eval_audio/{n}", torch.from_numpy(result.wav).unsqueeze(0), step, sample_rate=result.sample_rate)
-            writer.add_image(f"eval_mel/{n}", mel_image(result.wav, result.sample_rate), step, dataformats="HW")
+            writer.add_image(f"eval_mel/{n}", loop.mel_image(result.wav, result.sample_rate), step, dataformats="HW")
     finally:
         gpt.train(was_training)
-
-
-def mel_image(wav: np.ndarray, sample_rate: int) -> np.ndarray:
-    import librosa
-
-    mel = librosa.power_to_db(librosa.feature.melspectrogram(y=wav, sr=sample_rate, n_mels=80), ref=np.max, top_db=80)
-    return np.flipud((mel + 80) / 80).astype(np.float32).copy()  # low frequencies at the bottom
 
 
 def training_weights(gpt, keys) -> dict:
@@ -199,34 +189,17 @@ def training_weights(gpt, keys) -> dict:
     return {k: v for k, v in gpt.state_dict().items() if k in keys}
 
 
-def manifest_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
 def run(cfg: DictConfig) -> Path:
     out = run_dir(cfg)
-    runtime = rt.start(cfg.model.device, cfg.num_threads)
-    try:
-        with rt.RunLock(out) if runtime.is_main else contextlib.nullcontext():
-            return train(cfg, runtime, out)
-    finally:
-        runtime.close()
+    return loop.run_locked(cfg, out, train)
 
 
 def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
     data_dir = Path(cfg.paths.processed_dir) / cfg.data.name
     device = runtime.device
     state_path = out / "state.pt"
-    if state_path.is_file() and not cfg.resume:
-        raise FileExistsError(
-            f"{out} already holds a training run; resume=true continues it. To start over, delete {out} or choose another run_name."
-        )
-    if cfg.precision == "bf16" and device.type == "cpu" and torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
-        log.warning(
-            "precision=bf16 on a CPU without native bf16 kernels (capability %s): autocast emulates them, "
-            "measured ~90x slower than fp32 here. Use precision=fp32 (grad_checkpointing=true saves memory).",
-            torch.backends.cpu.get_cpu_capability(),
-        )
+    loop.check_fresh(state_path, cfg.resume)
+    loop.warn_slow_bf16(cfg.precision, device)
     torch.manual_seed(cfg.seed)
 
     # Build: the base model with only the GPT trainable, the frozen DVAE, the data.
@@ -265,7 +238,7 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
         runtime.world_size, runtime.rank, cfg.seed, cfg.bucket_batches, dict(cfg.language_weights),
     )
     sampler_key = {
-        "manifest": manifest_hash(manifests["train"]),
+        "manifest": loop.manifest_hash(manifests["train"]),
         "global_batch": sampler.global_batch,
         "bucket_batches": cfg.bucket_batches,
         "language_weights": dict(cfg.language_weights),
@@ -284,14 +257,7 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
     step, epoch, batch_in_epoch, best_eval = 0, 0, 0, math.inf
     if state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        saved_key = state.get("sampler", {})
-        changed = {k: (saved_key.get(k), v) for k, v in sampler_key.items() if saved_key.get(k) != v}
-        if changed:
-            raise ValueError(
-                f"{state_path} was trained with another data path ("
-                + "; ".join(f"{k}: {old} → {new}" for k, (old, new) in changed.items())
-                + "): its sampler position means nothing here. Use another run_name, or delete the run to start over."
-            )
+        loop.check_sampler_key(state_path, state.get("sampler", {}), sampler_key)
         gpt.load_state_dict(state["gpt"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -329,9 +295,7 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
             },
             state_path,
         )
-        torch_save({"gpt": weights, "step": step}, checkpoints / f"step_{step:08d}.pt")
-        for old in sorted(checkpoints.glob("step_*.pt"))[: -cfg.keep_last or None]:
-            old.unlink()
+        loop.save_checkpoint(checkpoints, step, {"gpt": weights, "step": step}, cfg.keep_last)
         # Throughput of this process's training steps (evals and checkpoint writes excluded).
         write_json(
             out / "progress.json",
@@ -342,10 +306,7 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
     # Loop.
     writer = None
     if runtime.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        # purge_step: after a crash, events logged past the saved step are dropped, not duplicated.
-        writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
+        writer = loop.summary_writer(out, step)
     steps = sampler.steps(epoch, batch_in_epoch)
     progress = tqdm(total=cfg.max_steps, initial=step, desc="train-gpt", unit="step", disable=not runtime.is_main)
     cond_seconds = (cfg.cond_min_seconds, cfg.cond_max_seconds)

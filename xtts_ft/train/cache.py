@@ -13,7 +13,7 @@ import hashlib
 import logging
 from pathlib import Path
 import os
-from typing import Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from tqdm import tqdm
@@ -32,14 +32,29 @@ def file_hash(*paths: Path) -> str:
     return digest.hexdigest()
 
 
+def tensors_hash(*state_dicts: Dict[str, torch.Tensor], extra: str = "") -> str:
+    """A hash of weights in memory (names and bytes, in name order): the same weights give the
+    same hash wherever they were loaded from (a training state, a checkpoint, a model.pth)."""
+    digest = hashlib.blake2b(extra.encode(), digest_size=16)
+    for state in state_dicts:
+        for name in sorted(state):
+            tensor = state[name].detach().cpu().contiguous()
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def cached_features(
     cache_path: Path,
     model_hash: str,
     clips: Sequence[Path],
-    compute: Callable[[Path], torch.Tensor],
+    compute: Callable[[Path], Any],
     desc: str = "caching features",
-) -> tuple[List[torch.Tensor], int]:
-    """One tensor per clip, from the cache where valid; returns (tensors, how many were computed)."""
+    inputs: Optional[Sequence[str]] = None,
+) -> tuple[List[Any], int]:
+    """One value (a tensor or a dict of tensors) per clip, from the cache where valid; returns
+    (values, how many were computed). `inputs`, one string per clip, names whatever else a clip's
+    value depends on (e.g. its reference clip and text): an entry is recomputed when it changes."""
     cache_path = Path(cache_path)
     entries: Dict[str, dict] = {}
     if cache_path.is_file():
@@ -57,6 +72,8 @@ def cached_features(
         # Relative to the cache: the processed directory can move with its cache.
         stat = Path(clip).stat()
         key, version = os.path.relpath(Path(clip).resolve(), cache_path.parent.resolve()), f"{stat.st_size}:{stat.st_mtime_ns}"
+        if inputs is not None:
+            version += f"|{inputs[len(tensors)]}"
         entry = entries.get(key)
         if entry is None or entry.get("version") != version:
             entry = {"version": version, "value": compute(clip)}

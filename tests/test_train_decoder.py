@@ -1,0 +1,302 @@
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import DECODER_OVERRIDES, REPO, decoder_data_overrides, demo_overrides
+from xtts_ft import export, train_decoder
+from xtts_ft.config import compose
+from xtts_ft.model.decoder import OUTPUT_HOP, decoder_frames, decoder_input, decoder_samples, gpt_latents
+
+
+def _scalars(run_dir, tag):
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+@pytest.fixture(scope="module")
+def small_decoder():
+    """coqui's HifiDecoder with its stock framing (interpolations, 8·8·2·2 upsampling) but a narrow
+    generator: only lengths and timing are tested here, nothing is loaded by coqui's loader."""
+    from TTS.tts.layers.xtts.hifigan_decoder import HifiDecoder
+
+    torch.manual_seed(0)
+    return HifiDecoder(decoder_input_dim=8, upsample_initial_channel_decoder=16).eval()
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3, 7, 20, 64, 147, 200])
+def test_decoder_output_is_on_the_24khz_grid_without_drift(frames, small_decoder):
+    decoder = small_decoder
+    latents, speaker = torch.randn(1, frames, 8), torch.randn(1, 512, 1)
+    with torch.no_grad():
+        stock = decoder(latents, g=speaker)  # coqui's forward, as inference runs it
+        ours = decoder.waveform_decoder(decoder_input(decoder, latents), g=speaker)
+    assert stock.shape[-1] == ours.shape[-1] == decoder_samples(decoder, frames) == decoder_frames(decoder, frames) * OUTPUT_HOP
+    torch.testing.assert_close(ours, stock)
+    # 1024 samples at 22.05 kHz per GPT frame = 1114.56 at 24 kHz: the output falls short of that
+    # by less than one 256-sample hop (flooring), whatever the length: no drift.
+    exact = frames * 1024 * 24000 / 22050
+    assert 0 <= exact - stock.shape[-1] < OUTPUT_HOP
+    # Timing: feed each GPT frame its own centre time; the 24 kHz frame j must carry the centre
+    # time of output samples [256 j, 256 (j + 1)), i.e. frame j of the target (edges excepted,
+    # where linear interpolation clamps).
+    centres = (torch.arange(frames, dtype=torch.float64) + 0.5) * 1024 / 22050
+    stretched = decoder_input(decoder, centres.view(1, frames, 1))[0, 0]
+    target_centres = (torch.arange(stretched.numel(), dtype=torch.float64) + 0.5) * OUTPUT_HOP / 24000
+    inside = (target_centres > centres[0] + 1024 / 22050) & (target_centres < centres[-1] - 1024 / 22050)
+    assert inside.sum() >= stretched.numel() - 14  # one GPT frame (4.35 decoder frames) at each edge
+    torch.testing.assert_close(stretched[inside], target_centres[inside], rtol=0, atol=1e-9)
+
+
+def test_demo_latents_and_targets_line_up(workdir, prepared_24k, decoder_trained):
+    """Real clips: latents = codes + 1 frames (as inference decodes), the decoder output covers
+    the 24 kHz target to within two GPT frames, and a training segment is the same span of both."""
+    from xtts_ft.model.loading import load_xtts
+
+    _, xtts = load_xtts(workdir / "models" / "tiny-xtts", "cpu", for_inference=False)
+    decoder = xtts.hifigan_decoder
+    codes = torch.load(prepared_24k / "train.codes.pt", weights_only=True)["entries"]
+    latents = torch.load(prepared_24k / "train.decoder_latents.pt", weights_only=True)["entries"]
+    assert len(latents) == 37
+    for key, entry in latents.items():
+        frames = entry["value"]["latents"].shape[0]
+        assert frames == codes[key]["value"].numel() + 1
+        clip = prepared_24k / key
+        target = prepared_24k / "wavs_24k" / clip.name
+        n22, n24 = sf.info(str(clip)).frames, sf.info(str(target)).frames
+        assert abs(n24 / 24000 - n22 / 22050) < 1e-3  # the same span of the source
+        assert 0 < decoder_samples(decoder, frames) - n24 <= 2 * 1115
+
+    # A training batch: the segment of the stretched latents and the same span of the target.
+    items = [train_decoder.DecoderItem(prepared_24k / k, prepared_24k / "wavs_24k" / k.split("/")[-1], "s", "en", 1.0,
+                                       v["value"]["latents"], v["value"]["speaker"]) for k, v in list(latents.items())[:3]]
+    z, speakers, target = train_decoder.make_batch(items, decoder, 8, np.random.default_rng(1))
+    starts = np.random.default_rng(1)
+    for b, item in enumerate(items):
+        full = decoder_input(decoder, item.latents.float().unsqueeze(0))[0]
+        start = int(starts.integers(0, full.shape[-1] - 8 + 1))
+        torch.testing.assert_close(z[b], full[:, start : start + 8], rtol=0, atol=0)
+        audio, _ = sf.read(str(item.target), dtype="float32")
+        expected = np.zeros(8 * OUTPUT_HOP, np.float32)
+        piece = audio[start * OUTPUT_HOP : (start + 8) * OUTPUT_HOP]
+        expected[: piece.size] = piece
+        np.testing.assert_array_equal(target[b, 0].numpy(), expected)
+    assert z.shape == (3, 64, 8) and speakers.shape == (3, 512, 1) and target.shape == (3, 1, 2048)
+
+
+def test_latents_are_what_inference_decodes_and_the_cache_follows_gpt_and_reference(tmp_path, workdir, prepared_24k):
+    from xtts_ft.data.batches import ReferencePicker, encode_samples
+    from xtts_ft.data.sample import read_manifest
+    from xtts_ft.inference import XttsSynthesizer
+    from xtts_ft.model.loading import load_xtts
+    from xtts_ft.train.runtime import Runtime
+
+    config, xtts = load_xtts(workdir / "models" / "tiny-xtts", "cpu", for_inference=False)
+    xtts.gpt.eval()
+    manifest = prepared_24k / "train.jsonl"
+    samples = read_manifest(manifest)[:3]
+    items, _ = encode_samples(samples, xtts.tokenizer, 200, 11.6 * 22050, manifest)
+    codes = torch.load(prepared_24k / "train.codes.pt", weights_only=True)["entries"]
+    items = [i.with_codes(codes[f"wavs/{i.audio.name}"]["value"]) for i in items]
+    single = Runtime(0, 1, torch.device("cpu"))
+    cache = tmp_path / "train.decoder_latents.pt"
+
+    values, computed = train_decoder.attach_latents(items, xtts, config, cache, "gpt-a", 0, single, "latents")
+    assert computed == 3
+    pick = ReferencePicker(items)
+    references = lambda seed: [pick([i], np.random.default_rng([seed, i]))[0] for i in range(3)]  # noqa: E731
+
+    # Xtts.inference, with its GPT "generating" this clip's codes, decodes exactly the cached latents.
+    item, reference = items[0], references(0)[0]
+    voice = XttsSynthesizer.from_model(config, xtts).clone_voice(reference)
+    stop = torch.tensor([xtts.gpt.stop_audio_token])
+    xtts.gpt.generate = lambda **kwargs: torch.cat([item.codes.long(), stop]).unsqueeze(0)
+    out = xtts.inference(samples[0].text, samples[0].language, voice.gpt_cond_latent, voice.speaker_embedding)
+    inference_latents = torch.from_numpy(out["gpt_latents"])[0]
+    assert inference_latents.shape == (item.codes.numel() + 1, 64)
+    torch.testing.assert_close(values[0]["latents"].float(), inference_latents, rtol=1e-3, atol=2e-3)  # float16 cache
+    torch.testing.assert_close(values[0]["speaker"], voice.speaker_embedding.reshape(-1))
+    assert out["wav"].size == decoder_samples(xtts.hifigan_decoder, item.codes.numel() + 1)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        gpt_latents(xtts.gpt.train(), item.text_tokens, item.codes, voice.gpt_cond_latent)
+    xtts.gpt.eval()
+
+    assert train_decoder.attach_latents(items, xtts, config, cache, "gpt-a", 0, single, "latents")[1] == 0
+    assert train_decoder.attach_latents(items, xtts, config, cache, "gpt-b", 0, single, "latents")[1] == 3  # another GPT
+    # Another seed picks other references for some clips: those, and only those, are recomputed.
+    seed = next(s for s in range(1, 50) if references(s) != references(0))
+    changed = sum(a != b for a, b in zip(references(seed), references(0)))
+    assert train_decoder.attach_latents(items, xtts, config, cache, "gpt-b", seed, single, "latents")[1] == changed
+
+
+def _fixed_batch_losses(state_dicts, workdir, prepared_24k):
+    """Mel L1 and STFT losses of generators on one fixed batch of training segments."""
+    from xtts_ft.model.decoder import build_losses
+    from xtts_ft.model.loading import load_xtts
+
+    _, xtts = load_xtts(workdir / "models" / "tiny-xtts", "cpu", for_inference=False)
+    decoder = xtts.hifigan_decoder
+    latents = torch.load(prepared_24k / "train.decoder_latents.pt", weights_only=True)["entries"]
+    items = [train_decoder.DecoderItem(prepared_24k / k, prepared_24k / "wavs_24k" / k.split("/")[-1], "s", "en", 1.0,
+                                       v["value"]["latents"], v["value"]["speaker"]) for k, v in list(latents.items())[:4]]
+    z, speakers, target = train_decoder.make_batch(items, decoder, 8, np.random.default_rng(123))
+    gen_loss, _ = build_losses(24000, 45.0, 0.5, 1.0, 108.0)
+    results = []
+    for state in state_dicts:
+        if state is not None:
+            decoder.waveform_decoder.load_state_dict(state)
+        with torch.no_grad():
+            out = gen_loss(decoder.waveform_decoder(z, speakers), target)
+        results.append({k: float(v) for k, v in out.items() if k in ("G_l1_spec_loss", "G_stft_loss_mg", "G_stft_loss_sc")})
+    return results
+
+
+def test_losses_go_down_on_a_fixed_small_set(tmp_path, workdir, prepared_24k, decoder_trained):
+    overrides = decoder_data_overrides(workdir) + DECODER_OVERRIDES + [
+        f"paths.runs_dir={tmp_path}", "max_steps=6", "eval_every=6", "eval_clips=1", "eval_audio=1"]
+    state_path = train_decoder.run(compose("train_decoder", overrides))
+    trained = torch.load(state_path, weights_only=True)["decoder"]
+    # Eval: a whole held-out clip decoded from its whole latents, before the first step and at the end.
+    evals = _scalars(state_path.parent, "eval/loss_mel")
+    assert [s for s, _ in evals] == [0, 6] and evals[1][1] < evals[0][1]
+    events = EventAccumulator(str(state_path.parent / "tensorboard"), size_guidance={"audio": 0, "images": 0})
+    events.Reload()
+    assert {"eval_audio/0", "eval_target/0"} <= set(events.Tags()["audio"]) and "eval_mel/0" in events.Tags()["images"]
+    assert torch.load(state_path.parent / "checkpoints" / "best.pt", weights_only=True)["step"] == 6
+    before, after = _fixed_batch_losses([None, trained], workdir, prepared_24k)
+    # 6 steps from the tiny model's random decoder: the mel L1 (weight 45: the bulk of the loss)
+    # falls by more than a fifth, the STFT terms fall too.
+    assert after["G_l1_spec_loss"] < 0.8 * before["G_l1_spec_loss"], (before, after)
+    assert all(after[k] < before[k] for k in before), (before, after)
+    mel = [v for _, v in _scalars(state_path.parent, "train/loss_mel")]
+    assert len(mel) == 6 and np.isfinite(mel).all()
+
+
+@pytest.mark.slow
+def test_losses_go_down_with_the_discriminator(tmp_path, workdir, prepared_24k, decoder_trained):
+    overrides = decoder_data_overrides(workdir) + DECODER_OVERRIDES + [
+        f"paths.runs_dir={tmp_path}", "adversarial=true", "max_steps=8", "batch_size=2", "save_every=100"]
+    state_path = train_decoder.run(compose("train_decoder", overrides))
+    state = torch.load(state_path, weights_only=True)
+    before, after = _fixed_batch_losses([None, state["decoder"]], workdir, prepared_24k)
+    assert after["G_l1_spec_loss"] < 0.8 * before["G_l1_spec_loss"]
+    disc = [v for _, v in _scalars(state_path.parent, "train/loss_disc")]
+    adv = [v for _, v in _scalars(state_path.parent, "train/loss_adv")]
+    feat = [v for _, v in _scalars(state_path.parent, "train/loss_feat_match")]
+    assert len(disc) == len(adv) == len(feat) == 8 and np.isfinite(disc + adv + feat).all() and min(feat) > 0
+    assert np.mean(disc[-3:]) < np.mean(disc[:3])  # the fresh discriminator learns to tell them apart
+    assert state["discriminator"] and state["opt_disc"]["state"] and state["gpt"]["source"] == "base"
+
+
+def test_resume_continues_the_same_run(tmp_path, workdir, prepared_24k, decoder_trained):
+    """Stopped and restarted (spectral-only here, for time; the slow kill test covers the discriminator)."""
+    overrides = decoder_data_overrides(workdir) + DECODER_OVERRIDES + ["batch_size=1", "save_every=100"]
+    straight = train_decoder.run(compose("train_decoder", overrides + [f"paths.runs_dir={tmp_path / 'a'}", "max_steps=2"]))
+    split = overrides + [f"paths.runs_dir={tmp_path / 'b'}"]
+    train_decoder.run(compose("train_decoder", split + ["max_steps=1"]))
+    resumed = train_decoder.run(compose("train_decoder", split + ["max_steps=2"]))
+    a, b = (torch.load(p, weights_only=True) for p in (straight, resumed))
+    assert a["step"] == b["step"] == 2
+    assert a["discriminator"] is None and b["discriminator"] is None
+    for part in ("decoder", "opt_gen"):
+        flat_a, flat_b = _tensors(a[part]), _tensors(b[part])
+        assert flat_a.keys() == flat_b.keys()
+        for key in flat_a:
+            torch.testing.assert_close(flat_b[key], flat_a[key], rtol=1e-5, atol=1e-6, msg=f"{part}.{key}")
+    for tag in ("train/loss_mel", "train/loss_stft_mag"):
+        np.testing.assert_allclose([v for _, v in _scalars(resumed.parent, tag)], [v for _, v in _scalars(straight.parent, tag)], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_on_the_same_trajectory(tmp_path, workdir, prepared_24k, decoder_trained):
+    overrides = decoder_data_overrides(workdir) + DECODER_OVERRIDES + ["adversarial=true", "batch_size=1", "save_every=2", "max_steps=8"]
+    straight = train_decoder.run(compose("train_decoder", overrides + [f"paths.runs_dir={tmp_path / 'a'}"]))
+    killed = overrides + [f"paths.runs_dir={tmp_path / 'b'}"]
+    code = f"from xtts_ft import train_decoder; from xtts_ft.config import compose; train_decoder.run(compose('train_decoder', {killed!r}))"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = tmp_path / "b" / "demo" / "decoder" / "progress.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (progress.is_file() and json.loads(progress.read_text())["step"] >= 2):
+        time.sleep(0.2)
+    proc.kill()  # SIGKILL, somewhere after step 2: no chance to clean up
+    proc.wait()
+    cfg = compose("train_decoder", killed)
+    assert not train_decoder.is_done(cfg), "the run finished before it could be killed"
+    resumed = train_decoder.run(cfg)
+    a, b = (torch.load(p, weights_only=True) for p in (straight, resumed))
+    assert (b["step"], b["epoch"], b["batch_in_epoch"]) == (a["step"], a["epoch"], a["batch_in_epoch"])
+    for part in ("decoder", "discriminator", "opt_gen", "opt_disc"):
+        flat_a, flat_b = _tensors(a[part]), _tensors(b[part])
+        assert flat_a.keys() == flat_b.keys()
+        for key in flat_a:
+            torch.testing.assert_close(flat_b[key], flat_a[key], rtol=1e-5, atol=1e-6, msg=f"{part}.{key}")
+    steps = [s for s, _ in _scalars(resumed.parent, "train/loss_mel")]
+    assert steps == list(range(1, 9))
+    np.testing.assert_allclose([v for _, v in _scalars(resumed.parent, "train/loss_mel")],
+                               [v for _, v in _scalars(straight.parent, "train/loss_mel")], rtol=1e-5)
+
+
+def _tensors(tree, prefix=""):
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _tensors(sub, f"{prefix}.{key}").items()}
+    if isinstance(tree, (list, tuple)):
+        return {k: v for i, sub in enumerate(tree) for k, v in _tensors(sub, f"{prefix}.{i}").items()}
+    return {}
+
+
+def test_export_carries_the_fine_tuned_decoder(tmp_path, workdir, decoder_trained, tiny_model_dir):
+    from xtts_ft.inference import XttsSynthesizer
+
+    runs = workdir / "runs_decoder"
+    out = export.run(compose("export", [f"paths.runs_dir={runs}", "run_name=demo", f"out_dir={tmp_path / 'export'}"]))
+    trained = torch.load(decoder_trained, weights_only=True)["decoder"]
+    exported = torch.load(out / "model.pth", weights_only=True)["model"]
+    base = torch.load(tiny_model_dir / "model.pth", weights_only=True)["model"]
+    prefix = "hifigan_decoder.waveform_decoder."
+    assert {k[len(prefix):] for k in exported if k.startswith(prefix)} == set(trained)
+    for key, value in trained.items():
+        assert torch.equal(exported[prefix + key], value), key  # round-trips exactly
+    assert any(not torch.equal(trained[k], base[prefix + k]) for k in trained)  # and differs from the base
+    assert all(torch.equal(exported[k], base[k]) for k in base if k.startswith("gpt."))  # decoder-only run: base GPT
+    record = json.loads((out / "xtts_ft.json").read_text())
+    assert record["training"]["decoder_steps"] == 3 and record["training"]["gpt_steps"] == 0
+
+    # The inference module loads the export (coqui's stock loader) and decodes with that decoder.
+    synthesizer = XttsSynthesizer(out, device="cpu")
+    loaded = synthesizer.model.hifigan_decoder.waveform_decoder.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in trained.items())
+    reference = next((workdir / "processed_24k" / "demo" / "wavs").glob("*.wav"))
+    result = synthesizer.synthesize("Hello there.", "en", reference=reference, decoding={"seed": 0, "max_seconds_per_char": 0.05})
+    assert result.sample_rate == 24000 and np.isfinite(result.wav).all() and result.wav.size % OUTPUT_HOP == 0
+
+
+def test_clear_errors(tmp_path, workdir, prepared, prepared_24k):
+    base = DECODER_OVERRIDES + [f"paths.runs_dir={tmp_path}"]
+    with pytest.raises(ValueError, match="multiple of the decoder's hop"):
+        train_decoder.run(compose("train_decoder", decoder_data_overrides(workdir) + base + ["segment_samples=1000"]))
+    with pytest.raises(ValueError, match="need more than 1024 samples"):
+        train_decoder.run(compose("train_decoder", decoder_data_overrides(workdir) + base + ["segment_samples=768"]))
+    with pytest.raises(ValueError, match="Prepare the data again with decoder_copies=true"):
+        train_decoder.run(compose("train_decoder", demo_overrides(workdir) + base))  # the plain demo data: no 24 kHz copies
+    with pytest.raises(FileNotFoundError, match="gpt=nope.pt: no such train-gpt state"):
+        train_decoder.run(compose("train_decoder", decoder_data_overrides(workdir) + base + ["gpt=nope.pt"]))
+
+
+def test_cli_has_the_train_decoder_verb():
+    cli = [sys.executable, "-m", "xtts_ft.cli"]
+    assert "train-decoder" in subprocess.run(cli + ["--help"], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    result = subprocess.run(cli + ["train-decoder", "--cfg", "job", "adversarial=false", "segment_samples=4096"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "adversarial: false" in result.stdout and "segment_samples: 4096" in result.stdout and "mel_loss_weight: 45.0" in result.stdout
+    cfg = compose("train_decoder", ["data=demo", "model=tiny"])
+    assert cfg.gpt == "auto" and cfg.feat_match_loss_weight == 108.0 and cfg.run_name == "demo"
