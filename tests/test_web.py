@@ -61,6 +61,27 @@ def test_generate_gives_24khz_audio_and_a_status_line(synthesizer, prepared):
     assert "real-time factor" in status and ("stopped by itself" in status or "babble guard" in status)
 
 
+def test_named_voice_and_emotion_preset_of_an_export(workdir, exported, prepared, tmp_path):
+    from tests.conftest import demo_overrides
+    from xtts_ft import export
+    from xtts_ft.inference import XttsSynthesizer
+
+    reference = _reference(prepared)
+    paths = [o for o in demo_overrides(workdir) if o.startswith("paths.")]
+    out = export.run(compose("export", paths + ["run_name=demo", f"out_dir={tmp_path / 'voiced'}",
+                                                f"+voices={{alicia: {reference}}}", f"+emotions={{calm: {reference}}}"]))
+    synthesizer = XttsSynthesizer(out, device="cpu")
+    app = web.build_app(synthesizer)
+    assert [value for _, value in _component(app, "emotion").choices] == [web.NO_EMOTION, "calm"]
+    voice = _component(app, "voice")
+    assert voice.visible is True and [value for _, value in voice.choices] == [web.REFERENCE_VOICE, "alicia"]
+    (rate, wav), status = web.generate(synthesizer, "Hello there.", "en", "calm", None, "alicia", 1)
+    # The page's request is the module's: same voice, preset and seed, same samples.
+    direct = synthesizer.synthesize(text="Hello there.", language="en", voice="alicia", emotion="calm", decoding={"seed": 1})
+    assert rate == 24000 and wav.size == direct.wav.size > 0
+    assert np.array_equal(wav, (np.clip(direct.wav, -1, 1) * 32767).astype(np.int16))
+
+
 @pytest.mark.parametrize(
     "text, language, reference, voice, emotion, message",
     [

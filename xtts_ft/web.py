@@ -12,6 +12,7 @@ functions here, so importing this module (or the CLI) never needs it.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -152,5 +153,7 @@ def run(cfg: DictConfig) -> None:
 
     synthesizer = XttsSynthesizer(cfg.checkpoint, device=cfg.device, revision=cfg.revision)
     app = build_app(synthesizer)
+    # Hydra sets the root logger to INFO; gradio's start-up probes of its own server would each log a line.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     # Blocks until Ctrl-C. share=true asks gradio for a temporary public *.gradio.live link (needs internet).
     app.launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share)
