@@ -6,6 +6,7 @@
     xtts-ft train-decoder data=demo model=tiny max_steps=200 adversarial=false
     xtts-ft export run_name=demo
     xtts-ft synth checkpoint=exports/demo text="Hello." language=en reference=ref.wav out=hello.wav
+    xtts-ft web checkpoint=exports/demo                    (then open http://127.0.0.1:7860)
     xtts-ft evaluate checkpoint=exports/demo manifest=data/processed/demo/eval.jsonl out_dir=runs/demo/eval
     xtts-ft pipeline recipe=demo        (xtts-ft demo is its short form)
 
@@ -26,6 +27,7 @@ VERBS = {
     "train-decoder": "fine-tune the HiFiGAN decoder on the GPT's latents → runs/<run_name>/decoder/",
     "export": "training state → exports/<run_name>/ in the stock XTTS-v2 layout",
     "synth": "clone a voice and speak a text → a 24 kHz WAV",
+    "web": "a Gradio page to try an export in the browser (needs the `web` extra)",
     "evaluate": "synthesize a probe set and measure it → CSV + Markdown report",
     "push": "upload an export to a Hugging Face Hub model repo (dry_run=true shows what would go)",
     "pipeline": "run a recipe's stages in order, skipping finished ones (recipe=demo)",

@@ -17,7 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).parent / "conf"
 RECIPES_DIR = Path(__file__).parent / "recipes"
-STAGES = ("prepare", "extend", "train_gpt", "train_decoder", "export", "synth", "evaluate", "push", "pipeline")
+STAGES = ("prepare", "extend", "train_gpt", "train_decoder", "export", "synth", "evaluate", "push", "web", "pipeline")
 
 
 @dataclass
@@ -273,6 +273,16 @@ class SynthConfig:
 
 
 @dataclass
+class WebConfig:
+    checkpoint: str = MISSING  # export dir, stock model dir or Hub id
+    revision: Optional[str] = None  # Hub revision when checkpoint is a Hub id
+    device: str = "auto"
+    host: str = "127.0.0.1"  # 0.0.0.0 to serve other machines
+    port: int = 7860
+    share: bool = False  # a temporary public *.gradio.live link (needs internet)
+
+
+@dataclass
 class EvaluateConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)  # for interpolation in recipes
     checkpoint: Optional[str] = None  # an export, a stock model directory or a Hub id
@@ -315,6 +325,7 @@ def register_configs() -> None:
         "evaluate_schema": EvaluateConfig,
         "push_schema": PushConfig,
         "pipeline_schema": PipelineConfig,
+        "web_schema": WebConfig,
     }.items():
         cs.store(name=name, node=node)
 
