@@ -262,9 +262,10 @@ def test_tiny_recipe_runs_end_to_end(tmp_path, monkeypatch, recipe, data, check)
     cfg = compose("pipeline", [f"recipe={recipe}"])
     cfg.overrides = paths + ["max_steps=12", "eval_every=12", "save_every=12", "max_utterances=2"]
     report = pipeline.run(cfg)
-    assert [r["stage"] for r in report][:3] == ["prepare", "extend", "train_gpt"] and not any(r["skipped"] for r in report)
+    assert [r["stage"] for r in report][:5] == ["prepare", "extend", "train_gpt", "train_decoder", "export"]
+    assert not any(r["skipped"] for r in report)
     record = json.loads((tmp_path / "exports_dir" / data / "xtts_ft.json").read_text())
-    assert check(record)
+    assert check(record) and record["training"]["gpt_steps"] == 12 and record["training"]["decoder_steps"] == 12
     assert (tmp_path / "runs_dir" / data / "eval" / "report.md").is_file()
     import soundfile as sf
 

@@ -233,3 +233,21 @@ def test_missing_manifest_is_a_clear_error(tmp_path, tiny_model_dir, workdir):
     overrides = demo_overrides(workdir) + TRAIN_OVERRIDES + [f"paths.processed_dir={tmp_path}", "max_steps=1"]
     with pytest.raises(FileNotFoundError, match="run `xtts-ft prepare` first"):
         train_gpt.run(compose("train_gpt", overrides))
+
+
+def test_best_checkpoint_by_cer_of_the_eval_sentences(tmp_path, tiny_model_dir, prepared, workdir):
+    overrides = demo_overrides(workdir) + TRAIN_OVERRIDES + [f"paths.runs_dir={tmp_path}", "max_steps=6", "eval_every=3",
+                                                             "save_every=6", "best_metric=cer",
+                                                             "eval_sentences=[The birch canoe slid on the smooth planks.]"]
+    state = train_gpt.run(compose("train_gpt", overrides))
+    events = EventAccumulator(str(state.parent / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    cers = {e.step: e.value for e in events.Scalars("eval/cer")}
+    assert sorted(cers) == [3, 6] and all(0 <= v <= 5 for v in cers.values())
+    best = torch.load(state.parent / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    assert best["cer"] == pytest.approx(min(cers.values())) and best["step"] == min(cers, key=lambda k: (cers[k], k))
+    assert torch.load(state, map_location="cpu", weights_only=True)["best_metric"] == "cer"
+    with pytest.raises(ValueError, match="English-only"):
+        train_gpt.run(compose("train_gpt", overrides + ["eval_language=fr", f"paths.runs_dir={tmp_path / 'fr'}"]))
+    with pytest.raises(ValueError, match="choose eval_loss or cer"):
+        train_gpt.run(compose("train_gpt", overrides + ["best_metric=wer", f"paths.runs_dir={tmp_path / 'w'}"]))

@@ -150,6 +150,10 @@ class TrainGptConfig:
     # Audio in TensorBoard at each eval: these sentences, cloned from the first eval clip in this language.
     eval_sentences: List[str] = field(default_factory=lambda: ["The birch canoe slid on the smooth planks."])
     eval_language: str = "en"
+    # best.pt is the checkpoint with the lowest eval_loss, or the lowest CER of the eval sentences'
+    # synthesis heard by ASR (cer: catches babbling and dropped words that the loss does not see).
+    best_metric: str = "eval_loss"
+    eval_asr_model: str = "bundled"  # faster-whisper name/path for best_metric=cer; bundled = English tiny.en
     save_every: int = 500
     keep_last: int = 3  # weight-only checkpoints kept under checkpoints/ (best.pt is kept apart)
     resume: bool = True  # continue runs/<run_name>/gpt/state.pt when it exists

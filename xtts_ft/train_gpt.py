@@ -163,13 +163,16 @@ def evaluate_loss(gpt, features, items, cfg, device) -> dict:
 
 
 @torch.no_grad()
-def log_eval_audio(writer, xtts, config, gpt, items, cfg, step: int) -> None:
-    """Synthesize the eval sentences with the current GPT, through the shared inference module."""
+def log_eval_audio(writer, xtts, config, gpt, items, cfg, step: int) -> dict:
+    """Synthesize the eval sentences with the current GPT, through the shared inference module;
+    with best_metric=cer, also transcribe them (ASR) and return {"eval/cer": mean CER}."""
+    from xtts_ft import metrics
     from xtts_ft.inference import XttsSynthesizer
 
     if not cfg.eval_sentences or not items:
-        return
+        return {}
     reference = next((i for i in items if i.language == cfg.eval_language), items[0])
+    cers = []
     if not hasattr(gpt, "gpt_inference"):
         gpt.init_gpt_for_inference(kv_cache=True)
     was_training = gpt.training
@@ -180,8 +183,27 @@ def log_eval_audio(writer, xtts, config, gpt, items, cfg, step: int) -> None:
             result = synthesizer.synthesize(sentence, reference.language, reference=reference.audio, decoding={"seed": cfg.seed})
             writer.add_audio(f"eval_audio/{n}", torch.from_numpy(result.wav).unsqueeze(0), step, sample_rate=result.sample_rate)
             writer.add_image(f"eval_mel/{n}", loop.mel_image(result.wav, result.sample_rate), step, dataformats="HW")
+            if cfg.best_metric == "cer":
+                transcript = metrics.transcribe(result.wav, result.sample_rate, reference.language, cfg.eval_asr_model)
+                cers.append(metrics.cer(sentence, transcript))
+                writer.add_text(f"eval_transcript/{n}", f"{sentence} → {transcript}", step)
     finally:
         gpt.train(was_training)
+    return {"eval/cer": sum(cers) / len(cers)} if cers else {}
+
+
+def check_best_metric(cfg: DictConfig) -> None:
+    """best_metric=cer needs sentences to speak and an ASR model for their language: fail at start."""
+    from xtts_ft import metrics
+
+    if cfg.best_metric not in ("eval_loss", "cer"):
+        raise ValueError(f"best_metric={cfg.best_metric}: choose eval_loss or cer")
+    if cfg.best_metric == "cer":
+        if not cfg.eval_sentences or cfg.eval_every <= 0:
+            raise ValueError("best_metric=cer scores the eval sentences' synthesis: give eval_sentences=[...] and eval_every > 0")
+        if cfg.eval_language.split("-")[0] != "en" and metrics.whisper_is_english_only(cfg.eval_asr_model):
+            raise ValueError(f"best_metric=cer with eval_language={cfg.eval_language}: eval_asr_model={cfg.eval_asr_model} is "
+                             "English-only; pass a multilingual faster-whisper model (eval_asr_model=<name or path>)")
 
 
 def training_weights(gpt, keys) -> dict:
@@ -190,6 +212,7 @@ def training_weights(gpt, keys) -> dict:
 
 
 def run(cfg: DictConfig) -> Path:
+    check_best_metric(cfg)
     out = run_dir(cfg)
     return loop.run_locked(cfg, out, train)
 
@@ -254,7 +277,7 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
     # Load: continue the same run if a training state exists.
-    step, epoch, batch_in_epoch, best_eval = 0, 0, 0, math.inf
+    step, epoch, batch_in_epoch, best_eval = 0, 0, 0, math.inf  # best_eval: the lowest `best_metric` so far
     if state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         loop.check_sampler_key(state_path, state.get("sampler", {}), sampler_key)
@@ -263,7 +286,9 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])  # each micro-batch reseeds; this covers anything outside them
-        step, epoch, batch_in_epoch, best_eval = state["step"], state["epoch"], state["batch_in_epoch"], state["best_eval_loss"]
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        # A run resumed with another best_metric starts its best anew (the scores do not compare).
+        best_eval = state["best_eval_loss"] if state.get("best_metric", "eval_loss") == cfg.best_metric else math.inf
         if runtime.is_main:
             print(f"resuming {state_path} at step {step}")
     stats_path = data_dir / "stats.json"
@@ -289,7 +314,8 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
                 "step": step,
                 "epoch": epoch,
                 "batch_in_epoch": batch_in_epoch,
-                "best_eval_loss": best_eval,
+                "best_eval_loss": best_eval,  # of `best_metric` (named so for older states)
+                "best_metric": cfg.best_metric,
                 "base_model_dir": str(Path(model_dir).resolve()),
                 "config": to_container(cfg),
             },
@@ -372,12 +398,14 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
                 progress.set_postfix(loss=f"{loss_value:.3f}")
         if runtime.is_main and eval_items and cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == cfg.max_steps):
             metrics = evaluate_loss(gpt, features, eval_items, cfg, device)
+            metrics.update(log_eval_audio(writer, xtts, config, gpt, eval_items, cfg, step))
             for key, value in metrics.items():
                 writer.add_scalar(key, value, step)
-            if metrics["eval/loss"] < best_eval:
-                best_eval = metrics["eval/loss"]
-                torch_save({"gpt": training_weights(gpt, weight_keys), "step": step, "eval_loss": best_eval}, checkpoints / "best.pt")
-            log_eval_audio(writer, xtts, config, gpt, eval_items, cfg, step)
+            score = metrics["eval/cer"] if cfg.best_metric == "cer" else metrics["eval/loss"]
+            if score < best_eval:
+                best_eval = score
+                torch_save({"gpt": training_weights(gpt, weight_keys), "step": step, "eval_loss": metrics["eval/loss"],
+                            **({"cer": metrics["eval/cer"]} if "eval/cer" in metrics else {})}, checkpoints / "best.pt")
         if runtime.is_main and (step % cfg.save_every == 0 or step == cfg.max_steps):
             save_state()
     progress.close()
