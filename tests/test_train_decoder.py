@@ -349,3 +349,23 @@ def test_discriminator_starts_from_a_state_or_a_plain_state_dict(tmp_path):
         train_decoder.load_discriminator_init(str(tmp_path / "spectral.pt"))
     with pytest.raises(FileNotFoundError, match="discriminator=.*nope.pt: no such file"):
         train_decoder.load_discriminator_init(str(tmp_path / "nope.pt"))
+
+
+def test_gpt_choice_auto_base_or_a_file(tmp_path):
+    cfg = compose("train_decoder", ["data=demo", "model=tiny", f"paths.runs_dir={tmp_path}", "run_name=x"])
+    assert train_decoder.gpt_weights(cfg) == ("base", None)  # auto, no GPT run yet
+    weights = {"gpt.h.0.attn.c_attn.weight": torch.randn(4, 4)}
+    run_state = tmp_path / "x" / "gpt" / "state.pt"
+    run_state.parent.mkdir(parents=True)
+    torch.save({"gpt": weights, "optimizer": {"state": {}}, "step": 7}, run_state)
+    source, loaded = train_decoder.gpt_weights(cfg)  # auto: the run's GPT, the one export will carry
+    assert source == str(run_state) and torch.equal(loaded["gpt.h.0.attn.c_attn.weight"], weights["gpt.h.0.attn.c_attn.weight"])
+    cfg.gpt = "base"
+    assert train_decoder.gpt_weights(cfg) == ("base", None)
+    torch.save({"gpt": weights, "step": 3}, tmp_path / "best.pt")
+    cfg.gpt = str(tmp_path / "best.pt")
+    assert train_decoder.gpt_weights(cfg)[0] == str(tmp_path / "best.pt")
+    torch.save({"decoder": weights}, tmp_path / "decoder.pt")
+    cfg.gpt = str(tmp_path / "decoder.pt")
+    with pytest.raises(ValueError, match="holds no GPT weights"):
+        train_decoder.gpt_weights(cfg)
