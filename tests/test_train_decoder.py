@@ -300,3 +300,72 @@ def test_cli_has_the_train_decoder_verb():
     assert "adversarial: false" in result.stdout and "segment_samples: 4096" in result.stdout and "mel_loss_weight: 45.0" in result.stdout
     cfg = compose("train_decoder", ["data=demo", "model=tiny"])
     assert cfg.gpt == "auto" and cfg.feat_match_loss_weight == 108.0 and cfg.run_name == "demo"
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path, workdir, prepared_24k, decoder_trained):
+    """torchrun on CPU: two ranks follow one process accumulating their two micro-batches
+    (spectral-only: exact; with the discriminator the spectral-norm power iteration runs once per
+    forward, so ranks and accumulation differ slightly by design: that run must just train)."""
+    import os
+
+    common = decoder_data_overrides(workdir) + DECODER_OVERRIDES + ["batch_size=1", "max_steps=2"]
+    single = train_decoder.run(compose("train_decoder", common + [f"paths.runs_dir={tmp_path / 'one'}", "grad_accum_steps=2"]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "xtts_ft.cli", "train-decoder"]
+    for variant, extra in (("two", []), ("two_adv", ["adversarial=true"])):
+        done = subprocess.run(launch + common + extra + [f"paths.runs_dir={tmp_path / variant}"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("trained the decoder for 2 steps") == 1
+    a = torch.load(single, weights_only=True)
+    b = torch.load(tmp_path / "two" / "demo" / "decoder" / "state.pt", weights_only=True)
+    assert a["sampler"]["global_batch"] == b["sampler"]["global_batch"] == 2
+    one, two = (tmp_path / r / "demo" / "decoder" for r in ("one", "two"))
+    # The same gradients (all-reduced vs accumulated: equal up to summation order) ...
+    np.testing.assert_allclose([v for _, v in _scalars(two, "train/grad_norm")][:1], [v for _, v in _scalars(one, "train/grad_norm")][:1], rtol=1e-4)
+    np.testing.assert_allclose([v for _, v in _scalars(two, "train/loss_mel")], [v for _, v in _scalars(one, "train/loss_mel")], rtol=1e-3)
+    # ... and the same weights, except where Adam turns a near-zero gradient's rounding into a full
+    # step of either sign (its first steps move every weight by about lr, whatever the gradient).
+    diffs = torch.cat([(b["decoder"][k] - v).abs().flatten() for k, v in a["decoder"].items()])
+    assert (diffs > 1e-4).float().mean() < 0.02 and diffs.max() <= 2 * 2 * 1e-3 + 1e-6
+    adv = torch.load(tmp_path / "two_adv" / "demo" / "decoder" / "state.pt", weights_only=True)
+    assert adv["step"] == 2 and all(torch.isfinite(v).all() for v in adv["discriminator"].values() if v.is_floating_point())
+    assert json.loads((tmp_path / "two_adv" / "demo" / "decoder" / "progress.json").read_text())["world_size"] == 2
+
+
+def test_discriminator_starts_from_a_state_or_a_plain_state_dict(tmp_path):
+    from xtts_ft.model.decoder import build_discriminator
+
+    weights = build_discriminator().state_dict()
+    torch.save({"discriminator": weights, "step": 3}, tmp_path / "state.pt")
+    torch.save(weights, tmp_path / "plain.pt")
+    torch.save({"discriminator": None}, tmp_path / "spectral.pt")
+    for name in ("state.pt", "plain.pt"):
+        loaded = train_decoder.load_discriminator_init(str(tmp_path / name))
+        build_discriminator().load_state_dict(loaded)  # strict: every key, every shape
+        assert all(torch.equal(loaded[k], v) for k, v in weights.items())
+    with pytest.raises(ValueError, match="adversarial=false"):
+        train_decoder.load_discriminator_init(str(tmp_path / "spectral.pt"))
+    with pytest.raises(FileNotFoundError, match="discriminator=.*nope.pt: no such file"):
+        train_decoder.load_discriminator_init(str(tmp_path / "nope.pt"))
+
+
+def test_gpt_choice_auto_base_or_a_file(tmp_path):
+    cfg = compose("train_decoder", ["data=demo", "model=tiny", f"paths.runs_dir={tmp_path}", "run_name=x"])
+    assert train_decoder.gpt_weights(cfg) == ("base", None)  # auto, no GPT run yet
+    weights = {"gpt.h.0.attn.c_attn.weight": torch.randn(4, 4)}
+    run_state = tmp_path / "x" / "gpt" / "state.pt"
+    run_state.parent.mkdir(parents=True)
+    torch.save({"gpt": weights, "optimizer": {"state": {}}, "step": 7}, run_state)
+    source, loaded = train_decoder.gpt_weights(cfg)  # auto: the run's GPT, the one export will carry
+    assert source == str(run_state) and torch.equal(loaded["gpt.h.0.attn.c_attn.weight"], weights["gpt.h.0.attn.c_attn.weight"])
+    cfg.gpt = "base"
+    assert train_decoder.gpt_weights(cfg) == ("base", None)
+    torch.save({"gpt": weights, "step": 3}, tmp_path / "best.pt")
+    cfg.gpt = str(tmp_path / "best.pt")
+    assert train_decoder.gpt_weights(cfg)[0] == str(tmp_path / "best.pt")
+    torch.save({"decoder": weights}, tmp_path / "decoder.pt")
+    cfg.gpt = str(tmp_path / "decoder.pt")
+    with pytest.raises(ValueError, match="holds no GPT weights"):
+        train_decoder.gpt_weights(cfg)

@@ -196,7 +196,7 @@ class TrainDecoderConfig:
     adversarial: bool = True  # false: a cheap spectral-only fine-tune (no discriminator at all)
     adv_loss_weight: float = 1.0
     feat_match_loss_weight: float = 108.0
-    discriminator: Optional[str] = None  # a discriminator to start from (a train-decoder state.pt or checkpoint); None: fresh
+    discriminator: Optional[str] = None  # start from this discriminator (a train-decoder state.pt, or a file holding its state dict); None: fresh
     disc_warmup_steps: int = 0  # the generator ignores the adversarial losses until the discriminator trained this many steps
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA, with a grad scaler)
     num_threads: int = 0
