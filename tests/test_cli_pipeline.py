@@ -101,7 +101,9 @@ def test_demo_end_to_end_from_a_clean_directory(tmp_path):
     processed = tmp_path / "data" / "processed" / "demo"
     assert (processed / "dropped.jsonl").read_text().count("\n") == 2
     assert json.loads((processed / "stats.json").read_text())["train"]["clips"] == 37
-    assert "Summary per language" in (tmp_path / "runs" / "demo" / "eval" / "report.md").read_text()
+    report = (tmp_path / "runs" / "demo" / "eval" / "report.md").read_text()
+    assert "Summary per model and language" in report and "Beside the published XTTS v2.0.2" in report
+    assert "| en |" in (tmp_path / "exports" / "demo" / "README.md").read_text()  # evaluate filled the card
 
     # A separate process loads the export with plain coqui-tts.
     export = tmp_path / "exports" / "demo"
