@@ -37,14 +37,14 @@ from typing import List, Optional
 import numpy as np
 import soundfile as sf
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from xtts_ft.config import to_container
 from xtts_ft.data.batches import GptItem, ReferencePicker, encode_samples
 from xtts_ft.data.clips import DECODER_RATE
 from xtts_ft.data.sample import read_manifest
-from xtts_ft.io_utils import torch_save, write_json, write_jsonl, write_text
+from xtts_ft.io_utils import torch_save, write_json, write_jsonl
 from xtts_ft.model.decoder import OUTPUT_HOP, build_discriminator, build_losses, decoder_frames, decoder_input, gpt_latents, vocoder_loss_config
 from xtts_ft.model.features import GptFeatures
 from xtts_ft.model.loading import load_dvae, load_xtts, resolve_model_cfg
@@ -332,13 +332,8 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
             log.warning("%s was trained on latents of another GPT (%s); continuing on those of %s", state_path, state["gpt"]["source"], gpt_source)
         if runtime.is_main:
             print(f"resuming {state_path} at step {step}")
-    stats_path = data_dir / "stats.json"
-    data_stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
-    data_stats.pop("config", None)
+    data_stats = loop.start_run_dir(cfg, out, data_dir, runtime.is_main)
     checkpoints = out / "checkpoints"
-    if runtime.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     def save_state() -> None:
         weights = generator.state_dict()

@@ -24,7 +24,7 @@ from typing import List
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from xtts_ft.config import to_container
@@ -32,7 +32,7 @@ from xtts_ft.data.audio import load_audio
 from xtts_ft.data.batches import ReferencePicker, collate, encode_samples
 from xtts_ft.data.sample import read_manifest
 from xtts_ft.data.sampler import LengthBucketSampler
-from xtts_ft.io_utils import torch_save, write_json, write_jsonl, write_text
+from xtts_ft.io_utils import torch_save, write_json, write_jsonl
 from xtts_ft.model.features import GptFeatures
 from xtts_ft.model.loading import load_dvae, load_xtts, resolve_model_cfg
 from xtts_ft.train import loop
@@ -291,13 +291,8 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
         best_eval = state["best_eval_loss"] if state.get("best_metric", "eval_loss") == cfg.best_metric else math.inf
         if runtime.is_main:
             print(f"resuming {state_path} at step {step}")
-    stats_path = data_dir / "stats.json"
-    data_stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
-    data_stats.pop("config", None)
+    data_stats = loop.start_run_dir(cfg, out, data_dir, runtime.is_main)
     checkpoints = out / "checkpoints"
-    if runtime.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     def save_state() -> None:
         weights = training_weights(gpt, weight_keys)

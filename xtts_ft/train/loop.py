@@ -49,6 +49,22 @@ def check_fresh(state_path: Path, resume: bool) -> None:
         )
 
 
+def start_run_dir(cfg, out: Path, data_dir: Path, is_main: bool) -> dict:
+    """Write the resolved config beside the run (rank 0) and return the prepared data's stats,
+    which the training state carries into the export."""
+    if is_main:
+        from omegaconf import OmegaConf
+
+        from xtts_ft.io_utils import write_text
+
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    stats_path = Path(data_dir) / "stats.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+    stats.pop("config", None)
+    return stats
+
+
 def warn_slow_bf16(precision: str, device: torch.device) -> None:
     if precision == "bf16" and device.type == "cpu" and torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
         log.warning(
