@@ -77,7 +77,7 @@ def decoder_data_overrides(tmp: Path) -> list:
 
 # Affordable decoder runs: the real-sized generator on 2048-sample segments (8 decoder frames).
 DECODER_OVERRIDES = ["model=tiny", "run_name=demo", "gpt=base", "batch_size=2", "segment_samples=2048", "log_every=1",
-                     "eval_every=0", "adversarial=false", "lr_gen=1e-3", "lr_disc=1e-3"]
+                     "eval_every=0", "adversarial=false", "lr_gen=1e-3", "lr_disc=1e-3", "keep_last=1"]
 
 
 @pytest.fixture(scope="session")
