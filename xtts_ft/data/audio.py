@@ -46,8 +46,15 @@ def trim_bounds(audio: np.ndarray, top_db: float, frame_length: int = 2048, hop_
     return int(loud[0] * hop_length), int(min(audio.size, (loud[-1] + 1) * hop_length))
 
 
+def to_pcm16(audio: np.ndarray) -> np.ndarray:
+    """float [-1, 1] -> int16, rounded and clipped. We quantise ourselves: libsndfile's float
+    conversion made a WAV write twice as slow, and it floors where this rounds."""
+    return np.clip(np.rint(np.asarray(audio) * 32768.0), -32768, 32767).astype(np.int16)
+
+
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    """A 16-bit PCM WAV, written atomically."""
     from xtts_ft.io_utils import atomic_path
 
     with atomic_path(Path(path)) as tmp:
-        sf.write(str(tmp), audio, sample_rate, subtype="PCM_16", format="WAV")
+        sf.write(str(tmp), to_pcm16(audio), sample_rate, subtype="PCM_16", format="WAV")

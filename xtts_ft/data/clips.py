@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Union
 
 import numpy as np
+import scipy.signal
 import soxr
 
 from xtts_ft.data.audio import read_mono, trim_bounds, write_wav
@@ -97,9 +98,47 @@ def loudness_meter(rate: int):
     return pyloudnorm.Meter(rate)  # ITU-R BS.1770 K-weighting filters, built once per rate
 
 
+@lru_cache(maxsize=4)
+def k_weighting(rate: int):
+    """The meter's two K-weighting biquads (shelf, then high-pass) as one second-order-sections
+    filter and its gain: one sosfilt pass costs a third of pyloudnorm's two lfilter passes."""
+    stages = list(loudness_meter(rate)._filters.values())
+    sos = np.array([np.concatenate([stage.b, stage.a]) for stage in stages])
+    return sos, float(np.prod([stage.passband_gain for stage in stages]))
+
+
+def integrated_loudness(audio: np.ndarray, rate: int) -> float:
+    """Integrated loudness (LUFS) of mono `audio`: pyloudnorm's Meter, with its gating vectorised.
+
+    pyloudnorm gates its 400 ms blocks in a Python loop after two lfilter passes: the costliest
+    step of preparing a clip (~3-5 ms of ~17). Same filters (the meter's own coefficients), same
+    block bounds and thresholds (BS.1770-4: -70 LUFS absolute, -10 LU relative); tests compare the
+    two. -inf for audio shorter than one block or silent, where pyloudnorm raises or gives -inf.
+    """
+    meter = loudness_meter(rate)
+    block = meter.block_size * rate
+    if audio.size < block:
+        return float("-inf")
+    weighted = k_weighting(rate)[1] * scipy.signal.sosfilt(k_weighting(rate)[0], audio)
+    step = 1.0 - meter.overlap
+    count = int(np.round((audio.size / rate - meter.block_size) / (meter.block_size * step))) + 1
+    starts = np.array([int(meter.block_size * (j * step) * rate) for j in range(count)])
+    ends = np.minimum(np.array([int(meter.block_size * (j * step + 1) * rate) for j in range(count)]), audio.size)
+    energy = np.concatenate([[0.0], np.cumsum(np.square(weighted, dtype=np.float64))])
+    power = (energy[ends] - energy[starts]) / block
+    with np.errstate(divide="ignore"):
+        block_loudness = -0.691 + 10 * np.log10(power)
+        above_absolute = power[block_loudness >= -70.0]
+        if above_absolute.size == 0:
+            return float("-inf")
+        relative = -0.691 + 10 * np.log10(above_absolute.mean()) - 10
+        gated = power[(block_loudness > relative) & (block_loudness > -70.0)]
+        return float(-0.691 + 10 * np.log10(gated.mean())) if gated.size else float("-inf")
+
+
 def normalize_loudness(audio: np.ndarray, audio_24k: Optional[np.ndarray], cfg: AudioSettings):
     """One gain for both copies (measured on the 22.05 kHz one), never pushing peaks past -1 dBFS."""
-    loudness = loudness_meter(cfg.sample_rate).integrated_loudness(audio)
+    loudness = integrated_loudness(audio, cfg.sample_rate)
     if not np.isfinite(loudness):  # shorter than the meter's 400 ms block, or silent
         return audio, audio_24k
     gain = 10 ** ((cfg.loudness_lufs - loudness) / 20)
