@@ -70,7 +70,7 @@ def process_audio(path: Path, cfg: AudioSettings) -> Clip:
         raise Rejected("unreadable_audio", f"{path} is empty or holds non-finite samples")
     if np.abs(source).max() < SILENCE_PEAK:
         raise Rejected("silent_audio", f"peak below {20 * np.log10(SILENCE_PEAK):.0f} dBFS: nothing to hear")
-    clipped = float(np.mean(np.abs(source) >= 0.999))
+    clipped = np.count_nonzero(np.abs(source) >= 0.999) / source.size
     if clipped > cfg.max_clipped_fraction:
         raise Rejected("clipped", f"{clipped:.2%} of samples at full scale > max_clipped_fraction={cfg.max_clipped_fraction}")
     audio = soxr.resample(source, rate, cfg.sample_rate, quality="HQ") if rate != cfg.sample_rate else source
