@@ -142,6 +142,9 @@ class TrainGptConfig:
     precision: str = "fp32"  # fp32 | bf16 (CPU or GPU autocast) | fp16 (CUDA, with a grad scaler)
     grad_checkpointing: bool = False  # recompute transformer activations in backward: less memory, ~30 % more time
     num_threads: int = 0  # torch CPU threads per process; 0 = all cores (torchrun's OMP_NUM_THREADS wins)
+    # CPU: glibc's malloc keeps freed memory for the next step instead of returning it to the kernel
+    # (no page faults to pay again; same peak memory; ~8 % faster at full size). No effect on GPU memory.
+    keep_freed_memory: bool = True
     # Which GPT parts train: everything by default.
     freeze_text_embeddings: bool = False
     train_last_layers: int = 0  # > 0: only the last N transformer blocks, the final norms and the heads
