@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 def run_locked(cfg, out: Path, train: Callable[[Any, rt.Runtime, Path], Path]) -> Path:
     """Start the process (one rank under torchrun), hold the run directory's lock on rank 0, train."""
     runtime = rt.start(cfg.model.device, cfg.num_threads)
+    # train-gpt only: its length-bucketed steps change memory size; the decoder's fixed segments do not.
     if runtime.device.type == "cpu" and cfg.get("keep_freed_memory", False):
         rt.keep_freed_host_memory()
     try:
