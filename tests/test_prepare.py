@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import soundfile as sf
@@ -343,3 +344,39 @@ def test_hugging_face_dataset(tmp_path, layout):
         f"paths.processed_dir={tmp_path / 'out'}", "max_text_tokens=0"]))
     hello = next(s for s in _kept(out) if s.text == "hello there.")
     assert hello.duration == pytest.approx(2.5, abs=0.05)
+
+
+@pytest.mark.parametrize("caller_works", [False, True])
+def test_audio_workers_keep_job_order(tmp_path, monkeypatch, caller_works):
+    """Spawned workers and this process share the chunks; results and files are those of one process."""
+    monkeypatch.setattr(clips, "CLIPS_PER_WORKER", 1)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    jobs = []
+    for i in range(21):  # 3 chunks of 8 (the last one short), one unreadable file in the middle
+        path = corpus / f"c{i}.wav"
+        if i == 10:
+            path.write_bytes(b"not audio")
+        else:
+            sf.write(path, _tone(seconds=0.6 + 0.05 * i, rate=44100), 44100)
+        jobs.append(clips.AudioJob(path, f"c{i}.wav"))
+    settings = clips.AudioSettings(22050, 0.5, 11.0, 40.0, 0.01, None, False)
+
+    def run(out: Path, num_workers: int, **kwargs):
+        with clips.AudioWorkers(settings, out, num_workers, expected_jobs=len(jobs), **kwargs) as workers:
+            for job in jobs:
+                workers.submit(job)
+            return workers, workers.results()
+
+    alone, expected = run(tmp_path / "one", 1)
+    assert alone.pool is None
+    shared, results = run(tmp_path / "two", 2, caller_works=caller_works)
+    assert shared.spawned == (1 if caller_works else 2)
+    assert [r.samples if isinstance(r, clips.ClipInfo) else r.reason for r in results] == [
+        r.samples if isinstance(r, clips.ClipInfo) else r.reason for r in expected]
+    assert results[10].reason == "unreadable_audio" and results[9].samples < results[11].samples
+    if not caller_works:  # every chunk went through a worker process
+        assert [(first, end) for first, end, _ in shared.chunks] == [(0, 8), (8, 16), (16, 21)]
+        assert not any(future.cancelled() for *_, future in shared.chunks)
+    for job in jobs[:10] + jobs[11:]:
+        assert (tmp_path / "two" / "wavs" / job.name).read_bytes() == (tmp_path / "one" / "wavs" / job.name).read_bytes()

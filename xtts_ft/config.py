@@ -89,7 +89,7 @@ class PrepareConfig:
     max_clipped_fraction: float = 0.001  # more samples than this at full scale: dropped as `clipped`
     loudness_lufs: Optional[float] = None  # e.g. -23.0: normalise integrated loudness (pyloudnorm)
     decoder_copies: bool = False  # also write 24 kHz copies from the source (HiFiGAN decoder targets)
-    num_workers: int = 0  # audio processes; 0 = one per CPU core
+    num_workers: int = 0  # audio processes, this one included; 0 = one per CPU core
     eval_fraction: float = 0.1
     min_eval_per_speaker: int = 1
     seed: int = 0

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from omegaconf import DictConfig
-from tqdm import tqdm
 
 from xtts_ft.config import to_container
-from xtts_ft.data.clips import DECODER_RATE, AudioJob, AudioSettings, Rejected, map_audio_jobs
+from xtts_ft.data.clips import DECODER_RATE, AudioJob, AudioSettings, AudioWorkers, Rejected
 from xtts_ft.data.formatters import read_corpus
 from xtts_ft.data.sample import Sample, write_manifest
 from xtts_ft.data.text import clean_text, cleaner_name, language_token, token_ids
@@ -122,37 +121,39 @@ def run(cfg: DictConfig) -> Path:
         dropped.append((position, {**record, "language": language, "reason": rejected.reason, "message": str(rejected)}))
         log.info("dropped %s (%s): %s", record["source_line"], rejected.reason, rejected)
 
-    with atomic_dir(out) as tmp:
-        # Cheap checks (text, paths, duplicates) in order here; audio work in parallel below.
+    records = []  # (position in the corpus, source index, source, root its audio must be under, record)
+    for index, source in enumerate(cfg.data.sources):
+        if source.formatter in ("hf", "long_recordings"):
+            if source.cache_dir is None:
+                source.cache_dir = str(Path(cfg.paths.processed_dir) / "cache" / cfg.data.name / str(index))
+            root = Path(source.cache_dir)  # the clips prepare reads: decoded rows, cut segments
+        else:
+            root = Path(source.path)
+        records += [(len(records) + 1 + i, index, source, root, r) for i, r in enumerate(read_corpus(Path(source.path), source))]
+
+    settings = AudioSettings.from_config(cfg)
+    with atomic_dir(out) as tmp, AudioWorkers(settings, tmp, cfg.num_workers, expected_jobs=len(records)) as workers:
+        # Cheap checks (text, paths, duplicates) in order here, while the audio workers start;
+        # each record that passes goes to them at once.
         seen: set = set()
         used_names: set = set()
         pending: List[Tuple[int, dict, object, str, AudioJob]] = []
-        position = 0
-        for index, source in enumerate(cfg.data.sources):
-            root = Path(source.path)
-            if source.formatter in ("hf", "long_recordings"):
-                if source.cache_dir is None:
-                    source.cache_dir = str(Path(cfg.paths.processed_dir) / "cache" / cfg.data.name / str(index))
-                root_for_audio = Path(source.cache_dir)  # the clips prepare reads: decoded rows, cut segments
-            else:
-                root_for_audio = root
-            for record in read_corpus(root, source):
-                position += 1
-                if "rejected" in record:  # the formatter could not make a clip of it (e.g. a too-long sentence)
-                    reason, message = record.pop("rejected")
-                    drop(position, record, source.language, Rejected(reason, message))
-                    continue
-                try:
-                    text = check_text(str(record["text"]), source.language, cfg, tokenizer)
-                    path = check_path(record, root_for_audio, seen)
-                except Rejected as rejected:
-                    drop(position, record, source.language, rejected)
-                    continue
-                job = AudioJob(path, output_name(index, Path(str(record["audio"])), root_for_audio, used_names))
-                pending.append((position, record, source, text, job))
+        for position, index, source, root, record in records:
+            if "rejected" in record:  # the formatter could not make a clip of it (e.g. a too-long sentence)
+                reason, message = record.pop("rejected")
+                drop(position, record, source.language, Rejected(reason, message))
+                continue
+            try:
+                text = check_text(str(record["text"]), source.language, cfg, tokenizer)
+                path = check_path(record, root, seen)
+            except Rejected as rejected:
+                drop(position, record, source.language, rejected)
+                continue
+            job = AudioJob(path, output_name(index, Path(str(record["audio"])), root, used_names))
+            workers.submit(job)
+            pending.append((position, record, source, text, job))
 
-        results = map_audio_jobs([job for *_, job in pending], AudioSettings.from_config(cfg), tmp, cfg.num_workers)
-        for (position, record, source, text, job), clip in tqdm(zip(pending, results), total=len(pending), desc="prepare audio", unit="clip"):
+        for (position, record, source, text, job), clip in zip(pending, workers.results()):
             if isinstance(clip, Rejected):
                 drop(position, record, source.language, clip)
                 continue

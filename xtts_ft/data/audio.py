@@ -61,14 +61,18 @@ def to_pcm16(audio: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(audio) * 32768.0), -32768, 32767).astype(np.int16)
 
 
+def encode_wav(audio: np.ndarray, sample_rate: int) -> bytes:
+    """A 16-bit PCM WAV file's bytes, encoded in memory."""
+    encoded = io.BytesIO()
+    sf.write(encoded, to_pcm16(audio), sample_rate, subtype="PCM_16", format="WAV")
+    return encoded.getvalue()
+
+
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
     """A 16-bit PCM WAV, written atomically."""
     from xtts_ft.io_utils import atomic_path
 
     # Encoded in memory, then written: libsndfile fsyncs every file it closes, which made the
-    # write of a clip cost more than its decoding. Durability of each clip is not needed: the
-    # manifest written at the end of `prepare` is what marks the outputs complete.
-    encoded = io.BytesIO()
-    sf.write(encoded, to_pcm16(audio), sample_rate, subtype="PCM_16", format="WAV")
+    # write of a clip cost more than its decoding.
     with atomic_path(Path(path)) as tmp:
-        tmp.write_bytes(encoded.getbuffer())
+        tmp.write_bytes(encode_wav(audio, sample_rate))
