@@ -7,7 +7,8 @@ Builds a corpus of mixed formats and rates from the demo speech (44.1/48 kHz, mo
     no manifest, no checks;
   - ours, full chain (decode, checks, resample, trim, loudness, 24 kHz copy, write,
     manifests) with 1 worker and with all workers.
-Each is run `--repeats` times; the best wall time counts (least disturbed by other load).
+Each is run `--repeats` times, the paths interleaved; the best wall time counts (least
+disturbed by other load and by the machine's drift).
 
     .venv/bin/python scripts/bench_prepare.py --clips 240 --repeats 2
 """
@@ -83,15 +84,19 @@ def ours(corpus: Path, out: Path, workers: int, models_dir: Path) -> None:
     prepare.run(cfg)
 
 
-def best_time(function, repeats: int, scratch: Path) -> float:
-    times = []
-    for r in range(repeats):
-        out = scratch / f"out{len(list(scratch.iterdir()))}"
-        started = time.perf_counter()
-        function(out)
-        times.append(time.perf_counter() - started)
-        shutil.rmtree(out, ignore_errors=True)
-    return min(times)
+def best_times(functions: dict, repeats: int, scratch: Path) -> dict:
+    """Best wall time of each function over `repeats` rounds, the functions interleaved within a
+    round: this VM's speed drifts by tens of percent over minutes, and interleaving gives every
+    path the same share of fast and slow moments."""
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            out = scratch / f"out{len(list(scratch.iterdir()))}"
+            started = time.perf_counter()
+            function(out)
+            times[name].append(time.perf_counter() - started)
+            shutil.rmtree(out, ignore_errors=True)
+    return {name: min(values) for name, values in times.items()}
 
 
 def resample_work(repeats: int) -> float:
@@ -131,11 +136,11 @@ def main() -> None:
         ours(tmp / "corpus", scratch / "warm", 1, models)  # build the tiny model, warm caches (numba)
         shutil.rmtree(scratch / "warm")
         cores = os.cpu_count() or 1
-        results = {
-            "straightforward (librosa.load + trim + write, 1 process)": best_time(lambda o: straightforward(tmp / "corpus", o), args.repeats, scratch),
-            "ours, full chain, 1 worker": best_time(lambda o: ours(tmp / "corpus", o, 1, models), args.repeats, scratch),
-            f"ours, full chain, {cores} workers": best_time(lambda o: ours(tmp / "corpus", o, cores, models), args.repeats, scratch),
-        }
+        results = best_times({
+            "straightforward (librosa.load + trim + write, 1 process)": lambda o: straightforward(tmp / "corpus", o),
+            "ours, full chain, 1 worker": lambda o: ours(tmp / "corpus", o, 1, models),
+            f"ours, full chain, {cores} workers": lambda o: ours(tmp / "corpus", o, cores, models),
+        }, args.repeats, scratch)
     scaling = compute_scaling(cores)
     base = results["ours, full chain, 1 worker"]
     print(f"\ncorpus: {args.clips} clips, {hours * 60:.1f} min of audio (44.1/48 kHz, mono/stereo, 16/24-bit, WAV/FLAC)\n")

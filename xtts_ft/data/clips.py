@@ -167,20 +167,39 @@ class ClipInfo:
 
 
 def run_audio_job(job: AudioJob, cfg: AudioSettings, out: Path):
-    """Decode, process and write one clip: ClipInfo, or the Rejected reason.
-
-    Written straight to its final name, with no temp file and rename of its own: `out` is the
-    stage's output directory, which is itself built aside and moved into place only when the
-    manifests are written (a per-clip rename cost ~0.3 ms a file, ~5 % of a clip's work).
-    """
+    """Decode, process and write one clip: ClipInfo, or the Rejected reason."""
     try:
         clip = process_audio(job.path, cfg)
     except Rejected as rejected:
         return rejected
-    (out / "wavs" / job.name).write_bytes(encode_wav(clip.audio, cfg.sample_rate))
+    write_clip(out, "wavs", job.name, encode_wav(clip.audio, cfg.sample_rate))
     if clip.audio_24k is not None:
-        (out / "wavs_24k" / job.name).write_bytes(encode_wav(clip.audio_24k, DECODER_RATE))
+        write_clip(out, "wavs_24k", job.name, encode_wav(clip.audio_24k, DECODER_RATE))
     return ClipInfo(clip.audio.size, clip.source_rate, clip.clipped_fraction, clip.audio_24k is not None)
+
+
+def write_clip(out: Path, folder: str, name: str, data: bytes) -> None:
+    """Write `out/folder/name`: created in this process's own staging folder, then renamed in.
+
+    On ext4, processes creating files in one shared folder serialise on it (new inodes are
+    allocated beside their folder): 2 processes writing 130 kB files straight into one folder
+    took as long as one process, in folders of their own half as long, and created aside then
+    renamed in, about the same. A rename allocates nothing. No fsync, and no temp name per file:
+    `out` is the stage's output directory, itself moved into place only once complete.
+    """
+    staging = out / f".staging-{os.getpid()}"
+    staged = staging / name
+    try:
+        staged.write_bytes(data)
+    except FileNotFoundError:  # this process's first clip
+        staging.mkdir()
+        staged.write_bytes(data)
+    os.replace(staged, out / folder / name)
+
+
+def remove_staging(out: Path) -> None:
+    for staging in out.glob(".staging-*"):
+        staging.rmdir()  # empty once every clip is renamed into place
 
 
 def run_chunk(jobs: List[AudioJob], cfg: AudioSettings, out: Path) -> List[Union[ClipInfo, Rejected]]:
@@ -287,4 +306,5 @@ class AudioWorkers:
             for index, (first, end, future) in enumerate(self.chunks):
                 if index not in stored:
                     store(first, end, future.result())  # raises if a worker died
+        remove_staging(self.out)
         return results
