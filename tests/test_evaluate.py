@@ -95,7 +95,10 @@ def test_expected_seconds_follow_the_language():
     assert metrics.expected_seconds("a" * 130, "wo", {"wo": 13.0}) == pytest.approx(10.3)
 
 
-def test_two_checkpoints_on_a_shipped_probe_set_with_plots_and_metrics_in_the_export(exported, prepared, tmp_path):
+def test_two_checkpoints_on_a_shipped_probe_set_with_plots_and_metrics_in_the_export(exported, prepared, tmp_path, monkeypatch):
+    loads = []
+    load_audio = evaluate.load_audio
+    monkeypatch.setattr(evaluate, "load_audio", lambda path, rate: loads.append((str(path), rate)) or load_audio(path, rate))
     other = tmp_path / "other"
     shutil.copytree(exported, other)
     reference = sorted((prepared / "wavs").glob("0_wavs__alicia*"))[0]
@@ -112,6 +115,9 @@ def test_two_checkpoints_on_a_shipped_probe_set_with_plots_and_metrics_in_the_ex
         (exported / "README.md").write_text(model_card(json.loads(before)))
     assert list(dict.fromkeys(table["model"])) == [exported.name, "other"]
     assert len(table) == 8 and set(table["language"]) == {"en", "fr"}  # 2 models x 2 languages x 2 probes
+    assert loads == [(str(reference), 16000)]  # the one reference is decoded and embedded once, not 8 times
+    first = sf.read(str(tmp_path / "eval" / table["wav"][0]), dtype="float32")
+    assert table["speaker_similarity"][0] == pytest.approx(metrics.speaker_similarity(*first, *sf.read(str(reference), dtype="float32")), abs=0.02)
     assert table[table["language"] == "en"]["cer"].notna().all()
     for png in ("metrics.png", "durations.png"):
         assert (tmp_path / "eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import REPO, TRAIN_OVERRIDES, demo_overrides
 from xtts_ft import export, train_gpt
+from xtts_ft.train import cache
 from xtts_ft.config import compose
 from xtts_ft.data.audio import load_audio
 from xtts_ft.data.batches import ReferencePicker, collate, encode_samples
@@ -60,7 +61,7 @@ def test_dvae_code_cache_is_reused_and_invalidated(tmp_path, tiny_model_dir, pre
     single = Runtime(0, 1, torch.device("cpu"))
 
     def attach(dvae_hash):
-        return train_gpt.attach_codes(items, features, tmp_path / "train.codes.pt", dvae_hash, "cpu", single, "codes")
+        return cache.attach_codes(items, features, tmp_path / "train.codes.pt", dvae_hash, "cpu", single, "codes")
 
     first, computed = attach("dvae-a")
     assert computed == 5

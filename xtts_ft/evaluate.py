@@ -22,8 +22,9 @@ import math
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -96,8 +97,18 @@ def probe_rows(cfg: DictConfig) -> List[dict]:
     return rows
 
 
-def evaluate_model(synthesizer: XttsSynthesizer, label: str, probes: List[dict], cfg: DictConfig, out: Path) -> List[dict]:
+def evaluate_model(synthesizer: XttsSynthesizer, label: str, probes: List[dict], cfg: DictConfig, out: Path,
+                   reference_embeddings: Optional[Dict[str, np.ndarray]] = None) -> List[dict]:
+    """One model's rows. `reference_embeddings` (reference path -> speaker embedding) is shared
+    across models, so each reference is decoded and embedded once, not once per probe and model."""
     decoding = OmegaConf.to_container(cfg.decoding, resolve=True)
+    references = {} if reference_embeddings is None else reference_embeddings
+
+    def reference_embedding(path) -> np.ndarray:
+        if str(path) not in references:
+            references[str(path)] = metrics.speaker_embedding(load_audio(path, 16000), 16000, cfg.speaker_model)
+        return references[str(path)]
+
     rows = []
     usable = [p for p in probes if p["language"].split("-")[0] in [x.split("-")[0] for x in synthesizer.languages]]
     skipped = sorted({p["language"] for p in probes} - {p["language"] for p in usable})
@@ -123,8 +134,8 @@ def evaluate_model(synthesizer: XttsSynthesizer, label: str, probes: List[dict],
             "rms_dbfs": metrics.rms_dbfs(result.wav),
             "rtf": result.real_time_factor,
             "stopped": all(result.stopped),
-            "speaker_similarity": metrics.speaker_similarity(result.wav, result.sample_rate, load_audio(probe["reference"], 16000), 16000,
-                                                             model=cfg.speaker_model),
+            "speaker_similarity": float(np.dot(metrics.speaker_embedding(result.wav, result.sample_rate, cfg.speaker_model),
+                                               reference_embedding(probe["reference"]))),
             "dnsmos": metrics.dnsmos(result.wav, result.sample_rate)["ovrl_mos"],
             "utmos": metrics.utmos(result.wav, result.sample_rate, cfg.utmos_model) if cfg.utmos_model else math.nan,
             "transcript": transcript,
@@ -144,11 +155,12 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     if cfg.utmos_model:
         metrics.utmos_model(cfg.utmos_model)
     rows, taken, labels = [], set(), {}
+    reference_embeddings: Dict[str, np.ndarray] = {}
     for checkpoint in checkpoints(cfg):
         label = model_label(checkpoint, taken)
         labels[label] = checkpoint
         synthesizer = XttsSynthesizer(checkpoint, device=cfg.device)
-        rows += evaluate_model(synthesizer, label, probes, cfg, out)
+        rows += evaluate_model(synthesizer, label, probes, cfg, out, reference_embeddings)
         del synthesizer  # one model in memory at a time
     if not rows:
         raise ValueError("no probe is in a language the model(s) have; see the warnings above")

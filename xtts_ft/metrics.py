@@ -111,19 +111,22 @@ def ecapa_embedding(audio: np.ndarray, rate: int, path: str) -> np.ndarray:
         return ecapa_encoder(path).encode_batch(torch.from_numpy(audio_16k).unsqueeze(0)).reshape(-1).numpy()
 
 
-def speaker_similarity(audio_a: np.ndarray, rate_a: int, audio_b: np.ndarray, rate_b: int, model: str = "resemblyzer") -> float:
-    """Cosine similarity of speaker embeddings: resemblyzer's bundled encoder (default; same voice
-    ≈ 0.85+, different ≈ 0.6 on espeak-ng), or an ECAPA-TDNN model directory (`model=<path>`, the
-    family of the paper's ECAPA2 — still not the same model)."""
+def speaker_embedding(audio: np.ndarray, sample_rate: int, model: str = "resemblyzer") -> np.ndarray:
+    """A unit-length speaker embedding: resemblyzer's bundled encoder (default), or an ECAPA-TDNN
+    model directory (`model=<path>`, the family of the paper's ECAPA2 — still not the same model)."""
     if model != "resemblyzer":
-        a, b = ecapa_embedding(audio_a, rate_a, model), ecapa_embedding(audio_b, rate_b, model)
-        return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
-    from resemblyzer import preprocess_wav
+        embedding = ecapa_embedding(audio, sample_rate, model)
+    else:
+        from resemblyzer import preprocess_wav
 
-    encoder = speaker_encoder()
-    a = encoder.embed_utterance(preprocess_wav(audio_a, source_sr=rate_a))
-    b = encoder.embed_utterance(preprocess_wav(audio_b, source_sr=rate_b))
-    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+        embedding = speaker_encoder().embed_utterance(preprocess_wav(audio, source_sr=sample_rate))
+    return embedding / np.linalg.norm(embedding)
+
+
+def speaker_similarity(audio_a: np.ndarray, rate_a: int, audio_b: np.ndarray, rate_b: int, model: str = "resemblyzer") -> float:
+    """Cosine similarity of speaker embeddings (`speaker_embedding`): with resemblyzer, same voice
+    ≈ 0.85+, different ≈ 0.6 on espeak-ng."""
+    return float(np.dot(speaker_embedding(audio_a, rate_a, model), speaker_embedding(audio_b, rate_b, model)))
 
 
 def dnsmos(audio: np.ndarray, sample_rate: int) -> dict:

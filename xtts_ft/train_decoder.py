@@ -50,8 +50,7 @@ from xtts_ft.model.features import GptFeatures
 from xtts_ft.model.loading import load_dvae, load_xtts, resolve_model_cfg
 from xtts_ft.train import loop
 from xtts_ft.train import runtime as rt
-from xtts_ft.train.cache import cached_features, file_hash, tensors_hash
-from xtts_ft.train_gpt import attach_codes
+from xtts_ft.train.cache import attach_codes, cached_features, file_hash, tensors_hash
 
 log = logging.getLogger(__name__)
 # Logged per step, in this order (coqui's loss names; 0 where a loss is off).

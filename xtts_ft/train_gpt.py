@@ -28,7 +28,6 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from xtts_ft.config import to_container
-from xtts_ft.data.audio import load_audio
 from xtts_ft.data.batches import ReferencePicker, collate, encode_samples
 from xtts_ft.data.sample import read_manifest
 from xtts_ft.data.sampler import LengthBucketSampler
@@ -37,7 +36,7 @@ from xtts_ft.model.features import GptFeatures
 from xtts_ft.model.loading import load_dvae, load_xtts, resolve_model_cfg
 from xtts_ft.train import loop
 from xtts_ft.train import runtime as rt
-from xtts_ft.train.cache import cached_features, file_hash
+from xtts_ft.train.cache import attach_codes, file_hash
 
 log = logging.getLogger(__name__)
 EVAL_EPOCH = 2**31 - 1  # seeds eval batches apart from any training epoch
@@ -124,23 +123,6 @@ def gpt_losses(gpt, features: GptFeatures, batch: dict, device: torch.device):
 def micro_batch_rng(seed: int, epoch: int, batch: int, micro: int) -> np.random.Generator:
     """The randomness of one micro-batch (reference choice, crop, dropout), from its position alone."""
     return loop.position_rng(seed, epoch, batch, micro)
-
-
-def attach_codes(items, features: GptFeatures, cache_path: Path, dvae_hash: str, device, runtime: rt.Runtime, desc: str):
-    """Each item with its DVAE codes, computed once per clip (rank 0 fills the cache first)."""
-
-    @torch.no_grad()
-    def compute(clip: Path) -> torch.Tensor:
-        wav = torch.from_numpy(load_audio(clip, 22050)).unsqueeze(0).to(device)
-        return features.audio_codes(wav).squeeze(0).to(torch.int16).cpu()
-
-    computed = 0
-    if runtime.is_main:
-        codes, computed = cached_features(cache_path, dvae_hash, [i.audio for i in items], compute, desc)
-    runtime.barrier()
-    if not runtime.is_main:
-        codes, _ = cached_features(cache_path, dvae_hash, [i.audio for i in items], compute, desc)
-    return [item.with_codes(c) for item, c in zip(items, codes)], computed
 
 
 @torch.no_grad()

@@ -13,12 +13,17 @@ import hashlib
 import logging
 from pathlib import Path
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from tqdm import tqdm
 
+from xtts_ft.data.audio import load_audio
 from xtts_ft.io_utils import torch_save
+
+if TYPE_CHECKING:
+    from xtts_ft.model.features import GptFeatures
+    from xtts_ft.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +88,21 @@ def cached_features(
     if computed or set(fresh) != set(entries):
         torch_save({"model_hash": model_hash, "entries": fresh}, cache_path)
     return tensors, computed
+
+
+def attach_codes(items, features: "GptFeatures", cache_path: Path, dvae_hash: str, device, runtime: "Runtime", desc: str):
+    """Each item (GPT or decoder training) with its DVAE codes, computed once per clip and cached
+    in `cache_path` (rank 0 fills the cache first, the other ranks then read it)."""
+
+    @torch.no_grad()
+    def compute(clip: Path) -> torch.Tensor:
+        wav = torch.from_numpy(load_audio(clip, 22050)).unsqueeze(0).to(device)
+        return features.audio_codes(wav).squeeze(0).to(torch.int16).cpu()
+
+    computed = 0
+    if runtime.is_main:
+        codes, computed = cached_features(cache_path, dvae_hash, [i.audio for i in items], compute, desc)
+    runtime.barrier()
+    if not runtime.is_main:
+        codes, _ = cached_features(cache_path, dvae_hash, [i.audio for i in items], compute, desc)
+    return [item.with_codes(c) for item, c in zip(items, codes)], computed
