@@ -380,3 +380,84 @@ def test_audio_workers_keep_job_order(tmp_path, monkeypatch, caller_works):
         assert not any(future.cancelled() for *_, future in shared.chunks)
     for job in jobs[:10] + jobs[11:]:
         assert (tmp_path / "two" / "wavs" / job.name).read_bytes() == (tmp_path / "one" / "wavs" / job.name).read_bytes()
+
+
+def _resume_corpus(tmp_path):
+    """20 good clips of distinct lengths over 2 speakers and one unreadable file (21 audio jobs)."""
+    rows = [f"wavs/c{i:02d}.wav|clip number {i}|s{i % 2}" for i in range(20)] + ["wavs/bad.wav|not audio|s0"]
+    root = _corpus(tmp_path, rows)
+    for i in range(20):
+        sf.write(root / "wavs" / f"c{i:02d}.wav", _tone(seconds=0.6 + 0.05 * i, rate=44100), 44100)
+    (root / "wavs" / "bad.wav").write_bytes(b"RIFF....garbage")
+    return root
+
+
+def _count_audio_jobs(monkeypatch, fail_at=None):
+    calls = []
+    run_audio_job = clips.run_audio_job
+
+    def counted(job, cfg, out):
+        calls.append(job.name)
+        if len(calls) == fail_at:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C here
+        return run_audio_job(job, cfg, out)
+
+    monkeypatch.setattr(clips, "run_audio_job", counted)
+    return calls
+
+
+def test_a_rerun_on_unchanged_input_does_nothing_and_a_change_redoes_it(tmp_path, monkeypatch, capsys):
+    root = _resume_corpus(tmp_path)
+    out = _prepare(tmp_path, root)
+    first = {name: (out / name).read_text() for name in ("train.jsonl", "eval.jsonl", "dropped.jsonl", "stats.json")}
+    calls = _count_audio_jobs(monkeypatch)
+    assert _prepare(tmp_path, root) == out
+    assert calls == [] and "is up to date" in capsys.readouterr().out
+    assert {name: (out / name).read_text() for name in first} == first
+    assert prepare.is_done(compose("prepare", ["data.name=t", f"data.sources=[{{path: {root}, formatter: coqui_csv, language: en}}]",
+                                               f"paths.processed_dir={tmp_path / 'out'}", "max_text_tokens=0"]))
+
+    sf.write(root / "wavs" / "c03.wav", _tone(seconds=2.0, rate=44100), 44100)  # one clip re-recorded
+    _prepare(tmp_path, root)
+    assert len(calls) == 21
+    durations = {s.extra["raw_text"]: s.duration for s in _kept(out)}
+    assert durations["clip number 3"] == pytest.approx(2.0, abs=0.05)
+
+    _prepare(tmp_path, root, overrides=("max_text_tokens=0", "trim_top_db=30"))  # another setting
+    assert len(calls) == 42
+    _prepare(tmp_path, root, overrides=("max_text_tokens=0", "trim_top_db=30", "force=true"))
+    assert len(calls) == 63
+    assert not list((tmp_path / "out").glob(".t.partial")) and not list(out.glob(".done-*")) + list(out.glob(".staging-*"))
+
+
+def test_an_interrupted_run_leaves_no_dataset_and_the_next_run_continues_it(tmp_path, monkeypatch, capsys):
+    root = _resume_corpus(tmp_path)
+    reference = prepare.run(compose("prepare", ["data.name=t", f"data.sources=[{{path: {root}, formatter: coqui_csv, language: en}}]",
+                                                f"paths.processed_dir={tmp_path / 'reference'}", "max_text_tokens=0"]))
+    unpatched = clips.run_audio_job
+    _count_audio_jobs(monkeypatch, fail_at=11)  # one process: the first chunk of 8 is done, the second is not
+    with pytest.raises(KeyboardInterrupt):
+        _prepare(tmp_path, root)
+    partial = tmp_path / "out" / ".t.partial"
+    assert not (tmp_path / "out" / "t").exists() and partial.is_dir()
+    assert len(clips.read_done(partial)) == 8
+
+    monkeypatch.setattr(clips, "run_audio_job", unpatched)
+    calls = _count_audio_jobs(monkeypatch)
+    out = _prepare(tmp_path, root)
+    assert len(calls) == 21 - 8 and "resuming an interrupted run: 8 clip(s)" in capsys.readouterr().out
+    for name in ("train.jsonl", "eval.jsonl", "dropped.jsonl"):
+        assert (out / name).read_text() == (reference / name).read_text()
+    assert sorted(p.name for p in (out / "wavs").iterdir()) == sorted(p.name for p in (reference / "wavs").iterdir())
+    for wav in (reference / "wavs").iterdir():
+        assert (out / "wavs" / wav.name).read_bytes() == wav.read_bytes()
+    assert not partial.exists() and sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+def test_two_runs_on_one_dataset_at_once_are_refused(tmp_path):
+    from xtts_ft.io_utils import FileLock
+
+    root = _resume_corpus(tmp_path)
+    with FileLock(tmp_path / "out" / ".t.lock", "held by {holder}"):
+        with pytest.raises(RuntimeError, match=r"out/t is being written by another process \(pid \d+"):
+            _prepare(tmp_path, root)

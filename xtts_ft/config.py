@@ -90,6 +90,7 @@ class PrepareConfig:
     loudness_lufs: Optional[float] = None  # e.g. -23.0: normalise integrated loudness (pyloudnorm)
     decoder_copies: bool = False  # also write 24 kHz copies from the source (HiFiGAN decoder targets)
     num_workers: int = 0  # audio processes, this one included; 0 = one per CPU core
+    force: bool = False  # rebuild even if the corpus and settings are unchanged (a re-run is otherwise a no-op)
     eval_fraction: float = 0.1
     min_eval_per_speaker: int = 1
     seed: int = 0

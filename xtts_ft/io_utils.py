@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator, Optional
 
 
 @contextmanager
@@ -69,3 +71,69 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class FileLock:
+    """An exclusive lock held while one process writes a directory (a training run, a prepared
+    dataset). `busy` is the error raised when another process holds it, with `{holder}` filled.
+
+    flock locks belong to the open file: the kernel releases them when the process ends, so a
+    crashed or killed process never leaves the directory stuck.
+    """
+
+    def __init__(self, path: Path, busy: str):
+        self.path, self.busy = Path(path), busy
+        self._file: Optional[IO] = None
+
+    def __enter__(self) -> "FileLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise RuntimeError(self.busy.format(holder=holder)) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+@contextmanager
+def resumable_dir(path: Path, key: str) -> Iterator[Path]:
+    """Build a directory in `.<name>.partial` beside `path` and move it into place when complete.
+
+    Unlike `atomic_dir`, an interrupted build is kept: the next call with the same `key` (a digest
+    of what the content depends on) continues in it, and one with another key starts it afresh.
+    Either way `path` itself only ever holds a complete directory. One process at a time.
+    """
+    path = Path(path)
+    work = path.with_name(f".{path.name}.partial")
+    with FileLock(path.with_name(f".{path.name}.lock"), f"{path} is being written by another process ({{holder}}); wait for it to finish"):
+        key_file = work / ".key"
+        if work.exists() and not (key_file.is_file() and key_file.read_text() == key):
+            shutil.rmtree(work)  # another input's leftovers
+        work.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(key)
+        yield work
+        key_file.unlink()
+        os.chmod(work, 0o755)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(work, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(work, path)
+

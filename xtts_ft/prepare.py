@@ -3,27 +3,34 @@
 Reads every configured source with its formatter, normalises text with the language's
 cleaner, checks it against the base model's vocabulary, rejects bad records with a stable
 reason code (never silently), writes 22.05 kHz mono trimmed WAVs (and 24 kHz copies from the
-source for decoder training when asked), and splits train/eval per speaker with a seed. The
-whole output directory is built aside and moved into place at the end, so an interrupted
-run never leaves a half-prepared dataset behind.
+source for decoder training when asked), and splits train/eval per speaker with a seed.
+
+The output directory is built aside (`.<name>.partial`) and moved into place at the end, so
+an interrupted run never leaves a dataset that looks complete; the next run on the same
+inputs continues from the clips already done. A run whose corpus and settings have not changed
+since the last one (`input_key` in stats.json) does nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig
 
 from xtts_ft.config import to_container
-from xtts_ft.data.clips import DECODER_RATE, AudioJob, AudioSettings, AudioWorkers, Rejected
+from xtts_ft import __version__
+from xtts_ft.data.clips import DECODER_RATE, AudioJob, AudioSettings, AudioWorkers, Rejected, read_done, remove_bookkeeping
 from xtts_ft.data.formatters import read_corpus
 from xtts_ft.data.sample import Sample, write_manifest
 from xtts_ft.data.text import clean_text, cleaner_name, language_token, token_ids
-from xtts_ft.io_utils import atomic_dir, write_json, write_jsonl
+from xtts_ft.io_utils import resumable_dir, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +40,7 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def outputs(cfg: DictConfig) -> List[Path]:
-    out = output_dir(cfg)
-    return [out / "train.jsonl", out / "eval.jsonl", out / "dropped.jsonl", out / "stats.json"]
+    return outputs_of(output_dir(cfg))
 
 
 def check_text(raw: str, language: str, cfg: DictConfig, tokenizer) -> str:
@@ -99,29 +105,19 @@ def split_by_speaker(samples: List[Sample], cfg: DictConfig) -> Tuple[List[Sampl
     return train, evaluation
 
 
-def load_tokenizer(cfg: DictConfig):
+def vocab_file(cfg: DictConfig) -> Optional[Path]:
+    """The base model's vocab.json the texts are checked against (None: token checks are off)."""
     if cfg.max_text_tokens <= 0:
         return None
-    from tokenizers import Tokenizer
-
     from xtts_ft.model.loading import resolve_vocab
 
-    return Tokenizer.from_file(str(resolve_vocab(cfg.model)))
+    return resolve_vocab(cfg.model)
 
 
-def run(cfg: DictConfig) -> Path:
-    out = output_dir(cfg)
-    if not cfg.data.sources:
-        raise ValueError(f"data.sources is empty for dataset {cfg.data.name!r}: nothing to prepare")
-    tokenizer = load_tokenizer(cfg)
-    kept: List[Sample] = []
-    dropped: List[Tuple[int, dict]] = []  # (position in the corpus, entry): written in corpus order
-
-    def drop(position: int, record: dict, language: str, rejected: Rejected) -> None:
-        dropped.append((position, {**record, "language": language, "reason": rejected.reason, "message": str(rejected)}))
-        log.info("dropped %s (%s): %s", record["source_line"], rejected.reason, rejected)
-
-    records = []  # (position in the corpus, source index, source, root its audio must be under, record)
+def read_records(cfg: DictConfig) -> List[tuple]:
+    """Every source's records, in corpus order: (position, source index, source, root, record),
+    `root` being the folder the record's audio must lie in."""
+    records: List[tuple] = []
     for index, source in enumerate(cfg.data.sources):
         if source.formatter in ("hf", "long_recordings"):
             if source.cache_dir is None:
@@ -130,30 +126,100 @@ def run(cfg: DictConfig) -> Path:
         else:
             root = Path(source.path)
         records += [(len(records) + 1 + i, index, source, root, r) for i, r in enumerate(read_corpus(Path(source.path), source))]
+    return records
 
-    settings = AudioSettings.from_config(cfg)
-    with atomic_dir(out) as tmp, AudioWorkers(settings, tmp, cfg.num_workers, expected_jobs=len(records)) as workers:
-        # Cheap checks (text, paths, duplicates) in order here, while the audio workers start;
-        # each record that passes goes to them at once.
-        seen: set = set()
-        used_names: set = set()
-        pending: List[Tuple[int, dict, object, str, AudioJob]] = []
-        for position, index, source, root, record in records:
-            if "rejected" in record:  # the formatter could not make a clip of it (e.g. a too-long sentence)
-                reason, message = record.pop("rejected")
-                drop(position, record, source.language, Rejected(reason, message))
-                continue
-            try:
-                text = check_text(str(record["text"]), source.language, cfg, tokenizer)
-                path = check_path(record, root, seen)
-            except Rejected as rejected:
-                drop(position, record, source.language, rejected)
-                continue
-            job = AudioJob(path, output_name(index, Path(str(record["audio"])), root, used_names))
-            workers.submit(job)
-            pending.append((position, record, source, text, job))
 
-        for (position, record, source, text, job), clip in zip(pending, workers.results()):
+def input_key(cfg: DictConfig, records: List[tuple], vocab: Optional[Path]) -> str:
+    """A digest of everything the prepared dataset depends on: the settings (not where outputs go,
+    nor how many workers), the vocabulary, and every record with its audio file's size and mtime."""
+    settings = {k: v for k, v in to_container(cfg).items() if k not in ("paths", "num_workers", "force")}
+    digest = hashlib.sha256(json.dumps(
+        {"xtts_ft": __version__, "settings": settings, "vocab": file_digest(vocab) if vocab else None}, sort_keys=True, default=str
+    ).encode())
+    for _, index, _, _, record in records:
+        try:
+            stat = Path(str(record.get("audio", ""))).stat()
+            audio = [stat.st_size, stat.st_mtime_ns]
+        except OSError:
+            audio = None  # missing: dropped as such, and re-checked if it appears
+        digest.update(json.dumps([index, record, audio], sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:32]
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def up_to_date(out: Path, key: str) -> bool:
+    stats = out / "stats.json"
+    return all(p.is_file() for p in outputs_of(out)) and json.loads(stats.read_text(encoding="utf-8")).get("input_key") == key
+
+
+def outputs_of(out: Path) -> List[Path]:
+    return [out / "train.jsonl", out / "eval.jsonl", out / "dropped.jsonl", out / "stats.json"]
+
+
+def is_done(cfg: DictConfig) -> bool:
+    """Prepared from the corpus as it is now, with these settings (the pipeline's skip test)."""
+    out = output_dir(cfg)
+    return up_to_date(out, input_key(cfg, read_records(cfg), vocab_file(cfg))) if all(p.is_file() for p in outputs_of(out)) else False
+
+
+def run(cfg: DictConfig) -> Path:
+    out = output_dir(cfg)
+    if not cfg.data.sources:
+        raise ValueError(f"data.sources is empty for dataset {cfg.data.name!r}: nothing to prepare")
+    vocab = vocab_file(cfg)
+    tokenizer = None
+    if vocab is not None:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(vocab))
+    records = read_records(cfg)
+    key = input_key(cfg, records, vocab)
+    if not cfg.force and up_to_date(out, key):
+        print(f"{out} is up to date: same corpus, same settings (force=true rebuilds it)")
+        return out
+
+    kept: List[Sample] = []
+    dropped: List[Tuple[int, dict]] = []  # (position in the corpus, entry): written in corpus order
+
+    def drop(position: int, record: dict, language: str, rejected: Rejected) -> None:
+        dropped.append((position, {**record, "language": language, "reason": rejected.reason, "message": str(rejected)}))
+        log.info("dropped %s (%s): %s", record["source_line"], rejected.reason, rejected)
+
+    # Built aside; an interrupted run's clips are kept there and reused by the next run on the
+    # same inputs (any change to them starts afresh). `out` only ever holds a finished dataset.
+    with resumable_dir(out, key if not cfg.force else f"{key}:{time.time_ns()}") as tmp:
+        done = read_done(tmp)
+        if done:
+            print(f"resuming an interrupted run: {len(done)} clip(s) already processed")
+        settings = AudioSettings.from_config(cfg)
+        with AudioWorkers(settings, tmp, cfg.num_workers, expected_jobs=len(records) - len(done)) as workers:
+            # Cheap checks (text, paths, duplicates) in order here, while the audio workers start;
+            # each record that passes goes to them at once.
+            seen: set = set()
+            used_names: set = set()
+            pending: List[Tuple[int, dict, object, str, AudioJob]] = []
+            for position, index, source, root, record in records:
+                if "rejected" in record:  # the formatter could not make a clip of it (e.g. a too-long sentence)
+                    reason, message = record.pop("rejected")
+                    drop(position, record, source.language, Rejected(reason, message))
+                    continue
+                try:
+                    text = check_text(str(record["text"]), source.language, cfg, tokenizer)
+                    path = check_path(record, root, seen)
+                except Rejected as rejected:
+                    drop(position, record, source.language, rejected)
+                    continue
+                job = AudioJob(path, output_name(index, Path(str(record["audio"])), root, used_names))
+                if job.name not in done:
+                    workers.submit(job)
+                pending.append((position, record, source, text, job))
+            fresh = iter(workers.results())
+
+        for position, record, source, text, job in pending:
+            clip = done[job.name] if job.name in done else next(fresh)
             if isinstance(clip, Rejected):
                 drop(position, record, source.language, clip)
                 continue
@@ -180,7 +246,8 @@ def run(cfg: DictConfig) -> Path:
         write_manifest(tmp / "train.jsonl", train)
         write_manifest(tmp / "eval.jsonl", evaluation)
         write_jsonl(tmp / "dropped.jsonl", dropped)
-        write_json(tmp / "stats.json", dataset_stats(train, evaluation, dropped, cfg))
+        write_json(tmp / "stats.json", {**dataset_stats(train, evaluation, dropped, cfg), "input_key": key})
+        remove_bookkeeping(tmp)
     print(f"prepared {len(train)} train + {len(evaluation)} eval clips, dropped {len(dropped)} → {out}")
     return out
 

@@ -4,17 +4,15 @@ precision, the run-directory lock and memory figures."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import resource
-import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Optional
 
 import torch
 import torch.distributed as dist
 
+from xtts_ft.io_utils import FileLock
 from xtts_ft.model.loading import pick_device
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -114,39 +112,11 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-class RunLock:
-    """An exclusive lock on a run directory, held while a run writes into it.
-
-    flock locks belong to the open file: the kernel releases them when the process ends, so a
-    crashed or killed run never leaves the directory stuck.
-    """
+class RunLock(FileLock):
+    """An exclusive lock on a run directory (`run.lock` in it), held while a run writes into it."""
 
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / "run.lock"
-        self._file: Optional[IO] = None
-
-    def __enter__(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise RuntimeError(
-                f"{self.path.parent} is in use by a running training ({holder}); wait for it to finish, "
-                "or give this run another run_name"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        f.flush()
-        self._file = f
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
+        super().__init__(
+            Path(run_dir) / "run.lock",
+            f"{run_dir} is in use by a running training ({{holder}}); wait for it to finish, or give this run another run_name",
+        )
