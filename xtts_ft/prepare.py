@@ -151,8 +151,12 @@ def file_digest(path: Path) -> str:
 
 
 def up_to_date(out: Path, key: str) -> bool:
-    stats = out / "stats.json"
-    return all(p.is_file() for p in outputs_of(out)) and json.loads(stats.read_text(encoding="utf-8")).get("input_key") == key
+    if not all(p.is_file() for p in outputs_of(out)):
+        return False
+    try:
+        return json.loads((out / "stats.json").read_text(encoding="utf-8")).get("input_key") == key
+    except ValueError:  # an unreadable stats.json: rebuild
+        return False
 
 
 def outputs_of(out: Path) -> List[Path]:
@@ -162,7 +166,9 @@ def outputs_of(out: Path) -> List[Path]:
 def is_done(cfg: DictConfig) -> bool:
     """Prepared from the corpus as it is now, with these settings (the pipeline's skip test)."""
     out = output_dir(cfg)
-    return up_to_date(out, input_key(cfg, read_records(cfg), vocab_file(cfg))) if all(p.is_file() for p in outputs_of(out)) else False
+    if not all(p.is_file() for p in outputs_of(out)):
+        return False  # (without reading the corpus)
+    return up_to_date(out, input_key(cfg, read_records(cfg), vocab_file(cfg)))
 
 
 def run(cfg: DictConfig) -> Path:
