@@ -30,7 +30,7 @@ from xtts_ft.data.clips import DECODER_RATE, AudioJob, AudioSettings, AudioWorke
 from xtts_ft.data.formatters import read_corpus
 from xtts_ft.data.sample import Sample, write_manifest
 from xtts_ft.data.text import clean_text, cleaner_name, language_token, token_ids
-from xtts_ft.io_utils import resumable_dir, write_json, write_jsonl
+from xtts_ft.io_utils import file_hash, resumable_dir, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def input_key(cfg: DictConfig, records: List[tuple], vocab: Optional[Path]) -> s
     nor how many workers), the vocabulary, and every record with its audio file's size and mtime."""
     settings = {k: v for k, v in to_container(cfg).items() if k not in ("paths", "num_workers", "force")}
     digest = hashlib.sha256(json.dumps(
-        {"xtts_ft": __version__, "settings": settings, "vocab": file_digest(vocab) if vocab else None}, sort_keys=True, default=str
+        {"xtts_ft": __version__, "settings": settings, "vocab": file_hash(vocab) if vocab else None}, sort_keys=True, default=str
     ).encode())
     for _, index, _, _, record in records:
         try:
@@ -144,10 +144,6 @@ def input_key(cfg: DictConfig, records: List[tuple], vocab: Optional[Path]) -> s
             audio = None  # missing: dropped as such, and re-checked if it appears
         digest.update(json.dumps([index, record, audio], sort_keys=True, default=str).encode())
     return digest.hexdigest()[:32]
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def up_to_date(out: Path, key: str) -> bool:

@@ -44,13 +44,13 @@ from xtts_ft.config import to_container
 from xtts_ft.data.batches import GptItem, ReferencePicker, encode_samples
 from xtts_ft.data.clips import DECODER_RATE
 from xtts_ft.data.sample import read_manifest
-from xtts_ft.io_utils import torch_save, write_json, write_jsonl
+from xtts_ft.io_utils import file_hash, torch_save, write_json, write_jsonl
 from xtts_ft.model.decoder import OUTPUT_HOP, build_discriminator, build_losses, decoder_frames, decoder_input, gpt_latents, vocoder_loss_config
 from xtts_ft.model.features import GptFeatures
 from xtts_ft.model.loading import load_dvae, load_xtts, resolve_model_cfg
 from xtts_ft.train import loop
 from xtts_ft.train import runtime as rt
-from xtts_ft.train.cache import attach_codes, cached_features, file_hash, tensors_hash
+from xtts_ft.train.cache import attach_codes, cached_features, tensors_hash
 
 log = logging.getLogger(__name__)
 # Logged per step, in this order (coqui's loss names; 0 where a loss is off).

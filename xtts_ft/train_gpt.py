@@ -31,12 +31,12 @@ from xtts_ft.config import to_container
 from xtts_ft.data.batches import ReferencePicker, collate, encode_samples
 from xtts_ft.data.sample import read_manifest
 from xtts_ft.data.sampler import LengthBucketSampler
-from xtts_ft.io_utils import torch_save, write_json, write_jsonl
+from xtts_ft.io_utils import file_hash, torch_save, write_json, write_jsonl
 from xtts_ft.model.features import GptFeatures
 from xtts_ft.model.loading import load_dvae, load_xtts, resolve_model_cfg
 from xtts_ft.train import loop
 from xtts_ft.train import runtime as rt
-from xtts_ft.train.cache import attach_codes, file_hash
+from xtts_ft.train.cache import attach_codes
 
 log = logging.getLogger(__name__)
 EVAL_EPOCH = 2**31 - 1  # seeds eval batches apart from any training epoch

@@ -28,15 +28,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def file_hash(*paths: Path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for path in paths:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def tensors_hash(*state_dicts: Dict[str, torch.Tensor], extra: str = "") -> str:
     """A hash of weights in memory (names and bytes, in name order): the same weights give the
     same hash wherever they were loaded from (a training state, a checkpoint, a model.pth)."""
