@@ -372,7 +372,7 @@ def child_coqui(spec: dict) -> dict:
     # GPTTrainer.__init__ hard-codes the released DVAE's shape, and load_state_dict(strict=False)
     # still refuses size mismatches: a tiny dvae.pth cannot go in through dvae_checkpoint. Then we
     # give it an empty state dict (nothing to load, nothing refused) and swap in the tiny DVAE.
-    real_dvae = dvae_kwargs(model_dir) == REAL_DVAE
+    real_dvae = dvae_kwargs(torch.load(model_dir / "dvae.pth", map_location="cpu", weights_only=True)) == REAL_DVAE
     dvae_checkpoint = model_dir / "dvae.pth"
     if not real_dvae:
         dvae_checkpoint = Path(spec["work"]) / "empty_dvae.pth"

@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 
 from xtts_ft import __version__
 from xtts_ft.data.sample import read_manifest
-from xtts_ft.data.text import base_language, cleaner_name, language_token
+from xtts_ft.data.text import base_language, cleaner_name, language_letters, language_token
 from xtts_ft.io_utils import atomic_dir, torch_save, write_json
 from xtts_ft.model.layout import SIDECAR, STOCK_FILES, read_sidecar
 from xtts_ft.model.loading import check_weights_file, resolve_model_cfg
@@ -61,16 +61,28 @@ def corpus_texts(cfg: DictConfig) -> Dict[str, List[str]]:
     return texts
 
 
-def train_language_bpe(texts: List[str], vocab_size: int):
-    """A BPE over one language's text, pre-tokenized as XTTS's vocabulary is (on whitespace)."""
+def train_language_bpe(texts: List[str], vocab_size: int, letters: str = ""):
+    """A BPE over one language's text, pre-tokenized as XTTS's vocabulary is (on whitespace).
+    `letters` (the cleaner's declared alphabet) join the corpus's characters as base tokens."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    alphabet = sorted({ch for text in texts for ch in text if not ch.isspace()})
+    alphabet = sorted({ch for text in texts for ch in text if not ch.isspace()} | set(letters))
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["[UNK]"], initial_alphabet=alphabet, show_progress=False)
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return json.loads(tokenizer.to_str())["model"]
+
+
+def merge_pair(merge) -> tuple:
+    """A BPE merge as a (left, right) pair, from either serialised form ("a b" or ["a", "b"])."""
+    if isinstance(merge, str):
+        left, sep, right = merge.partition(" ")
+        if not sep or not left or not right:
+            raise ValueError(f"vocab.json: malformed BPE merge {merge!r} (expected two tokens separated by one space)")
+        return left, right
+    left, right = merge
+    return left, right
 
 
 def merge_vocabulary(vocab_json: dict, bpe: dict, new_specials: List[str]) -> List[str]:
@@ -86,13 +98,15 @@ def merge_vocabulary(vocab_json: dict, bpe: dict, new_specials: List[str]) -> Li
             vocab[token] = next_id
             next_id += 1
             added.append(token)
-    # Merges are stored as "a b" strings by older `tokenizers` and as [a, b] pairs by newer ones.
-    as_pair = (lambda m: tuple(m.split(" ", 1))) if model["merges"] and isinstance(model["merges"][0], str) else tuple
-    known = {as_pair(m) for m in model["merges"]}
+    # Merges are "a b" strings in the released vocab.json (an older `tokenizers` wrote it) and
+    # [a, b] pairs in what today's `tokenizers` writes: compare as pairs, append in the base's form.
+    base_writes_strings = not model["merges"] or isinstance(model["merges"][0], str)
+    known = {merge_pair(m) for m in model["merges"]}
     for merge in bpe["merges"]:
-        if as_pair(merge) not in known:
-            model["merges"].append(" ".join(merge) if isinstance(model["merges"][0], str) else list(as_pair(merge)))
-            known.add(as_pair(merge))
+        pair = merge_pair(merge)
+        if pair not in known:
+            model["merges"].append(" ".join(pair) if base_writes_strings else list(pair))
+            known.add(pair)
     for token in new_specials:
         vocab[token] = next_id
         vocab_json["added_tokens"].append(
@@ -148,14 +162,17 @@ def run(cfg: DictConfig) -> Path:
     # 1-2. Vocabulary: each new language's BPE, then the new special tokens.
     added: List[str] = []
     for language in new_languages:
-        bpe = train_language_bpe(texts[language], cfg.bpe_vocab_size)
+        bpe = train_language_bpe(texts[language], cfg.bpe_vocab_size, language_letters(language))
         added += merge_vocabulary(vocab_json, bpe, [])
     added += merge_vocabulary(vocab_json, {"vocab": {}, "merges": []}, [language_token(x) for x in new_languages] + [f"[{e}]" for e in emotions])
     new_tokenizer = Tokenizer.from_str(json.dumps(vocab_json))
-    for language in new_languages:  # what the issue promises: the corpus encodes without [UNK]
-        unknown = sum(new_tokenizer.encode(t).ids.count(new_tokenizer.token_to_id("[UNK]")) for t in texts[language])
-        if unknown:
-            raise AssertionError(f"{unknown} [UNK] tokens left in the {language!r} corpus after extension")
+    unk = new_tokenizer.token_to_id("[UNK]")
+    for language in new_languages:  # the corpus and every declared letter encode without [UNK]
+        unknown = sum(new_tokenizer.encode(t).ids.count(unk) for t in texts[language])
+        unknown_letters = [ch for ch in language_letters(language) if unk in new_tokenizer.encode(ch).ids]
+        if unknown or unknown_letters:
+            raise AssertionError(f"{unknown} [UNK] tokens left in the {language!r} corpus after extension "
+                                 f"(letters without a token: {''.join(unknown_letters) or 'none'})")
     number_tokens = max(new_tokenizer.get_vocab().values()) + 1
 
     # 3. Text embedding and head: existing rows untouched, new rows appended.

@@ -6,8 +6,11 @@ symbols spelled out). Any other language gets a registered cleaner, or the basic
 
     from xtts_ft.data.text import register_cleaner
 
-    @register_cleaner("wo")
+    @register_cleaner("wo", letters="abcdefg...")   # the letters its cleaned text is written in
     def wolof(text: str) -> str: ...
+
+A cleaner declares its language's letters so that `extend` gives every one of them a token,
+including letters the corpus happens not to contain.
 """
 
 from __future__ import annotations
@@ -19,14 +22,21 @@ from typing import Callable, Dict
 # The languages coqui-tts 0.28's VoiceBpeTokenizer.preprocess_text cleans with multilingual_cleaners.
 COQUI_LANGUAGES = {"ar", "cs", "de", "en", "es", "fr", "hi", "hu", "it", "nl", "pl", "pt", "ru", "tr", "zh", "ko"}
 CLEANERS: Dict[str, Callable[[str], str]] = {}
+LETTERS: Dict[str, str] = {}  # language → the characters its cleaned text may contain
 
 
-def register_cleaner(language: str):
+def register_cleaner(language: str, letters: str = ""):
     def decorator(function: Callable[[str], str]) -> Callable[[str], str]:
         CLEANERS[language] = function
+        LETTERS[language] = letters
         return function
 
     return decorator
+
+
+def language_letters(language: str) -> str:
+    """The characters a registered cleaner declared for its language ("" when none is registered)."""
+    return LETTERS.get(base_language(language), "")
 
 
 def basic_cleaner(text: str) -> str:

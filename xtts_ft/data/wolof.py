@@ -30,6 +30,10 @@ ABBREVIATIONS = {"dr": "doktoor", "mme": "madaam", "n°": "nimero", "no": "nimer
 SYMBOLS = {"%": " ci téeméer", "&": " ak ", "+": " ak ", "=": " yem ak ", "€": " euro", "$": " dolaar", "°": " degre"}
 # Kept: the sentence punctuation XTTS sees in every language, and the apostrophe/hyphen inside words.
 KEPT_PUNCTUATION = set(".,;:!?'-")
+# The CLAD orthography's letters (lower case, as cleaned), with the accented vowels and the
+# French-borrowed letters common in Senegalese writing: ŋ, ñ, ë and the rest get a token from
+# `extend` even when a corpus lacks them.
+LETTERS = "aàbcdeéëfghijklmnñŋoópqrstuwxyç" + "".join(sorted(KEPT_PUNCTUATION))
 
 
 def multiplier(n: int) -> str:
@@ -86,7 +90,7 @@ def expand_abbreviations(text: str) -> str:
     return ABBREVIATION.sub(lambda m: ABBREVIATIONS[m.group(1).lower()], text)
 
 
-@register_cleaner("wo")
+@register_cleaner("wo", letters=LETTERS)
 def wolof_cleaner(text: str) -> str:
     text = unicodedata.normalize("NFC", text)
     text = text.replace("’", "'").replace("‘", "'").replace("–", "-").replace("—", ", ")
