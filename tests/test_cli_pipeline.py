@@ -132,3 +132,168 @@ def test_cfg_job_prints_the_resolved_config():
     result = subprocess.run(CLI + ["synth", "checkpoint=x", "--cfg", "job", "text=hi", "reference=r.wav"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "checkpoint: x" in result.stdout and "reference: r.wav" in result.stdout
+
+
+# --- nothing silently wrong on the command line ------------------------------------------------
+
+def _no_stage_may_run(monkeypatch):
+    """Every stage's run() fails the test: what calls one is caught."""
+    import importlib
+
+    from xtts_ft.config import STAGES
+
+    for stage in STAGES[:-1]:
+        module = importlib.import_module(f"xtts_ft.{stage}")
+        monkeypatch.setattr(module, "run", lambda cfg, stage=stage: pytest.fail(f"{stage} ran"))
+
+
+def test_pipeline_override_no_stage_has_is_an_error_naming_close_keys(tmp_path):
+    # Was: dropped silently, and the recipe ran.
+    result = subprocess.run(CLI + ["pipeline", "recipe=demo", "overrides=['max_step=5']"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: override 'max_step=5' matches no key of any stage of recipe 'demo' — fix: correct the key "
+        "(did you mean max_steps or max_seconds or warmup_steps?)"
+    ]
+    assert list(tmp_path.iterdir()) == []  # nothing ran, nothing written
+
+
+def test_pipeline_checks_dotted_keys_not_only_their_group(monkeypatch):
+    from xtts_ft.config import ConfigValueError
+
+    _no_stage_may_run(monkeypatch)
+    cfg = compose("pipeline", ["recipe=demo", "overrides=['paths.runs_dirr=/x']"])
+    with pytest.raises(ConfigValueError, match="did you mean paths.runs_dir"):
+        pipeline.run(cfg)
+
+
+# The stage verbs all go through one Hydra entry (run_stage), the pipeline verbs through run_pipeline:
+# every flag on one stage verb and both pipeline verbs, and --cfg job on every verb.
+FLAG_CASES = [(verb, flags) for verb in ("synth", "pipeline", "demo") for flags in (["--cfg", "job"], ["--help"], ["--info"])]
+FLAG_CASES += [(verb, ["--cfg", "job"]) for verb in ("prepare", "extend", "train-gpt", "train-decoder", "export", "web", "evaluate", "push")]
+
+
+@pytest.mark.parametrize("verb, flags", FLAG_CASES)
+def test_cfg_help_and_info_never_run_a_stage(verb, flags, monkeypatch, capsys):
+    from xtts_ft import cli
+
+    _no_stage_may_run(monkeypatch)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the stage verbs hand Hydra their arguments through it
+    try:
+        cli.main([verb, *(["recipe=demo"] if verb == "pipeline" else []), *flags])
+    except SystemExit as stop:  # Hydra's --help exits 0
+        assert stop.code in (0, None)
+    printed = capsys.readouterr().out
+    if flags == ["--cfg", "job"] and verb in ("pipeline", "demo"):
+        # Every stage's configuration as it would run, e.g. the demo's train-gpt settings.
+        assert "# stage 2: train_gpt" in printed and "max_steps: 600" in printed
+    elif flags == ["--info"] and verb in ("pipeline", "demo"):
+        assert "2. xtts-ft train-gpt data=demo model=tiny run_name=demo max_steps=600" in printed
+    elif flags == ["--cfg", "job"]:
+        assert "paths:" in printed or "checkpoint: ???" in printed
+    else:
+        assert printed.strip()
+
+
+def test_readme_plain_overrides_form_reaches_every_stage_and_outputs_follow(monkeypatch, tmp_path, capsys):
+    """The README's own line: `xtts-ft pipeline recipe=demo overrides='[paths.runs_dir=/scratch/runs]'`
+    (Hydra's grammar rejects `=` inside an unquoted list element)."""
+    import shlex
+
+    from xtts_ft import cli
+
+    monkeypatch.chdir(tmp_path)
+    ran = {}
+    _no_stage_may_run(monkeypatch)
+    for stage in ("prepare", "train_gpt", "export", "synth", "evaluate"):
+        module = __import__(f"xtts_ft.{stage}", fromlist=["run"])
+        monkeypatch.setattr(module, "run", lambda cfg, stage=stage: ran.setdefault(stage, cfg.paths.runs_dir))
+    monkeypatch.setattr(pipeline, "stage_done", lambda module, cfg: False)
+    cli.main(shlex.split("xtts-ft pipeline recipe=demo overrides='[paths.runs_dir=/scratch/runs]'")[1:])
+    assert ran == {stage: "/scratch/runs" for stage in ("prepare", "train_gpt", "export", "synth", "evaluate")}
+    printed = capsys.readouterr().out
+    # Where things really went, not the recipe's default places.
+    assert "    /scratch/runs/demo/synth/alicia.wav\n" in printed and "    runs/demo" not in printed
+    assert "    /scratch/runs/demo/eval/report.md\n" in printed and "    exports/demo\n" in printed
+
+
+def test_plain_list_elements_keep_their_own_brackets_and_quotes():
+    from xtts_ft.cli import pipeline_overrides
+
+    assert pipeline_overrides("overrides=[paths.runs_dir=/x,+language_weights={en: 0.2, fr: 1},'languages=[wo,fr]']") == [
+        "paths.runs_dir=/x", "+language_weights={en: 0.2, fr: 1}", "'languages=[wo,fr]'"]
+    assert pipeline_overrides("""overrides=['max_step=5', "seed=1"]""") == ["max_step=5", "seed=1"]  # Hydra's quoted form
+    assert pipeline_overrides("overrides=[]") == []
+
+
+@pytest.mark.parametrize("recipe", ["demo", "wolof", "wolof/tiny", "emotion", "emotion/tiny"])
+def test_every_recipe_lists_its_outputs_where_paths_put_them(recipe):
+    cfg = compose("pipeline", [f"recipe={recipe}"])
+    cfg.overrides = [f"paths.{key}=/moved/{key}" for key in ("processed_dir", "runs_dir", "exports_dir", "models_dir")]
+    places = pipeline.output_locations(pipeline.load_recipe(recipe)["outputs"], pipeline.plan(cfg))
+    assert places and all(where.startswith("/moved/") for where in places.values()), places
+
+
+def test_a_users_mistake_is_one_line_and_the_traceback_waits_for_hydra_full_error(tmp_path):
+    args = CLI + ["synth", f"checkpoint={tmp_path / 'no-such-export'}", "text=Hi.", "reference=r.wav"]
+    result = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: model source '{tmp_path / 'no-such-export'}' is neither a directory nor a Hub id (owner/name) "
+        "— fix: check the path (a relative path starts in the current directory)"
+    ]
+    full = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    assert full.returncode == 1 and "Traceback" in full.stderr and "resolve_model_dir" in full.stderr
+
+
+def test_a_value_out_of_range_stops_before_anything_runs(tmp_path):
+    result = subprocess.run(CLI + ["train-gpt", "data=demo", "model=tiny", "max_steps=-5"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1  # was 0, after "training" 0 steps
+    assert result.stderr.strip().splitlines() == ["error: max_steps=-5 is not an integer ≥ 1 — fix: max_steps=<an integer ≥ 1>"]
+    assert not (tmp_path / "models").exists() and not (tmp_path / "data").exists()
+
+
+def test_unknown_language_from_the_cli_is_one_line(tmp_path, exported, prepared):
+    reference = next((prepared / "wavs").glob("0_wavs__alicia*.wav"))
+    result = subprocess.run(CLI + ["synth", f"checkpoint={exported}", "text=Hi.", "language=xx", f"reference={reference}",
+                                   f"out={tmp_path / 'x.wav'}", "device=cpu"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: language 'xx' is not in this model's config.languages: en, "), result.stderr[-2000:]
+    assert lines[-1].endswith(" — fix: language=<one of those> (a new language is added with `xtts-ft extend`)")
+    assert "Traceback" not in result.stderr and "Error executing job" not in result.stderr
+
+
+def test_bugs_keep_their_traceback():
+    from xtts_ft.cli import PACKAGE_DIR, is_user_error
+
+    def raised_by(source: str) -> BaseException:
+        """The error a function in (a stand-in file of) the package raises."""
+        namespace = {}
+        exec(compile(source, str(PACKAGE_DIR / "stand_in.py"), "exec"), namespace)
+        try:
+            namespace["f"]()
+        except Exception as error:
+            return error
+        raise AssertionError("f did not raise")
+
+    assert is_user_error(raised_by("def f():\n    raise ValueError('language xx is not in this model')"))
+    assert is_user_error(raised_by("def f():\n    open('/no/such/file')"))  # an OSError names its file
+    assert not is_user_error(raised_by("def f():\n    int('x')"))  # a library's ValueError inside xtts_ft: a bug
+    assert not is_user_error(raised_by("def f():\n    return {}['k']"))
+    try:
+        np.zeros(-1)
+    except ValueError as library:  # raised outside xtts_ft
+        assert not is_user_error(library)
+
+
+def test_non_ascii_text_needs_no_extra_quoting(capsys):
+    """Hydra reads only ASCII in an unquoted value: `text=Dafa baŋ.` used to stop with an
+    OverrideParseException; the CLI quotes such a value for the user, exactly as written."""
+    from xtts_ft import cli
+
+    cli.main(["synth", "checkpoint=exports/x", "text=L'été, dafa baŋ !", "language=wo", "--cfg", "job"])
+    printed = capsys.readouterr().out
+    assert "text: L'été, dafa baŋ !" in printed
+    assert cli.quoted_if_needed("language=wo") == "language=wo"  # ASCII values pass untouched
+    assert cli.quoted_if_needed("'+voices={a: b}'") == "'+voices={a: b}'"

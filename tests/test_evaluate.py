@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from xtts_ft import evaluate, metrics
+from tests.test_asr import espeak as espeak_voice
+from tests.test_asr import tiny_mms  # noqa: F401  (the session fixture: a tiny MMS-like CTC model)
+from xtts_ft import asr, evaluate, metrics
 from xtts_ft.config import compose
 
 
@@ -16,6 +18,7 @@ def test_cer_and_wer():
     assert metrics.cer("hello world", "") == 1.0
     assert metrics.wer("the cat sat", "the cat sat down") == 1 / 3
     assert metrics.cer("abcd", "abed") == 0.25
+    assert metrics.cer("Il a 6 ans.", "il a six ans", "fr") == 0.0  # the language's cleaner on both sides
 
 
 def test_speaker_similarity_separates_voices(prepared):
@@ -31,22 +34,31 @@ def test_speaker_similarity_separates_voices(prepared):
     assert 0.5 < same <= 1.0
 
 
-def test_evaluate_stage_writes_a_table_and_report(exported, prepared, tmp_path):
+def test_evaluate_stage_writes_a_table_and_report(exported, prepared, tmp_path, tiny_mms):  # noqa: F811
     cfg = compose("evaluate", [f"checkpoint={exported}", f"manifest={prepared / 'eval.jsonl'}", f"out_dir={tmp_path}",
-                               "max_utterances=3", "write_metrics=false"])
+                               "max_utterances=3", "write_metrics=false", f"asr={{default: bundled, fr: {tiny_mms}}}"])
     table = evaluate.run(cfg)
     assert list(table["language"]) == ["en", "en", "fr"]
     assert (table["seconds"] > 0).all() and np.isfinite(table["rtf"]).all()
-    assert table["speaker_similarity"].between(-1, 1).all()
-    assert table["dnsmos"].between(1, 5).all()
-    english = table[table["language"] == "en"]
-    assert english["cer"].notna().all() and (english["cer"] >= 0).all()
-    # The bundled Whisper is English-only: French is not scored rather than scored wrongly.
-    assert np.isnan(table[table["language"] == "fr"]["cer"]).all()
+    # The tiny model's 0.28 s have no voice in them: nothing to compare, so NaN and a flag, not the
+    # similarity of an empty embedding (once 0.365 for every clip of every model).
+    assert table["no_speech"].all() and table["flagged"].all()
+    assert table["speaker_similarity"].isna().all() and table["dnsmos"].isna().all()
+    assert table["flags"].str.startswith("no_speech (no voice detected").all()
+    english, french = table[table["language"] == "en"], table.iloc[2]
+    assert (english["transcript"] == "").all() and (english["cer"] == 1.0).all() and english["asr_heard_nothing"].all()
+    # French is scored by the CTC model configured for it (its fra adapter always says "e"), against the cleaned text.
+    assert french["transcript"] == "e" and french["asr"] == f"transformers `{tiny_mms}` (fra)"
+    assert french["cer"] == metrics.cer(french["text"], "e", "fr") and 0.9 < french["cer"] < 1.0
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert summary["no_speech"].tolist() == [2, 1] and summary["asr_heard_nothing"].tolist() == [2, 0]
+    assert summary["dnsmos"].isna().all()  # no clip to average, rather than the score of silence
     saved = pd.read_csv(tmp_path / "utterances.csv")
     assert len(saved) == 3 and (tmp_path / saved["wav"][0]).is_file()
     report = (tmp_path / "report.md").read_text()
     assert "Summary per model and language" in report and "Different protocols" in report
+    assert "- `en`: faster-whisper `Whisper tiny.en, bundled` (en)\n- `fr`: transformers" in report
+    assert "## Not measurable" in report
     assert set(table["model"]) == {exported.name} and table["flagged"].dtype == bool
 
 
@@ -56,7 +68,7 @@ def test_dnsmos_prefers_clean_speech_to_noise(prepared):
     noise = np.random.default_rng(0).normal(0, 0.1, speech.size).astype(np.float32)
     clean, noisy = metrics.dnsmos(speech, rate), metrics.dnsmos(noise, rate)
     assert set(clean) == {"ovrl_mos", "sig_mos", "bak_mos", "p808_mos"}
-    assert all(1.0 <= v <= 5.0 for v in clean.values())
+    assert 2.0 < clean["ovrl_mos"] < 4.0 and noisy["ovrl_mos"] < 1.5, (clean, noisy)  # espeak-ng: robotic, not bad
     assert clean["ovrl_mos"] > noisy["ovrl_mos"] + 0.5, (clean, noisy)
     assert clean["p808_mos"] > noisy["p808_mos"] + 0.5
 
@@ -117,14 +129,21 @@ def test_two_checkpoints_on_a_shipped_probe_set_with_plots_and_metrics_in_the_ex
     assert len(table) == 8 and set(table["language"]) == {"en", "fr"}  # 2 models x 2 languages x 2 probes
     assert loads == [(str(reference), 16000)]  # the one reference is decoded and embedded once, not 8 times
     first = sf.read(str(tmp_path / "eval" / table["wav"][0]), dtype="float32")
-    assert table["speaker_similarity"][0] == pytest.approx(metrics.speaker_similarity(*first, *sf.read(str(reference), dtype="float32")), abs=0.02)
+    assert table["speaker_similarity"][0] == pytest.approx(metrics.speaker_similarity(*first, *sf.read(str(reference), dtype="float32")),
+                                                           abs=0.02, nan_ok=True)
+    assert (table["speaker_similarity"].isna() == table["no_speech"]).all()
     assert table[table["language"] == "en"]["cer"].notna().all()
+    # The bundled Whisper is English-only: French is reported not scored, not scored by an English model.
+    french = table[table["language"] == "fr"]
+    assert french["cer"].isna().all() and french["transcript"].isna().all()
+    assert (french["asr"] == "not scored (no ASR for fr: asr=bundled is an English-only Whisper)").all()
     for png in ("metrics.png", "durations.png"):
         assert (tmp_path / "eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = pd.read_csv(tmp_path / "eval" / "summary.csv")
     assert len(summary) == 4 and summary["utterances"].tolist() == [2, 2, 2, 2]
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "Beside the published XTTS v2.0.2" in report and "0.54" in report  # the paper's English CER (%)
+    assert "- `fr`: not scored (no ASR for fr: asr=bundled is an English-only Whisper)" in report
     record = json.loads((other / "xtts_ft.json").read_text())["metrics"]
     english = record["per_language"]["en"]
     assert english["utterances"] == 2 and english["cer"] == pytest.approx(table[(table["model"] == "other") & (table["language"] == "en")]["cer"].mean(), abs=1e-4)
@@ -179,3 +198,39 @@ def test_optional_metric_models_missing_give_clear_errors(tmp_path, prepared, ex
     with pytest.raises(FileNotFoundError, match="utmos_model="):
         evaluate.run(cfg)  # before any synthesis
     assert not (tmp_path / "e").exists()
+
+
+def test_metrics_say_no_speech_instead_of_scoring_silence(monkeypatch):
+    """Silence, noise and a real voice through every metric: what cannot be measured is NaN
+    (and `no_speech`), what can is a number that tells the three apart."""
+    text = "The birch canoe slid on the smooth planks."
+    voice, rate = espeak_voice(text)
+    same_voice, _ = espeak_voice("Glue the sheet to the dark blue background.")
+    silence = np.zeros(2 * rate, np.float32)
+    noise = np.random.default_rng(0).normal(0, 0.1, 2 * rate).astype(np.float32)
+
+    assert metrics.speech_seconds(silence, rate) == 0.0
+    assert metrics.speech_seconds(noise, rate) > 1.5  # the detector hears sound: noise is measured, and scores low
+    assert 2.0 < metrics.speech_seconds(voice, rate) < voice.size / rate
+    similarity = {name: metrics.speaker_similarity(audio, rate, same_voice, rate) for name, audio in
+                  (("silence", silence), ("noise", noise), ("voice", voice))}
+    assert np.isnan(similarity["silence"])  # not the 0.35 of an empty embedding
+    assert similarity["voice"] > 0.85 and similarity["noise"] < similarity["voice"] - 0.3, similarity
+    assert all(np.isnan(v) for v in metrics.dnsmos(silence, rate).values())  # DNSMOS rates silence ≈ 1.8 otherwise
+    assert metrics.dnsmos(voice, rate)["ovrl_mos"] > metrics.dnsmos(noise, rate)["ovrl_mos"] + 1.0
+
+    # UTMOS is gated the same way (a stand-in model: the real one needs a download).
+    import torch
+
+    monkeypatch.setattr(metrics, "utmos_model", lambda path: lambda wav, sr: torch.tensor(3.5))
+    assert np.isnan(metrics.utmos(silence, rate, "any")) and metrics.utmos(voice, rate, "any") == 3.5
+
+    # ASR: silence is heard as nothing, which is a CER of 1 with the flag, not a missing value.
+    english = asr.require("bundled", "en")
+    heard = {name: evaluate.asr_scores(audio, rate, text, "en", english) for name, audio in
+             (("silence", silence), ("noise", noise), ("voice", voice))}
+    assert heard["silence"] == {"transcript": "", "cer": 1.0, "wer": 1.0, "asr_heard_nothing": True}
+    assert heard["noise"]["cer"] > 0.8 and heard["voice"]["cer"] < 0.2, heard
+    assert not heard["voice"]["asr_heard_nothing"]
+    # No ASR for a language: NaN that the `asr` column explains, never a score from another language's model.
+    assert np.isnan(evaluate.asr_scores(voice, rate, text, "fr", None)["cer"])

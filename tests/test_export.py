@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from xtts_ft.model.layout import STOCK_FILES
+from xtts_ft.model.layout import EXPORT_FILES, STOCK_FILES, is_export
 
 
 def test_export_has_the_stock_layout_and_is_slim(exported):
@@ -113,3 +113,62 @@ def test_half_precision_safetensors_and_named_voices(tmp_path, workdir, exported
     by_name = synthesizer.synthesize(text="Hello there.", language="en", voice="alicia", decoding={"seed": 1})
     by_file = synthesizer.synthesize(text="Hello there.", language="en", reference=reference, decoding={"seed": 1})
     assert by_name.wav.size > 0 and np.array_equal(by_name.wav, by_file.wav)
+
+
+def _export_cfg(workdir, *extra):
+    from xtts_ft.config import compose
+    from tests.conftest import demo_overrides
+
+    return compose("export", [o for o in demo_overrides(workdir) if o.startswith("paths.")] + ["run_name=demo", *extra])
+
+
+def test_export_replaces_only_its_own_exports(tmp_path, workdir, trained, tiny_model_dir):
+    from xtts_ft import export
+
+    run_dir = trained.parent
+    before = sorted(p.name for p in run_dir.iterdir())
+    with pytest.raises(FileExistsError, match=rf"out_dir={run_dir} exists and is not an xtts-ft export \(no xtts_ft.json of kind 'export'\)"):
+        export.run(_export_cfg(workdir, f"out_dir={run_dir}"))
+    assert sorted(p.name for p in run_dir.iterdir()) == before and trained.is_file()  # the training run is untouched
+    # A base model (its sidecar has another kind) and a folder of anything are refused as well.
+    with pytest.raises(FileExistsError, match="is not an xtts-ft export"):
+        export.run(_export_cfg(workdir, f"out_dir={tiny_model_dir}"))
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="Choose another out_dir, or move that directory away yourself"):
+        export.run(_export_cfg(workdir, f"out_dir={notes}"))
+    assert (notes / "todo.txt").read_text() == "keep me"
+
+    # An empty directory and an earlier export are replaced (overwrite=true, the default) ...
+    (tmp_path / "mine").mkdir()
+    out = export.run(_export_cfg(workdir, f"out_dir={tmp_path / 'mine'}"))
+    assert json.loads((out / "xtts_ft.json").read_text())["kind"] == "export" and is_export(out)
+    (out / "stale.txt").write_text("from an older export")
+    export.run(_export_cfg(workdir, f"out_dir={out}"))
+    assert not (out / "stale.txt").exists() and is_export(out)
+    # ... unless overwrite=false.
+    with pytest.raises(FileExistsError, match="exists; pass overwrite=true to replace it"):
+        export.run(_export_cfg(workdir, f"out_dir={out}", "overwrite=false"))
+
+
+def test_exports_made_before_the_sidecar_had_a_kind_are_still_exports(tmp_path):
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "xtts_ft.json").write_text(json.dumps({"xtts_ft_version": "0.1.0", "exported_at": "2026-01-01T00:00:00+00:00"}))
+    assert is_export(legacy)
+    (legacy / "xtts_ft.json").write_text(json.dumps({"kind": "tiny-random", "exported_at": "2026-01-01"}))
+    assert not is_export(legacy)
+    (legacy / "xtts_ft.json").write_text("{not json")
+    assert not is_export(legacy) and not is_export(tmp_path / "absent")
+
+
+def test_an_export_writes_only_the_listed_files(tmp_path, exported):
+    from xtts_ft import export
+
+    assert set(p.name for p in exported.iterdir()) <= set(EXPORT_FILES)
+    export.check_listed(exported)
+    (tmp_path / "model.pth").write_bytes(b"x")
+    (tmp_path / "voices.extra").write_bytes(b"x")
+    with pytest.raises(RuntimeError, match="export wrote voices.extra, which xtts_ft.model.layout.EXPORT_FILES does not list"):
+        export.check_listed(tmp_path)

@@ -217,9 +217,9 @@ def test_emotion_labels_become_tokens_in_front_of_the_text(extended, tmp_path):
     from xtts_ft.model.tokenizer import tokenizer_for
 
     tokenizer = tokenizer_for(extended, read_sidecar(extended))
-    clip = str(WOLOF_DEMO / "wavs" / "awa_000.flac")
+    clip = "wavs/awa_000.flac"  # as a manifest in WOLOF_DEMO would name it (a manifest's clips lie inside its folder)
     samples = [Sample(clip, "na nga def?", "awa", "wo", 1.0, emotion="happy"), Sample(clip, "na nga def?", "awa", "wo", 1.0)]
-    items, skipped = encode_samples(samples, tokenizer, 200, 22050 * 12, tmp_path / "train.jsonl")
+    items, skipped = encode_samples(samples, tokenizer, 200, 22050 * 12, WOLOF_DEMO / "train.jsonl")
     happy, sad = tokenizer.tokenizer.token_to_id("[happy]"), tokenizer.tokenizer.token_to_id("[sad]")
     assert not skipped and items[0].text_tokens[1] == happy and items[0].text_tokens[2:].tolist() == items[1].text_tokens[1:].tolist()
     with pytest.raises(ValueError, match="emotion label\\(s\\) angry have no token in the model \\(its emotion tokens: happy, sad\\)"):
@@ -274,3 +274,19 @@ def test_tiny_recipe_runs_end_to_end(tmp_path, monkeypatch, recipe, data, check)
     assert rate == 24000 and audio.size > 0
     again = pipeline.run(cfg)  # every stage done: all skipped
     assert all(r["skipped"] for r in again)
+
+
+@pytest.mark.slow
+def test_evaluate_scores_wolof_with_the_ctc_model_configured_for_it(wolof_export, wolof_prepared, workdir, tmp_path):
+    """Whisper has no Wolof: a (tiny, local) MMS-like CTC model configured for wo gives a Wolof CER."""
+    from tests.test_asr import build_tiny_mms
+    from xtts_ft import evaluate
+
+    mms = build_tiny_mms(workdir / "models" / "tiny-mms")
+    cfg = compose("evaluate", [f"checkpoint={wolof_export}", f"manifest={wolof_prepared / 'eval.jsonl'}", f"out_dir={tmp_path}",
+                               "languages=[wo]", "max_utterances=4", "write_metrics=false", f"asr={{default: bundled, wo: {mms}}}"])
+    table = evaluate.run(cfg)
+    assert set(table["language"]) == {"wo"} and (table["asr"] == f"transformers `{mms}` (wol)").all()
+    assert (table["transcript"] == "ñ").all()  # the wol adapter's head, from the model's directory
+    assert table["cer"].notna().all() and (table["cer"] > 0.5).all()
+    assert f"- `wo`: transformers `{mms}` (wol)" in (tmp_path / "report.md").read_text()

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import soundfile as sf
 import pytest
@@ -20,12 +22,78 @@ def test_synthesis_is_24khz_finite_and_not_silent(synthesizer, prepared):
     assert result.real_time_factor > 0
 
 
-def test_same_seed_same_audio_and_latents_are_cached(synthesizer, prepared):
+def test_same_seed_same_audio_and_latents_are_cached(synthesizer, prepared, monkeypatch):
+    from collections import OrderedDict
+
+    monkeypatch.setattr(synthesizer, "_voices", OrderedDict())  # whatever other tests left there
     kwargs = dict(text="Hello there.", language="en", reference=_reference(prepared), decoding={"seed": 3})
     first = synthesizer.synthesize(**kwargs)
     second = synthesizer.synthesize(**kwargs)
     assert np.array_equal(first.wav, second.wav)
     assert len(synthesizer._voices) == 1
+
+
+def test_voice_cache_is_bounded_and_drops_the_least_recently_used(synthesizer, prepared, monkeypatch):
+    from collections import OrderedDict
+
+    monkeypatch.setattr(synthesizer, "_voices", OrderedDict())
+    monkeypatch.setattr(synthesizer, "voice_cache_size", 2)
+    first, second, third = sorted((prepared / "wavs").glob("*.wav"))[:3]
+    synthesizer.clone_voice(first)
+    synthesizer.clone_voice(second)
+    synthesizer.clone_voice(first)  # used again: now the most recent
+    synthesizer.clone_voice(third)
+    assert [Path(key[0]).name for key in synthesizer._voices] == [first.name, third.name]
+
+
+def test_only_the_start_of_a_long_reference_is_decoded(synthesizer, tmp_path, monkeypatch):
+    import xtts_ft.inference as inference
+
+    long_clip = tmp_path / "an-hour-would-do-the-same.flac"
+    rng = np.random.default_rng(0)
+    sf.write(str(long_clip), (0.1 * rng.standard_normal(60 * 16000)).astype(np.float32), 16000)
+    decoded = []
+    load_audio = inference.load_audio
+    monkeypatch.setattr(inference, "load_audio", lambda *a, **k: decoded.append(load_audio(*a, **k)) or decoded[-1])
+    monkeypatch.setattr(synthesizer, "max_reference_seconds", 4.0)
+    synthesizer.clone_voice(long_clip)
+    assert decoded[0].size == 4 * 22050  # 4 s read (and resampled), not 60
+
+
+def test_the_babble_guard_caps_a_sentence_that_does_not_stop(tiny_model_dir):
+    """The untrained tiny model never emits its stop token for this seed: generation runs until
+    the guard's cap, 2 s + max_seconds_per_char per character, and is reported as cut."""
+    from xtts_ft.inference import CODES_PER_SECOND, XttsSynthesizer
+    from tests.conftest import DEMO
+
+    synthesizer = XttsSynthesizer(tiny_model_dir, device="cpu")
+    text = "Hello there."
+    result = synthesizer.synthesize(text=text, language="en", reference=DEMO / "en" / "wavs" / "alicia_000.flac",
+                                    decoding={"seed": 0, "max_seconds_per_char": 0.1})
+    max_codes = int((2.0 + 0.1 * len(text)) * CODES_PER_SECOND)  # 68 codes of 1024 samples at 22.05 kHz
+    assert result.stopped == [False]
+    assert abs(result.wav.size - max_codes * 1024 * 24000 / 22050) <= 256  # one decoder hop of rounding
+
+
+def test_load_and_synthesis_print_no_transformers_noise(tiny_model_dir, tmp_path):
+    """Was, at every load: `bos_token_id must be None or an integer within the vocabulary...`, and at
+    every sentence: `Both max_new_tokens (=...) and max_length (=...) seem to have been set`."""
+    import subprocess
+    import sys
+
+    from tests.conftest import DEMO
+
+    script = (
+        "from xtts_ft.inference import XttsSynthesizer\n"
+        f"s = XttsSynthesizer({str(tiny_model_dir)!r}, device='cpu')\n"
+        f"r = s.synthesize(text='Hello there. Good morning.', language='en', reference={str(DEMO / 'en' / 'wavs' / 'alicia_000.flac')!r})\n"
+        "print('SYNTHESIZED', len(r.stopped))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert "SYNTHESIZED 2" in result.stdout, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    assert "must be `None` or an integer within the vocabulary" not in output
+    assert "seem to have been set" not in output
 
 
 def test_long_text_is_split_into_sentences():
@@ -35,13 +103,13 @@ def test_long_text_is_split_into_sentences():
 
 
 def test_bad_requests_are_clear_errors(synthesizer, prepared, tmp_path):
-    with pytest.raises(ValueError, match="not in this model's config.languages"):
+    with pytest.raises(ValueError, match="not in this model's config.languages: .* — fix: language="):
         synthesizer.synthesize(text="Hi.", language="xx", reference=_reference(prepared))
     with pytest.raises(FileNotFoundError, match="reference audio"):
         synthesizer.synthesize(text="Hi.", language="en", reference=tmp_path / "nope.wav")
-    with pytest.raises(ValueError, match="exactly one of"):
+    with pytest.raises(ValueError, match="exactly one of reference= or voice= — fix: "):
         synthesizer.synthesize(text="Hi.", language="en")
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="text is empty — fix: "):
         synthesizer.synthesize(text="  ", language="en", reference=_reference(prepared))
 
 

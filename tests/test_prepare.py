@@ -114,7 +114,7 @@ def test_ljspeech_prefers_the_normalized_column(tmp_path):
 
     root = tmp_path / "lj"
     (root / "wavs").mkdir(parents=True)
-    (root / "metadata.csv").write_text("LJ001|Dr. Smith, 1st|Doctor Smith, first\nLJ002|Plain text\n")
+    (root / "metadata.csv").write_text("LJ001|Dr. Smith, 1st|Doctor Smith, first\nLJ002|Plain text|\n")  # empty: the text
     for name in ("LJ001", "LJ002"):
         sf.write(root / "wavs" / f"{name}.wav", 0.3 * np.sin(np.linspace(0, 3000, 33075)).astype("float32"), 22050)
     out = _prepare(tmp_path, root, formatter="ljspeech")
@@ -293,10 +293,16 @@ def test_decoder_copies_come_from_the_source_and_loudness_is_normalised(tmp_path
 
 def test_worker_processes_give_the_same_dataset(tmp_path, prepared, workdir, monkeypatch):
     monkeypatch.setattr(clips, "CLIPS_PER_WORKER", 1)  # the demo is small: force two workers
+    in_this_process = []  # the patch reaches this process only, not the spawned worker
+    run_audio_job = clips.run_audio_job
+    monkeypatch.setattr(clips, "run_audio_job", lambda job, *args: in_this_process.append(job.name) or run_audio_job(job, *args))
     out = prepare.run(compose("prepare", demo_overrides(tmp_path)[:2] + [
         f"paths.processed_dir={tmp_path}", f"paths.models_dir={workdir / 'models'}", "num_workers=2"]))
     for name in ("train.jsonl", "eval.jsonl", "dropped.jsonl"):
         assert (out / name).read_text() == (prepared / name).read_text()
+    # The worker really ran: at least the first chunk (queued to it at once, never taken back) was its.
+    clip_count = len((prepared / "train.jsonl").read_text().splitlines() + (prepared / "eval.jsonl").read_text().splitlines())
+    assert clip_count == 40 and len(in_this_process) <= clip_count - clips.CHUNK
     first = sorted((prepared / "wavs").iterdir())[0]
     assert (out / "wavs" / first.name).read_bytes() == first.read_bytes()
 
@@ -375,6 +381,7 @@ def test_audio_workers_keep_job_order(tmp_path, monkeypatch, caller_works):
     assert [r.samples if isinstance(r, clips.ClipInfo) else r.reason for r in results] == [
         r.samples if isinstance(r, clips.ClipInfo) else r.reason for r in expected]
     assert results[10].reason == "unreadable_audio" and results[9].samples < results[11].samples
+    assert not shared.chunks[0][2].cancelled()  # the first chunk went through the worker process, whoever else worked
     if not caller_works:  # every chunk went through a worker process
         assert [(first, end) for first, end, _ in shared.chunks] == [(0, 8), (8, 16), (16, 21)]
         assert not any(future.cancelled() for *_, future in shared.chunks)

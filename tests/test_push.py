@@ -1,11 +1,17 @@
-"""`xtts-ft push`: what goes to the Hub. The network boundary (huggingface_hub's HfApi calls) is
-replaced in these tests only; offline behaviour is tested against an address that refuses."""
+"""`xtts-ft push`: what goes to the Hub and what comes back. The round trip runs through
+huggingface_hub itself against a local stand-in for the Hub (tests/fake_hub.py, real HTTP on
+localhost); the other tests replace single HfApi calls; offline behaviour is tested against an
+address that refuses."""
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 from tests.conftest import demo_overrides
-from xtts_ft import push
+from tests.fake_hub import FakeHub
+from xtts_ft import export, push, synth
 from xtts_ft.config import compose
+from xtts_ft.model.layout import EXPORT_FILES
 
 SECRET = "hf_notARealTokenButSecret123"
 
@@ -15,18 +21,107 @@ def _cfg(workdir, *extra):
     return compose("push", paths + ["run_name=demo", "repo_id=someone/xtts-demo", *extra])
 
 
-EXPECTED = {"config.json", "model.pth", "vocab.json", "dvae.pth", "mel_stats.pth", "speakers_xtts.pth", "xtts_ft.json", "README.md"}
+@pytest.fixture(scope="module")
+def full_export(tmp_path_factory, workdir, trained, prepared):
+    """An export with every optional file: a named voice, emotion presets, safetensors."""
+    alicia = next((prepared / "wavs").glob("0_wavs__alicia*.wav"))
+    other = sorted((prepared / "wavs").glob("0_wavs__*.wav"))[-1]
+    out = tmp_path_factory.mktemp("full") / "export"
+    paths = [o for o in demo_overrides(workdir) if o.startswith("paths.")]
+    return export.run(compose("export", paths + ["run_name=demo", f"out_dir={out}", "safetensors=true",
+                                                 f"+voices={{alicia: {alicia}}}", f"+emotions={{happy: {alicia}, sad: {other}}}"]))
 
 
-def test_dry_run_lists_the_files_and_the_card(workdir, exported, capsys):
-    files = push.run(_cfg(workdir, "dry_run=true"))
-    assert {f.name for f in files} == EXPECTED
+def _hub_error(cls, status: int, message: str):
+    import httpx2  # huggingface_hub's HTTP client: its errors carry the response
+
+    return cls(message, response=httpx2.Response(status, request=httpx2.Request("GET", "https://huggingface.co/api/models/x")))
+
+
+@pytest.fixture
+def no_repo(monkeypatch):
+    """repo_info as the Hub answers for a repo that does not exist yet."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def repo_info(self, repo_id, **kw):
+        raise _hub_error(RepositoryNotFoundError, 404, f"404 Client Error. Repository Not Found for url: .../{repo_id}")
+
+    monkeypatch.setattr(HfApi, "repo_info", repo_info)
+
+
+def _existing_repo(monkeypatch, private: bool):
+    from huggingface_hub import HfApi
+
+    monkeypatch.setattr(HfApi, "repo_info", lambda self, repo_id, **kw: type("Info", (), {"private": private})())
+
+
+def test_every_file_of_an_export_survives_push_and_download(full_export, workdir, tmp_path, monkeypatch, capsys):
+    """Push → the Hub → snapshot_download (through our Hub-id loading) gives back every file of the
+    export byte for byte, and synth with a named voice and an emotion preset works on the Hub id."""
+    import huggingface_hub.hf_api as hf_api
+    from huggingface_hub import constants
+
+    on_disk = sorted(p.name for p in full_export.iterdir())
+    assert on_disk == sorted(EXPORT_FILES)  # this export holds every kind of file an export may hold
+    # The stand-in speaks the Hub's plain-HTTP protocol, not its Xet storage: huggingface_hub's
+    # single-commit upload (what it does without hf_xet) is the path exercised.
+    monkeypatch.setattr(hf_api, "is_xet_available", lambda: False)
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    with FakeHub() as hub:
+        push.run(_cfg(workdir, f"export_dir={full_export}", f"endpoint={hub.endpoint}"))
+        assert sorted(hub.repos["someone/xtts-demo"]["files"]) == on_disk and hub.repos["someone/xtts-demo"]["private"]
+        # Downloading the Hub id goes wherever HF_ENDPOINT points, into the HF cache.
+        monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        out = synth.run(compose("synth", ["checkpoint=someone/xtts-demo", "text=Hello there.", "language=en", "voice=alicia",
+                                          "emotion=happy", f"out={tmp_path / 'hub.wav'}", "device=cpu"]))
+    downloaded = next((tmp_path / "hf_cache").glob("models--someone--xtts-demo/snapshots/*"))
+    assert sorted(p.name for p in downloaded.iterdir()) == on_disk
+    for name in on_disk:
+        assert (downloaded / name).read_bytes() == (full_export / name).read_bytes(), name
+    # The same request on the local export gives the same audio: nothing was lost on the way.
+    local = synth.run(compose("synth", [f"checkpoint={full_export}", "text=Hello there.", "language=en", "voice=alicia",
+                                        "emotion=happy", f"out={tmp_path / 'local.wav'}", "device=cpu"]))
+    hub_wav, local_wav = sf.read(out)[0], sf.read(local)[0]
+    assert hub_wav.size > 0 and np.array_equal(hub_wav, local_wav)
+    assert SECRET not in capsys.readouterr().out
+
+
+def test_dry_run_lists_the_files_and_the_card(workdir, full_export, no_repo, capsys):
+    files = push.run(_cfg(workdir, f"export_dir={full_export}", "dry_run=true"))
+    assert [f.name for f in files] == list(EXPORT_FILES)  # the presets and safetensors included
     out = capsys.readouterr().out
-    assert "would push to https://huggingface.co/someone/xtts-demo (private, branch main)" in out
-    assert "pipeline_tag: text-to-speech" in out and "model.pth" in out
+    assert "would push to https://huggingface.co/someone/xtts-demo (a new private repo, branch main)" in out
+    assert "emotions_xtts.pth" in out and "pipeline_tag: text-to-speech" in out
 
 
-def test_push_sends_the_export_and_never_shows_the_token(workdir, exported, monkeypatch, capsys):
+def test_an_existing_public_repo_is_not_called_private(workdir, exported, monkeypatch, capsys):
+    from huggingface_hub import HfApi
+
+    _existing_repo(monkeypatch, private=False)
+    push.run(_cfg(workdir, "dry_run=true"))
+    out = capsys.readouterr().out
+    assert "(the existing public repo, branch main)" in out and "private" not in out.split("\n")[0]
+    assert "but the push would be refused: someone/xtts-demo exists and is public, but private=true" in out
+    # The real push refuses before sending anything.
+    sent = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, *a, **kw: sent.append("create_repo"))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: sent.append("upload_folder"))
+    with pytest.raises(PermissionError, match="pushing would publish this model. Pass private=false"):
+        push.run(_cfg(workdir))
+    assert sent == []
+    # Asked for public, it goes ahead; an existing private repo stays private and the output says so.
+    push.run(_cfg(workdir, "private=false"))
+    _existing_repo(monkeypatch, private=True)
+    push.run(_cfg(workdir, "private=false"))
+    assert sent == ["create_repo", "upload_folder"] * 2
+    assert "the existing private repo (private=False does not change an existing repo: it stays private)" in capsys.readouterr().out
+
+
+def test_push_sends_the_export_and_never_shows_the_token(workdir, exported, no_repo, monkeypatch, capsys):
     from huggingface_hub import HfApi
 
     monkeypatch.setenv("HF_TOKEN", SECRET)
@@ -44,15 +139,54 @@ def test_push_sends_the_export_and_never_shows_the_token(workdir, exported, monk
     assert calls[0][2]["private"] is False and calls[0][2]["exist_ok"] is True
     assert calls[1][2]["branch"] == "v1"
     upload = calls[2][2]
-    assert set(upload["allow_patterns"]) == EXPECTED and upload["revision"] == "v1"
+    # Exactly the files this export has (it has no presets, voices file aside, nor safetensors).
+    assert sorted(upload["allow_patterns"]) == sorted(p.name for p in exported.iterdir()) and upload["revision"] == "v1"
     assert upload["folder_path"] == str(exported)
     out = capsys.readouterr()
-    assert "pushed 8 files" in out.out and SECRET not in out.out + out.err
+    assert f"pushed {len(list(exported.iterdir()))} files" in out.out and SECRET not in out.out + out.err
+
+
+def test_the_token_never_goes_over_plain_http(workdir, exported, monkeypatch):
+    from huggingface_hub import HfApi, constants
+
+    sent = []
+    monkeypatch.setattr(HfApi, "repo_info", lambda self, *a, **kw: sent.append("repo_info"))
+    with pytest.raises(ValueError, match=r"Hub endpoint http://hub.example.com is not https: the token would be sent in clear text"):
+        push.run(_cfg(workdir, "endpoint=http://hub.example.com/"))
+    monkeypatch.setattr(constants, "ENDPOINT", "http://mirror.example.org")  # HF_ENDPOINT=http://...
+    with pytest.raises(ValueError, match=r"http://mirror.example.org is not https"):
+        push.run(_cfg(workdir, "dry_run=true"))
+    assert sent == []
+
+
+def test_a_programming_error_is_not_reported_as_the_network(workdir, exported, no_repo, monkeypatch):
+    from huggingface_hub import HfApi
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, *a, **kw: None)
+
+    def broken(self, **kw):
+        raise TypeError("upload_folder() got an unexpected keyword argument 'allow_pattern'")
+
+    monkeypatch.setattr(HfApi, "upload_folder", broken)
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        push.run(_cfg(workdir))
+
+
+def test_refused_credentials_say_log_in(workdir, exported, monkeypatch):
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    def unauthorized(self, *a, **kw):
+        raise _hub_error(HfHubHTTPError, 401, "401 Client Error: Unauthorized")
+
+    monkeypatch.setattr(HfApi, "repo_info", unauthorized)
+    with pytest.raises(RuntimeError, match=r"failed \(HfHubHTTPError: 401 Client Error: Unauthorized\). Fix: log in with"):
+        push.run(_cfg(workdir))
 
 
 def test_offline_push_fails_fast_with_a_clear_message(workdir, exported, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", SECRET)
-    with pytest.raises(RuntimeError, match=r"push to http://127.0.0.1:9/someone/xtts-demo failed") as err:
+    with pytest.raises(RuntimeError, match=r"push to http://127.0.0.1:9/someone/xtts-demo failed .*Fix: check the network") as err:
         push.run(_cfg(workdir, "endpoint=http://127.0.0.1:9"))
     assert SECRET not in str(err.value)
 

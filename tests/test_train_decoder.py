@@ -95,7 +95,9 @@ def test_latents_are_what_inference_decodes_and_the_cache_follows_gpt_and_refere
     from xtts_ft.data.batches import ReferencePicker, encode_samples
     from xtts_ft.data.sample import read_manifest
     from xtts_ft.inference import XttsSynthesizer
-    from xtts_ft.model.loading import load_xtts
+    from xtts_ft.model.features import GptFeatures
+    from xtts_ft.model.loading import load_dvae, load_xtts
+    from xtts_ft.train.cache import attach_codes
     from xtts_ft.train.runtime import Runtime
 
     config, xtts = load_xtts(workdir / "models" / "tiny-xtts", "cpu", for_inference=False)
@@ -103,9 +105,12 @@ def test_latents_are_what_inference_decodes_and_the_cache_follows_gpt_and_refere
     manifest = prepared_24k / "train.jsonl"
     samples = read_manifest(manifest)[:3]
     items, _ = encode_samples(samples, xtts.tokenizer, 200, 11.6 * 22050, manifest)
-    codes = torch.load(prepared_24k / "train.codes.pt", weights_only=True)["entries"]
-    items = [i.with_codes(codes[f"wavs/{i.audio.name}"]["value"]) for i in items]
     single = Runtime(0, 1, torch.device("cpu"))
+    # The clips' codes computed here (not read from a cache another test may or may not have left).
+    dvae, mel_stats = load_dvae(workdir / "models" / "tiny-xtts")
+    features = GptFeatures(dvae, mel_stats, xtts.args.gpt_use_perceiver_resampler)
+    items, computed = attach_codes(items, features, tmp_path / "train.codes.pt", "tiny-dvae", "cpu", single, "codes")
+    assert computed == 3 and all(i.codes.numel() > 10 for i in items)
     cache = tmp_path / "train.decoder_latents.pt"
 
     values, computed = train_decoder.attach_latents(items, xtts, config, cache, "gpt-a", 0, single, "latents")
@@ -369,3 +374,22 @@ def test_gpt_choice_auto_base_or_a_file(tmp_path):
     cfg.gpt = str(tmp_path / "decoder.pt")
     with pytest.raises(ValueError, match="holds no GPT weights"):
         train_decoder.gpt_weights(cfg)
+
+
+def test_prepare_does_not_replace_a_dataset_the_decoder_reads(tmp_path, workdir, prepared_24k, monkeypatch):
+    from xtts_ft import prepare
+
+    cfg = compose("train_decoder", decoder_data_overrides(workdir) + DECODER_OVERRIDES + [f"paths.runs_dir={tmp_path}", "max_steps=1"])
+    manifest = (prepared_24k / "train.jsonl").read_bytes()
+    refusals = []
+
+    def while_training(cfg, runtime, out):  # stands for the loop: `prepare force=true` meanwhile
+        with pytest.raises(RuntimeError) as err:
+            prepare.run(compose("prepare", decoder_data_overrides(workdir) + ["decoder_copies=true", "force=true"]))
+        refusals.append(str(err.value))
+        return out
+
+    monkeypatch.setattr(train_decoder, "train", while_training)
+    train_decoder.run(cfg)
+    assert refusals[0].startswith(f"{prepared_24k} is in use by the training run {train_decoder.run_dir(cfg)} (pid ")
+    assert (prepared_24k / "train.jsonl").read_bytes() == manifest

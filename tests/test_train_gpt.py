@@ -1,8 +1,11 @@
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +21,7 @@ from xtts_ft.data.batches import ReferencePicker, collate, encode_samples
 from xtts_ft.data.sample import read_manifest
 from xtts_ft.model.features import GptFeatures
 from xtts_ft.model.loading import load_dvae, load_xtts
-from xtts_ft.train.runtime import Runtime, RunLock
+from xtts_ft.train.runtime import DatasetReadLock, Runtime, RunLock
 
 QUIET = ["eval_every=1000", "eval_sentences=[]"]
 
@@ -244,7 +247,12 @@ def test_best_checkpoint_by_cer_of_the_eval_sentences(tmp_path, tiny_model_dir, 
     events = EventAccumulator(str(state.parent / "tensorboard"), size_guidance={"tensors": 0})
     events.Reload()
     cers = {e.step: e.value for e in events.Scalars("eval/cer")}
-    assert sorted(cers) == [3, 6] and all(0 <= v <= 5 for v in cers.values())
+    assert sorted(cers) == [3, 6]
+    # Each logged CER is the CER of the transcript logged beside it (texts cleaned as English on both sides).
+    from xtts_ft.metrics import cer
+
+    heard = {e.step: e.tensor_proto.string_val[0].decode().split(" → ", 1) for e in events.Tensors("eval_transcript/0/text_summary")}
+    assert {step: cer(text, transcript, "en") for step, (text, transcript) in heard.items()} == pytest.approx(cers)
     best = torch.load(state.parent / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
     assert best["cer"] == pytest.approx(min(cers.values())) and best["step"] == min(cers, key=lambda k: (cers[k], k))
     assert torch.load(state, map_location="cpu", weights_only=True)["best_metric"] == "cer"
@@ -283,3 +291,118 @@ def test_keep_freed_memory_holds_what_a_step_frees_for_the_next():
         returned[mode] = float(probe.stdout)
     assert returned["default"] > 300  # the kernel got most of the 400 MB back
     assert returned["keep"] < 50  # kept for reuse
+
+
+def test_prepare_does_not_replace_a_dataset_a_training_reads(tmp_path, tiny_model_dir, prepared, workdir, monkeypatch):
+    from xtts_ft import prepare
+    from xtts_ft.io_utils import FileLock, dir_lock_path
+
+    cfg = compose("train_gpt", demo_overrides(workdir) + TRAIN_OVERRIDES + QUIET + [f"paths.runs_dir={tmp_path}", "max_steps=1"])
+    manifest, inode = (prepared / "train.jsonl").read_bytes(), prepared.stat().st_ino
+    refusals = []
+
+    def while_training(cfg, runtime, out):  # stands for the loop: `prepare force=true` from another shell meanwhile
+        with pytest.raises(RuntimeError) as err:
+            prepare.run(compose("prepare", demo_overrides(workdir) + ["force=true"]))
+        refusals.append(str(err.value))
+        return out
+
+    monkeypatch.setattr(train_gpt, "train", while_training)
+    other_run = tmp_path / "other" / "gpt"
+    with DatasetReadLock(prepared, other_run):  # a second training on the same data is fine
+        train_gpt.run(cfg)
+    me = f"pid {os.getpid()} on "
+    assert re.match(rf"{re.escape(str(prepared))} is in use by the training run {re.escape(str(other_run))} \({me}.*\); "
+                    rf"the training run {re.escape(str(train_gpt.run_dir(cfg)))} \({me}.*\); it is not replaced while in use", refusals[0])
+    assert (prepared / "train.jsonl").read_bytes() == manifest and prepared.stat().st_ino == inode  # not swapped
+
+    # The other way round: no training starts on a dataset being (re)built.
+    with FileLock(dir_lock_path(prepared), "unused {holder}"):
+        with pytest.raises(RuntimeError, match=rf"{re.escape(str(prepared))} is being prepared \(pid \d+ on .*\); start the training when"):
+            train_gpt.run(cfg)
+
+
+def test_a_corrupt_state_is_named_with_the_newest_intact_checkpoint(tmp_path, tiny_model_dir, prepared, workdir):
+    overrides = demo_overrides(workdir) + TRAIN_OVERRIDES + QUIET + [f"paths.runs_dir={tmp_path}", "save_every=1", "keep_last=2"]
+    state_path = train_gpt.run(compose("train_gpt", overrides + ["max_steps=2"]))
+    truncated = state_path.read_bytes()[:-4096]  # a copy cut short, a disk that filled up
+    state_path.write_bytes(truncated)
+    checkpoints = state_path.parent / "checkpoints"
+    altered = bytearray((checkpoints / "step_00000002.pt").read_bytes())
+    altered[len(altered) // 2] ^= 0xFF  # one flipped bit in a tensor: its CRC fails
+    (checkpoints / "step_00000002.pt").write_bytes(bytes(altered))
+
+    with pytest.raises(ValueError) as err:
+        train_gpt.run(compose("train_gpt", overrides + ["max_steps=4"]))
+    message = str(err.value)
+    assert message.startswith(f"{state_path} is truncated or corrupted")
+    assert (f"The newest intact checkpoint, {checkpoints / 'step_00000001.pt'}, holds the gpt weights of step 1 but not the "
+            "optimizer, scheduler, RNG and sampler position, so this run cannot continue exactly from it.") in message
+    assert "`xtts-ft export run_name=demo checkpoint=1 out_dir=exports/demo-step1`" in message
+    assert state_path.read_bytes() == truncated  # nothing overwritten: the user decides
+    # The advice works: that checkpoint exports (the latest state cannot, and export says what can).
+    paths = [o for o in demo_overrides(workdir) if o.startswith("paths.") and "runs_dir" not in o]
+    with pytest.raises(ValueError, match=r"state.pt is not a readable xtts-ft training state .* checkpoint=1 out_dir="):
+        export.run(compose("export", paths + [f"paths.runs_dir={tmp_path}", "run_name=demo", f"out_dir={tmp_path / 'latest'}"]))
+    out = export.run(compose("export", paths + [f"paths.runs_dir={tmp_path}", "run_name=demo", "checkpoint=1",
+                                                f"out_dir={tmp_path / 'salvaged'}"]))
+    assert json.loads((out / "xtts_ft.json").read_text())["training"]["gpt_steps"] == 1
+
+    (checkpoints / "step_00000001.pt").unlink()
+    with pytest.raises(ValueError, match=rf"No intact checkpoint is left in {re.escape(str(checkpoints))}: delete"):
+        train_gpt.run(compose("train_gpt", overrides + ["max_steps=4"]))
+
+
+def test_atomic_writes_reach_the_disk_before_and_after_the_rename(tmp_path, monkeypatch):
+    from xtts_ft import io_utils
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src), str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    io_utils.torch_save({"step": torch.tensor(3)}, tmp_path / "state.pt")
+    written = events[0][1]
+    assert Path(written).name.startswith(".state.pt.") and Path(written).parent == tmp_path
+    assert events == [("fsync", written), ("replace", written, str(tmp_path / "state.pt")), ("fsync", str(tmp_path))]
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] == 3
+
+    # A directory: its whole filesystem is flushed before the rename, the parent after it.
+    events.clear()
+    monkeypatch.setattr(io_utils, "sync_filesystem", lambda path: events.append(("syncfs", str(path))))
+    with io_utils.atomic_dir(tmp_path / "export") as built:
+        (built / "model.pth").write_bytes(b"weights")
+    assert events == [("syncfs", str(built)), ("replace", str(built), str(tmp_path / "export")), ("fsync", str(tmp_path))]
+    assert (tmp_path / "export" / "model.pth").read_bytes() == b"weights"
+
+
+def test_dataset_lock_readers_share_it_and_a_writer_waits_for_none(tmp_path):
+    import socket
+
+    from xtts_ft.io_utils import FileLock, dir_lock_path
+
+    data = tmp_path / "processed" / "demo"
+    writer = lambda: FileLock(dir_lock_path(data), "written by {holder}", busy_readers="read by {holder}")  # noqa: E731
+    with DatasetReadLock(data, tmp_path / "a"), DatasetReadLock(data, tmp_path / "b"):
+        # A reader that ended while others read leaves its line; it is not named as a holder.
+        with open(dir_lock_path(data), "a") as f:
+            f.write(f"the training run {tmp_path / 'gone'} (pid 999999999 on {socket.gethostname()})\n")
+        with pytest.raises(RuntimeError) as err:
+            with writer():
+                pass
+        assert str(err.value) == (f"read by the training run {tmp_path / 'a'} (pid {os.getpid()} on {socket.gethostname()}); "
+                                  f"the training run {tmp_path / 'b'} (pid {os.getpid()} on {socket.gethostname()})")
+    with writer():
+        with pytest.raises(RuntimeError, match=rf"^{re.escape(str(data))} is being prepared \(pid {os.getpid()} on "):
+            with DatasetReadLock(data, tmp_path / "c"):
+                pass
+    with DatasetReadLock(data, tmp_path / "c"):  # all released: readers come and go freely
+        assert dir_lock_path(data).read_text() == f"the training run {tmp_path / 'c'} (pid {os.getpid()} on {socket.gethostname()})\n"

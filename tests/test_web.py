@@ -58,7 +58,62 @@ def test_generate_gives_24khz_audio_and_a_status_line(synthesizer, prepared):
     audio = wav.astype(np.float32) / 32767
     assert np.isfinite(audio).all() and np.sqrt(np.mean(audio**2)) > 1e-3
     assert f"{wav.size / rate:.2f} s at 24000 Hz" in status
-    assert "real-time factor" in status and ("stopped by itself" in status or "babble guard" in status)
+    # The status says what the synthesizer reported: the same request, synthesized directly.
+    direct = synthesizer.synthesize(text="Hello there.", language="en", reference=_reference(prepared), decoding={"seed": 0})
+    assert direct.wav.size == wav.size
+    assert status.endswith("; the GPT stopped by itself" if all(direct.stopped) else
+                           "; cut by the babble guard in 1 of 1 sentence (the GPT did not stop)")
+
+
+def _stub(stopped):
+    """A synthesizer whose GPT stops (True) or is cut (False) in each sentence, as told."""
+    from xtts_ft.inference import Synthesis
+
+    return types.SimpleNamespace(
+        languages=["en"], sample_rate=24000,
+        clone_voice=lambda reference: None,
+        synthesize=lambda **request: Synthesis(np.zeros(24000, dtype=np.float32), 24000, 0.5, list(stopped)),
+    )
+
+
+@pytest.mark.parametrize("stopped, ending", [
+    ([True, True], "; the GPT stopped by itself"),
+    ([True, False, True], "; cut by the babble guard in 1 of 3 sentences (the GPT did not stop)"),
+    ([False], "; cut by the babble guard in 1 of 1 sentence (the GPT did not stop)"),
+])
+def test_status_line_reports_each_cut_sentence(stopped, ending, tmp_path):
+    reference = tmp_path / "r.wav"
+    reference.write_bytes(b"RIFF")
+    _, status = web.generate(_stub(stopped), "Hello there.", "en", web.NO_EMOTION, str(reference), web.REFERENCE_VOICE, 0)
+    assert status == "1.00 s at 24000 Hz in 0.50 s (real-time factor 0.50)" + ending
+
+
+def test_text_and_upload_limits(tmp_path):
+    big = tmp_path / "big.wav"
+    big.write_bytes(b"\0" * (2 * 2**20 + 1))
+    with pytest.raises(gr.Error, match="The text is 12 characters long; this page takes at most 10"):
+        web.generate(_stub([True]), "Hello there.", "en", web.NO_EMOTION, str(big), web.REFERENCE_VOICE, 0, max_text_chars=10)
+    with pytest.raises(gr.Error, match="The reference clip is 2.0 MB; this page takes at most 2 MB"):
+        web.generate(_stub([True]), "Hello there.", "en", web.NO_EMOTION, str(big), web.REFERENCE_VOICE, 0, max_upload_mb=2)
+    (_, pcm), _ = web.generate(_stub([True]), "Hello there.", "en", web.NO_EMOTION, str(big), web.REFERENCE_VOICE, 0, max_upload_mb=3)
+    assert pcm.size == 24000
+
+
+@pytest.mark.parametrize("overrides, refused", [
+    (["host=0.0.0.0"], "host=0.0.0.0 serves the page beyond this machine, and no login is set — fix: auth=user:password"),
+    (["share=true"], "share=true serves the page"),
+    (["auth=alice"], "auth must be user:password"),
+    (["auth=:secret"], "auth must be user:password"),
+])
+def test_serving_beyond_this_machine_needs_a_login(overrides, refused):
+    with pytest.raises(ValueError, match=refused):
+        web.run(compose("web", ["checkpoint=never-loaded", *overrides]))  # refused before the model loads
+
+
+def test_login_from_auth_or_an_explicit_choice_to_serve_anyone():
+    assert web.login(compose("web", ["checkpoint=x"])) is None  # this machine only
+    assert web.login(compose("web", ["checkpoint=x", "host=0.0.0.0", "auth=alice:pa:ss"])) == ("alice", "pa:ss")
+    assert web.login(compose("web", ["checkpoint=x", "share=true", "allow_unauthenticated=true"])) is None
 
 
 def test_named_voice_and_emotion_preset_of_an_export(workdir, exported, prepared, tmp_path):
@@ -114,9 +169,12 @@ def test_missing_gradio_says_what_to_install(monkeypatch):
 def test_run_serves_the_export_where_asked(exported, monkeypatch):
     launched = {}
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launched.update(kwargs, app=self))
-    web.run(compose("web", [f"checkpoint={exported}", "port=7999", "host=0.0.0.0", "device=cpu"]))
-    assert {k: launched[k] for k in ("server_name", "server_port", "share")} == {"server_name": "0.0.0.0", "server_port": 7999, "share": False}
+    web.run(compose("web", [f"checkpoint={exported}", "port=7999", "host=0.0.0.0", "device=cpu", "auth=alice:secret",
+                            "max_upload_mb=5", "max_text_chars=300"]))
+    assert {k: launched[k] for k in ("server_name", "server_port", "share", "auth", "max_file_size")} == {
+        "server_name": "0.0.0.0", "server_port": 7999, "share": False, "auth": ("alice", "secret"), "max_file_size": 5 * 2**20}
     assert isinstance(launched["app"], gr.Blocks)
+    assert _component(launched["app"], "text").max_length == 300
 
 
 # --- a real browser ------------------------------------------------------------------------

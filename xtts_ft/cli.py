@@ -16,8 +16,12 @@ go to runs/.hydra/<stage>/<time>/.
 
 from __future__ import annotations
 
+import contextlib
+import dis
 import importlib
+import os
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 VERBS = {
@@ -42,33 +46,146 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-PIPELINE_KEYS = ("recipe", "force", "overrides")
+PIPELINE_KEYS = ("recipe", "force")
+
+
+def recipes_help(verb: str) -> str:
+    from xtts_ft.config import RECIPES_DIR
+
+    recipes = sorted(p.name for p in RECIPES_DIR.iterdir() if (p / "recipe.yaml").is_file())
+    recipes += sorted(f"{p.parent.name}/{p.stem}" for p in RECIPES_DIR.glob("*/*.yaml") if p.name != "recipe.yaml")
+    return (
+        f"usage: xtts-ft {verb} [recipe=NAME] [force=true] [stage overrides ...] [--cfg job [--resolve] | --info]\n\n"
+        f"{VERBS[verb]}\nrecipes: {', '.join(recipes)} (in {RECIPES_DIR})\n"
+        "Other key=value arguments go to every stage whose config has that key, e.g. paths.runs_dir=/scratch/runs;\n"
+        "a key no stage has is an error. --cfg job prints every stage's configuration and runs nothing."
+    )
+
+
+def split_top_level(text: str) -> List[str]:
+    """`a=1,b=[x,y],c={k: v}` → ["a=1", "b=[x,y]", "c={k: v}"]: commas inside brackets or quotes stay."""
+    items, depth, quote, current = [], 0, None, ""
+    for char in text:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(current.strip())
+            current = ""
+            continue
+        current += char
+    return [item for item in [*items, current.strip()] if item]
+
+
+def pipeline_overrides(arg: str) -> List[str]:
+    """The list in `overrides=[...]`. Hydra's grammar wants each element holding `=` quoted
+    (`overrides='["paths.runs_dir=/x"]'`); the plain form `overrides=[paths.runs_dir=/x]`, which
+    its parser rejects, is read element by element."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        value = OverridesParser.create().parse_override(arg).value()
+    except HydraException:
+        body = arg.split("=", 1)[1].strip()
+        if not (body.startswith("[") and body.endswith("]")):
+            raise
+        return split_top_level(body[1:-1])
+    return [str(item) for item in value] if isinstance(value, list) else [str(value)]
 
 
 def run_pipeline(verb: str, args: List[str]) -> None:
-    """`xtts-ft demo paths.runs_dir=/x model.device=cuda`: keys the pipeline does not have go to every stage."""
+    """`xtts-ft demo paths.runs_dir=/x model.device=cuda`: keys the pipeline does not have go to every
+    stage that has them. --help, --cfg and --info print and run nothing."""
     from xtts_ft import pipeline
-    from xtts_ft.config import RECIPES_DIR, compose
+    from xtts_ft.config import compose
 
-    if any(a in ("-h", "--help") for a in args):
-        recipes = sorted(p.name for p in RECIPES_DIR.iterdir() if (p / "recipe.yaml").is_file())
-        recipes += sorted(f"{p.parent.name}/{p.stem}" for p in RECIPES_DIR.glob("*/*.yaml") if p.name != "recipe.yaml")
-        print(
-            f"usage: xtts-ft {verb} [recipe=NAME] [force=true] [stage overrides ...]\n\n"
-            f"{VERBS[verb]}\nrecipes: {', '.join(recipes)} (in {RECIPES_DIR})\n"
-            "Other key=value arguments go to every stage whose config has that key, e.g. paths.runs_dir=/scratch/runs."
-        )
+    options, arguments = split_hydra_args(args)
+    if any(o in ("-h", "--help") for o in options):
+        print(recipes_help(verb))
         return
-    own = [a for a in args if a.split("=", 1)[0] in PIPELINE_KEYS]
+    own = [a for a in arguments if a.split("=", 1)[0] in PIPELINE_KEYS]
+    overrides = []
+    for arg in arguments:
+        if arg.startswith("overrides="):
+            overrides += pipeline_overrides(arg)
+        elif arg not in own:
+            overrides.append(arg)
     cfg = compose("pipeline", own)
-    cfg.overrides = [*cfg.overrides, *(a for a in args if a not in own)]
-    pipeline.run(cfg)
+    cfg.overrides = overrides
+    if "--cfg" in options or "-c" in options:
+        print(pipeline.show(cfg, resolve="--resolve" in options))
+    elif "--info" in options or "-i" in options:
+        print(pipeline.describe(cfg))
+    elif options:
+        raise ValueError(f"xtts-ft {verb} does not take {' '.join(options)} — fix: leave it out "
+                         f"(the pipeline takes --help, --cfg job [--resolve] and --info)")
+    else:
+        pipeline.run(cfg)
+
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The fix printed after a user error whose message does not carry its own.
+FIX_BY_TYPE = {FileNotFoundError: "check the path (a relative path starts in the current directory)"}
+GENERIC_FIX = "correct the setting or file named above (`xtts-ft <verb> --help` lists the settings)"
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Hydra's word on a bad override, or an error xtts-ft raises on purpose (a `raise` in this
+    package: its message was written for the user). Anything raised inside a library is a bug and
+    keeps its traceback."""
+    from hydra.errors import HydraException
+
+    if isinstance(error, HydraException):
+        return True
+    if not isinstance(error, (ValueError, KeyError, OSError, RuntimeError)):
+        return False
+    last = error.__traceback__
+    while last is not None and last.tb_next is not None:
+        last = last.tb_next
+    if last is None:
+        return False
+    code = last.tb_frame.f_code
+    if not Path(code.co_filename).resolve().is_relative_to(PACKAGE_DIR):
+        return False
+    # An OSError names its file; others count when a `raise` raised them (read from the bytecode,
+    # not the source line: a file edited since it was imported cannot mislead it).
+    return isinstance(error, OSError) or code.co_code[last.tb_lasti] == dis.opmap["RAISE_VARARGS"]
+
+
+def one_line(error: BaseException) -> str:
+    """`error: <what> — fix: <how>` for the console."""
+    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    message = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    if " — fix: " not in message:
+        fix = next((fix for kind, fix in FIX_BY_TYPE.items() if isinstance(error, kind)), GENERIC_FIX)
+        message += f" — fix: {fix}"
+    return f"error: {message}"
+
+
+@contextlib.contextmanager
+def user_errors_in_one_line():
+    """A user's mistake (an unknown language, an empty text, a missing file, a value out of range)
+    prints one line and exits 1, instead of its message at the end of a traceback under Hydra's
+    "Error executing job"; HYDRA_FULL_ERROR=1 keeps the traceback."""
+    try:
+        yield
+    except Exception as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not is_user_error(error):
+            raise
+        print(one_line(error), file=sys.stderr)
+        sys.exit(1)
 
 
 def run_stage(verb: str, args: List[str]) -> None:
     import hydra
 
-    from xtts_ft.config import CONF_DIR, register_configs
+    from xtts_ft.config import CONF_DIR, register_configs, validate
 
     stage = verb.replace("-", "_")
     module = importlib.import_module(f"xtts_ft.{stage}")
@@ -76,7 +193,8 @@ def run_stage(verb: str, args: List[str]) -> None:
 
     @hydra.main(config_path=str(CONF_DIR), config_name=stage, version_base="1.3")
     def hydra_entry(cfg) -> None:
-        module.run(cfg)
+        with user_errors_in_one_line():
+            module.run(validate(cfg))
 
     defaults = []
     if not any(a.startswith("hydra.run.dir=") for a in args):
@@ -84,14 +202,39 @@ def run_stage(verb: str, args: List[str]) -> None:
     if not any(a.startswith("hydra.sweep.dir=") for a in args):
         defaults.append(f"hydra.sweep.dir=runs/.hydra/{stage}-multirun/${{now:%Y-%m-%d_%H-%M-%S}}")
     options, overrides = split_hydra_args(args)
-    # argparse wants Hydra's overrides as one contiguous run of positionals.
-    sys.argv = [f"xtts-ft {verb}", *options, *overrides, *defaults]
+    # argparse wants Hydra's overrides as one contiguous run of positionals, and before the flags:
+    # a flag whose value is optional (`--info`) would otherwise take the next override as its value.
+    sys.argv = [f"xtts-ft {verb}", *overrides, *defaults, *options]
     hydra_entry()
 
 
 # Hydra flags that take a value (`--cfg job`, `-cn name`, `--info defaults`, ...).
 VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}
+
+
+def quoted_if_needed(override: str) -> str:
+    """`text=Ça va ?` as Hydra can read it. Hydra's grammar takes only ASCII in an unquoted value, so a
+    sentence in French or Wolof fails to parse unless the user knows to quote it inside the shell's
+    quotes; a plain `key=value` that fails to parse and reads back unchanged once quoted is quoted here."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    key, sep, value = override.partition("=")
+    if not sep or not value or value.isascii() or value[0] in "'\"[{":
+        return override
+    parser = OverridesParser.create()
+    try:
+        parser.parse_override(override)
+        return override
+    except Exception:  # Hydra's parse errors have several types; any of them means "try quoted"
+        pass
+    candidate = f"{key}='{value.replace(chr(39), chr(92) + chr(39))}'"
+    try:
+        if parser.parse_override(candidate).value() == value:
+            return candidate
+    except Exception:
+        pass
+    return override
 
 
 def split_hydra_args(args: List[str]) -> tuple:
@@ -105,7 +248,7 @@ def split_hydra_args(args: List[str]) -> tuple:
                 options.append(args[i + 1])
                 i += 1
         else:
-            overrides.append(arg)
+            overrides.append(quoted_if_needed(arg))
         i += 1
     return options, overrides
 
@@ -118,10 +261,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     verb, args = argv[0], argv[1:]
     if verb not in VERBS:
         sys.exit(f"xtts-ft: unknown verb {verb!r}\n\n{usage()}")
-    if verb == "demo":
-        run_pipeline(verb, ["recipe=demo", *args])
-    elif verb == "pipeline":
-        run_pipeline(verb, args)
+    if verb in ("demo", "pipeline"):
+        with user_errors_in_one_line():
+            run_pipeline(verb, ["recipe=demo", *args] if verb == "demo" else args)
     else:
         run_stage(verb, args)
 

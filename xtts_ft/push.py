@@ -1,20 +1,21 @@
 """Stage `push`: an export → a Hugging Face Hub model repo, with its generated model card.
 
 The token comes from huggingface_hub's usual places (HF_TOKEN, `hf auth login`); it is never
-printed or logged. `dry_run=true` lists exactly the files and the card that would be sent.
+printed or logged, and never sent over plain http (except to this machine). `dry_run=true` lists
+exactly the files and the card that would be sent, and what the repo's visibility will be.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Tuple
+from urllib.parse import urlsplit
 
 from omegaconf import DictConfig
 
-from xtts_ft.model.layout import SIDECAR, STOCK_FILES, check_layout
+from xtts_ft.model.layout import EXPORT_FILES, STOCK_FILES, check_layout
 
-# What an export may hold beyond the stock files; anything else in the folder stays local.
-EXTRA_FILES = (SIDECAR, "README.md", "model.safetensors")
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 def outputs(cfg: DictConfig) -> List[Path]:
@@ -25,7 +26,65 @@ def files_to_send(export_dir: Path) -> List[Path]:
     check_layout(export_dir, required=STOCK_FILES)
     if not (export_dir / "README.md").is_file():
         raise FileNotFoundError(f"{export_dir} has no README.md model card; export it with `xtts-ft export` first")
-    return [export_dir / name for name in (*STOCK_FILES, *EXTRA_FILES) if (export_dir / name).is_file()]
+    return [export_dir / name for name in EXPORT_FILES if (export_dir / name).is_file()]
+
+
+def hub_endpoint(endpoint: Optional[str]) -> str:
+    """The endpoint the token will go to (endpoint=, else HF_ENDPOINT, else huggingface.co); plain
+    http is refused unless it stays on this machine, since the token would travel in clear text."""
+    from huggingface_hub import constants
+
+    url = (endpoint or constants.ENDPOINT).rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in LOCAL_HOSTS):
+        raise ValueError(
+            f"Hub endpoint {url} is not https: the token would be sent in clear text. "
+            "Use an https endpoint (endpoint= or HF_ENDPOINT), or an http one on localhost."
+        )
+    return url
+
+
+def network_errors() -> Tuple[type, ...]:
+    """What the network and the Hub raise (connection, HTTP status, offline mode, no token): these,
+    and only these, are the user's to fix; anything else is a bug and is raised as itself."""
+    from huggingface_hub import errors
+
+    return (OSError, errors.HTTPError)  # HTTPError: the transport's base error, which huggingface_hub re-raises
+
+
+def hub_failure(where: str, err: Exception) -> RuntimeError:
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    first_line = str(err).splitlines()[0] if str(err) else ""
+    if status in (401, 403):
+        fix = "log in with `hf auth login` or set HF_TOKEN, with a token that may write to this repo"
+    elif status:
+        fix = f"the Hub answered HTTP {status}"
+    else:
+        fix = "check the network (or endpoint=), and log in with `hf auth login` or set HF_TOKEN"
+    return RuntimeError(f"push to {where} failed ({type(err).__name__}: {first_line}). Fix: {fix}; dry_run=true shows what would be sent.")
+
+
+def visibility(api, cfg: DictConfig) -> Tuple[str, Optional[str]]:
+    """(what the push will really do about visibility, a reason to refuse or None).
+
+    create_repo(exist_ok=True) leaves an existing repo as it is: private=true does not make a
+    public repo private, so pushing there would publish what the user meant to keep private.
+    """
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    wanted = "private" if cfg.private else "public"
+    try:
+        info = api.repo_info(cfg.repo_id, repo_type="model")
+    except RepositoryNotFoundError:
+        return f"a new {wanted} repo", None
+    actual = "private" if info.private else "public"
+    if info.private or not cfg.private:
+        note = "" if actual == wanted else f" (private={cfg.private} does not change an existing repo: it stays {actual})"
+        return f"the existing {actual} repo{note}", None
+    return f"the existing {actual} repo", (
+        f"{cfg.repo_id} exists and is public, but private=true: pushing would publish this model. "
+        "Pass private=false to publish it there, make the repo private on the Hub first, or choose another repo_id."
+    )
 
 
 def run(cfg: DictConfig) -> List[Path]:
@@ -33,17 +92,28 @@ def run(cfg: DictConfig) -> List[Path]:
     if not export_dir.is_dir():
         raise FileNotFoundError(f"export {export_dir} does not exist; run `xtts-ft export run_name=...` first")
     files = files_to_send(export_dir)
-    where = f"https://huggingface.co/{cfg.repo_id}" if not cfg.endpoint else f"{cfg.endpoint.rstrip('/')}/{cfg.repo_id}"
+    endpoint = hub_endpoint(cfg.endpoint)
+    where = f"{endpoint}/{cfg.repo_id}"
     listing = "\n".join(f"  {f.name:<20} {f.stat().st_size / 2**20:10.1f} MiB" for f in files)
-    if cfg.dry_run:
-        card = (export_dir / "README.md").read_text(encoding="utf-8")
-        print(f"dry run: would push to {where} ({'private' if cfg.private else 'public'}, branch {cfg.revision or 'main'}):\n{listing}")
-        print(f"\n--- README.md (model card) ---\n{card}")
-        return files
 
     from huggingface_hub import HfApi
 
-    api = HfApi(endpoint=cfg.endpoint)
+    api = HfApi(endpoint=endpoint)
+    try:
+        repo, refusal = visibility(api, cfg)
+    except network_errors() as err:
+        if not cfg.dry_run:
+            raise hub_failure(where, err) from None
+        repo, refusal = f"could not check whether it exists ({type(err).__name__}): new → {'private' if cfg.private else 'public'}, existing → unchanged", None
+    if cfg.dry_run:
+        card = (export_dir / "README.md").read_text(encoding="utf-8")
+        print(f"dry run: would push to {where} ({repo}, branch {cfg.revision or 'main'}):\n{listing}")
+        if refusal:
+            print(f"but the push would be refused: {refusal}")
+        print(f"\n--- README.md (model card) ---\n{card}")
+        return files
+    if refusal:
+        raise PermissionError(refusal)
     try:
         api.create_repo(cfg.repo_id, repo_type="model", private=cfg.private, exist_ok=True)
         if cfg.revision:
@@ -56,10 +126,7 @@ def run(cfg: DictConfig) -> List[Path]:
             commit_message=cfg.commit_message,
             allow_patterns=[f.name for f in files],
         )
-    except Exception as err:  # offline, no token, no rights: one clear message, never the token
-        raise RuntimeError(
-            f"push to {where} failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
-            "Check the network, and log in with `hf auth login` or set HF_TOKEN; dry_run=true shows what would be sent."
-        ) from None
-    print(f"pushed {len(files)} files to {where}:\n{listing}\ncommit: {getattr(commit, 'commit_url', commit)}")
+    except network_errors() as err:  # offline, no token, no rights: one clear message, never the token
+        raise hub_failure(where, err) from None
+    print(f"pushed {len(files)} files to {where} ({repo}):\n{listing}\ncommit: {getattr(commit, 'commit_url', commit)}")
     return files

@@ -251,7 +251,7 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
     # Data: the GPT's items (tokens, limits, cached DVAE codes), then latents and 24 kHz targets.
     manifests = {split: data_dir / f"{split}.jsonl" for split in ("train", "eval")}
     max_samples = int(cfg.max_audio_seconds * 22050)
-    dvae, mel_stats = load_dvae(model_dir)
+    dvae, mel_stats = load_dvae(model_dir, xtts.args.gpt_num_audio_tokens)
     features = GptFeatures(dvae, mel_stats, xtts.args.gpt_use_perceiver_resampler).to(device)
     dvae_hash = file_hash(Path(model_dir) / "dvae.pth", Path(model_dir) / "mel_stats.pth")
     # Everything the latents depend on besides the clip, its reference and its text.
@@ -313,7 +313,7 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
     # Load: continue the same run if a training state exists.
     step, epoch, batch_in_epoch, best_eval = 0, 0, 0, math.inf
     if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = loop.load_state(state_path, "decoder")
         loop.check_sampler_key(state_path, state.get("sampler", {}), sampler_key)
         if (state["discriminator"] is not None) != (discriminator is not None):
             raise ValueError(f"{state_path} was trained with adversarial={not cfg.adversarial}; resume it the same way or use another run_name")
@@ -336,30 +336,28 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
 
     def save_state() -> None:
         weights = generator.state_dict()
-        torch_save(
-            {
-                "decoder": weights,
-                "discriminator": None if discriminator is None else discriminator.state_dict(),
-                "opt_gen": opt_gen.state_dict(),
-                "sched_gen": sched_gen.state_dict(),
-                "opt_disc": None if opt_disc is None else opt_disc.state_dict(),
-                "sched_disc": None if sched_disc is None else sched_disc.state_dict(),
-                "scaler": scaler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "sampler": sampler_key,
-                "train_items": len(train_items),
-                "data_stats": data_stats,
-                "step": step,
-                "epoch": epoch,
-                "batch_in_epoch": batch_in_epoch,
-                "best_eval_loss": best_eval,
-                "base_model_dir": str(Path(model_dir).resolve()),
-                "gpt": {"source": gpt_source, "hash": gpt_hash},
-                "config": to_container(cfg),
-            },
-            state_path,
-        )
-        loop.save_checkpoint(checkpoints, step, {"decoder": weights, "step": step}, cfg.keep_last)
+        state = {
+            "decoder": weights,
+            "discriminator": None if discriminator is None else discriminator.state_dict(),
+            "opt_gen": opt_gen.state_dict(),
+            "sched_gen": sched_gen.state_dict(),
+            "opt_disc": None if opt_disc is None else opt_disc.state_dict(),
+            "sched_disc": None if sched_disc is None else sched_disc.state_dict(),
+            "scaler": scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "sampler": sampler_key,
+            "train_items": len(train_items),
+            "data_stats": data_stats,
+            "step": step,
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "best_eval_loss": best_eval,
+            "base_model_dir": str(Path(model_dir).resolve()),
+            "gpt": {"source": gpt_source, "hash": gpt_hash},
+            "config": to_container(cfg),
+        }
+        torch_save(state, state_path)
+        loop.save_checkpoint(checkpoints, step, loop.checkpoint_payload(state, "decoder"), cfg.keep_last)
         write_json(
             out / "progress.json",
             {"step": step, "max_steps": cfg.max_steps, "train_seconds": round(train_seconds, 3),

@@ -32,8 +32,9 @@ from xtts_ft.data.batches import ReferencePicker, collate, encode_samples
 from xtts_ft.data.sample import read_manifest
 from xtts_ft.data.sampler import LengthBucketSampler
 from xtts_ft.io_utils import file_hash, torch_save, write_json, write_jsonl
+from xtts_ft.model import lora
 from xtts_ft.model.features import GptFeatures
-from xtts_ft.model.loading import load_dvae, load_xtts, resolve_model_cfg
+from xtts_ft.model.loading import init_gpt_for_inference, load_dvae, load_xtts, resolve_model_cfg
 from xtts_ft.train import loop
 from xtts_ft.train import runtime as rt
 from xtts_ft.train.cache import attach_codes
@@ -55,16 +56,18 @@ def is_done(cfg: DictConfig) -> bool:
     return loop.is_done(run_dir(cfg), cfg.max_steps)
 
 
-def parameter_groups(gpt: torch.nn.Module, weight_decay: float) -> list:
+def parameter_groups(gpt: torch.nn.Module, weight_decay: float, spare=()) -> list:
     """Decay only weight matrices, as coqui's recipe does (optimizer_wd_only_on_weights):
-    biases, norms and embeddings are not pulled towards zero."""
+    biases, norms and embeddings are not pulled towards zero, nor the parameters in `spare`
+    (LoRA's token rows and row-masked head: `lora.no_decay_parameters`)."""
     no_decay_modules = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.Embedding)
+    spared = {id(p) for p in spare}
     decay, no_decay = [], []
     for module in gpt.modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue
-            skip = isinstance(module, no_decay_modules) or name.endswith("bias") or param.ndim < 2
+            skip = isinstance(module, no_decay_modules) or name.endswith("bias") or param.ndim < 2 or id(param) in spared
             (no_decay if skip else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -102,8 +105,9 @@ def enable_activation_checkpointing(transformer) -> None:
 def make_optimizer(gpt, cfg) -> torch.optim.Optimizer:
     # The fused AdamW kernel (CPU and CUDA) updates all tensors in one pass: 1.45× faster than
     # torch's default per-tensor loop on 2 CPU cores for 50M parameters (0.86 s vs 1.25 s a step).
+    spare = lora.no_decay_parameters(gpt) if cfg.method == "lora" else ()
     return torch.optim.AdamW(
-        parameter_groups(gpt, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=True
+        parameter_groups(gpt, cfg.weight_decay, spare), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=True
     )
 
 
@@ -148,7 +152,7 @@ def evaluate_loss(gpt, features, items, cfg, device) -> dict:
 def log_eval_audio(writer, xtts, config, gpt, items, cfg, step: int) -> dict:
     """Synthesize the eval sentences with the current GPT, through the shared inference module;
     with best_metric=cer, also transcribe them (ASR) and return {"eval/cer": mean CER}."""
-    from xtts_ft import metrics
+    from xtts_ft import asr, metrics
     from xtts_ft.inference import XttsSynthesizer
 
     if not cfg.eval_sentences or not items:
@@ -156,7 +160,7 @@ def log_eval_audio(writer, xtts, config, gpt, items, cfg, step: int) -> dict:
     reference = next((i for i in items if i.language == cfg.eval_language), items[0])
     cers = []
     if not hasattr(gpt, "gpt_inference"):
-        gpt.init_gpt_for_inference(kv_cache=True)
+        init_gpt_for_inference(gpt)  # ours: coqui's gives GPT-2 invalid token ids, and transformers warns
     was_training = gpt.training
     gpt.eval()
     try:
@@ -166,8 +170,8 @@ def log_eval_audio(writer, xtts, config, gpt, items, cfg, step: int) -> dict:
             writer.add_audio(f"eval_audio/{n}", torch.from_numpy(result.wav).unsqueeze(0), step, sample_rate=result.sample_rate)
             writer.add_image(f"eval_mel/{n}", loop.mel_image(result.wav, result.sample_rate), step, dataformats="HW")
             if cfg.best_metric == "cer":
-                transcript = metrics.transcribe(result.wav, result.sample_rate, reference.language, cfg.eval_asr_model)
-                cers.append(metrics.cer(sentence, transcript))
+                transcript = asr.transcribe(result.wav, result.sample_rate, reference.language, cfg.eval_asr_model)
+                cers.append(metrics.cer(sentence, transcript, reference.language))
                 writer.add_text(f"eval_transcript/{n}", f"{sentence} → {transcript}", step)
     finally:
         gpt.train(was_training)
@@ -176,16 +180,14 @@ def log_eval_audio(writer, xtts, config, gpt, items, cfg, step: int) -> dict:
 
 def check_best_metric(cfg: DictConfig) -> None:
     """best_metric=cer needs sentences to speak and an ASR model for their language: fail at start."""
-    from xtts_ft import metrics
+    from xtts_ft import asr
 
     if cfg.best_metric not in ("eval_loss", "cer"):
         raise ValueError(f"best_metric={cfg.best_metric}: choose eval_loss or cer")
     if cfg.best_metric == "cer":
         if not cfg.eval_sentences or cfg.eval_every <= 0:
             raise ValueError("best_metric=cer scores the eval sentences' synthesis: give eval_sentences=[...] and eval_every > 0")
-        if cfg.eval_language.split("-")[0] != "en" and metrics.whisper_is_english_only(cfg.eval_asr_model):
-            raise ValueError(f"best_metric=cer with eval_language={cfg.eval_language}: eval_asr_model={cfg.eval_asr_model} is "
-                             "English-only; pass a multilingual faster-whisper model (eval_asr_model=<name or path>)")
+        asr.require(cfg.eval_asr_model, cfg.eval_language, setting="eval_asr_model")  # e.g. bundled is English-only
 
 
 def training_weights(gpt, keys) -> dict:
@@ -193,8 +195,41 @@ def training_weights(gpt, keys) -> dict:
     return {k: v for k, v in gpt.state_dict().items() if k in keys}
 
 
+def check_method(cfg: DictConfig) -> None:
+    """method=lora trains adapters, not chosen layers: the full-fine-tune selectors make no sense there."""
+    if cfg.method not in ("full", "lora"):
+        raise ValueError(f"method={cfg.method}: choose full or lora")
+    if cfg.method == "lora" and (cfg.train_last_layers > 0 or cfg.freeze_text_embeddings):
+        raise ValueError("method=lora trains LoRA adapters (lora.*) and the extended vocabulary's new rows; "
+                         "train_last_layers and freeze_text_embeddings choose layers of a full fine-tune: leave them unset")
+
+
+def setup_lora(gpt, cfg: DictConfig, model_dir: Path) -> str:
+    """Wrap the GPT with PEFT's LoRA (in place) and say what trains; returns the base weights' hash,
+    which a LoRA state is meaningless without."""
+    new_rows = lora.new_text_rows(model_dir)
+    lora.apply_lora(gpt, cfg.lora, new_rows)
+    trainable = sum(p.numel() for p in gpt.parameters() if p.requires_grad)
+    total = sum(p.numel() for n, p in gpt.named_parameters() if "lora_" not in n and "modules_to_save" not in n)
+    log.info("LoRA rank %d on %s: %.2fM trainable parameters of %.1fM (%d new token rows)",
+             cfg.lora.rank, ", ".join(cfg.lora.targets), trainable / 1e6, total / 1e6, len(new_rows))
+    return file_hash(Path(model_dir) / "model.pth")
+
+
+def check_resumable_method(state_path: Path, state: dict, cfg: DictConfig, base_hash: str | None) -> None:
+    """A state continues only under the method (and, for LoRA, the base weights) it was trained with."""
+    saved = (state.get("config") or {}).get("method", "full")
+    if saved != cfg.method:
+        raise ValueError(f"{state_path} was trained with method={saved}, not method={cfg.method}: "
+                         f"resume it with method={saved}, or use another run_name")
+    if base_hash is not None and state.get("base_model_hash") not in (None, base_hash):
+        raise ValueError(f"{state_path} holds a LoRA adapter of another base model (model.pth changed since): "
+                         "its adapter means nothing on these weights; use the run's own base or another run_name")
+
+
 def run(cfg: DictConfig) -> Path:
     check_best_metric(cfg)
+    check_method(cfg)
     out = run_dir(cfg)
     return loop.run_locked(cfg, out, train)
 
@@ -215,10 +250,12 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
     xtts.hifigan_decoder.eval()
     gpt = xtts.gpt.train()
     select_trainable(gpt, cfg.freeze_text_embeddings, cfg.train_last_layers)
+    base_hash = setup_lora(gpt, cfg, model_dir) if cfg.method == "lora" else None
     if cfg.grad_checkpointing:
         enable_activation_checkpointing(gpt.gpt)
-    weight_keys = set(gpt.state_dict())
-    dvae, mel_stats = load_dvae(model_dir)
+    # What a state holds: every GPT weight (full), or only the trainable tensors (lora: adapter, new rows).
+    weight_keys = {n for n, p in gpt.named_parameters() if p.requires_grad} if cfg.method == "lora" else set(gpt.state_dict())
+    dvae, mel_stats = load_dvae(model_dir, xtts.args.gpt_num_audio_tokens)
     features = GptFeatures(dvae, mel_stats, xtts.args.gpt_use_perceiver_resampler).to(device)
 
     max_samples = int(cfg.max_audio_seconds * 22050)
@@ -261,9 +298,13 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
     # Load: continue the same run if a training state exists.
     step, epoch, batch_in_epoch, best_eval = 0, 0, 0, math.inf  # best_eval: the lowest `best_metric` so far
     if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = loop.load_state(state_path, "gpt")
         loop.check_sampler_key(state_path, state.get("sampler", {}), sampler_key)
-        gpt.load_state_dict(state["gpt"])
+        check_resumable_method(state_path, state, cfg, base_hash)
+        if cfg.method == "lora":
+            lora.load_adapter_weights(gpt, state["gpt"], str(state_path))
+        else:
+            gpt.load_state_dict(state["gpt"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -278,27 +319,26 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
 
     def save_state() -> None:
         weights = training_weights(gpt, weight_keys)
-        torch_save(
-            {
-                "gpt": weights,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "sampler": sampler_key,
-                "train_items": len(train_items),
-                "data_stats": data_stats,
-                "step": step,
-                "epoch": epoch,
-                "batch_in_epoch": batch_in_epoch,
-                "best_eval_loss": best_eval,  # of `best_metric` (named so for older states)
-                "best_metric": cfg.best_metric,
-                "base_model_dir": str(Path(model_dir).resolve()),
-                "config": to_container(cfg),
-            },
-            state_path,
-        )
-        loop.save_checkpoint(checkpoints, step, {"gpt": weights, "step": step}, cfg.keep_last)
+        state = {
+            "gpt": weights,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "sampler": sampler_key,
+            "train_items": len(train_items),
+            "data_stats": data_stats,
+            "step": step,
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "best_eval_loss": best_eval,  # of `best_metric` (named so for older states)
+            "best_metric": cfg.best_metric,
+            "base_model_dir": str(Path(model_dir).resolve()),
+            **({"base_model_hash": base_hash} if base_hash else {}),
+            "config": to_container(cfg),
+        }
+        torch_save(state, state_path)
+        loop.save_checkpoint(checkpoints, step, loop.checkpoint_payload(state, "gpt"), cfg.keep_last)
         # Throughput of this process's training steps (evals and checkpoint writes excluded).
         write_json(
             out / "progress.json",
@@ -381,7 +421,8 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
             score = metrics["eval/cer"] if cfg.best_metric == "cer" else metrics["eval/loss"]
             if score < best_eval:
                 best_eval = score
-                torch_save({"gpt": training_weights(gpt, weight_keys), "step": step, "eval_loss": metrics["eval/loss"],
+                # config: a LoRA checkpoint is an adapter, which export and train-decoder rebuild from it.
+                torch_save({"gpt": training_weights(gpt, weight_keys), "step": step, "eval_loss": metrics["eval/loss"], "config": to_container(cfg),
                             **({"cer": metrics["eval/cer"]} if "eval/cer" in metrics else {})}, checkpoints / "best.pt")
         if runtime.is_main and (step % cfg.save_every == 0 or step == cfg.max_steps):
             save_state()

@@ -13,6 +13,7 @@ functions here, so importing this module (or the CLI) never needs it.
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -24,6 +25,10 @@ if TYPE_CHECKING:  # for annotations only: importing these costs seconds
     from xtts_ft.inference import XttsSynthesizer
 
 NO_EMOTION = "none"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+# Per-request limits (conf/web.yaml sets them for `xtts-ft web`).
+MAX_TEXT_CHARS = 1000
+MAX_UPLOAD_MB = 20.0
 REFERENCE_VOICE = "reference clip (upload)"  # the voice dropdown's entry for "use the upload"
 INSTALL_HINT = "the web demo needs gradio: pip install 'xtts-ft[web]'"
 
@@ -56,6 +61,9 @@ def generate(
     reference: Optional[str] = None,
     voice: Optional[str] = REFERENCE_VOICE,
     seed: Optional[float] = 0,
+    *,
+    max_text_chars: int = MAX_TEXT_CHARS,
+    max_upload_mb: float = MAX_UPLOAD_MB,
 ) -> Tuple[Tuple[int, np.ndarray], str]:
     """One click of Generate: ((sample rate, int16 samples), status line).
 
@@ -69,6 +77,8 @@ def generate(
     text = (text or "").strip()
     if not text:
         raise error("Type a text to speak.")
+    if len(text) > max_text_chars:  # the page caps typing; an API call could still send a book
+        raise error(f"The text is {len(text)} characters long; this page takes at most {max_text_chars}.")
     if language not in synthesizer.languages:
         raise error(f"Choose a language: {language!r} is not one of this model's ({', '.join(synthesizer.languages)}).")
     named = voice if voice and voice != REFERENCE_VOICE else None
@@ -78,9 +88,13 @@ def generate(
         # The synthesizer takes exactly one voice; guessing which one was meant would surprise someone.
         raise error(f"Both a reference clip and the named voice {named!r} are set: clear the clip, or set the voice to {REFERENCE_VOICE!r}.")
     if reference:
+        megabytes = os.path.getsize(reference) / 2**20 if os.path.isfile(reference) else 0.0
+        if megabytes > max_upload_mb:  # gradio refuses larger uploads; a path sent through the API is checked here
+            raise error(f"The reference clip is {megabytes:.1f} MB; this page takes at most {max_upload_mb:g} MB "
+                        "(3-10 s of audio is all it needs).")
         try:  # read it here (cached per file) so an unreadable or too short upload gets its own message
             synthesizer.clone_voice(reference)
-        except (RuntimeError, ValueError, FileNotFoundError) as exc:
+        except (RuntimeError, ValueError, OSError) as exc:
             raise error(f"Cannot use this reference clip: {exc}") from exc
     try:
         result = synthesizer.synthesize(
@@ -105,7 +119,8 @@ def generate(
     return (result.sample_rate, pcm), status
 
 
-def build_app(synthesizer: "XttsSynthesizer", title: Optional[str] = None) -> "gr.Blocks":
+def build_app(synthesizer: "XttsSynthesizer", title: Optional[str] = None, max_text_chars: int = MAX_TEXT_CHARS,
+              max_upload_mb: float = MAX_UPLOAD_MB) -> "gr.Blocks":
     """The page, built but not launched (tests call it and drive the result)."""
     gr = import_gradio()
     options = choices(synthesizer)
@@ -118,7 +133,8 @@ def build_app(synthesizer: "XttsSynthesizer", title: Optional[str] = None) -> "g
         )
         with gr.Row():
             with gr.Column():
-                text = gr.Textbox(label="Text", lines=3, placeholder="The birch canoe slid on the smooth planks.", elem_id="text")
+                text = gr.Textbox(label="Text", lines=3, placeholder="The birch canoe slid on the smooth planks.", elem_id="text",
+                                  max_length=max_text_chars)
                 with gr.Row():
                     language = gr.Dropdown(languages, value="en" if "en" in languages else languages[0],
                                            label="Language", elem_id="language")
@@ -139,7 +155,8 @@ def build_app(synthesizer: "XttsSynthesizer", title: Optional[str] = None) -> "g
                 status = gr.Textbox(label="Status", interactive=False, elem_id="status")
 
         def on_generate(text, language, emotion, reference, voice, seed):
-            return generate(synthesizer, text, language, emotion, reference, voice, seed)
+            return generate(synthesizer, text, language, emotion, reference, voice, seed,
+                            max_text_chars=max_text_chars, max_upload_mb=max_upload_mb)
 
         # One synthesis at a time: the synthesizer's voice cache and torch's global seed are not thread-safe.
         button.click(on_generate, inputs=[text, language, emotion, reference, voice, seed],
@@ -147,13 +164,33 @@ def build_app(synthesizer: "XttsSynthesizer", title: Optional[str] = None) -> "g
     return app
 
 
+def login(cfg: DictConfig) -> Optional[Tuple[str, str]]:
+    """Gradio's (user, password) from `auth=user:password`; refuses to serve beyond this machine
+    (share=true, or a host other than this one's loopback) without a login, unless the user said
+    allow_unauthenticated=true: anyone who finds the address could spend the machine's GPU."""
+    if cfg.auth is not None:
+        user, _, password = str(cfg.auth).partition(":")
+        if not user or not password:
+            raise ValueError("auth must be user:password (both non-empty) — fix: auth=alice:a-long-password")
+        return user, password
+    public = "share=true" if cfg.share else f"host={cfg.host}" if cfg.host not in LOCAL_HOSTS else None
+    if public and not cfg.allow_unauthenticated:
+        raise ValueError(f"{public} serves the page beyond this machine, and no login is set "
+                         "— fix: auth=user:password (or allow_unauthenticated=true to serve it to anyone)")
+    return None
+
+
 def run(cfg: DictConfig) -> None:
+    auth = login(cfg)  # before the model loads: a refused launch costs nothing
     import_gradio()  # fail before the model loads, not after
     from xtts_ft.inference import XttsSynthesizer
 
-    synthesizer = XttsSynthesizer(cfg.checkpoint, device=cfg.device, revision=cfg.revision)
-    app = build_app(synthesizer)
+    synthesizer = XttsSynthesizer(cfg.checkpoint, device=cfg.device, revision=cfg.revision,
+                                  voice_cache_size=cfg.voice_cache_size, max_reference_seconds=cfg.max_reference_seconds)
+    app = build_app(synthesizer, max_text_chars=cfg.max_text_chars, max_upload_mb=cfg.max_upload_mb)
     # Hydra sets the root logger to INFO; gradio's start-up probes of its own server would each log a line.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # Blocks until Ctrl-C. share=true asks gradio for a temporary public *.gradio.live link (needs internet).
-    app.launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share)
+    # max_file_size: gradio refuses a larger upload before storing it.
+    app.launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share, auth=auth,
+               max_file_size=int(cfg.max_upload_mb * 2**20))

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import soundfile as sf
 import soxr
 
 
-def read_mono(path: Path):
-    """(mono float32 samples, source rate). Raises RuntimeError naming the file if it cannot be read."""
+def read_mono(path: Path, max_seconds: Optional[float] = None):
+    """(mono float32 samples, source rate); with `max_seconds`, only that much of the start is decoded.
+    Raises RuntimeError naming the file if it cannot be read."""
     try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        stop = None if max_seconds is None else int(max_seconds * sf.info(str(path)).samplerate)
+        audio, rate = sf.read(str(path), dtype="float32", always_2d=True, stop=stop)
     except Exception as err:  # soundfile raises several types for corrupt or truncated files
         raise RuntimeError(f"cannot read audio {path}: {err}") from err
     channels = audio.shape[1]
@@ -28,9 +31,19 @@ def read_mono(path: Path):
     return audio @ np.full(channels, 1 / channels, dtype=np.float32), rate
 
 
-def load_audio(path: Path, sample_rate: int) -> np.ndarray:
-    """Mono float32 at `sample_rate`. Raises RuntimeError naming the file if it cannot be read."""
-    audio, rate = read_mono(path)
+def header_seconds(path: Path) -> float:
+    """The duration the file's header gives, without decoding it. Raises RuntimeError naming the file if it cannot be read."""
+    try:
+        info = sf.info(str(path))
+    except Exception as err:  # as read_mono: several types for corrupt or truncated files
+        raise RuntimeError(f"cannot read audio {path}: {err}") from err
+    return info.frames / info.samplerate if info.samplerate > 0 else 0.0
+
+
+def load_audio(path: Path, sample_rate: int, max_seconds: Optional[float] = None) -> np.ndarray:
+    """Mono float32 at `sample_rate` (the first `max_seconds` only, when given). Raises RuntimeError
+    naming the file if it cannot be read."""
+    audio, rate = read_mono(path, max_seconds)
     if rate != sample_rate and audio.size:
         audio = soxr.resample(audio, rate, sample_rate, quality="HQ").astype(np.float32)
     return audio

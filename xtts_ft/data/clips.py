@@ -11,7 +11,9 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,12 +22,16 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import soxr
 
-from xtts_ft.data.audio import encode_wav, read_mono, trim_bounds
+from xtts_ft.data.audio import encode_wav, header_seconds, read_mono, trim_bounds
 
 DECODER_RATE = 24000
 CLIPS_PER_WORKER = 64
 CHUNK = 8  # clips per task sent to a worker: ~0.1 s of work, small enough to balance the end
 SILENCE_PEAK = 1e-4  # -80 dBFS: nothing audible
+# A file whose header says it is longer than max_seconds + this is dropped as too_long unread: no
+# trimming of its ends would make it fit, and decoding it whole (a stray 3-hour recording is
+# gigabytes as float32) could take the machine's memory.
+UNTRIMMED_SLACK_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,10 @@ class Clip:
 def process_audio(path: Path, cfg: AudioSettings) -> Clip:
     """Decode once at the source rate; derive the 22.05 kHz clip and the 24 kHz copy from it."""
     try:
+        header = header_seconds(path)
+        if header > cfg.max_seconds + UNTRIMMED_SLACK_SECONDS:
+            raise Rejected("too_long", f"{header:.1f} s by its header > max_seconds={cfg.max_seconds} "
+                                       f"(+{UNTRIMMED_SLACK_SECONDS:.0f} s that trimming could remove): not decoded")
         source, rate = read_mono(path)
     except RuntimeError as err:
         raise Rejected("unreadable_audio", str(err)) from None
@@ -199,10 +209,62 @@ def write_clip(out: Path, folder: str, name: str, data: bytes) -> None:
     os.replace(staged, out / folder / name)
 
 
+_marker: Optional[Path] = None  # this process's `.working-<pid>` file while it runs a chunk
+
+
 def run_chunk(jobs: List[AudioJob], cfg: AudioSettings, out: Path) -> List[Union[ClipInfo, Rejected]]:
-    results = [run_audio_job(job, cfg, out) for job in jobs]
-    record_done(out, jobs, results)
+    """Run a chunk's jobs, each noted in this process's marker (`.working-<pid>`) while it runs.
+
+    A process that dies on a clip (killed for memory, a crash in a decoder) leaves its marker
+    behind: the caller names that clip, and a resumed run drops it as `worker_crashed` instead of
+    dying on it again. Any other way out (done, an exception, Ctrl-C, SIGTERM) removes it."""
+    global _marker
+    _marker = out / f".working-{os.getpid()}"
+    marker = os.open(_marker, os.O_WRONLY | os.O_CREAT, 0o644)
+    results = []
+    try:
+        for job in jobs:
+            note_working_on(marker, job)
+            results.append(run_audio_job(job, cfg, out))
+        record_done(out, jobs, results)
+    finally:
+        os.close(marker)
+        _marker.unlink(missing_ok=True)
+        _marker = None
     return results
+
+
+def note_working_on(marker: int, job: AudioJob) -> None:
+    """One line at the start of the open marker file. Rewritten in place (~40 µs; a new file
+    renamed in was ~3 ms a clip here): a kill between the write and the truncate leaves the new
+    line first, and readers read the first line only."""
+    line = (json.dumps({"name": job.name, "path": str(job.path)}) + "\n").encode()
+    os.pwrite(marker, line, 0)
+    os.ftruncate(marker, len(line))
+
+
+def worker_init() -> None:
+    """In each spawned worker: when the pool stops it because another worker died (SIGTERM), its
+    own clip is innocent: remove its marker, so that only the dead worker's clip is blamed."""
+
+    def stop(*_) -> None:
+        if _marker is not None:
+            _marker.unlink(missing_ok=True)
+        os._exit(128 + signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def crashed_clips(out: Path) -> Dict[str, str]:
+    """Output name -> source path of each clip a process died on (its marker is still there)."""
+    crashed = {}
+    for marker in sorted(out.glob(".working-*[0-9]")):
+        try:
+            entry = json.loads(marker.read_text(encoding="utf-8").split("\n", 1)[0])
+        except (OSError, ValueError):  # (empty: it died before its first clip)
+            continue
+        crashed[entry["name"]] = entry["path"]
+    return crashed
 
 
 def record_done(out: Path, jobs: List[AudioJob], results: list) -> None:
@@ -217,7 +279,10 @@ def record_done(out: Path, jobs: List[AudioJob], results: list) -> None:
 
 def read_done(out: Path) -> Dict[str, Union[ClipInfo, Rejected]]:
     """The results an interrupted run recorded in `out` (output name -> result), for clips whose
-    files are in place. A line cut short by the interruption is skipped: its clip is redone."""
+    files are in place. A line cut short by the interruption is skipped: its clip is redone.
+    A clip a process died on is `worker_crashed`; its marker becomes a ledger line (this run's
+    processes could reuse the dead one's pid, and so its marker's name)."""
+    record_crashes(out)
     done: Dict[str, Union[ClipInfo, Rejected]] = {}
     for ledger in sorted(out.glob(".done-*.jsonl")):
         for line in ledger.read_text(encoding="utf-8").splitlines():
@@ -226,6 +291,9 @@ def read_done(out: Path) -> Dict[str, Union[ClipInfo, Rejected]]:
             except json.JSONDecodeError:
                 continue
             name = entry.pop("name")
+            if entry.get("reason") == "worker_crashed":  # read last (.done-crashed sorts after .done-<pid>)
+                done.setdefault(name, Rejected(entry["reason"], entry["message"]))  # it finished the clip, then died
+                continue
             if "reason" in entry:
                 done[name] = Rejected(entry["reason"], entry["message"])
                 continue
@@ -235,9 +303,22 @@ def read_done(out: Path) -> Dict[str, Union[ClipInfo, Rejected]]:
     return done
 
 
+def record_crashes(out: Path) -> None:
+    """Turn the markers of processes that died on a clip into `worker_crashed` ledger lines."""
+    crashed = crashed_clips(out)
+    if crashed:
+        with open(out / ".done-crashed.jsonl", "a", encoding="utf-8") as ledger:
+            for name, path in crashed.items():
+                message = (f"a prepare process died while processing {path} (killed for lack of memory? a crash in "
+                           "its decoder?); skipped so that the run can finish — check the file, then `force=true` tries it again")
+                ledger.write(json.dumps({"name": name, "reason": "worker_crashed", "message": message}) + "\n")
+    for marker in out.glob(".working-*"):
+        marker.unlink()
+
+
 def remove_bookkeeping(out: Path) -> None:
-    """The ledgers and staging folders: not part of a finished dataset."""
-    for ledger in out.glob(".done-*.jsonl"):
+    """The ledgers, markers and staging folders: not part of a finished dataset."""
+    for ledger in [*out.glob(".done-*.jsonl"), *out.glob(".working-*")]:
         ledger.unlink()
     for staging in out.glob(".staging-*"):
         shutil.rmtree(staging)  # empty, or holding a clip cut short by an interruption
@@ -284,7 +365,7 @@ class AudioWorkers:
             # spawn, not fork: the parent may hold torch/OpenMP or tokenizer threads whose locks a
             # forked child would inherit. An executor (not a Pool) raises if a worker dies instead
             # of hanging, and lets us cancel chunks no worker has claimed.
-            self.pool = ProcessPoolExecutor(self.spawned, mp_context=multiprocessing.get_context("spawn"))
+            self.pool = ProcessPoolExecutor(self.spawned, mp_context=multiprocessing.get_context("spawn"), initializer=worker_init)
             for _ in range(self.spawned):  # each submit starts one process (they start on demand)
                 self.pool.submit(warm_up, self.cfg)
         return self
@@ -302,10 +383,32 @@ class AudioWorkers:
             self._send(len(self.jobs) - CHUNK, len(self.jobs))
 
     def _send(self, first: int, end: int) -> None:
-        self.chunks.append((first, end, self.pool.submit(run_chunk, self.jobs[first:end], self.cfg, self.out)))
+        try:
+            future = self.pool.submit(run_chunk, self.jobs[first:end], self.cfg, self.out)
+        except BrokenProcessPool:  # a worker died while jobs were still being submitted
+            raise self._worker_died() from None
+        self.chunks.append((first, end, future))
 
     def results(self) -> List[Union[ClipInfo, Rejected]]:
-        """Every job's result, in job order. This process runs the chunks no worker has claimed."""
+        """Every job's result, in job order. This process runs the chunks no worker has claimed.
+        A worker that dies is an error naming the clip it was on (the next run skips that clip)."""
+        try:
+            return self._results()
+        except BrokenProcessPool:
+            raise self._worker_died() from None
+
+    def _worker_died(self) -> RuntimeError:
+        self.pool.shutdown(wait=True)  # the other workers stop, and un-mark their clips, first
+        crashed = crashed_clips(self.out)
+        if not crashed:
+            return RuntimeError("an audio worker process died between clips (killed for lack of memory?); "
+                                "run prepare again: it continues with the clips not done yet")
+        return RuntimeError(
+            f"an audio worker process died while processing {', '.join(crashed.values())} (killed for lack of "
+            "memory? a crash in its decoder?); run prepare again: it keeps the clips already done and skips "
+            "this one as `worker_crashed` (listed in dropped.jsonl)")
+
+    def _results(self) -> List[Union[ClipInfo, Rejected]]:
         from tqdm import tqdm  # here: the workers, which import this module, never show a bar
 
         total = len(self.jobs)

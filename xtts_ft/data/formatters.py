@@ -2,94 +2,251 @@
 
 A raw record is a dict with `audio` (absolute path), `text`, `speaker`, `source_line`
 (file:line, for error messages and dropped.jsonl), and any extra fields the source had.
-Formatters never drop anything: a bad row becomes a record that `prepare` rejects with a
-reason. Adding a layout = one function here + its name in FORMATTERS.
+Formatters never drop anything: a bad row becomes a record carrying `rejected` (reason,
+message) that `prepare` writes to dropped.jsonl — `malformed_row` for a row whose fields do not
+fit the layout, `bad_encoding` for a line that is not in the source's encoding. Adding a layout =
+one function here + its name in FORMATTERS.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterator, List, Tuple, Union
 
 Record = Dict[str, object]
+Cells = List[str]
 
 
-def _pipe_rows(path: Path) -> List[List[str]]:
+def rejected_row(where: str, row: str, reason: str, message: str) -> Record:
+    """A record for a row that cannot be read: its raw text, where it is, and why."""
+    return {"row": row, "source_line": where, "rejected": [reason, f"{where}: {message}"]}
+
+
+def source_encoding(source) -> str:
+    encoding = getattr(source, "encoding", None) or "utf-8"
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ValueError(f"data.sources[…].encoding={encoding!r} (source {source.path}) is not an encoding Python knows; "
+                         "use e.g. utf-8, latin-1, cp1252, utf-16") from None
+    return encoding
+
+
+def _ascii_compatible(encoding: str) -> bool:
+    """Whether a line break is the byte 0x0a and nothing else is (utf-8, latin-1, cp125x: yes; utf-16: no)."""
+    return "\n|,\t".encode(encoding) == b"\n|,\t"
+
+
+def text_lines(path: Path, encoding: str = "utf-8") -> Iterator[Tuple[int, Union[str, Record]]]:
+    """(line number, line without its line ending) for every line of a text file.
+
+    Each line is decoded on its own, so one line that is not in `encoding` (a latin-1 `Café` in
+    a UTF-8 file) comes as a `bad_encoding` record and costs that row only. A byte-order mark
+    (Excel and Notepad write one) is dropped; `\\r\\n` endings are read as `\\n`.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"metadata file {path} does not exist")
-    with path.open(encoding="utf-8", newline="") as f:
-        return list(csv.reader(f, delimiter="|", quoting=csv.QUOTE_NONE))
+    data = path.read_bytes()
+    if not _ascii_compatible(encoding):  # utf-16/32: a 0x0a byte may be half of a character
+        try:
+            lines = data.decode(encoding).split("\n")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not valid {encoding} at byte {err.start} ({err.reason}); "
+                             "set data.sources[i].encoding to the file's encoding") from None
+        for lineno, line in enumerate(lines[:-1] if lines[-1] == "" else lines, start=1):
+            yield lineno, (line.lstrip("\ufeff") if lineno == 1 else line).removesuffix("\r")
+        return
+    if data.startswith(codecs.BOM_UTF8):  # in a latin-1/cp1252 file too: `ï»¿` opening a file is always a BOM
+        data = data[len(codecs.BOM_UTF8):]
+    pieces = data.split(b"\n")
+    for lineno, raw in enumerate(pieces[:-1] if pieces[-1] == b"" else pieces, start=1):  # no line after the last newline
+        raw = raw.removesuffix(b"\r")
+        try:
+            line = raw.decode(encoding)
+        except UnicodeDecodeError as err:
+            yield lineno, rejected_row(
+                f"{path}:{lineno}", raw.decode(encoding, errors="backslashreplace"), "bad_encoding",
+                f"not valid {encoding} (byte {raw[err.start]:#04x} at column {err.start + 1}); fix the line, or set "
+                "data.sources[i].encoding to the file's encoding (e.g. latin-1, cp1252) if all of it is in another one")
+            continue
+        yield lineno, line.lstrip("\ufeff") if lineno == 1 else line
 
 
-def _table_rows(path: Path, delimiter: str) -> Iterator[Tuple[int, dict]]:
-    """(line number, row dict) for a headed CSV/TSV, or a JSON-lines file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"metadata file {path} does not exist")
-    with path.open(encoding="utf-8", newline="") as f:
-        if path.suffix == ".jsonl":
-            for lineno, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        yield lineno, json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+def _cells(path: Path, delimiter: str, encoding: str, quoted: bool) -> Iterator[Tuple[str, str, Union[Cells, Record]]]:
+    """(where, raw text, cells) for each non-blank row, or a rejected record in place of the cells.
+
+    `quoted=False` (pipe files, TSV): a row is one line split at every delimiter, quotes being
+    ordinary characters (LJSpeech and Common Voice transcripts hold them). `quoted=True` (CSV):
+    the csv module in strict mode, so a stray quote is an error rather than a row that swallows
+    the lines after it; a row spanning several lines names them all.
+    """
+    lines = text_lines(path, encoding)
+    if not quoted:
+        for lineno, line in lines:
+            where = f"{path}:{lineno}"
+            if isinstance(line, dict):
+                yield where, str(line["row"]), line
+            elif line.strip():
+                yield where, line, line.split(delimiter)
+        return
+    consumed: List[Tuple[int, str]] = []  # the lines the csv reader took for the current row
+    set_aside: List[Record] = []  # bad_encoding lines met on the way, reported before that row
+
+    def feed() -> Iterator[str]:
+        for lineno, line in lines:
+            if isinstance(line, dict):
+                set_aside.append(line)
+                continue
+            consumed.append((lineno, line))
+            yield line + "\n"
+
+    reader = csv.reader(feed(), delimiter=delimiter, strict=True)
+    while True:
+        consumed.clear()
+        try:
+            cells: Union[Cells, Record, None] = next(reader)
+        except StopIteration:
+            cells = None
+        except csv.Error as err:
+            cells = {"error": str(err)}
+        yield from ((str(bad["source_line"]), str(bad["row"]), bad) for bad in set_aside)
+        set_aside.clear()
+        if not consumed:
             return
-        reader = csv.DictReader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
-        for row in reader:
-            yield reader.line_num, row
+        first, last = consumed[0][0], consumed[-1][0]
+        where = f"{path}:{first}" if first == last else f"{path}:{first}-{last}"
+        raw = "\n".join(line for _, line in consumed)
+        if isinstance(cells, dict):
+            span = "" if first == last else f" (lines {first}-{last} read as one row: a quote opened and never closed?)"
+            yield where, raw, rejected_row(where, raw, "malformed_row", f"not a valid CSV row: {cells['error']}{span}; "
+                                           "quote fields holding the delimiter, double quotes inside them (\"\")")
+        elif cells and any(cell.strip() for cell in cells):
+            yield where, raw, cells
+        if cells is None:
+            return
 
 
-def _require_columns(path: Path, row: dict, columns: Dict[str, str]) -> None:
-    missing = [f"{role}={name!r}" for role, name in columns.items() if name and name not in row]
+def headed_rows(path: Path, delimiter: str, encoding: str, quoted: bool) -> Tuple[List[str], Iterator[Tuple[str, Union[dict, Record]]]]:
+    """(header, rows) of a headed file: each row as {column: cell} with its `where` (file:line),
+    or a `malformed_row` record when its field count is not the header's (a delimiter inside a
+    transcript, a missing field): never a row zipped against the header with cells lost."""
+    rows = _cells(path, delimiter, encoding, quoted)
+    for where, raw, cells in rows:
+        if isinstance(cells, dict):
+            raise ValueError(f"{where}: the header cannot be read: {cells['rejected'][1]}")
+        header = [cell.strip() for cell in cells]
+        break
+    else:
+        raise ValueError(f"{path}: empty file (no header)")
+    name = {"|": "`|`", "\t": "tab", ",": "`,`"}.get(delimiter, repr(delimiter))
+
+    def records() -> Iterator[Tuple[str, Union[dict, Record]]]:
+        for where, raw, cells in rows:
+            if isinstance(cells, dict):
+                yield where, cells
+            elif len(cells) != len(header):
+                hint = f"a {name} inside a field" + (" (quote the field)" if quoted else "") if len(cells) > len(header) else "a missing field"
+                yield where, rejected_row(where, raw, "malformed_row",
+                                          f"{len(cells)} fields where the header has {len(header)} ({'|'.join(header)}): {hint}?")
+            else:
+                yield where, dict(zip(header, cells))
+
+    return header, records()
+
+
+def jsonl_rows(path: Path, encoding: str) -> Iterator[Tuple[str, Union[dict, Record]]]:
+    """(where, object) for each line of a JSON-lines file; a line that is not a JSON object is `malformed_row`."""
+    for lineno, line in text_lines(path, encoding):
+        where = f"{path}:{lineno}"
+        if isinstance(line, dict):
+            yield where, line
+        elif line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield where, rejected_row(where, line, "malformed_row", f"not valid JSON ({err.msg} at column {err.colno})")
+                continue
+            if not isinstance(row, dict):
+                yield where, rejected_row(where, line, "malformed_row", f"a JSON {type(row).__name__}, not an object with named fields")
+            else:
+                yield where, row
+
+
+def table_rows(path: Path, encoding: str, required: Dict[str, str]) -> Iterator[Tuple[str, Union[dict, Record]]]:
+    """A headed CSV (`,`, quoted fields), TSV (tab, no quoting: quotes are text) or JSONL file, whose
+    header must have the `required` columns (role -> column name)."""
+    if path.suffix == ".jsonl":
+        checked = False
+        for where, row in jsonl_rows(path, encoding):  # no header: the first object must have the columns
+            if not checked and not is_rejected(row):
+                _require_columns(where, list(row), required)
+                checked = True
+            yield where, row
+        return
+    tsv = path.suffix == ".tsv"
+    header, rows = headed_rows(path, "\t" if tsv else ",", encoding, quoted=not tsv)
+    _require_columns(f"{path}:1", header, required)
+    yield from rows
+
+
+def is_rejected(row: dict) -> bool:
+    return "rejected" in row
+
+
+def _require_columns(where: str, header: List[str], columns: Dict[str, str]) -> None:
+    missing = [f"{role}={name!r}" for role, name in columns.items() if name and name not in header]
     if missing:
-        raise ValueError(f"{path}:1: no column {', '.join(missing)} (columns found: {', '.join(row)})")
+        raise ValueError(f"{where}: no column {', '.join(missing)} (columns found: {', '.join(map(repr, header))})")
 
 
 def coqui_csv(root: Path, source) -> List[Record]:
     """coqui's CSV: a header `audio_file|text|speaker_name`, then one clip per line."""
     path = root / source.metadata
-    rows = _pipe_rows(path)
-    if not rows:
-        raise ValueError(f"{path}: empty file")
-    header = [h.strip() for h in rows[0]]
-    for column in ("audio_file", "text"):
-        if column not in header:
-            raise ValueError(f"{path}:1: header must name `audio_file|text|speaker_name`, found {'|'.join(header)}")
+    header, rows = headed_rows(path, "|", source_encoding(source), quoted=False)
+    if not {"audio_file", "text"} <= set(header):
+        raise ValueError(f"{path}:1: header must name `audio_file|text|speaker_name`, found {'|'.join(map(repr, header))}")
     records = []
-    for lineno, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
+    for where, cells in rows:
+        if is_rejected(cells):
+            records.append(cells)
             continue
-        cells = dict(zip(header, row))
         extra = {k: v for k, v in cells.items() if k not in ("audio_file", "text", "speaker_name")}
         records.append(
             {
                 **extra,  # columns beyond ours travel into the Sample
-                "audio": str(root / cells.get("audio_file", "").strip()),
-                "text": cells.get("text", ""),
+                "audio": str(root / cells["audio_file"].strip()),
+                "text": cells["text"],
                 "speaker": (cells.get("speaker_name") or source.speaker or root.name).strip(),
-                "source_line": f"{path}:{lineno}",
+                "source_line": where,
             }
         )
     return records
 
 
 def ljspeech(root: Path, source) -> List[Record]:
-    """LJSpeech: `id|text[|normalized text]`, audio in wavs/<id>.wav; the normalized column wins."""
+    """LJSpeech: `id|text|normalized text` (exactly 3 fields; the normalized column wins unless
+    empty), audio in wavs/<id>.wav. Any other field count is `malformed_row`: with a `|` inside a
+    transcript no reading of the row is safe."""
     path = root / source.metadata
     records = []
-    for lineno, row in enumerate(_pipe_rows(path), start=1):
-        if not any(cell.strip() for cell in row):
+    for where, raw, cells in _cells(path, "|", source_encoding(source), quoted=False):
+        if isinstance(cells, dict):
+            records.append(cells)
             continue
-        clip_id = row[0].strip()
-        text = row[2] if len(row) > 2 and row[2].strip() else (row[1] if len(row) > 1 else "")
+        if len(cells) != 3:
+            records.append(rejected_row(where, raw, "malformed_row", f"{len(cells)} fields: LJSpeech rows are "
+                                        "`id|text|normalized text` (3 fields; a `|` inside a transcript is not allowed)"))
+            continue
+        clip_id, text, normalized = cells
         records.append(
             {
-                "audio": str(root / "wavs" / f"{clip_id}.wav"),
-                "text": text,
+                "audio": str(root / "wavs" / f"{clip_id.strip()}.wav"),
+                "text": normalized if normalized.strip() else text,
                 "speaker": source.speaker or root.name,
-                "source_line": f"{path}:{lineno}",
+                "source_line": where,
             }
         )
     return records
@@ -101,6 +258,7 @@ def vctk(root: Path, source) -> List[Record]:
     txt_dir = root / "txt"
     if not txt_dir.is_dir():
         raise FileNotFoundError(f"{txt_dir} does not exist: not a VCTK layout (txt/<speaker>/*.txt)")
+    encoding = source_encoding(source)
     records = []
     for txt in sorted(txt_dir.glob("*/*.txt")):
         speaker, stem = txt.parent.name, txt.stem
@@ -109,9 +267,13 @@ def vctk(root: Path, source) -> List[Record]:
             root / "wav48" / speaker / f"{stem}.wav",
         ]
         audio = next((c for c in candidates if c.is_file()), candidates[0])
-        records.append(
-            {"audio": str(audio), "text": txt.read_text(encoding="utf-8"), "speaker": speaker, "source_line": f"{txt}:1"}
-        )
+        lines = list(text_lines(txt, encoding))
+        bad = next((line for _, line in lines if isinstance(line, dict)), None)
+        record = {"audio": str(audio), "speaker": speaker, "source_line": f"{txt}:1"}
+        if bad is not None:
+            records.append({**record, "text": "", **bad})
+        else:
+            records.append({**record, "text": "\n".join(str(line) for _, line in lines)})
     return records
 
 
@@ -119,9 +281,10 @@ def common_voice(root: Path, source) -> List[Record]:
     """Common Voice: <metadata> (e.g. validated.tsv) with client_id, path, sentence; audio in clips/."""
     path = root / (source.metadata if source.metadata.endswith(".tsv") else "validated.tsv")
     records = []
-    for lineno, row in _table_rows(path, "\t"):
-        if lineno == 2:
-            _require_columns(path, row, {"audio": "path", "text": "sentence"})
+    for where, row in table_rows(path, source_encoding(source), {"audio": "path", "text": "sentence"}):
+        if is_rejected(row):
+            records.append(row)
+            continue
         extra = {k: v for k, v in row.items() if k not in ("path", "sentence", "client_id") and v}
         records.append(
             {
@@ -129,7 +292,7 @@ def common_voice(root: Path, source) -> List[Record]:
                 "audio": str(root / "clips" / (row.get("path") or "")),
                 "text": row.get("sentence") or "",
                 "speaker": row.get("client_id") or source.speaker or root.name,
-                "source_line": f"{path}:{lineno}",
+                "source_line": where,
             }
         )
     return records
@@ -138,19 +301,19 @@ def common_voice(root: Path, source) -> List[Record]:
 def table(root: Path, source) -> List[Record]:
     """Any CSV (`,`), TSV (`\\t`) or JSONL with a header/keys; column names from `source.columns`."""
     path = root / source.metadata
-    delimiter = "\t" if path.suffix == ".tsv" else ","
     columns = dict(source.columns)
+    ours = {v for v in columns.values() if v}
     records = []
-    for lineno, row in _table_rows(path, delimiter):
-        if len(records) == 0:
-            _require_columns(path, row, {"audio": columns["audio"], "text": columns["text"]})
-        ours = {v for v in columns.values() if v}
+    for where, row in table_rows(path, source_encoding(source), {"audio": columns["audio"], "text": columns["text"]}):
+        if is_rejected(row):
+            records.append(row)
+            continue
         record = {k: v for k, v in row.items() if k not in ours}
         record.update(
             audio=str(root / str(row.get(columns["audio"]) or "")),
             text=str(row.get(columns["text"]) or ""),
             speaker=str(row.get(columns.get("speaker") or "") or source.speaker or root.name),
-            source_line=f"{path}:{lineno}",
+            source_line=where,
         )
         if columns.get("emotion") and row.get(columns["emotion"]):
             record["emotion"] = row[columns["emotion"]]
@@ -163,18 +326,19 @@ def audiofolder(root: Path, source) -> List[Record]:
     metadata = source.metadata if source.metadata != "metadata.csv" or (root / "metadata.csv").is_file() else "metadata.jsonl"
     path = root / metadata
     columns = {**dict(source.columns), "audio": "file_name"}
+    ours = {v for v in columns.values() if v}
     records = []
-    for lineno, row in _table_rows(path, "\t" if path.suffix == ".tsv" else ","):
-        if not records:
-            _require_columns(path, row, {"audio": "file_name", "text": columns["text"]})
-        ours = {v for v in columns.values() if v}
+    for where, row in table_rows(path, source_encoding(source), {"audio": "file_name", "text": columns["text"]}):
+        if is_rejected(row):
+            records.append(row)
+            continue
         records.append(
             {
                 **{k: v for k, v in row.items() if k not in ours},
                 "audio": str(root / str(row.get("file_name") or "")),
                 "text": str(row.get(columns["text"]) or ""),
                 "speaker": str(row.get(columns.get("speaker") or "", "") or source.speaker or root.name),
-                "source_line": f"{path}:{lineno}",
+                "source_line": where,
             }
         )
     return records

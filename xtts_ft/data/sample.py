@@ -7,6 +7,7 @@ as a whole; `resolve_audio` turns it back into a path.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, List, Optional
@@ -53,7 +54,7 @@ def read_manifest(path: Path) -> List[Sample]:
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist; run `xtts-ft prepare` first")
     samples = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):  # -sig: a BOM is dropped
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
@@ -69,5 +70,16 @@ def write_manifest(path: Path, samples: Iterable[Sample]) -> None:
     write_jsonl(path, (s.to_json() for s in samples))
 
 
+def stays_inside(relative: str) -> bool:
+    """Whether `relative` names something under the folder it is relative to: not absolute, not
+    empty, no `..` that climbs out (judged on the text: a symlink inside the folder is fine)."""
+    normal = os.path.normpath(relative) if relative else ".."
+    return not os.path.isabs(relative) and normal != "." and normal != ".." and not normal.startswith(".." + os.sep)
+
+
 def resolve_audio(manifest: Path, sample: Sample) -> Path:
+    """The sample's audio file: a path inside the manifest's folder (a row naming any other file is an error)."""
+    if not stays_inside(sample.audio):
+        raise ValueError(f"{manifest}: audio {sample.audio!r} is not inside the manifest's folder {Path(manifest).parent}; "
+                         "manifest rows name their clips relative to it (e.g. wavs/x.wav): fix the row, or prepare the data again")
     return (Path(manifest).parent / sample.audio).resolve()

@@ -6,6 +6,7 @@ Tiny and real models go through the same `load_xtts`; only `resolve_model_dir` d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import zipfile
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from xtts_ft.model.layout import STOCK_FILES, check_layout, dvae_kwargs, read_sidecar
+from xtts_ft.model.layout import EXPORT_FILES, check_layout, dvae_kwargs, read_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,9 @@ def download_from_hub(repo_id: str, revision: Optional[str] = None) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=list(STOCK_FILES) + ["*.md"]))
+        # Every file an export may hold (sidecar, presets, card), not only the stock ones: what
+        # was pushed comes back whole. (A stock release simply lacks the extra ones.)
+        return Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=list(EXPORT_FILES)))
     except Exception as err:  # offline, unknown repo, gated repo: all end the same way for the user
         raise RuntimeError(
             f"cannot fetch {repo_id!r} from the Hugging Face Hub ({type(err).__name__}: {err}). "
@@ -91,11 +94,23 @@ def load_xtts(model_dir: Path, device: str | torch.device = "cpu", for_inference
         check_weights_file(model_dir / name)
     config = XttsConfig()
     config.load_json(str(model_dir / "config.json"))
-    model = Xtts(config)
-    try:  # coqui-tts loads weights-only (no arbitrary unpickling) on torch >= 2.4
-        model.load_checkpoint(config, checkpoint_dir=str(model_dir), eval=for_inference)
-    except Exception as err:
-        raise ValueError(f"coqui-tts could not load {model_dir / 'model.pth'} ({type(err).__name__}: {err})") from err
+    with unused_gpt2_token_ids_unreported():
+        model = Xtts(config)
+        try:  # coqui-tts loads weights-only (no arbitrary unpickling) on torch >= 2.4
+            # eval=False: the inference wrapper is built below, with valid token ids.
+            model.load_checkpoint(config, checkpoint_dir=str(model_dir), eval=False)
+        except Exception as err:
+            failure = ValueError(f"coqui-tts could not load {model_dir / 'model.pth'} ({type(err).__name__}: {err})")
+            if not for_inference:
+                raise failure from err
+            try:  # a checkpoint saved with the wrapper's keys (coqui's trainer) loads only through coqui's eval path
+                model.load_checkpoint(config, checkpoint_dir=str(model_dir), eval=True)
+            except Exception:
+                raise failure from err
+    if for_inference:
+        init_gpt_for_inference(model.gpt, kv_cache=model.args.kv_cache)
+        model.gpt.eval()
+        model.hifigan_decoder.eval()
     # Languages coqui does not know (and emotion tokens) through our cleaner registry: for this
     # model instance only, nothing in coqui-tts is patched.
     from xtts_ft.model.tokenizer import tokenizer_for
@@ -103,6 +118,52 @@ def load_xtts(model_dir: Path, device: str | torch.device = "cpu", for_inference
     model.tokenizer = tokenizer_for(model_dir, read_sidecar(model_dir))
     model.to(pick_device(device) if isinstance(device, str) else device)
     return config, model
+
+
+# coqui's GPT builds its GPT-2 body from a GPT2Config with an "unused" 256-token vocabulary (the
+# body's token embedding is deleted: text and audio have their own) and GPT-2's text ids (50256)
+# as bos/eos, which nothing reads; transformers warns about them, and coqui takes no argument to
+# set them. Exactly that record is dropped while coqui builds the model; any other still shows.
+UNUSED_GPT2_TOKEN_IDS = "_token_id must be `None` or an integer within the vocabulary (between 0 and 255)"
+
+
+class _DropUnusedGpt2TokenIds(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return UNUSED_GPT2_TOKEN_IDS not in record.getMessage()
+
+
+@contextlib.contextmanager
+def unused_gpt2_token_ids_unreported():
+    logger = logging.getLogger("transformers.configuration_utils")
+    dropper = _DropUnusedGpt2TokenIds()
+    logger.addFilter(dropper)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropper)
+
+
+def init_gpt_for_inference(gpt, kv_cache: bool = True) -> None:
+    """coqui's `GPT.init_gpt_for_inference`, with a GPT-2 config that describes the audio vocabulary.
+
+    coqui's sizes the config by the audio *length* limit and leaves GPT-2's text ids (50256) as
+    bos/eos, outside it: transformers then warns at every model load. Here the vocabulary is the
+    mel head's and bos/eos/pad are the audio start/stop tokens, the ids coqui passes to generate()
+    anyway, so generation is unchanged (the same samples for a seed).
+    """
+    from TTS.tts.layers.xtts.gpt_inference import GPT2InferenceModel
+    from transformers import GPT2Config
+
+    seq_length = gpt.max_prompt_tokens + gpt.max_mel_tokens + gpt.max_text_tokens + 1
+    config = GPT2Config(
+        vocab_size=gpt.mel_head.out_features, n_positions=seq_length, n_ctx=seq_length, n_embd=gpt.model_dim,
+        n_layer=gpt.layers, n_head=gpt.heads, gradient_checkpointing=False, use_cache=True,
+        bos_token_id=gpt.start_audio_token, eos_token_id=gpt.stop_audio_token, pad_token_id=gpt.stop_audio_token,
+    )
+    gpt.gpt_inference = GPT2InferenceModel(
+        config, gpt.gpt, gpt.mel_pos_embedding, gpt.mel_embedding, gpt.final_norm, gpt.mel_head, kv_cache=kv_cache
+    )
+    gpt.gpt.wte = gpt.mel_embedding
 
 
 def check_weights_file(path: Path) -> None:
@@ -127,17 +188,31 @@ def check_weights_file(path: Path) -> None:
         raise ValueError(f"{path} is corrupted: its entry {bad} fails its checksum (altered or partly written)")
 
 
-def load_dvae(model_dir: Path):
-    """The frozen DVAE (mel → audio codes) and its mel normalisation, for training only."""
+def load_dvae(model_dir: Path, num_audio_tokens: int | None = None):
+    """The frozen DVAE (mel → audio codes) and its mel normalisation, for training only.
+
+    Its shape comes from dvae.pth itself. `num_audio_tokens` (the GPT's, codes + start + stop)
+    is checked against the codebook: a DVAE with more codes than the GPT has rows cannot work.
+    """
     from TTS.tts.layers.xtts.dvae import DiscreteVAE
 
-    dvae = DiscreteVAE(**dvae_kwargs(model_dir))
-    check_weights_file(Path(model_dir) / "dvae.pth")
-    state = torch.load(Path(model_dir) / "dvae.pth", map_location="cpu", weights_only=True)
+    path = Path(model_dir) / "dvae.pth"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: training needs the base's DVAE (the stock layout has dvae.pth)")
+    check_weights_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    kwargs = dvae_kwargs(state, where=str(path))
+    if num_audio_tokens is not None and kwargs["num_tokens"] > num_audio_tokens - 2:
+        raise ValueError(
+            f"{path} has {kwargs['num_tokens']} codes but the GPT in {Path(model_dir) / 'config.json'} has "
+            f"gpt_num_audio_tokens={num_audio_tokens} (codes + start + stop): they belong to different models; "
+            f"use the dvae.pth released with this model (or set gpt_num_audio_tokens={kwargs['num_tokens'] + 2})"
+        )
+    dvae = DiscreteVAE(**kwargs)
     # Not strict: extra (unused) keys are tolerated as in coqui's trainer; missing ones are not.
     missing = dvae.load_state_dict(state, strict=False).missing_keys
     if missing:
-        raise ValueError(f"{Path(model_dir) / 'dvae.pth'} lacks DVAE weights: {', '.join(missing[:5])} ...")
+        raise ValueError(f"{path} lacks DVAE weights: {', '.join(missing[:5])} ...")
     dvae.eval().requires_grad_(False)
     mel_stats = torch.load(Path(model_dir) / "mel_stats.pth", map_location="cpu", weights_only=True)
     return dvae, mel_stats

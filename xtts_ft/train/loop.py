@@ -25,13 +25,16 @@ log = logging.getLogger(__name__)
 
 
 def run_locked(cfg, out: Path, train: Callable[[Any, rt.Runtime, Path], Path]) -> Path:
-    """Start the process (one rank under torchrun), hold the run directory's lock on rank 0, train."""
+    """Start the process (one rank under torchrun), hold the run directory's lock on rank 0 and the
+    dataset's shared lock on every rank, train."""
     runtime = rt.start(cfg.model.device, cfg.num_threads)
     # train-gpt only: its length-bucketed steps change memory size; the decoder's fixed segments do not.
     if runtime.device.type == "cpu" and cfg.get("keep_freed_memory", False):
         rt.keep_freed_host_memory()
+    data_dir = Path(cfg.paths.processed_dir) / cfg.data.name
     try:
-        with rt.RunLock(out) if runtime.is_main else contextlib.nullcontext():
+        # Every rank reads the dataset (under torchrun on several hosts, each its own copy).
+        with rt.DatasetReadLock(data_dir, out), rt.RunLock(out) if runtime.is_main else contextlib.nullcontext():
             return train(cfg, runtime, out)
     finally:
         runtime.close()
@@ -94,6 +97,54 @@ def check_sampler_key(state_path: Path, saved: dict, current: dict) -> None:
             + "; ".join(f"{k}: {old} → {new}" for k, (old, new) in changed.items())
             + "): its sampler position means nothing here. Use another run_name, or delete the run to start over."
         )
+
+
+def load_state(state_path: Path, part: str) -> dict:
+    """The training state to resume (`part`: gpt | decoder, what its checkpoints hold). A corrupt or
+    truncated state is named, with what can still be saved: the checkpoints hold the weights (and
+    what an export records) but no optimizer, scheduler, RNG or sampler position, so resuming from
+    one would not continue this run: it is offered for export instead of pretending."""
+    from pickle import UnpicklingError
+
+    from xtts_ft.model.loading import check_weights_file
+
+    try:
+        check_weights_file(state_path)  # every tensor's CRC: a truncated or altered file fails here
+        return torch.load(state_path, map_location="cpu", weights_only=True)
+    except ValueError as err:  # check_weights_file's message names the file and the fault
+        problem = str(err)
+    except (RuntimeError, EOFError, UnpicklingError) as err:
+        problem = f"{state_path} cannot be read as a training state ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    raise ValueError(f"{problem}. {salvage(state_path.parent, part)}")
+
+
+def salvage(out: Path, part: str) -> str:
+    """What the user can do with a run whose state.pt is lost: export its newest intact checkpoint."""
+    from xtts_ft.model.loading import check_weights_file
+
+    run_name = out.parent.name
+    for checkpoint in sorted((out / "checkpoints").glob("step_*.pt"), reverse=True):
+        try:
+            check_weights_file(checkpoint)
+        except ValueError:
+            continue
+        step = int(checkpoint.stem.split("_")[1])
+        option = "checkpoint" if part == "gpt" else "decoder_checkpoint"
+        return (
+            f"The newest intact checkpoint, {checkpoint}, holds the {part} weights of step {step} but not the optimizer, "
+            "scheduler, RNG and sampler position, so this run cannot continue exactly from it. Keep those weights with "
+            f"`xtts-ft export run_name={run_name} {option}={step} out_dir=exports/{run_name}-step{step}` (a model you can "
+            f"fine-tune further: model.source=exports/{run_name}-step{step} with another run_name), or delete {out} to start over."
+        )
+    return f"No intact checkpoint is left in {out / 'checkpoints'}: delete {out} to start the run over."
+
+
+def checkpoint_payload(state: dict, part: str) -> dict:
+    """What a checkpoint keeps of a training state: the `part` weights and what an export records
+    (step, base model, config, data statistics; for the decoder, which GPT it voiced), so that it
+    exports on its own even when state.pt is lost; not the optimizer and the rest."""
+    keep = (part, "step", "base_model_dir", "config", "data_stats") + (("gpt",) if part == "decoder" else ())
+    return {key: state[key] for key in keep if key in state}
 
 
 def save_checkpoint(checkpoints: Path, step: int, payload: dict, keep_last: int) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from xtts_ft.io_utils import FileLock
+from xtts_ft.io_utils import FileLock, dir_lock_path
 from xtts_ft.model.loading import pick_device
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -119,4 +119,18 @@ class RunLock(FileLock):
         super().__init__(
             Path(run_dir) / "run.lock",
             f"{run_dir} is in use by a running training ({{holder}}); wait for it to finish, or give this run another run_name",
+        )
+
+
+class DatasetReadLock(FileLock):
+    """A shared lock on a prepared dataset, held by every training run reading it: `prepare` takes
+    the same lock exclusively to replace the dataset, so it refuses, naming the run, instead of
+    pulling the clips out from under it (and a run does not start on a dataset being replaced)."""
+
+    def __init__(self, data_dir: Path, run_dir: Path):
+        super().__init__(
+            dir_lock_path(data_dir),
+            f"{data_dir} is being prepared ({{holder}}); start the training when `xtts-ft prepare` has finished",
+            shared=True,
+            label=f"the training run {run_dir}",
         )

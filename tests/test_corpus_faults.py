@@ -1,0 +1,305 @@
+"""Real-world corpus faults: rows that do not fit their layout, byte-order marks, lines in another
+encoding, huge files, a worker that dies, paths that leave their folder, symlinked audio."""
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from omegaconf import OmegaConf
+
+from xtts_ft import prepare
+from xtts_ft.config import ColumnsConfig, SourceConfig, compose
+from xtts_ft.data import clips
+from xtts_ft.data.formatters import read_corpus
+from xtts_ft.data.sample import Sample, read_manifest, resolve_audio
+
+
+def _source(root: Path, formatter: str, columns=None, **fields):
+    columns = ColumnsConfig(**columns) if columns else ColumnsConfig()
+    return OmegaConf.structured(SourceConfig(path=str(root), formatter=formatter, language="en", columns=columns, **fields))
+
+
+def _read(root: Path, formatter: str, metadata: bytes, name: str = "metadata.csv", **fields) -> list:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / name).write_bytes(metadata)
+    return read_corpus(root, _source(root, formatter, metadata=name, **fields))
+
+
+def _summary(records: list) -> list:
+    """(line, reason) for rejected rows, (line, audio file, text, speaker) for the others."""
+    out = []
+    for r in records:
+        line = int(str(r["source_line"]).rsplit(":", 1)[1].split("-")[0])
+        if "rejected" in r:
+            out.append((line, r["rejected"][0]))
+        else:
+            out.append((line, Path(str(r["audio"])).name, r["text"], r["speaker"]))
+    return out
+
+
+def test_coqui_csv_rows_that_do_not_fit_the_header_are_malformed(tmp_path):
+    metadata = ("\ufeffaudio_file|text|speaker_name\r\n"  # BOM and CRLF, as Excel writes them
+                "wavs/a.wav|Hello | world|spk\r\n"  # a `|` inside the transcript
+                "wavs/b.wav|He said \"hi\".|spk\r\n"  # quotes are text
+                "wavs/c.wav|no speaker\r\n"  # too few fields
+                "\r\n"
+                "wavs/d.wav|Fine.|spk\r\n").encode()
+    records = _read(tmp_path / "c", "coqui_csv", metadata)
+    assert _summary(records) == [(2, "malformed_row"), (3, "b.wav", 'He said "hi".', "spk"), (4, "malformed_row"),
+                                 (6, "d.wav", "Fine.", "spk")]
+    message = records[0]["rejected"][1]
+    assert message.startswith(f"{tmp_path / 'c' / 'metadata.csv'}:2: 4 fields where the header has 3")
+    assert records[0]["row"] == "wavs/a.wav|Hello | world|spk"
+
+
+def test_a_bom_does_not_hide_the_header_or_the_first_id(tmp_path):
+    with pytest.raises(ValueError, match=r"metadata.csv:1: header must name .* found 'file'\|'text'"):
+        _read(tmp_path / "c", "coqui_csv", "\ufefffile|text\nwavs/a.wav|x\n".encode())
+    records = _read(tmp_path / "lj", "ljspeech", "\ufeffLJ001|One.|One.\nLJ002|Two.|Two.\n".encode())
+    assert [Path(str(r["audio"])).name for r in records] == ["LJ001.wav", "LJ002.wav"]
+
+
+def test_ljspeech_rows_have_exactly_three_fields(tmp_path):
+    metadata = ("LJ001|Hello | world|hello | world\n"  # 5 fields: no reading of it is safe
+                "LJ002|Two fields only\n"
+                "LJ003|Dr. Smith|Doctor Smith\r\n"
+                "LJ004|\"Quoted,\" he said.|\n").encode()  # empty normalized column: the text
+    assert _summary(_read(tmp_path / "lj", "ljspeech", metadata)) == [
+        (1, "malformed_row"), (2, "malformed_row"), (3, "LJ003.wav", "Doctor Smith", "lj"),
+        (4, "LJ004.wav", '"Quoted," he said.', "lj")]
+
+
+def test_csv_quotes_are_parsed_and_a_stray_quote_swallows_nothing_silently(tmp_path):
+    metadata = ("file,sentence,who\r\n"
+                "a.wav,\"Hello, world\",ann\r\n"  # a quoted delimiter: one field
+                "b.wav,Hello, world,ann\n"  # unquoted: 4 fields
+                "c.wav,\"never closed,ann\n"  # the quote runs into the next lines...
+                "d.wav,x,ann\n"
+                "e.wav,\"He said \"\"hi\"\"\",ann\n"  # ...until this row's quotes end it badly
+                "f.wav,Fine.,ann\n").encode()
+    columns = {"audio": "file", "text": "sentence", "speaker": "who"}
+    records = _read(tmp_path / "t", "table", metadata, name="meta.csv", columns=columns)
+    assert _summary(records) == [(2, "a.wav", "Hello, world", "ann"), (3, "malformed_row"), (4, "malformed_row"),
+                                 (7, "f.wav", "Fine.", "ann")]
+    assert records[2]["source_line"].endswith("meta.csv:4-6") and "lines 4-6 read as one row" in records[2]["rejected"][1]
+
+
+def test_tsv_and_jsonl_rows_that_do_not_fit_are_malformed(tmp_path):
+    tsv = "client_id\tpath\tsentence\r\nabc\ta.wav\tSay \"cheese\".\r\nabc\tb.wav\tOne\tTwo\r\nabc\tc.wav\r\n".encode()
+    assert _summary(_read(tmp_path / "cv", "common_voice", tsv, name="validated.tsv")) == [
+        (2, "a.wav", 'Say "cheese".', "abc"), (3, "malformed_row"), (4, "malformed_row")]
+    jsonl = '{"file": "a.wav", "sentence": "One."}\n{"file": "b.wav", \n[1, 2]\n{"file": "d.wav", "sentence": "Four."}\n'.encode()
+    columns = {"audio": "file", "text": "sentence"}
+    assert _summary(_read(tmp_path / "j", "table", jsonl, name="meta.jsonl", columns=columns, speaker="s")) == [
+        (1, "a.wav", "One.", "s"), (2, "malformed_row"), (3, "malformed_row"), (4, "d.wav", "Four.", "s")]
+
+
+def test_a_line_that_is_not_utf8_costs_that_row_only(tmp_path):
+    metadata = "audio_file|text|speaker_name\nwavs/a.wav|Naïve.|s\n".encode() + "wavs/b.wav|Café.|s\n".encode("latin-1") \
+        + "wavs/c.wav|Three.|s\n".encode()
+    records = _read(tmp_path / "c", "coqui_csv", metadata)
+    assert _summary(records) == [(2, "a.wav", "Naïve.", "s"), (3, "bad_encoding"), (4, "c.wav", "Three.", "s")]
+    assert records[1]["rejected"][1] == (
+        f"{tmp_path / 'c' / 'metadata.csv'}:3: not valid utf-8 (byte 0xe9 at column 15); fix the line, or set "
+        "data.sources[i].encoding to the file's encoding (e.g. latin-1, cp1252) if all of it is in another one")
+    assert records[1]["row"] == "wavs/b.wav|Caf\\xe9.|s"
+
+    latin = "audio_file|text|speaker_name\nwavs/b.wav|Café.|s\n".encode("latin-1")
+    assert _summary(_read(tmp_path / "l", "coqui_csv", latin, encoding="latin-1")) == [(2, "b.wav", "Café.", "s")]
+    utf16 = "LJ001|Café|Café\r\n".encode("utf-16")  # with its BOM
+    assert _summary(_read(tmp_path / "u", "ljspeech", utf16, encoding="utf-16")) == [(1, "LJ001.wav", "Café", "u")]
+    with pytest.raises(ValueError, match=r"encoding='utf-9' .* is not an encoding Python knows"):
+        _read(tmp_path / "x", "coqui_csv", latin, encoding="utf-9")
+
+
+def test_vctk_transcript_in_another_encoding(tmp_path):
+    root = tmp_path / "vctk"
+    (root / "txt" / "p1").mkdir(parents=True)
+    (root / "txt" / "p1" / "p1_001.txt").write_bytes("\ufeffPlease call Stella.\n".encode())
+    (root / "txt" / "p1" / "p1_002.txt").write_bytes("Déjà vu.\n".encode("latin-1"))
+    records = read_corpus(root, _source(root, "vctk"))
+    assert [r["text"] for r in records[:1]] == ["Please call Stella."]
+    assert records[1]["rejected"][0] == "bad_encoding" and records[1]["source_line"].endswith("p1_002.txt:1")
+
+
+def _tone(seconds=1.0, rate=22050):
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * 220 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))).astype("float32")
+
+
+def _prepare(tmp_path, root, *overrides, formatter="coqui_csv"):
+    return prepare.run(compose("prepare", [
+        "data.name=t", f"data.sources=[{{path: {root}, formatter: {formatter}, language: en}}]",
+        f"paths.processed_dir={tmp_path / 'out'}", "max_text_tokens=0", *overrides]))
+
+
+def _dropped(out):
+    return [json.loads(line) for line in (out / "dropped.jsonl").read_text().splitlines()]
+
+
+def _kept(out):
+    return read_manifest(out / "train.jsonl") + read_manifest(out / "eval.jsonl")
+
+
+def test_prepare_drops_bad_rows_with_their_line_and_keeps_the_rest(tmp_path, capsys):
+    root = tmp_path / "corpus"
+    (root / "wavs").mkdir(parents=True)
+    for name in "abcd":
+        sf.write(root / "wavs" / f"{name}.wav", _tone(), 22050)
+    (root / "metadata.csv").write_bytes(
+        "\ufeffaudio_file|text|speaker_name\r\nwavs/a.wav|First one.|s\r\nwavs/b.wav|Hello | world|s\r\n".encode()
+        + "wavs/c.wav|Café.|s\r\n".encode("latin-1") + "wavs/d.wav|Fourth one.|s\r\n".encode())
+    out = _prepare(tmp_path, root)
+    assert [(d["reason"], d["source_line"].rsplit(":", 1)[1]) for d in _dropped(out)] == [("malformed_row", "3"), ("bad_encoding", "4")]
+    assert sorted(s.text for s in _kept(out)) == ["first one.", "fourth one."]
+    assert json.loads((out / "stats.json").read_text())["dropped"]["reasons"] == {"malformed_row": 1, "bad_encoding": 1}
+    _prepare(tmp_path, root)  # the rejected rows' records are as stable as the others
+    assert "is up to date" in capsys.readouterr().out
+
+
+def test_a_huge_file_is_too_long_by_its_header_and_never_decoded(tmp_path, monkeypatch):
+    huge = tmp_path / "huge.wav"
+    sf.write(huge, np.zeros(8000 * 45, dtype="float32"), 8000)  # 45 s: past max_seconds + 30 s
+    decoded = []
+    monkeypatch.setattr(clips, "read_mono", lambda path: decoded.append(path) or sf.read(str(path), dtype="float32"))
+    settings = clips.AudioSettings(22050, 0.5, 11.6, 40.0, 0.01, None, False)
+    with pytest.raises(clips.Rejected, match=r"45.0 s by its header > max_seconds=11.6 .*not decoded") as rejected:
+        clips.process_audio(huge, settings)
+    assert rejected.value.reason == "too_long" and decoded == []
+    sf.write(tmp_path / "long.wav", _tone(seconds=13.0), 22050)  # could trim to fit: decoded, then judged
+    with pytest.raises(clips.Rejected, match=r"13.00 s > max_seconds"):
+        clips.process_audio(tmp_path / "long.wav", settings)
+    assert decoded == [tmp_path / "long.wav"]
+
+
+def test_a_worker_that_dies_names_its_clip_and_the_next_run_skips_it(tmp_path, monkeypatch, capsys):
+    """A worker killed on a clip (as by the kernel's OOM killer): the run fails naming the clip, the
+    next run keeps the finished clips and drops that one as `worker_crashed`."""
+    root = tmp_path / "corpus"
+    (root / "wavs").mkdir(parents=True)
+    rows = []
+    for i in range(24):
+        sf.write(root / "wavs" / f"c{i:02d}.wav", _tone(seconds=0.6 + 0.02 * i), 22050)
+        rows.append(f"wavs/c{i:02d}.wav|clip {i}|s{i % 2}")
+    (root / "metadata.csv").write_text("\n".join(["audio_file|text|speaker_name", *rows]) + "\n")
+    victim = root / "wavs" / "c00.wav"  # the first chunk: always a spawned worker's (it cannot be taken back)
+    original, stat = victim.read_bytes(), victim.stat()
+    check_path = prepare.check_path
+
+    def swap_for_a_fifo(record, corpus_root, seen):  # after the check: the worker will block reading it
+        path = check_path(record, corpus_root, seen)
+        if path == victim:
+            victim.unlink()
+            os.mkfifo(victim)
+        return path
+
+    def kill_the_worker_on_the_victim():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for marker in (tmp_path / "out" / ".t.partial").glob(".working-*[0-9]"):
+                try:
+                    entry = json.loads(marker.read_text())
+                except (OSError, ValueError):
+                    continue
+                if entry["path"] == str(victim):
+                    os.kill(int(marker.name.rsplit("-", 1)[1]), signal.SIGKILL)
+                    return
+            time.sleep(0.005)
+        with open(victim, "wb") as unblock:  # no worker took it: let whoever blocks on it go, and fail
+            unblock.write(b"x")
+
+    monkeypatch.setattr(clips, "CLIPS_PER_WORKER", 1)
+    monkeypatch.setattr(prepare, "check_path", swap_for_a_fifo)
+    killer = threading.Thread(target=kill_the_worker_on_the_victim, daemon=True)
+    killer.start()
+    with pytest.raises(RuntimeError, match=rf"audio worker process died while processing {victim} .*worker_crashed"):
+        _prepare(tmp_path, root, "num_workers=2")
+    killer.join()
+    assert not (tmp_path / "out" / "t").exists()
+
+    monkeypatch.setattr(prepare, "check_path", check_path)
+    victim.unlink()
+    victim.write_bytes(original)  # the file as it was: the same inputs, so the next run resumes
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    capsys.readouterr()
+    out = _prepare(tmp_path, root, "num_workers=2")
+    assert "resuming an interrupted run" in capsys.readouterr().out
+    assert [(d["reason"], Path(d["audio"]).name) for d in _dropped(out)] == [("worker_crashed", "c00.wav")]
+    assert str(victim) in _dropped(out)[0]["message"]
+    assert sorted(s.extra["raw_text"] for s in _kept(out)) == sorted(f"clip {i}" for i in range(1, 24))
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_symlinks_inside_the_corpus_are_followed(tmp_path):
+    elsewhere = tmp_path / "disk2" / "wavs"
+    elsewhere.mkdir(parents=True)
+    for name in ("a", "b"):
+        sf.write(elsewhere / f"{name}.wav", _tone(), 22050)
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "wavs").symlink_to(elsewhere)
+    (root / "metadata.csv").write_text("audio_file|text|speaker_name\nwavs/a.wav|One.|s\nwavs/b.wav|Two.|s\n"
+                                       "wavs/../wavs/a.wav|Same file again.|s\n../disk2/wavs/b.wav|Climbs out.|s\n")
+    out = _prepare(tmp_path, root)
+    assert sorted(s.text for s in _kept(out)) == ["one.", "two."]
+    assert [(d["reason"], d["source_line"].rsplit(":", 1)[1]) for d in _dropped(out)] == [
+        ("duplicate_audio", "4"), ("outside_root", "5")]
+
+
+def test_no_split_possible_explains_the_drops_and_writes_them_first(tmp_path):
+    root = tmp_path / "corpus"
+    root.mkdir()
+    sf.write(tmp_path / "x.wav", _tone(), 22050)
+    (root / "metadata.csv").write_text("audio_file|text|speaker_name\n../x.wav|One.|s\n../x.wav|Two.|s\n")
+    partial = tmp_path / "out" / ".t.partial"
+    with pytest.raises(ValueError, match=(r"from 0 kept clip\(s\).*2 record\(s\) were dropped \(outside_root 2\), "
+                                          rf"e\.g\. .*metadata\.csv:2: {tmp_path / 'x.wav'} is outside the corpus root .*"
+                                          rf"every dropped record and its reason: {partial / 'dropped.jsonl'}")):
+        _prepare(tmp_path, root)
+    assert [d["reason"] for d in _dropped(partial)] == ["outside_root", "outside_root"]
+    assert not (tmp_path / "out" / "t").exists()
+
+
+def test_manifest_rows_cannot_leave_the_manifests_folder(tmp_path):
+    manifest = tmp_path / "data" / "train.jsonl"
+    (tmp_path / "data" / "wavs").mkdir(parents=True)
+    sample = Sample(audio="wavs/a.wav", text="x", speaker="s", language="en", duration=1.0)
+    assert resolve_audio(manifest, sample) == (tmp_path / "data" / "wavs" / "a.wav").resolve()
+    for escaping in ("../../etc/passwd", "/etc/passwd", "wavs/../../x.wav", ""):
+        sample.audio = escaping
+        with pytest.raises(ValueError, match=rf"train.jsonl: audio '{escaping}' is not inside the manifest's folder"):
+            resolve_audio(manifest, sample)
+    manifest.write_bytes("\ufeff".encode() + json.dumps(
+        {"audio": "wavs/a.wav", "text": "x", "speaker": "s", "language": "en", "duration": 1.0}).encode() + b"\n")
+    assert read_manifest(manifest)[0].audio == "wavs/a.wav"  # a BOM (a hand-edited manifest) is no error
+
+
+def test_batch_names_stay_inside_out_dir_and_are_unique(tmp_path):
+    from xtts_ft.inference import XttsSynthesizer, read_requests
+
+    def requests_of(csv: str):
+        (tmp_path / "t.csv").write_text(csv)
+        return read_requests(tmp_path / "t.csv", "en", "ref.wav", None)
+
+    assert [r["name"] for r in requests_of("\ufefftext,name\nOne.,a\nTwo.,sub/b\nThree.,\n")] == ["a", "sub/b", None]
+    with pytest.raises(ValueError, match=r"t.csv, line 3: name '\.\./\.\./x' would write outside out_dir"):
+        requests_of("text,name\nOne.,a\nTwo.,../../x\n")
+    with pytest.raises(ValueError, match=r"t.csv, line 2: name '/tmp/x' would write outside out_dir"):
+        requests_of("text,name\nOne.,/tmp/x\n")
+    with pytest.raises(ValueError, match=r"t.csv, line 4: name '\./a' is already used on line 2"):
+        requests_of("text,name\nOne.,a\nTwo.,b\nThree.,./a\n")
+
+    # The method checks every name before it synthesizes anything (so no model is needed here).
+    synthesizer = XttsSynthesizer.__new__(XttsSynthesizer)
+    with pytest.raises(ValueError, match=r"name\(s\) '\.\./x' would write outside out_dir"):
+        synthesizer.synthesize_batch([{"text": "a", "language": "en", "name": "../x"}], tmp_path / "out")
+    with pytest.raises(ValueError, match=r"name\(s\) '0001' are given to more than one request"):
+        synthesizer.synthesize_batch([{"text": "a", "language": "en", "name": "0001"}, {"text": "b", "language": "en"}],
+                                     tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,120 @@
+"""Transcript validation in prepare (xtts_ft.validation): swapped transcripts are found by the
+bundled English ASR on the demo corpus, languages without ASR are said to be not validated."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from tests.conftest import DEMO
+from xtts_ft import prepare, validation
+from xtts_ft.config import compose
+from xtts_ft.data.sample import read_manifest
+
+SWAPS = [("andy_002", "andy_009"), ("andy_004", "andy_011")]
+
+
+@pytest.fixture(scope="module")
+def swapped_corpus(tmp_path_factory) -> Path:
+    """The demo's English speaker `andy` with two pairs of transcripts swapped."""
+    root = tmp_path_factory.mktemp("swapped")
+    (root / "wavs").symlink_to(DEMO / "en" / "wavs")
+    header, *rows = (DEMO / "en" / "metadata.csv").read_text().splitlines()
+    rows = [r.split("|") for r in rows if r.endswith("|andy")]
+    by_clip = {Path(r[0]).stem: r for r in rows}
+    for a, b in SWAPS:
+        by_clip[a][1], by_clip[b][1] = by_clip[b][1], by_clip[a][1]
+    (root / "metadata.csv").write_text("\n".join([header, *("|".join(r) for r in rows)]) + "\n")
+    return root
+
+
+def _validate(tmp_path: Path, corpus: Path, *overrides) -> Path:
+    return prepare.run(compose("prepare", [
+        "data.name=checked", f"data.sources=[{{path: {corpus}, formatter: coqui_csv, language: en}}, "
+        f"{{path: {DEMO / 'fr'}, formatter: coqui_csv, language: fr}}]",
+        f"paths.processed_dir={tmp_path}", "max_text_tokens=0", "validate_transcripts=true", *overrides]))
+
+
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory, swapped_corpus) -> Path:
+    return _validate(tmp_path_factory.mktemp("processed"), swapped_corpus)
+
+
+def _rows(path: Path) -> list:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_swapped_transcripts_are_dropped_exactly(validated):
+    mismatched = [d for d in _rows(validated / "dropped.jsonl") if d["reason"] == "transcript_mismatch"]
+    assert sorted(Path(d["audio"]).stem for d in mismatched) == sorted(clip for pair in SWAPS for clip in pair)
+    for entry in mismatched:  # what the ASR heard, beside the transcript it contradicts
+        assert entry["asr_cer"] > 0.5 and entry["asr_text"] and "max_transcript_cer=0.5" in entry["message"]
+    swapped = {d["audio"].split("/")[-1]: d for d in mismatched}
+    # andy_002's row carries andy_009's text ("The juice of lemons ..."); the ASR hears what andy_002 says.
+    assert "sea shore" in swapped["andy_002.flac"]["asr_text"].lower() and swapped["andy_002.flac"]["text"].startswith("The juice")
+    kept = read_manifest(validated / "train.jsonl") + read_manifest(validated / "eval.jsonl")
+    english = [s for s in kept if s.language == "en"]
+    assert len(english) == 10 and all(0 <= s.extra["asr_cer"] <= 0.5 and s.extra["asr_text"] for s in english)
+    assert not any("asr_cer" in s.extra for s in kept if s.language == "fr")  # never scored by an English model
+
+
+def test_validation_summary_and_report(validated):
+    summary = json.loads((validated / "stats.json").read_text())["transcript_validation"]
+    assert summary["clips"] == 14 and summary["above_max"] == 4 and summary["dropped"] == 4
+    assert summary["asr"] == {"en": "faster-whisper `Whisper tiny.en, bundled` (en)"}
+    assert summary["not_validated"] == {"fr": "12 clip(s); no ASR for fr: transcript_asr=bundled is an English-only Whisper"}
+    assert summary["speed"] > 0 and summary["transcribed_seconds"] >= summary["audio_seconds"] > 30
+    stats = json.loads((validated / "stats.json").read_text())
+    assert stats["dropped"]["reasons"]["transcript_mismatch"] == 4
+    report = (validated / "validation.md").read_text()
+    assert "- `fr`: not validated — 12 clip(s); no ASR for fr: transcript_asr=bundled is an English-only Whisper" in report
+    worst = [line for line in report.splitlines() if line.startswith("| 0.") or line.startswith("| 1.")]
+    assert len(worst) == 14 and all(stem in "".join(worst[:4]) for pair in SWAPS for stem in pair)
+
+
+def test_flag_keeps_the_clips_and_the_cache_transcribes_nothing_again(tmp_path, swapped_corpus, validated):
+    cache = validated.parent / "cache"
+    (tmp_path / "cache").symlink_to(cache)  # the first run's transcripts, by clip and model
+    out = _validate(tmp_path, swapped_corpus, "transcript_action=flag")
+    kept = read_manifest(out / "train.jsonl") + read_manifest(out / "eval.jsonl")
+    flagged = sorted(s.audio.split("__")[-1][: -len(".wav")] for s in kept if s.extra.get("transcript_mismatch"))
+    assert flagged == sorted(clip for pair in SWAPS for clip in pair) and not any(d["reason"] == "transcript_mismatch" for d in _rows(out / "dropped.jsonl"))
+    summary = json.loads((out / "stats.json").read_text())["transcript_validation"]
+    assert summary["flagged"] == 4 and summary["transcribed_seconds"] == 0 and summary["speed"] is None
+
+
+def test_a_bad_action_is_refused_before_any_work(tmp_path, swapped_corpus):
+    with pytest.raises(ValueError, match="transcript_action=keep: choose drop .* or flag"):
+        _validate(tmp_path, swapped_corpus, "transcript_action=keep")
+    assert not (tmp_path / "checked").exists()
+
+
+def test_clips_are_packed_into_30_second_windows():
+    assert validation.pack([3.0] * 10) == [list(range(8)), [8, 9]]  # 8 x (3 s + 0.5 s gap) = 28 s
+    assert validation.pack([31.0, 2.0]) == [[0], [1]]  # a clip longer than a window goes alone
+
+
+class SkippingWhisper:
+    """A stand-in for faster-whisper that, packed, hears only the last clip (as Whisper sometimes
+    jumps ahead at a change of voice) and, alone, hears each clip."""
+
+    def __init__(self):
+        self.calls = []
+
+    def transcribe(self, audio, **options):
+        assert options["temperature"] == 0.0 and options["word_timestamps"]
+        self.calls.append(audio.size)
+        clips = [int(v) for v in np.unique(audio[audio > 0])]  # each fake clip is a constant value
+        ends = np.cumsum([np.count_nonzero(audio == v) + 8000 for v in clips]) / 16000
+        heard = clips[-1:] if len(clips) > 1 else clips
+        words = [SimpleNamespace(word=f" clip{v}", start=ends[clips.index(v)] - 1.0, end=ends[clips.index(v)] - 0.9) for v in heard]
+        return [SimpleNamespace(words=words)], None
+
+
+def test_clips_whisper_skipped_are_heard_again():
+    model = SkippingWhisper()
+    clips = [np.full(16000, v, np.float32) for v in (1, 2, 3)]
+    assert validation.transcribe_window(model, clips, "en") == ["clip1", "clip2", "clip3"]
+    assert len(model.calls) == 3  # 1-3 packed (hears 3), 1-2 packed (hears 2), then 1 alone

@@ -1,0 +1,134 @@
+"""LoRA adapters on the XTTS GPT, built on 🤗 PEFT (never a hand-written LoRA).
+
+`train-gpt method=lora` wraps coqui's GPT with PEFT: LoRA on the GPT-2 blocks' transformers
+`Conv1D` layers (`c_attn`, `c_proj` of attention and MLP, `c_fc`; PEFT's fan_in_fan_out), the
+rest frozen. With an extended vocabulary the rows `extend` added must still learn while the base
+rows stay bit-identical: the text embedding's new rows through PEFT's `trainable_token_indices`,
+the text head (a Linear with a bias, which PEFT's token layer cannot carry) as a PEFT
+`modules_to_save` copy whose base rows get no gradient and no weight decay.
+
+A LoRA training state holds only the trainable tensors (adapter, token rows, head copy) under the
+GPT module's own names; `load_trained_gpt` turns any train-gpt state (full or LoRA) into plain
+GPT weights, merging the adapter (PEFT's merge_and_unload), so export, the decoder's latents and
+coqui-tts downstream see an ordinary GPT.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, List, Optional
+
+import torch
+
+from xtts_ft.model.layout import read_sidecar
+
+DEFAULT_TARGETS = ("c_attn", "c_proj", "c_fc")  # suffix match: c_proj is both attn.c_proj and mlp.c_proj
+HEADS = ("text_head", "mel_head")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # PEFT's names for a saved adapter
+
+
+def is_lora_state(state: dict) -> bool:
+    """A train-gpt state or checkpoint made with method=lora (its weights are an adapter, not a GPT)."""
+    return (state.get("config") or {}).get("method", "full") == "lora"
+
+
+def new_text_rows(model_dir: Path) -> List[int]:
+    """Token ids `xtts-ft extend` added to the base (its record in xtts_ft.json): the rows of the
+    text embedding and head that must train under LoRA; [] for a base that was not extended."""
+    tokens = read_sidecar(model_dir).get("extension", {}).get("text_tokens")
+    return list(range(tokens["before"], tokens["after"])) if tokens else []
+
+
+def lora_config(lora_cfg, new_rows: Iterable[int]):
+    """PEFT's LoraConfig for `lora.*` of TrainGptConfig and the extended vocabulary's rows."""
+    from peft import LoraConfig
+
+    new_rows = list(new_rows)
+    heads = list(HEADS) if lora_cfg["train_heads"] else (["text_head"] if new_rows else [])
+    return LoraConfig(
+        r=int(lora_cfg["rank"]),
+        lora_alpha=float(lora_cfg["alpha"]),
+        lora_dropout=float(lora_cfg["dropout"]),
+        target_modules=list(lora_cfg["targets"]),
+        fan_in_fan_out=True,  # GPT-2's Conv1D stores (in, out); PEFT corrects it per module for any nn.Linear target
+        trainable_token_indices={"text_embedding": new_rows} if new_rows else None,
+        modules_to_save=heads or None,
+    )
+
+
+def apply_lora(gpt: torch.nn.Module, lora_cfg, new_rows: Iterable[int]):
+    """Wrap coqui's GPT with PEFT in place (its LoRA layers are then part of `gpt` itself; forward
+    calls on `gpt` go through them) and return the PeftModel. Only adapter parameters, the new
+    token rows and the chosen heads require grad."""
+    from peft import get_peft_model
+
+    new_rows = list(new_rows)
+    model = get_peft_model(gpt, lora_config(lora_cfg, new_rows))
+    if new_rows and not lora_cfg["train_heads"]:
+        keep_base_rows_frozen(gpt.text_head.modules_to_save["default"], first_new_row=new_rows[0])
+    return model
+
+
+def keep_base_rows_frozen(head: torch.nn.Linear, first_new_row: int) -> None:
+    """Only the new rows of the text head learn: a gradient hook zeroes the base rows' gradient
+    (AdamW then moves them by exactly 0, given no weight decay: see `no_decay_parameters`)."""
+    mask = torch.zeros(head.out_features, 1, device=head.weight.device)
+    mask[first_new_row:] = 1
+    head.weight.register_hook(lambda grad: grad * mask.to(grad.dtype))
+    head.bias.register_hook(lambda grad: grad * mask[:, 0].to(grad.dtype))
+    head._xtts_ft_masked = True  # noqa: SLF001 (read by no_decay_parameters)
+
+
+def no_decay_parameters(gpt: torch.nn.Module) -> List[torch.nn.Parameter]:
+    """Trainable parameters weight decay must spare under LoRA: the new token rows (embeddings,
+    as in coqui's recipe) and a row-masked text head, whose base rows decay would otherwise move."""
+    spared = []
+    for name, param in gpt.named_parameters():
+        if param.requires_grad and "trainable_tokens_delta" in name:
+            spared.append(param)
+    for module in gpt.modules():
+        if getattr(module, "_xtts_ft_masked", False):
+            spared += [module.weight, module.bias]
+    return spared
+
+
+def load_adapter_weights(gpt: torch.nn.Module, weights: dict, where: str) -> None:
+    """Load a LoRA state's trainable tensors into a GPT already wrapped by `apply_lora`."""
+    result = gpt.load_state_dict(weights, strict=False)
+    trainable = {n for n, p in gpt.named_parameters() if p.requires_grad}
+    missing = sorted(trainable & set(result.missing_keys))
+    if result.unexpected_keys or missing:
+        raise ValueError(
+            f"{where} does not fit this LoRA set-up (lora.* or the base model changed since it was saved): "
+            f"unexpected {', '.join(result.unexpected_keys[:3]) or 'none'}; missing {', '.join(missing[:3]) or 'none'}. "
+            "Resume with the run's own lora settings and base, or use another run_name."
+        )
+
+
+def trained_adapter(gpt: torch.nn.Module, state: dict, base_dir: Path, where: str = "the training state"):
+    """Wrap `gpt` (the base's) with a LoRA state's adapter, unmerged: the PeftModel."""
+    model = apply_lora(gpt, state["config"]["lora"], new_text_rows(base_dir))
+    load_adapter_weights(gpt, state["gpt"], where)
+    return model
+
+
+def load_trained_gpt(gpt: torch.nn.Module, state: dict, base_dir: Path, where: str = "the training state") -> torch.nn.Module:
+    """Put a train-gpt state's (or checkpoint's) GPT into coqui's `gpt`: full weights as they are; a
+    LoRA adapter merged into the base weights (PEFT's merge_and_unload: stock keys again)."""
+    if is_lora_state(state):
+        return trained_adapter(gpt, state, base_dir, where).merge_and_unload()
+    gpt.load_state_dict(state["gpt"])
+    return gpt
+
+
+def save_adapter(model, out_dir: Path, base_source: str) -> None:
+    """The adapter in PEFT's own format (adapter_config.json, adapter_model.safetensors) in
+    `out_dir`; PEFT's save_pretrained also writes a README.md, which is not ours to ship."""
+    import shutil
+    import tempfile
+
+    model.peft_config["default"].base_model_name_or_path = base_source
+    with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
+        model.save_pretrained(scratch)
+        for name in ADAPTER_FILES:
+            shutil.move(str(Path(scratch) / name), str(Path(out_dir) / name))
