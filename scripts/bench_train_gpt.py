@@ -43,13 +43,20 @@ The paths:
                  its default length bucketing (bucket_batches), no eval audio (eval_sentences=[]);
                  its runs/<run>/gpt/progress.json gives train_seconds (the training steps only:
                  evals and checkpoint writes excluded, as the coqui path does neither; eval_every=0
-                 here), samples and audio seconds. A throwaway max_steps=0 run first builds the
+                 here), samples and audio seconds. A throwaway max_steps=1 run first builds the
                  DVAE code cache next to the manifest; its time is reported apart.
   ours-ckpt      ours with gradient checkpointing alone (grad_checkpointing=true, fp32).
   ours-mem       ours with the memory options: grad_checkpointing=true precision=bf16. Left out
                  at full size by default where the CPU has no bf16 matmul kernels (no
                  AVX512-BF16/AMX: torch falls back to a scalar kernel, ~90x slower than fp32 for
                  a 1024x4096 linear); name it in --paths to run it anyway.
+  lora           ours with method=lora (🤗 PEFT adapters, the config's default lora.* settings),
+                 fp32: against `ours` (the full fine-tune) in the same invocation, the table's
+                 notes give samples/s and peak memory as ratios to it and each path's state.pt
+                 size. After training, the adapter is merged (PEFT's merge_and_unload, what
+                 export does) and the max abs difference of the GPT's logits, base+adapter
+                 against merged, on fixed inputs in fp32 is reported.
+  lora-mem       lora with grad_checkpointing=true precision=bf16 (the GPU memory setting).
 
 On a GPU (--device cuda) the same children train on cuda:0 and report, instead of peak RSS,
 the peak CUDA memory (torch.cuda.max_memory_allocated over set-up plus training; the reserved
@@ -101,10 +108,10 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = ("tiny", "full")
-PATHS = ("coqui", "coqui-shipped", "ours", "ours-ckpt", "ours-mem")  # the CPU default, in run order
+PATHS = ("coqui", "coqui-shipped", "ours", "ours-ckpt", "ours-mem", "lora")  # the CPU default, in run order
 # On cuda the default runs ours first and the reference last (a late failure keeps the rest).
-GPU_PATHS = ("ours", "ours-bf16", "ours-fp16", "ours-mem", "coqui", "coqui-amp")
-ALL_PATHS = PATHS + ("ours-bf16", "ours-fp16", "coqui-amp")
+GPU_PATHS = ("ours", "ours-bf16", "ours-fp16", "ours-mem", "lora-mem", "coqui", "coqui-amp")
+ALL_PATHS = PATHS + ("ours-bf16", "ours-fp16", "lora-mem", "coqui-amp")
 REFERENCE = "coqui"
 FULL_GPT = dict(gpt_layers=30, gpt_n_model_channels=1024, gpt_n_heads=16)
 # Our overrides per path (the keys are xtts_ft.config.TrainGptConfig's): explicit, so that the
@@ -115,8 +122,10 @@ OURS_VARIANTS = {
     "ours-mem": ["precision=bf16", "grad_checkpointing=true", "num_threads=0"],
     "ours-bf16": ["precision=bf16", "grad_checkpointing=false", "num_threads=0"],
     "ours-fp16": ["precision=fp16", "grad_checkpointing=false", "num_threads=0"],
+    "lora": ["method=lora", "precision=fp32", "grad_checkpointing=false", "num_threads=0"],
+    "lora-mem": ["method=lora", "precision=bf16", "grad_checkpointing=true", "num_threads=0"],
 }
-BF16_PATHS = ("ours-mem", "ours-bf16")  # too slow on a CPU without bf16 matmul kernels
+BF16_PATHS = ("ours-mem", "ours-bf16", "lora-mem")  # too slow on a CPU without bf16 matmul kernels
 # Full size: 2 steps of 4 per path keep all paths together under ~25 min on 2 cores.
 DEFAULT_CLIPS, DEFAULT_EPOCHS = {"tiny": 16, "full": 8}, {"tiny": 2, "full": 1}
 MARK = "BENCH_RESULT "
@@ -560,6 +569,8 @@ def child_ours(spec: dict) -> dict:
     if skip and "start" in marks and "end" in marks:
         loop_s, source = marks["end"] - marks["start"], f"timed from step {skip + 1} to the last (synchronised)"
         steady = {"samples": sum(n for n, _ in batches[skip:]), "audio_s": sum(a for _, a in batches[skip:])}
+    state_bytes = (run_dir / "state.pt").stat().st_size if (run_dir / "state.pt").is_file() else None
+    merge_diff = lora_merge_difference(cfg, run_dir / "state.pt") if cfg.get("method") == "lora" else None
     cfg_weights = (float(cfg.text_ce_weight), float(cfg.mel_ce_weight))
     losses = [cfg_weights[0] * float(t) + cfg_weights[1] * float(m) for t, m in (r.tolist() for r in recorded)]
     return {
@@ -592,7 +603,39 @@ def child_ours(spec: dict) -> dict:
         "run_dir": str(run_dir),
         "missing_keys": missing,
         "vm_hwm_training_bytes": hwm.get("before_eval_save"),
+        "state_bytes": state_bytes,
+        "merge_max_abs_diff": merge_diff,
     }
+
+
+def lora_merge_difference(cfg, state_path: Path) -> float:
+    """Max abs difference of the GPT's text and audio logits (fp32, eval, fixed inputs): the base
+    with the trained adapter applied, against the same adapter merged into the weights (export)."""
+    import torch
+
+    from xtts_ft.model import lora
+    from xtts_ft.model.loading import load_xtts, resolve_model_cfg
+
+    model_dir = resolve_model_cfg(cfg.model)
+    _, xtts = load_xtts(model_dir, "cpu", for_inference=False)
+    gpt = xtts.gpt.eval()
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    adapter = lora.trained_adapter(gpt, state, model_dir, str(state_path))
+    generator = torch.Generator().manual_seed(0)
+    text = torch.randint(0, gpt.text_embedding.weight.shape[0], (2, 24), generator=generator)
+    codes = torch.randint(0, gpt.mel_embedding.num_embeddings - 2, (2, 64), generator=generator)
+    prompt = torch.randn(2, 32, gpt.model_dim, generator=generator)
+
+    @torch.no_grad()
+    def logits():
+        text_emb = gpt.text_embedding(text) + gpt.text_pos_embedding(text)
+        mel_emb = gpt.mel_embedding(codes) + gpt.mel_pos_embedding(codes)
+        out = gpt.get_logits(text_emb, gpt.text_head, mel_emb, gpt.mel_head, prompt=prompt)
+        return torch.cat([o.flatten() for o in out])
+
+    unmerged = logits()
+    adapter.merge_and_unload()
+    return float((logits() - unmerged).abs().max())
 
 
 def child_main(spec: dict) -> None:
@@ -746,12 +789,12 @@ def bench_size(args, size: str, on_run=None) -> tuple:
                 print(f"   ours warm-up skipped: {warmup['skipped']}", flush=True)
             if warmup is None and not args.no_warmup:
                 # The first run on a manifest builds the DVAE code cache next to it: a throwaway
-                # run with max_steps=0 (set-up, cache, save) pays that, so the measured runs reuse it.
+                # run with max_steps=1 (set-up, cache, one step, save; train-gpt refuses 0) pays that, so the measured runs reuse it.
                 before = {p.name for p in Path(setup["data_dir"]).iterdir()}
                 name = f"{setup['data_name']}-warmup-{os.getpid()}"
                 wspec = {"kind": "ours", "device": args.device,
-                         "overrides": ours_overrides(args, setup, size, name, 0, OURS_VARIANTS["ours"])}
-                print("   ours warm-up (max_steps=0) ...", flush=True)
+                         "overrides": ours_overrides(args, setup, size, name, 1, OURS_VARIANTS["ours"])}
+                print("   ours warm-up (max_steps=1) ...", flush=True)
                 warmup = run_child(wspec, logs / f"{size}-ours-warmup.log", args.wait_idle)
                 warmup["new_files"] = sorted({p.name for p in Path(setup["data_dir"]).iterdir()} - before)
                 said = re.search(r"computed DVAE codes for (\d+) clip\(s\) in ([\d.]+) s", (logs / f"{size}-ours-warmup.log").read_text())
@@ -901,7 +944,7 @@ def main() -> None:
             notes.append(f"{size}: ours warm-up skipped, {w['skipped']}")
         elif w:
             notes.append(
-                f"{size}: ours warm-up run (max_steps=0: set-up and the DVAE code cache): "
+                f"{size}: ours warm-up run (max_steps=1: set-up, the DVAE code cache, one step): "
                 + (w.get("error") or f"{w['wall_s']:.1f} s wall for the whole child, of which the DVAE code cache "
                    + (f"{w['cache_s']:.1f} s" if w.get("cache_s") is not None else "0 s (already built)")
                    + f"; new files next to the manifest: {w['new_files']}")
@@ -929,6 +972,17 @@ def main() -> None:
                 f"; peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB up to the last step, "
                 f"{r['peak_rss_whole_bytes'] / 1e9:.2f} GB with the final eval + checkpoint writes"
             )
+        if r.get("state_bytes"):
+            extra += f"; state.pt {r['state_bytes'] / 1e6:.2f} MB"
+        full = next((f for f in results["runs"] if f["path"] == "ours" and f["size"] == r["size"] and "error" not in f), None)
+        if r["path"].startswith("lora") and full is not None:
+            extra += (f"; against ours (full fine-tune, same invocation): seconds/sample "
+                      f"{(r['loop_s'] / r['samples']) / (full['loop_s'] / full['samples']):.2f}x, "
+                      f"peak RSS {r['peak_rss_bytes'] / full['peak_rss_bytes']:.2f}x"
+                      + (f", peak CUDA {r['peak_cuda_bytes'] / full['peak_cuda_bytes']:.2f}x" if r.get("peak_cuda_bytes") and full.get("peak_cuda_bytes") else "")
+                      + (f", state.pt {r['state_bytes'] / full['state_bytes']:.4f}x" if r.get("state_bytes") and full.get("state_bytes") else ""))
+        if r.get("merge_max_abs_diff") is not None:
+            extra += f"; merged vs base+adapter logits max abs diff {r['merge_max_abs_diff']:.2e}"
         if r["path"].startswith("coqui"):
             extra += f"; threads at import {r['threads_before_import']} -> {r['threads_after_import']}; set-up {r['set_up_s']:.1f} s"
         else:

@@ -234,3 +234,45 @@ def test_metrics_say_no_speech_instead_of_scoring_silence(monkeypatch):
     assert not heard["voice"]["asr_heard_nothing"]
     # No ASR for a language: NaN that the `asr` column explains, never a score from another language's model.
     assert np.isnan(evaluate.asr_scores(voice, rate, text, "fr", None)["cer"])
+
+
+def test_forgetting_compares_each_fine_tune_with_the_base_on_the_base_languages():
+    summary = pd.DataFrame(
+        {"cer": [0.10, 0.30, 0.25, 0.60], "speaker_similarity": [0.80, 0.70, np.nan, 0.75], "flagged": [0.0, 0.5, 0.25, 0.5],
+         "utterances": [4, 4, 4, 4]},
+        index=pd.MultiIndex.from_tuples([("base", "en"), ("base", "fr"), ("tuned", "en"), ("tuned", "wo")], names=["model", "language"]))
+    forgotten = evaluate.forgetting(summary)
+    assert forgotten[["model", "base", "language"]].values.tolist() == [["tuned", "base", "en"]]  # wo is new, fr not probed
+    row = forgotten.iloc[0]
+    assert (row["cer_base"], row["cer"], row["cer_change"]) == (0.10, 0.25, pytest.approx(0.15))
+    assert row["flagged_change"] == 0.25 and np.isnan(row["speaker_similarity_change"])  # not measurable: blank, not 0
+    assert evaluate.forgetting(summary.loc[["base"]]).empty
+    assert "checkpoints=[<base>,<fine-tune>]" in evaluate.forgetting_md(evaluate.forgetting(summary.loc[["base"]]))
+
+
+def test_base_against_fine_tune_writes_forgetting_to_report_sidecar_and_card(exported, tiny_model_dir, prepared, tmp_path):
+    reference = sorted((prepared / "wavs").glob("0_wavs__andy*"))[0]
+    cfg = compose("evaluate", ["probes=sentences", f"reference={reference}", "languages=[en]", "max_utterances=2",
+                               f"out_dir={tmp_path / 'eval'}", "write_metrics=true"])
+    cfg.checkpoints = [str(tiny_model_dir), str(exported)]
+    before = (exported / "xtts_ft.json").read_text()
+    try:
+        table = evaluate.run(cfg)
+        record = json.loads((exported / "xtts_ft.json").read_text())["metrics"]
+        card = (exported / "README.md").read_text()
+    finally:
+        (exported / "xtts_ft.json").write_text(before)  # the shared fixture stays as the other tests expect
+        from xtts_ft.export import model_card
+
+        (exported / "README.md").write_text(model_card(json.loads(before)))
+    means = table.groupby("model")[["cer", "flagged"]].mean()
+    forgotten = pd.read_csv(tmp_path / "eval" / "forgetting.csv")
+    assert forgotten[["model", "base", "language"]].values.tolist() == [[exported.name, tiny_model_dir.name, "en"]]
+    assert forgotten["cer_change"][0] == pytest.approx(means.loc[exported.name, "cer"] - means.loc[tiny_model_dir.name, "cer"])
+    assert forgotten["flagged_change"][0] == pytest.approx(means.loc[exported.name, "flagged"] - means.loc[tiny_model_dir.name, "flagged"])
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert f"## Forgetting\n\nThe first model, `{tiny_model_dir.name}`, is the base" in report
+    english = record["forgetting"]["per_language"]["en"]
+    assert record["forgetting"]["base"] == str(tiny_model_dir)
+    assert english["cer_change"] == pytest.approx(forgotten["cer_change"][0], abs=1e-4) and english["utterances"] == 2
+    assert f"### Forgetting: against the base `{tiny_model_dir}`" in card and "| en | " in card.split("### Forgetting")[1]

@@ -142,3 +142,94 @@ def test_batch_synthesis_from_a_csv(synthesizer, prepared, tmp_path):
         read_requests(tmp_path / "bad.csv", "en", str(reference), None)
     (tmp_path / "empty.txt").write_text("one\n\ntwo\n")
     assert [r["text"] for r in read_requests(tmp_path / "empty.txt", "fr", None, "alicia")] == ["one", "two"]
+
+
+# Batched synthesis. A short babble guard keeps the untrained tiny GPT (it never stops) at a few dozen codes.
+BATCH_DECODING = {"max_seconds_per_char": 0.02}
+
+
+def _mixed_requests(prepared):
+    """Texts of mixed lengths (so mixed prefix padding and babble guards), voices, languages, and a two-sentence text."""
+    en, fr = sorted((prepared / "wavs").glob("0_*.wav")), sorted((prepared / "wavs").glob("1_*.wav"))
+    return [{"text": "Hello there.", "language": "en", "reference": en[0]},
+            {"text": "The birch canoe slid on the smooth planks of the old wooden dock.", "language": "en", "reference": en[-1]},
+            {"text": "Bonjour.", "language": "fr", "reference": fr[0]},
+            {"text": "One thing. Another, somewhat longer, thing!", "language": "en", "reference": en[1]}]
+
+
+def _codes(synthesizer, requests, decoding, batch_size):
+    sentences = [s for i, r in enumerate(requests) for s in synthesizer._sentences(i, r, decoding)]
+    settings = synthesizer.decoding_settings(decoding)
+    return [row for start in range(0, len(sentences), batch_size)
+            for row in synthesizer._generate_codes(sentences[start : start + batch_size], settings)], sentences
+
+
+@pytest.fixture(scope="module")
+def untrained(tiny_model_dir):
+    """The untrained tiny XTTS: its GPT never emits the stop token, so every row runs to its own guard."""
+    from xtts_ft.inference import XttsSynthesizer
+
+    return XttsSynthesizer(tiny_model_dir, device="cpu")
+
+
+@pytest.mark.parametrize("model", ["untrained", "synthesizer"])
+def test_batched_codes_are_those_of_one_at_a_time_and_of_coquis_generate(model, request, prepared):
+    """Greedy (top_k=1): five sentences of mixed text lengths in one generate get exactly the codes
+    each gets alone, and alone they are the codes of coqui-tts's own GPT.generate (Xtts.inference's).
+    Untrained, every row is cut by its own babble guard (mixed code lengths); the trained export's
+    GPT stops by itself."""
+    import torch
+
+    synthesizer = request.getfixturevalue(model)
+    decoding = {**BATCH_DECODING, "seed": 0, "top_k": 1}
+    alone, sentences = _codes(synthesizer, _mixed_requests(prepared), decoding, batch_size=1)
+    together, _ = _codes(synthesizer, _mixed_requests(prepared), decoding, batch_size=4)
+    assert len(sentences) == 5 and len({s.tokens.shape[-1] for s in sentences}) >= 4  # text lengths 7 to 50 tokens
+    lengths, stopped = [len(codes) for codes, _ in alone], [stop for _, stop in alone]
+    if model == "untrained":
+        assert lengths == [s.max_codes for s in sentences] and len(set(lengths)) >= 3 and not any(stopped)
+    else:
+        assert all(stopped) and all(codes[-1] == synthesizer.model.gpt.stop_audio_token for codes, _ in alone)
+    for (a, stopped_a), (b, stopped_b) in zip(alone, together):
+        assert torch.equal(a, b) and stopped_a == stopped_b
+    settings = synthesizer.decoding_settings(decoding)
+    for sentence, (codes, _) in zip(sentences, alone):
+        with synthesizer._babble_guard(sentence.max_codes), torch.no_grad():
+            theirs = synthesizer.model.gpt.generate(sentence.voice.gpt_cond_latent, sentence.tokens, do_sample=True, num_beams=1,
+                                                    **{k: settings[k] for k in ("temperature", "top_k", "top_p", "repetition_penalty")})
+        assert torch.equal(theirs[0], codes)
+
+
+def test_sampled_codes_follow_each_sentences_seed_not_its_batch(untrained, prepared):
+    """Sampling: a sentence's codes come from its own seeded stream, so batch size 1, 2 or 5 gives the
+    same codes; another seed gives other codes."""
+    import torch
+
+    requests = _mixed_requests(prepared)
+    decoding = {**BATCH_DECODING, "seed": 3}
+    one = [codes for codes, _ in _codes(untrained, requests, decoding, batch_size=1)[0]]
+    for batch_size in (2, 5):
+        assert all(torch.equal(a, b) for a, (b, _) in zip(one, _codes(untrained, requests, decoding, batch_size)[0]))
+    other = [codes for codes, _ in _codes(untrained, requests, {**decoding, "seed": 4}, batch_size=5)[0]]
+    assert sum(not torch.equal(a, b) for a, b in zip(one, other)) == len(one)
+
+
+def test_batched_audio_is_the_audio_of_synthesize(synthesizer, prepared):
+    """Greedy: synthesize_many at batch 2 (sentences of two requests decoded together, the second
+    text cut into two sentences) gives each request exactly synthesize()'s audio, in request order."""
+    requests = [_mixed_requests(prepared)[2], _mixed_requests(prepared)[3]]
+    decoding = {**BATCH_DECODING, "seed": 0, "top_k": 1}
+    batched = synthesizer.synthesize_many(requests, decoding, batch_size=2)
+    for request, result in zip(requests, batched):
+        alone = synthesizer.synthesize(**request, decoding=decoding)
+        assert np.array_equal(result.wav, alone.wav) and result.stopped == alone.stopped
+    assert [len(r.stopped) for r in batched] == [1, 2] and all(r.seconds_to_generate > 0 for r in batched)
+
+
+def test_a_bad_request_fails_before_any_synthesis(synthesizer, prepared, monkeypatch):
+    requests = _mixed_requests(prepared)[:2] + [{"text": "Hi.", "language": "xx", "reference": _reference(prepared)}]
+    monkeypatch.setattr(synthesizer, "_generate_codes", lambda *a: pytest.fail("synthesized before checking every request"))
+    with pytest.raises(ValueError, match="'xx' is not in this model's config.languages"):
+        synthesizer.synthesize_many(requests, BATCH_DECODING)
+    with pytest.raises(ValueError, match=r"batch_size=0 — fix: batch_size=<an integer ≥ 1>"):
+        synthesizer.synthesize_many(requests[:1], BATCH_DECODING, batch_size=0)

@@ -98,7 +98,7 @@ def test_weight_decay_spares_the_new_rows_and_the_masked_head(wolof_extended):
 
 
 def test_killed_lora_run_resumes_on_the_same_trajectory(tmp_path, tiny_model_dir, prepared, workdir):
-    overrides = demo_overrides(workdir) + TRAIN_OVERRIDES + QUIET + LORA + ["save_every=3", "max_steps=20", "lr=1e-2"]
+    overrides = demo_overrides(workdir) + TRAIN_OVERRIDES + QUIET + LORA + ["save_every=3", "max_steps=12", "lr=1e-2"]
     straight = train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'a'}"]))
 
     killed = overrides + [f"paths.runs_dir={tmp_path / 'b'}"]
@@ -116,16 +116,142 @@ def test_killed_lora_run_resumes_on_the_same_trajectory(tmp_path, tiny_model_dir
 
     a = torch.load(straight, map_location="cpu", weights_only=True)
     b = torch.load(resumed, map_location="cpu", weights_only=True)
-    assert b["step"] == a["step"] == 20 and set(a["gpt"]) == set(b["gpt"])
+    assert b["step"] == a["step"] == 12 and set(a["gpt"]) == set(b["gpt"])
     assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in a["gpt"].items() if "lora_B" in k)  # the adapter learnt
     for key, value in a["gpt"].items():
         torch.testing.assert_close(b["gpt"][key], value, rtol=1e-5, atol=1e-6, msg=key)
     # A LoRA state does not continue as a full fine-tune (nor the reverse).
     with pytest.raises(ValueError, match="was trained with method=lora, not method=full: resume it with method=lora"):
-        train_gpt.run(compose("train_gpt", [o for o in killed if o not in LORA] + ["max_steps=21"]))
+        train_gpt.run(compose("train_gpt", [o for o in killed if o not in LORA] + ["max_steps=13"]))
 
 
 def test_lora_refuses_full_fine_tune_selectors(tmp_path, workdir):
     cfg = compose("train_gpt", demo_overrides(workdir) + TRAIN_OVERRIDES + LORA + ["train_last_layers=1", f"paths.runs_dir={tmp_path}"])
     with pytest.raises(ValueError, match="method=lora trains LoRA adapters .* train_last_layers and freeze_text_embeddings"):
         train_gpt.run(cfg)
+
+
+# --- export: merged stock layout, the adapter in PEFT's format, push, inference ---------------
+
+@pytest.fixture(scope="module")
+def lora_exports(workdir, lora_wolof_run, tmp_path_factory):
+    """The LoRA run exported twice with adapter=true: its last step and step 3 (two adapters)."""
+    out = tmp_path_factory.mktemp("lora_exports")
+    overrides = _paths(workdir) + [f"paths.runs_dir={lora_wolof_run.parents[2]}", "run_name=wolof_lora", "adapter=true"]
+    return (export.run(compose("export", overrides + [f"out_dir={out / 'last'}"])),
+            export.run(compose("export", overrides + [f"out_dir={out / 'step3'}", "checkpoint=3"])))
+
+
+def _logits(gpt, text_ids):
+    """Text and audio-code logits of coqui's GPT on fixed inputs (fp32, eval)."""
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, gpt.mel_embedding.num_embeddings - 2, (2, 16), generator=generator)
+    prompt = torch.randn(2, 32, gpt.model_dim, generator=generator)
+    text = torch.tensor(text_ids).repeat(2, 1)
+    with torch.no_grad():
+        text_emb = gpt.text_embedding(text) + gpt.text_pos_embedding(text)
+        mel_emb = gpt.mel_embedding(codes) + gpt.mel_pos_embedding(codes)
+        text_logits, mel_logits = gpt.get_logits(text_emb, gpt.text_head, mel_emb, gpt.mel_head, prompt=prompt)
+    return torch.cat([text_logits.flatten(), mel_logits.flatten()])
+
+
+def _wolof_ids(model_dir):
+    before = json.loads((model_dir / "xtts_ft.json").read_text())["extension"]["text_tokens"]["before"]
+    return [5, 9, before, before + 3, 2]  # base tokens and tokens extend added
+
+
+def _plain_coqui_gpt(export_dir):
+    from TTS.tts.configs.xtts_config import XttsConfig
+    from TTS.tts.models.xtts import Xtts
+
+    config = XttsConfig()
+    config.load_json(str(export_dir / "config.json"))
+    model = Xtts(config)
+    model.load_checkpoint(config, checkpoint_dir=str(export_dir), eval=True)
+    return model.gpt.eval()
+
+
+def test_merged_export_loads_in_plain_coqui_and_equals_base_plus_adapter(lora_exports, wolof_extended):
+    from xtts_ft.inference import XttsSynthesizer
+
+    last, step3 = lora_exports
+    ids = _wolof_ids(wolof_extended)
+    merged = {name: _logits(_plain_coqui_gpt(path), ids) for name, path in (("last", last), ("step3", step3))}
+    synthesizer = XttsSynthesizer(wolof_extended, device="cpu", adapter=last)
+    adapted = _logits(synthesizer.model.gpt.eval(), ids)
+    assert (adapted - merged["last"]).abs().max() <= 1e-4
+    # A second adapter over the same base, switched per request without reloading; None = the bare base.
+    synthesizer.load_adapter(step3, name="step3")
+    assert (_logits(synthesizer.model.gpt, ids) - merged["step3"]).abs().max() <= 1e-4
+    synthesizer.use_adapter("default")
+    assert (_logits(synthesizer.model.gpt, ids) - merged["last"]).abs().max() <= 1e-4
+    synthesizer.use_adapter(None)
+    base = _logits(_base_gpt(wolof_extended).eval(), ids)
+    assert (_logits(synthesizer.model.gpt, ids) - base).abs().max() <= 1e-5
+    assert (merged["last"] - base).abs().max() > 1e-2  # the adapter does change the model
+    with pytest.raises(ValueError, match=r"adapter 'nope' is not loaded \(loaded: default, step3\)"):
+        synthesizer.use_adapter("nope")
+    synthesizer.use_adapter("default")
+    wav = synthesizer.synthesize("Na nga def?", "wo", reference=next((REPO / "data" / "wolof_demo" / "wavs").glob("*")),
+                                 decoding={"seed": 0}).wav
+    assert wav.size > 0 and np.isfinite(wav).all()
+
+
+def test_adapter_export_records_its_base_and_push_sends_it(lora_exports, wolof_extended, workdir, monkeypatch, capsys):
+    from tests.test_push import _hub_error
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    last, _ = lora_exports
+    record = json.loads((last / "xtts_ft.json").read_text())
+    adapter = record["adapter"]
+    assert adapter["files"] == ["adapter_config.json", "adapter_model.safetensors"] and adapter["rank"] == 4
+    assert adapter["base_model"]["source"] == str(wolof_extended) and adapter["base_model"]["model_sha256"] == export.sha256(wolof_extended / "model.pth")
+    assert record["training"]["method"] == "lora"
+    config = json.loads((last / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4 and config["base_model_name_or_path"] == str(wolof_extended)
+    assert (last / "adapter_model.safetensors").stat().st_size < 0.05 * (last / "model.pth").stat().st_size
+
+    def repo_info(self, repo_id, **kw):
+        raise _hub_error(RepositoryNotFoundError, 404, f"404 Client Error. Repository Not Found for url: .../{repo_id}")
+
+    monkeypatch.setattr(HfApi, "repo_info", repo_info)
+    files = push.run(compose("push", _paths(workdir) + ["run_name=x", "repo_id=someone/wo-lora", f"export_dir={last}", "dry_run=true"]))
+    assert [f.name for f in files] == ["config.json", "model.pth", "vocab.json", "dvae.pth", "mel_stats.pth", "speakers_xtts.pth",
+                                       "xtts_ft.json", "README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert set(lora.ADAPTER_FILES) <= set(EXPORT_FILES)
+
+
+def test_adapter_export_of_a_full_run_or_on_another_base_is_refused(workdir, trained, lora_exports, tmp_path, tiny_model_dir):
+    from xtts_ft.inference import XttsSynthesizer
+
+    with pytest.raises(ValueError, match="adapter=true: .*state.pt is a full fine-tune \\(method=full\\), which has no adapter"):
+        export.run(compose("export", _paths(workdir) + ["run_name=demo", f"out_dir={tmp_path / 'x'}", "adapter=true"]))
+    with pytest.raises(ValueError, match="was trained on .*wolof_demo-extended .*not on .*tiny-xtts: load it over that base"):
+        XttsSynthesizer(tiny_model_dir, device="cpu", adapter=lora_exports[0])
+
+
+# --- the tiny LoRA recipe, end to end ---------------------------------------------------------
+
+@pytest.mark.slow
+def test_tiny_lora_recipe_runs_end_to_end(tmp_path, monkeypatch):
+    from xtts_ft import pipeline
+
+    monkeypatch.chdir(REPO)  # the recipe names the shipped corpora relative to the repository
+    paths = [f"paths.{k}={tmp_path / k}" for k in ("processed_dir", "runs_dir", "exports_dir", "models_dir")]
+    cfg = compose("pipeline", ["recipe=wolof/lora_tiny"])
+    cfg.overrides = paths + ["max_steps=12", "eval_every=12", "save_every=12", "max_utterances=2"]
+    report = pipeline.run(cfg)
+    assert [r["stage"] for r in report] == ["prepare", "extend", "train_gpt", "train_decoder", "export", "synth", "evaluate"]
+    assert not any(r["skipped"] for r in report)
+    export_dir = tmp_path / "exports_dir" / "wolof_demo_lora"
+    record = json.loads((export_dir / "xtts_ft.json").read_text())
+    assert record["training"]["method"] == "lora" and record["training"]["gpt_steps"] == 12 and "wo" in record["languages"]
+    assert record["adapter"]["files"] == list(lora.ADAPTER_FILES) and all((export_dir / f).is_file() for f in lora.ADAPTER_FILES)
+    state = torch.load(tmp_path / "runs_dir" / "wolof_demo_lora" / "gpt" / "state.pt", map_location="cpu", weights_only=True)
+    assert state["config"]["method"] == "lora" and all("lora_" in k or "trainable_tokens" in k or "modules_to_save" in k for k in state["gpt"])
+    import soundfile as sf
+
+    audio, rate = sf.read(tmp_path / "runs_dir" / "wolof_demo_lora" / "synth" / "awa.wav")
+    assert rate == 24000 and audio.size > 0
+    assert (tmp_path / "runs_dir" / "wolof_demo_lora" / "eval" / "report.md").is_file()

@@ -286,7 +286,7 @@ def test_export_carries_the_fine_tuned_decoder(tmp_path, workdir, decoder_traine
 
 def test_clear_errors(tmp_path, workdir, prepared, prepared_24k):
     base = DECODER_OVERRIDES + [f"paths.runs_dir={tmp_path}"]
-    with pytest.raises(ValueError, match="multiple of the decoder's hop"):
+    with pytest.raises(ValueError, match=r"segment_samples=1000 is not a multiple of 256 \(the decoder's hop\)"):
         train_decoder.run(compose("train_decoder", decoder_data_overrides(workdir) + base + ["segment_samples=1000"]))
     with pytest.raises(ValueError, match="need more than 1024 samples"):
         train_decoder.run(compose("train_decoder", decoder_data_overrides(workdir) + base + ["segment_samples=768"]))
@@ -364,7 +364,7 @@ def test_gpt_choice_auto_base_or_a_file(tmp_path):
     run_state.parent.mkdir(parents=True)
     torch.save({"gpt": weights, "optimizer": {"state": {}}, "step": 7}, run_state)
     source, loaded = train_decoder.gpt_weights(cfg)  # auto: the run's GPT, the one export will carry
-    assert source == str(run_state) and torch.equal(loaded["gpt.h.0.attn.c_attn.weight"], weights["gpt.h.0.attn.c_attn.weight"])
+    assert source == str(run_state) and torch.equal(loaded["gpt"]["gpt.h.0.attn.c_attn.weight"], weights["gpt.h.0.attn.c_attn.weight"])
     cfg.gpt = "base"
     assert train_decoder.gpt_weights(cfg) == ("base", None)
     torch.save({"gpt": weights, "step": 3}, tmp_path / "best.pt")
@@ -393,3 +393,15 @@ def test_prepare_does_not_replace_a_dataset_the_decoder_reads(tmp_path, workdir,
     train_decoder.run(cfg)
     assert refusals[0].startswith(f"{prepared_24k} is in use by the training run {train_decoder.run_dir(cfg)} (pid ")
     assert (prepared_24k / "train.jsonl").read_bytes() == manifest
+
+
+def test_a_24khz_target_outside_the_manifests_folder_is_refused(tmp_path):
+    from xtts_ft.train_decoder import target_paths
+
+    manifest = tmp_path / "train.jsonl"
+    row = {"audio": "wavs/a.wav", "text": "hi", "speaker": "s", "language": "en", "duration": 1.0}
+    manifest.write_text(json.dumps({**row, "audio_24k": "wavs_24k/a.wav"}) + "\n", encoding="utf-8")
+    assert target_paths(manifest) == {(tmp_path / "wavs/a.wav").resolve(): (tmp_path / "wavs_24k/a.wav").resolve()}
+    manifest.write_text(json.dumps({**row, "audio_24k": "../../etc/passwd"}) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="audio_24k '../../etc/passwd' of wavs/a.wav is not inside the manifest's folder"):
+        target_paths(manifest)

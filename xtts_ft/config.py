@@ -306,6 +306,9 @@ class SynthConfig:
     # An emotion token of an extended model and/or an emotion preset of the export (emotions_xtts.pth).
     emotion: Optional[str] = None
     stream: bool = False  # generate chunk by chunk and report the time to first audio
+    # texts=: sentences the GPT decodes together in one generate (1: one at a time). Same audio
+    # at any size (greedy: the codes of text=; sampling: each sentence its own seeded stream).
+    batch_size: int = 8
     out: str = "synth.wav"
     device: str = "auto"
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
@@ -354,6 +357,9 @@ class EvaluateConfig:
     # Characters per second of read speech by language, for the duration expectation (defaults in metrics.py).
     speaking_rates: Dict[str, float] = field(default_factory=dict)
     write_metrics: bool = True  # record the summary in each xtts-ft export's xtts_ft.json and model card
+    # Sentences the GPT decodes together in one generate (1: one at a time); the audio does not depend
+    # on it. An utterance's RTF is its share of its batch's decode time.
+    batch_size: int = 8
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
 
 

@@ -13,7 +13,9 @@ ASR insertions and deletions, a hallucination/truncation flag with its reasons, 
 loudness, whether the GPT stopped by itself. A clip in which no voice is detected gets NaN
 similarity, DNSMOS and UTMOS with the flag `no_speech` (left out of the means, counted in the
 summary); a clip the ASR hears nothing in gets CER 1 with the flag `asr_heard_nothing`.
-Outputs: utterances.csv, summary.csv (model × language), report.md
+With several checkpoints the first is the base: `forgetting` compares every later one (a fine-tune)
+with it on the base's languages (the change in CER, speaker similarity and flag rate).
+Outputs: utterances.csv, summary.csv (model × language), forgetting.csv, report.md
 with PNG plots and the published XTTS v2.0.2 numbers beside ours (labelled: other metric models),
 and — for exports made by xtts-ft — the summary in their xtts_ft.json and model card.
 """
@@ -149,8 +151,11 @@ def evaluate_model(synthesizer: XttsSynthesizer, label: str, probes: List[dict],
     skipped = sorted({p["language"] for p in probes} - {p["language"] for p in usable})
     if skipped:
         log.warning("%s has no %s: those probes are skipped for it", label, ", ".join(skipped))
-    for i, probe in enumerate(tqdm(usable, desc=f"evaluate {label}", unit="utt")):
-        result = synthesizer.synthesize(text=probe["text"], language=probe["language"], reference=probe["reference"], decoding=decoding)
+    # Batched synthesis (batch_size sentences per GPT generate); each utterance is scored as it is done.
+    requests = [{"text": p["text"], "language": p["language"], "reference": p["reference"]} for p in usable]
+    done = synthesizer.iter_synthesize(requests, decoding, batch_size=cfg.batch_size)
+    for i, result in tqdm(done, total=len(usable), desc=f"evaluate {label}", unit="utt"):
+        probe = usable[i]
         wav_path = out / "wavs" / label.replace("/", "__") / f"{i:03d}_{probe['probe_set']}_{probe['language']}.wav"
         write_wav(wav_path, result.wav, result.sample_rate)
         choice, why_not = choices[probe["language"]]
@@ -184,7 +189,7 @@ def evaluate_model(synthesizer: XttsSynthesizer, label: str, probes: List[dict],
             row["flags"] = "; ".join(extra + ([row["flags"]] if row["flags"] else []))
             row["flagged"] = True
         rows.append(row)
-    return rows
+    return sorted(rows, key=lambda row: row["utterance"])  # probe order, whatever order the batches finished in
 
 
 def run(cfg: DictConfig) -> pd.DataFrame:
@@ -216,10 +221,13 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     write_text(out / "utterances.csv", table.to_csv(index=False))
     write_text(out / "summary.csv", summary.to_csv())
     plots = write_plots(table, out)
-    write_text(out / "report.md", report(cfg, table, summary, plots, labels))
+    forgotten = forgetting(summary)
+    write_text(out / "forgetting.csv", forgotten.to_csv(index=False))
+    write_text(out / "report.md", report(cfg, table, summary, plots, labels, forgotten))
     if cfg.write_metrics:
         for label, checkpoint in labels.items():
-            record_metrics(Path(checkpoint), summary.loc[label] if label in summary.index.get_level_values(0) else None, cfg, table)
+            record_metrics(Path(checkpoint), summary.loc[label] if label in summary.index.get_level_values(0) else None, cfg, table,
+                           forgotten[forgotten["model"] == label] if len(forgotten) else None, labels)
     print(f"evaluated {len(table)} utterance(s) of {len(labels)} model(s) → {out / 'report.md'}")
     return table
 
@@ -233,6 +241,39 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     summary["stopped_fraction"] = groups["stopped"].mean()
     summary["utterances"] = groups.size()
     return summary
+
+
+# What forgetting is measured by: up is worse for CER and the flag rate, down for similarity.
+FORGETTING_COLUMNS = ["cer", "speaker_similarity", "flagged"]
+
+
+def forgetting(summary: pd.DataFrame) -> pd.DataFrame:
+    """The first model is the base; for every later one (a fine-tune) and every language both were
+    probed in — the base's own languages, not the ones the fine-tune added — each metric of the base,
+    of the fine-tune, and the change (fine-tune − base). Empty with a single model."""
+    models = list(dict.fromkeys(summary.index.get_level_values(0)))
+    rows = []
+    for model in models[1:]:
+        base, tuned = summary.loc[models[0]], summary.loc[model]
+        for language in [x for x in base.index if x in tuned.index]:
+            row = {"model": model, "base": models[0], "language": language}
+            for column in FORGETTING_COLUMNS:
+                row.update({f"{column}_base": base.loc[language, column], column: tuned.loc[language, column],
+                            f"{column}_change": tuned.loc[language, column] - base.loc[language, column]})
+            row["utterances"] = int(tuned.loc[language, "utterances"])
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["model", "base", "language"] + [f"{c}{suffix}" for c in FORGETTING_COLUMNS
+                                                                        for suffix in ("_base", "", "_change")] + ["utterances"])
+
+
+def forgetting_md(forgotten: pd.DataFrame) -> str:
+    if not len(forgotten):
+        return ("Not measured: give the base first and the fine-tune after it, `checkpoints=[<base>,<fine-tune>]`, with probes "
+                "in the base's languages (e.g. `probes=sentences`).")
+    return (f"The first model, `{forgotten['base'].iloc[0]}`, is the base; each later model against it on the base's languages. "
+            "`_change` = fine-tune − base: CER and flag rate up, or speaker similarity down, is what fine-tuning cost the "
+            "language. `nan`: not measurable (no ASR for the language, or no voice in any clip; see below).\n\n"
+            + forgotten.drop(columns="base").round(3).to_markdown(index=False))
 
 
 def write_plots(table: pd.DataFrame, out: Path) -> List[str]:
@@ -292,7 +333,8 @@ def not_measured_md(table: pd.DataFrame) -> str:
     return counts.to_markdown() if len(counts) else "none: every clip had a voice and every ASR transcript had words"
 
 
-def report(cfg: DictConfig, table: pd.DataFrame, summary: pd.DataFrame, plots: List[str], labels: dict) -> str:
+def report(cfg: DictConfig, table: pd.DataFrame, summary: pd.DataFrame, plots: List[str], labels: dict,
+           forgotten: Optional[pd.DataFrame] = None) -> str:
     paper = paper_metrics()
     ours = summary.reset_index()
     beside = ours[["model", "language", "cer", "speaker_similarity", "dnsmos"]].copy()
@@ -312,6 +354,10 @@ spoken in the voice of their own recording; shipped probe sets in the voice of `
 ## Summary per model and language
 
 {summary.round(3).to_markdown()}
+
+## Forgetting
+
+{forgetting_md(forgetting(summary) if forgotten is None else forgotten)}
 
 ## ASR per language
 
@@ -355,8 +401,10 @@ insertions/deletions above a quarter of the text's words (at least 2).
 """
 
 
-def record_metrics(checkpoint: Path, summary: Optional[pd.DataFrame], cfg: DictConfig, table: pd.DataFrame) -> None:
-    """Write the per-language summary into an xtts-ft export's xtts_ft.json and model card."""
+def record_metrics(checkpoint: Path, summary: Optional[pd.DataFrame], cfg: DictConfig, table: pd.DataFrame,
+                   forgotten: Optional[pd.DataFrame] = None, labels: Optional[dict] = None) -> None:
+    """Write the per-language summary (and, for a fine-tune evaluated beside its base, what it forgot)
+    into an xtts-ft export's xtts_ft.json and model card."""
     from xtts_ft.export import model_card
     from xtts_ft.model.layout import SIDECAR
 
@@ -376,5 +424,12 @@ def record_metrics(checkpoint: Path, summary: Optional[pd.DataFrame], cfg: DictC
             for language, row in summary.iterrows()
         },
     }
+    if forgotten is not None and len(forgotten):
+        base = forgotten["base"].iloc[0]
+        record["metrics"]["forgetting"] = {
+            "base": (labels or {}).get(base, base),
+            "per_language": {row["language"]: {k: (None if pd.isna(v) else round(float(v), 4)) for k, v in row.items()
+                                               if k not in ("model", "base", "language")} for _, row in forgotten.iterrows()},
+        }
     write_json(sidecar, record)
     write_text(checkpoint / "README.md", model_card(record))

@@ -23,8 +23,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from xtts_ft import __version__
-from xtts_ft.io_utils import atomic_dir, write_json, write_text
+from xtts_ft.io_utils import atomic_dir, file_hash, write_json, write_text
 from xtts_ft.model.layout import EMOTIONS_FILE, EXPORT_FILES, EXPORT_KIND, SIDECAR, is_export, read_sidecar
+from xtts_ft.model import lora
 from xtts_ft.model.loading import load_xtts, resolve_model_cfg
 from xtts_ft.train import loop
 from xtts_ft.train.cache import tensors_hash
@@ -139,8 +140,11 @@ def run(cfg: DictConfig) -> Path:
             f"({state['base_model_dir']} vs {decoder_state['base_model_dir']}); they cannot go into one export"
         )
     config, xtts = load_xtts(base_dir, "cpu", for_inference=False)
+    adapter = {}
     if state:
-        xtts.gpt.load_state_dict(state["gpt"])
+        adapter = load_trained_gpt(xtts, state, base_dir, gpt_path, cfg.adapter)
+    elif cfg.adapter:
+        raise ValueError(f"adapter=true: {gpt_path} does not exist; only a train-gpt method=lora run has an adapter")
     if decoder_state:
         xtts.hifigan_decoder.waveform_decoder.load_state_dict(decoder_state["decoder"])
         if tensors_hash(xtts.gpt.state_dict()) != decoder_state["gpt"]["hash"]:
@@ -163,17 +167,53 @@ def run(cfg: DictConfig) -> Path:
         config.save_json(str(tmp / "config.json"))
         for name in COPIED_FILES:
             shutil.copy2(base_dir / name, tmp / name)
-        verify_export(tmp, state["gpt"] if state else {}, half=cfg.half, decoder_state=decoder_state["decoder"] if decoder_state else None)
+        for name, data in adapter.items():  # PEFT's adapter files, beside the merged model
+            (tmp / name).write_bytes(data)
+        # The GPT the export must carry: the trained weights, or for LoRA the base with the adapter merged in.
+        trained_gpt = (xtts.gpt.state_dict() if lora.is_lora_state(state) else state["gpt"]) if state else {}
+        verify_export(tmp, trained_gpt, half=cfg.half, decoder_state=decoder_state["decoder"] if decoder_state else None)
         voices = add_named_voices(tmp, dict(cfg.voices)) if cfg.voices else []
         emotions = add_emotion_presets(tmp, dict(cfg.emotions)) if cfg.emotions else []
         sidecar = export_record(state, base_dir, tmp, config, decoder_state)
         sidecar.update(voices=voices, emotion_presets=emotions, weights_dtype="float16" if cfg.half else "float32",
                        safetensors=bool(cfg.safetensors))
+        if adapter:
+            sidecar["adapter"] = adapter_record(state, sidecar["base_model"])
         write_json(tmp / SIDECAR, sidecar)
         write_text(tmp / "README.md", model_card(sidecar))
         check_listed(tmp)
     print(f"exported {out} ({(out / 'model.pth').stat().st_size / 2**20:.1f} MiB model.pth)")
     return out
+
+
+def load_trained_gpt(xtts, state: dict, base_dir: Path, state_path: Path, with_adapter: bool) -> dict:
+    """Put the trained GPT into the base model: full weights, or a LoRA adapter merged in (PEFT's
+    merge_and_unload: the stock layout, nothing new downstream). Returns PEFT's adapter files when
+    asked for them (adapter=true), else {}."""
+    if not lora.is_lora_state(state):
+        if with_adapter:
+            raise ValueError(f"adapter=true: {state_path} is a full fine-tune (method=full), which has no adapter; "
+                             "export it without adapter=true, or train with method=lora")
+        xtts.gpt.load_state_dict(state["gpt"])
+        return {}
+    if state.get("base_model_hash") and file_hash(base_dir / "model.pth") != state["base_model_hash"]:
+        raise ValueError(f"{state_path} is a LoRA adapter of another {base_dir / 'model.pth'} (the file changed since "
+                         "training): merging it there would make a model nobody trained. Export with the run's own base.")
+    model = lora.trained_adapter(xtts.gpt, state, base_dir, str(state_path))
+    files = lora.adapter_files(model, str(state["config"]["model"]["source"])) if with_adapter else {}
+    model.merge_and_unload()
+    return files
+
+
+def adapter_record(state: dict, base_model: dict) -> dict:
+    """What xtts_ft.json says of the adapter files: the base they apply to (id and hash) and the LoRA set-up."""
+    settings = state["config"]["lora"]
+    return {
+        "format": "peft-lora",
+        "files": list(lora.ADAPTER_FILES),
+        "base_model": {"source": base_model["source"], "model_sha256": base_model["model_sha256"]},
+        **{key: settings[key] for key in ("rank", "alpha", "dropout", "targets", "train_heads")},
+    }
 
 
 def check_listed(export_dir: Path) -> None:
@@ -249,6 +289,7 @@ def export_record(state: dict | None, base_dir: Path, export_dir: Path, config, 
             "gpt_steps": state["step"] if state else 0,
             "run_name": train_cfg["run_name"],
             "lr": state["config"]["lr"] if state else None,
+            "method": state["config"].get("method", "full") if state else None,
             **({"decoder_steps": decoder_state["step"], "decoder_lr": decoder_state["config"]["lr_gen"],
                 "decoder_adversarial": decoder_state["config"]["adversarial"], "decoder_gpt": decoder_state["gpt"]["source"]}
                if decoder_state else {}),
@@ -279,6 +320,23 @@ def metrics_table(metrics: dict) -> str:
     lines += ["", f"Probes: {metrics.get('probes', '?')}; evaluated {metrics.get('evaluated_at', '?')}. ASR `{models.get('asr')}`, "
               f"speaker similarity {models.get('speaker')}, quality {models.get('quality')}: not the XTTS paper's models "
               "(Whisper large-v3, ECAPA2, UTMOS), so not comparable to its published numbers."]
+    return "\n".join(lines)
+
+
+def forgetting_table(metrics: dict) -> str:
+    """What fine-tuning cost the base's languages, when `xtts-ft evaluate checkpoints=[<base>,<this>]` measured it."""
+    per_language = (metrics.get("forgetting") or {}).get("per_language") or {}
+    if not per_language:
+        return ""
+    columns = [("cer", "CER"), ("speaker_similarity", "speaker sim."), ("flagged", "flag rate")]
+    cell = lambda v: "–" if v is None else f"{v:+.3g}"  # noqa: E731
+    lines = ["", "", f"### Forgetting: against the base `{metrics['forgetting']['base']}`", "",
+             "| language | " + " | ".join(f"{name} (base → this, change)" for _, name in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for language, row in per_language.items():
+        cells = [f"{'–' if row.get(k + '_base') is None else format(row[k + '_base'], '.3g')} → "
+                 f"{'–' if row.get(k) is None else format(row[k], '.3g')} ({cell(row.get(k + '_change'))})" for k, _ in columns]
+        lines.append(f"| {language} | " + " | ".join(cells) + " |")
+    lines += ["", "CER and flag rate up, or speaker similarity down, is what fine-tuning cost the language."]
     return "\n".join(lines)
 
 
@@ -340,7 +398,7 @@ def model_card(record: dict) -> str:
     languages = "\n".join(f"- {lang.split('-')[0]}" for lang in record["languages"])
     base = record["base_model"]
     metrics = record.get("metrics") or {}
-    metrics_md = metrics_table(metrics)
+    metrics_md = metrics_table(metrics) + forgetting_table(metrics)
     extension_md = extension_section(record)
     data = record.get("data", {})
     train = data.get("train", {})

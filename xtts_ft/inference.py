@@ -4,6 +4,9 @@
 loader, clones voices from reference audio it loads itself (soundfile + soxr, never
 torchaudio.load), caches conditioning latents per reference file, splits long text into
 sentences, and applies the decoding settings of the model's config.json unless overridden.
+One text goes through coqui's Xtts.inference (`synthesize`, `stream`); many texts through our
+batched generate (`iter_synthesize`: several sentences, each with its own voice, language, babble
+guard and seed, in one transformers generate; the same codes as one at a time).
 """
 
 from __future__ import annotations
@@ -155,13 +158,56 @@ class XttsSynthesizer:
     start of a reference clip is read (default: the model's max_ref_len; the rest is never decoded)."""
 
     def __init__(self, checkpoint: Union[str, Path], device: str = "auto", revision: Optional[str] = None,
-                 voice_cache_size: int = 32, max_reference_seconds: Optional[float] = None):
+                 voice_cache_size: int = 32, max_reference_seconds: Optional[float] = None,
+                 adapter: Union[str, Path, None] = None):
         self.model_dir = resolve_model_dir(str(checkpoint), revision)
         self.device = pick_device(device)
         self.config, self.model = load_xtts(self.model_dir, self.device, for_inference=True)
         self.sample_rate = int(self.config.model_args.output_sample_rate)
         self._voices: "OrderedDict[Tuple[str, int, int], Voice]" = OrderedDict()
         self.voice_cache_size, self.max_reference_seconds = voice_cache_size, max_reference_seconds
+        if adapter is not None:  # `checkpoint` is then the base the LoRA adapter was trained on
+            self.load_adapter(adapter)
+
+    def load_adapter(self, adapter: Union[str, Path], name: str = "default", revision: Optional[str] = None) -> None:
+        """Apply a LoRA adapter (PEFT's files: an `export adapter=true` directory, a PEFT adapter folder
+        or a Hub id) to the GPT, unmerged, and use it. Several adapters over one base stay loaded
+        side by side: `use_adapter(name)` switches per request without reloading."""
+        from peft import PeftModel
+
+        from xtts_ft.model import lora
+        from xtts_ft.model.loading import init_gpt_for_inference
+
+        adapter_dir = lora.resolve_adapter_dir(str(adapter), revision)
+        lora.check_adapter_base(adapter_dir, self.model_dir)
+        gpt = self.model.gpt
+        # The generation wrapper is a second path to the same blocks: PEFT would look for adapter
+        # weights under both names. It is rebuilt below, over the adapted GPT.
+        if hasattr(gpt, "gpt_inference"):
+            del gpt.gpt_inference
+        if getattr(self, "_peft", None) is None:
+            self._peft = PeftModel.from_pretrained(gpt, str(adapter_dir), adapter_name=name)
+        else:
+            self._peft.load_adapter(str(adapter_dir), adapter_name=name)
+        self._peft.eval()
+        init_gpt_for_inference(gpt, kv_cache=self.model.args.kv_cache)  # the generation wrapper must see PEFT's heads
+        self.use_adapter(name)
+
+    def use_adapter(self, name: Optional[str]) -> None:
+        """Synthesize with the loaded adapter `name`, or with the bare base (None)."""
+        peft_model = getattr(self, "_peft", None)
+        if peft_model is None:
+            if name is None:
+                return
+            raise ValueError(f"adapter {name!r}: no adapter is loaded (XttsSynthesizer(base, adapter=...) or load_adapter)")
+        if name is None:
+            peft_model.base_model.disable_adapter_layers()
+        elif name not in peft_model.peft_config:
+            raise ValueError(f"adapter {name!r} is not loaded (loaded: {', '.join(peft_model.peft_config)})")
+        else:
+            peft_model.base_model.enable_adapter_layers()
+            peft_model.set_adapter(name)
+        self._voices.clear()  # cached latents came through the conditioning path of the previous adapter
 
     @classmethod
     def from_model(cls, config, model, model_dir: Optional[Path] = None) -> "XttsSynthesizer":
@@ -469,9 +515,12 @@ class XttsSynthesizer:
         wav = self.model.hifigan_decoder(latents, g=sentence.voice.speaker_embedding)
         return wav.detach().float().cpu().numpy().reshape(-1)
 
-    def synthesize_batch(self, requests: List[dict], out_dir: Union[str, Path], decoding: Optional[dict] = None) -> List[dict]:
+    def synthesize_batch(self, requests: List[dict], out_dir: Union[str, Path], decoding: Optional[dict] = None,
+                         batch_size: int = 8) -> List[dict]:
         """Each request (text, language, reference or voice, optional name) → <out_dir>/<name>.wav,
-        with a progress bar; returns one row per request (file, duration, RTF, stopped)."""
+        `batch_size` sentences per GPT generate (iter_synthesize), each file written as soon as its
+        request is done, with a progress bar; returns one row per request, in request order (file,
+        duration, RTF, stopped)."""
         import os
         from collections import Counter
 
@@ -491,17 +540,15 @@ class XttsSynthesizer:
         if repeated:
             raise ValueError(f"name(s) {', '.join(map(repr, repeated))} are given to more than one request (an unnamed "
                              "request i is named after its index, e.g. 0003); each becomes <out_dir>/<name>.wav: make them unique")
-        rows = []
-        for name, request in zip(names, tqdm(requests, desc="synth", unit="text")):
-            result = self.synthesize(
-                text=request["text"], language=request["language"], reference=request.get("reference"),
-                voice=request.get("voice"), decoding=decoding, emotion=request.get("emotion"),
-            )
+        rows: List[Optional[dict]] = [None] * len(requests)
+        done = self.iter_synthesize(requests, decoding, batch_size)
+        for i, result in tqdm(done, total=len(requests), desc="synth", unit="text"):
+            name, request = names[i], requests[i]
             path = out_dir / f"{name}.wav"
             write_wav(path, result.wav, result.sample_rate)
-            rows.append({"name": name, "file": str(path), "text": request["text"], "language": request["language"],
-                         "emotion": request.get("emotion"),
-                         "seconds": round(result.duration, 3), "rtf": round(result.real_time_factor, 3), "stopped": all(result.stopped)})
+            rows[i] = {"name": name, "file": str(path), "text": request["text"], "language": request["language"],
+                       "emotion": request.get("emotion"),
+                       "seconds": round(result.duration, 3), "rtf": round(result.real_time_factor, 3), "stopped": all(result.stopped)}
         return rows
 
     def synthesize_to_file(self, out: Union[str, Path], **kwargs) -> Synthesis:

@@ -298,18 +298,17 @@ def validate_transcripts(kept: List[Sample], origins: List[tuple], tmp: Path, cf
     checkable = [k for k, (_, _, source) in enumerate(origins) if source.formatter != "long_recordings"]
     cache = Path(cfg.paths.processed_dir) / "cache" / cfg.data.name / "transcripts"
     checks, summary = check_transcripts([kept[k] for k in checkable], tmp, cfg, cache)
-    mismatched = set()
+    mismatched = {}  # kept index -> its check
     for k, check in zip(checkable, checks):
         if check is None:
             continue
         kept[k].extra.update(asr_text=check.asr_text, asr_cer=check.asr_cer)
         if is_mismatch(check, cfg):
-            mismatched.add(k)
+            mismatched[k] = check
             kept[k].extra["transcript_mismatch"] = True
     if cfg.transcript_action == "drop":
-        for k in sorted(mismatched):
+        for k, check in mismatched.items():
             position, record, source = origins[k]
-            check = checks[checkable.index(k)]
             drop(position, record, source.language,
                  Rejected("transcript_mismatch", f"the ASR heard {check.asr_text!r}: CER {check.asr_cer:.2f} against the "
                           f"transcript > max_transcript_cer={cfg.max_transcript_cer} (clip kept for listening: {kept[k].audio})"),

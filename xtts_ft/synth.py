@@ -22,7 +22,8 @@ def run(cfg: DictConfig) -> Path:
     synthesizer = XttsSynthesizer(cfg.checkpoint, device=cfg.device)
     if cfg.texts:  # a batch: one WAV per text in out_dir, plus an index
         requests = read_requests(cfg.texts, cfg.language, cfg.reference, cfg.voice, cfg.emotion)
-        rows = synthesizer.synthesize_batch(requests, cfg.out_dir, OmegaConf.to_container(cfg.decoding, resolve=True))
+        rows = synthesizer.synthesize_batch(requests, cfg.out_dir, OmegaConf.to_container(cfg.decoding, resolve=True),
+                                          batch_size=cfg.batch_size)
         write_jsonl(Path(cfg.out_dir) / "index.jsonl", rows)
         print(f"wrote {len(rows)} WAVs to {cfg.out_dir} (index: {Path(cfg.out_dir) / 'index.jsonl'})")
         return Path(cfg.out_dir)

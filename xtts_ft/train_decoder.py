@@ -43,7 +43,7 @@ from tqdm import tqdm
 from xtts_ft.config import to_container
 from xtts_ft.data.batches import GptItem, ReferencePicker, encode_samples
 from xtts_ft.data.clips import DECODER_RATE
-from xtts_ft.data.sample import read_manifest
+from xtts_ft.data.sample import read_manifest, resolve_audio, stays_inside
 from xtts_ft.io_utils import file_hash, torch_save, write_json, write_jsonl
 from xtts_ft.model.decoder import OUTPUT_HOP, build_discriminator, build_losses, decoder_frames, decoder_input, gpt_latents, vocoder_loss_config
 from xtts_ft.model.features import GptFeatures
@@ -82,7 +82,7 @@ class DecoderItem:
 
 
 def gpt_weights(cfg: DictConfig) -> tuple[str, Optional[dict]]:
-    """(where the GPT comes from, its weights or None for the base model's)."""
+    """(where the GPT comes from, its train-gpt state/checkpoint or None for the base model's)."""
     choice = str(cfg.gpt)
     if choice == "base":
         return "base", None
@@ -94,7 +94,7 @@ def gpt_weights(cfg: DictConfig) -> tuple[str, Optional[dict]]:
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: the optimizer state is never read
     if "gpt" not in state:
         raise ValueError(f"gpt={choice}: {path} holds no GPT weights (expected a train-gpt state.pt or checkpoint)")
-    return str(path), state["gpt"]
+    return str(path), state
 
 
 def target_paths(manifest: Path) -> dict:
@@ -106,7 +106,11 @@ def target_paths(manifest: Path) -> dict:
                 f"{manifest} has no 24 kHz copies (sample {sample.audio}): the decoder trains on audio at its "
                 "output rate. Prepare the data again with decoder_copies=true."
             )
-        targets[(manifest.parent / sample.audio).resolve()] = (manifest.parent / sample.extra["audio_24k"]).resolve()
+        target = sample.extra["audio_24k"]
+        if not isinstance(target, str) or not stays_inside(target):
+            raise ValueError(f"{manifest}: audio_24k {target!r} of {sample.audio} is not inside the manifest's folder; "
+                             "manifest rows name their clips relative to it: prepare the data again with decoder_copies=true")
+        targets[resolve_audio(manifest, sample)] = (manifest.parent / target).resolve()
     return targets
 
 
@@ -242,8 +246,10 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
     config, xtts = load_xtts(model_dir, device, for_inference=False)
     xtts.requires_grad_(False)
     gpt_source, gpt_state = gpt_weights(cfg)
-    if gpt_state is not None:
-        xtts.gpt.load_state_dict(gpt_state)
+    if gpt_state is not None:  # full weights, or a LoRA adapter merged into the base's (train-gpt method=lora)
+        from xtts_ft.model.lora import load_trained_gpt
+
+        load_trained_gpt(xtts.gpt, gpt_state, model_dir, gpt_source)
     xtts.gpt.eval()  # the GPT module's own eval (not Xtts.eval(), which builds the inference wrapper)
     xtts.hifigan_decoder.eval()
     gpt_hash = tensors_hash(xtts.gpt.state_dict())

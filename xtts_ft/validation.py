@@ -83,14 +83,14 @@ def check_transcripts(samples: Sequence[Sample], root: Path, cfg, cache_dir: Pat
     return checks, summary
 
 
-def hear(choice: asr.Asr, samples: Sequence[Sample], root: Path, cfg, cache_dir: Path, summary: dict) -> List[Checked]:
+def hear(choice: asr.Asr, samples: Sequence[Sample], root: Path, cfg, cache_dir: Path, summary: dict) -> List[Optional[Checked]]:
     """Each sample checked: packed with its neighbours first (fast); one that looks mismatched is heard
     again alone and judged by the better of the two hearings, so only a clip both find wrong is."""
-    def checked(subset: List[int], solo: bool) -> List[Checked]:
+    def checked(subset: List[int], solo: bool) -> List[Optional[Checked]]:
         paths, seconds = [root / samples[i].audio for i in subset], [samples[i].duration for i in subset]
         texts, fresh = transcribe_clips(choice, paths, seconds, TranscriptCache(cache_dir, choice, solo))
         summary["transcribed_seconds"] += fresh
-        return [Checked(text, round(metrics.cer(samples[i].text, text, choice_language(samples[i])), 4)) for i, text in zip(subset, texts)]
+        return [score(samples[i], text) for i, text in zip(subset, texts)]
 
     checks = checked(list(range(len(samples))), solo=False)
     suspects = [i for i, c in enumerate(checks) if is_mismatch(c, cfg)] if choice.backend == "whisper" else []
@@ -99,8 +99,12 @@ def hear(choice: asr.Asr, samples: Sequence[Sample], root: Path, cfg, cache_dir:
     return checks
 
 
-def choice_language(sample: Sample) -> str:
-    return sample.language  # the text's cleaner is the sample's language, whatever code the ASR was given
+def score(sample: Sample, heard: str) -> Optional[Checked]:
+    """CER with the text's own language cleaning both sides, whatever code the ASR was given ("wol"
+    for MMS); None for a text with nothing to score once punctuation is gone ("...")."""
+    if not metrics.normalize_for_scoring(sample.text, sample.language):
+        return None
+    return Checked(heard, round(metrics.cer(sample.text, heard, sample.language), 4))
 
 
 def is_mismatch(check: Optional[Checked], cfg) -> bool:

@@ -16,7 +16,8 @@ SIDECAR = "xtts_ft.json"
 EMOTIONS_FILE = "emotions_xtts.pth"  # an export's emotion presets (name → conditioning latents)
 # Every file an export may hold: export writes nothing else, push sends these and a Hub download
 # fetches them, so an export comes back from the Hub whole.
-EXPORT_FILES = (*STOCK_FILES, EMOTIONS_FILE, SIDECAR, "README.md", "model.safetensors")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # a LoRA export's adapter, PEFT's format (adapter=true)
+EXPORT_FILES = (*STOCK_FILES, EMOTIONS_FILE, SIDECAR, "README.md", "model.safetensors", *ADAPTER_FILES)
 EXPORT_KIND = "export"  # the sidecar's "kind" in an export (a tiny or extended base has its own)
 
 # coqui-tts 0.28, TTS/tts/layers/xtts/trainer/gpt_trainer.py: the released XTTS-v2 DVAE.

@@ -16,15 +16,15 @@ coqui-tts downstream see an ordinary GPT.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Dict, Iterable, List
 
 import torch
 
-from xtts_ft.model.layout import read_sidecar
+from xtts_ft.model.layout import ADAPTER_FILES, SIDECAR, read_sidecar
+from xtts_ft.model.loading import looks_like_hub_id
 
 DEFAULT_TARGETS = ("c_attn", "c_proj", "c_fc")  # suffix match: c_proj is both attn.c_proj and mlp.c_proj
 HEADS = ("text_head", "mel_head")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # PEFT's names for a saved adapter
 
 
 def is_lora_state(state: dict) -> bool:
@@ -76,7 +76,7 @@ def keep_base_rows_frozen(head: torch.nn.Linear, first_new_row: int) -> None:
     mask[first_new_row:] = 1
     head.weight.register_hook(lambda grad: grad * mask.to(grad.dtype))
     head.bias.register_hook(lambda grad: grad * mask[:, 0].to(grad.dtype))
-    head._xtts_ft_masked = True  # noqa: SLF001 (read by no_decay_parameters)
+    head._xtts_ft_masked = True  # read by no_decay_parameters
 
 
 def no_decay_parameters(gpt: torch.nn.Module) -> List[torch.nn.Parameter]:
@@ -121,14 +121,49 @@ def load_trained_gpt(gpt: torch.nn.Module, state: dict, base_dir: Path, where: s
     return gpt
 
 
-def save_adapter(model, out_dir: Path, base_source: str) -> None:
-    """The adapter in PEFT's own format (adapter_config.json, adapter_model.safetensors) in
-    `out_dir`; PEFT's save_pretrained also writes a README.md, which is not ours to ship."""
-    import shutil
+def adapter_files(model, base_source: str) -> Dict[str, bytes]:
+    """The adapter in PEFT's own format ({adapter_config.json, adapter_model.safetensors: bytes}),
+    written by PEFT's save_pretrained; held in memory because merging (export) consumes the
+    adapter before the export directory is written. PEFT's own README.md is not ours to ship."""
     import tempfile
 
     model.peft_config["default"].base_model_name_or_path = base_source
-    with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
+    with tempfile.TemporaryDirectory() as scratch:
         model.save_pretrained(scratch)
-        for name in ADAPTER_FILES:
-            shutil.move(str(Path(scratch) / name), str(Path(out_dir) / name))
+        return {name: (Path(scratch) / name).read_bytes() for name in ADAPTER_FILES}
+
+
+def resolve_adapter_dir(source: str, revision: str | None = None) -> Path:
+    """A local folder holding PEFT's adapter files (an `export adapter=true` directory or a plain
+    PEFT adapter), or a Hub id whose adapter files (and sidecar) alone are fetched."""
+    path = Path(source).expanduser()
+    if not path.is_dir() and looks_like_hub_id(str(source)):
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = Path(snapshot_download(repo_id=str(source), revision=revision, allow_patterns=[*ADAPTER_FILES, SIDECAR]))
+        except Exception as err:  # offline, unknown or gated repo
+            raise RuntimeError(f"cannot fetch the adapter {source!r} from the Hugging Face Hub ({type(err).__name__}: {err}); "
+                               "download it where you have network and pass the local folder") from err
+    missing = [name for name in ADAPTER_FILES if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"adapter {source}: no {', '.join(missing)} there (a LoRA adapter is PEFT's "
+                                f"{' + '.join(ADAPTER_FILES)}: `xtts-ft export adapter=true` writes them)")
+    return path
+
+
+def check_adapter_base(adapter_dir: Path, model_dir: Path) -> None:
+    """An adapter applies to the weights it was trained on: the export's xtts_ft.json names the base's
+    model.pth hash; another base is refused (a plain PEFT adapter without our sidecar is trusted)."""
+    import hashlib
+
+    expected = read_sidecar(adapter_dir).get("adapter", {}).get("base_model", {})
+    if not expected.get("model_sha256"):
+        return
+    digest = hashlib.sha256()
+    with open(Path(model_dir) / "model.pth", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected["model_sha256"]:
+        raise ValueError(f"adapter {adapter_dir} was trained on {expected.get('source')} (model.pth sha256 "
+                         f"{expected['model_sha256'][:12]}…), not on {model_dir}: load it over that base")
