@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import yaml
 
-from tests.conftest import DEMO, demo_overrides
+from tests.conftest import DEMO, REPO, demo_overrides
 from xtts_ft import pipeline
 from xtts_ft.config import compose
 
@@ -297,3 +297,48 @@ def test_non_ascii_text_needs_no_extra_quoting(capsys):
     assert "text: L'été, dafa baŋ !" in printed
     assert cli.quoted_if_needed("language=wo") == "language=wo"  # ASCII values pass untouched
     assert cli.quoted_if_needed("'+voices={a: b}'") == "'+voices={a: b}'"
+
+
+def readme_command_lines() -> list:
+    """Every `xtts-ft ...` line in the README's bash blocks (continuations joined, comments cut)."""
+    import re
+    import shlex
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        pending = ""
+        for line in block.replace("\\\n", " ").splitlines():
+            pending += (" " if pending else "") + line.strip()
+            try:
+                words = shlex.split(pending, comments=True)
+            except ValueError:  # a quote still open: the command goes on on the next line
+                continue
+            pending = ""
+            if words[:1] == ["xtts-ft"]:
+                lines.append([w for w in words if w != "..."])  # "..." stands for "and your other settings"
+    # Inline ones in the prose too, but for templates (`recipe=<name>`, `checkpoint=N`, elisions).
+    for span in re.findall(r"`(xtts-ft [^`]+)`", text):
+        if not re.search(r"<|\.\.\.|…|=N\b", span):
+            lines.append(shlex.split(span))
+    return lines
+
+
+def test_every_readme_command_line_composes(monkeypatch, capsys):
+    """Each `xtts-ft` line the README shows parses and composes into a valid configuration
+    (`--cfg job`: printed, nothing run) — the README's own examples cannot rot unseen."""
+    from xtts_ft import cli
+
+    lines = readme_command_lines()
+    assert len(lines) >= 20
+    _no_stage_may_run(monkeypatch)
+    for words in lines:
+        args = words[1:]
+        if "-m" in args:  # a sweep: its first job, as Hydra will compose it
+            args = [a.split(",")[0] if "=" in a and not a.startswith(("'", "[")) else a for a in args if a != "-m"]
+        monkeypatch.setattr(sys, "argv", list(sys.argv))
+        try:
+            cli.main([*args, "--cfg", "job"])
+        except SystemExit as stop:
+            pytest.fail(f"README line `{' '.join(words)}` does not compose (exit {stop.code}): {capsys.readouterr().err}")
+        assert capsys.readouterr().out.strip(), " ".join(words)

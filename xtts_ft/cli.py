@@ -214,13 +214,14 @@ VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--conf
 
 
 def quoted_if_needed(override: str) -> str:
-    """`text=Ça va ?` as Hydra can read it. Hydra's grammar takes only ASCII in an unquoted value, so a
-    sentence in French or Wolof fails to parse unless the user knows to quote it inside the shell's
-    quotes; a plain `key=value` that fails to parse and reads back unchanged once quoted is quoted here."""
+    """`text=Ça va !` as Hydra can read it. Hydra's grammar takes only ASCII letters and a few symbols
+    in an unquoted value, so a sentence in French or Wolof, or one ending in "!", fails to parse unless
+    the user knows to quote it inside the shell's quotes; a plain `key=value` that fails to parse and
+    reads back unchanged once quoted is quoted here."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     key, sep, value = override.partition("=")
-    if not sep or not value or value.isascii() or value[0] in "'\"[{":
+    if not sep or not value or value[0] in "'\"[{":
         return override
     parser = OverridesParser.create()
     try:
