@@ -94,3 +94,29 @@ def decoder_trained(workdir, prepared_24k) -> Path:
 
     overrides = decoder_data_overrides(workdir) + DECODER_OVERRIDES + [f"paths.runs_dir={workdir / 'runs_decoder'}", "max_steps=3"]
     return train_decoder.run(compose("train_decoder", overrides))
+
+
+def hub_reachable() -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    """`hub` tests need the Hugging Face Hub, `gpu` tests a CUDA device: skipped, with the reason,
+    where this machine has neither (CI and the offline development machines)."""
+    hub = [item for item in items if "hub" in item.keywords]
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if hub and not hub_reachable():
+        for item in hub:
+            item.add_marker(pytest.mark.skip(reason="needs the Hugging Face Hub (huggingface.co:443 unreachable)"))
+    if gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            for item in gpu:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
