@@ -143,18 +143,19 @@ class FileLock:
         f = open(self.path, "a+")
         me = f"pid {os.getpid()} on {socket.gethostname()}"
         line = f"{self.label} ({me})\n" if self.label else f"{me}\n"
-        # A reader takes the lock exclusively for a moment (to clear the lines of past holders), then
-        # shares it; another process may look in between, hence a few looks before refusing.
+        # Readers only ever share the lock (taking it exclusively, even for a moment, would let two
+        # ranks of one torchrun refuse each other); their lines pile up until a writer truncates the
+        # file, and `live_holders` leaves out those of processes that have ended.
         for _ in range(LOCK_LOOKS):
-            if try_flock(f, fcntl.LOCK_EX):
+            if self.shared:
+                if try_flock(f, fcntl.LOCK_SH):
+                    f.write(line)  # append mode: beside the other readers
+                    f.flush()
+                    break
+            elif try_flock(f, fcntl.LOCK_EX):
                 f.seek(0)
                 f.truncate()  # nobody else holds it: earlier holders' lines are history
                 f.write(line)
-                f.flush()
-                if not self.shared or try_flock(f, fcntl.LOCK_SH):  # (not atomic: a writer may come between)
-                    break
-            elif self.shared and try_flock(f, fcntl.LOCK_SH):
-                f.write(line)  # append mode: beside the other readers
                 f.flush()
                 break
             elif try_flock(f, fcntl.LOCK_SH):  # readers hold it, and a writer must not replace what they read
@@ -173,6 +174,9 @@ class FileLock:
 
     def __exit__(self, *exc) -> None:
         if self._file is not None:
+            if not self.shared:  # still exclusive: its line goes, so readers that come next find a clean file
+                self._file.truncate(0)
+                self._file.flush()
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
