@@ -174,7 +174,9 @@ class FileLock:
 
     def __exit__(self, *exc) -> None:
         if self._file is not None:
-            if not self.shared:  # still exclusive: its line goes, so readers that come next find a clean file
+            # The last holder to leave clears the file (a reader can tell it is the last when it can take
+            # the lock exclusively), so a process that reads or writes again later is not named twice.
+            if not self.shared or try_flock(self._file, fcntl.LOCK_EX):
                 self._file.truncate(0)
                 self._file.flush()
             fcntl.flock(self._file, fcntl.LOCK_UN)
