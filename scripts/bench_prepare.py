@@ -73,7 +73,7 @@ def straightforward(corpus: Path, out: Path) -> None:
 
 
 def ours(corpus: Path, out: Path, workers: int, models_dir: Path) -> None:
-    from xtts_ft import prepare
+    from xtts_ft.stages import prepare
     from xtts_ft.config import compose
 
     cfg = compose("prepare", [

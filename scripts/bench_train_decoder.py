@@ -1,7 +1,7 @@
 """Benchmark HiFiGAN decoder fine-tuning: seconds per step and peak memory at the full decoder
 size on CPU, for a fixed segment length, with and without the adversarial losses.
 
-Each variant runs `xtts_ft.train_decoder.run` (what `xtts-ft train-decoder` runs) alone in a
+Each variant runs `xtts_ft.stages.train_decoder.run` (what `xtts-ft train-decoder` runs) alone in a
 fresh child process (this script with --child):
 
   s/step     seconds per training step (data, forward, losses, backward, clipping, optimizer
@@ -93,7 +93,7 @@ def child(spec: dict) -> None:
 
     import torch
 
-    from xtts_ft import train_decoder
+    from xtts_ft.stages import train_decoder
     from xtts_ft.config import compose
 
     shutil.rmtree(Path(spec["work_dir"]) / "runs" / spec["variant"], ignore_errors=True)
@@ -116,7 +116,7 @@ def child(spec: dict) -> None:
 
 def setup(work_dir: Path) -> None:
     """The full-width model and the prepared corpus, built once."""
-    from xtts_ft import prepare
+    from xtts_ft.stages import prepare
     from xtts_ft.config import compose
     from xtts_ft.model.tiny import build_tiny_xtts
 

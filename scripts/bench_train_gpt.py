@@ -14,7 +14,7 @@ fresh child process (this script with --child):
               just before those, and the whole-process peak is reported beside it.
 
 The data: `scripts/make_bench_corpus.py` speaks English with two espeak-ng voices, clip
-durations spread evenly over 1-11 s as in real fine-tuning sets; `xtts_ft.prepare` turns it
+durations spread evenly over 1-11 s as in real fine-tuning sets; `xtts_ft.stages.prepare` turns it
 into train.jsonl (--clips clips; one extra clip per voice goes to eval.jsonl, which prepare
 insists on). Both paths train on exactly these 22.05 kHz files.
 
@@ -38,7 +38,7 @@ The paths:
                  counted as trained, and audio seconds are reported next to them.
   coqui-shipped  the same, as shipped: importing TTS.tts.layers.xtts.trainer.dataset calls
                  torch.set_num_threads(1), and nothing resets it.
-  ours           `xtts_ft.train_gpt.run` (what `xtts-ft train-gpt` runs) on the same manifest,
+  ours           `xtts_ft.stages.train_gpt.run` (what `xtts-ft train-gpt` runs) on the same manifest,
                  fp32, all cores (num_threads=0), same batch, lr 5e-6, max_steps = whole epochs,
                  its default length bucketing (bucket_batches), no eval audio (eval_sentences=[]);
                  its runs/<run>/gpt/progress.json gives train_seconds (the training steps only:
@@ -217,7 +217,7 @@ def child_setup(spec: dict) -> dict:
     sys.path.insert(0, str(REPO / "scripts"))
     import torch
 
-    from xtts_ft import prepare
+    from xtts_ft.stages import prepare
     from xtts_ft.config import compose
     from xtts_ft.model.layout import REAL_DVAE
     from xtts_ft.model.tiny import build_tiny_xtts
@@ -484,7 +484,7 @@ def child_coqui(spec: dict) -> dict:
 def child_ours(spec: dict) -> dict:
     import torch
 
-    from xtts_ft import train_gpt
+    from xtts_ft.stages import train_gpt
     from xtts_ft.config import compose
 
     from xtts_ft.config import TrainGptConfig

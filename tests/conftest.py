@@ -39,7 +39,7 @@ def tiny_model_dir(workdir) -> Path:
 
 @pytest.fixture(scope="session")
 def prepared(workdir, tiny_model_dir) -> Path:  # its vocabulary checks the texts
-    from xtts_ft import prepare
+    from xtts_ft.stages import prepare
 
     return prepare.run(compose("prepare", demo_overrides(workdir)))
 
@@ -49,7 +49,7 @@ TRAIN_OVERRIDES = ["model=tiny", "run_name=demo", "lr=1e-3", "batch_size=4", "lo
 
 @pytest.fixture(scope="session")
 def trained(workdir, tiny_model_dir, prepared) -> Path:
-    from xtts_ft import train_gpt
+    from xtts_ft.stages import train_gpt
 
     cfg = compose("train_gpt", demo_overrides(workdir) + TRAIN_OVERRIDES + ["max_steps=30"])
     return train_gpt.run(cfg)
@@ -57,7 +57,7 @@ def trained(workdir, tiny_model_dir, prepared) -> Path:
 
 @pytest.fixture(scope="session")
 def exported(workdir, trained) -> Path:
-    from xtts_ft import export
+    from xtts_ft.stages import export
 
     cfg = compose("export", [o for o in demo_overrides(workdir) if o.startswith("paths.")] + ["run_name=demo"])
     return export.run(cfg)
@@ -82,7 +82,7 @@ DECODER_OVERRIDES = ["model=tiny", "run_name=demo", "gpt=base", "batch_size=2", 
 
 @pytest.fixture(scope="session")
 def prepared_24k(workdir, tiny_model_dir) -> Path:
-    from xtts_ft import prepare
+    from xtts_ft.stages import prepare
 
     return prepare.run(compose("prepare", decoder_data_overrides(workdir) + ["decoder_copies=true"]))
 
@@ -90,7 +90,7 @@ def prepared_24k(workdir, tiny_model_dir) -> Path:
 @pytest.fixture(scope="session")
 def decoder_trained(workdir, prepared_24k) -> Path:
     """A short spectral-only decoder run (its own runs dir: the shared GPT export stays decoder-free)."""
-    from xtts_ft import train_decoder
+    from xtts_ft.stages import train_decoder
 
     overrides = decoder_data_overrides(workdir) + DECODER_OVERRIDES + [f"paths.runs_dir={workdir / 'runs_decoder'}", "max_steps=3"]
     return train_decoder.run(compose("train_decoder", overrides))

@@ -2,7 +2,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ import soundfile as sf
 import yaml
 
 from tests.conftest import DEMO, REPO, demo_overrides
-from xtts_ft import pipeline
+from xtts_ft.stages import pipeline
 from xtts_ft.config import compose
 
 CLI = [sys.executable, "-m", "xtts_ft.cli"]
@@ -143,7 +142,7 @@ def _no_stage_may_run(monkeypatch):
     from xtts_ft.config import STAGES
 
     for stage in STAGES[:-1]:
-        module = importlib.import_module(f"xtts_ft.{stage}")
+        module = importlib.import_module(f"xtts_ft.stages.{stage}")
         monkeypatch.setattr(module, "run", lambda cfg, stage=stage: pytest.fail(f"{stage} ran"))
 
 

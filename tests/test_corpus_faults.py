@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 from omegaconf import OmegaConf
 
-from xtts_ft import prepare
+from xtts_ft.stages import prepare
 from xtts_ft.config import ColumnsConfig, SourceConfig, compose
 from xtts_ft.data import clips
 from xtts_ft.data.formatters import read_corpus

@@ -9,7 +9,8 @@ import soundfile as sf
 
 from tests.test_asr import espeak as espeak_voice
 from tests.test_asr import tiny_mms  # noqa: F401  (the session fixture: a tiny MMS-like CTC model)
-from xtts_ft import asr, evaluate, metrics
+from xtts_ft import asr, metrics
+from xtts_ft.stages import evaluate
 from xtts_ft.config import compose
 
 
@@ -122,7 +123,7 @@ def test_two_checkpoints_on_a_shipped_probe_set_with_plots_and_metrics_in_the_ex
         table = evaluate.run(cfg)
     finally:
         (exported / "xtts_ft.json").write_text(before)  # the shared fixture stays as the other tests expect
-        from xtts_ft.export import model_card
+        from xtts_ft.model.card import model_card
 
         (exported / "README.md").write_text(model_card(json.loads(before)))
     assert list(dict.fromkeys(table["model"])) == [exported.name, "other"]
@@ -262,7 +263,7 @@ def test_base_against_fine_tune_writes_forgetting_to_report_sidecar_and_card(exp
         card = (exported / "README.md").read_text()
     finally:
         (exported / "xtts_ft.json").write_text(before)  # the shared fixture stays as the other tests expect
-        from xtts_ft.export import model_card
+        from xtts_ft.model.card import model_card
 
         (exported / "README.md").write_text(model_card(json.loads(before)))
     means = table.groupby("model")[["cer", "flagged"]].mean()

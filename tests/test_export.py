@@ -81,7 +81,7 @@ def test_plain_coqui_tts_loads_the_export_and_speaks_like_our_module(exported, p
 def test_half_precision_safetensors_and_named_voices(tmp_path, workdir, exported, prepared):
     from safetensors.torch import load_file
 
-    from xtts_ft import export
+    from xtts_ft.stages import export
     from xtts_ft.config import compose
     from xtts_ft.inference import XttsSynthesizer
     from tests.conftest import demo_overrides
@@ -123,7 +123,7 @@ def _export_cfg(workdir, *extra):
 
 
 def test_export_replaces_only_its_own_exports(tmp_path, workdir, trained, tiny_model_dir):
-    from xtts_ft import export
+    from xtts_ft.stages import export
 
     run_dir = trained.parent
     before = sorted(p.name for p in run_dir.iterdir())
@@ -164,7 +164,7 @@ def test_exports_made_before_the_sidecar_had_a_kind_are_still_exports(tmp_path):
 
 
 def test_an_export_writes_only_the_listed_files(tmp_path, exported):
-    from xtts_ft import export
+    from xtts_ft.stages import export
 
     assert set(p.name for p in exported.iterdir()) <= set(EXPORT_FILES)
     export.check_listed(exported)

@@ -54,14 +54,14 @@ def wolof_overrides(workdir):
 
 @pytest.fixture(scope="module")
 def wolof_prepared(workdir, tiny_model_dir):
-    from xtts_ft import prepare
+    from xtts_ft.stages import prepare
 
     return prepare.run(compose("prepare", wolof_overrides(workdir) + ["model=tiny"]))
 
 
 @pytest.fixture(scope="module")
 def extended(workdir, wolof_prepared):
-    from xtts_ft import extend
+    from xtts_ft.stages import extend
 
     cfg = compose("extend", wolof_overrides(workdir) + ["model=tiny", "languages=[wo]", "emotions=[happy,sad]", "bpe_vocab_size=200"])
     return extend.run(cfg)
@@ -131,7 +131,7 @@ def test_the_wolof_corpus_tokenizes_without_unk(extended, wolof_prepared):
 
 
 def test_extending_twice_or_without_the_corpus_language_is_refused(workdir, extended, wolof_prepared):
-    from xtts_ft import extend
+    from xtts_ft.stages import extend
 
     cfg = compose("extend", wolof_overrides(workdir) + ["model=tiny", "languages=[wo]"])
     with pytest.raises(FileExistsError, match="overwrite=true"):
@@ -145,7 +145,7 @@ def test_extending_twice_or_without_the_corpus_language_is_refused(workdir, exte
 
 @pytest.fixture(scope="module")
 def wolof_export(workdir, extended):
-    from xtts_ft import export, train_gpt
+    from xtts_ft.stages import export, train_gpt
 
     overrides = wolof_overrides(workdir) + [f"model.source={extended}", "model.build_tiny=false", "model.name=wo",
                                             "run_name=wolof", "max_steps=6", "lr=1e-3", "eval_every=0", "save_every=6",
@@ -227,7 +227,7 @@ def test_emotion_labels_become_tokens_in_front_of_the_text(extended, tmp_path):
 
 
 def test_emotion_presets_work_on_an_unextended_model(exported, tmp_path):
-    from xtts_ft.export import add_emotion_presets
+    from xtts_ft.stages.export import add_emotion_presets
     from xtts_ft.inference import XttsSynthesizer
 
     export_dir = tmp_path / "export"
@@ -255,7 +255,7 @@ def test_emotion_presets_work_on_an_unextended_model(exported, tmp_path):
     ("emotion/tiny", "emotion_demo", lambda record: record["emotion_tokens"] == EMOTIONS and record["emotion_presets"] == ["sad", "whisper"]),
 ])
 def test_tiny_recipe_runs_end_to_end(tmp_path, monkeypatch, recipe, data, check):
-    from xtts_ft import pipeline
+    from xtts_ft.stages import pipeline
 
     monkeypatch.chdir(REPO)  # the recipes name the shipped corpora relative to the repository
     paths = [f"paths.{k}={tmp_path / k}" for k in ("processed_dir", "runs_dir", "exports_dir", "models_dir")]
@@ -280,7 +280,7 @@ def test_tiny_recipe_runs_end_to_end(tmp_path, monkeypatch, recipe, data, check)
 def test_evaluate_scores_wolof_with_the_ctc_model_configured_for_it(wolof_export, wolof_prepared, workdir, tmp_path):
     """Whisper has no Wolof: a (tiny, local) MMS-like CTC model configured for wo gives a Wolof CER."""
     from tests.test_asr import build_tiny_mms
-    from xtts_ft import evaluate
+    from xtts_ft.stages import evaluate
 
     mms = build_tiny_mms(workdir / "models" / "tiny-mms")
     cfg = compose("evaluate", [f"checkpoint={wolof_export}", f"manifest={wolof_prepared / 'eval.jsonl'}", f"out_dir={tmp_path}",

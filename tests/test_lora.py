@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, TRAIN_OVERRIDES, demo_overrides
-from xtts_ft import export, push, train_gpt
+from xtts_ft.stages import export, push, train_gpt
 from xtts_ft.config import compose
 from xtts_ft.model import lora
 from xtts_ft.model.layout import EXPORT_FILES
@@ -34,7 +34,7 @@ def _wolof(workdir):
 @pytest.fixture(scope="module")
 def wolof_extended(workdir, tiny_model_dir):
     """The Wolof demo prepared on the tiny base and the base extended with [wo] and its BPE tokens."""
-    from xtts_ft import extend, prepare
+    from xtts_ft.stages import extend, prepare
 
     prepare.run(compose("prepare", _wolof(workdir) + ["model=tiny"]))
     return extend.run(compose("extend", _wolof(workdir) + ["model=tiny", "languages=[wo]", "bpe_vocab_size=200", "overwrite=true"]))
@@ -102,7 +102,7 @@ def test_killed_lora_run_resumes_on_the_same_trajectory(tmp_path, tiny_model_dir
     straight = train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'a'}"]))
 
     killed = overrides + [f"paths.runs_dir={tmp_path / 'b'}"]
-    code = f"from xtts_ft import train_gpt; from xtts_ft.config import compose; train_gpt.run(compose('train_gpt', {killed!r}))"
+    code = f"from xtts_ft.stages import train_gpt; from xtts_ft.config import compose; train_gpt.run(compose('train_gpt', {killed!r}))"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = tmp_path / "b" / "demo" / "gpt" / "progress.json"
     deadline = time.time() + 180
@@ -235,7 +235,7 @@ def test_adapter_export_of_a_full_run_or_on_another_base_is_refused(workdir, tra
 
 @pytest.mark.slow
 def test_tiny_lora_recipe_runs_end_to_end(tmp_path, monkeypatch):
-    from xtts_ft import pipeline
+    from xtts_ft.stages import pipeline
 
     monkeypatch.chdir(REPO)  # the recipe names the shipped corpora relative to the repository
     paths = [f"paths.{k}={tmp_path / k}" for k in ("processed_dir", "runs_dir", "exports_dir", "models_dir")]

@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 
 from tests.conftest import demo_overrides
-from xtts_ft import prepare
+from xtts_ft.stages import prepare
 from xtts_ft.data import clips
 from xtts_ft.config import compose
 from xtts_ft.data.sample import read_manifest

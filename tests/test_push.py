@@ -9,7 +9,7 @@ import soundfile as sf
 
 from tests.conftest import demo_overrides
 from tests.fake_hub import FakeHub
-from xtts_ft import export, push, synth
+from xtts_ft.stages import export, push, synth
 from xtts_ft.config import compose
 from xtts_ft.model.layout import ADAPTER_FILES, EXPORT_FILES
 

@@ -35,7 +35,7 @@ def vocab_with(merges) -> dict:
     ([["a", "b"]], ["a b", "c a", "ca b"]),            # today's pairs + strings
 ])
 def test_merge_vocabulary_takes_either_merge_format_and_keeps_the_bases(base_merges, new_merges):
-    from xtts_ft.extend import merge_vocabulary
+    from xtts_ft.stages.extend import merge_vocabulary
 
     vocab_json = vocab_with(base_merges)
     before = dict(vocab_json["model"]["vocab"])
@@ -57,7 +57,7 @@ def test_merge_vocabulary_takes_either_merge_format_and_keeps_the_bases(base_mer
 
 
 def test_a_malformed_merge_is_named():
-    from xtts_ft.extend import merge_pair
+    from xtts_ft.stages.extend import merge_pair
 
     with pytest.raises(ValueError, match="malformed BPE merge 'ab'"):
         merge_pair("ab")
@@ -95,7 +95,7 @@ def ids_of(vocab_json: dict) -> dict:
 def run_chain(tmp: Path, base: Path, free_disk: bool = False) -> dict:
     """The Wolof recipe's stages, as a user runs them with `model=xtts_v2 model.source=<base>`.
     Returns what each stage produced. `free_disk` removes each stage's big inputs once used."""
-    from xtts_ft import evaluate, export, extend, prepare, push, synth, train_decoder, train_gpt
+    from xtts_ft.stages import export, extend, prepare, push, synth, train_decoder, train_gpt
 
     paths = chain_overrides(tmp)
     released = ["model=xtts_v2", f"model.source={base}"]
@@ -186,7 +186,7 @@ def test_the_wolof_chain_runs_on_a_base_in_the_released_formats(release_chain):
 
 
 def test_evaluate_scores_an_export_of_the_released_formats(release_chain):
-    from xtts_ft import evaluate
+    from xtts_ft.stages import evaluate
 
     tmp, _, _, _, out = release_chain
     report = evaluate.run(compose("evaluate", [f"checkpoint={out['export']}", f"manifest={out['prepared'] / 'eval.jsonl'}",

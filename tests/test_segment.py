@@ -118,7 +118,7 @@ def test_each_clip_text_matches_its_own_audio(segmented):
 
 
 def test_prepare_cuts_long_recordings_into_a_manifest(recording, tmp_path):
-    from xtts_ft import prepare
+    from xtts_ft.stages import prepare
     from xtts_ft.config import compose
     from xtts_ft.data.sample import read_manifest
 

@@ -10,9 +10,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import DECODER_OVERRIDES, REPO, decoder_data_overrides, demo_overrides
-from xtts_ft import export, train_decoder
+from xtts_ft.stages import export, train_decoder
 from xtts_ft.config import compose
-from xtts_ft.model.decoder import OUTPUT_HOP, decoder_frames, decoder_input, decoder_samples, gpt_latents
+from xtts_ft.model.constants import DECODER_HOP
+from xtts_ft.model.decoder import decoder_frames, decoder_input, decoder_samples, gpt_latents
 
 
 def _scalars(run_dir, tag):
@@ -38,18 +39,18 @@ def test_decoder_output_is_on_the_24khz_grid_without_drift(frames, small_decoder
     with torch.no_grad():
         stock = decoder(latents, g=speaker)  # coqui's forward, as inference runs it
         ours = decoder.waveform_decoder(decoder_input(decoder, latents), g=speaker)
-    assert stock.shape[-1] == ours.shape[-1] == decoder_samples(decoder, frames) == decoder_frames(decoder, frames) * OUTPUT_HOP
+    assert stock.shape[-1] == ours.shape[-1] == decoder_samples(decoder, frames) == decoder_frames(decoder, frames) * DECODER_HOP
     torch.testing.assert_close(ours, stock)
     # 1024 samples at 22.05 kHz per GPT frame = 1114.56 at 24 kHz: the output falls short of that
     # by less than one 256-sample hop (flooring), whatever the length: no drift.
     exact = frames * 1024 * 24000 / 22050
-    assert 0 <= exact - stock.shape[-1] < OUTPUT_HOP
+    assert 0 <= exact - stock.shape[-1] < DECODER_HOP
     # Timing: feed each GPT frame its own centre time; the 24 kHz frame j must carry the centre
     # time of output samples [256 j, 256 (j + 1)), i.e. frame j of the target (edges excepted,
     # where linear interpolation clamps).
     centres = (torch.arange(frames, dtype=torch.float64) + 0.5) * 1024 / 22050
     stretched = decoder_input(decoder, centres.view(1, frames, 1))[0, 0]
-    target_centres = (torch.arange(stretched.numel(), dtype=torch.float64) + 0.5) * OUTPUT_HOP / 24000
+    target_centres = (torch.arange(stretched.numel(), dtype=torch.float64) + 0.5) * DECODER_HOP / 24000
     inside = (target_centres > centres[0] + 1024 / 22050) & (target_centres < centres[-1] - 1024 / 22050)
     assert inside.sum() >= stretched.numel() - 14  # one GPT frame (4.35 decoder frames) at each edge
     torch.testing.assert_close(stretched[inside], target_centres[inside], rtol=0, atol=1e-9)
@@ -84,8 +85,8 @@ def test_demo_latents_and_targets_line_up(workdir, prepared_24k, decoder_trained
         start = int(starts.integers(0, full.shape[-1] - 8 + 1))
         torch.testing.assert_close(z[b], full[:, start : start + 8], rtol=0, atol=0)
         audio, _ = sf.read(str(item.target), dtype="float32")
-        expected = np.zeros(8 * OUTPUT_HOP, np.float32)
-        piece = audio[start * OUTPUT_HOP : (start + 8) * OUTPUT_HOP]
+        expected = np.zeros(8 * DECODER_HOP, np.float32)
+        piece = audio[start * DECODER_HOP : (start + 8) * DECODER_HOP]
         expected[: piece.size] = piece
         np.testing.assert_array_equal(target[b, 0].numpy(), expected)
     assert z.shape == (3, 64, 8) and speakers.shape == (3, 512, 1) and target.shape == (3, 1, 2048)
@@ -224,7 +225,7 @@ def test_killed_run_resumes_on_the_same_trajectory(tmp_path, workdir, prepared_2
     overrides = decoder_data_overrides(workdir) + DECODER_OVERRIDES + ["adversarial=true", "batch_size=1", "save_every=2", "max_steps=8"]
     straight = train_decoder.run(compose("train_decoder", overrides + [f"paths.runs_dir={tmp_path / 'a'}"]))
     killed = overrides + [f"paths.runs_dir={tmp_path / 'b'}"]
-    code = f"from xtts_ft import train_decoder; from xtts_ft.config import compose; train_decoder.run(compose('train_decoder', {killed!r}))"
+    code = f"from xtts_ft.stages import train_decoder; from xtts_ft.config import compose; train_decoder.run(compose('train_decoder', {killed!r}))"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = tmp_path / "b" / "demo" / "decoder" / "progress.json"
     deadline = time.time() + 300
@@ -281,7 +282,7 @@ def test_export_carries_the_fine_tuned_decoder(tmp_path, workdir, decoder_traine
     assert all(torch.equal(loaded[k], v) for k, v in trained.items())
     reference = next((workdir / "processed_24k" / "demo" / "wavs").glob("*.wav"))
     result = synthesizer.synthesize("Hello there.", "en", reference=reference, decoding={"seed": 0, "max_seconds_per_char": 0.05})
-    assert result.sample_rate == 24000 and np.isfinite(result.wav).all() and result.wav.size % OUTPUT_HOP == 0
+    assert result.sample_rate == 24000 and np.isfinite(result.wav).all() and result.wav.size % DECODER_HOP == 0
 
 
 def test_clear_errors(tmp_path, workdir, prepared, prepared_24k):
@@ -377,7 +378,7 @@ def test_gpt_choice_auto_base_or_a_file(tmp_path):
 
 
 def test_prepare_does_not_replace_a_dataset_the_decoder_reads(tmp_path, workdir, prepared_24k, monkeypatch):
-    from xtts_ft import prepare
+    from xtts_ft.stages import prepare
 
     cfg = compose("train_decoder", decoder_data_overrides(workdir) + DECODER_OVERRIDES + [f"paths.runs_dir={tmp_path}", "max_steps=1"])
     manifest = (prepared_24k / "train.jsonl").read_bytes()
@@ -396,7 +397,7 @@ def test_prepare_does_not_replace_a_dataset_the_decoder_reads(tmp_path, workdir,
 
 
 def test_a_24khz_target_outside_the_manifests_folder_is_refused(tmp_path):
-    from xtts_ft.train_decoder import target_paths
+    from xtts_ft.stages.train_decoder import target_paths
 
     manifest = tmp_path / "train.jsonl"
     row = {"audio": "wavs/a.wav", "text": "hi", "speaker": "s", "language": "en", "duration": 1.0}

@@ -11,7 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import REPO, TRAIN_OVERRIDES, demo_overrides
-from xtts_ft import train_gpt
+from xtts_ft.stages import train_gpt
 from xtts_ft.config import compose
 
 

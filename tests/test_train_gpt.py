@@ -13,7 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import REPO, TRAIN_OVERRIDES, demo_overrides
-from xtts_ft import export, train_gpt
+from xtts_ft.stages import export, train_gpt
 from xtts_ft.train import cache
 from xtts_ft.config import compose
 from xtts_ft.data.audio import load_audio
@@ -139,7 +139,7 @@ def test_killed_run_resumes_on_the_same_trajectory(tmp_path, tiny_model_dir, pre
     straight = train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'a'}"]))
 
     killed = overrides + [f"paths.runs_dir={tmp_path / 'b'}"]
-    code = f"from xtts_ft import train_gpt; from xtts_ft.config import compose; train_gpt.run(compose('train_gpt', {killed!r}))"
+    code = f"from xtts_ft.stages import train_gpt; from xtts_ft.config import compose; train_gpt.run(compose('train_gpt', {killed!r}))"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = tmp_path / "b" / "demo" / "gpt" / "progress.json"
     deadline = time.time() + 180
@@ -296,7 +296,7 @@ def test_keep_freed_memory_holds_what_a_step_frees_for_the_next():
 
 
 def test_prepare_does_not_replace_a_dataset_a_training_reads(tmp_path, tiny_model_dir, prepared, workdir, monkeypatch):
-    from xtts_ft import prepare
+    from xtts_ft.stages import prepare
     from xtts_ft.io_utils import FileLock, dir_lock_path
 
     cfg = compose("train_gpt", demo_overrides(workdir) + TRAIN_OVERRIDES + QUIET + [f"paths.runs_dir={tmp_path}", "max_steps=1"])

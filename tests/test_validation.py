@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import DEMO
-from xtts_ft import prepare, validation
+from xtts_ft import validation
+from xtts_ft.stages import prepare
 from xtts_ft.config import compose
 from xtts_ft.data.sample import read_manifest
 

@@ -16,7 +16,7 @@ import soundfile as sf
 
 gr = pytest.importorskip("gradio", reason="the web demo needs the `web` extra: pip install 'xtts-ft[web]'")
 
-from xtts_ft import web  # noqa: E402
+from xtts_ft.stages import web  # noqa: E402
 from xtts_ft.config import compose  # noqa: E402
 
 
@@ -118,7 +118,7 @@ def test_login_from_auth_or_an_explicit_choice_to_serve_anyone():
 
 def test_named_voice_and_emotion_preset_of_an_export(workdir, exported, prepared, tmp_path):
     from tests.conftest import demo_overrides
-    from xtts_ft import export
+    from xtts_ft.stages import export
     from xtts_ft.inference import XttsSynthesizer
 
     reference = _reference(prepared)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dis
-import importlib
 import os
 import sys
 from pathlib import Path
@@ -102,7 +101,7 @@ def pipeline_overrides(arg: str) -> List[str]:
 def run_pipeline(verb: str, args: List[str]) -> None:
     """`xtts-ft demo paths.runs_dir=/x model.device=cuda`: keys the pipeline does not have go to every
     stage that has them. --help, --cfg and --info print and run nothing."""
-    from xtts_ft import pipeline
+    from xtts_ft.stages import pipeline
     from xtts_ft.config import compose
 
     options, arguments = split_hydra_args(args)
@@ -185,10 +184,11 @@ def user_errors_in_one_line():
 def run_stage(verb: str, args: List[str]) -> None:
     import hydra
 
+    from xtts_ft import stages
     from xtts_ft.config import CONF_DIR, register_configs, validate
 
     stage = verb.replace("-", "_")
-    module = importlib.import_module(f"xtts_ft.{stage}")
+    module = stages.load(stage)
     register_configs()
 
     @hydra.main(config_path=str(CONF_DIR), config_name=stage, version_base="1.3")

@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from xtts_ft.model.constants import GPT_SAMPLE_RATE
+
 CONF_DIR = Path(__file__).parent / "conf"
 RECIPES_DIR = Path(__file__).parent / "recipes"
 STAGES = ("prepare", "extend", "train_gpt", "train_decoder", "export", "synth", "evaluate", "push", "web", "pipeline")
@@ -83,7 +85,7 @@ class PrepareConfig:
     # The base model whose vocab.json the texts must fit (only vocab.json is read or downloaded).
     model: ModelConfig = field(default_factory=ModelConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    sample_rate: int = 22050  # GPT/DVAE rate
+    sample_rate: int = GPT_SAMPLE_RATE  # the GPT/DVAE rate
     min_seconds: float = 0.5
     max_seconds: float = 11.6  # coqui recipe's GPT audio limit (255995 samples at 22.05 kHz)
     max_text_chars: int = 250

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from xtts_ft.data.audio import load_audio
 from xtts_ft.model.layout import EMOTIONS_FILE  # an export's emotion presets (name → conditioning latents)
 from xtts_ft.model.loading import load_xtts, pick_device, resolve_model_dir
+from xtts_ft.model.constants import CODES_PER_SECOND, GPT_SAMPLE_RATE
 
 DECODING_KEYS = ("temperature", "top_k", "top_p", "repetition_penalty", "length_penalty")
-CODES_PER_SECOND = 22050 / 1024  # one GPT audio code per 1024 samples at 22.05 kHz
 
 
 @dataclass
@@ -270,13 +270,13 @@ class XttsSynthesizer:
             self._voices.move_to_end(key)
             return self._voices[key]
         max_seconds = min(float(self.config.max_ref_len), self.max_reference_seconds or float("inf"))
-        audio = torch.from_numpy(load_audio(path, 22050, max_seconds=max_seconds)).unsqueeze(0)
-        if audio.shape[1] < 22050 * 0.5:
-            raise ValueError(f"reference audio {path} is {audio.shape[1] / 22050:.2f} s long — fix: give at least 0.5 s (3-10 s is best)")
+        audio = torch.from_numpy(load_audio(path, GPT_SAMPLE_RATE, max_seconds=max_seconds)).unsqueeze(0)
+        if audio.shape[1] < GPT_SAMPLE_RATE * 0.5:
+            raise ValueError(f"reference audio {path} is {audio.shape[1] / GPT_SAMPLE_RATE:.2f} s long — fix: give at least 0.5 s (3-10 s is best)")
         gpt_cond_latent = self.model.get_gpt_cond_latents(
-            audio, 22050, length=int(self.config.gpt_cond_len), chunk_length=int(self.config.gpt_cond_chunk_len)
+            audio, GPT_SAMPLE_RATE, length=int(self.config.gpt_cond_len), chunk_length=int(self.config.gpt_cond_chunk_len)
         )
-        speaker_embedding = self.model.get_speaker_embedding(audio.to(self.device), 22050)
+        speaker_embedding = self.model.get_speaker_embedding(audio.to(self.device), GPT_SAMPLE_RATE)
         self._voices[key] = Voice(gpt_cond_latent, speaker_embedding)
         while len(self._voices) > self.voice_cache_size:
             self._voices.popitem(last=False)

@@ -184,6 +184,20 @@ class FileLock:
             self._file = None
 
 
+def tensors_hash(*state_dicts: dict, extra: str = "") -> str:
+    """A hash of weights in memory (names and bytes, in name order): the same weights give the
+    same hash wherever they were loaded from (a training state, a checkpoint, a model.pth)."""
+    import torch
+
+    digest = hashlib.blake2b(extra.encode(), digest_size=16)
+    for state in state_dicts:
+        for name in sorted(state):
+            tensor = state[name].detach().cpu().contiguous()
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def try_flock(f: IO, operation: int) -> bool:
     try:
         fcntl.flock(f, operation | fcntl.LOCK_NB)

@@ -17,6 +17,7 @@ import torch
 
 from xtts_ft.data.audio import load_audio
 from xtts_ft.data.sample import Sample, resolve_audio
+from xtts_ft.model.constants import GPT_SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class GptItem:
 
     @property
     def duration(self) -> float:
-        return self.num_samples / 22050
+        return self.num_samples / GPT_SAMPLE_RATE
 
     def with_codes(self, codes: torch.Tensor) -> "GptItem":
         return replace(self, codes=codes)
@@ -68,7 +69,7 @@ def encode_samples(samples: List[Sample], tokenizer, max_text_tokens: int, max_s
             tokens = tokenizer.encode(s.text, lang=s.language)
         if len(tokens) > max_text_tokens:
             skipped.append({**s.to_json(), "reason": "too_many_tokens", "message": f"{len(tokens)} > {max_text_tokens}"})
-        elif s.duration * 22050 > max_samples:
+        elif s.duration * GPT_SAMPLE_RATE > max_samples:
             skipped.append({**s.to_json(), "reason": "too_long", "message": f"{s.duration:.2f} s over the GPT limit"})
         elif 1 in tokens:  # [UNK]
             skipped.append({**s.to_json(), "reason": "unknown_characters", "message": "text encodes to [UNK]"})
@@ -115,9 +116,9 @@ def collate(items: List[GptItem], references: List[Path], cond_seconds: Tuple[fl
     Items with cached codes give `codes`; without, the batch carries the waveforms (`wavs`) for
     the caller to encode.
     """
-    refs = [torch.from_numpy(load_audio(path, 22050)) for path in references]
+    refs = [torch.from_numpy(load_audio(path, GPT_SAMPLE_RATE)) for path in references]
     tokens = [item.text_tokens for item in items]
-    cond_len = int(min(min(r.numel() for r in refs), rng.uniform(*cond_seconds) * 22050))
+    cond_len = int(min(min(r.numel() for r in refs), rng.uniform(*cond_seconds) * GPT_SAMPLE_RATE))
     cond = []
     for r in refs:
         start = int(rng.integers(0, r.numel() - cond_len + 1))
@@ -131,6 +132,6 @@ def collate(items: List[GptItem], references: List[Path], cond_seconds: Tuple[fl
     if all(item.codes is not None for item in items):
         batch["codes"] = torch.nn.utils.rnn.pad_sequence([item.codes.long() for item in items], batch_first=True)
     else:
-        wavs = [torch.from_numpy(load_audio(item.audio, 22050)) for item in items]
+        wavs = [torch.from_numpy(load_audio(item.audio, GPT_SAMPLE_RATE)) for item in items]
         batch["wavs"] = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
     return batch

@@ -23,8 +23,8 @@ import numpy as np
 import soxr
 
 from xtts_ft.data.audio import encode_wav, header_seconds, read_mono, trim_bounds
+from xtts_ft.model.constants import DECODER_SAMPLE_RATE
 
-DECODER_RATE = 24000
 CLIPS_PER_WORKER = 64
 CHUNK = 8  # clips per task sent to a worker: ~0.1 s of work, small enough to balance the end
 SILENCE_PEAK = 1e-4  # -80 dBFS: nothing audible
@@ -97,7 +97,7 @@ def process_audio(path: Path, cfg: AudioSettings) -> Clip:
     if cfg.decoder_copies:
         # From the source, not from the 22.05 kHz copy, cut at the same instants.
         span = source[int(start / cfg.sample_rate * rate) : int(end / cfg.sample_rate * rate)]
-        audio_24k = soxr.resample(span, rate, DECODER_RATE, quality="HQ") if rate != DECODER_RATE else span
+        audio_24k = soxr.resample(span, rate, DECODER_SAMPLE_RATE, quality="HQ") if rate != DECODER_SAMPLE_RATE else span
     if cfg.loudness_lufs is not None:
         audio, audio_24k = normalize_loudness(audio, audio_24k, cfg)
     return Clip(audio.astype(np.float32), None if audio_24k is None else audio_24k.astype(np.float32), rate, clipped)
@@ -186,7 +186,7 @@ def run_audio_job(job: AudioJob, cfg: AudioSettings, out: Path):
         return rejected
     write_clip(out, "wavs", job.name, encode_wav(clip.audio, cfg.sample_rate))
     if clip.audio_24k is not None:
-        write_clip(out, "wavs_24k", job.name, encode_wav(clip.audio_24k, DECODER_RATE))
+        write_clip(out, "wavs_24k", job.name, encode_wav(clip.audio_24k, DECODER_SAMPLE_RATE))
     return ClipInfo(clip.audio.size, clip.source_rate, clip.clipped_fraction, clip.audio_24k is not None)
 
 

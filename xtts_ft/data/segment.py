@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from xtts_ft.data.audio import load_audio, write_wav
+from xtts_ft.model.constants import GPT_SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def segment_recording(
     max_seconds: float = 11.0,
     min_seconds: float = 1.0,
     pad_seconds: float = 0.15,
-    sample_rate: int = 22050,
+    sample_rate: int = GPT_SAMPLE_RATE,
 ) -> Tuple[List[Dict[str, object]], List[Dict[str, object]]]:
     """Cut one recording into `<stem>_<index:04d>.wav` clips in out_dir; return (segments, dropped).
 

@@ -16,8 +16,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+from xtts_ft.model.constants import DECODER_HOP
 
-OUTPUT_HOP = 256  # samples per decoder frame at 24 kHz: the generator's upsampling 8·8·2·2
 
 
 def decoder_input(decoder, latents: torch.Tensor) -> torch.Tensor:
@@ -41,7 +41,7 @@ def decoder_frames(decoder, latent_frames: int) -> int:
 
 def decoder_samples(decoder, latent_frames: int) -> int:
     """Output samples at 24 kHz for `latent_frames` GPT frames: the decoder output is this long."""
-    return decoder_frames(decoder, latent_frames) * OUTPUT_HOP
+    return decoder_frames(decoder, latent_frames) * DECODER_HOP
 
 
 def frame_seconds(decoder) -> float:

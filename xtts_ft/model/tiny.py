@@ -17,6 +17,7 @@ import torch
 
 from xtts_ft.io_utils import atomic_dir, write_json
 from xtts_ft.model.layout import REAL_DVAE, SIDECAR
+from xtts_ft.model.constants import GPT_SAMPLE_RATE
 
 LANGUAGES = ["en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi"]
 SPECIAL_TOKENS = ["[STOP]", "[UNK]", "[SPACE]", "[START]"] + [f"[{lang}]" for lang in LANGUAGES]
@@ -46,14 +47,14 @@ def build_tokenizer(path: Path, vocab_size: int = 320) -> None:
 
 def synthetic_mel_stats(dvae_mel) -> torch.Tensor:
     """Per-channel mean log-mel of quiet noise: a stand-in for the released mel_stats.pth."""
-    noise = torch.from_numpy(np.random.default_rng(0).normal(0, 0.05, 22050 * 4).astype(np.float32))
+    noise = torch.from_numpy(np.random.default_rng(0).normal(0, 0.05, GPT_SAMPLE_RATE * 4).astype(np.float32))
     return dvae_mel(noise.unsqueeze(0)).mean(dim=(0, 2))
 
 
 def calibration_audio(n: int = 64, seconds: float = 1.0, seed: int = 0) -> torch.Tensor:
     """Speech-like synthetic signals: harmonic tones (random f0, amplitude envelope) plus noise."""
     rng = np.random.default_rng(seed)
-    t = np.arange(int(22050 * seconds)) / 22050
+    t = np.arange(int(GPT_SAMPLE_RATE * seconds)) / GPT_SAMPLE_RATE
     signals = []
     for _ in range(n):
         f0 = rng.uniform(80, 300)
@@ -114,7 +115,7 @@ def build_tiny_xtts(out_dir: Path, seed: int = 0, gpt: dict | None = None, dvae:
 
         model.tokenizer = VoiceBpeTokenizer(vocab_file=str(tmp / "vocab.json"))
         model.init_models()  # sizes the text embedding from the vocabulary, as load_checkpoint does
-        dvae_mel = TorchMelSpectrogram(mel_norm_file=None, sampling_rate=22050)
+        dvae_mel = TorchMelSpectrogram(mel_norm_file=None, sampling_rate=GPT_SAMPLE_RATE)
         mel_stats = synthetic_mel_stats(dvae_mel)
         dvae_mel.mel_norms = mel_stats
         model.mel_stats.copy_(mel_stats)

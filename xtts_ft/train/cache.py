@@ -9,7 +9,6 @@ everything. The file is written atomically and read with weights_only loading.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 import os
@@ -20,24 +19,13 @@ from tqdm import tqdm
 
 from xtts_ft.data.audio import load_audio
 from xtts_ft.io_utils import torch_save
+from xtts_ft.model.constants import GPT_SAMPLE_RATE
 
 if TYPE_CHECKING:
     from xtts_ft.model.features import GptFeatures
     from xtts_ft.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-
-def tensors_hash(*state_dicts: Dict[str, torch.Tensor], extra: str = "") -> str:
-    """A hash of weights in memory (names and bytes, in name order): the same weights give the
-    same hash wherever they were loaded from (a training state, a checkpoint, a model.pth)."""
-    digest = hashlib.blake2b(extra.encode(), digest_size=16)
-    for state in state_dicts:
-        for name in sorted(state):
-            tensor = state[name].detach().cpu().contiguous()
-            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def cached_features(
@@ -87,7 +75,7 @@ def attach_codes(items, features: "GptFeatures", cache_path: Path, dvae_hash: st
 
     @torch.no_grad()
     def compute(clip: Path) -> torch.Tensor:
-        wav = torch.from_numpy(load_audio(clip, 22050)).unsqueeze(0).to(device)
+        wav = torch.from_numpy(load_audio(clip, GPT_SAMPLE_RATE)).unsqueeze(0).to(device)
         return features.audio_codes(wav).squeeze(0).to(torch.int16).cpu()
 
     computed = 0

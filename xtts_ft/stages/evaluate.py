@@ -405,7 +405,7 @@ def record_metrics(checkpoint: Path, summary: Optional[pd.DataFrame], cfg: DictC
                    forgotten: Optional[pd.DataFrame] = None, labels: Optional[dict] = None) -> None:
     """Write the per-language summary (and, for a fine-tune evaluated beside its base, what it forgot)
     into an xtts-ft export's xtts_ft.json and model card."""
-    from xtts_ft.export import model_card
+    from xtts_ft.model.card import model_card
     from xtts_ft.model.layout import SIDECAR
 
     sidecar = checkpoint / SIDECAR

@@ -14,7 +14,7 @@ are where the stages really wrote.
 from __future__ import annotations
 
 import difflib
-import importlib
+
 import json
 import shlex
 import time
@@ -25,6 +25,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from xtts_ft import stages
 from xtts_ft.config import RECIPES_DIR, STAGES, ConfigValueError, PathsConfig, compose
 
 
@@ -154,7 +155,7 @@ def run(cfg: DictConfig) -> List[dict]:
     report = []
     upstream_ran = False  # once a stage runs, later stages' outputs are stale
     for stage, _, stage_cfg in planned:
-        module = importlib.import_module(f"xtts_ft.{stage}")
+        module = stages.load(stage)
         if not cfg.force and not upstream_ran and stage_done(module, stage_cfg):
             print(f"── {stage}: done already, skipping (force=true re-runs it)")
             report.append({"stage": stage, "skipped": True})

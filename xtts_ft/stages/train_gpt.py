@@ -15,7 +15,6 @@ tensorboard/, config.yaml. `export` turns a state or checkpoint into a model.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -38,6 +37,7 @@ from xtts_ft.model.loading import init_gpt_for_inference, load_dvae, load_xtts, 
 from xtts_ft.train import loop
 from xtts_ft.train import runtime as rt
 from xtts_ft.train.cache import attach_codes
+from xtts_ft.model.constants import GPT_SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 EVAL_EPOCH = 2**31 - 1  # seeds eval batches apart from any training epoch
@@ -258,7 +258,7 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
     dvae, mel_stats = load_dvae(model_dir, xtts.args.gpt_num_audio_tokens)
     features = GptFeatures(dvae, mel_stats, xtts.args.gpt_use_perceiver_resampler).to(device)
 
-    max_samples = int(cfg.max_audio_seconds * 22050)
+    max_samples = int(cfg.max_audio_seconds * GPT_SAMPLE_RATE)
     manifests = {split: data_dir / f"{split}.jsonl" for split in ("train", "eval")}
     train_items, skipped = encode_samples(read_manifest(manifests["train"]), xtts.tokenizer, cfg.max_text_tokens, max_samples, manifests["train"])
     eval_items, eval_skipped = encode_samples(read_manifest(manifests["eval"]), xtts.tokenizer, cfg.max_text_tokens, max_samples, manifests["eval"])
@@ -372,7 +372,7 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
                     loss = cfg.text_ce_weight * loss_text + cfg.mel_ce_weight * loss_mel
                 scaler.scale(loss / cfg.grad_accum_steps).backward()
             losses += torch.stack([loss_text.detach().float(), loss_mel.detach().float()]) / cfg.grad_accum_steps
-            audio_seconds += batch["wav_lengths"].sum().item() / 22050
+            audio_seconds += batch["wav_lengths"].sum().item() / GPT_SAMPLE_RATE
             samples_seen += len(indices)
         losses = losses.cpu()
         scaler.unscale_(optimizer)

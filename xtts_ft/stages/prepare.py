@@ -28,7 +28,8 @@ from omegaconf import DictConfig
 
 from xtts_ft.config import to_container
 from xtts_ft import __version__
-from xtts_ft.data.clips import DECODER_RATE, AudioJob, AudioSettings, AudioWorkers, Rejected, read_done, remove_bookkeeping
+from xtts_ft.data.clips import AudioJob, AudioSettings, AudioWorkers, Rejected, read_done, remove_bookkeeping
+from xtts_ft.model.constants import DECODER_SAMPLE_RATE
 from xtts_ft.data.formatters import read_corpus
 from xtts_ft.data.sample import Sample, write_manifest
 from xtts_ft.data.text import clean_text, cleaner_name, language_token, token_ids
@@ -252,7 +253,7 @@ def run(cfg: DictConfig) -> Path:
             extra.update(raw_text=str(record["text"]), source_rate=clip.source_rate)
             if clip.has_24k:
                 extra["audio_24k"] = f"wavs_24k/{job.name}"
-                extra["band_limited"] = clip.source_rate < DECODER_RATE  # no content above source_rate/2
+                extra["band_limited"] = clip.source_rate < DECODER_SAMPLE_RATE  # no content above source_rate/2
             if clip.clipped_fraction > 0:
                 extra["clipped_fraction"] = round(clip.clipped_fraction, 6)
             kept.append(

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-import json
 import logging
 import math
 import os
@@ -42,15 +41,16 @@ from tqdm import tqdm
 
 from xtts_ft.config import to_container
 from xtts_ft.data.batches import GptItem, ReferencePicker, encode_samples
-from xtts_ft.data.clips import DECODER_RATE
+
 from xtts_ft.data.sample import read_manifest, resolve_audio, stays_inside
-from xtts_ft.io_utils import file_hash, torch_save, write_json, write_jsonl
-from xtts_ft.model.decoder import OUTPUT_HOP, build_discriminator, build_losses, decoder_frames, decoder_input, gpt_latents, vocoder_loss_config
+from xtts_ft.io_utils import file_hash, tensors_hash, torch_save, write_json, write_jsonl
+from xtts_ft.model.decoder import build_discriminator, build_losses, decoder_frames, decoder_input, gpt_latents, vocoder_loss_config
 from xtts_ft.model.features import GptFeatures
 from xtts_ft.model.loading import load_dvae, load_xtts, resolve_model_cfg
 from xtts_ft.train import loop
 from xtts_ft.train import runtime as rt
-from xtts_ft.train.cache import attach_codes, cached_features, tensors_hash
+from xtts_ft.train.cache import attach_codes, cached_features
+from xtts_ft.model.constants import DECODER_HOP, DECODER_SAMPLE_RATE, GPT_SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 # Logged per step, in this order (coqui's loss names; 0 where a loss is off).
@@ -155,8 +155,8 @@ def build_items(gpt_items: List[GptItem], values: List[dict], targets: dict, min
     for item, value in zip(gpt_items, values):
         target = targets[item.audio]
         info = sf.info(str(target))
-        if info.samplerate != DECODER_RATE:
-            raise ValueError(f"{target} is at {info.samplerate} Hz; decoder targets must be {DECODER_RATE} Hz (run prepare again)")
+        if info.samplerate != DECODER_SAMPLE_RATE:
+            raise ValueError(f"{target} is at {info.samplerate} Hz; decoder targets must be {DECODER_SAMPLE_RATE} Hz (run prepare again)")
         frames = decoder_frames(decoder, value["latents"].shape[0])
         if frames < min_frames:
             skipped.append({"audio": str(item.audio), "reason": "shorter_than_segment",
@@ -185,7 +185,7 @@ def make_batch(items: List[DecoderItem], decoder, segment_frames: int, rng: np.r
         z = decoder_input(decoder, item.latents.float().unsqueeze(0))[0]
         start = int(rng.integers(0, z.shape[-1] - segment_frames + 1))
         zs.append(z[:, start : start + segment_frames])
-        targets.append(read_target(item.target, start * OUTPUT_HOP, segment_frames * OUTPUT_HOP))
+        targets.append(read_target(item.target, start * DECODER_HOP, segment_frames * DECODER_HOP))
     speakers = torch.stack([item.speaker_embedding for item in items]).unsqueeze(-1)
     return torch.stack(zs), speakers, torch.stack(targets).unsqueeze(1)
 
@@ -231,11 +231,11 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
     state_path = out / "state.pt"
     loop.check_fresh(state_path, cfg.resume)
     loop.warn_slow_bf16(cfg.precision, device)
-    if cfg.segment_samples <= 0 or cfg.segment_samples % OUTPUT_HOP:
-        raise ValueError(f"segment_samples={cfg.segment_samples}: use a positive multiple of the decoder's hop ({OUTPUT_HOP})")
-    segment_frames = cfg.segment_samples // OUTPUT_HOP
+    if cfg.segment_samples <= 0 or cfg.segment_samples % DECODER_HOP:
+        raise ValueError(f"segment_samples={cfg.segment_samples}: use a positive multiple of the decoder's hop ({DECODER_HOP})")
+    segment_frames = cfg.segment_samples // DECODER_HOP
     # torch.stft's reflect padding (n_fft/2 each side) needs a longer signal than that.
-    loss_config = vocoder_loss_config(DECODER_RATE, cfg.mel_loss_weight, cfg.stft_loss_weight, cfg.adv_loss_weight, cfg.feat_match_loss_weight)
+    loss_config = vocoder_loss_config(DECODER_SAMPLE_RATE, cfg.mel_loss_weight, cfg.stft_loss_weight, cfg.adv_loss_weight, cfg.feat_match_loss_weight)
     n_fft = max([loss_config.l1_spec_loss_params["n_fft"]] + (list(loss_config.stft_loss_params["n_ffts"]) if cfg.stft_loss_weight > 0 else []))
     if cfg.segment_samples <= n_fft // 2:
         raise ValueError(f"segment_samples={cfg.segment_samples}: the spectral losses need more than {n_fft // 2} samples (their largest FFT is {n_fft})")
@@ -256,7 +256,7 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
 
     # Data: the GPT's items (tokens, limits, cached DVAE codes), then latents and 24 kHz targets.
     manifests = {split: data_dir / f"{split}.jsonl" for split in ("train", "eval")}
-    max_samples = int(cfg.max_audio_seconds * 22050)
+    max_samples = int(cfg.max_audio_seconds * GPT_SAMPLE_RATE)
     dvae, mel_stats = load_dvae(model_dir, xtts.args.gpt_num_audio_tokens)
     features = GptFeatures(dvae, mel_stats, xtts.args.gpt_use_perceiver_resampler).to(device)
     dvae_hash = file_hash(Path(model_dir) / "dvae.pth", Path(model_dir) / "mel_stats.pth")
@@ -291,7 +291,7 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
     if discriminator is not None and cfg.discriminator:
         discriminator.load_state_dict(load_discriminator_init(cfg.discriminator))
     gen_loss, disc_loss = (m.to(device) for m in build_losses(
-        DECODER_RATE, cfg.mel_loss_weight, cfg.stft_loss_weight, cfg.adv_loss_weight, cfg.feat_match_loss_weight))
+        DECODER_SAMPLE_RATE, cfg.mel_loss_weight, cfg.stft_loss_weight, cfg.adv_loss_weight, cfg.feat_match_loss_weight))
 
     sampler = loop_sampler(train_items, cfg, runtime)
     sampler_key = {
@@ -375,11 +375,11 @@ def train(cfg: DictConfig, runtime: rt.Runtime, out: Path) -> Path:
         loss, pairs = evaluate(generator, decoder, gen_loss, eval_items, device, cfg.precision)
         writer.add_scalar("eval/loss_mel", loss, step)
         for n, (wav, target) in enumerate(pairs[: cfg.eval_audio]):
-            writer.add_audio(f"eval_audio/{n}", torch.from_numpy(wav).unsqueeze(0), step, sample_rate=DECODER_RATE)
-            writer.add_image(f"eval_mel/{n}", loop.mel_image(wav, DECODER_RATE), step, dataformats="HW")
+            writer.add_audio(f"eval_audio/{n}", torch.from_numpy(wav).unsqueeze(0), step, sample_rate=DECODER_SAMPLE_RATE)
+            writer.add_image(f"eval_mel/{n}", loop.mel_image(wav, DECODER_SAMPLE_RATE), step, dataformats="HW")
             if step == 0:  # what the decoder should say, once
-                writer.add_audio(f"eval_target/{n}", torch.from_numpy(target).unsqueeze(0), step, sample_rate=DECODER_RATE)
-                writer.add_image(f"eval_target_mel/{n}", loop.mel_image(target, DECODER_RATE), step, dataformats="HW")
+                writer.add_audio(f"eval_target/{n}", torch.from_numpy(target).unsqueeze(0), step, sample_rate=DECODER_SAMPLE_RATE)
+                writer.add_image(f"eval_target_mel/{n}", loop.mel_image(target, DECODER_SAMPLE_RATE), step, dataformats="HW")
         if step > 0 and loss < best_eval:
             best_eval = loss
             torch_save({"decoder": generator.state_dict(), "step": step, "eval_loss": loss}, checkpoints / "best.pt")
