@@ -205,7 +205,7 @@ def test_readme_plain_overrides_form_reaches_every_stage_and_outputs_follow(monk
     ran = {}
     _no_stage_may_run(monkeypatch)
     for stage in ("prepare", "train_gpt", "export", "synth", "evaluate"):
-        module = __import__(f"xtts_ft.{stage}", fromlist=["run"])
+        module = __import__(f"xtts_ft.stages.{stage}", fromlist=["run"])
         monkeypatch.setattr(module, "run", lambda cfg, stage=stage: ran.setdefault(stage, cfg.paths.runs_dir))
     monkeypatch.setattr(pipeline, "stage_done", lambda module, cfg: False)
     cli.main(shlex.split("xtts-ft pipeline recipe=demo overrides='[paths.runs_dir=/scratch/runs]'")[1:])

@@ -198,3 +198,23 @@ def test_pushing_something_that_is_not_an_export_is_refused(tmp_path, workdir):
         push.run(_cfg(workdir, f"export_dir={tmp_path / 'half'}"))
     with pytest.raises(FileNotFoundError, match="does not exist; run `xtts-ft export"):
         push.run(_cfg(workdir, f"export_dir={tmp_path / 'nothing'}"))
+
+
+def test_a_download_with_a_token_never_goes_over_plain_http(monkeypatch, tmp_path):
+    """model.source=<owner/name> downloads with the user's token: not to a plain-http mirror elsewhere;
+    without a token (a public mirror) the download is attempted and fails only on the network."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from xtts_ft.model.loading import resolve_model_dir
+
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda **kw: asked.append(kw) or str(tmp_path))
+    monkeypatch.setattr(constants, "ENDPOINT", "http://mirror.example.org")
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    with pytest.raises(ValueError, match=r"http://mirror.example.org is not https: the token would be sent in clear text"):
+        resolve_model_dir("owner/model")
+    assert asked == []
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored token either
+    assert resolve_model_dir("owner/model") == tmp_path and asked[0]["repo_id"] == "owner/model"

@@ -11,12 +11,14 @@ import logging
 import zipfile
 from pathlib import Path
 from typing import Optional, Tuple
+from urllib.parse import urlsplit
 
 import torch
 
 from xtts_ft.model.layout import EXPORT_FILES, check_layout, dvae_kwargs, read_sidecar
 
 log = logging.getLogger(__name__)
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")  # where plain http keeps a token on this machine
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -30,9 +32,26 @@ def looks_like_hub_id(source: str) -> bool:
     return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
 
 
-def download_from_hub(repo_id: str, revision: Optional[str] = None) -> Path:
-    from huggingface_hub import snapshot_download
+def hub_endpoint(endpoint: Optional[str]) -> str:
+    """The endpoint the token will go to (endpoint=, else HF_ENDPOINT, else huggingface.co); plain
+    http is refused unless it stays on this machine, since the token would travel in clear text."""
+    from huggingface_hub import constants
 
+    url = (endpoint or constants.ENDPOINT).rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in LOCAL_HOSTS):
+        raise ValueError(
+            f"Hub endpoint {url} is not https: the token would be sent in clear text. "
+            "Use an https endpoint (endpoint= or HF_ENDPOINT), or an http one on localhost."
+        )
+    return url
+
+
+def download_from_hub(repo_id: str, revision: Optional[str] = None) -> Path:
+    from huggingface_hub import get_token, snapshot_download
+
+    if get_token():  # with a token, the download sends it: not in clear text to another machine
+        hub_endpoint(None)
     try:
         # Every file an export may hold (sidecar, presets, card), not only the stock ones: what
         # was pushed comes back whole. (A stock release simply lacks the extra ones.)

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import List, Optional, Tuple
-from urllib.parse import urlsplit
 
 from omegaconf import DictConfig
 
 from xtts_ft.model.layout import EXPORT_FILES, STOCK_FILES, check_layout
-
-LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
-
+from xtts_ft.model.loading import hub_endpoint
 
 def outputs(cfg: DictConfig) -> List[Path]:
     return []  # nothing local: the pipeline always re-runs a push it is asked for
@@ -27,21 +24,6 @@ def files_to_send(export_dir: Path) -> List[Path]:
     if not (export_dir / "README.md").is_file():
         raise FileNotFoundError(f"{export_dir} has no README.md model card; export it with `xtts-ft export` first")
     return [export_dir / name for name in EXPORT_FILES if (export_dir / name).is_file()]
-
-
-def hub_endpoint(endpoint: Optional[str]) -> str:
-    """The endpoint the token will go to (endpoint=, else HF_ENDPOINT, else huggingface.co); plain
-    http is refused unless it stays on this machine, since the token would travel in clear text."""
-    from huggingface_hub import constants
-
-    url = (endpoint or constants.ENDPOINT).rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in LOCAL_HOSTS):
-        raise ValueError(
-            f"Hub endpoint {url} is not https: the token would be sent in clear text. "
-            "Use an https endpoint (endpoint= or HF_ENDPOINT), or an http one on localhost."
-        )
-    return url
 
 
 def network_errors() -> Tuple[type, ...]:
