@@ -117,6 +117,12 @@ def test_audio_reaches_the_model_at_16_khz(tiny_mms, monkeypatch, rate):
     assert heard == [(16000, 16000)]
 
 
+def test_word_timestamps_refuse_a_language_an_english_only_whisper_cannot_hear():
+    # What prepare hands the long-recording segmenter: a clear error before any model loads.
+    with pytest.raises(ValueError, match="English-only and cannot transcribe 'wo'"):
+        asr.transcribe_words(np.zeros(asr.ASR_RATE, np.float32), "wo-SN", asr.BUNDLED)
+
+
 def test_cer_compares_texts_cleaned_by_the_language():
     # Wolof's cleaner writes numbers in words: "6" is what an ASR hears as "juróom-benn".
     assert metrics.cer("Am na 6 xar.", "am na juróom benn xar", "wo") == 0.0

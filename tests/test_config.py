@@ -1,8 +1,9 @@
 import pytest
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from xtts_ft.config import STAGES, compose
+from xtts_ft.config import CONF_DIR, SCHEMAS, STAGES, compose
 
 
 @pytest.mark.parametrize("stage", [s for s in STAGES])
@@ -60,3 +61,44 @@ def test_edge_values_that_mean_something_are_accepted():
     cfg = compose("train_gpt", ["max_steps=1", "eval_every=0", "keep_last=0", "warmup_steps=0"])
     assert (cfg.max_steps, cfg.eval_every, cfg.keep_last) == (1, 0, 0)
     assert compose("synth", ["decoding.temperature=null"]).decoding.temperature is None  # unset: the model's value
+
+
+# --- the stage YAMLs show the schema's defaults, and composing is unchanged by them ------------
+
+
+def stage_yaml(stage: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{stage}.yaml"), resolve=False)
+
+
+def values_that_differ(shown: dict, defaults: dict, prefix: str = "") -> list:
+    """(key, shown value, default) for every value `shown` sets that is not the default (or not a key)."""
+    differ = []
+    for key, value in shown.items():
+        if key not in defaults:
+            differ.append((prefix + key, value, "<no such key in the schema>"))
+        elif isinstance(value, dict) and value and isinstance(defaults[key], dict):
+            differ += values_that_differ(value, defaults[key], f"{prefix}{key}.")
+        elif value != defaults[key]:
+            differ.append((prefix + key, value, defaults[key]))
+    return differ
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_value_a_stage_yaml_shows_is_its_schema_default(stage):
+    shown = stage_yaml(stage)
+    defaults_list = shown.pop("defaults")
+    assert defaults_list[0] == f"{stage}_schema" and defaults_list[-1] == "_self_"  # the YAML's values merge last
+    assert shown, f"conf/{stage}.yaml shows no knob"
+    schema = OmegaConf.to_container(OmegaConf.structured(SCHEMAS[stage]), resolve=False)
+    assert values_that_differ(shown, schema) == []
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_composing_a_stage_gives_its_schema_defaults_merged_with_its_groups(stage):
+    expected = OmegaConf.structured(SCHEMAS[stage])
+    for entry in stage_yaml(stage)["defaults"]:
+        if isinstance(entry, dict):  # a group: {data: demo}
+            (group, option), = entry.items()
+            expected = OmegaConf.merge(expected, {group: OmegaConf.load(CONF_DIR / group / f"{option}.yaml")})
+    # As YAML text: the same keys, values and key order (the order the config is saved in).
+    assert OmegaConf.to_yaml(compose(stage)) == OmegaConf.to_yaml(expected)

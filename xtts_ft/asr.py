@@ -16,6 +16,9 @@ model when left out; `language` is the code the backend is given (Whisper: ISO 6
 639-3, mapped from the 639-1 code when left out). A language nothing here can transcribe — no
 entry, a null entry, an English-only Whisper, a Whisper without that language — is "not scored
 (no ASR for xx)": never silently NaN, never scored by a model that does not know the language.
+
+`transcribe_words` gives faster-whisper's words with their timestamps: what `prepare` hands the
+segmenter (`xtts_ft.data.segment`) to cut long recordings on.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -218,6 +221,21 @@ def whisper_model(name_or_path: str = BUNDLED):
         raise ImportError("ASR metrics need faster-whisper: pip install 'xtts-ft[eval]'") from err
     source = str(bundled_whisper_path()) if name_or_path == BUNDLED else name_or_path
     return WhisperModel(source, device="cpu", compute_type="int8")
+
+
+def transcribe_words(audio_16k: np.ndarray, language: str, model: str = BUNDLED) -> List[Tuple[str, float, float]]:
+    """Whisper's words with their timestamps, (text as Whisper wrote it, start s, end s): what
+    `xtts_ft.data.segment` cuts a long recording on (the prepare stage hands it this function)."""
+    language = language.split("-")[0]
+    if whisper_is_english_only(model) and language != "en":
+        raise ValueError(
+            f"the Whisper model {model!r} is English-only and cannot transcribe {language!r}; "
+            "pass model=<a multilingual faster-whisper model name or path, e.g. large-v3>"
+        )
+    segments, _ = whisper_model(model).transcribe(
+        audio_16k, language=language, word_timestamps=True, vad_filter=False, beam_size=5
+    )
+    return [(w.word, float(w.start), float(w.end)) for segment in segments for w in (segment.words or [])]
 
 
 # --- transformers ------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """Structured configs: the schema of every stage, registered in Hydra's ConfigStore.
 
-Values live in YAML under `conf/` (one top-level file per stage, groups `data/` and
-`model/`); the dataclasses here say which keys exist and their types, so a typo in an
-override fails at once. `compose(stage, overrides)` builds a stage config the way the CLI
-does, for tests and notebooks.
+The dataclasses here say which keys exist, their types and their defaults, so a typo or a
+wrong type in an override fails at once (and `validate` refuses values no stage can run
+with). The YAML under `conf/` is what a user reads: one top-level file per stage showing its
+main knobs with a comment each, at the same values as the defaults here (tests/test_config.py
+keeps the two equal), and the groups `data/` (corpora) and `model/` (bases), whose values
+live only there. `compose(stage, overrides)` builds a stage config the way the CLI does, for
+tests and notebooks.
 """
 
 from __future__ import annotations
@@ -251,7 +254,7 @@ class ExportConfig:
     # The base model comes from the training state (it records the directory it trained from).
     paths: PathsConfig = field(default_factory=PathsConfig)
     run_name: str = MISSING
-    checkpoint: str = "latest"  # the GPT: latest (state.pt) | best (lowest eval loss) | a kept step number
+    checkpoint: str = "latest"  # the GPT: latest (state.pt) | best (best.pt: the run's best eval) | a kept step number
     decoder_checkpoint: str = "latest"  # the decoder (when runs/<run_name>/decoder/ exists): the same choices
     out_dir: str = "${paths.exports_dir}/${run_name}"
     overwrite: bool = True
@@ -423,21 +426,25 @@ def validate(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+# Each stage's schema; conf/<stage>.yaml names it `<stage>_schema` first in its defaults list.
+SCHEMAS = {
+    "prepare": PrepareConfig,
+    "extend": ExtendConfig,
+    "train_gpt": TrainGptConfig,
+    "train_decoder": TrainDecoderConfig,
+    "export": ExportConfig,
+    "synth": SynthConfig,
+    "evaluate": EvaluateConfig,
+    "push": PushConfig,
+    "pipeline": PipelineConfig,
+    "web": WebConfig,
+}
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
-    for name, node in {
-        "prepare_schema": PrepareConfig,
-        "extend_schema": ExtendConfig,
-        "train_gpt_schema": TrainGptConfig,
-        "train_decoder_schema": TrainDecoderConfig,
-        "export_schema": ExportConfig,
-        "synth_schema": SynthConfig,
-        "evaluate_schema": EvaluateConfig,
-        "push_schema": PushConfig,
-        "pipeline_schema": PipelineConfig,
-        "web_schema": WebConfig,
-    }.items():
-        cs.store(name=name, node=node)
+    for stage, node in SCHEMAS.items():
+        cs.store(name=f"{stage}_schema", node=node)
 
 
 def compose(stage: str, overrides: Optional[List[str]] = None) -> DictConfig:

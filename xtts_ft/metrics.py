@@ -22,8 +22,8 @@ from typing import Optional
 
 import numpy as np
 
-# ASR lives in xtts_ft.asr; these names stay importable from here for older callers.
-from xtts_ft.asr import bundled_whisper_path, transcribe, whisper_is_english_only, whisper_model  # noqa: F401
+# ASR lives in xtts_ft.asr; `metrics.transcribe` (a transcript to score) stays importable from here.
+from xtts_ft.asr import transcribe  # noqa: F401
 
 
 def normalize_for_scoring(text: str, language: Optional[str] = None) -> str:

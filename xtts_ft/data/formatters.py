@@ -14,7 +14,7 @@ import codecs
 import csv
 import json
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 Record = Dict[str, object]
 Cells = List[str]
@@ -347,8 +347,11 @@ def audiofolder(root: Path, source) -> List[Record]:
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
 
 
-def long_recordings(root: Path, source) -> List[Record]:
+def long_recordings(root: Path, source, transcribe_words: Optional[Callable]) -> List[Record]:
     """Untranscribed recordings under `root`, cut on ASR word timestamps into `source.cache_dir`.
+
+    `transcribe_words` (16 kHz audio, language → timed words; see xtts_ft.data.segment) is the
+    ASR the caller built for this source's `asr_model`.
 
     Segments are cached: a recording already segmented with the same settings (its
     `<stem>.segments.json` records the recording's size and mtime, the ASR model, the language and
@@ -368,6 +371,9 @@ def long_recordings(root: Path, source) -> List[Record]:
             raise ValueError(f"{recording} and {stems[recording.stem]} have the same name; their segments would overwrite "
                              "each other in the cache: rename one, or prepare the folders as separate sources")
         stems[recording.stem] = recording
+    if transcribe_words is None:
+        raise ValueError(f"{source.path}: the long_recordings formatter needs an ASR to cut on "
+                         "(read_corpus(..., transcribe_words=...), as the prepare stage passes it)")
     records = []
     for recording in recordings:
         index = out_dir / f"{recording.stem}.segments.json"
@@ -380,7 +386,7 @@ def long_recordings(root: Path, source) -> List[Record]:
         else:
             for stale in out_dir.glob(f"{recording.stem}_[0-9][0-9][0-9][0-9].wav"):
                 stale.unlink()  # a shorter re-segmentation must not leave old clips looking current
-            segments, dropped = segment_recording(recording, out_dir, source.language, model=source.asr_model,
+            segments, dropped = segment_recording(recording, out_dir, source.language, transcribe_words,
                                                   target_seconds=source.target_seconds)
             write_json(index, {"key": key, "segments": segments, "dropped": dropped})
         speaker = source.speaker or recording.stem
@@ -458,7 +464,8 @@ def hf_dataset(path: str, source) -> List[Record]:
     return records
 
 
-FORMATTERS: Dict[str, Callable[[Path, object], List[Record]]] = {
+# Each called as formatter(root, source); long_recordings also takes the ASR (read_corpus passes it).
+FORMATTERS: Dict[str, Callable[..., List[Record]]] = {
     "coqui_csv": coqui_csv,
     "ljspeech": ljspeech,
     "vctk": vctk,
@@ -469,7 +476,9 @@ FORMATTERS: Dict[str, Callable[[Path, object], List[Record]]] = {
 }
 
 
-def read_corpus(root: Path, source) -> List[Record]:
+def read_corpus(root: Path, source, transcribe_words: Optional[Callable] = None) -> List[Record]:
+    """The source's records. `transcribe_words` is the ASR a long_recordings source is cut with
+    (data/ runs no ASR of its own); the other formatters ignore it."""
     if source.formatter == "hf":  # `path` may be a Hub id, not a directory
         return hf_dataset(source.path, source)
     if source.formatter not in FORMATTERS:
@@ -477,4 +486,6 @@ def read_corpus(root: Path, source) -> List[Record]:
     if not root.is_dir():
         hint = f" (relative to the current directory {Path.cwd()})" if not root.is_absolute() else ""
         raise FileNotFoundError(f"corpus directory {root} does not exist{hint}")
+    if source.formatter == "long_recordings":
+        return long_recordings(root, source, transcribe_words)
     return FORMATTERS[source.formatter](root, source)

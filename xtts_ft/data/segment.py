@@ -1,19 +1,21 @@
 """Segmenting a long untranscribed recording (a podcast, an audiobook chapter) into training clips.
 
-faster-whisper transcribes the recording with word timestamps; `group_words` (pure, no model)
-turns the words into segments: a segment ends only after a word that ends a sentence,
-consecutive sentences are merged while they fit `target_seconds`, a sentence longer than
-`max_seconds` is split at its largest pause (or dropped), and pieces shorter than
-`min_seconds` are dropped. Every drop has a reason code, as in `prepare`'s dropped.jsonl.
-A segment's text is exactly the words whose timestamps lie inside its audio: padding never
-reaches into a neighbouring word, so no clip hears a word its text lacks.
+An ASR the caller hands in (`transcribe_words`; the prepare stage passes faster-whisper's
+from `xtts_ft.asr`, data/ runs no model itself) transcribes the recording with word
+timestamps; `group_words` (pure, no model) turns the words into segments: a segment ends only
+after a word that ends a sentence, consecutive sentences are merged while they fit
+`target_seconds`, a sentence longer than `max_seconds` is split at its largest pause (or
+dropped), and pieces shorter than `min_seconds` are dropped. Every drop has a reason code,
+as in `prepare`'s dropped.jsonl. A segment's text is exactly the words whose timestamps lie
+inside its audio: padding never reaches into a neighbouring word, so no clip hears a word its
+text lacks.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 
 Word = Tuple[str, float, float]  # (text as Whisper wrote it, start s, end s)
 Dropped = Tuple[str, List[Word]]  # (reason code, the words of the dropped piece)
+# (mono audio at WHISPER_RATE, language) → the words heard, with their timestamps.
+Transcriber = Callable[[np.ndarray, str], List[Word]]
 
 WHISPER_RATE = 16000
 # Latin, CJK, Arabic, Devanagari, Armenian, Ethiopic sentence ends; Whisper attaches them to the word.
@@ -106,21 +110,6 @@ def group_words(
     return segments, sorted(dropped, key=lambda d: d[1][0][1])
 
 
-def transcribe_words(audio_16k: np.ndarray, language: str, model: str) -> List[Word]:
-    from xtts_ft.metrics import whisper_is_english_only, whisper_model
-
-    language = language.split("-")[0]
-    if whisper_is_english_only(model) and language != "en":
-        raise ValueError(
-            f"the Whisper model {model!r} is English-only and cannot transcribe {language!r}; "
-            "pass model=<a multilingual faster-whisper model name or path, e.g. large-v3>"
-        )
-    segments, _ = whisper_model(model).transcribe(
-        audio_16k, language=language, word_timestamps=True, vad_filter=False, beam_size=5
-    )
-    return [(w.word, float(w.start), float(w.end)) for segment in segments for w in (segment.words or [])]
-
-
 def cut_bounds(words: Sequence[Word], first: int, last: int, pad_seconds: float, duration: float) -> Tuple[float, float]:
     """Padded [start, end) of words[first..last], clamped to the midpoint of the gap to each neighbour."""
     start = max(words[first][1] - pad_seconds, 0.0)
@@ -136,7 +125,7 @@ def segment_recording(
     audio_path: Path,
     out_dir: Path,
     language: str,
-    model: str = "bundled",
+    transcribe_words: Transcriber,
     target_seconds: float = 8.0,
     max_seconds: float = 11.0,
     min_seconds: float = 1.0,
@@ -144,6 +133,8 @@ def segment_recording(
     sample_rate: int = GPT_SAMPLE_RATE,
 ) -> Tuple[List[Dict[str, object]], List[Dict[str, object]]]:
     """Cut one recording into `<stem>_<index:04d>.wav` clips in out_dir; return (segments, dropped).
+
+    `transcribe_words(audio at 16 kHz, language)` gives the words the cuts follow.
 
     Each segment: `audio` (written wav path), `text`, `start`, `end` (seconds of the recording
     that the wav holds, padding included), `source_line`. Each dropped piece: `text`, `start`,
@@ -159,7 +150,7 @@ def segment_recording(
     if max_seconds - 2 * pad_seconds < min_seconds:
         raise ValueError(f"pad_seconds={pad_seconds} on both sides leaves no room under max_seconds={max_seconds}")
 
-    words = [w for w in transcribe_words(load_audio(audio_path, WHISPER_RATE), language, model) if w[0].strip()]
+    words = [w for w in transcribe_words(load_audio(audio_path, WHISPER_RATE), language) if w[0].strip()]
     # Budgets are for the written clip, so leave room for the padding on both sides.
     groups, dropped_pieces = group_words(words, target_seconds - 2 * pad_seconds, max_seconds - 2 * pad_seconds, min_seconds)
     if not groups:

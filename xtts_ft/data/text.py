@@ -1,55 +1,33 @@
-"""Text normalisation per language: one registry used by `prepare` (and later by training and inference).
+"""Text per language: `clean_text` (the one normalisation `prepare`, training and inference
+apply) and how XTTS writes a language and its text as tokens (`language_token`, `token_ids`).
 
-Languages coqui-tts knows use its multilingual cleaners (lower-case, numbers, abbreviations,
-symbols spelled out). Any other language gets a registered cleaner, or the basic one
-(Unicode NFC, lower-case, collapsed spaces) — never coqui's NotImplementedError.
+The cleaners themselves live in the registry `xtts_ft.data.cleaners` (one module per language).
+Its public names are importable from here too, where model cards, the README and users' code
+import them:
 
-    from xtts_ft.data.text import register_cleaner
-
-    @register_cleaner("wo", letters="abcdefg...")   # the letters its cleaned text is written in
-    def wolof(text: str) -> str: ...
-
-A cleaner declares its language's letters so that `extend` gives every one of them a token,
-including letters the corpus happens not to contain.
+    from xtts_ft.data.text import clean_text, register_cleaner, language_letters
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Callable, Dict
 
-# The languages coqui-tts 0.28's VoiceBpeTokenizer.preprocess_text cleans with multilingual_cleaners.
-COQUI_LANGUAGES = {"ar", "cs", "de", "en", "es", "fr", "hi", "hu", "it", "nl", "pl", "pt", "ru", "tr", "zh", "ko"}
-CLEANERS: Dict[str, Callable[[str], str]] = {}
-LETTERS: Dict[str, str] = {}  # language → the characters its cleaned text may contain
+from xtts_ft.data.cleaners import (
+    CLEANERS,
+    COQUI_LANGUAGES,
+    LETTERS,
+    basic_cleaner,
+    cleaner_name,
+    language_letters,
+    register_cleaner,
+)
 
-
-def register_cleaner(language: str, letters: str = ""):
-    def decorator(function: Callable[[str], str]) -> Callable[[str], str]:
-        CLEANERS[language] = function
-        LETTERS[language] = letters
-        return function
-
-    return decorator
-
-
-def language_letters(language: str) -> str:
-    """The characters a registered cleaner declared for its language ("" when none is registered)."""
-    return LETTERS.get(base_language(language), "")
-
-
-def basic_cleaner(text: str) -> str:
-    text = unicodedata.normalize("NFC", text).lower()
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def cleaner_name(language: str) -> str:
-    language = language.split("-")[0]
-    if language in CLEANERS:
-        return CLEANERS[language].__name__
-    return "coqui_multilingual" if language in COQUI_LANGUAGES else "basic"
-
+# The registry's names are re-exported: `xtts_ft.data.text` is where they have always been imported from.
+__all__ = [
+    "CLEANERS", "COQUI_LANGUAGES", "LETTERS", "basic_cleaner", "cleaner_name", "language_letters", "register_cleaner",
+    "clean_text", "base_language", "language_token", "token_ids",
+]
 
 LEADING_TAG = re.compile(r"^\s*(\[[^\[\]\s]+\])\s*")  # "[happy]" in front of the text: an emotion token
 
@@ -89,7 +67,3 @@ def token_ids(tokenizer, text: str, language: str) -> list:
     VoiceBpeTokenizer.encode refuses.
     """
     return tokenizer.encode(f"{language_token(language)}{text}".replace(" ", "[SPACE]")).ids
-
-
-# Cleaners for languages coqui does not know register themselves on import.
-from xtts_ft.data import wolof  # noqa: E402,F401  (registers "wo")

@@ -5,7 +5,7 @@ coqui-tts's tokenizer cleans only the languages it knows and raises NotImplement
 any other (a Wolof model cannot even encode its own language). `load_xtts` gives each model
 it loads an `XttsTokenizer` instead: same ids, same `[lang]` + text + `[SPACE]` scheme, but
 text in a language coqui does not know goes through our cleaner registry
-(`xtts_ft.data.text`), and an emotion token can stand in front of the text:
+(`xtts_ft.data.cleaners`), and an emotion token can stand in front of the text:
 
     [wo][happy]na[SPACE]nga[SPACE]def?
 
@@ -21,7 +21,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer
 
-from xtts_ft.data.text import CLEANERS, COQUI_LANGUAGES, base_language, clean_text, language_token
+from xtts_ft.data.cleaners import CLEANERS, COQUI_LANGUAGES
+from xtts_ft.data.text import base_language, clean_text, language_token
 
 LEADING_TAG = re.compile(r"^\s*\[([^\[\]\s]+)\]\s*")
 DEFAULT_CHAR_LIMIT = 250  # coqui's fallback for a language missing from its table

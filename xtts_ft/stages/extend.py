@@ -12,8 +12,8 @@ What it does, in the order a person would do it by hand (and what breaks when a 
 4. adds the language to `config.languages` and its character limit to the tokenizer table;
 5. records all of it in `xtts_ft.json` ("extension"), which export, inference and the model card read.
 
-The text cleaner of a new language comes from the registry in `xtts_ft.data.text` (Wolof has
-one); a language without a registered cleaner gets the basic one, and the record says which.
+The text cleaner of a new language comes from the registry in `xtts_ft.data.cleaners` (Wolof
+has one); a language without a registered cleaner gets the basic one, and the record says which.
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 from omegaconf import DictConfig
 
 from xtts_ft import __version__
 from xtts_ft.data.sample import read_manifest
-from xtts_ft.data.text import base_language, cleaner_name, language_letters, language_token
+from xtts_ft.data.cleaners import cleaner_name, language_letters
+from xtts_ft.data.text import base_language, language_token
 from xtts_ft.io_utils import atomic_dir, torch_save, write_json
 from xtts_ft.model.layout import SIDECAR, STOCK_FILES, read_sidecar
 from xtts_ft.model.loading import check_weights_file, resolve_model_cfg
@@ -144,46 +145,17 @@ def run(cfg: DictConfig) -> Path:
     if out.exists() and not cfg.overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=true to replace it")
     base_sidecar = read_sidecar(base_dir)
-    previous = base_sidecar.get("extension", {})
     config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
     vocab_json = json.loads((base_dir / "vocab.json").read_text(encoding="utf-8"))
     old_tokenizer = Tokenizer.from_str(json.dumps(vocab_json))
-
     texts = corpus_texts(cfg)
-    wanted = [base_language(x) for x in cfg.languages] if cfg.languages else sorted(texts)
-    new_languages = [x for x in wanted if old_tokenizer.token_to_id(language_token(x)) is None]
-    for language in new_languages:
-        if not texts.get(language):
-            raise ValueError(f"no {language!r} text in {cfg.data.name}'s manifests to train its tokens on (languages there: {', '.join(sorted(texts))})")
-    emotions = [e for e in cfg.emotions if old_tokenizer.token_to_id(f"[{e}]") is None]
-    if not new_languages and not emotions:
-        log.warning("nothing to add: the base already has %s", ", ".join(wanted + list(cfg.emotions)) or "everything asked")
+    new_languages, emotions = tokens_to_add(cfg, old_tokenizer, texts)
 
     # 1-2. Vocabulary: each new language's BPE, then the new special tokens.
-    added: List[str] = []
-    for language in new_languages:
-        bpe = train_language_bpe(texts[language], cfg.bpe_vocab_size, language_letters(language))
-        added += merge_vocabulary(vocab_json, bpe, [])
-    added += merge_vocabulary(vocab_json, {"vocab": {}, "merges": []}, [language_token(x) for x in new_languages] + [f"[{e}]" for e in emotions])
-    new_tokenizer = Tokenizer.from_str(json.dumps(vocab_json))
-    unk = new_tokenizer.token_to_id("[UNK]")
-    for language in new_languages:  # the corpus and every declared letter encode without [UNK]
-        unknown = sum(new_tokenizer.encode(t).ids.count(unk) for t in texts[language])
-        unknown_letters = [ch for ch in language_letters(language) if unk in new_tokenizer.encode(ch).ids]
-        if unknown or unknown_letters:
-            raise AssertionError(f"{unknown} [UNK] tokens left in the {language!r} corpus after extension "
-                                 f"(letters without a token: {''.join(unknown_letters) or 'none'})")
-    number_tokens = max(new_tokenizer.get_vocab().values()) + 1
+    added, number_tokens = extend_vocabulary(vocab_json, texts, new_languages, emotions, cfg.bpe_vocab_size)
 
     # 3. Text embedding and head: existing rows untouched, new rows appended.
-    check_weights_file(base_dir / "model.pth")
-    checkpoint = torch.load(base_dir / "model.pth", map_location="cpu", weights_only=True)
-    state = checkpoint["model"]
-    for key in VOCAB_ROWS:
-        old = state[key]
-        if old.shape[0] != number_tokens - len(added):
-            raise ValueError(f"{base_dir / 'model.pth'}: {key} has {old.shape[0]} rows but vocab.json has {number_tokens - len(added)} tokens")
-        state[key] = torch.cat([old, initial_rows(old_tokenizer, added, config["languages"], new_languages, emotions, old)]) if added else old
+    checkpoint = grown_checkpoint(base_dir, old_tokenizer, added, number_tokens, config["languages"], new_languages, emotions)
 
     # 4. Config: languages and the text-token count the loader sizes the embedding by.
     config["languages"] = list(config["languages"]) + [x for x in new_languages if x not in config["languages"]]
@@ -191,24 +163,7 @@ def run(cfg: DictConfig) -> Path:
     config["model_args"]["tokenizer_file"] = ""  # vocab.json beside model.pth
 
     # 5. The record.
-    char_limits = {**previous.get("char_limits", {}), **{x: int(cfg.char_limit) for x in new_languages}}
-    extension = {
-        "languages": previous.get("languages", []) + new_languages,
-        "emotion_tokens": previous.get("emotion_tokens", []) + emotions,
-        "char_limits": char_limits,
-        "cleaners": {**previous.get("cleaners", {}), **{x: cleaner_name(x) for x in new_languages}},
-        "added_tokens": len(added),
-        "text_tokens": {"before": number_tokens - len(added), "after": number_tokens},
-        "corpus": {"data": cfg.data.name, "texts": {x: len(texts[x]) for x in new_languages}},
-        "bpe_vocab_size": int(cfg.bpe_vocab_size),
-    }
-    sidecar = {
-        **{k: v for k, v in base_sidecar.items() if k not in ("extension", "base")},
-        "kind": "extended",
-        "xtts_ft_version": __version__,
-        "base": {"source": str(cfg.model.source), "name": cfg.model.name, "kind": base_sidecar.get("kind", "released")},
-        "extension": extension,
-    }
+    sidecar = extended_sidecar(cfg, base_sidecar, texts, new_languages, emotions, len(added), number_tokens)
     with atomic_dir(out) as tmp:
         for name in STOCK_FILES:
             if name not in ("config.json", "model.pth", "vocab.json") and (base_dir / name).is_file():
@@ -220,3 +175,79 @@ def run(cfg: DictConfig) -> Path:
     print(f"extended {base_dir} → {out}: +{len(added)} text tokens ({', '.join(new_languages) or 'no new language'}; "
           f"emotions: {', '.join(emotions) or 'none'}); train with model.source={out} model.build_tiny=false")
     return out
+
+
+def tokens_to_add(cfg: DictConfig, old_tokenizer, texts: Dict[str, List[str]]) -> Tuple[List[str], List[str]]:
+    """(new languages, new emotions): those asked for (every manifest language by default) that the
+    base has no token for. A new language needs text in the corpus to train its tokens on."""
+    wanted = [base_language(x) for x in cfg.languages] if cfg.languages else sorted(texts)
+    new_languages = [x for x in wanted if old_tokenizer.token_to_id(language_token(x)) is None]
+    for language in new_languages:
+        if not texts.get(language):
+            raise ValueError(f"no {language!r} text in {cfg.data.name}'s manifests to train its tokens on (languages there: {', '.join(sorted(texts))})")
+    emotions = [e for e in cfg.emotions if old_tokenizer.token_to_id(f"[{e}]") is None]
+    if not new_languages and not emotions:
+        log.warning("nothing to add: the base already has %s", ", ".join(wanted + list(cfg.emotions)) or "everything asked")
+    return new_languages, emotions
+
+
+def extend_vocabulary(vocab_json: dict, texts: Dict[str, List[str]], new_languages: List[str], emotions: List[str],
+                      bpe_vocab_size: int) -> Tuple[List[str], int]:
+    """Merge each new language's BPE into vocab_json, then its `[xx]` and the `[emotion]` tokens;
+    returns the added tokens in id order and the number of text tokens now. Fails if a new
+    language's corpus, or a letter its cleaner declares, still encodes to [UNK]."""
+    from tokenizers import Tokenizer
+
+    added: List[str] = []
+    for language in new_languages:
+        bpe = train_language_bpe(texts[language], bpe_vocab_size, language_letters(language))
+        added += merge_vocabulary(vocab_json, bpe, [])
+    added += merge_vocabulary(vocab_json, {"vocab": {}, "merges": []}, [language_token(x) for x in new_languages] + [f"[{e}]" for e in emotions])
+    new_tokenizer = Tokenizer.from_str(json.dumps(vocab_json))
+    unk = new_tokenizer.token_to_id("[UNK]")
+    for language in new_languages:  # the corpus and every declared letter encode without [UNK]
+        unknown = sum(new_tokenizer.encode(t).ids.count(unk) for t in texts[language])
+        unknown_letters = [ch for ch in language_letters(language) if unk in new_tokenizer.encode(ch).ids]
+        if unknown or unknown_letters:
+            raise AssertionError(f"{unknown} [UNK] tokens left in the {language!r} corpus after extension "
+                                 f"(letters without a token: {''.join(unknown_letters) or 'none'})")
+    return added, max(new_tokenizer.get_vocab().values()) + 1
+
+
+def grown_checkpoint(base_dir: Path, old_tokenizer, added: List[str], number_tokens: int, base_languages: List[str],
+                     new_languages: List[str], emotions: List[str]) -> dict:
+    """The base's model.pth with a row per added token appended to the text embedding and head."""
+    check_weights_file(base_dir / "model.pth")
+    checkpoint = torch.load(base_dir / "model.pth", map_location="cpu", weights_only=True)
+    state = checkpoint["model"]
+    for key in VOCAB_ROWS:
+        old = state[key]
+        if old.shape[0] != number_tokens - len(added):
+            raise ValueError(f"{base_dir / 'model.pth'}: {key} has {old.shape[0]} rows but vocab.json has {number_tokens - len(added)} tokens")
+        state[key] = torch.cat([old, initial_rows(old_tokenizer, added, base_languages, new_languages, emotions, old)]) if added else old
+    return checkpoint
+
+
+def extended_sidecar(cfg: DictConfig, base_sidecar: dict, texts: Dict[str, List[str]], new_languages: List[str],
+                     emotions: List[str], added: int, number_tokens: int) -> dict:
+    """xtts_ft.json of the extended model: the base's, with what this extension (and any earlier
+    one of the base) added under "extension"."""
+    previous = base_sidecar.get("extension", {})
+    char_limits = {**previous.get("char_limits", {}), **{x: int(cfg.char_limit) for x in new_languages}}
+    extension = {
+        "languages": previous.get("languages", []) + new_languages,
+        "emotion_tokens": previous.get("emotion_tokens", []) + emotions,
+        "char_limits": char_limits,
+        "cleaners": {**previous.get("cleaners", {}), **{x: cleaner_name(x) for x in new_languages}},
+        "added_tokens": added,
+        "text_tokens": {"before": number_tokens - added, "after": number_tokens},
+        "corpus": {"data": cfg.data.name, "texts": {x: len(texts[x]) for x in new_languages}},
+        "bpe_vocab_size": int(cfg.bpe_vocab_size),
+    }
+    return {
+        **{k: v for k, v in base_sidecar.items() if k not in ("extension", "base")},
+        "kind": "extended",
+        "xtts_ft_version": __version__,
+        "base": {"source": str(cfg.model.source), "name": cfg.model.name, "kind": base_sidecar.get("kind", "released")},
+        "extension": extension,
+    }

@@ -21,29 +21,27 @@ import random
 import stat
 import time
 from collections import Counter, defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig
 
-from xtts_ft.config import to_container
 from xtts_ft import __version__
+from xtts_ft.asr import transcribe_words
+from xtts_ft.config import to_container
 from xtts_ft.data.clips import AudioJob, AudioSettings, AudioWorkers, Rejected, read_done, remove_bookkeeping
-from xtts_ft.model.constants import DECODER_SAMPLE_RATE
 from xtts_ft.data.formatters import read_corpus
 from xtts_ft.data.sample import Sample, write_manifest
 from xtts_ft.data.text import clean_text, cleaner_name, language_token, token_ids
 from xtts_ft.io_utils import file_hash, resumable_dir, write_json, write_jsonl, write_text
+from xtts_ft.model.constants import DECODER_SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
 
 def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.processed_dir) / cfg.data.name
-
-
-def outputs(cfg: DictConfig) -> List[Path]:
-    return outputs_of(output_dir(cfg))
 
 
 def check_text(raw: str, language: str, cfg: DictConfig, tokenizer) -> str:
@@ -144,7 +142,11 @@ def read_records(cfg: DictConfig) -> List[tuple]:
             root = Path(source.cache_dir)  # the clips prepare reads: decoded rows, cut segments
         else:
             root = Path(source.path)
-        records += [(len(records) + 1 + i, index, source, root, r) for i, r in enumerate(read_corpus(Path(source.path), source))]
+        # A long_recordings source is cut on faster-whisper's timed words by its asr_model
+        # (data/ runs no ASR itself: the stage hands it one).
+        transcribe = partial(transcribe_words, model=source.asr_model) if source.formatter == "long_recordings" else None
+        records += [(len(records) + 1 + i, index, source, root, r)
+                    for i, r in enumerate(read_corpus(Path(source.path), source, transcribe))]
     return records
 
 
@@ -186,16 +188,21 @@ def is_done(cfg: DictConfig) -> bool:
     return up_to_date(out, input_key(cfg, read_records(cfg), vocab_file(cfg)))
 
 
+def load_tokenizer(vocab: Optional[Path]):
+    """The `tokenizers` object of the base's vocab.json (None: token checks are off)."""
+    if vocab is None:
+        return None
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(vocab))
+
+
 def run(cfg: DictConfig) -> Path:
     out = output_dir(cfg)
     if not cfg.data.sources:
         raise ValueError(f"data.sources is empty for dataset {cfg.data.name!r}: nothing to prepare")
     vocab = vocab_file(cfg)
-    tokenizer = None
-    if vocab is not None:
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(vocab))
+    tokenizer = load_tokenizer(vocab)
     records = read_records(cfg)
     key = input_key(cfg, records, vocab)
     if not cfg.force and up_to_date(out, key):
@@ -206,8 +213,6 @@ def run(cfg: DictConfig) -> Path:
         from xtts_ft.validation import check_settings
 
         check_settings(cfg)  # a bad setting fails before any audio work
-    kept: List[Sample] = []
-    origins: List[Tuple[int, dict, object]] = []  # each kept sample's (position, record, source)
     dropped: List[Tuple[int, dict]] = []  # (position in the corpus, entry): written in corpus order
 
     def drop(position: int, record: dict, language: str, rejected: Rejected, **details) -> None:
@@ -217,73 +222,98 @@ def run(cfg: DictConfig) -> Path:
     # Built aside; an interrupted run's clips are kept there and reused by the next run on the
     # same inputs (any change to them starts afresh). `out` only ever holds a finished dataset.
     with resumable_dir(out, key if not cfg.force else f"{key}:{time.time_ns()}") as tmp:
-        done = read_done(tmp)
-        if done:
-            print(f"resuming an interrupted run: {len(done)} clip(s) already processed")
-        settings = AudioSettings.from_config(cfg)
-        with AudioWorkers(settings, tmp, cfg.num_workers, expected_jobs=len(records) - len(done)) as workers:
-            # Cheap checks (text, paths, duplicates) in order here, while the audio workers start;
-            # each record that passes goes to them at once.
-            seen: set = set()
-            used_names: set = set()
-            pending: List[Tuple[int, dict, object, str, AudioJob]] = []
-            for position, index, source, root, record in records:
-                if "rejected" in record:  # the formatter could not make a clip of it (e.g. a too-long sentence)
-                    reason, message = record.pop("rejected")
-                    drop(position, record, source.language, Rejected(reason, message))
-                    continue
-                try:
-                    text = check_text(str(record["text"]), source.language, cfg, tokenizer)
-                    path = check_path(record, root, seen)
-                except Rejected as rejected:
-                    drop(position, record, source.language, rejected)
-                    continue
-                job = AudioJob(path, output_name(index, Path(str(record["audio"])), root, used_names))
-                if job.name not in done:
-                    workers.submit(job)
-                pending.append((position, record, source, text, job))
-            fresh = iter(workers.results())
-
-        for position, record, source, text, job in pending:
-            clip = done[job.name] if job.name in done else next(fresh)
-            if isinstance(clip, Rejected):
-                drop(position, record, source.language, clip)
-                continue
-            extra = {k: v for k, v in record.items() if k not in ("audio", "text", "speaker", "emotion")}
-            extra.update(raw_text=str(record["text"]), source_rate=clip.source_rate)
-            if clip.has_24k:
-                extra["audio_24k"] = f"wavs_24k/{job.name}"
-                extra["band_limited"] = clip.source_rate < DECODER_SAMPLE_RATE  # no content above source_rate/2
-            if clip.clipped_fraction > 0:
-                extra["clipped_fraction"] = round(clip.clipped_fraction, 6)
-            kept.append(
-                Sample(
-                    audio=f"wavs/{job.name}",
-                    text=text,
-                    speaker=str(record["speaker"]),
-                    language=source.language,
-                    duration=round(clip.samples / cfg.sample_rate, 4),
-                    emotion=record.get("emotion") or None,
-                    extra=extra,
-                )
-            )
-            origins.append((position, record, source))
+        checked = check_and_process(records, tmp, cfg, tokenizer, drop)
+        kept, origins = kept_samples(checked, cfg, drop)
         validation = validate_transcripts(kept, origins, tmp, cfg, drop) if cfg.validate_transcripts else None
         if validation and cfg.transcript_action == "drop":
             kept = [s for s in kept if not s.extra.get("transcript_mismatch")]
-        dropped = [entry for _, entry in sorted(dropped, key=lambda pair: pair[0])]
-        write_jsonl(tmp / "dropped.jsonl", dropped)  # first: if no split can be made, the error points here
-        try:
-            train, evaluation = split_by_speaker(kept, cfg)
-        except ValueError as err:
-            raise ValueError(f"{err}{drop_summary(dropped, tmp / 'dropped.jsonl')}") from None
-        write_manifest(tmp / "train.jsonl", train)
-        write_manifest(tmp / "eval.jsonl", evaluation)
-        write_json(tmp / "stats.json", {**dataset_stats(train, evaluation, dropped, cfg),
-                                        **({"transcript_validation": validation} if validation else {}), "input_key": key})
+        in_order = [entry for _, entry in sorted(dropped, key=lambda pair: pair[0])]
+        train, evaluation = write_dataset(tmp, kept, in_order, validation, key, cfg)
         remove_bookkeeping(tmp)
-    print(f"prepared {len(train)} train + {len(evaluation)} eval clips, dropped {len(dropped)} → {out}")
+    print(f"prepared {len(train)} train + {len(evaluation)} eval clips, dropped {len(in_order)} → {out}")
     return out
+
+
+def check_and_process(records: List[tuple], tmp: Path, cfg: DictConfig, tokenizer, drop) -> List[tuple]:
+    """Each record's cheap checks (text, path, duplicates), in corpus order, then its audio work;
+    `drop` gets every record that fails a check. Returns (position, record, source, text, job, clip)
+    for each record that passed, `clip` being the audio worker's ClipInfo, or its Rejected."""
+    done = read_done(tmp)
+    if done:
+        print(f"resuming an interrupted run: {len(done)} clip(s) already processed")
+    settings = AudioSettings.from_config(cfg)
+    with AudioWorkers(settings, tmp, cfg.num_workers, expected_jobs=len(records) - len(done)) as workers:
+        # Cheap checks here while the audio workers start; each record that passes goes to them at once.
+        seen: set = set()
+        used_names: set = set()
+        pending: List[Tuple[int, dict, object, str, AudioJob]] = []
+        for position, index, source, root, record in records:
+            if "rejected" in record:  # the formatter could not make a clip of it (e.g. a too-long sentence)
+                reason, message = record.pop("rejected")
+                drop(position, record, source.language, Rejected(reason, message))
+                continue
+            try:
+                text = check_text(str(record["text"]), source.language, cfg, tokenizer)
+                path = check_path(record, root, seen)
+            except Rejected as rejected:
+                drop(position, record, source.language, rejected)
+                continue
+            job = AudioJob(path, output_name(index, Path(str(record["audio"])), root, used_names))
+            if job.name not in done:
+                workers.submit(job)
+            pending.append((position, record, source, text, job))
+        fresh = iter(workers.results())  # the submitted jobs' results, in submission order
+    return [(position, record, source, text, job, done[job.name] if job.name in done else next(fresh))
+            for position, record, source, text, job in pending]
+
+
+def kept_samples(checked: List[tuple], cfg: DictConfig, drop) -> Tuple[List[Sample], List[tuple]]:
+    """A Sample for each clip the audio work kept (`drop` gets the others), and each one's
+    origin (position, record, source), in the same order."""
+    kept: List[Sample] = []
+    origins: List[Tuple[int, dict, object]] = []
+    for position, record, source, text, job, clip in checked:
+        if isinstance(clip, Rejected):
+            drop(position, record, source.language, clip)
+            continue
+        kept.append(clip_sample(record, source, text, job, clip, cfg))
+        origins.append((position, record, source))
+    return kept, origins
+
+
+def clip_sample(record: dict, source, text: str, job: AudioJob, clip, cfg: DictConfig) -> Sample:
+    """The manifest line of one processed clip: the record's own fields, and what the audio work measured."""
+    extra = {k: v for k, v in record.items() if k not in ("audio", "text", "speaker", "emotion")}
+    extra.update(raw_text=str(record["text"]), source_rate=clip.source_rate)
+    if clip.has_24k:
+        extra["audio_24k"] = f"wavs_24k/{job.name}"
+        extra["band_limited"] = clip.source_rate < DECODER_SAMPLE_RATE  # no content above source_rate/2
+    if clip.clipped_fraction > 0:
+        extra["clipped_fraction"] = round(clip.clipped_fraction, 6)
+    return Sample(
+        audio=f"wavs/{job.name}",
+        text=text,
+        speaker=str(record["speaker"]),
+        language=source.language,
+        duration=round(clip.samples / cfg.sample_rate, 4),
+        emotion=record.get("emotion") or None,
+        extra=extra,
+    )
+
+
+def write_dataset(tmp: Path, kept: List[Sample], dropped: List[dict], validation: Optional[dict], key: str,
+                  cfg: DictConfig) -> Tuple[List[Sample], List[Sample]]:
+    """dropped.jsonl, the train/eval split and its manifests, stats.json; returns (train, eval)."""
+    write_jsonl(tmp / "dropped.jsonl", dropped)  # first: if no split can be made, the error points here
+    try:
+        train, evaluation = split_by_speaker(kept, cfg)
+    except ValueError as err:
+        raise ValueError(f"{err}{drop_summary(dropped, tmp / 'dropped.jsonl')}") from None
+    write_manifest(tmp / "train.jsonl", train)
+    write_manifest(tmp / "eval.jsonl", evaluation)
+    write_json(tmp / "stats.json", {**dataset_stats(train, evaluation, dropped, cfg),
+                                    **({"transcript_validation": validation} if validation else {}), "input_key": key})
+    return train, evaluation
 
 
 def validate_transcripts(kept: List[Sample], origins: List[tuple], tmp: Path, cfg: DictConfig, drop) -> dict:

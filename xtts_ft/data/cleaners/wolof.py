@@ -1,4 +1,5 @@
-"""The Wolof text cleaner (language code `wo`), registered in `xtts_ft.data.text`.
+"""The Wolof text cleaner (language code `wo`) and the letters Wolof is written in; the registry
+in `xtts_ft.data.cleaners` registers them (this module imports nothing of it).
 
 coqui-tts has no Wolof: its tokenizer raises NotImplementedError. This cleaner gives Wolof
 text the same treatment coqui gives its own languages: lower-case, abbreviations and
@@ -15,8 +16,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-
-from xtts_ft.data.text import register_cleaner
 
 UNITS = ["", "benn", "ñaar", "ñett", "ñeent", "juróom", "juróom-benn", "juróom-ñaar", "juróom-ñett", "juróom-ñeent"]
 # 30 has its own word; the other tens multiply "fukk" (ten).
@@ -90,7 +89,6 @@ def expand_abbreviations(text: str) -> str:
     return ABBREVIATION.sub(lambda m: ABBREVIATIONS[m.group(1).lower()], text)
 
 
-@register_cleaner("wo", letters=LETTERS)
 def wolof_cleaner(text: str) -> str:
     text = unicodedata.normalize("NFC", text)
     text = text.replace("’", "'").replace("‘", "'").replace("–", "-").replace("—", ", ")
