@@ -96,6 +96,28 @@ def decoder_line(record: dict) -> str:
     return f", HiFiGAN decoder fine-tuned for {steps} steps," if steps else ""
 
 
+def adapter_section(record: dict) -> str:
+    """For an export with `adapter=true`: the PEFT LoRA files beside the merged model, and the base they apply to."""
+    adapter = record.get("adapter")
+    if not adapter:
+        return ""
+    base = adapter["base_model"]
+    return f"""## The LoRA adapter
+
+`model.pth` already holds the adapter merged into the GPT: the sections above load it as an ordinary XTTS-v2.
+The adapter itself is here too, in 🤗 PEFT's format ({", ".join(f"`{name}`" for name in adapter["files"])}: rank
+{adapter["rank"]}, alpha {adapter["alpha"]}, on {", ".join(adapter["targets"])}), for use over its base model,
+`{base["source"]}` (model.pth sha256 `{base["model_sha256"][:12]}…`; another base is refused):
+
+```python
+from xtts_ft.inference import XttsSynthesizer
+
+synth = XttsSynthesizer("{base["source"]}", adapter=".")  # the base, with this adapter on its GPT
+```
+
+"""
+
+
 def model_card(record: dict) -> str:
     # The Hub's metadata wants ISO 639-1 codes: XTTS's "zh-cn" is "zh" there.
     languages = "\n".join(f"- {lang.split('-')[0]}" for lang in record["languages"])
@@ -141,7 +163,7 @@ model.load_checkpoint(config, checkpoint_dir=".", eval=True)
 out = model.synthesize("Hello!", speaker_wav="reference.wav", language="en")
 ```
 
-{extension_md}## Use with xtts-ft
+{extension_md}{adapter_section(record)}## Use with xtts-ft
 
 ```bash
 xtts-ft synth checkpoint=. text="Hello!" language=en reference=reference.wav out=hello.wav
