@@ -486,6 +486,7 @@ def child_ours(spec: dict) -> dict:
 
     from xtts_ft.stages import train_gpt
     from xtts_ft.config import compose
+    from xtts_ft.train import gpt as recipe  # the module whose functions the recipe calls
 
     from xtts_ft.config import TrainGptConfig
 
@@ -525,12 +526,11 @@ def child_ours(spec: dict) -> dict:
 
         return wrapper
 
-    wrapped = [n for n in ("evaluate_loss", "log_eval_audio", "torch_save") if callable(getattr(train_gpt, n, None))]
-    for name in wrapped:
-        setattr(train_gpt, name, timed(name, getattr(train_gpt, name)))
+    for name in ("evaluate_loss", "log_eval_audio", "torch_save"):
+        setattr(recipe, name, timed(name, getattr(recipe, name)))
     # Each training micro-batch (batch_size here, no accumulation) is one collate call: the
     # steady-state clock starts at the (skip+1)-th, after a sync, and counts what follows.
-    collate, gpt_losses, batches, step_starts = train_gpt.collate, train_gpt.gpt_losses, [], []
+    collate, gpt_losses, batches, step_starts = recipe.collate, recipe.gpt_losses, [], []
 
     def counted_collate(*a, **k):
         if skip and len(batches) == skip:
@@ -546,7 +546,7 @@ def child_ours(spec: dict) -> dict:
         recorded.append(torch.stack([loss.detach().float() for loss in out]))  # read after the run: no extra sync
         return out
 
-    train_gpt.collate, train_gpt.gpt_losses = counted_collate, recorded_losses
+    recipe.collate, recipe.gpt_losses = counted_collate, recorded_losses
     cpu0, started = cpu_seconds(), time.perf_counter()
     train_gpt.run(cfg)
     run_s = time.perf_counter() - started

@@ -172,3 +172,82 @@ def test_an_export_writes_only_the_listed_files(tmp_path, exported):
     (tmp_path / "voices.extra").write_bytes(b"x")
     with pytest.raises(RuntimeError, match="export wrote voices.extra, which xtts_ft.model.layout.EXPORT_FILES does not list"):
         export.check_listed(tmp_path)
+
+
+def _run_copy(tmp_path, trained):
+    """A copy of the shared training run (runs/demo/gpt) to alter, and the export overrides that read it."""
+    import shutil
+
+    from tests.conftest import demo_overrides
+
+    runs = tmp_path / "runs"
+    shutil.copytree(trained.parent, runs / "demo" / "gpt")
+    paths = [o for o in demo_overrides(tmp_path) if o.startswith("paths.") and "runs_dir" not in o]
+    return runs / "demo" / "gpt", paths + [f"paths.runs_dir={runs}", "run_name=demo"]
+
+
+def test_a_checkpoint_describes_itself_and_exports_without_its_state(tmp_path, trained, tiny_model_dir):
+    from xtts_ft.config import compose
+    from xtts_ft.io_utils import file_hash
+    from xtts_ft.stages import export
+
+    run_dir, overrides = _run_copy(tmp_path, trained)
+    state = torch.load(run_dir / "state.pt", map_location="cpu", weights_only=True)
+    (run_dir / "state.pt").unlink()
+    best = torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    step20 = torch.load(run_dir / "checkpoints" / "step_00000020.pt", map_location="cpu", weights_only=True)
+    for checkpoint in (best, step20):
+        assert checkpoint["format_version"] == state["format_version"] == 2
+        assert checkpoint["base_model_hash"] == file_hash(tiny_model_dir / "model.pth") == state["base_model_hash"]
+        assert checkpoint["base_model_dir"] == state["base_model_dir"] and checkpoint["config"] == state["config"]
+        assert checkpoint["data_stats"]["train"]["clips"] == 37 and checkpoint["best_metric"] == "eval_loss"
+        assert set(checkpoint["gpt"]) == set(state["gpt"]) and "optimizer" not in checkpoint
+    assert best["last_eval"]["eval/loss"] == best["eval_loss"] and best["last_eval"]["step"] == best["step"]
+    assert step20["step"] == 20 and step20["last_eval"]["step"] == 20  # eval_every=10: the eval of that step
+
+    for choice, checkpoint in (("best", best), ("20", step20)):
+        out = export.run(compose("export", overrides + [f"checkpoint={choice}", f"out_dir={tmp_path / choice}"]))
+        record = json.loads((out / "xtts_ft.json").read_text())
+        assert record["training"]["gpt_steps"] == checkpoint["step"] and record["data"]["train"]["clips"] == 37
+        assert record["base_model"]["kind"] == "tiny-random" and record["training"]["run_name"] == "demo"
+        weights = torch.load(out / "model.pth", map_location="cpu", weights_only=True)["model"]
+        assert all(torch.equal(weights[f"gpt.{k}"], v) for k, v in checkpoint["gpt"].items())
+    with pytest.raises(FileNotFoundError, match="state.pt does not exist"):  # latest is the state, which is gone
+        export.run(compose("export", overrides + [f"out_dir={tmp_path / 'latest'}"]))
+
+
+def test_checkpoints_from_before_format_version_2_export_with_their_state(tmp_path, trained):
+    from xtts_ft.config import compose
+    from xtts_ft.stages import export
+
+    run_dir, overrides = _run_copy(tmp_path, trained)
+    # What the files held before they described themselves (best.pt: weights, step, eval loss, config).
+    old = {"state.pt": ("format_version", "base_model_hash", "last_eval"),
+           "checkpoints/best.pt": ("format_version", "base_model_hash", "last_eval", "best_metric", "base_model_dir", "data_stats")}
+    for name, new_keys in old.items():
+        payload = torch.load(run_dir / name, map_location="cpu", weights_only=True)
+        torch.save({k: v for k, v in payload.items() if k not in new_keys}, run_dir / name)
+    best = torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    out = export.run(compose("export", overrides + ["checkpoint=best", f"out_dir={tmp_path / 'best'}"]))
+    record = json.loads((out / "xtts_ft.json").read_text())
+    assert record["training"]["gpt_steps"] == best["step"] and record["data"]["train"]["clips"] == 37  # from state.pt
+    weights = torch.load(out / "model.pth", map_location="cpu", weights_only=True)["model"]
+    assert all(torch.equal(weights[f"gpt.{k}"], v) for k, v in best["gpt"].items())
+
+
+def test_a_newer_format_version_is_refused_by_name(tmp_path, trained):
+    from xtts_ft.config import compose
+    from xtts_ft.stages import export
+    from xtts_ft.train import checkpoints
+
+    run_dir, overrides = _run_copy(tmp_path, trained)
+    for name in ("state.pt", "checkpoints/best.pt"):
+        payload = torch.load(run_dir / name, map_location="cpu", weights_only=True)
+        torch.save({**payload, "format_version": 3}, run_dir / name)
+    newer = r"has format_version 3, newer than this xtts-ft reads \(2\): upgrade xtts-ft to use it"
+    with pytest.raises(ValueError, match=rf"best.pt {newer}"):
+        export.run(compose("export", overrides + ["checkpoint=best", f"out_dir={tmp_path / 'best'}"]))
+    with pytest.raises(ValueError, match=rf"state.pt {newer}"):
+        export.run(compose("export", overrides + [f"out_dir={tmp_path / 'latest'}"]))
+    with pytest.raises(ValueError, match=rf"state.pt {newer}"):  # nor does a training resume it
+        checkpoints.load_state(run_dir / "state.pt", "gpt")

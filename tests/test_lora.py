@@ -13,6 +13,7 @@ import torch
 
 from tests.conftest import REPO, TRAIN_OVERRIDES, demo_overrides
 from xtts_ft.stages import export, push, train_gpt
+from xtts_ft.train import gpt as gpt_recipe
 from xtts_ft.config import compose
 from xtts_ft.model import lora
 from xtts_ft.model.layout import EXPORT_FILES
@@ -89,7 +90,7 @@ def test_weight_decay_spares_the_new_rows_and_the_masked_head(wolof_extended):
     gpt = _base_gpt(wolof_extended)
     cfg = compose("train_gpt", ["model=tiny"] + LORA)
     lora.apply_lora(gpt, cfg.lora, lora.new_text_rows(wolof_extended))
-    decay, no_decay = train_gpt.parameter_groups(gpt, 0.01, lora.no_decay_parameters(gpt))
+    decay, no_decay = gpt_recipe.parameter_groups(gpt, 0.01, lora.no_decay_parameters(gpt))
     spared = {id(p) for p in no_decay["params"]}
     head = gpt.text_head.modules_to_save["default"]
     assert id(head.weight) in spared and id(head.bias) in spared

@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import DECODER_OVERRIDES, REPO, decoder_data_overrides, demo_overrides
 from xtts_ft.stages import export, train_decoder
+from xtts_ft.train import decoder as decoder_recipe
 from xtts_ft.config import compose
 from xtts_ft.model.constants import DECODER_HOP
 from xtts_ft.model.decoder import decoder_frames, decoder_input, decoder_samples, gpt_latents
@@ -76,9 +77,9 @@ def test_demo_latents_and_targets_line_up(workdir, prepared_24k, decoder_trained
         assert 0 < decoder_samples(decoder, frames) - n24 <= 2 * 1115
 
     # A training batch: the segment of the stretched latents and the same span of the target.
-    items = [train_decoder.DecoderItem(prepared_24k / k, prepared_24k / "wavs_24k" / k.split("/")[-1], "s", "en", 1.0,
+    items = [decoder_recipe.DecoderItem(prepared_24k / k, prepared_24k / "wavs_24k" / k.split("/")[-1], "s", "en", 1.0,
                                        v["value"]["latents"], v["value"]["speaker"]) for k, v in list(latents.items())[:3]]
-    z, speakers, target = train_decoder.make_batch(items, decoder, 8, np.random.default_rng(1))
+    z, speakers, target = decoder_recipe.make_batch(items, decoder, 8, np.random.default_rng(1))
     starts = np.random.default_rng(1)
     for b, item in enumerate(items):
         full = decoder_input(decoder, item.latents.float().unsqueeze(0))[0]
@@ -114,7 +115,7 @@ def test_latents_are_what_inference_decodes_and_the_cache_follows_gpt_and_refere
     assert computed == 3 and all(i.codes.numel() > 10 for i in items)
     cache = tmp_path / "train.decoder_latents.pt"
 
-    values, computed = train_decoder.attach_latents(items, xtts, config, cache, "gpt-a", 0, single, "latents")
+    values, computed = decoder_recipe.attach_latents(items, xtts, config, cache, "gpt-a", 0, single, "latents")
     assert computed == 3
     pick = ReferencePicker(items)
     references = lambda seed: [pick([i], np.random.default_rng([seed, i]))[0] for i in range(3)]  # noqa: E731
@@ -134,12 +135,12 @@ def test_latents_are_what_inference_decodes_and_the_cache_follows_gpt_and_refere
         gpt_latents(xtts.gpt.train(), item.text_tokens, item.codes, voice.gpt_cond_latent)
     xtts.gpt.eval()
 
-    assert train_decoder.attach_latents(items, xtts, config, cache, "gpt-a", 0, single, "latents")[1] == 0
-    assert train_decoder.attach_latents(items, xtts, config, cache, "gpt-b", 0, single, "latents")[1] == 3  # another GPT
+    assert decoder_recipe.attach_latents(items, xtts, config, cache, "gpt-a", 0, single, "latents")[1] == 0
+    assert decoder_recipe.attach_latents(items, xtts, config, cache, "gpt-b", 0, single, "latents")[1] == 3  # another GPT
     # Another seed picks other references for some clips: those, and only those, are recomputed.
     seed = next(s for s in range(1, 50) if references(s) != references(0))
     changed = sum(a != b for a, b in zip(references(seed), references(0)))
-    assert train_decoder.attach_latents(items, xtts, config, cache, "gpt-b", seed, single, "latents")[1] == changed
+    assert decoder_recipe.attach_latents(items, xtts, config, cache, "gpt-b", seed, single, "latents")[1] == changed
 
 
 def _fixed_batch_losses(state_dicts, workdir, prepared_24k):
@@ -150,9 +151,9 @@ def _fixed_batch_losses(state_dicts, workdir, prepared_24k):
     _, xtts = load_xtts(workdir / "models" / "tiny-xtts", "cpu", for_inference=False)
     decoder = xtts.hifigan_decoder
     latents = torch.load(prepared_24k / "train.decoder_latents.pt", weights_only=True)["entries"]
-    items = [train_decoder.DecoderItem(prepared_24k / k, prepared_24k / "wavs_24k" / k.split("/")[-1], "s", "en", 1.0,
+    items = [decoder_recipe.DecoderItem(prepared_24k / k, prepared_24k / "wavs_24k" / k.split("/")[-1], "s", "en", 1.0,
                                        v["value"]["latents"], v["value"]["speaker"]) for k, v in list(latents.items())[:4]]
-    z, speakers, target = train_decoder.make_batch(items, decoder, 8, np.random.default_rng(123))
+    z, speakers, target = decoder_recipe.make_batch(items, decoder, 8, np.random.default_rng(123))
     gen_loss, _ = build_losses(24000, 45.0, 0.5, 1.0, 108.0)
     results = []
     for state in state_dicts:
@@ -175,7 +176,18 @@ def test_losses_go_down_on_a_fixed_small_set(tmp_path, workdir, prepared_24k, de
     events = EventAccumulator(str(state_path.parent / "tensorboard"), size_guidance={"audio": 0, "images": 0})
     events.Reload()
     assert {"eval_audio/0", "eval_target/0"} <= set(events.Tags()["audio"]) and "eval_mel/0" in events.Tags()["images"]
-    assert torch.load(state_path.parent / "checkpoints" / "best.pt", weights_only=True)["step"] == 6
+    best = torch.load(state_path.parent / "checkpoints" / "best.pt", weights_only=True)
+    assert best["step"] == 6
+    # best.pt describes itself: it exports alone, state.pt unread (moved away here).
+    assert best["format_version"] == 2 and best["gpt"]["source"] == "base" and best["eval_loss"] == pytest.approx(evals[1][1], rel=1e-6)
+    assert best["data_stats"]["train"]["clips"] and best["config"]["lr_gen"] == 1e-3 and best["base_model_hash"]
+    state_path.rename(tmp_path / "state.pt")
+    out = export.run(compose("export", [f"paths.runs_dir={tmp_path}", "run_name=demo", "decoder_checkpoint=best", f"out_dir={tmp_path / 'best'}"]))
+    record = json.loads((out / "xtts_ft.json").read_text())["training"]
+    assert record["decoder_steps"] == 6 and record["decoder_gpt"] == "base" and record["gpt_steps"] == 0
+    exported = torch.load(out / "model.pth", weights_only=True)["model"]
+    assert all(torch.equal(exported[f"hifigan_decoder.waveform_decoder.{k}"], v) for k, v in best["decoder"].items())
+    (tmp_path / "state.pt").rename(state_path)
     before, after = _fixed_batch_losses([None, trained], workdir, prepared_24k)
     # 6 steps from the tiny model's random decoder: the mel L1 (weight 45: the bulk of the loss)
     # falls by more than a fifth, the STFT terms fall too.
@@ -348,33 +360,33 @@ def test_discriminator_starts_from_a_state_or_a_plain_state_dict(tmp_path):
     torch.save(weights, tmp_path / "plain.pt")
     torch.save({"discriminator": None}, tmp_path / "spectral.pt")
     for name in ("state.pt", "plain.pt"):
-        loaded = train_decoder.load_discriminator_init(str(tmp_path / name))
+        loaded = decoder_recipe.load_discriminator_init(str(tmp_path / name))
         build_discriminator().load_state_dict(loaded)  # strict: every key, every shape
         assert all(torch.equal(loaded[k], v) for k, v in weights.items())
     with pytest.raises(ValueError, match="adversarial=false"):
-        train_decoder.load_discriminator_init(str(tmp_path / "spectral.pt"))
+        decoder_recipe.load_discriminator_init(str(tmp_path / "spectral.pt"))
     with pytest.raises(FileNotFoundError, match="discriminator=.*nope.pt: no such file"):
-        train_decoder.load_discriminator_init(str(tmp_path / "nope.pt"))
+        decoder_recipe.load_discriminator_init(str(tmp_path / "nope.pt"))
 
 
 def test_gpt_choice_auto_base_or_a_file(tmp_path):
     cfg = compose("train_decoder", ["data=demo", "model=tiny", f"paths.runs_dir={tmp_path}", "run_name=x"])
-    assert train_decoder.gpt_weights(cfg) == ("base", None)  # auto, no GPT run yet
+    assert decoder_recipe.gpt_weights(cfg) == ("base", None)  # auto, no GPT run yet
     weights = {"gpt.h.0.attn.c_attn.weight": torch.randn(4, 4)}
     run_state = tmp_path / "x" / "gpt" / "state.pt"
     run_state.parent.mkdir(parents=True)
     torch.save({"gpt": weights, "optimizer": {"state": {}}, "step": 7}, run_state)
-    source, loaded = train_decoder.gpt_weights(cfg)  # auto: the run's GPT, the one export will carry
+    source, loaded = decoder_recipe.gpt_weights(cfg)  # auto: the run's GPT, the one export will carry
     assert source == str(run_state) and torch.equal(loaded["gpt"]["gpt.h.0.attn.c_attn.weight"], weights["gpt.h.0.attn.c_attn.weight"])
     cfg.gpt = "base"
-    assert train_decoder.gpt_weights(cfg) == ("base", None)
+    assert decoder_recipe.gpt_weights(cfg) == ("base", None)
     torch.save({"gpt": weights, "step": 3}, tmp_path / "best.pt")
     cfg.gpt = str(tmp_path / "best.pt")
-    assert train_decoder.gpt_weights(cfg)[0] == str(tmp_path / "best.pt")
+    assert decoder_recipe.gpt_weights(cfg)[0] == str(tmp_path / "best.pt")
     torch.save({"decoder": weights}, tmp_path / "decoder.pt")
     cfg.gpt = str(tmp_path / "decoder.pt")
     with pytest.raises(ValueError, match="holds no GPT weights"):
-        train_decoder.gpt_weights(cfg)
+        decoder_recipe.gpt_weights(cfg)
 
 
 def test_prepare_does_not_replace_a_dataset_the_decoder_reads(tmp_path, workdir, prepared_24k, monkeypatch):
@@ -397,7 +409,7 @@ def test_prepare_does_not_replace_a_dataset_the_decoder_reads(tmp_path, workdir,
 
 
 def test_a_24khz_target_outside_the_manifests_folder_is_refused(tmp_path):
-    from xtts_ft.stages.train_decoder import target_paths
+    from xtts_ft.train.decoder import target_paths
 
     manifest = tmp_path / "train.jsonl"
     row = {"audio": "wavs/a.wav", "text": "hi", "speaker": "s", "language": "en", "duration": 1.0}
@@ -406,3 +418,18 @@ def test_a_24khz_target_outside_the_manifests_folder_is_refused(tmp_path):
     manifest.write_text(json.dumps({**row, "audio_24k": "../../etc/passwd"}) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match="audio_24k '../../etc/passwd' of wavs/a.wav is not inside the manifest's folder"):
         target_paths(manifest)
+
+
+def test_a_step_checkpoint_of_the_decoder_exports_without_its_state(tmp_path, decoder_trained):
+    import shutil
+
+    run_dir = tmp_path / "demo" / "decoder"
+    shutil.copytree(decoder_trained.parent, run_dir)
+    (run_dir / "state.pt").unlink()
+    checkpoint = torch.load(run_dir / "checkpoints" / "step_00000003.pt", weights_only=True)
+    assert checkpoint["format_version"] == 2 and checkpoint["step"] == 3 and "opt_gen" not in checkpoint
+    out = export.run(compose("export", [f"paths.runs_dir={tmp_path}", "run_name=demo", "decoder_checkpoint=3", f"out_dir={tmp_path / 'three'}"]))
+    assert json.loads((out / "xtts_ft.json").read_text())["training"]["decoder_steps"] == 3
+    exported = torch.load(out / "model.pth", weights_only=True)["model"]
+    trained = torch.load(decoder_trained, weights_only=True)["decoder"]  # the state saved at step 3 too
+    assert all(torch.equal(exported[f"hifigan_decoder.waveform_decoder.{k}"], v) for k, v in trained.items())

@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.conftest import REPO, TRAIN_OVERRIDES, demo_overrides
 from xtts_ft.stages import train_gpt
 from xtts_ft.config import compose
+from xtts_ft.model.loading import load_xtts
 
 
 def _losses(state_path):
@@ -38,7 +39,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert a["sampler"]["global_batch"] == b["sampler"]["global_batch"] == 4
     assert (b["step"], b["batch_in_epoch"]) == (a["step"], a["batch_in_epoch"]) == (4, 4)
     moved = 0
-    base = train_gpt.load_xtts(tiny_model_dir, "cpu", for_inference=False)[1].gpt.state_dict()
+    base = load_xtts(tiny_model_dir, "cpu", for_inference=False)[1].gpt.state_dict()
     for key, value in a["gpt"].items():
         torch.testing.assert_close(b["gpt"][key], value, rtol=1e-4, atol=1e-5, msg=key)
         moved += not torch.equal(value, base[key])

@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import REPO, TRAIN_OVERRIDES, demo_overrides
 from xtts_ft.stages import export, train_gpt
+from xtts_ft.train import gpt as gpt_recipe
 from xtts_ft.train import cache
 from xtts_ft.config import compose
 from xtts_ft.data.audio import load_audio
@@ -44,7 +45,7 @@ def test_loss_goes_down_on_a_fixed_batch(tiny_model_dir, prepared):
     optimizer = torch.optim.AdamW(gpt.parameters(), lr=1e-3)
     losses = []
     for _ in range(20):
-        loss_text, loss_mel = train_gpt.gpt_losses(gpt, features, batch, torch.device("cpu"))
+        loss_text, loss_mel = gpt_recipe.gpt_losses(gpt, features, batch, torch.device("cpu"))
         loss = loss_text + loss_mel
         optimizer.zero_grad()
         loss.backward()
@@ -209,24 +210,24 @@ def test_gradient_checkpointing_changes_memory_not_results(tmp_path, tiny_model_
 def test_which_gpt_parts_train(tiny_model_dir):
     _, xtts = load_xtts(tiny_model_dir, "cpu", for_inference=False)
     gpt = xtts.gpt
-    train_gpt.select_trainable(gpt, freeze_text_embeddings=False, train_last_layers=0)
+    gpt_recipe.select_trainable(gpt, freeze_text_embeddings=False, train_last_layers=0)
     assert all(p.requires_grad for p in gpt.parameters())
-    train_gpt.select_trainable(gpt, freeze_text_embeddings=True, train_last_layers=0)
+    gpt_recipe.select_trainable(gpt, freeze_text_embeddings=True, train_last_layers=0)
     assert not gpt.text_embedding.weight.requires_grad and gpt.mel_embedding.weight.requires_grad
-    train_gpt.select_trainable(gpt, freeze_text_embeddings=False, train_last_layers=1)
+    gpt_recipe.select_trainable(gpt, freeze_text_embeddings=False, train_last_layers=1)
     trainable = {n for n, p in gpt.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith(("gpt.h.1.", "gpt.ln_f.", "final_norm.", "text_head.", "mel_head.")) for n in trainable)
     assert any(n.startswith("gpt.h.1.") for n in trainable) and not any(n.startswith("gpt.h.0.") for n in trainable)
     with pytest.raises(ValueError, match="train_last_layers=5 but the GPT has 2 layers"):
-        train_gpt.select_trainable(gpt, False, 5)
+        gpt_recipe.select_trainable(gpt, False, 5)
     assert not gpt.gpt.gradient_checkpointing
-    train_gpt.enable_activation_checkpointing(gpt.gpt)
+    gpt_recipe.enable_activation_checkpointing(gpt.gpt)
     assert gpt.gpt.gradient_checkpointing
 
 
 def test_weight_decay_spares_biases_norms_and_embeddings(tiny_model_dir):
     _, xtts = load_xtts(tiny_model_dir, "cpu", for_inference=False)
-    decay, no_decay = train_gpt.parameter_groups(xtts.gpt, 0.01)
+    decay, no_decay = gpt_recipe.parameter_groups(xtts.gpt, 0.01)
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     decayed, spared = {id(p) for p in decay["params"]}, {id(p) for p in no_decay["params"]}
     assert id(xtts.gpt.text_embedding.weight) in spared

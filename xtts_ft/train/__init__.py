@@ -1,2 +1,4 @@
-"""What the GPT and decoder training loops share: the run directory (lock, checkpoints),
-distributed set-up, mixed precision and the on-disk cache of per-clip features."""
+"""The training library: the recipes (`gpt.GptRecipe`, `decoder.DecoderRecipe`) and the few
+pieces both share: the process they run in (`runtime`), their run directory (`rundir`), states
+and checkpoints (`checkpoints`), per-step seeding, divergence guard and distributed mean
+(`steps`), TensorBoard (`logs`) and the on-disk cache of per-clip features (`cache`)."""
