@@ -98,24 +98,51 @@ def test_clips_are_packed_into_30_second_windows():
 
 
 class SkippingWhisper:
-    """A stand-in for faster-whisper that, packed, hears only the last clip (as Whisper sometimes
-    jumps ahead at a change of voice) and, alone, hears each clip."""
+    """A stand-in for faster-whisper's batched pipeline that, in a window of several clips, hears only
+    the last (as Whisper sometimes jumps ahead at a change of voice) and, alone, hears each clip."""
 
-    def __init__(self):
-        self.calls = []
+    def __init__(self, stop_early_in=()):
+        self.calls = []  # each window heard
+        self.stop_early_in = stop_early_in  # clips whose window Whisper stops before their end
+        self.ended = []
+        self.model = self
 
     def transcribe(self, audio, **options):
-        assert options["temperature"] == 0.0 and options["word_timestamps"]
-        self.calls.append(audio.size)
-        clips = [int(v) for v in np.unique(audio[audio > 0])]  # each fake clip is a constant value
-        ends = np.cumsum([np.count_nonzero(audio == v) + 8000 for v in clips]) / 16000
-        heard = clips[-1:] if len(clips) > 1 else clips
-        words = [SimpleNamespace(word=f" clip{v}", start=ends[clips.index(v)] - 1.0, end=ends[clips.index(v)] - 0.9) for v in heard]
-        return [SimpleNamespace(words=words)], None
+        assert options["temperature"] == 0.0 and options["word_timestamps"] and not options["without_timestamps"]
+        segments, self.ended = [], []
+        for span in options["clip_timestamps"]:
+            start = span["start"]
+            window = audio[round(start * 16000): round(span["end"] * 16000)]
+            self.calls.append(window.size)
+            clips = [int(v) for v in np.unique(window[window > 0])]  # each fake clip is a constant value
+            ends = start + np.cumsum([np.count_nonzero(window == v) + 8000 for v in clips]) / 16000
+            heard = clips[-1:] if len(clips) > 1 else clips
+            words = [SimpleNamespace(word=f" clip{v}", start=ends[clips.index(v)] - 1.0, end=ends[clips.index(v)] - 0.9) for v in heard]
+            self.ended.append(not (len(clips) > 1 and heard[-1] in self.stop_early_in))
+            segments.append(SimpleNamespace(words=words, seek=int(start * 100)))
+        return segments, None
 
 
-def test_clips_whisper_skipped_are_heard_again():
+def _transcribe(model, clips, monkeypatch) -> list:
+    monkeypatch.setattr(validation, "whisper_pipeline", lambda _: model)
+    texts = {}
+    validation.transcribe_packed(model, clips.__getitem__, [c.size / 16000 for c in clips], "en", False, texts.update)
+    return [texts[k] for k in range(len(clips))]
+
+
+def test_clips_whisper_skipped_are_heard_again(monkeypatch):
     model = SkippingWhisper()
     clips = [np.full(16000, v, np.float32) for v in (1, 2, 3)]
-    assert validation.transcribe_window(model, clips, "en") == ["clip1", "clip2", "clip3"]
+    assert _transcribe(model, clips, monkeypatch) == ["clip1", "clip2", "clip3"]
     assert len(model.calls) == 3  # 1-3 packed (hears 3), 1-2 packed (hears 2), then 1 alone
+
+
+def test_a_clip_whisper_stopped_in_is_heard_again(monkeypatch):
+    model = SkippingWhisper(stop_early_in=[2])
+    clips = [np.full(16000, v, np.float32) for v in (1, 2)]
+    assert _transcribe(model, clips, monkeypatch) == ["clip1", "clip2"]
+    assert len(model.calls) == 4  # 1-2 packed (stops in 2) twice, then each alone
+
+
+def test_clips_heard_alone_are_packed_alone():
+    assert validation.pack([3.0] * 4, alone=[1]) == [[0], [1], [2, 3]]

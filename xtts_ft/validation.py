@@ -7,8 +7,9 @@ and said so: never scored by a model of another language.
 
 Whisper always hears a 30 s window (shorter audio is padded to it), so transcribing 3 s clips one
 by one spends ten times the compute on silence. Clips are packed, in corpus order, into windows of
-up to 30 s separated by half a second of silence, transcribed once with word timestamps, and each
-word goes back to the clip its midpoint lies in. Other backends (CTC models) cost what the audio
+up to 30 s separated by half a second of silence, transcribed with word timestamps, and each
+word goes back to the clip its midpoint lies in; faster-whisper's batched pipeline encodes and
+decodes several windows per call, and a batch per core runs side by side. Other backends (CTC models) cost what the audio
 lasts, so they take clip by clip. Transcripts are cached per clip (a hash of its processed WAV)
 and model, so a re-run, or a run with another threshold, transcribes nothing again.
 """
@@ -38,7 +39,8 @@ ACTIONS = ("drop", "flag")
 WINDOW_SECONDS = 30.0  # what Whisper's encoder hears at once
 GAP_SECONDS = 0.5  # silence between packed clips: word timestamps never straddle two clips
 BATCH_WINDOWS = 8  # windows decoded together: on CPU a decoding step for 8 costs about 4 steps for one
-WORKERS = min(len(os.sched_getaffinity(0)), 8)  # batches heard side by side, one core each (no threads waiting on each other)
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+WORKERS = min(CORES, 8)  # batches heard side by side, one thread each: no core waits on another
 FRAMES_PER_SECOND = 100  # Whisper's feature frames, the unit of a segment's `seek`
 WORST_LISTED = 20
 
@@ -183,22 +185,23 @@ def transcribe_packed(model, load: Callable[[int], np.ndarray], seconds: Sequenc
     Clips are packed in order into windows (each alone with `solo`); batches of up to BATCH_WINDOWS
     windows are decoded at once, WORKERS batches side by side. Whisper sometimes stops before a
     window's end, or skips part of it (it jumps ahead at a change of voice): the clips a window did
-    not hear whole are packed again among themselves after the pass, and those of a window that heard
-    none of its clips whole are heard alone. A clip alone that was not heard whole, or longer than a
-    window, goes through faster-whisper's own loop, which decodes again from where it stopped (a
-    window of one clip is always final, so this ends)."""
+    not hear whole are packed again among themselves after the pass, and a clip two windows did not
+    hear whole is heard alone. A clip alone that was not heard whole, or longer than a window, goes
+    through faster-whisper's own loop, which decodes again from where it stopped (so every clip is
+    in at most three windows)."""
     pending = list(range(len(seconds)))
     alone = set(pending) if solo else set()
     partial: Dict[int, str] = {}  # what a window heard of a clip it did not hear whole
+    misses: Dict[int, int] = {}  # windows that did not hear a clip whole
 
     def hear(batch: List[List[int]]) -> List[List[Tuple[str, bool]]]:
         fits = [w for w in batch if seconds[w[0]] <= WINDOW_SECONDS - GAP_SECONDS]  # the pipeline cuts a window at 30 s
         heard = dict(zip(map(tuple, fits), hear_windows(whisper_pipeline(model), [[load(k) for k in w] for w in fits], language) if fits else []))
-        return [heard.get(tuple(w), [("", False)]) for w in batch]
+        return [heard.get(tuple(w), [("", False)] * len(w)) for w in batch]
 
     with ThreadPoolExecutor(WORKERS) as workers:
         while pending:
-            windows = [[pending[i] for i in w] for w in pack([seconds[k] for k in pending], [i for i, k in enumerate(pending) if k in alone])]
+            windows = [[pending[i] for i in w] for w in pack([seconds[k] for k in pending], {i for i, k in enumerate(pending) if k in alone})]
             size = min(BATCH_WINDOWS, math.ceil(len(windows) / WORKERS))  # every worker busy, even on a few windows
             batches = [windows[first:first + size] for first in range(0, len(windows), size)]
             pending = []
@@ -212,9 +215,10 @@ def transcribe_packed(model, load: Callable[[int], np.ndarray], seconds: Sequenc
                             final[k] = hear_alone(model, load(k), language) or text or partial.get(k, "")
                         else:
                             partial[k] = text or partial.get(k, "")
+                            misses[k] = misses.get(k, 0) + 1
+                            if misses[k] == 2:
+                                alone.add(k)
                             pending.append(k)
-                    if len(window) > 1 and not any(k in final for k in window):
-                        alone.update(window)
                 done(final)
 
 
