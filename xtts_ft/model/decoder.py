@@ -44,11 +44,6 @@ def decoder_samples(decoder, latent_frames: int) -> int:
     return decoder_frames(decoder, latent_frames) * DECODER_HOP
 
 
-def frame_seconds(decoder) -> float:
-    """Time one GPT latent frame stands for: 1024 samples at 22.05 kHz (46.4 ms)."""
-    return decoder.ar_mel_length_compression / decoder.input_sample_rate
-
-
 @torch.no_grad()
 def gpt_latents(gpt, text_tokens: torch.Tensor, codes: torch.Tensor, cond_latent: torch.Tensor) -> torch.Tensor:
     """The latents the decoder sees at inference, for a clip's own audio codes: (1, N+1, C).

@@ -23,7 +23,6 @@ import torch
 from xtts_ft.model.layout import ADAPTER_FILES, SIDECAR, read_sidecar
 from xtts_ft.model.loading import looks_like_hub_id
 
-DEFAULT_TARGETS = ("c_attn", "c_proj", "c_fc")  # suffix match: c_proj is both attn.c_proj and mlp.c_proj
 HEADS = ("text_head", "mel_head")
 
 

@@ -25,7 +25,6 @@ from xtts_ft.data.cleaners import CLEANERS, COQUI_LANGUAGES
 from xtts_ft.data.text import base_language, clean_text, language_token
 
 LEADING_TAG = re.compile(r"^\s*\[([^\[\]\s]+)\]\s*")
-DEFAULT_CHAR_LIMIT = 250  # coqui's fallback for a language missing from its table
 
 
 class XttsTokenizer(VoiceBpeTokenizer):
