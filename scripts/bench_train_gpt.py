@@ -621,9 +621,10 @@ def lora_merge_difference(cfg, state_path: Path) -> float:
 
     model_dir = resolve_model_cfg(cfg.model)
     _, xtts = load_xtts(model_dir, "cpu", for_inference=False)
-    gpt = xtts.gpt.eval()
+    gpt = xtts.gpt
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     adapter = lora.trained_adapter(gpt, state, model_dir, str(state_path))
+    gpt.eval()  # after wrapping: PEFT's new LoRA layers (their dropout) start in training mode
     generator = torch.Generator().manual_seed(0)
     text = torch.randint(0, gpt.text_embedding.weight.shape[0], (2, 24), generator=generator)
     codes = torch.randint(0, gpt.mel_embedding.num_embeddings - 2, (2, 64), generator=generator)
