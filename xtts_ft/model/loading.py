@@ -32,7 +32,7 @@ def looks_like_hub_id(source: str) -> bool:
     return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
 
 
-def hub_endpoint(endpoint: Optional[str]) -> str:
+def hub_endpoint(endpoint: Optional[str], fix: str = "Use an https endpoint (endpoint= or HF_ENDPOINT), or an http one on localhost.") -> str:
     """The endpoint the token will go to (endpoint=, else HF_ENDPOINT, else huggingface.co); plain
     http is refused unless it stays on this machine, since the token would travel in clear text."""
     from huggingface_hub import constants
@@ -41,8 +41,7 @@ def hub_endpoint(endpoint: Optional[str]) -> str:
     parts = urlsplit(url)
     if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in LOCAL_HOSTS):
         raise ValueError(
-            f"Hub endpoint {url} is not https: the token would be sent in clear text. "
-            "Use an https endpoint (endpoint= or HF_ENDPOINT), or an http one on localhost."
+            f"Hub endpoint {url} is not https: the token would be sent in clear text. {fix}"
         )
     return url
 
@@ -51,7 +50,8 @@ def download_from_hub(repo_id: str, revision: Optional[str] = None) -> Path:
     from huggingface_hub import get_token, snapshot_download
 
     if get_token():  # with a token, the download sends it: not in clear text to another machine
-        hub_endpoint(None)
+        hub_endpoint(None, fix=f"Use an https HF_ENDPOINT to download {repo_id!r}, or, for a public model on a plain-http "
+                               "mirror, download without a token (unset HF_TOKEN, `hf auth logout`).")
     try:
         # Every file an export may hold (sidecar, presets, card), not only the stock ones: what
         # was pushed comes back whole. (A stock release simply lacks the extra ones.)
