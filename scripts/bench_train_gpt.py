@@ -56,8 +56,11 @@ The paths:
                  size. After training, the adapter is merged (PEFT's merge_and_unload, what
                  export does) and the max abs difference of the GPT's logits, base+adapter
                  against merged, on fixed inputs in fp32 is reported.
-  lora-ckpt      lora with gradient checkpointing alone (grad_checkpointing=true, fp32): the CPU
-                 memory setting, beside ours-ckpt.
+  lora-ckpt      lora with gradient checkpointing alone (grad_checkpointing=true, fp32), keeping
+                 nothing of each block's forward: the least memory, beside ours-ckpt.
+  lora-sel       lora with selective checkpointing (grad_checkpointing=true
+                 grad_checkpointing_keeps=linear_outputs, fp32): the linear layers' outputs kept,
+                 only the element-wise ops and attention products recomputed: the CPU memory setting.
   lora-mem       lora with grad_checkpointing=true precision=bf16 (the GPU memory setting).
 
 On a GPU (--device cuda) the same children train on cuda:0 and report, instead of peak RSS,
@@ -113,7 +116,7 @@ SIZES = ("tiny", "full")
 PATHS = ("coqui", "coqui-shipped", "ours", "ours-ckpt", "ours-mem", "lora")  # the CPU default, in run order
 # On cuda the default runs ours first and the reference last (a late failure keeps the rest).
 GPU_PATHS = ("ours", "ours-bf16", "ours-fp16", "ours-mem", "lora-mem", "coqui", "coqui-amp")
-ALL_PATHS = PATHS + ("ours-bf16", "ours-fp16", "lora-ckpt", "lora-mem", "coqui-amp")
+ALL_PATHS = PATHS + ("ours-bf16", "ours-fp16", "lora-ckpt", "lora-sel", "lora-mem", "coqui-amp")
 REFERENCE = "coqui"
 FULL_GPT = dict(gpt_layers=30, gpt_n_model_channels=1024, gpt_n_heads=16)
 # Our overrides per path (the keys are xtts_ft.config.TrainGptConfig's): explicit, so that the
@@ -126,6 +129,7 @@ OURS_VARIANTS = {
     "ours-fp16": ["precision=fp16", "grad_checkpointing=false", "num_threads=0"],
     "lora": ["method=lora", "precision=fp32", "grad_checkpointing=false", "num_threads=0"],
     "lora-ckpt": ["method=lora", "precision=fp32", "grad_checkpointing=true", "num_threads=0"],
+    "lora-sel": ["method=lora", "precision=fp32", "grad_checkpointing=true", "grad_checkpointing_keeps=linear_outputs", "num_threads=0"],
     "lora-mem": ["method=lora", "precision=bf16", "grad_checkpointing=true", "num_threads=0"],
 }
 BF16_PATHS = ("ours-mem", "ours-bf16", "lora-mem")  # too slow on a CPU without bf16 matmul kernels
@@ -558,7 +562,8 @@ def child_ours(spec: dict) -> dict:
     settings = {}
     for line in resolved.splitlines():
         key, _, value = line.partition(":")
-        if key in ("precision", "grad_checkpointing", "bucket_batches", "num_threads", "batch_size", "max_steps"):
+        if key in ("precision", "grad_checkpointing", "grad_checkpointing_keeps", "bucket_batches", "num_threads", "batch_size", "max_steps",
+                   "method"):
             settings[key] = value.strip()
     loop_s, source = progress.get("train_seconds"), "progress.json train_seconds (training steps only)"
     if loop_s is None:

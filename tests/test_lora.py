@@ -250,6 +250,7 @@ def test_tiny_lora_recipe_runs_end_to_end(tmp_path, monkeypatch):
     assert record["training"]["method"] == "lora" and record["training"]["gpt_steps"] == 12 and "wo" in record["languages"]
     assert record["adapter"]["files"] == list(lora.ADAPTER_FILES) and all((export_dir / f).is_file() for f in lora.ADAPTER_FILES)
     state = torch.load(tmp_path / "runs_dir" / "wolof_demo_lora" / "gpt" / "state.pt", map_location="cpu", weights_only=True)
+    assert state["config"]["grad_checkpointing_keeps"] == "linear_outputs"  # the recipe's CPU memory setting
     assert state["config"]["method"] == "lora" and all("lora_" in k or "trainable_tokens" in k or "modules_to_save" in k for k in state["gpt"])
     import soundfile as sf
 

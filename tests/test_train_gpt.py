@@ -199,12 +199,55 @@ def test_gradient_checkpointing_changes_memory_not_results(tmp_path, tiny_model_
     plain = train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'a'}"]))
     ckpt = train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'b'}", "grad_checkpointing=true"]))
     np.testing.assert_allclose([v for _, v in _losses(ckpt.parent)], [v for _, v in _losses(plain.parent)], rtol=1e-5)
+    # Selective checkpointing recomputes dropout too: the same masks (its saved RNG state), the same steps.
+    selective = train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 's'}", "grad_checkpointing=true",
+                                                                "grad_checkpointing_keeps=linear_outputs"]))
+    np.testing.assert_allclose([v for _, v in _losses(selective.parent)], [v for _, v in _losses(plain.parent)], rtol=1e-5)
+    with pytest.raises(ValueError, match="add grad_checkpointing=true"):
+        train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'e'}", "grad_checkpointing_keeps=linear_outputs"]))
+    with pytest.raises(ValueError, match="grad_checkpointing_keeps=everything: choose nothing or linear_outputs"):
+        train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'e'}", "grad_checkpointing=true",
+                                                        "grad_checkpointing_keeps=everything"]))
     bf16 = train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'c'}", "precision=bf16"]))
     bf16_losses = [v for _, v in _losses(bf16.parent)]
     assert np.isfinite(bf16_losses).all()
     np.testing.assert_allclose(bf16_losses, [v for _, v in _losses(plain.parent)], rtol=0.05)  # close, not equal
     with pytest.raises(ValueError, match="precision=fp16 needs a CUDA device"):
         train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'd'}", "precision=fp16", "model.device=cpu"]))
+
+
+def _linear_calls_in_backward(transformer, keeps) -> int:
+    """How many matrix products (aten mm/addmm) one backward of the GPT-2 body runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountLinear(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+                CountLinear.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    if keeps is not None:
+        gpt_recipe.enable_activation_checkpointing(transformer, keeps)
+    inputs = torch.randn(2, 7, transformer.config.n_embd, generator=torch.Generator().manual_seed(0))
+    out = transformer(inputs_embeds=inputs).last_hidden_state.square().sum()
+    with CountLinear():
+        out.backward()
+    return CountLinear.calls
+
+
+def test_selective_checkpointing_keeps_the_linear_outputs(tiny_model_dir):
+    """grad_checkpointing_keeps=linear_outputs: backward recomputes no matrix product of the forward
+    (as many as without checkpointing), where full checkpointing reruns every one of them."""
+    calls = {}
+    for keeps in (None, "nothing", "linear_outputs"):
+        _, xtts = load_xtts(tiny_model_dir, "cpu", for_inference=False)
+        transformer = xtts.gpt.gpt.train()
+        calls[keeps] = _linear_calls_in_backward(transformer, keeps)
+    layers = len(transformer.h)
+    assert calls["linear_outputs"] == calls[None]
+    assert calls["nothing"] == calls[None] + 4 * layers  # c_attn, attention c_proj, c_fc, MLP c_proj per block
 
 
 def test_which_gpt_parts_train(tiny_model_dir):

@@ -136,7 +136,9 @@ class LoraSettings:
 
     rank: int = 16
     alpha: float = 32.0  # LoRA scale = alpha / rank
-    dropout: float = 0.05
+    # 0 as PEFT's own default: the GPT-2 blocks around the adapters already drop 10 % of attention
+    # and residuals (coqui's config), and a LoRA dropout copies every adapted input (BENCHMARKS.md).
+    dropout: float = 0.0
     targets: List[str] = field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])
     train_heads: bool = False  # also train the text and audio heads in full (PEFT modules_to_save)
 
@@ -171,6 +173,10 @@ class TrainGptConfig:
     # Compute and memory.
     precision: str = "fp32"  # fp32 | bf16 (CPU or GPU autocast) | fp16 (CUDA, with a grad scaler)
     grad_checkpointing: bool = False  # recompute transformer activations in backward: less memory, ~30 % more time
+    # What grad_checkpointing keeps of each block's forward: nothing (all recomputed: least memory) or
+    # linear_outputs (the matrix products kept; GELU, softmax, dropout, norms and the attention products
+    # recomputed: most of the saving for a few % of time; the LoRA memory setting, BENCHMARKS.md "LoRA").
+    grad_checkpointing_keeps: str = "nothing"  # nothing | linear_outputs
     num_threads: int = 0  # torch CPU threads per process; 0 = all cores (torchrun's OMP_NUM_THREADS wins)
     # CPU: glibc's malloc keeps freed memory for the next step instead of returning it to the kernel
     # (no page faults to pay again; same peak memory; ~8 % faster at full size). No effect on GPU memory.

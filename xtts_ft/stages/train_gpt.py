@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from xtts_ft.train import rundir
 from xtts_ft.train import runtime as rt
-from xtts_ft.train.gpt import GptRecipe, check_best_metric, check_method
+from xtts_ft.train.gpt import GptRecipe, check_best_metric, check_checkpointing, check_method
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -30,6 +30,7 @@ def run(cfg: DictConfig) -> Path:
     """Train (or continue) the run; returns its state.pt."""
     check_best_metric(cfg)
     check_method(cfg)
+    check_checkpointing(cfg)
     return rundir.run_locked(cfg, run_dir(cfg), train)
 
 

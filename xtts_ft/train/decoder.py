@@ -288,6 +288,7 @@ class DecoderRecipe:
         xtts.hifigan_decoder.eval()
         self.gpt_hash = tensors_hash(xtts.gpt.state_dict())
         self.base_hash = file_hash(Path(self.model_dir) / "model.pth")  # what checkpoints say they build on
+        rt.return_freed_host_memory()  # the loader's copy of the weights
         return config, xtts
 
     def setup_data(self, config, xtts) -> None:

@@ -17,6 +17,7 @@ config.yaml. Every state and checkpoint describes itself (`xtts_ft.train.checkpo
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -78,19 +79,41 @@ def select_trainable(gpt: torch.nn.Module, freeze_text_embeddings: bool, train_l
         gpt.text_pos_embedding.requires_grad_(False)
 
 
-def enable_activation_checkpointing(transformer) -> None:
-    """Recompute each GPT-2 block's activations in backward (transformers' own mechanism).
+CHECKPOINT_KEEPS = ("nothing", "linear_outputs")
+
+
+def keep_linear_outputs(ctx, op, *args, **kwargs):
+    """Selective activation checkpointing's policy (grad_checkpointing_keeps=linear_outputs): keep
+    the outputs of the blocks' linear layers (most of a block's compute), recompute everything else
+    in backward (GELU, softmax, dropout with its saved RNG state, layer norms, the attention products:
+    most of its memory, the T x T attention maps and the 4 x wide MLP activations among them)."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    linear = op in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
+    return CheckpointPolicy.MUST_SAVE if linear else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def enable_activation_checkpointing(transformer, keeps: str = "nothing") -> None:
+    """Recompute each GPT-2 block's activations in backward (transformers' own mechanism; with
+    keeps=linear_outputs, torch's selective checkpointing keeps the linear layers' outputs).
 
     coqui feeds the transformer embeddings (`inputs_embeds`) and deletes its token embedding, so
     transformers must not try to hook the (absent) input embedding: declaring the embeddings
     as the main input says exactly that.
     """
+    if keeps not in CHECKPOINT_KEEPS:
+        raise ValueError(f"grad_checkpointing_keeps={keeps}: choose {' or '.join(CHECKPOINT_KEEPS)}")
+    kwargs = {"use_reentrant": False}
+    if keeps == "linear_outputs":
+        from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+        kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, keep_linear_outputs)
     transformer.main_input_name = "inputs_embeds"
     enable = getattr(transformer, "activation_checkpointing_enable", None)
     if enable is not None:  # transformers >= 5.x
-        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable(activation_checkpointing_kwargs=kwargs)
     else:
-        transformer.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        transformer.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def make_optimizer(gpt, cfg) -> torch.optim.Optimizer:
@@ -192,6 +215,15 @@ def check_method(cfg: DictConfig) -> None:
                          "train_last_layers and freeze_text_embeddings choose layers of a full fine-tune: leave them unset")
 
 
+def check_checkpointing(cfg: DictConfig) -> None:
+    """grad_checkpointing_keeps says what checkpointing keeps: without grad_checkpointing it would do nothing."""
+    if cfg.grad_checkpointing_keeps not in CHECKPOINT_KEEPS:
+        raise ValueError(f"grad_checkpointing_keeps={cfg.grad_checkpointing_keeps}: choose {' or '.join(CHECKPOINT_KEEPS)}")
+    if cfg.grad_checkpointing_keeps != "nothing" and not cfg.grad_checkpointing:
+        raise ValueError(f"grad_checkpointing_keeps={cfg.grad_checkpointing_keeps} chooses what gradient checkpointing "
+                         "keeps, and checkpointing is off: add grad_checkpointing=true")
+
+
 def training_weights(gpt, keys) -> dict:
     """The GPT weights as trained (without the inference wrapper eval audio adds)."""
     return {k: v for k, v in gpt.state_dict().items() if k in keys}
@@ -257,11 +289,12 @@ class GptRecipe:
         # The base weights a checkpoint builds on (a LoRA state is meaningless without them).
         self.base_hash = file_hash(Path(self.model_dir) / "model.pth")
         if cfg.grad_checkpointing:
-            enable_activation_checkpointing(gpt.gpt)
+            enable_activation_checkpointing(gpt.gpt, cfg.grad_checkpointing_keeps)
         # What a state holds: every GPT weight (full), or only the trainable tensors (lora: adapter, new rows).
         self.weight_keys = {n for n, p in gpt.named_parameters() if p.requires_grad} if cfg.method == "lora" else set(gpt.state_dict())
         dvae, mel_stats = load_dvae(self.model_dir, self.xtts.args.gpt_num_audio_tokens)
         self.features = GptFeatures(dvae, mel_stats, self.xtts.args.gpt_use_perceiver_resampler).to(self.device)
+        rt.return_freed_host_memory()  # the loader's copy of the weights
 
     def setup_data(self) -> None:
         """Encoded clips (skips recorded), their DVAE codes (cached once: the DVAE is frozen), the sampler."""

@@ -95,6 +95,19 @@ def keep_freed_host_memory() -> bool:
     return libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1 and ok
 
 
+def return_freed_host_memory() -> bool:
+    """Hand the heap memory freed so far back to the kernel (glibc's malloc_trim), once the model is
+    loaded: coqui-tts reads model.pth whole and copies it into the model, and the freed copy (1.9 GB
+    at full size) would otherwise stay in the process for the whole run (keep_freed_host_memory
+    keeps freed memory on purpose, for the steps). No-op (False) without glibc."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    return ctypes.CDLL(None).malloc_trim(0) == 1
+
+
 def autocast(precision: str, device: torch.device):
     """bf16/fp16 autocast where asked (fp16 only on CUDA); fp32: no autocast."""
     if precision not in PRECISIONS:
