@@ -7,9 +7,10 @@ all in this one process on one loaded model, interleaved round by round (--round
   ours-1    XttsSynthesizer.synthesize_many, batch_size=1 (our generate, one sentence per call)
   ours-4    the same, batch_size=4 (4 sentences per GPT generate)
   ours-8    the same, batch_size=8
-  stream    XttsSynthesizer.stream (coqui's inference_stream, 20 codes per chunk) on the first
-            sentence: time to the first audio chunk against the whole synthesis of that sentence
-            by `synthesize` (coqui's path), measured back to back
+  stream    XttsSynthesizer.stream (our loop over coqui's streaming generator, at its defaults:
+            the first chunk after 8 codes, then every 20) on the first sentence: time to the
+            first audio chunk against the whole synthesis of that sentence by `synthesize`
+            (coqui's path), measured back to back
 
 Every path decodes exactly --codes GPT codes per utterance: the weights are random, so the stop
 token's logit is pushed to -1e4 (never drawn) and every path's cap is --codes (coqui's through

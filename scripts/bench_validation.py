@@ -9,7 +9,9 @@ time) once per path and repeat, the paths interleaved:
 - `before`: the path as it was: one window of packed clips at a time through faster-whisper's own
   `WhisperModel.transcribe` loop (which encodes again from where the decoder stopped), clips it
   heard nothing in heard again in smaller groups;
-- `after`: the code in xtts_ft.validation now.
+- `corpus-order`: the code now with the packing before one-voice windows: consecutive clips in
+  corpus order, any voices, into a window while they fit;
+- `after`: the code in xtts_ft.validation now (one voice per window, longest clips first).
 
 Reported per run: audio seconds, wall seconds, × real time, CPU seconds of this process, audio
 seconds per CPU second (the figure other load on the machine disturbs least: with both cores
@@ -19,11 +21,13 @@ against the first path's, clip by clip: how many differ, and each difference wit
 the clip's text.
 
     .venv/bin/python scripts/bench_validation.py --clips 60 --repeats 2 --paths before,after
+    .venv/bin/python scripts/bench_validation.py --clips 60 --repeats 3 --paths corpus-order,after
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -49,10 +53,34 @@ from xtts_ft.io_utils import file_hash  # noqa: E402
 # --- the path before: one window at a time through faster-whisper's sequential loop -----------
 
 
-def before_transcribe_clips(choice, paths, seconds, cache):
+TODAY = validation.transcribe_clips  # run_path swaps the module's function per path
+
+
+def corpus_order_pack(seconds, alone=(), voices=None):
+    """The packing before: consecutive clips, in corpus order, into windows while they fit (any voices)."""
+    windows, used = [], math.inf
+    for i, length in enumerate(seconds):
+        if used + length + validation.GAP_SECONDS > validation.WINDOW_SECONDS or i in alone or windows[-1][-1] in alone:
+            windows.append([])
+            used = 0.0
+        windows[-1].append(i)
+        used += length + validation.GAP_SECONDS
+    return windows
+
+
+def corpus_order_transcribe_clips(choice, paths, seconds, cache, voices=None):
+    """Today's path with the corpus-order packing it had before one-voice first-fit-decreasing windows."""
+    packing, validation.pack = validation.pack, corpus_order_pack
+    try:
+        return TODAY(choice, paths, seconds, cache, voices)
+    finally:
+        validation.pack = packing
+
+
+def before_transcribe_clips(choice, paths, seconds, cache, voices=None):
     hashes = [file_hash(p) for p in paths]
     todo = [i for i, h in enumerate(hashes) if h not in cache.texts]
-    windows = validation.pack([seconds[i] for i in todo]) if not cache.solo else [[k] for k in range(len(todo))]
+    windows = corpus_order_pack([seconds[i] for i in todo]) if not cache.solo else [[k] for k in range(len(todo))]
     for window in windows:
         clips = [load_audio(paths[todo[k]], asr.ASR_RATE) for k in window]
         texts = before_transcribe_window(choice.load(), clips, choice.language)
@@ -85,7 +113,7 @@ def before_heard_words(model, clips, language):
     return words
 
 
-PATHS = {"before": before_transcribe_clips, "after": validation.transcribe_clips}
+PATHS = {"before": before_transcribe_clips, "corpus-order": corpus_order_transcribe_clips, "after": TODAY}
 
 
 # --- measuring ---------------------------------------------------------------------------------

@@ -116,12 +116,86 @@ def test_bad_requests_are_clear_errors(synthesizer, prepared, tmp_path):
 def test_streaming_yields_chunks_that_add_up_to_the_whole(synthesizer, prepared):
     kwargs = dict(text="The birch canoe slid on the smooth planks.", language="en", reference=_reference(prepared), decoding={"seed": 0})
     whole = synthesizer.synthesize(**kwargs)
-    chunks = list(synthesizer.stream(**kwargs, chunk_codes=2))
-    assert len(chunks) >= 2
+    # The trained tiny GPT stops after a few codes: tiny chunks make several. The first, after 1 code,
+    # decodes to the 1024 samples held back for the cross-fade: it is not yielded empty.
+    chunks = list(synthesizer.stream(**kwargs, first_chunk_codes=1, chunk_codes=2))
+    assert len(chunks) >= 3
     assert all(c.sample_rate == 24000 and c.wav.dtype == np.float32 and c.wav.size > 0 for c in chunks)
     times = [c.seconds_since_start for c in chunks]
     assert times == sorted(times) and 0 < times[0] < times[-1]  # the first chunk comes before the end
     assert sum(c.wav.size for c in chunks) == whole.wav.size
+
+
+# Streaming, on the untrained tiny model: it never stops, so a sentence runs to its babble guard.
+STREAM_DECODING = {"seed": 0, "max_seconds_per_char": 0.02}
+
+
+def _demo_reference():
+    from tests.conftest import DEMO
+
+    return DEMO / "en" / "wavs" / "alicia_000.flac"
+
+
+def test_our_stream_loop_is_coquis_inference_stream(untrained):
+    """first_chunk_codes == chunk_codes: the same chunks as coqui-tts's own Xtts.inference_stream,
+    sentence by sentence, same voice, settings, babble guard and seed. Sentence 1 is 48 codes
+    (3 chunks of 16, then the held-back overlap alone), sentence 2 is 53 (5 left over)."""
+    import torch
+
+    text, reference = "Hello there. Good morning, my friend.", _demo_reference()
+    ours = list(untrained.stream(text=text, language="en", reference=reference, decoding=STREAM_DECODING,
+                                 chunk_codes=16, first_chunk_codes=16))
+    voice = untrained.clone_voice(reference)
+    settings = untrained.decoding_settings(STREAM_DECODING)
+    torch.manual_seed(0)
+    theirs = []
+    for sentence in split_sentences(text, "en"):
+        max_codes = untrained._max_codes(sentence, STREAM_DECODING["max_seconds_per_char"])
+        assert max_codes in (48, 53)
+        with untrained._babble_guard(max_codes):
+            theirs += [wav.float().numpy() for wav in untrained.model.inference_stream(
+                sentence, "en", voice.gpt_cond_latent, voice.speaker_embedding, stream_chunk_size=16,
+                enable_text_splitting=False, **settings)]
+    assert [c.wav.size for c in ours] == [w.size for w in theirs] and len(ours) == 8
+    for chunk, wav in zip(ours, theirs):
+        # Equal but for the last chunk of sentence 1: coqui cross-fades the overlap with itself (float rounding).
+        np.testing.assert_allclose(chunk.wav, wav, rtol=0, atol=1e-6)
+
+
+def test_a_short_first_chunk_then_the_usual_ones(untrained):
+    """first_chunk_codes=8, chunk_codes=20 over a 48-code sentence: chunks at 8, 28 and 48 codes,
+    then the end. The first holds ~8 codes of audio less the 1024 samples held back for the
+    cross-fade, the next two ~20, the last the held-back 1024; the whole is as long as with 20-code chunks (the same codes under the same seed) and as
+    the babble guard's cap, which holds although its setting is restored as soon as the GPT starts."""
+    from xtts_ft.inference import CODES_PER_SECOND
+
+    kwargs = dict(text="Hello there.", language="en", reference=_demo_reference(), decoding=STREAM_DECODING)
+    max_codes = int((2.0 + 0.02 * len(kwargs["text"])) * CODES_PER_SECOND)
+    per_code = 1024 * 24000 / 22050  # output samples per code
+
+    gpt = untrained.model.gpt
+    default_cap = gpt.max_gen_mel_tokens
+    chunks = untrained.stream(**kwargs, first_chunk_codes=8, chunk_codes=20)
+    short = [next(chunks)]
+    assert gpt.max_gen_mel_tokens == default_cap  # the guard is not held while the caller listens
+    short += list(chunks)
+    usual = list(untrained.stream(**kwargs, first_chunk_codes=20, chunk_codes=20))
+
+    assert max_codes == 48 and len(short) == 4 and len(usual) == 3
+    sizes = [c.wav.size for c in short]
+    assert abs(sizes[0] - (8 * per_code - 1024)) <= 256  # one decoder hop of rounding
+    assert all(abs(size - 20 * per_code) <= 256 for size in sizes[1:3]) and sizes[3] == 1024
+    assert sizes[0] < usual[0].wav.size / 2
+    assert sum(sizes) == sum(c.wav.size for c in usual)
+    assert abs(sum(sizes) - max_codes * per_code) <= 256
+
+
+@pytest.mark.parametrize("bad", [dict(first_chunk_codes=0), dict(chunk_codes=0), dict(first_chunk_codes=-3),
+                                 dict(chunk_codes=2.5)])
+def test_bad_chunk_sizes_are_clear_errors(untrained, bad):
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=f"{name}=.* — fix: {name}=<an integer ≥ 1>"):
+        list(untrained.stream(text="Hi.", language="en", reference=_demo_reference(), **bad))
 
 
 def test_batch_synthesis_from_a_csv(synthesizer, prepared, tmp_path):

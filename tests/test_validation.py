@@ -95,6 +95,10 @@ def test_a_bad_action_is_refused_before_any_work(tmp_path, swapped_corpus):
 def test_clips_are_packed_into_30_second_windows():
     assert validation.pack([3.0] * 10) == [list(range(8)), [8, 9]]  # 8 x (3 s + 0.5 s gap) = 28 s
     assert validation.pack([31.0, 2.0]) == [[0], [1]]  # a clip longer than a window goes alone
+    # Longest first into the first window with room: 2 windows where corpus order needs 3 ([0], [1], [2, 3]).
+    assert validation.pack([10.0, 25.0, 10.0, 5.0]) == [[0, 2, 3], [1]]
+    # One voice per window (Whisper skips ahead at a change of voice), whatever the corpus order.
+    assert validation.pack([5.0, 5.0, 5.0], voices=["a", "b", "a"]) == [[0, 2], [1]]
 
 
 class SkippingWhisper:
@@ -145,4 +149,4 @@ def test_a_clip_whisper_stopped_in_is_heard_again(monkeypatch):
 
 
 def test_clips_heard_alone_are_packed_alone():
-    assert validation.pack([3.0] * 4, alone=[1]) == [[0], [1], [2, 3]]
+    assert validation.pack([3.0] * 4, alone=[1]) == [[0, 2, 3], [1]]

@@ -4,7 +4,8 @@
 loader, clones voices from reference audio it loads itself (soundfile + soxr, never
 torchaudio.load), caches conditioning latents per reference file, splits long text into
 sentences, and applies the decoding settings of the model's config.json unless overridden.
-One text goes through coqui's Xtts.inference (`synthesize`, `stream`); many texts through our
+One text goes through coqui's Xtts.inference (`synthesize`), or, streamed, through our loop over
+coqui's streaming generator (`stream`: a short first chunk, then longer ones); many texts through our
 batched generate (`iter_synthesize`: several sentences, each with its own voice, language, babble
 guard and seed, in one transformers generate; the same codes as one at a time).
 """
@@ -12,6 +13,7 @@ guard and seed, in one transformers generate; the same codes as one at a time).
 from __future__ import annotations
 
 import contextlib
+import numbers
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -369,24 +371,81 @@ class XttsSynthesizer:
         decoding: Optional[dict] = None,
         chunk_codes: int = 20,
         emotion: Optional[str] = None,
+        first_chunk_codes: int = 8,
     ) -> Iterator[AudioChunk]:
-        """Audio as it is generated: a chunk every `chunk_codes` GPT codes (~0.93 s at 20), each
-        with the seconds since the call, so the first one's is the time to first audio."""
+        """Audio as it is generated, each chunk with the seconds since the call (the first one's is
+        the time to first audio): a sentence's first chunk after `first_chunk_codes` GPT codes, the
+        next ones every `chunk_codes` (a code is 1024 samples at 22.05 kHz, ~0.046 s of audio).
+
+        The first chunk is the latency: its codes are generated one by one before anything plays.
+        8 codes (~0.37 s of audio, ~0.33 s once the 1024-sample cross-fade overlap is held back) is
+        a syllable or two, not a click, and puts the first audio near a quarter of a 48-code
+        sentence's synthesis time (full size on 2 CPU cores: 20 codes took 5.8 s of 12.3 s, i.e. ~1.1 s
+        fixed + ~0.23 s per code; 8 → ~3.0 s, 0.24, under the 0.3 target; 12 would miss it). Fewer
+        codes buy little (the prompt pass and a decoder call are paid anyway) and leave the decoder
+        almost no context. Later chunks are longer (20: ~0.93 s) because each chunk re-decodes all
+        of the sentence's latents so far: fewer, longer chunks cost less in all."""
+        for name, value in (("first_chunk_codes", first_chunk_codes), ("chunk_codes", chunk_codes)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name}={value!r} — fix: {name}=<an integer ≥ 1> (GPT codes per chunk, ~0.046 s of audio each)")
         language, chosen, settings, max_seconds_per_char, prefix = self._request(text, language, reference, voice, decoding, emotion)
         started = time.perf_counter()
         for sentence in split_sentences(text, language):
-            with self._babble_guard(self._max_codes(sentence, max_seconds_per_char)):
-                for wav in self.model.inference_stream(
-                    prefix + sentence,
-                    language,
-                    chosen.gpt_cond_latent,
-                    chosen.speaker_embedding,
-                    stream_chunk_size=chunk_codes,
-                    enable_text_splitting=False,
-                    **settings,
-                ):
-                    chunk = wav.detach().float().cpu().numpy().reshape(-1)
-                    yield AudioChunk(chunk, self.sample_rate, time.perf_counter() - started)
+            max_codes = self._max_codes(sentence, max_seconds_per_char)
+            for wav in self._stream_sentence(prefix + sentence, language, chosen, settings, max_codes,
+                                             first_chunk_codes, chunk_codes):
+                yield AudioChunk(wav.detach().float().cpu().numpy().reshape(-1), self.sample_rate,
+                                 time.perf_counter() - started)
+
+    @torch.inference_mode()
+    def _stream_sentence(self, text: str, language: str, voice: Voice, settings: dict, max_codes: int,
+                         first_chunk_codes: int, chunk_codes: int, overlap: int = 1024) -> Iterator[torch.Tensor]:
+        """One sentence's audio chunks: coqui's Xtts.inference_stream step for step (its building
+        blocks, its decoding arguments), except when a chunk is cut: after `first_chunk_codes` codes
+        for the first, every `chunk_codes` after (inference_stream has one fixed size). `overlap` is
+        inference_stream's overlap_wav_len, at its default; its speed stays 1 (as in `synthesize`)."""
+        model, gpt = self.model, self.model.gpt
+        # The text as inference_stream (and Xtts.inference) feeds the GPT: stripped and lower-cased.
+        tokens = model.tokenizer.encode(text.strip().lower(), lang=language)
+        if len(tokens) >= int(model.args.gpt_max_text_tokens):
+            raise ValueError(f"the sentence {text[:60]!r}... is {len(tokens)} text tokens; the model takes fewer than "
+                             f"{int(model.args.gpt_max_text_tokens)} — fix: split it into shorter sentences")
+        tokens = torch.tensor(tokens, dtype=torch.int32, device=self.device).unsqueeze(0)
+        speaker = voice.speaker_embedding.to(self.device)
+        # get_generator fixes the cap (max_length = gpt.max_gen_mel_tokens + prompt) when it is called,
+        # so the babble guard need only hold while the generator is built, not while the caller listens.
+        with self._babble_guard(max_codes):
+            steps = gpt.get_generator(
+                fake_inputs=gpt.compute_embeddings(voice.gpt_cond_latent.to(self.device), tokens),
+                top_k=settings["top_k"], top_p=settings["top_p"], temperature=settings["temperature"],
+                do_sample=True, num_beams=1, num_return_sequences=1, length_penalty=float(settings["length_penalty"]),
+                repetition_penalty=float(settings["repetition_penalty"]), output_attentions=False,
+                output_hidden_states=True, return_dict_in_generate=True,
+            )
+        latents: List[torch.Tensor] = []  # the GPT's last hidden state at each code: what the decoder speaks
+        new, previous, held = 0, None, None  # codes since the last chunk; handle_chunks' previous audio and overlap
+        for _code, latent in steps:  # the codes up to and with the stop token, or up to the guard's cap
+            latents.append(latent)
+            new += 1
+            if new >= (first_chunk_codes if previous is None else chunk_codes):
+                chunk, previous, held = self._decode_chunk(latents, speaker, previous, held, overlap, final=False)
+                new = 0
+                if chunk.numel():  # 1 code decodes to 1024 samples, all held back: no empty chunk (a false first audio)
+                    yield chunk
+        if new == 0 and held is not None:
+            # Nothing new since the last chunk: only the held-back overlap is left. inference_stream
+            # decodes the whole sentence again to cross-fade these samples with themselves.
+            yield held
+        else:
+            yield self._decode_chunk(latents, speaker, previous, held, overlap, final=True)[0]
+
+    def _decode_chunk(self, latents: List[torch.Tensor], speaker: torch.Tensor, previous, held, overlap: int, final: bool):
+        """(new audio, all audio so far, overlap held back) as inference_stream makes them. The decoder
+        hears every latent so far, not only the new ones: its convolutions look both ways, so the
+        end of a chunk changes once later codes are known; handle_chunks keeps the audio past the
+        previous chunk and cross-fades the seam over `overlap` samples (the last ones, held back)."""
+        wav = self.model.hifigan_decoder(torch.cat(latents, dim=0)[None, :], g=speaker)
+        return self.model.handle_chunks(wav.squeeze(), previous, held, overlap, is_final=final)
 
     def synthesize_many(self, requests: List[dict], decoding: Optional[dict] = None, batch_size: int = 8) -> List[Synthesis]:
         """Each request (text, language, reference or voice, optional emotion) → its Synthesis, in order;

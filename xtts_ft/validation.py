@@ -6,11 +6,12 @@ computed with the language's own cleaner on both sides. A language no ASR knows 
 and said so: never scored by a model of another language.
 
 Whisper always hears a 30 s window (shorter audio is padded to it), so transcribing 3 s clips one
-by one spends ten times the compute on silence. Clips are packed, in corpus order, into windows of
-up to 30 s separated by half a second of silence, transcribed with word timestamps, and each
-word goes back to the clip its midpoint lies in; faster-whisper's batched pipeline encodes and
-decodes several windows per call, and a batch per core runs side by side. Other backends (CTC models) cost what the audio
-lasts, so they take clip by clip. Transcripts are cached per clip (a hash of its processed WAV)
+by one spends ten times the compute on silence. Clips are packed into windows of up to 30 s (one
+voice per window, longest clips first: few, full windows), separated by half a second of silence,
+transcribed with word timestamps, and each word goes back to the clip its midpoint lies in;
+faster-whisper's batched pipeline encodes and decodes several windows per call, and a batch per
+core runs side by side. Other backends (CTC models) cost what the audio lasts, so they take clip
+by clip. Transcripts are cached per clip (a hash of its processed WAV)
 and model, so a re-run, or a run with another threshold, transcribes nothing again.
 """
 
@@ -95,7 +96,8 @@ def hear(choice: asr.Asr, samples: Sequence[Sample], root: Path, cfg, cache_dir:
     again alone and judged by the better of the two hearings, so only a clip both find wrong is."""
     def checked(subset: List[int], solo: bool) -> List[Optional[Checked]]:
         paths, seconds = [root / samples[i].audio for i in subset], [samples[i].duration for i in subset]
-        texts, fresh = transcribe_clips(choice, paths, seconds, TranscriptCache(cache_dir, choice, solo))
+        voices = [samples[i].speaker for i in subset]
+        texts, fresh = transcribe_clips(choice, paths, seconds, TranscriptCache(cache_dir, choice, solo), voices)
         summary["transcribed_seconds"] += fresh
         return [score(samples[i], text) for i, text in zip(subset, texts)]
 
@@ -130,7 +132,7 @@ class TranscriptCache:
 
         self.solo = solo  # each clip heard alone, not packed with others
         model = asr.bundled_whisper_path() if choice.model == asr.BUNDLED else choice.model
-        packing = None if solo else [WINDOW_SECONDS, GAP_SECONDS]
+        packing = None if solo else [WINDOW_SECONDS, GAP_SECONDS, "one voice per window, longest first"]
         key = hashlib.sha256(json.dumps([str(model), choice.backend, choice.language, packing]).encode()).hexdigest()[:16]
         self.path = Path(cache_dir) / f"{choice.language}-{key}.jsonl"
         self.texts: Dict[str, str] = {}
@@ -149,40 +151,53 @@ class TranscriptCache:
             f.writelines(json.dumps({"clip": clip, "text": text}, ensure_ascii=False) + "\n" for clip, text in entries.items())
 
 
-def transcribe_clips(choice: asr.Asr, paths: Sequence[Path], seconds: Sequence[float], cache: TranscriptCache) -> Tuple[List[str], float]:
-    """Transcripts of the clips (from the cache where it has them) and the seconds of audio transcribed now.
+def transcribe_clips(choice: asr.Asr, paths: Sequence[Path], seconds: Sequence[float], cache: TranscriptCache,
+                     voices: Optional[Sequence[str]] = None) -> Tuple[List[str], float]:
+    """Transcripts of the clips (from the cache where it has them) and the seconds of audio transcribed now;
+    `voices` (each clip's speaker) keeps one voice per packed window.
     Audio is read a batch of windows at a time: a large corpus never sits in memory."""
     hashes = [file_hash(p) for p in paths]
     todo = [i for i, h in enumerate(hashes) if h not in cache.texts]
     if choice.backend == "whisper":
         model = asr.whisper_model(choice.model, cpu_threads=1, num_workers=WORKERS)  # a worker per core: see WORKERS
         transcribe_packed(model, lambda k: load_audio(paths[todo[k]], asr.ASR_RATE), [seconds[i] for i in todo], choice.language,
-                          cache.solo, lambda texts: cache.add({hashes[todo[k]]: text for k, text in texts.items()}))
+                          cache.solo, lambda texts: cache.add({hashes[todo[k]]: text for k, text in texts.items()}),
+                          [voices[i] for i in todo] if voices is not None else None)
     else:
         for i in todo:
             cache.add({hashes[i]: choice.transcribe(load_audio(paths[i], asr.ASR_RATE), asr.ASR_RATE)})
     return [cache.texts[h] for h in hashes], sum(seconds[i] for i in todo)
 
 
-def pack(seconds: Sequence[float], alone: Collection[int] = ()) -> List[List[int]]:
-    """Consecutive clips grouped into windows whose clips and gaps fit WINDOW_SECONDS (a longer clip,
-    and each clip in `alone`, in a window of its own)."""
+def pack(seconds: Sequence[float], alone: Collection[int] = (), voices: Optional[Sequence[str]] = None) -> List[List[int]]:
+    """Clips grouped into windows whose clips and gaps fit WINDOW_SECONDS, one voice per window (Whisper
+    skips ahead at a change of voice): each voice's clips, longest first, go into the first of its
+    windows with room (first-fit decreasing: fuller windows than corpus order, so fewer 30 s encodes).
+    A longer clip, and each clip in `alone`, has a window of its own. Clips keep corpus order within
+    a window; windows come in the order of their first clip."""
+    voices = list(voices) if voices is not None else [""] * len(seconds)
     windows: List[List[int]] = []
-    used = math.inf
-    for i, length in enumerate(seconds):
-        if used + length + GAP_SECONDS > WINDOW_SECONDS or i in alone or windows[-1][-1] in alone:  # each clip is followed by its gap
-            windows.append([])
-            used = 0.0
-        windows[-1].append(i)
-        used += length + GAP_SECONDS
-    return windows
+    room: Dict[str, List[Tuple[float, List[int]]]] = {}  # per voice: [used seconds, clips] of its open windows
+    for i in sorted(range(len(seconds)), key=lambda k: (-seconds[k], k)):
+        need = seconds[i] + GAP_SECONDS  # each clip is followed by its gap
+        if i in alone or need > WINDOW_SECONDS:
+            windows.append([i])
+            continue
+        fits = next((w for w in room.setdefault(voices[i], []) if w[0] + need <= WINDOW_SECONDS), None)
+        if fits is None:
+            fits = [0.0, []]
+            room[voices[i]].append(fits)
+            windows.append(fits[1])
+        fits[0] += need
+        fits[1].append(i)
+    return sorted((sorted(w) for w in windows), key=lambda w: w[0])
 
 
 def transcribe_packed(model, load: Callable[[int], np.ndarray], seconds: Sequence[float], language: str, solo: bool,
-                      done: Callable[[Dict[int, str]], None]) -> None:
+                      done: Callable[[Dict[int, str]], None], voices: Optional[Sequence[str]] = None) -> None:
     """Whisper's transcripts of clips 0..n-1 (`load(k)` reads clip k), handed to `done` a batch at a time.
 
-    Clips are packed in order into windows (each alone with `solo`); batches of up to BATCH_WINDOWS
+    Clips are packed into windows, one voice (`voices`) per window (`pack`; each alone with `solo`); batches of up to BATCH_WINDOWS
     windows are decoded at once, WORKERS batches side by side. Whisper sometimes stops before a
     window's end, or skips part of it (it jumps ahead at a change of voice): the clips a window did
     not hear whole are packed again among themselves after the pass, and a clip two windows did not
@@ -201,7 +216,8 @@ def transcribe_packed(model, load: Callable[[int], np.ndarray], seconds: Sequenc
 
     with ThreadPoolExecutor(WORKERS) as workers:
         while pending:
-            windows = [[pending[i] for i in w] for w in pack([seconds[k] for k in pending], {i for i, k in enumerate(pending) if k in alone})]
+            windows = [[pending[i] for i in w] for w in pack([seconds[k] for k in pending], {i for i, k in enumerate(pending) if k in alone},
+                                                             [voices[k] for k in pending] if voices is not None else None)]
             size = min(BATCH_WINDOWS, math.ceil(len(windows) / WORKERS))  # every worker busy, even on a few windows
             batches = [windows[first:first + size] for first in range(0, len(windows), size)]
             pending = []
