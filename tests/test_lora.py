@@ -257,3 +257,17 @@ def test_tiny_lora_recipe_runs_end_to_end(tmp_path, monkeypatch):
     audio, rate = sf.read(tmp_path / "runs_dir" / "wolof_demo_lora" / "synth" / "awa.wav")
     assert rate == 24000 and audio.size > 0
     assert (tmp_path / "runs_dir" / "wolof_demo_lora" / "eval" / "report.md").is_file()
+
+
+def test_resuming_under_another_lora_dropout_is_said(caplog, tmp_path):
+    """Dropout holds no weights, so the adapter loads either way: the change of course is logged."""
+    import logging
+
+    state = {"config": {"method": "lora", "lora": {"dropout": 0.05}}, "base_model_hash": "h"}
+    with caplog.at_level(logging.WARNING, logger="xtts_ft.train.gpt"):
+        gpt_recipe.check_resumable_method(tmp_path / "state.pt", state, compose("train_gpt", ["method=lora"]), "h")
+    assert "trained with lora.dropout=0.05; resuming with lora.dropout=0.0 (add lora.dropout=0.05 to keep it)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="xtts_ft.train.gpt"):
+        gpt_recipe.check_resumable_method(tmp_path / "state.pt", state, compose("train_gpt", ["method=lora", "lora.dropout=0.05"]), "h")
+    assert "lora.dropout" not in caplog.text

@@ -212,6 +212,9 @@ def test_gradient_checkpointing_changes_memory_not_results(tmp_path, tiny_model_
     bf16_losses = [v for _, v in _losses(bf16.parent)]
     assert np.isfinite(bf16_losses).all()
     np.testing.assert_allclose(bf16_losses, [v for _, v in _losses(plain.parent)], rtol=0.05)  # close, not equal
+    bf16_selective = train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'f'}", "precision=bf16",
+                                                                    "grad_checkpointing=true", "grad_checkpointing_keeps=linear_outputs"]))
+    np.testing.assert_allclose([v for _, v in _losses(bf16_selective.parent)], bf16_losses, rtol=1e-3)  # recomputed under autocast alike
     with pytest.raises(ValueError, match="precision=fp16 needs a CUDA device"):
         train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'd'}", "precision=fp16", "model.device=cpu"]))
 

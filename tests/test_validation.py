@@ -97,8 +97,11 @@ def test_clips_are_packed_into_30_second_windows():
     assert validation.pack([31.0, 2.0]) == [[0], [1]]  # a clip longer than a window goes alone
     # Longest first into the first window with room: 2 windows where corpus order needs 3 ([0], [1], [2, 3]).
     assert validation.pack([10.0, 25.0, 10.0, 5.0]) == [[0, 2, 3], [1]]
-    # One voice per window (Whisper skips ahead at a change of voice), whatever the corpus order.
-    assert validation.pack([5.0, 5.0, 5.0], voices=["a", "b", "a"]) == [[0, 2], [1]]
+    # One voice per window (Whisper skips ahead at a change of voice), whatever the corpus order...
+    assert validation.pack([10.0, 10.0, 10.0, 10.0], voices=["a", "b", "a", "b"]) == [[0, 2], [1, 3]]
+    # ...but voices with too little audio to fill half a window share one: many speakers with a few
+    # clips each (Common Voice) cost about the windows their audio needs, not a window per speaker.
+    assert validation.pack([3.0] * 40, voices=[f"speaker{i}" for i in range(40)]) == [list(range(k, k + 8)) for k in range(0, 40, 8)]
 
 
 class SkippingWhisper:
@@ -150,3 +153,26 @@ def test_a_clip_whisper_stopped_in_is_heard_again(monkeypatch):
 
 def test_clips_heard_alone_are_packed_alone():
     assert validation.pack([3.0] * 4, alone=[1]) == [[0, 2, 3], [1]]
+
+
+def test_each_clips_speaker_reaches_the_packing(monkeypatch, tmp_path):
+    """hear() → transcribe_clips → transcribe_packed → pack: the manifest's speakers decide the windows."""
+    from xtts_ft import asr
+    from xtts_ft.data.sample import Sample
+
+    model, seen = SkippingWhisper(), []
+    packing = validation.pack
+    monkeypatch.setattr(validation, "pack", lambda seconds, alone=(), voices=None: seen.append(voices) or packing(seconds, alone, voices))
+    monkeypatch.setattr(validation, "whisper_pipeline", lambda _: model)
+    monkeypatch.setattr(asr, "whisper_model", lambda *a, **k: model)
+    monkeypatch.setattr(validation, "load_audio", lambda path, rate: np.full(10 * 16000, int(Path(path).stem), np.float32))
+    samples = []
+    for k, voice in enumerate(["a", "b", "a", "b"], start=1):
+        (tmp_path / f"{k}.wav").write_bytes(bytes([k]))  # hashed for the cache; load_audio above makes the sound
+        samples.append(Sample(audio=f"{k}.wav", text=f"clip{k}", speaker=voice, language="en", duration=10.0))
+    choice = asr.Asr(model="stand-in", backend="whisper", language="en")
+    summary = {"transcribed_seconds": 0.0}
+    checks = validation.hear(choice, samples, tmp_path, SimpleNamespace(max_transcript_cer=0.5), tmp_path / "cache", summary)
+    assert seen[0] == ["a", "b", "a", "b"]
+    assert model.calls[:2] == [2 * (10 + 0.5) * 16000] * 2  # first pass: clips 1+3 (voice a), 2+4 (voice b)
+    assert [c.asr_text for c in checks] == ["clip1", "clip2", "clip3", "clip4"]

@@ -373,22 +373,27 @@ class XttsSynthesizer:
         emotion: Optional[str] = None,
         first_chunk_codes: int = 8,
     ) -> Iterator[AudioChunk]:
-        """Audio as it is generated, each chunk with the seconds since the call (the first one's is
-        the time to first audio): a sentence's first chunk after `first_chunk_codes` GPT codes, the
+        """Audio as it is generated, each chunk with the seconds since audio was first asked for (the
+        first one's is the time to first audio): a sentence's first chunk after `first_chunk_codes` GPT codes, the
         next ones every `chunk_codes` (a code is 1024 samples at 22.05 kHz, ~0.046 s of audio).
 
         The first chunk is the latency: its codes are generated one by one before anything plays.
         8 codes (~0.37 s of audio, ~0.33 s once the 1024-sample cross-fade overlap is held back) is
         a syllable or two, not a click, and puts the first audio near a quarter of a 48-code
-        sentence's synthesis time (full size on 2 CPU cores: 20 codes took 5.8 s of 12.3 s, i.e. ~1.1 s
-        fixed + ~0.23 s per code; 8 → ~3.0 s, 0.24, under the 0.3 target; 12 would miss it). Fewer
-        codes buy little (the prompt pass and a decoder call are paid anyway) and leave the decoder
-        almost no context. Later chunks are longer (20: ~0.93 s) because each chunk re-decodes all
-        of the sentence's latents so far: fewer, longer chunks cost less in all."""
+        sentence's synthesis time (full size on 2 CPU cores: 2.8-3.0 s of 13.8-15.4 s, 0.18-0.22,
+        BENCHMARKS.md; 20 codes took 0.47). Fewer codes buy little (the prompt pass and a decoder
+        call are paid anyway) and leave the decoder almost no context. Later chunks are longer (20:
+        ~0.93 s) because each chunk re-decodes all of the sentence's latents so far: fewer, longer
+        chunks cost less in all. Bad sizes, text or voice are refused here, before any audio."""
         for name, value in (("first_chunk_codes", first_chunk_codes), ("chunk_codes", chunk_codes)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name}={value!r} — fix: {name}=<an integer ≥ 1> (GPT codes per chunk, ~0.046 s of audio each)")
         language, chosen, settings, max_seconds_per_char, prefix = self._request(text, language, reference, voice, decoding, emotion)
+        return self._stream_chunks(text, language, chosen, settings, max_seconds_per_char, prefix, first_chunk_codes, chunk_codes)
+
+    def _stream_chunks(self, text: str, language: str, chosen: Voice, settings: dict, max_seconds_per_char: float,
+                       prefix: str, first_chunk_codes: int, chunk_codes: int) -> Iterator[AudioChunk]:
+        """`stream`'s chunks, sentence by sentence, timed from the first request for audio."""
         started = time.perf_counter()
         for sentence in split_sentences(text, language):
             max_codes = self._max_codes(sentence, max_seconds_per_char)

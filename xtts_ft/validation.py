@@ -170,27 +170,39 @@ def transcribe_clips(choice: asr.Asr, paths: Sequence[Path], seconds: Sequence[f
 
 
 def pack(seconds: Sequence[float], alone: Collection[int] = (), voices: Optional[Sequence[str]] = None) -> List[List[int]]:
-    """Clips grouped into windows whose clips and gaps fit WINDOW_SECONDS, one voice per window (Whisper
-    skips ahead at a change of voice): each voice's clips, longest first, go into the first of its
-    windows with room (first-fit decreasing: fuller windows than corpus order, so fewer 30 s encodes).
-    A longer clip, and each clip in `alone`, has a window of its own. Clips keep corpus order within
-    a window; windows come in the order of their first clip."""
+    """Clips grouped into windows whose clips and gaps fit WINDOW_SECONDS, one voice per window where
+    a voice fills one (Whisper skips ahead at a change of voice): each voice's clips, longest first,
+    go into the first of its windows with room (first-fit decreasing: fuller windows than corpus
+    order, so fewer 30 s encodes). Windows a voice leaves less than half full (a speaker with a few
+    clips: most of a Common Voice corpus) are then packed together, whole, the same way, so many
+    speakers cost no more encodes than one. A longer clip, and each clip in `alone`, has a window
+    of its own. Clips keep corpus order within a window; windows come in the order of their first clip."""
     voices = list(voices) if voices is not None else [""] * len(seconds)
-    windows: List[List[int]] = []
-    room: Dict[str, List[Tuple[float, List[int]]]] = {}  # per voice: [used seconds, clips] of its open windows
-    for i in sorted(range(len(seconds)), key=lambda k: (-seconds[k], k)):
-        need = seconds[i] + GAP_SECONDS  # each clip is followed by its gap
-        if i in alone or need > WINDOW_SECONDS:
-            windows.append([i])
-            continue
-        fits = next((w for w in room.setdefault(voices[i], []) if w[0] + need <= WINDOW_SECONDS), None)
+    single = [[i] for i in range(len(seconds)) if i in alone or seconds[i] + GAP_SECONDS > WINDOW_SECONDS]
+    rest = [i for i in range(len(seconds)) if not (i in alone or seconds[i] + GAP_SECONDS > WINDOW_SECONDS)]
+    per_voice: Dict[str, List[int]] = {}
+    for i in rest:
+        per_voice.setdefault(voices[i], []).append(i)
+    windows: List[Tuple[float, List[int]]] = []
+    for clips in per_voice.values():
+        windows += first_fit_decreasing([(seconds[i] + GAP_SECONDS, [i]) for i in clips])  # each clip is followed by its gap
+    full = [clips for used, clips in windows if used >= WINDOW_SECONDS / 2]
+    mixed = [clips for _, clips in first_fit_decreasing([w for w in windows if w[0] < WINDOW_SECONDS / 2])]
+    return sorted((sorted(w) for w in single + full + mixed), key=lambda w: w[0])
+
+
+def first_fit_decreasing(items: List[Tuple[float, List[int]]]) -> List[Tuple[float, List[int]]]:
+    """Items (seconds, clips) into windows of WINDOW_SECONDS: each, longest first, into the first
+    window with room; returns (seconds used, clips) per window."""
+    windows: List[List[Any]] = []
+    for used, clips in sorted(items, key=lambda item: (-item[0], min(item[1]))):
+        fits = next((w for w in windows if w[0] + used <= WINDOW_SECONDS), None)
         if fits is None:
             fits = [0.0, []]
-            room[voices[i]].append(fits)
-            windows.append(fits[1])
-        fits[0] += need
-        fits[1].append(i)
-    return sorted((sorted(w) for w in windows), key=lambda w: w[0])
+            windows.append(fits)
+        fits[0] += used
+        fits[1] += clips
+    return [(used, clips) for used, clips in windows]
 
 
 def transcribe_packed(model, load: Callable[[int], np.ndarray], seconds: Sequence[float], language: str, solo: bool,

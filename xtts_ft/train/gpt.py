@@ -249,6 +249,12 @@ def check_resumable_method(state_path: Path, state: dict, cfg: DictConfig, base_
     if cfg.method == "lora" and state.get("base_model_hash") not in (None, base_hash):
         raise ValueError(f"{state_path} holds a LoRA adapter of another base model (model.pth changed since): "
                          "its adapter means nothing on these weights; use the run's own base or another run_name")
+    saved_dropout = ((state.get("config") or {}).get("lora") or {}).get("dropout")
+    if cfg.method == "lora" and saved_dropout is not None and float(saved_dropout) != float(cfg.lora.dropout):
+        # Dropout holds no weights, so the adapter loads either way; but the run would change course
+        # silently (e.g. a run begun when lora.dropout defaulted to 0.05, resumed under today's 0).
+        log.warning("%s was trained with lora.dropout=%s; resuming with lora.dropout=%s (add lora.dropout=%s to keep it)",
+                    state_path, saved_dropout, cfg.lora.dropout, saved_dropout)
 
 
 class GptRecipe:
