@@ -189,8 +189,8 @@ def test_evaluate_scores_an_export_of_the_released_formats(release_chain):
     from xtts_ft.stages import evaluate
 
     tmp, _, _, _, out = release_chain
-    report = evaluate.run(compose("evaluate", [f"checkpoint={out['export']}", f"manifest={out['prepared'] / 'eval.jsonl'}",
-                                               f"out_dir={tmp / 'eval'}", "max_utterances=2", "device=cpu"]))
+    evaluate.run(compose("evaluate", [f"checkpoint={out['export']}", f"manifest={out['prepared'] / 'eval.jsonl'}",
+                                      f"out_dir={tmp / 'eval'}", "max_utterances=2", "device=cpu"]))
     rows = (tmp / "eval" / "utterances.csv").read_text().splitlines()
     assert len(rows) == 3 and (tmp / "eval" / "report.md").is_file()
 
