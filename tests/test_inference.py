@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import numpy as np
@@ -307,3 +308,21 @@ def test_a_bad_request_fails_before_any_synthesis(synthesizer, prepared, monkeyp
         synthesizer.synthesize_many(requests, BATCH_DECODING)
     with pytest.raises(ValueError, match=r"batch_size=0 — fix: batch_size=<an integer ≥ 1>"):
         synthesizer.synthesize_many(requests[:1], BATCH_DECODING, batch_size=0)
+
+
+def test_synth_stage_streams_with_its_chunk_sizes(exported, prepared, tmp_path, capsys):
+    """`xtts-ft synth ... stream=true stream_first_chunk_codes=1 stream_chunk_codes=2`: the chunks
+    written end to end, the time to first audio printed; a bad size is refused before any audio."""
+    from xtts_ft.config import compose
+    from xtts_ft.stages import synth
+
+    base = [f"checkpoint={exported}", "text=The birch canoe slid on the smooth planks.", "language=en",
+            f"reference={_reference(prepared)}", "device=cpu", "decoding.seed=0", "stream=true"]
+    out = synth.run(compose("synth", base + [f"out={tmp_path / 'streamed.wav'}", "stream_first_chunk_codes=1", "stream_chunk_codes=2"]))
+    audio, rate = sf.read(out)
+    printed = capsys.readouterr().out
+    chunks = int(re.search(r"in (\d+) streamed chunks; first audio after [0-9.]+ s", printed).group(1))
+    assert rate == 24000 and audio.size > 0 and chunks >= 3  # the trained tiny GPT stops after a few codes
+    with pytest.raises(ValueError, match="chunk_codes=0 — fix"):
+        synth.run(compose("synth", base + [f"out={tmp_path / 'bad.wav'}", "stream_chunk_codes=0"]))
+    assert not (tmp_path / "bad.wav").exists()

@@ -317,6 +317,10 @@ class SynthConfig:
     # An emotion token of an extended model and/or an emotion preset of the export (emotions_xtts.pth).
     emotion: Optional[str] = None
     stream: bool = False  # generate chunk by chunk and report the time to first audio
+    # stream=true: each sentence's first chunk after this many GPT codes (~0.046 s of audio each: the
+    # time to first audio), then a chunk every stream_chunk_codes (each re-decodes the sentence so far).
+    stream_first_chunk_codes: int = 8
+    stream_chunk_codes: int = 20
     # texts=: sentences the GPT decodes together in one generate (1: one at a time). Same audio
     # at any size (greedy: the codes of text=; sampling: each sentence its own seeded stream).
     batch_size: int = 8

@@ -39,7 +39,7 @@ def run(cfg: DictConfig) -> Path:
         decoding=OmegaConf.to_container(cfg.decoding, resolve=True),
     )
     if cfg.stream:
-        chunks = list(synthesizer.stream(**request))
+        chunks = list(synthesizer.stream(**request, first_chunk_codes=cfg.stream_first_chunk_codes, chunk_codes=cfg.stream_chunk_codes))
         wav = np.concatenate([c.wav for c in chunks])
         write_wav(Path(cfg.out), wav, synthesizer.sample_rate)
         print(f"wrote {cfg.out}: {wav.size / synthesizer.sample_rate:.2f} s in {len(chunks)} streamed chunks; "
