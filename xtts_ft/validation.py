@@ -178,11 +178,13 @@ def pack(seconds: Sequence[float], alone: Collection[int] = (), voices: Optional
     speakers cost no more encodes than one. A longer clip, and each clip in `alone`, has a window
     of its own. Clips keep corpus order within a window; windows come in the order of their first clip."""
     voices = list(voices) if voices is not None else [""] * len(seconds)
-    single = [[i] for i in range(len(seconds)) if i in alone or seconds[i] + GAP_SECONDS > WINDOW_SECONDS]
-    rest = [i for i in range(len(seconds)) if not (i in alone or seconds[i] + GAP_SECONDS > WINDOW_SECONDS)]
+    single: List[List[int]] = []
     per_voice: Dict[str, List[int]] = {}
-    for i in rest:
-        per_voice.setdefault(voices[i], []).append(i)
+    for i, length in enumerate(seconds):
+        if i in alone or length + GAP_SECONDS > WINDOW_SECONDS:
+            single.append([i])
+        else:
+            per_voice.setdefault(voices[i], []).append(i)
     windows: List[Tuple[float, List[int]]] = []
     for clips in per_voice.values():
         windows += first_fit_decreasing([(seconds[i] + GAP_SECONDS, [i]) for i in clips])  # each clip is followed by its gap

@@ -70,6 +70,16 @@ def start(device: str = "auto", num_threads: int = 0) -> Runtime:
     return Runtime(dist.get_rank(), dist.get_world_size(), device_)
 
 
+def glibc():
+    """The process's C library when it is glibc (mallopt and malloc_trim are glibc's), else None."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL(None)
+
+
 def keep_freed_host_memory() -> bool:
     """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
 
@@ -83,12 +93,9 @@ def keep_freed_host_memory() -> bool:
     (BENCHMARKS.md). Same mechanism as the MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_
     environment variables, applied from inside the process. No-op (False) without glibc.
     """
-    import ctypes
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = glibc()
+    if libc is None:
         return False
-    libc = ctypes.CDLL(None)
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
     # 32 MB is glibc's largest mmap threshold; setting any value turns its sliding adjustment off.
     ok = libc.mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024) == 1
@@ -100,12 +107,8 @@ def return_freed_host_memory() -> bool:
     loaded: coqui-tts reads model.pth whole and copies it into the model, and the freed copy (1.9 GB
     at full size) would otherwise stay in the process for the whole run (keep_freed_host_memory
     keeps freed memory on purpose, for the steps). No-op (False) without glibc."""
-    import ctypes
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    return ctypes.CDLL(None).malloc_trim(0) == 1
+    libc = glibc()
+    return libc is not None and libc.malloc_trim(0) == 1
 
 
 def autocast(precision: str, device: torch.device):
