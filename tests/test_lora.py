@@ -271,3 +271,41 @@ def test_resuming_under_another_lora_dropout_is_said(caplog, tmp_path):
     with caplog.at_level(logging.WARNING, logger="xtts_ft.train.gpt"):
         gpt_recipe.check_resumable_method(tmp_path / "state.pt", state, compose("train_gpt", ["method=lora", "lora.dropout=0.05"]), "h")
     assert "lora.dropout" not in caplog.text
+
+
+def test_one_product_lora_layer_equals_pefts_own_forward(tiny_model_dir):
+    """The Conv1D LoRA layer adds B(A x) in one addmm: same outputs and gradients as PEFT's
+    `result + B(A(x)) * scaling`, and PEFT's forward whenever the plain case does not hold."""
+    from peft.tuners.lora.layer import Linear as PeftLinear
+
+    cfg = compose("train_gpt", ["model=tiny", "method=lora", "lora.rank=4", "lora.alpha=6"])  # scaling 1.5: not a power of 2
+    results = {}
+    for fused in (True, False):
+        torch.manual_seed(0)
+        gpt = _base_gpt(tiny_model_dir)
+        lora.apply_lora(gpt, cfg.lora, [])
+        layers = [m for m in gpt.modules() if isinstance(m, PeftLinear)]
+        assert layers and all(type(m).__name__ == "OneProductLoraLinear" for m in layers)
+        for m in layers:
+            torch.nn.init.normal_(m.lora_B["default"].weight, std=0.1)  # PEFT starts B at 0: make the update count
+            if not fused:
+                m.forward = PeftLinear.forward.__get__(m)  # PEFT's own forward on the same weights
+        inputs = torch.randn(2, 9, gpt.gpt.config.n_embd, generator=torch.Generator().manual_seed(1))
+        out = gpt.gpt.eval()(inputs_embeds=inputs).last_hidden_state  # eval: no GPT-2 dropout between the two runs
+        out.square().sum().backward()
+        results[fused] = (out.detach(), {n: p.grad for n, p in gpt.named_parameters() if p.grad is not None})
+    (out_f, grads_f), (out_p, grads_p) = results[True], results[False]
+    assert torch.allclose(out_f, out_p, atol=1e-5, rtol=1e-5)
+    assert grads_f.keys() == grads_p.keys() and any("lora_A" in n for n in grads_f)
+    for name in grads_f:
+        assert torch.allclose(grads_f[name], grads_p[name], atol=1e-5, rtol=1e-4), name
+
+    # LoRA dropout (not the plain case): the layer is PEFT's forward, which draws its dropout mask.
+    gpt = _base_gpt(tiny_model_dir)
+    lora.apply_lora(gpt, compose("train_gpt", ["model=tiny"] + LORA).lora, [])
+    layer = next(m for m in gpt.modules() if isinstance(m, PeftLinear)).train()
+    x = torch.randn(3, layer.in_features)
+    torch.manual_seed(5)
+    ours = layer(x)
+    torch.manual_seed(5)
+    assert torch.equal(ours, PeftLinear.forward(layer, x))

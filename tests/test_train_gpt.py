@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import REPO, TRAIN_OVERRIDES, demo_overrides
 from xtts_ft.stages import export, train_gpt
+from xtts_ft.model import lora
 from xtts_ft.train import gpt as gpt_recipe
 from xtts_ft.train import cache
 from xtts_ft.config import compose
@@ -251,6 +252,15 @@ def test_selective_checkpointing_keeps_the_linear_outputs(tiny_model_dir):
     layers = len(transformer.h)
     assert calls["linear_outputs"] == calls[None]
     assert calls["nothing"] == calls[None] + 4 * layers  # c_attn, attention c_proj, c_fc, MLP c_proj per block
+
+    # Under LoRA the policy also recomputes the adapters' low-rank B (A x) products (one per adapted
+    # layer, 4 per block), whose outputs are as large as the layers' own: only those are rerun.
+    cfg = compose("train_gpt", ["model=tiny", "method=lora", "lora.rank=4"])
+    for keeps in (None, "linear_outputs"):
+        _, xtts = load_xtts(tiny_model_dir, "cpu", for_inference=False)
+        lora.apply_lora(xtts.gpt, cfg.lora, [])
+        calls[f"lora {keeps}"] = _linear_calls_in_backward(xtts.gpt.gpt.train(), keeps)
+    assert calls["lora linear_outputs"] == calls["lora None"] + 4 * layers
 
 
 def test_which_gpt_parts_train(tiny_model_dir):

@@ -174,8 +174,9 @@ class TrainGptConfig:
     precision: str = "fp32"  # fp32 | bf16 (CPU or GPU autocast) | fp16 (CUDA, with a grad scaler)
     grad_checkpointing: bool = False  # recompute transformer activations in backward: less memory, ~30 % more time
     # What grad_checkpointing keeps of each block's forward: nothing (all recomputed: least memory) or
-    # linear_outputs (the matrix products kept; GELU, softmax, dropout, norms and the attention products
-    # recomputed: most of the saving for a few % of time; the LoRA memory setting, BENCHMARKS.md "LoRA").
+    # linear_outputs (the linear layers' products kept; GELU, softmax, dropout, norms, the attention products
+    # and LoRA's low-rank products recomputed: most of the saving for a few % of time; the LoRA memory
+    # setting, BENCHMARKS.md "LoRA").
     grad_checkpointing_keeps: str = "nothing"  # nothing | linear_outputs
     num_threads: int = 0  # torch CPU threads per process; 0 = all cores (torchrun's OMP_NUM_THREADS wins)
     # CPU: glibc's malloc keeps freed memory for the next step instead of returning it to the kernel

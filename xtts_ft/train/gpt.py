@@ -82,15 +82,30 @@ def select_trainable(gpt: torch.nn.Module, freeze_text_embeddings: bool, train_l
 CHECKPOINT_KEEPS = ("nothing", "linear_outputs")
 
 
+def is_low_rank_product(inner: int, out: int) -> bool:
+    """A matrix product whose inner dimension is at most an eighth of its output's width: LoRA's
+    `B @ (A x)` update (rank <= width / 8), never a linear layer's own product (GPT-2's widest layer
+    expands 4x). It costs little to recompute, yet its output is as large as the layer's: keeping
+    it would cost as much memory as the layer itself (1.8 GB at full size, rank 16, batch 4 x 409)."""
+    return inner * 8 <= out
+
+
 def keep_linear_outputs(ctx, op, *args, **kwargs):
     """Selective activation checkpointing's policy (grad_checkpointing_keeps=linear_outputs): keep
     the outputs of the blocks' linear layers (most of a block's compute), recompute everything else
     in backward (GELU, softmax, dropout with its saved RNG state, layer norms, the attention products:
-    most of its memory, the T x T attention maps and the 4 x wide MLP activations among them)."""
+    most of its memory, the T x T attention maps and the 4 x wide MLP activations among them), and
+    LoRA's low-rank products, which cost little to redo but as much to keep as a linear output."""
     from torch.utils.checkpoint import CheckpointPolicy
 
-    linear = op in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
-    return CheckpointPolicy.MUST_SAVE if linear else CheckpointPolicy.PREFER_RECOMPUTE
+    if op is torch.ops.aten.mm.default:
+        left, right = args[0], args[1]
+    elif op is torch.ops.aten.addmm.default:
+        left, right = args[1], args[2]
+    else:
+        return CheckpointPolicy.PREFER_RECOMPUTE
+    low_rank = is_low_rank_product(left.shape[-1], right.shape[-1])
+    return CheckpointPolicy.PREFER_RECOMPUTE if low_rank else CheckpointPolicy.MUST_SAVE
 
 
 def enable_activation_checkpointing(transformer, keeps: str = "nothing") -> None:
