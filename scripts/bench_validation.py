@@ -11,6 +11,9 @@ time) once per path and repeat, the paths interleaved:
   heard nothing in heard again in smaller groups;
 - `corpus-order`: the code now with the packing before one-voice windows: consecutive clips in
   corpus order, any voices, into a window while they fit;
+- `window-end`: the code now, but a window's last heard clip counts as heard whole only when
+  Whisper ended the window (before segment ends were read: a window Whisper stopped early sent
+  its last clip to be heard again even when a segment had closed after it);
 - `after`: the code in xtts_ft.validation now (one voice per window, longest clips first).
 
 Reported per run: audio seconds, wall seconds, × real time, CPU seconds of this process, audio
@@ -22,6 +25,7 @@ the clip's text.
 
     .venv/bin/python scripts/bench_validation.py --clips 60 --repeats 2 --paths before,after
     .venv/bin/python scripts/bench_validation.py --clips 60 --repeats 3 --paths corpus-order,after
+    .venv/bin/python scripts/bench_validation.py --clips 60 --repeats 3 --paths window-end,after
 """
 
 from __future__ import annotations
@@ -113,7 +117,18 @@ def before_heard_words(model, clips, language):
     return words
 
 
-PATHS = {"before": before_transcribe_clips, "corpus-order": corpus_order_transcribe_clips, "after": TODAY}
+def window_end_transcribe_clips(choice, paths, seconds, cache, voices=None):
+    """Today's path with the test before segment ends counted: the last clip a window heard words in
+    is whole only when Whisper ended the window (an infinite negative slack: no segment end suffices)."""
+    slack, validation.HEARD_SLACK = validation.HEARD_SLACK, -math.inf
+    try:
+        return TODAY(choice, paths, seconds, cache, voices)
+    finally:
+        validation.HEARD_SLACK = slack
+
+
+PATHS = {"before": before_transcribe_clips, "corpus-order": corpus_order_transcribe_clips, "window-end": window_end_transcribe_clips,
+         "after": TODAY}
 
 
 # --- measuring ---------------------------------------------------------------------------------

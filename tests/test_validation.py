@@ -108,9 +108,10 @@ class SkippingWhisper:
     """A stand-in for faster-whisper's batched pipeline that, in a window of several clips, hears only
     the last (as Whisper sometimes jumps ahead at a change of voice) and, alone, hears each clip."""
 
-    def __init__(self, stop_early_in=()):
+    def __init__(self, stop_early_in=(), closed_after=()):
         self.calls = []  # each window heard
         self.stop_early_in = stop_early_in  # clips whose window Whisper stops before their end
+        self.closed_after = closed_after  # ...or stops early, but after a segment closed past their end
         self.ended = []
         self.model = self
 
@@ -126,7 +127,8 @@ class SkippingWhisper:
             heard = clips[-1:] if len(clips) > 1 else clips
             words = [SimpleNamespace(word=f" clip{v}", start=ends[clips.index(v)] - 1.0, end=ends[clips.index(v)] - 0.9) for v in heard]
             self.ended.append(not (len(clips) > 1 and heard[-1] in self.stop_early_in))
-            segments.append(SimpleNamespace(words=words, seek=int(start * 100)))
+            closed = ends[clips.index(heard[-1])] - 0.45 if heard[-1] in self.closed_after else words[-1].end  # clip end: ends - gap
+            segments.append(SimpleNamespace(words=words, seek=int(start * 100), end=closed))
         return segments, None
 
 
@@ -149,6 +151,15 @@ def test_a_clip_whisper_stopped_in_is_heard_again(monkeypatch):
     clips = [np.full(16000, v, np.float32) for v in (1, 2)]
     assert _transcribe(model, clips, monkeypatch) == ["clip1", "clip2"]
     assert len(model.calls) == 4  # 1-2 packed (stops in 2) twice, then each alone
+
+
+def test_a_clip_whose_segment_closed_before_whisper_stopped_is_not_heard_again(monkeypatch):
+    """Whisper stopped early in the window, but its last segment closed after clip 2's end (a timestamp
+    says clip 2 was heard to its end): only clip 1, which it skipped, is heard again."""
+    model = SkippingWhisper(stop_early_in=[2], closed_after=[2])
+    clips = [np.full(16000, v, np.float32) for v in (1, 2)]
+    assert _transcribe(model, clips, monkeypatch) == ["clip1", "clip2"]
+    assert len(model.calls) == 2  # 1-2 packed (hears 2 whole), then 1 alone
 
 
 def test_clips_heard_alone_are_packed_alone():

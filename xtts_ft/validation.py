@@ -43,6 +43,7 @@ BATCH_WINDOWS = 8  # windows decoded together: on CPU a decoding step for 8 cost
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 WORKERS = min(CORES, 8)  # batches heard side by side, one thread each: no core waits on another
 FRAMES_PER_SECOND = 100  # Whisper's feature frames, the unit of a segment's `seek`
+HEARD_SLACK = 0.1  # s: a segment's closing timestamp may fall this much before the clip's last sound
 WORST_LISTED = 20
 
 
@@ -274,7 +275,8 @@ def whisper_pipeline(model):
 def hear_windows(pipeline, windows: Sequence[Sequence[np.ndarray]], language: str) -> List[List[Tuple[str, bool]]]:
     """One batched Whisper pass over windows of clips joined by silence: for each clip, what was heard
     in it (each word goes to the clip its midpoint is in) and whether it was heard whole (the words
-    went on into a later clip, or Whisper ended the window after them rather than stopping early)."""
+    went on into a later clip, Whisper ended the window after them rather than stopping early, or it
+    stopped early but after a segment that closed past the clip's end)."""
     gap = np.zeros(int(GAP_SECONDS * asr.ASR_RATE), np.float32)
     starts, ends, offset = [], [], 0  # each window's start; each clip's end, with the gap after it (s in the joined audio)
     for clips in windows:
@@ -289,14 +291,19 @@ def hear_windows(pipeline, windows: Sequence[Sequence[np.ndarray]], language: st
                                       word_timestamps=True, vad_filter=False, batch_size=len(windows),
                                       clip_timestamps=[{"start": s, "end": e[-1]} for s, e in zip(starts, ends)])
     words: List[List[List[str]]] = [[[] for _ in clips] for clips in windows]
+    heard_until = [0.0] * len(windows)  # where each window's last complete segment ends (s in the joined audio)
     for segment in segments:
         w = int(np.argmin(np.abs(np.array(starts) - segment.seek / FRAMES_PER_SECOND)))  # seek: its window's start
+        heard_until[w] = max(heard_until[w], segment.end)
         for word in segment.words or []:
             words[w][min(int(np.searchsorted(ends[w], (word.start + word.end) / 2)), len(ends[w]) - 1)].append(word.word)
     heard = []
-    for clip_words, ended in zip(words, pipeline.ended):
+    for clip_words, clip_ends, until, ended in zip(words, ends, heard_until, pipeline.ended):
         last = max((k for k, w in enumerate(clip_words) if w), default=-1)  # the last clip anything was heard in
-        heard.append([("".join(w).strip(), bool(w) and (k < last or ended)) for k, w in enumerate(clip_words)])  # words carry their leading space
+        # Whole: words went on into a later clip, Whisper ended the window, or its last segment closed
+        # after the clip's speech (Whisper stopped early, but only after this clip: a timestamp says so).
+        heard.append([("".join(w).strip(), bool(w) and (k < last or ended or until >= end - GAP_SECONDS - HEARD_SLACK))
+                      for k, (w, end) in enumerate(zip(clip_words, clip_ends))])  # words carry their leading space
     return heard
 
 
