@@ -108,10 +108,11 @@ class SkippingWhisper:
     """A stand-in for faster-whisper's batched pipeline that, in a window of several clips, hears only
     the last (as Whisper sometimes jumps ahead at a change of voice) and, alone, hears each clip."""
 
-    def __init__(self, stop_early_in=(), closed_after=()):
+    def __init__(self, stop_early_in=(), closed_after=(), closed_late=()):
         self.calls = []  # each window heard
         self.stop_early_in = stop_early_in  # clips whose window Whisper stops before their end
-        self.closed_after = closed_after  # ...or stops early, but after a segment closed past their end
+        self.closed_after = closed_after  # ...or stops early, but after a segment closed at their end
+        self.closed_late = closed_late  # ...or after a segment whose timestamp lies in the next clip's audio
         self.ended = []
         self.model = self
 
@@ -127,7 +128,9 @@ class SkippingWhisper:
             heard = clips[-1:] if len(clips) > 1 else clips
             words = [SimpleNamespace(word=f" clip{v}", start=ends[clips.index(v)] - 1.0, end=ends[clips.index(v)] - 0.9) for v in heard]
             self.ended.append(not (len(clips) > 1 and heard[-1] in self.stop_early_in))
-            closed = ends[clips.index(heard[-1])] - 0.45 if heard[-1] in self.closed_after else words[-1].end  # clip end: ends - gap
+            closed = words[-1].end
+            if heard[-1] in self.closed_after or heard[-1] in self.closed_late:  # the clip's sound ends at ends - gap
+                closed = ends[clips.index(heard[-1])] + (1.0 if heard[-1] in self.closed_late else -0.45)
             segments.append(SimpleNamespace(words=words, seek=int(start * 100), end=closed))
         return segments, None
 
@@ -160,6 +163,11 @@ def test_a_clip_whose_segment_closed_before_whisper_stopped_is_not_heard_again(m
     clips = [np.full(16000, v, np.float32) for v in (1, 2)]
     assert _transcribe(model, clips, monkeypatch) == ["clip1", "clip2"]
     assert len(model.calls) == 2  # 1-2 packed (hears 2 whole), then 1 alone
+
+    # A closing timestamp a second past the clip and its gap is not trusted: clip 2 is heard again.
+    model = SkippingWhisper(stop_early_in=[2], closed_late=[2])
+    assert _transcribe(model, clips, monkeypatch) == ["clip1", "clip2"]
+    assert len(model.calls) == 4
 
 
 def test_clips_heard_alone_are_packed_alone():

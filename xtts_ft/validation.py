@@ -276,7 +276,7 @@ def hear_windows(pipeline, windows: Sequence[Sequence[np.ndarray]], language: st
     """One batched Whisper pass over windows of clips joined by silence: for each clip, what was heard
     in it (each word goes to the clip its midpoint is in) and whether it was heard whole (the words
     went on into a later clip, Whisper ended the window after them rather than stopping early, or it
-    stopped early but after a segment that closed past the clip's end)."""
+    stopped early but after a segment that closed at the clip's end, in the silence after it)."""
     gap = np.zeros(int(GAP_SECONDS * asr.ASR_RATE), np.float32)
     starts, ends, offset = [], [], 0  # each window's start; each clip's end, with the gap after it (s in the joined audio)
     for clips in windows:
@@ -300,9 +300,10 @@ def hear_windows(pipeline, windows: Sequence[Sequence[np.ndarray]], language: st
     heard = []
     for clip_words, clip_ends, until, ended in zip(words, ends, heard_until, pipeline.ended):
         last = max((k for k, w in enumerate(clip_words) if w), default=-1)  # the last clip anything was heard in
-        # Whole: words went on into a later clip, Whisper ended the window, or its last segment closed
-        # after the clip's speech (Whisper stopped early, but only after this clip: a timestamp says so).
-        heard.append([("".join(w).strip(), bool(w) and (k < last or ended or until >= end - GAP_SECONDS - HEARD_SLACK))
+        # Whole: words went on into a later clip, Whisper ended the window, or it stopped early but its
+        # last segment closed at this clip's end, in the silence after it (a segment closing further on,
+        # in the next clip's audio, is a misplaced timestamp: its words are often cut short).
+        heard.append([("".join(w).strip(), bool(w) and (k < last or ended or end - GAP_SECONDS - HEARD_SLACK <= until <= end))
                       for k, (w, end) in enumerate(zip(clip_words, clip_ends))])  # words carry their leading space
     return heard
 
