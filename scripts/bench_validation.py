@@ -12,8 +12,8 @@ time) once per path and repeat, the paths interleaved:
 - `corpus-order`: the code now with the packing before one-voice windows: consecutive clips in
   corpus order, any voices, into a window while they fit;
 - `window-end`: the code now, but a window's last heard clip counts as heard whole only when
-  Whisper ended the window (before segment ends were read: a window Whisper stopped early sent
-  its last clip to be heard again even when a segment had closed after it);
+  Whisper ended the window (before closing timestamps were read: a window Whisper stopped early
+  sent its last clip to be heard again even when a timestamp had closed after its last sound);
 - `after`: the code in xtts_ft.validation now (one voice per window, longest clips first).
 
 Reported per run: audio seconds, wall seconds, × real time, CPU seconds of this process, audio
@@ -118,8 +118,8 @@ def before_heard_words(model, clips, language):
 
 
 def window_end_transcribe_clips(choice, paths, seconds, cache, voices=None):
-    """Today's path with the test before segment ends counted: the last clip a window heard words in
-    is whole only when Whisper ended the window (an infinite negative slack: no segment end suffices)."""
+    """Today's path with the test before closing timestamps counted: the last clip a window heard words
+    in is whole only when Whisper ended the window (an infinite negative slack: no timestamp suffices)."""
     slack, validation.HEARD_SLACK = validation.HEARD_SLACK, -math.inf
     try:
         return TODAY(choice, paths, seconds, cache, voices)

@@ -111,14 +111,14 @@ class SkippingWhisper:
     def __init__(self, stop_early_in=(), closed_after=(), closed_late=()):
         self.calls = []  # each window heard
         self.stop_early_in = stop_early_in  # clips whose window Whisper stops before their end
-        self.closed_after = closed_after  # ...or stops early, but after a segment closed at their end
-        self.closed_late = closed_late  # ...or after a segment whose timestamp lies in the next clip's audio
+        self.closed_after = closed_after  # ...or stops early, but after a timestamp closed past their sound
+        self.closed_late = closed_late  # ...or after a closing timestamp that lies in the next clip's audio
         self.ended = []
         self.model = self
 
     def transcribe(self, audio, **options):
         assert options["temperature"] == 0.0 and options["word_timestamps"] and not options["without_timestamps"]
-        segments, self.ended = [], []
+        segments, self.ended, self.closed = [], [], []
         for span in options["clip_timestamps"]:
             start = span["start"]
             window = audio[round(start * 16000): round(span["end"] * 16000)]
@@ -128,10 +128,11 @@ class SkippingWhisper:
             heard = clips[-1:] if len(clips) > 1 else clips
             words = [SimpleNamespace(word=f" clip{v}", start=ends[clips.index(v)] - 1.0, end=ends[clips.index(v)] - 0.9) for v in heard]
             self.ended.append(not (len(clips) > 1 and heard[-1] in self.stop_early_in))
-            closed = words[-1].end
-            if heard[-1] in self.closed_after or heard[-1] in self.closed_late:  # the clip's sound ends at ends - gap
+            closed = words[-1].end  # the last closing timestamp: after the last word heard...
+            if heard[-1] in self.closed_after or heard[-1] in self.closed_late:  # ...or after the clip's sound (ends - gap)
                 closed = ends[clips.index(heard[-1])] + (1.0 if heard[-1] in self.closed_late else -0.45)
-            segments.append(SimpleNamespace(words=words, seek=int(start * 100), end=closed))
+            self.closed.append(closed - start)  # from the window's start
+            segments.append(SimpleNamespace(words=words, seek=int(start * 100)))
         return segments, None
 
 
@@ -156,9 +157,9 @@ def test_a_clip_whisper_stopped_in_is_heard_again(monkeypatch):
     assert len(model.calls) == 4  # 1-2 packed (stops in 2) twice, then each alone
 
 
-def test_a_clip_whose_segment_closed_before_whisper_stopped_is_not_heard_again(monkeypatch):
-    """Whisper stopped early in the window, but its last segment closed after clip 2's end (a timestamp
-    says clip 2 was heard to its end): only clip 1, which it skipped, is heard again."""
+def test_a_clip_whose_timestamp_closed_before_whisper_stopped_is_not_heard_again(monkeypatch):
+    """Whisper stopped early in the window, but its last closing timestamp lies after clip 2's last sound
+    (clip 2 was heard to its end): only clip 1, which it skipped, is heard again."""
     model = SkippingWhisper(stop_early_in=[2], closed_after=[2])
     clips = [np.full(16000, v, np.float32) for v in (1, 2)]
     assert _transcribe(model, clips, monkeypatch) == ["clip1", "clip2"]

@@ -43,7 +43,8 @@ BATCH_WINDOWS = 8  # windows decoded together: on CPU a decoding step for 8 cost
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 WORKERS = min(CORES, 8)  # batches heard side by side, one thread each: no core waits on another
 FRAMES_PER_SECOND = 100  # Whisper's feature frames, the unit of a segment's `seek`
-HEARD_SLACK = 0.1  # s: a segment's closing timestamp may fall this much before the clip's last sound
+HEARD_SLACK = 0.1  # s: a closing timestamp may fall this much before the clip's last sound
+TIMESTAMP_SECONDS = 0.02  # Whisper's timestamp tokens step
 WORST_LISTED = 20
 
 
@@ -255,28 +256,42 @@ def transcribe_packed(model, load: Callable[[int], np.ndarray], seconds: Sequenc
 
 def whisper_pipeline(model):
     """faster-whisper's batched pipeline over `model` (several windows per encode and decode), noting
-    for each window whether Whisper ended it (its last words closed by a timestamp) or stopped early."""
+    for each window whether Whisper ended it (its last words closed by a timestamp) or stopped early,
+    and where its last closing timestamp lies (s from the window's start; None before any)."""
     from faster_whisper import BatchedInferencePipeline
 
     class Pipeline(BatchedInferencePipeline):
         ended: List[bool]
+        closed: List[Optional[float]]
 
         def generate_segment_batched(self, features, tokenizer, options):
             encoder_output, outputs = super().generate_segment_batched(features, tokenizer, options)
             begin = tokenizer.timestamp_begin  # tokens from here on are timestamps
-            self.ended += [len(o["tokens"]) >= 2 and o["tokens"][-2] < begin <= o["tokens"][-1] for o in outputs]
+            for o in outputs:
+                tokens = o["tokens"]
+                self.ended.append(len(tokens) >= 2 and tokens[-2] < begin <= tokens[-1])
+                # A closing timestamp follows text (an opening one follows a timestamp or starts the output).
+                closing = [t for prev, t in zip(tokens, tokens[1:]) if prev < begin <= t]
+                self.closed.append((closing[-1] - begin) * TIMESTAMP_SECONDS if closing else None)
             return encoder_output, outputs
 
     pipeline = Pipeline(model)
-    pipeline.ended = []
+    pipeline.ended, pipeline.closed = [], []
     return pipeline
+
+
+def speech_end(clip: np.ndarray) -> float:
+    """Seconds from a clip's start to its last sound: its last sample above 5 % of its peak (a clip's
+    trailing silence or low noise is not speech Whisper could have missed)."""
+    loud = np.flatnonzero(np.abs(clip) >= 0.05 * float(np.max(np.abs(clip), initial=0.0)))
+    return (loud[-1] + 1) / asr.ASR_RATE if loud.size else 0.0
 
 
 def hear_windows(pipeline, windows: Sequence[Sequence[np.ndarray]], language: str) -> List[List[Tuple[str, bool]]]:
     """One batched Whisper pass over windows of clips joined by silence: for each clip, what was heard
     in it (each word goes to the clip its midpoint is in) and whether it was heard whole (the words
     went on into a later clip, Whisper ended the window after them rather than stopping early, or it
-    stopped early but after a segment that closed at the clip's end, in the silence after it)."""
+    stopped early but its last closing timestamp lies after the clip's last sound, in the silence after it)."""
     gap = np.zeros(int(GAP_SECONDS * asr.ASR_RATE), np.float32)
     starts, ends, offset = [], [], 0  # each window's start; each clip's end, with the gap after it (s in the joined audio)
     for clips in windows:
@@ -291,20 +306,23 @@ def hear_windows(pipeline, windows: Sequence[Sequence[np.ndarray]], language: st
                                       word_timestamps=True, vad_filter=False, batch_size=len(windows),
                                       clip_timestamps=[{"start": s, "end": e[-1]} for s, e in zip(starts, ends)])
     words: List[List[List[str]]] = [[[] for _ in clips] for clips in windows]
-    heard_until = [0.0] * len(windows)  # where each window's last complete segment ends (s in the joined audio)
     for segment in segments:
         w = int(np.argmin(np.abs(np.array(starts) - segment.seek / FRAMES_PER_SECOND)))  # seek: its window's start
-        heard_until[w] = max(heard_until[w], segment.end)
         for word in segment.words or []:
             words[w][min(int(np.searchsorted(ends[w], (word.start + word.end) / 2)), len(ends[w]) - 1)].append(word.word)
     heard = []
-    for clip_words, clip_ends, until, ended in zip(words, ends, heard_until, pipeline.ended):
+    for clips, clip_words, clip_ends, start, ended, closed in zip(windows, words, ends, starts, pipeline.ended, pipeline.closed):
         last = max((k for k, w in enumerate(clip_words) if w), default=-1)  # the last clip anything was heard in
-        # Whole: words went on into a later clip, Whisper ended the window, or it stopped early but its
-        # last segment closed at this clip's end, in the silence after it (a segment closing further on,
-        # in the next clip's audio, is a misplaced timestamp: its words are often cut short).
-        heard.append([("".join(w).strip(), bool(w) and (k < last or ended or end - GAP_SECONDS - HEARD_SLACK <= until <= end))
-                      for k, (w, end) in enumerate(zip(clip_words, clip_ends))])  # words carry their leading space
+        closed_at = start + closed if closed is not None else -math.inf
+        # Whole: words went on into a later clip, Whisper ended the window, or it stopped early but its last
+        # closing timestamp lies between the clip's last sound and the end of the silence after it (one
+        # further on, in the next clip's audio, is misplaced: the words before it are often cut short).
+        def whole(k: int, clip: np.ndarray, end: float) -> bool:
+            sound_end = end - GAP_SECONDS - clip.size / asr.ASR_RATE + speech_end(clip)  # in the joined audio
+            return k < last or ended or sound_end - HEARD_SLACK <= closed_at <= end
+
+        heard.append([("".join(w).strip(), bool(w) and whole(k, clip, end))  # words carry their leading space
+                      for k, (clip, w, end) in enumerate(zip(clips, clip_words, clip_ends))])
     return heard
 
 

@@ -68,9 +68,11 @@ def one_product_lora_linear():
     """PEFT's LoRA `Linear` for GPT-2's Conv1D whose forward adds the low-rank update with one BLAS
     call, `addmm(W x + b, A x, B^T, alpha=scaling)`, where PEFT writes `result + B(A(x)) * scaling`:
     the same sum, without a layer-sized scaling product and a layer-sized addition forward and
-    again in backward (about 5 % of a LoRA training step at full size on CPU). Anything else
+    again in backward (LoRA without checkpointing went from 0.81x to 0.72x the full fine-tune's
+    seconds per sample at full size on CPU: BENCHMARKS.md). Anything else
     (several or disabled adapters, LoRA dropout, DoRA and other variants, merged weights, extra
-    arguments) runs PEFT's own forward unchanged. Built on first use: PEFT is imported lazily."""
+    arguments, base and adapter weights of different dtypes) runs PEFT's own forward unchanged. Built on
+    first use: PEFT is imported lazily."""
     global _ONE_PRODUCT_CLASS
     if _ONE_PRODUCT_CLASS is not None:
         return _ONE_PRODUCT_CLASS
@@ -78,7 +80,8 @@ def one_product_lora_linear():
 
     class OneProductLoraLinear(Linear):
         def __init__(self, base_layer, adapter_name, **kwargs):
-            kwargs["is_target_conv_1d_layer"] = True  # what PEFT's own dispatch sets for Conv1D
+            kwargs["is_target_conv_1d_layer"] = True  # what PEFT's own dispatch sets for Conv1D,
+            kwargs["fan_in_fan_out"] = True  # which stores its weight (in, out): merging must transpose
             super().__init__(base_layer, adapter_name, **kwargs)
 
         def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -88,6 +91,7 @@ def one_product_lora_linear():
                 name is not None and not args and not kwargs and not self.disable_adapters and not self.merged
                 and name in self.lora_A and name not in self.lora_variant
                 and isinstance(self.lora_dropout[name], torch.nn.Identity) and self.lora_B[name].bias is None
+                and self.get_base_layer().weight.dtype == self.lora_B[name].weight.dtype  # else PEFT's casts
             )
             if not plain:
                 return super().forward(x, *args, **kwargs)
