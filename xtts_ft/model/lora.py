@@ -101,8 +101,16 @@ def one_product_lora_linear():
                                  self.lora_B[name].weight.t(), alpha=self.scaling[name])
             return summed.view(result.shape).to(result.dtype)
 
+    # A module-level name (built on demand by __getattr__ below), so that a wrapped model pickles.
+    OneProductLoraLinear.__module__, OneProductLoraLinear.__qualname__ = __name__, "OneProductLoraLinear"
     _ONE_PRODUCT_CLASS = OneProductLoraLinear
     return OneProductLoraLinear
+
+
+def __getattr__(name: str):
+    if name == "OneProductLoraLinear":
+        return one_product_lora_linear()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def apply_lora(gpt: torch.nn.Module, lora_cfg, new_rows: Iterable[int]):
