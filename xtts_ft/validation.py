@@ -44,7 +44,6 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os
 WORKERS = min(CORES, 8)  # batches heard side by side, one thread each: no core waits on another
 FRAMES_PER_SECOND = 100  # Whisper's feature frames, the unit of a segment's `seek`
 HEARD_SLACK = 0.1  # s: a closing timestamp may fall this much before the clip's last sound
-TIMESTAMP_SECONDS = 0.02  # Whisper's timestamp tokens step
 WORST_LISTED = 20
 
 
@@ -272,7 +271,7 @@ def whisper_pipeline(model):
                 self.ended.append(len(tokens) >= 2 and tokens[-2] < begin <= tokens[-1])
                 # A closing timestamp follows text (an opening one follows a timestamp or starts the output).
                 closing = [t for prev, t in zip(tokens, tokens[1:]) if prev < begin <= t]
-                self.closed.append((closing[-1] - begin) * TIMESTAMP_SECONDS if closing else None)
+                self.closed.append((closing[-1] - begin) * self.model.time_precision if closing else None)  # 0.02 s a step
             return encoder_output, outputs
 
     pipeline = Pipeline(model)
