@@ -11,6 +11,10 @@ all in this one process on one loaded model, interleaved round by round (--round
             the first chunk after 8 codes, then every 20) on the first sentence: time to the
             first audio chunk against the whole synthesis of that sentence by `synthesize`
             (coqui's path), measured back to back
+  parts     where a batch's time goes: our GPT generate for the utterances one at a time and all
+            in one batch, the GPT latents pass and the HiFiGAN decoder per utterance, and one
+            matrix product of the GPT's MLP shape (1024 x 4096) at 1 row and at as many rows as
+            utterances (the per-step product of a batched decode)
 
 Every path decodes exactly --codes GPT codes per utterance: the weights are random, so the stop
 token's logit is pushed to -1e4 (never drawn) and every path's cap is --codes (coqui's through
@@ -24,6 +28,9 @@ HiFiGAN decoder and speaker encoder are real-sized in both (coqui builds them at
 
     .venv/bin/python scripts/bench_inference.py --size full --codes 64 --utterances 8 --rounds 2
     .venv/bin/python scripts/bench_inference.py --size full --device cuda
+    MKL_CBWR=AVX2 .venv/bin/python scripts/bench_inference.py --size full --codes 48 --paths coqui,ours-8,parts
+
+MKL reads MKL_CBWR when it starts, so that setting is one process's: compare two invocations.
 
 Another job on the same cores changes every number: run it on an idle machine.
 """
@@ -116,6 +123,43 @@ def run_stream(synthesizer, request, decoding) -> dict:
             "audio_s": whole.duration, "chunks": len(chunks)}
 
 
+def run_parts(synthesizer, requests, decoding) -> dict:
+    """Seconds per part for all the utterances (see the module docstring)."""
+    sentences = [s for i, r in enumerate(requests) for s in synthesizer._sentences(i, r, decoding)]
+    settings = synthesizer.decoding_settings(decoding)
+    timed = {}
+
+    def clock(name, work):
+        sync(synthesizer.device)
+        started = time.perf_counter()
+        out = work()
+        sync(synthesizer.device)
+        timed[name] = time.perf_counter() - started
+        return out
+
+    clock("generate_one_at_a_time_s", lambda: [synthesizer._generate_codes([s], settings) for s in sentences])
+    rows = clock("generate_batched_s", lambda: synthesizer._generate_codes(sentences, settings))
+    gpt = synthesizer.model.gpt
+    latents = []
+    with torch.no_grad():
+        def latents_pass():
+            for sentence, (codes, _) in zip(sentences, rows):
+                latents.append(gpt(sentence.tokens, torch.tensor([sentence.tokens.shape[-1]], device=synthesizer.device),
+                                   codes.unsqueeze(0), torch.tensor([codes.shape[-1] * gpt.code_stride_len], device=synthesizer.device),
+                                   cond_latents=sentence.voice.gpt_cond_latent, return_attentions=False, return_latent=True))
+        clock("latents_pass_s", latents_pass)
+        clock("decoder_s", lambda: [synthesizer.model.hifigan_decoder(x, g=s.voice.speaker_embedding) for x, s in zip(latents, sentences)])
+        weight = torch.randn(1024, 4096, device=synthesizer.device)
+        bias = torch.randn(4096, device=synthesizer.device)
+        for rows_ in (1, len(sentences)):
+            x = torch.randn(rows_, 1024, device=synthesizer.device)
+            for _ in range(3):
+                torch.addmm(bias, x, weight)
+            clock(f"addmm_{rows_}_rows_ms", lambda: [torch.addmm(bias, x, weight) for _ in range(100)])
+            timed[f"addmm_{rows_}_rows_ms"] *= 10  # 100 calls: ms per call
+    return timed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=["full", "tiny"], default="full")
@@ -147,6 +191,10 @@ def main() -> None:
             if path == "stream":
                 results[path].append(run_stream(synthesizer, requests[0], decoding))
                 continue
+            if path == "parts":
+                results[path].append(run_parts(synthesizer, requests, decoding))
+                print(f"round {round_} parts: " + ", ".join(f"{k} {v:.2f}" for k, v in results[path][-1].items()), flush=True)
+                continue
             audio = run_coqui(synthesizer, requests, decoding) if path == "coqui" else \
                 run_ours(synthesizer, requests, decoding, int(path.split("-")[1]))
             sync(synthesizer.device)
@@ -159,7 +207,7 @@ def main() -> None:
 
     rows = []
     for path in paths:
-        if path == "stream":
+        if path in ("stream", "parts"):
             continue
         ratio = f"{best(path, 'utt_per_s') / best('coqui', 'utt_per_s'):.2f}x" if "coqui" in paths else "-"
         rows.append(f"| {path} | {best(path, 'utt_per_s'):.3f} | {best(path, 'rtf', min):.2f} | {ratio} |")
@@ -168,8 +216,10 @@ def main() -> None:
         s = min(results["stream"], key=lambda r: r["ratio"])
         table += (f"\n\nstreaming: first chunk after {s['first_chunk_s']:.2f} s, whole sentence ({s['audio_s']:.2f} s audio) "
                   f"synthesized in {s['full_synthesis_s']:.2f} s: ratio {s['ratio']:.2f}")
+    if "parts" in paths:
+        table += "\n\nparts (seconds; addmm: ms per call): " + ", ".join(f"{k} {v:.2f}" for k, v in results["parts"][-1].items())
     print(table)
-    record = {"size": args.size, "codes": args.codes, "utterances": args.utterances, "rounds": args.rounds,
+    record = {"mkl_cbwr": os.environ.get("MKL_CBWR"), "size": args.size, "codes": args.codes, "utterances": args.utterances, "rounds": args.rounds,
               "device": args.device, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
               "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "results": results,
               "table": table}

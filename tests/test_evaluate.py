@@ -63,6 +63,20 @@ def test_evaluate_stage_writes_a_table_and_report(exported, prepared, tmp_path, 
     assert set(table["model"]) == {exported.name} and table["flagged"].dtype == bool
 
 
+def test_text_with_characters_the_vocabulary_lacks_is_flagged(exported, prepared, tmp_path):
+    """A probe whose text the model can only read as [UNK] (ɓ) is scored, but flagged for it."""
+    row = json.loads((prepared / "eval.jsonl").read_text().splitlines()[0])
+    (tmp_path / "wavs").mkdir()
+    shutil.copy(prepared / row["audio"], tmp_path / row["audio"])
+    rows = [row, {**row, "text": "ɓaawo " + row["text"]}]
+    (tmp_path / "probes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = compose("evaluate", [f"checkpoint={exported}", f"manifest={tmp_path / 'probes.jsonl'}", f"out_dir={tmp_path / 'out'}",
+                               "write_metrics=false"])
+    flags = evaluate.run(cfg)["flags"].tolist()
+    assert "unknown_characters" not in flags[0]
+    assert "unknown_characters ɓ (not in the vocabulary: read as [UNK])" in flags[1]
+
+
 def test_dnsmos_prefers_clean_speech_to_noise(prepared):
     path = sorted((prepared / "wavs").glob("0_wavs__alicia*"))[0]
     speech, rate = sf.read(str(path), dtype="float32")

@@ -38,6 +38,10 @@ def test_wolof_cleaner_spells_numbers_abbreviations_and_symbols_and_is_idempoten
         "50 %": "juróom-fukk ci téeméer",
         "2 000 000": "ñaari tamndareet",
         "3,5": "ñett koma juróom",
+        "3.5 kilo": "ñett koma juróom kilo",  # a decimal point reads as the comma does, not as a full stop
+        "1.500 nit": "junni ak juróomi téeméer nit",  # a dot before three digits separates thousands
+        "Tàngay -5 degre, 2-3 fan": "tàngay mines juróom degre, ñaar - ñett fan",  # a minus sign; a range is not one
+        "Waa jiʼ dem na, ‘waaw’": "waa ji' dem na, 'waaw'",  # the modifier-letter apostrophe too
     }
     for raw, clean in cases.items():
         assert clean_text(raw, "wo") == clean, raw
@@ -128,6 +132,23 @@ def test_the_wolof_corpus_tokenizes_without_unk(extended, wolof_prepared):
     assert ids[2:] == tokenizer.encode("na nga def?", "wo")[1:]  # the tag is not text
     with pytest.raises(ValueError, match="no \\[angry\\] emotion token; its emotion tokens: happy, sad"):
         tokenizer.encode("waaw", "wo", emotion="angry")
+
+
+def test_characters_the_vocabulary_lacks_are_reported_once(extended, caplog):
+    """Text with a letter no Wolof corpus here has (ɓ, Pulaar's) still encodes — coqui's way, as
+    [UNK] — but not silently: one warning names the letter, however many sentences carry it."""
+    from xtts_ft.model.tokenizer import tokenizer_for
+    from xtts_ft.model.layout import read_sidecar
+
+    tokenizer = tokenizer_for(extended, read_sidecar(extended))
+    unk = tokenizer.tokenizer.token_to_id("[UNK]")
+    with caplog.at_level("WARNING", logger="xtts_ft.model.tokenizer"):
+        assert unk not in tokenizer.encode("Waa jiʼ dem na.", "wo")  # cleaned to an apostrophe the corpus has
+        assert not caplog.records
+        for text in ("Ɓaawo dem na.", "Ɓaawo dem na ca kaw."):
+            assert unk in tokenizer.encode(text, "wo")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "[wo] text 'ɓaawo dem na.'" in warnings[0] and "lacks: ɓ — each is read as [UNK]" in warnings[0]
 
 
 def test_extending_twice_or_without_the_corpus_language_is_refused(workdir, extended, wolof_prepared):

@@ -256,6 +256,12 @@ class XttsSynthesizer:
             voice = Voice(preset["gpt_cond_latent"].to(self.device), voice.speaker_embedding)
         return voice, token
 
+    def unknown_characters(self, text: str, language: str) -> List[str]:
+        """The characters of `text`, cleaned as synthesis cleans it, that this model's vocabulary
+        lacks (synthesis reads each as [UNK], and the tokenizer logs a warning)."""
+        tokenizer = self.model.tokenizer
+        return tokenizer.unknown_characters(tokenizer.preprocess_text(text.strip().lower(), language))
+
     @property
     def voice_names(self) -> List[str]:
         manager = self.model.speaker_manager

@@ -15,6 +15,7 @@ coqui-tts get the same behaviour with the two-line hook the model card shows.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -25,6 +26,7 @@ from xtts_ft.data.cleaners import CLEANERS, COQUI_LANGUAGES
 from xtts_ft.data.text import base_language, clean_text, language_token
 
 LEADING_TAG = re.compile(r"^\s*\[([^\[\]\s]+)\]\s*")
+log = logging.getLogger(__name__)
 
 
 class XttsTokenizer(VoiceBpeTokenizer):
@@ -33,6 +35,7 @@ class XttsTokenizer(VoiceBpeTokenizer):
         self.char_limits.update(char_limits or {})
         self.emotion_tokens: List[str] = list(emotion_tokens)
         self.vocab = self.tokenizer.get_vocab()
+        self.warned_unknown: set = set()  # (language, characters) already reported: one warning each, not one per sentence
 
     def languages(self) -> List[str]:
         """The languages whose `[lang]` token is in the vocabulary."""
@@ -67,7 +70,31 @@ class XttsTokenizer(VoiceBpeTokenizer):
         self.check_input_length(txt, lang)
         txt = self.preprocess_text(txt, lang)
         prefix = language_token(lang) + (f"[{emotion}]" if emotion else "")
-        return self.tokenizer.encode(prefix + txt.replace(" ", "[SPACE]")).ids
+        ids = self.tokenizer.encode(prefix + txt.replace(" ", "[SPACE]")).ids
+        self.report_unknown(ids, txt, lang)
+        return ids
+
+    def unknown_characters(self, txt: str) -> List[str]:
+        """The characters of (cleaned) text that this vocabulary encodes as [UNK]."""
+        unk = self.vocab.get("[UNK]")
+        return sorted({ch for ch in txt if not ch.isspace() and unk in self.tokenizer.encode(ch).ids})
+
+    def report_unknown(self, ids: List[int], txt: str, lang: str) -> None:
+        """Warn once per language and set of characters when text encodes to [UNK]: the GPT never
+        learned a sound for that token, so those characters are skipped or babbled, not read (coqui
+        encodes them the same way, silently). Synthesis goes on: one stray symbol should not stop an
+        evaluation of hundreds of sentences."""
+        unk = self.vocab.get("[UNK]")
+        if unk is None or unk not in ids:
+            return
+        unknown = "".join(self.unknown_characters(txt))
+        if (lang, unknown) in self.warned_unknown:
+            return
+        self.warned_unknown.add((lang, unknown))
+        log.warning("%s text %r has characters this model's vocabulary lacks: %s — each is read as [UNK], a token "
+                    "the model has no sound for. Fix: write them with letters the model knows (or let the "
+                    "language's cleaner do it), or `xtts-ft extend` the model from a corpus that has them",
+                    language_token(lang), txt[:80], " ".join(unknown) or "?")
 
 
 def tokenizer_for(model_dir: Path, sidecar: dict) -> XttsTokenizer:

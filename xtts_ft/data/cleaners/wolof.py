@@ -29,6 +29,9 @@ ABBREVIATIONS = {"dr": "doktoor", "mme": "madaam", "n°": "nimero", "no": "nimer
 SYMBOLS = {"%": " ci téeméer", "&": " ak ", "+": " ak ", "=": " yem ak ", "€": " euro", "$": " dolaar", "°": " degre"}
 # Kept: the sentence punctuation XTTS sees in every language, and the apostrophe/hyphen inside words.
 KEPT_PUNCTUATION = set(".,;:!?'-")
+# The apostrophe as keyboards and word processors write it: curly quotes, the modifier letter
+# (ʼ, a "letter" to Python, so it would pass as one and reach the tokenizer as [UNK]), accents.
+APOSTROPHES = str.maketrans({c: "'" for c in "’‘ʼʻ´`′"})
 # The CLAD orthography's letters (lower case, as cleaned), with the accented vowels and the
 # French-borrowed letters common in Senegalese writing: ŋ, ñ, ë and the rest get a token from
 # `extend` even when a corpus lacks them.
@@ -59,11 +62,15 @@ def number_to_words(n: int) -> str:
 
 
 def spell_number(match: re.Match) -> str:
-    digits = match.group(0).replace(" ", "").replace(".", "")
-    if "," in digits:  # a decimal comma, the Senegalese (French) convention
-        whole, _, fraction = digits.partition(",")
-        return f"{spell_number_text(whole)} koma {' '.join(number_to_words(int(d)) for d in fraction)}"
-    return spell_number_text(digits)
+    written = match.group(0)
+    sign = "mines " if written[0] in "-−" else ""
+    written = written.lstrip("-−")
+    if THOUSANDS.fullmatch(written):  # 1 000 000 / 1.000.000 (,5): the separators go
+        written = written.replace(" ", "").replace(".", "")
+    whole, _, fraction = written.replace(".", ",").partition(",")  # 3,5 (Senegalese) and 3.5 read alike
+    if fraction:
+        return f"{sign}{spell_number_text(whole)} koma {' '.join(number_to_words(int(d)) for d in fraction)}"
+    return sign + spell_number_text(whole)
 
 
 def spell_number_text(digits: str) -> str:
@@ -73,8 +80,11 @@ def spell_number_text(digits: str) -> str:
     return number_to_words(value)
 
 
-# 1 000 000 and 1.000.000 (thousands separators), 3,5 (decimal comma), plain digits.
-NUMBER = re.compile(r"\d{1,3}(?:[ .]\d{3})+(?:,\d+)?|\d+(?:,\d+)?")
+# 1 000 000 and 1.000.000 (thousands separators, the Senegalese/French convention: 1.500 is
+# fifteen hundred), 3,5 (decimal comma), 3.5 (a decimal point: a dot not followed by three digits),
+# plain digits; a minus sign before a number that does not follow a word ("-5", not "2-3").
+THOUSANDS = re.compile(r"\d{1,3}(?:[ .]\d{3})+(?:,\d+)?")
+NUMBER = re.compile(r"(?:(?<![\w-])[-−](?=\d))?(?:\d{1,3}(?:[ .]\d{3})+(?!\d)(?:,\d+)?|\d+(?:[,.]\d+)?)")
 
 
 ABBREVIATION = re.compile(
@@ -91,7 +101,7 @@ def expand_abbreviations(text: str) -> str:
 
 def wolof_cleaner(text: str) -> str:
     text = unicodedata.normalize("NFC", text)
-    text = text.replace("’", "'").replace("‘", "'").replace("–", "-").replace("—", ", ")
+    text = text.translate(APOSTROPHES).replace("–", "-").replace("—", ", ")
     text = expand_abbreviations(text)
     text = NUMBER.sub(lambda m: f" {spell_number(m)} ", text)
     for symbol, words in SYMBOLS.items():
