@@ -163,6 +163,24 @@ def test_prepare_drops_bad_rows_with_their_line_and_keeps_the_rest(tmp_path, cap
     assert "is up to date" in capsys.readouterr().out
 
 
+def test_transcripts_with_annotation_markup_are_dropped_not_spoken(tmp_path):
+    """<unk>, [laughter], {breath}: cleaning would keep the word and the model would learn to say
+    it. Dropped with the tags named; parentheses (ordinary punctuation) are kept."""
+    root = tmp_path / "corpus"
+    (root / "wavs").mkdir(parents=True)
+    texts = ["So this is it.", "So <unk> this is it.", "[laughter] So this is it.", "So this {breath} is it.",
+             "So this (the last one) is it."]
+    for i in range(len(texts)):
+        sf.write(root / "wavs" / f"{i}.wav", _tone(), 22050)
+    (root / "metadata.csv").write_text("audio_file|text|speaker_name\n" + "".join(
+        f"wavs/{i}.wav|{text}|s\n" for i, text in enumerate(texts)))
+    out = _prepare(tmp_path, root)
+    dropped = _dropped(out)
+    assert [(d["reason"], d["source_line"].rsplit(":", 1)[1]) for d in dropped] == [("annotation_markup", str(n)) for n in (3, 4, 5)]
+    assert "annotation markup <unk>, which the model would learn to say; fix: remove the tags" in dropped[0]["message"]
+    assert sorted(s.text for s in _kept(out)) == ["so this (the last one) is it.", "so this is it."]
+
+
 def test_a_huge_file_is_too_long_by_its_header_and_never_decoded(tmp_path, monkeypatch):
     huge = tmp_path / "huge.wav"
     sf.write(huge, np.zeros(8000 * 45, dtype="float32"), 8000)  # 45 s: past max_seconds + 30 s

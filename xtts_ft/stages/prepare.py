@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import random
+import re
 import stat
 import time
 from collections import Counter, defaultdict
@@ -44,7 +45,17 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.processed_dir) / cfg.data.name
 
 
+# Annotation tags of transcribed corpora: <unk>, <noise>, </s>, [laughter], [rires], {breath}. Cleaning
+# would strip the brackets and leave the word, and the model would learn to say "unk" or "laughter".
+MARKUP = re.compile(r"<[^<>\s]{1,40}>|\[[^\[\]]{1,40}\]|\{[^{}]{1,40}\}")
+
+
 def check_text(raw: str, language: str, cfg: DictConfig, tokenizer) -> str:
+    tags = MARKUP.findall(raw)
+    if tags:
+        raise Rejected("annotation_markup", f"the transcript has annotation markup {' '.join(dict.fromkeys(tags))}, which "
+                       "the model would learn to say; fix: remove the tags from the transcript (an emotion label goes "
+                       "in the source's emotion column, not in the text)")
     text = clean_text(raw, language)
     if not text:
         raise Rejected("empty_text", "the transcript is empty")
