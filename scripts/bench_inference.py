@@ -12,7 +12,8 @@ all in this one process on one loaded model, interleaved round by round (--round
             first audio chunk against the whole synthesis of that sentence by `synthesize`
             (coqui's path), measured back to back
   parts     where a batch's time goes: our GPT generate for the utterances one at a time and all
-            in one batch, the GPT latents pass and the HiFiGAN decoder per utterance, and one
+            in one batch, the HiFiGAN decoder per utterance, coqui's GPT latents pass per utterance
+            (Xtts.inference runs it; ours reads the generate's own latents since 2026-11-30), and one
             matrix product of the GPT's MLP shape (1024 x 4096) at 1 row and at as many rows as
             utterances (the per-step product of a batched decode)
 
@@ -137,13 +138,13 @@ def run_parts(synthesizer, requests, decoding) -> dict:
         timed[name] = time.perf_counter() - started
         return out
 
-    clock("generate_one_at_a_time_s", lambda: [synthesizer._generate_codes([s], settings) for s in sentences])
-    rows = clock("generate_batched_s", lambda: synthesizer._generate_codes(sentences, settings))
+    clock("generate_one_at_a_time_s", lambda: [synthesizer._generate([s], settings) for s in sentences])
+    rows = clock("generate_batched_s", lambda: synthesizer._generate(sentences, settings))
     gpt = synthesizer.model.gpt
     latents = []
     with torch.no_grad():
-        def latents_pass():
-            for sentence, (codes, _) in zip(sentences, rows):
+        def latents_pass():  # Xtts.inference's second GPT pass (ours reads the generate's own latents)
+            for sentence, (codes, _, _) in zip(sentences, rows):
                 latents.append(gpt(sentence.tokens, torch.tensor([sentence.tokens.shape[-1]], device=synthesizer.device),
                                    codes.unsqueeze(0), torch.tensor([codes.shape[-1] * gpt.code_stride_len], device=synthesizer.device),
                                    cond_latents=sentence.voice.gpt_cond_latent, return_attentions=False, return_latent=True))

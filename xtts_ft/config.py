@@ -322,8 +322,9 @@ class SynthConfig:
     # time to first audio), then a chunk every stream_chunk_codes (each re-decodes the sentence so far).
     stream_first_chunk_codes: int = 8
     stream_chunk_codes: int = 20
-    # texts=: sentences the GPT decodes together in one generate (1: one at a time). Same audio
-    # at any size (greedy: the codes of text=; sampling: each sentence its own seeded stream).
+    # texts=: sentences the GPT decodes together in one generate (1: one at a time). Same codes
+    # at any size (greedy: the codes of text=; sampling: each sentence its own seeded stream), the
+    # audio the same to float rounding.
     batch_size: int = 8
     out: str = "synth.wav"
     device: str = "auto"
@@ -373,8 +374,8 @@ class EvaluateConfig:
     # Characters per second of read speech by language, for the duration expectation (defaults in metrics.py).
     speaking_rates: Dict[str, float] = field(default_factory=dict)
     write_metrics: bool = True  # record the summary in each xtts-ft export's xtts_ft.json and model card
-    # Sentences the GPT decodes together in one generate (1: one at a time); the audio does not depend
-    # on it. An utterance's RTF is its share of its batch's decode time.
+    # Sentences the GPT decodes together in one generate (1: one at a time); the codes do not depend
+    # on it, the audio only to float rounding. An utterance's RTF is its share of its batch's decode time.
     batch_size: int = 8
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
 

@@ -18,7 +18,7 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -59,6 +59,14 @@ class AudioChunk:
     wav: np.ndarray  # float32 mono at `sample_rate`
     sample_rate: int
     seconds_since_start: float  # of the stream() call: the first chunk's is the time to first audio
+
+
+class _Generated(NamedTuple):
+    """One row of a batched generate."""
+
+    codes: torch.Tensor  # (n,) as Xtts.inference keeps them: up to and with the stop token, or all if cut
+    stopped: bool  # ended by its own stop token, not by its babble guard
+    latents: torch.Tensor  # (1, n, width): the GPT's final-normed hidden state at each code's step: what the decoder speaks
 
 
 @dataclass
@@ -470,10 +478,13 @@ class XttsSynthesizer:
                         batch_size: int = 8) -> Iterator[Tuple[int, Synthesis]]:
         """(request index, Synthesis) as each request is done. The GPT decodes up to `batch_size`
         sentences — of any requests, voices and languages — in one generate, then the decoder speaks
-        each. Under greedy decoding (top_k=1) a sentence's codes are those of `synthesize`; sampling
-        draws each sentence from its own stream (sentence k of a request: seed + k), so the audio does
-        not depend on batch_size or on the other requests. Every request is checked before any is
-        synthesized. A Synthesis's seconds_to_generate holds its share of its batches' decode time."""
+        each from the latents that generate computed (see _generate). Under greedy decoding (top_k=1)
+        a sentence's codes are those of `synthesize`, its audio the same up to float rounding (~1e-7
+        of full scale); sampling draws each sentence from its own stream (sentence k of a request:
+        seed + k), so the codes do not depend on batch_size or on the other requests, and the audio
+        only to float rounding (another row's padding changes the order of a few sums). Every request
+        is checked before any is synthesized. A Synthesis's seconds_to_generate holds its share of
+        its batches' decode time."""
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} — fix: batch_size=<an integer ≥ 1> (1 decodes one sentence at a time)")
         sentences = [s for i, request in enumerate(requests) for s in self._sentences(i, request, decoding)]
@@ -485,13 +496,13 @@ class XttsSynthesizer:
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             started = time.perf_counter()
-            codes = self._generate_codes([sentences[k] for k in batch], settings)
+            rows = self._generate([sentences[k] for k in batch], settings)
             shared = (time.perf_counter() - started) / len(batch)
-            for k, (row_codes, stopped) in zip(batch, codes):
+            for k, row in zip(batch, rows):
                 started = time.perf_counter()
-                wav = self._speak(sentences[k], row_codes)
+                wav = self._speak(sentences[k], row)
                 request = sentences[k].request
-                pieces.setdefault(request, {})[k] = (wav, stopped, shared + time.perf_counter() - started)
+                pieces.setdefault(request, {})[k] = (wav, row.stopped, shared + time.perf_counter() - started)
                 left[request] -= 1
                 if left[request] == 0:  # its last sentence: the request's audio, sentences in text order
                     done = [piece for _, piece in sorted(pieces.pop(request).items())]
@@ -526,13 +537,18 @@ class XttsSynthesizer:
         return torch.cat([sentence.voice.gpt_cond_latent, text], dim=1)[0]
 
     @torch.no_grad()
-    def _generate_codes(self, sentences: List[_Sentence], settings: dict) -> List[Tuple[torch.Tensor, bool]]:
-        """One transformers generate for all rows: (codes, stopped by itself) per row.
+    def _generate(self, sentences: List[_Sentence], settings: dict) -> List[_Generated]:
+        """One transformers generate for all rows: codes, stopped by itself, and latents per row.
 
         The prefixes are left-padded to one length and the padding masked out, so every row's audio
         codes start at the same column; the GPT's positions are its own learned embeddings (text from
         0 per row, audio from the start-of-audio token), so the padding shifts nothing. A row ends at
-        its stop token or its own babble guard; the others go on."""
+        its stop token or its own babble guard; the others go on.
+
+        The latents are the hidden states the generate computes anyway, read at the GPT's final norm
+        (coqui's inference_stream speaks these too). Xtts.inference instead runs the GPT over the text
+        and codes once more: the same positions and weights, so the same latents up to float rounding
+        (≤ 2e-6 at full size, BENCHMARKS.md), for a pass that cost a quarter of a batch's time on CPU."""
         from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteriaList,
                                   TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
@@ -559,30 +575,34 @@ class XttsSynthesizer:
             processors.append(TopPLogitsWarper(float(settings["top_p"])))
         processors.append(SeededDraw([s.seed for s in sentences], self.device))
         max_codes = [s.max_codes for s in sentences]
-        generated = gpt.gpt_inference.generate(
-            inputs, attention_mask=mask, do_sample=False, num_beams=1, logits_processor=processors,
-            stopping_criteria=StoppingCriteriaList([CodeLimits(width + 1, max_codes, self.device)]),
-            bos_token_id=gpt.start_audio_token, pad_token_id=gpt.stop_audio_token, eos_token_id=gpt.stop_audio_token,
-            max_length=width + 1 + max(max_codes),
-        )[:, width + 1 :]
+        # Each forward of the generate passes its hidden states through the final norm (the first
+        # of lm_head's two layers) once; the last position's is the latent of the code it predicts.
+        steps: List[torch.Tensor] = []
+        hook = gpt.gpt_inference.final_norm.register_forward_hook(lambda _norm, _inputs, out: steps.append(out[:, -1].clone()))
+        try:
+            generated = gpt.gpt_inference.generate(
+                inputs, attention_mask=mask, do_sample=False, num_beams=1, logits_processor=processors,
+                stopping_criteria=StoppingCriteriaList([CodeLimits(width + 1, max_codes, self.device)]),
+                bos_token_id=gpt.start_audio_token, pad_token_id=gpt.stop_audio_token, eos_token_id=gpt.stop_audio_token,
+                max_length=width + 1 + max(max_codes),
+            )[:, width + 1 :]
+        finally:
+            hook.remove()
+        latents = torch.stack(steps, dim=1)  # (rows, steps, width): step k's latent belongs to code k
         rows = []
-        for codes, limit in zip(generated, max_codes):
+        for row, (codes, limit) in enumerate(zip(generated, max_codes)):
             codes = codes[:limit]
             stops = (codes == gpt.stop_audio_token).nonzero()
             # As Xtts.inference keeps them: the codes up to and with the stop token, or all, if cut.
-            rows.append((codes[: int(stops[0]) + 1], True) if len(stops) else (codes, False))
+            codes, stopped = (codes[: int(stops[0]) + 1], True) if len(stops) else (codes, False)
+            rows.append(_Generated(codes, stopped, latents[row : row + 1, : codes.shape[-1]]))
         return rows
 
     @torch.no_grad()
-    def _speak(self, sentence: _Sentence, codes: torch.Tensor) -> np.ndarray:
-        """A row's codes → audio, as Xtts.inference does it: the GPT's latents over text and codes,
-        then the HiFiGAN decoder with the voice's speaker embedding (one row at a time: the GPT
-        pass has no padding mask)."""
-        gpt = self.model.gpt
-        latents = gpt(sentence.tokens, torch.tensor([sentence.tokens.shape[-1]], device=self.device), codes.unsqueeze(0),
-                      torch.tensor([codes.shape[-1] * gpt.code_stride_len], device=self.device),
-                      cond_latents=sentence.voice.gpt_cond_latent, return_attentions=False, return_latent=True)
-        wav = self.model.hifigan_decoder(latents, g=sentence.voice.speaker_embedding)
+    def _speak(self, sentence: _Sentence, row: _Generated) -> np.ndarray:
+        """A row's latents → audio: the HiFiGAN decoder with the voice's speaker embedding, as
+        Xtts.inference calls it."""
+        wav = self.model.hifigan_decoder(row.latents, g=sentence.voice.speaker_embedding)
         return wav.detach().float().cpu().numpy().reshape(-1)
 
     def synthesize_batch(self, requests: List[dict], out_dir: Union[str, Path], decoding: Optional[dict] = None,
