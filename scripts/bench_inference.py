@@ -21,7 +21,8 @@ Every path decodes exactly --codes GPT codes per utterance: the weights are rand
 token's logit is pushed to -1e4 (never drawn) and every path's cap is --codes (coqui's through
 gpt.max_gen_mel_tokens, ours through the babble guard). Decoding: the model's config.json
 settings (sampling), seed 0. Reported per path: utterances/s (utterances / wall seconds of the
-path, the decoder and the GPT latents pass included) and RTF (wall seconds / seconds of audio).
+path, the decoder included, and for `coqui` its second GPT pass for the latents) and RTF (wall
+seconds / seconds of audio).
 
 Sizes: `full` (the XTTS-v2 GPT: 30 layers, width 1024, 16 heads, the real DVAE shape; random
 weights, built once under --work-dir by xtts_ft.model.tiny.build_tiny_xtts) or `tiny`. The

@@ -179,6 +179,7 @@ def test_transcripts_with_annotation_markup_are_dropped_not_spoken(tmp_path):
     assert [(d["reason"], d["source_line"].rsplit(":", 1)[1]) for d in dropped] == [("annotation_markup", str(n)) for n in (3, 4, 5)]
     assert "annotation markup <unk>, which the model would learn to say; fix: remove the tags" in dropped[0]["message"]
     assert sorted(s.text for s in _kept(out)) == ["so this (the last one) is it.", "so this is it."]
+    assert not prepare.MARKUP.search("Mu ne <<waaw>> rekk")  # French quotes typed as << >> are not a tag
 
 
 def test_a_huge_file_is_too_long_by_its_header_and_never_decoded(tmp_path, monkeypatch):

@@ -42,6 +42,8 @@ def test_wolof_cleaner_spells_numbers_abbreviations_and_symbols_and_is_idempoten
         "1.500 nit": "junni ak juróomi téeméer nit",  # a dot before three digits separates thousands
         "Tàngay -5 degre, 2-3 fan": "tàngay mines juróom degre, ñaar - ñett fan",  # a minus sign; a range is not one
         "Waa jiʼ dem na, ‘waaw’": "waa ji' dem na, 'waaw'",  # the modifier-letter apostrophe too
+        "Ci 12.05.2023": "ci fukk ak ñaar. juróom. ñaari junni ak ñaar-fukk ak ñett",  # a date is not a decimal
+        "0.250": "tus koma ñaar juróom tus",  # a thousands group never starts with 0
     }
     for raw, clean in cases.items():
         assert clean_text(raw, "wo") == clean, raw

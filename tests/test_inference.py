@@ -273,6 +273,17 @@ def test_batched_codes_are_those_of_one_at_a_time_and_of_coquis_generate(model, 
             theirs = synthesizer.model.gpt.generate(sentence.voice.gpt_cond_latent, sentence.tokens, do_sample=True, num_beams=1,
                                                     **{k: settings[k] for k in ("temperature", "top_k", "top_p", "repetition_penalty")})
         assert torch.equal(theirs[0], codes)
+    # The latents each row's decoder speaks, read during a left-padded generate of 4 rows, are those
+    # of coqui's second GPT pass over the text and codes (Xtts.inference's), guard-cut rows included.
+    gpt = synthesizer.model.gpt
+    rows = [row for start in (0, 4) for row in synthesizer._generate(sentences[start : start + 4], settings)]
+    assert not gpt.gpt_inference.final_norm._forward_hooks  # the hook is gone once the generate is done
+    for sentence, row in zip(sentences, rows):
+        with torch.no_grad():
+            theirs = gpt(sentence.tokens, torch.tensor([sentence.tokens.shape[-1]]), row.codes.unsqueeze(0),
+                         torch.tensor([row.codes.shape[-1] * gpt.code_stride_len]), cond_latents=sentence.voice.gpt_cond_latent,
+                         return_attentions=False, return_latent=True)
+        assert row.latents.shape == theirs.shape and torch.allclose(row.latents, theirs, rtol=0, atol=1e-5)
 
 
 def test_sampled_codes_follow_each_sentences_seed_not_its_batch(untrained, prepared):
@@ -293,9 +304,7 @@ def test_batched_audio_is_the_audio_of_synthesize(synthesizer, prepared):
     """Greedy: synthesize_many at batch 2 (sentences of two requests decoded together, the second
     text cut into two sentences) gives each request synthesize()'s audio (coqui's Xtts.inference,
     which runs the GPT over text and codes again for the latents) up to float rounding, in request
-    order; the latents it speaks are those of coqui's pass to ~1e-6."""
-    import torch
-
+    order."""
     requests = [_mixed_requests(prepared)[2], _mixed_requests(prepared)[3]]
     decoding = {**BATCH_DECODING, "seed": 0, "top_k": 1}
     batched = synthesizer.synthesize_many(requests, decoding, batch_size=2)
@@ -304,14 +313,6 @@ def test_batched_audio_is_the_audio_of_synthesize(synthesizer, prepared):
         assert result.wav.shape == alone.wav.shape and result.stopped == alone.stopped
         assert np.abs(result.wav - alone.wav).max() <= 1e-5 * max(1.0, np.abs(alone.wav).max())
     assert [len(r.stopped) for r in batched] == [1, 2] and all(r.seconds_to_generate > 0 for r in batched)
-    sentences = [s for i, r in enumerate(requests) for s in synthesizer._sentences(i, r, decoding)]
-    gpt = synthesizer.model.gpt
-    for sentence, row in zip(sentences, synthesizer._generate(sentences, synthesizer.decoding_settings(decoding))):
-        with torch.no_grad():
-            theirs = gpt(sentence.tokens, torch.tensor([sentence.tokens.shape[-1]]), row.codes.unsqueeze(0),
-                         torch.tensor([row.codes.shape[-1] * gpt.code_stride_len]), cond_latents=sentence.voice.gpt_cond_latent,
-                         return_attentions=False, return_latent=True)
-        assert row.latents.shape == theirs.shape and torch.allclose(row.latents, theirs, rtol=0, atol=1e-5)
 
 
 def test_a_bad_request_fails_before_any_synthesis(synthesizer, prepared, monkeypatch):

@@ -548,7 +548,8 @@ class XttsSynthesizer:
         The latents are the hidden states the generate computes anyway, read at the GPT's final norm
         (coqui's inference_stream speaks these too). Xtts.inference instead runs the GPT over the text
         and codes once more: the same positions and weights, so the same latents up to float rounding
-        (≤ 2e-6 at full size, BENCHMARKS.md), for a pass that cost a quarter of a batch's time on CPU."""
+        (≤ 2e-6 at full size, BENCHMARKS.md), for a pass that cost a quarter of a batch's time on CPU.
+        Not thread-safe (nor is the rest of this class): the hook hears every forward of the GPT."""
         from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteriaList,
                                   TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
@@ -585,10 +586,17 @@ class XttsSynthesizer:
                 stopping_criteria=StoppingCriteriaList([CodeLimits(width + 1, max_codes, self.device)]),
                 bos_token_id=gpt.start_audio_token, pad_token_id=gpt.stop_audio_token, eos_token_id=gpt.stop_audio_token,
                 max_length=width + 1 + max(max_codes),
-            )[:, width + 1 :]
+            )
         finally:
             hook.remove()
-        latents = torch.stack(steps, dim=1)  # (rows, steps, width): step k's latent belongs to code k
+        generated = generated[:, width + 1 :]
+        new_tokens = generated.shape[1]
+        # One forward per new code, the prompt's first. Any other count (a chunked prefill, a change in
+        # transformers' generate) would shift every latent against its code: same shapes, wrong audio.
+        if len(steps) not in (new_tokens, new_tokens + 1):
+            raise RuntimeError(f"the GPT ran {len(steps)} forwards for {new_tokens} new codes: this transformers "
+                               "version's generate does not step as XttsSynthesizer expects (one forward per code)")
+        latents = torch.stack(steps[:new_tokens], dim=1)  # (rows, steps, width): step k's latent belongs to code k
         rows = []
         for row, (codes, limit) in enumerate(zip(generated, max_codes)):
             codes = codes[:limit]

@@ -64,9 +64,9 @@ def encode_samples(samples: List[Sample], tokenizer, max_text_tokens: int, max_s
     with_emotions = emotion_labels(samples, tokenizer, manifest)
     for s in samples:
         if with_emotions and s.emotion:
-            tokens = tokenizer.encode(s.text, lang=s.language, emotion=s.emotion)
+            tokens = tokenizer.encode(s.text, lang=s.language, emotion=s.emotion, report_unknown=False)
         else:
-            tokens = tokenizer.encode(s.text, lang=s.language)
+            tokens = tokenizer.encode(s.text, lang=s.language, report_unknown=False)
         if len(tokens) > max_text_tokens:
             skipped.append({**s.to_json(), "reason": "too_many_tokens", "message": f"{len(tokens)} > {max_text_tokens}"})
         elif s.duration * GPT_SAMPLE_RATE > max_samples:

@@ -56,7 +56,7 @@ class XttsTokenizer(VoiceBpeTokenizer):
             return match.group(1), txt[match.end():]
         return None, txt
 
-    def encode(self, txt: str, lang: str, emotion: Optional[str] = None) -> List[int]:
+    def encode(self, txt: str, lang: str, emotion: Optional[str] = None, report_unknown: bool = True) -> List[int]:
         tagged, txt = self.split_emotion(txt)
         emotion = emotion or tagged
         lang = base_language(lang)
@@ -71,7 +71,8 @@ class XttsTokenizer(VoiceBpeTokenizer):
         txt = self.preprocess_text(txt, lang)
         prefix = language_token(lang) + (f"[{emotion}]" if emotion else "")
         ids = self.tokenizer.encode(prefix + txt.replace(" ", "[SPACE]")).ids
-        self.report_unknown(ids, txt, lang)
+        if report_unknown:  # training passes False: it skips such clips, with their own reason, instead of reading them
+            self.report_unknown(ids, txt, lang)
         return ids
 
     def unknown_characters(self, txt: str) -> List[str]:

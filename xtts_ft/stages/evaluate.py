@@ -185,12 +185,13 @@ def evaluate_model(synthesizer: XttsSynthesizer, label: str, probes: List[dict],
         row.update(metrics.hallucination_check(result.duration, probe["text"], probe["language"], scores["transcript"],
                                                rates=cfg.speaking_rates))
         extra = no_measure_flags(row, bool(np.isfinite(reference_voice).all()))
-        unknown = synthesizer.unknown_characters(probe["text"], probe["language"])
-        if unknown:  # the GPT read [UNK] there: a low score may be the text's fault, not the model's
-            extra.append(f"unknown_characters {' '.join(unknown)} (not in the vocabulary: read as [UNK])")
         if extra:
             row["flags"] = "; ".join(extra + ([row["flags"]] if row["flags"] else []))
             row["flagged"] = True
+        unknown = synthesizer.unknown_characters(probe["text"], probe["language"])
+        if unknown:  # the GPT read [UNK] there: a fault of the text, named, but not counted in the model's flag rate
+            row["flags"] = "; ".join([f"unknown_characters {' '.join(unknown)} (not in the vocabulary: read as [UNK])"]
+                                     + ([row["flags"]] if row["flags"] else []))
         rows.append(row)
     return sorted(rows, key=lambda row: row["utterance"])  # probe order, whatever order the batches finished in
 
@@ -375,7 +376,8 @@ in the config): its CER is blank rather than measured by a model of another lang
 `no_speech`: the voice-activity detector found no voice in the clip; its speaker similarity, DNSMOS
 and UTMOS are NaN and left out of the means above. `asr_heard_nothing`: the ASR transcript is empty;
 that is a CER of 1, counted in the means. `unknown_characters` (in the flags): the text has
-characters the model's vocabulary lacks, which it read as [UNK]; its scores measure that text too.
+characters the model's vocabulary lacks, which it read as [UNK]; its scores measure that text too
+(a fault of the text: not counted in the flag rate).
 
 {not_measured_md(table)}
 

@@ -47,7 +47,8 @@ def output_dir(cfg: DictConfig) -> Path:
 
 # Annotation tags of transcribed corpora: <unk>, <noise>, </s>, [laughter], [rires], {breath}. Cleaning
 # would strip the brackets and leave the word, and the model would learn to say "unk" or "laughter".
-MARKUP = re.compile(r"<[^<>\s]{1,40}>|\[[^\[\]]{1,40}\]|\{[^{}]{1,40}\}")
+# French quotes typed as <<waaw>> are not tags.
+MARKUP = re.compile(r"(?<!<)<[^<>\s]{1,40}>(?!>)|\[[^\[\]]{1,40}\]|\{[^{}]{1,40}\}")
 
 
 def check_text(raw: str, language: str, cfg: DictConfig, tokenizer) -> str:

@@ -31,7 +31,7 @@ SYMBOLS = {"%": " ci téeméer", "&": " ak ", "+": " ak ", "=": " yem ak ", "€
 KEPT_PUNCTUATION = set(".,;:!?'-")
 # The apostrophe as keyboards and word processors write it: curly quotes, the modifier letter
 # (ʼ, a "letter" to Python, so it would pass as one and reach the tokenizer as [UNK]), accents.
-APOSTROPHES = str.maketrans({c: "'" for c in "’‘ʼʻ´`′"})
+APOSTROPHES = str.maketrans({c: "'" for c in "’‘ʼʻ´`ꞌ"})
 # The CLAD orthography's letters (lower case, as cleaned), with the accented vowels and the
 # French-borrowed letters common in Senegalese writing: ŋ, ñ, ë and the rest get a token from
 # `extend` even when a corpus lacks them.
@@ -74,17 +74,25 @@ def spell_number(match: re.Match) -> str:
 
 
 def spell_number_text(digits: str) -> str:
-    value = int(digits)
-    if value > MAX_NUMBER:
+    # Checked by length first: int() of a digit string thousands long raises (Python's limit).
+    if len(digits.lstrip("0")) > len(str(MAX_NUMBER)):
         return " ".join(number_to_words(int(d)) for d in digits)
-    return number_to_words(value)
+    return number_to_words(int(digits))
 
 
 # 1 000 000 and 1.000.000 (thousands separators, the Senegalese/French convention: 1.500 is
-# fifteen hundred), 3,5 (decimal comma), 3.5 (a decimal point: a dot not followed by three digits),
-# plain digits; a minus sign before a number that does not follow a word ("-5", not "2-3").
-THOUSANDS = re.compile(r"\d{1,3}(?:[ .]\d{3})+(?:,\d+)?")
-NUMBER = re.compile(r"(?:(?<![\w-])[-−](?=\d))?(?:\d{1,3}(?:[ .]\d{3})+(?!\d)(?:,\d+)?|\d+(?:[,.]\d+)?)")
+# fifteen hundred; a group never starts with 0, so 0.250 is a decimal), 3,5 (decimal comma), 3.5
+# (a decimal point: a dot not followed by three digits), plain digits; a minus sign before a number
+# that does not follow a word ("-5", not "2-3"). A lone 10.30 or 24.12 reads as a decimal.
+THOUSANDS = re.compile(r"[1-9]\d{0,2}(?:[ .]\d{3})+(?:,\d+)?")
+NUMBER = re.compile(r"(?:(?<![\w-])[-−](?=\d))?(?:[1-9]\d{0,2}(?:[ .]\d{3})+(?!\d)(?:,\d+)?|\d+(?:[,.]\d+)?)")
+# Dates and versions (12.05.2023, 1.2.3): numbers joined by two dots or more that are not thousands
+# groups are read one by one, the dots as pauses, not as decimal points.
+DOTTED = re.compile(r"(?<![\d.])\d+(?:\.\d+){2,}(?!\d)")
+
+
+def split_dotted(match: re.Match) -> str:
+    return match.group(0) if THOUSANDS.fullmatch(match.group(0)) else match.group(0).replace(".", ". ")
 
 
 ABBREVIATION = re.compile(
@@ -103,6 +111,7 @@ def wolof_cleaner(text: str) -> str:
     text = unicodedata.normalize("NFC", text)
     text = text.translate(APOSTROPHES).replace("–", "-").replace("—", ", ")
     text = expand_abbreviations(text)
+    text = DOTTED.sub(split_dotted, text)
     text = NUMBER.sub(lambda m: f" {spell_number(m)} ", text)
     for symbol, words in SYMBOLS.items():
         text = text.replace(symbol, words)
