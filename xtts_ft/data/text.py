@@ -26,7 +26,7 @@ from xtts_ft.data.cleaners import (
 # The registry's names are re-exported: `xtts_ft.data.text` is where they have always been imported from.
 __all__ = [
     "CLEANERS", "COQUI_LANGUAGES", "LETTERS", "basic_cleaner", "cleaner_name", "language_letters", "register_cleaner",
-    "clean_text", "base_language", "language_token", "token_ids",
+    "clean_text", "base_language", "language_token", "token_ids", "unknown_characters",
 ]
 
 LEADING_TAG = re.compile(r"^\s*(\[[^\[\]\s]+\])\s*")  # "[happy]" in front of the text: an emotion token
@@ -67,3 +67,13 @@ def token_ids(tokenizer, text: str, language: str) -> list:
     VoiceBpeTokenizer.encode refuses.
     """
     return tokenizer.encode(f"{language_token(language)}{text}".replace(" ", "[SPACE]")).ids
+
+
+def unknown_characters(tokenizer, text: str) -> list:
+    """The characters of cleaned text that a `tokenizers` vocabulary encodes as [UNK] (sorted; none
+    when it has no [UNK] token). Character by character is exact for BPE: a character missing from
+    the vocabulary's alphabet is [UNK] whatever surrounds it."""
+    unk = tokenizer.token_to_id("[UNK]")
+    if unk is None:
+        return []
+    return sorted({ch for ch in text if not ch.isspace() and unk in tokenizer.encode(ch).ids})

@@ -23,7 +23,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer
 
 from xtts_ft.data.cleaners import CLEANERS, COQUI_LANGUAGES
-from xtts_ft.data.text import base_language, clean_text, language_token
+from xtts_ft.data.text import base_language, clean_text, language_token, unknown_characters
 
 LEADING_TAG = re.compile(r"^\s*\[([^\[\]\s]+)\]\s*")
 log = logging.getLogger(__name__)
@@ -77,8 +77,7 @@ class XttsTokenizer(VoiceBpeTokenizer):
 
     def unknown_characters(self, txt: str) -> List[str]:
         """The characters of (cleaned) text that this vocabulary encodes as [UNK]."""
-        unk = self.vocab.get("[UNK]")
-        return sorted({ch for ch in txt if not ch.isspace() and unk in self.tokenizer.encode(ch).ids})
+        return unknown_characters(self.tokenizer, txt)
 
     def report_unknown(self, ids: List[int], txt: str, lang: str) -> None:
         """Warn once per language and set of characters when text encodes to [UNK]: the GPT never

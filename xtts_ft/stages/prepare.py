@@ -34,7 +34,7 @@ from xtts_ft.config import to_container
 from xtts_ft.data.clips import AudioJob, AudioSettings, AudioWorkers, Rejected, read_done, remove_bookkeeping
 from xtts_ft.data.formatters import read_corpus
 from xtts_ft.data.sample import Sample, write_manifest
-from xtts_ft.data.text import clean_text, cleaner_name, language_token, token_ids
+from xtts_ft.data.text import clean_text, cleaner_name, language_token, token_ids, unknown_characters
 from xtts_ft.io_utils import file_hash, resumable_dir, write_json, write_jsonl, write_text
 from xtts_ft.model.constants import DECODER_SAMPLE_RATE
 
@@ -68,7 +68,7 @@ def check_text(raw: str, language: str, cfg: DictConfig, tokenizer) -> str:
         ids = token_ids(tokenizer, text, language)
         unk = tokenizer.token_to_id("[UNK]")
         if unk in ids:
-            unknown = sorted({ch for ch in text if ch != " " and unk in token_ids(tokenizer, ch, language)[1:]})
+            unknown = unknown_characters(tokenizer, text)
             raise Rejected("unknown_characters", f"not in the model's vocabulary: {' '.join(unknown) or '?'}")
         if len(ids) > cfg.max_text_tokens:
             raise Rejected("too_many_tokens", f"{len(ids)} tokens > max_text_tokens={cfg.max_text_tokens}")
