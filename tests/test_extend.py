@@ -44,6 +44,11 @@ def test_wolof_cleaner_spells_numbers_abbreviations_and_symbols_and_is_idempoten
         "Waa jiʼ dem na, ‘waaw’": "waa ji' dem na, 'waaw'",  # the modifier-letter apostrophe too
         "Ci 12.05.2023": "ci fukk ak ñaar. juróom. ñaari junni ak ñaar-fukk ak ñett",  # a date is not a decimal
         "0.250": "tus koma ñaar juróom tus",  # a thousands group never starts with 0
+        "Woo 77 123 45 67": "woo juróom-ñaar-fukk ak juróom-ñaar téeméer ak ñaar-fukk ak ñett ñeent-fukk ak juróom "
+                            "juróom-benn-fukk ak juróom-ñaar",  # a phone number is read group by group
+        "n°5, 10°C": "nimero juróom, fukk degre c",  # an abbreviation before a digit; a symbol before a letter
+        "$100 walla 5 000 $": "téeméer dolaar walla juróomi junni dolaar",  # the currency after the amount
+        "Ndax no ko def? No 5, 3Mme Diop": "ndax no ko def? nimero juróom, ñett madaam diop",  # "no" only before a number
     }
     for raw, clean in cases.items():
         assert clean_text(raw, "wo") == clean, raw

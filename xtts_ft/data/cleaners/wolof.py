@@ -25,8 +25,11 @@ MAX_NUMBER = 10**12 - 1  # beyond this digits are read one by one
 
 # Written forms common in Senegalese Wolof text (borrowed from French), matched as whole words
 # case-insensitively, an abbreviation's own dot included. Extend the table for a corpus's habits.
-ABBREVIATIONS = {"dr": "doktoor", "mme": "madaam", "n°": "nimero", "no": "nimero", "etc": "ak yeneen"}
-SYMBOLS = {"%": " ci téeméer", "&": " ak ", "+": " ak ", "=": " yem ak ", "€": " euro", "$": " dolaar", "°": " degre"}
+ABBREVIATIONS = {"dr": "doktoor", "mme": "madaam", "n°": "nimero", "etc": "ak yeneen"}
+# "No 5" / "no. 5" is a number's label only before a number: "no" alone is left as written.
+NUMERO = re.compile(r"(?<![^\W\d_])no\.?\s?(?=\d)", flags=re.IGNORECASE)
+# Spaces on both sides: "10°C" reads "degre c", not "degrec" (spaces are collapsed afterwards).
+SYMBOLS = {"%": " ci téeméer ", "&": " ak ", "+": " ak ", "=": " yem ak ", "€": " euro ", "$": " dolaar ", "°": " degre "}
 # Kept: the sentence punctuation XTTS sees in every language, and the apostrophe/hyphen inside words.
 KEPT_PUNCTUATION = set(".,;:!?'-")
 # The apostrophe as keyboards and word processors write it: curly quotes, the modifier letter
@@ -83,9 +86,11 @@ def spell_number_text(digits: str) -> str:
 # 1 000 000 and 1.000.000 (thousands separators, the Senegalese/French convention: 1.500 is
 # fifteen hundred; a group never starts with 0, so 0.250 is a decimal), 3,5 (decimal comma), 3.5
 # (a decimal point: a dot not followed by three digits), plain digits; a minus sign before a number
-# that does not follow a word ("-5", not "2-3"). A lone 10.30 or 24.12 reads as a decimal.
+# that does not follow a word ("-5", not "2-3"). A lone 10.30 or 24.12 reads as a decimal. Groups
+# followed by another group that is not three digits are not thousands: a phone number
+# "77 123 45 67" is read group by group, as people say it.
 THOUSANDS = re.compile(r"[1-9]\d{0,2}(?:[ .]\d{3})+(?:,\d+)?")
-NUMBER = re.compile(r"(?:(?<![\w-])[-−](?=\d))?(?:[1-9]\d{0,2}(?:[ .]\d{3})+(?!\d)(?:,\d+)?|\d+(?:[,.]\d+)?)")
+NUMBER = re.compile(r"(?:(?<![\w-])[-−](?=\d))?(?:[1-9]\d{0,2}(?:[ .]\d{3})+(?![ .]?\d)(?:,\d+)?|\d+(?:[,.]\d+)?)")
 # Dates and versions (12.05.2023, 1.2.3): numbers joined by two dots or more that are not thousands
 # groups are read one by one, the dots as pauses, not as decimal points.
 DOTTED = re.compile(r"(?<![\d.])\d+(?:\.\d+){2,}(?!\d)")
@@ -96,21 +101,29 @@ def split_dotted(match: re.Match) -> str:
 
 
 ABBREVIATION = re.compile(
-    r"(?<!\w)(" + "|".join(re.escape(a) for a in sorted(ABBREVIATIONS, key=len, reverse=True)) + r")(\.(?=\s+\w)|(?!\w))",
+    r"(?<![^\W\d_])(" + "|".join(re.escape(a) for a in sorted(ABBREVIATIONS, key=len, reverse=True)) + r")(\.(?=\s+\w)|(?![^\W\d_]))",
     flags=re.IGNORECASE,
 )
 
 
 def expand_abbreviations(text: str) -> str:
     # The dot goes with the abbreviation only when a word follows ("Dr. Ndiaye"); at the end of
-    # a sentence ("... etc.") it stays as the full stop.
+    # a sentence ("... etc.") it stays as the full stop. A digit may touch the abbreviation on
+    # either side ("n°5", "3Mme"): numbers become words after this, and the result must not
+    # change when cleaned again.
+    text = NUMERO.sub("nimero ", text)
     return ABBREVIATION.sub(lambda m: ABBREVIATIONS[m.group(1).lower()], text)
+
+
+# A currency sign written before the amount ("$100") is read after it, as the words are said.
+CURRENCY_FIRST = re.compile(r"([$€])\s?(\d[\d.,]*\d|\d)")
 
 
 def wolof_cleaner(text: str) -> str:
     text = unicodedata.normalize("NFC", text)
     text = text.translate(APOSTROPHES).replace("–", "-").replace("—", ", ")
     text = expand_abbreviations(text)
+    text = CURRENCY_FIRST.sub(r"\2 \1", text)
     text = DOTTED.sub(split_dotted, text)
     text = NUMBER.sub(lambda m: f" {spell_number(m)} ", text)
     for symbol, words in SYMBOLS.items():
