@@ -14,6 +14,8 @@ time) once per path and repeat, the paths interleaved:
 - `window-end`: the code now, but a window's last heard clip counts as heard whole only when
   Whisper ended the window (before closing timestamps were read: a window Whisper stopped early
   sent its last clip to be heard again even when a timestamp had closed after its last sound);
+- `align-all`: the code now, but words aligned in every window (before, a segment whose
+  timestamps lie within one clip was not yet taken whole without aligning its words);
 - `after`: the code in xtts_ft.validation now (one voice per window, longest clips first).
 
 Reported per run: audio seconds, wall seconds, × real time, CPU seconds of this process, audio
@@ -26,6 +28,7 @@ the clip's text.
     .venv/bin/python scripts/bench_validation.py --clips 60 --repeats 2 --paths before,after
     .venv/bin/python scripts/bench_validation.py --clips 60 --repeats 3 --paths corpus-order,after
     .venv/bin/python scripts/bench_validation.py --clips 60 --repeats 3 --paths window-end,after
+    .venv/bin/python scripts/bench_validation.py --clips 60 --repeats 3 --paths align-all,after
 """
 
 from __future__ import annotations
@@ -127,8 +130,17 @@ def window_end_transcribe_clips(choice, paths, seconds, cache, voices=None):
         validation.HEARD_SLACK = slack
 
 
+def align_all_transcribe_clips(choice, paths, seconds, cache, voices=None):
+    """Today's path with every window's words aligned (before segments within one clip were taken whole)."""
+    within, validation.within_one_clip = validation.within_one_clip, lambda start, end, bounds: False
+    try:
+        return TODAY(choice, paths, seconds, cache, voices)
+    finally:
+        validation.within_one_clip = within
+
+
 PATHS = {"before": before_transcribe_clips, "corpus-order": corpus_order_transcribe_clips, "window-end": window_end_transcribe_clips,
-         "after": TODAY}
+         "align-all": align_all_transcribe_clips, "after": TODAY}
 
 
 # --- measuring ---------------------------------------------------------------------------------

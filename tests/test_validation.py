@@ -196,3 +196,46 @@ def test_each_clips_speaker_reaches_the_packing(monkeypatch, tmp_path):
     assert seen[0] == ["a", "b", "a", "b"]
     assert model.calls[:2] == [2 * (10 + 0.5) * 16000] * 2  # first pass: clips 1+3 (voice a), 2+4 (voice b)
     assert [c.asr_text for c in checks] == ["clip1", "clip2", "clip3", "clip4"]
+
+
+def test_a_segment_within_one_clips_span_belongs_to_it_whole():
+    bounds = np.array([0.0, 3.5, 7.0])  # a window's start, then each clip's end with the 0.5 s gap after it
+    assert validation.within_one_clip(0.1, 3.2, bounds) and validation.within_one_clip(3.6, 6.8, bounds)
+    assert validation.within_one_clip(3.3, 7.1, bounds)  # timestamps a little early or late: still clip 2's
+    assert not validation.within_one_clip(2.0, 5.0, bounds)  # runs over clip 1's end into clip 2
+    assert not validation.within_one_clip(0.5, 6.5, bounds)
+
+
+def _hear_demo_windows(monkeypatch, straddles) -> tuple:
+    """Two windows of the demo's real speech through the bundled tiny.en, with `straddles(bounds)`
+    saying which windows' segments run over a clip's edge; the texts and the windows aligned."""
+    from faster_whisper import WhisperModel
+
+    from xtts_ft import asr
+    from xtts_ft.data.audio import load_audio
+
+    aligned = []
+    find_alignment = WhisperModel.find_alignment
+    monkeypatch.setattr(WhisperModel, "find_alignment",
+                        lambda self, tokenizer, tokens, *a, **k: aligned.append(len(tokens)) or find_alignment(self, tokenizer, tokens, *a, **k))
+    if straddles is not None:  # None: the real rule decides
+        monkeypatch.setattr(validation, "within_one_clip", lambda start, end, bounds: not straddles(bounds))
+    clips = [load_audio(DEMO / "en" / "wavs" / f"andy_00{k}.flac", asr.ASR_RATE) for k in range(4)]
+    model = asr.whisper_model(asr.BUNDLED, cpu_threads=1)
+    heard = validation.hear_windows(validation.whisper_pipeline(model), [clips[:2], clips[2:]], "en")
+    return heard, aligned
+
+
+def test_words_are_aligned_only_in_windows_where_a_segment_runs_over_a_clips_edge(monkeypatch):
+    every, aligned_every = _hear_demo_windows(monkeypatch, lambda bounds: True)
+    assert aligned_every == [2]  # both windows in one alignment call, as faster-whisper does it
+    second, aligned_second = _hear_demo_windows(monkeypatch, lambda bounds: bounds[0] > 0)
+    assert aligned_second == [1]  # the second window only
+    none, aligned_none = _hear_demo_windows(monkeypatch, lambda bounds: False)
+    assert aligned_none == []
+    # Whisper put a segment boundary in each gap between these clips, so the real rule aligns nothing,
+    # and words and whole segments go to the same clips: the texts are the same whichever windows were aligned.
+    real, aligned_real = _hear_demo_windows(monkeypatch, None)
+    assert aligned_real == []
+    assert every == second == none == real
+    assert all(text and whole for window in every for text, whole in window)

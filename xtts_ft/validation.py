@@ -8,8 +8,9 @@ and said so: never scored by a model of another language.
 Whisper always hears a 30 s window (shorter audio is padded to it), so transcribing 3 s clips one
 by one spends ten times the compute on silence. Clips are packed into windows of up to 30 s (one
 voice per window, longest clips first: few, full windows), separated by half a second of silence,
-transcribed with word timestamps, and each word goes back to the clip its midpoint lies in;
-faster-whisper's batched pipeline encodes and decodes several windows per call, and a batch per
+transcribed with timestamps, and each word goes back to the clip its midpoint lies in (a segment
+whose timestamps lie within one clip goes to it whole: words are aligned only in windows where a
+segment runs over a clip's edge); faster-whisper's batched pipeline encodes and decodes several windows per call, and a batch per
 core runs side by side. Other backends (CTC models) cost what the audio lasts, so they take clip
 by clip. Transcripts are cached per clip (a hash of its processed WAV)
 and model, so a re-run, or a run with another threshold, transcribes nothing again.
@@ -23,7 +24,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
@@ -44,6 +45,7 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os
 WORKERS = min(CORES, 8)  # batches heard side by side, one thread each: no core waits on another
 FRAMES_PER_SECOND = 100  # Whisper's feature frames, the unit of a segment's `seek`
 HEARD_SLACK = 0.1  # s: a closing timestamp may fall this much before the clip's last sound
+SEGMENT_SLACK = 0.2  # s: a segment may start or end this much outside its clip's span and still be the clip's alone
 WORST_LISTED = 20
 
 
@@ -256,15 +258,47 @@ def transcribe_packed(model, load: Callable[[int], np.ndarray], seconds: Sequenc
 def whisper_pipeline(model):
     """faster-whisper's batched pipeline over `model` (several windows per encode and decode), noting
     for each window whether Whisper ended it (its last words closed by a timestamp) or stopped early,
-    and where its last closing timestamp lies (s from the window's start; None before any)."""
+    and where its last closing timestamp lies (s from the window's start; None before any).
+
+    Word timestamps (a cross-attention alignment per window, a fifth of the validation's CPU time)
+    are computed only for the windows where a segment runs over a clip's edge: set `bounds`, for
+    each window, to its start and its clips' ends (s in the joined audio). A segment within one
+    clip's span becomes one word, with the segment's text and times, so it goes to that clip whole,
+    as its words would."""
+    import ctranslate2
     from faster_whisper import BatchedInferencePipeline
 
     class Pipeline(BatchedInferencePipeline):
         ended: List[bool]
         closed: List[Optional[float]]
+        bounds: List[np.ndarray]
+        encoder_output: Any = None
+
+        def forward(self, features, tokenizer, chunks_metadata, options):
+            outputs = super().forward(features, tokenizer, chunks_metadata, replace(options, word_timestamps=False))
+            if not options.word_timestamps:
+                return outputs
+            starts = np.array([b[0] for b in self.bounds])
+            straddling = []
+            for i, (chunk, segments) in enumerate(zip(chunks_metadata, outputs)):
+                bounds = self.bounds[int(np.argmin(np.abs(starts - chunk["offset"])))]
+                if all(within_one_clip(s["start"], s["end"], bounds) for s in segments):
+                    for s in segments:
+                        s["words"] = [{"word": s["text"], "start": s["start"], "end": s["end"], "probability": math.nan}]
+                else:
+                    straddling.append(i)
+            if straddling:  # faster-whisper's own alignment, over those windows' encoder outputs
+                encoded = np.asarray(self.encoder_output)
+                subset = encoded if len(straddling) == len(outputs) else np.ascontiguousarray(encoded[straddling])
+                frames = [int(math.ceil(chunks_metadata[i]["duration"]) * self.model.frames_per_second) for i in straddling]
+                self.last_speech_timestamp = self.model.add_word_timestamps(
+                    [outputs[i] for i in straddling], tokenizer, ctranslate2.StorageView.from_array(subset), frames,
+                    options.prepend_punctuations, options.append_punctuations, self.last_speech_timestamp)
+            return outputs
 
         def generate_segment_batched(self, features, tokenizer, options):
             encoder_output, outputs = super().generate_segment_batched(features, tokenizer, options)
+            self.encoder_output = encoder_output
             begin = tokenizer.timestamp_begin  # tokens from here on are timestamps
             for o in outputs:
                 tokens = o["tokens"]
@@ -277,6 +311,13 @@ def whisper_pipeline(model):
     pipeline = Pipeline(model)
     pipeline.ended, pipeline.closed = [], []
     return pipeline
+
+
+def within_one_clip(start: float, end: float, bounds: np.ndarray) -> bool:
+    """Whether a segment (start, end s) lies within the span of the clip its midpoint is in: from the
+    previous clip's end (its gap included) to this clip's end with its gap, SEGMENT_SLACK either side."""
+    k = min(int(np.searchsorted(bounds[1:], (start + end) / 2)), len(bounds) - 2)
+    return bounds[k] - SEGMENT_SLACK <= start and end <= bounds[k + 1] + SEGMENT_SLACK
 
 
 def speech_end(clip: np.ndarray) -> float:
@@ -301,6 +342,7 @@ def hear_windows(pipeline, windows: Sequence[Sequence[np.ndarray]], language: st
     # Greedy, no temperature fallback, no conditioning: the same transcript every run, and a
     # mismatch is not hidden by decoding again until something fits.
     joined = np.concatenate([part for clips in windows for clip in clips for part in (clip, gap)])
+    pipeline.bounds = [np.concatenate([[start], clip_ends]) for start, clip_ends in zip(starts, ends)]
     segments, _ = pipeline.transcribe(joined, language=language, beam_size=1, temperature=0.0, without_timestamps=False,
                                       word_timestamps=True, vad_filter=False, batch_size=len(windows),
                                       clip_timestamps=[{"start": s, "end": e[-1]} for s, e in zip(starts, ends)])
