@@ -286,6 +286,17 @@ def test_bugs_keep_their_traceback():
         assert not is_user_error(library)
 
 
+def test_ctrl_c_is_one_line_and_exit_status_130(capsys, monkeypatch):
+    from xtts_ft.cli import user_errors_in_one_line
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as exit:
+        with user_errors_in_one_line():
+            raise KeyboardInterrupt
+    assert exit.value.code == 130
+    assert capsys.readouterr().err.startswith("interrupted — nothing unfinished was left looking complete; run the same command again")
+
+
 def test_non_ascii_text_needs_no_extra_quoting(capsys):
     """Hydra reads only ASCII in an unquoted value: `text=Dafa baŋ.` used to stop with an
     OverrideParseException; the CLI quotes such a value for the user, exactly as written."""

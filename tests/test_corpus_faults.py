@@ -322,3 +322,113 @@ def test_batch_names_stay_inside_out_dir_and_are_unique(tmp_path):
         synthesizer.synthesize_batch([{"text": "a", "language": "en", "name": "0001"}, {"text": "b", "language": "en"}],
                                      tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# --- data safety and dirty rows found by a QA pass ----------------------------------------------
+
+def _corpus(root: Path, rows: dict, header="audio_file|text|speaker_name", line_end="\n") -> Path:
+    """A coqui_csv corpus: {relative audio path: text}, each clip a tone of its own length."""
+    for i, name in enumerate(rows):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(root / name, _tone(1.0 + 0.25 * i), 22050, format="WAV" if name.endswith(".wav") else "FLAC")
+    (root / "metadata.csv").write_text(line_end.join([header, *(f"{name}|{text}|s" for name, text in rows.items())]) + line_end)
+    return root
+
+
+def test_prepare_never_replaces_a_folder_it_did_not_write(tmp_path):
+    from xtts_ft.config import ConfigValueError
+
+    # The corpus lies where the dataset would go: refused before anything is written.
+    corpus = _corpus(tmp_path / "out" / "t", {"wavs/a.wav": "First one.", "wavs/b.wav": "Second one."})
+    (corpus / "NOTES.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"lies inside the dataset folder .* — fix: write the dataset elsewhere"):
+        _prepare(tmp_path, corpus)
+    assert sorted(p.name for p in corpus.iterdir()) == ["NOTES.txt", "metadata.csv", "wavs"]
+    # A folder of the user's at the dataset's name: not replaced.
+    corpus = _corpus(tmp_path / "corpus", {"wavs/a.wav": "First one.", "wavs/b.wav": "Second one."})
+    with pytest.raises(FileExistsError, match="is not a dataset prepare wrote"):
+        _prepare(tmp_path, corpus)
+    assert (tmp_path / "out" / "t" / "NOTES.txt").read_text() == "mine"
+    # A name that is not one folder would replace processed_dir itself, or a sibling.
+    for name in ("''", ".", "..", "../t", "cache"):
+        with pytest.raises(ConfigValueError, match="data.name="):
+            compose("prepare", [f"data.name={name}"])
+
+
+def test_line_separators_in_a_transcript_keep_the_manifest_readable(tmp_path):
+    """U+0085 (a cp1252 … read as latin-1), U+2028: JSON keeps them raw, and a reader splitting on
+    them as str.splitlines does would cut a manifest line in two."""
+    root = _corpus(tmp_path / "corpus", {"wavs/a.wav": "Wait\x85 what", "wavs/b.wav": "One\u2028two", "wavs/c.wav": "Third one."})
+    out = _prepare(tmp_path, root)
+    kept = _kept(out)
+    assert sorted(s.extra["raw_text"] for s in kept) == ["One\u2028two", "Third one.", "Wait\x85 what"]
+
+
+def test_a_quote_closed_a_row_later_swallows_no_row(tmp_path):
+    metadata = ('file_name,text\n'
+                'c1.wav,"He said hi, then\n'  # a quote opened here...
+                'c2.wav,he left the room"\n'  # ...closes here: to the csv module one row of two fields
+                'c3.wav,"One line\nand its second line"\n'  # a field over two lines that is not a row: kept
+                'c4.wav,Fine.\n').encode()
+    records = _read(tmp_path / "af", "audiofolder", metadata)
+    assert _summary(records) == [(2, "malformed_row"), (4, "c3.wav", "One line\nand its second line", "af"), (6, "c4.wav", "Fine.", "af")]
+    assert "lines 2-3 were read as one row, but a later line is a row of its own" in records[0]["rejected"][1]
+
+
+def test_output_names_never_collide(tmp_path):
+    """x_flac.wav, x.wav and x.flac: the fallback name of the third is the first's name."""
+    root = _corpus(tmp_path / "corpus", {"wavs/x_flac.wav": "First one.", "wavs/x.wav": "Second one.", "wavs/x.flac": "Third one."})
+    out = _prepare(tmp_path, root, "trim_top_db=60")
+    kept = _kept(out)
+    assert len({s.audio for s in kept}) == 3
+    by_text = {s.text: sf.info(resolve_audio(out / "train.jsonl", s)).duration for s in kept}
+    assert by_text["first one."] < by_text["second one."] < by_text["third one."]  # each its own clip (1, 1.25, 1.5 s)
+
+
+def test_a_wav_cut_short_is_dropped_not_kept_with_its_whole_transcript(tmp_path):
+    root = _corpus(tmp_path / "corpus", {"wavs/a.wav": "First one.", "wavs/b.wav": "Second one.", "wavs/c.wav": "Third one."})
+    whole = (root / "wavs" / "c.wav").read_bytes()
+    (root / "wavs" / "c.wav").write_bytes(whole[:len(whole) // 3])  # an interrupted copy: the header still says 1.5 s
+    out = _prepare(tmp_path, root)
+    [dropped] = _dropped(out)
+    assert dropped["reason"] == "unreadable_audio" and "is cut short: its header promises 1.50 s, the file holds 0.50 s" in dropped["message"]
+    assert sorted(s.text for s in _kept(out)) == ["first one.", "second one."]
+
+
+def test_transcripts_without_a_letter_are_empty_and_html_entities_are_read(tmp_path):
+    root = _corpus(tmp_path / "corpus", {"wavs/a.wav": "...", "wavs/b.wav": "?!", "wavs/c.wav": "Tom &amp; Jerry &quot;run&quot;.",
+                                         "wavs/d.wav": "Fine."}, line_end="\r")  # classic Mac OS line endings, too
+    out = _prepare(tmp_path, root)
+    assert [(d["reason"], d["source_line"].rsplit(":", 1)[1]) for d in _dropped(out)] == [("empty_text", "2"), ("empty_text", "3")]
+    assert "'...' has no letter or digit" in _dropped(out)[0]["message"]
+    assert sorted(s.text for s in _kept(out)) == ["fine.", "tom and jerry run."]
+
+
+def test_a_language_code_is_checked_before_any_work(tmp_path, caplog):
+    root = _corpus(tmp_path / "corpus", {"wavs/a.wav": "First one.", "wavs/b.wav": "Second one."})
+    cfg = compose("prepare", ["data.name=t", f"data.sources=[{{path: {root}, formatter: coqui_csv, language: EN}}]",
+                              f"paths.processed_dir={tmp_path / 'out'}", "max_text_tokens=0"])
+    with pytest.raises(ValueError, match="language codes are lower case — fix: language: en"):
+        prepare.run(cfg)
+    assert not (tmp_path / "out").exists()
+    cfg.data.sources[0].language = "xx"  # a new language (or a typo): said once, and prepared
+    with caplog.at_level("WARNING", logger="xtts_ft.stages.prepare"):
+        prepare.run(cfg)
+    assert [r.getMessage() for r in caplog.records if "'xx' is not one of the base model's languages" in r.getMessage()]
+
+
+def test_a_metadata_file_that_cannot_be_read_is_named(tmp_path, monkeypatch):
+    from xtts_ft.cli import is_user_error
+
+    root = _corpus(tmp_path / "corpus", {"wavs/a.wav": "First one."})
+    real = Path.read_bytes
+
+    def denied(path):
+        if path.name == "metadata.csv":
+            raise PermissionError(13, "Permission denied")  # as chmod 000 for another user; root reads anything
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(OSError, match=r"cannot read metadata file .*metadata.csv: Permission denied; check that it is readable") as error:
+        read_corpus(root, _source(root, "coqui_csv"))
+    assert is_user_error(error.value)  # one line on the console, not a traceback

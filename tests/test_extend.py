@@ -167,6 +167,14 @@ def test_extending_twice_or_without_the_corpus_language_is_refused(workdir, exte
     cfg = compose("extend", wolof_overrides(workdir) + ["model=tiny", "languages=[ff]", f"out_dir={workdir / 'ff'}"])
     with pytest.raises(ValueError, match="no 'ff' text"):
         extend.run(cfg)
+    # overwrite=true replaces only a model extend wrote: never a folder a typo names.
+    mine = workdir / "my-notes"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    cfg = compose("extend", wolof_overrides(workdir) + ["model=tiny", "languages=[wo]", f"out_dir={mine}", "overwrite=true"])
+    with pytest.raises(FileExistsError, match="is not a model extend wrote"):
+        extend.run(cfg)
+    assert (mine / "notes.txt").read_text() == "mine"
 
 
 # --- train, export, infer ---------------------------------------------------------------------

@@ -174,6 +174,13 @@ def user_errors_in_one_line():
     "Error executing job"; HYDRA_FULL_ERROR=1 keeps the traceback."""
     try:
         yield
+    except KeyboardInterrupt:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        # Every stage writes through temporary names, so nothing it left looks finished.
+        print("interrupted — nothing unfinished was left looking complete; run the same command again "
+              "(prepare and training continue where they stopped)", file=sys.stderr)
+        sys.exit(130)
     except Exception as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not is_user_error(error):
             raise

@@ -423,6 +423,22 @@ VALUE_CHECKS = {
 }
 # Pairs that must be ordered: (smaller, larger).
 ORDERED = [("min_seconds", "max_seconds"), ("cond_min_seconds", "cond_max_seconds")]
+# Names that become one folder under processed_dir or runs_dir: `data.name=` (empty), `.` or `../x`
+# would make a stage write over, or replace, the folder above or beside it.
+FOLDER_NAMES = {"data.name": "processed_dir", "run_name": "runs_dir"}
+RESERVED_NAMES = {"data.name": ("cache",)}  # <processed_dir>/cache holds every dataset's caches
+
+
+def folder_name_problem(name: str, reserved=()) -> Optional[str]:
+    if not name.strip():
+        return "is empty"
+    if name in (".", "..") or "/" in name or "\\" in name:
+        return "is not a single folder name"
+    if name.startswith("."):
+        return "starts with a dot (prepare's own working folders do)"
+    if name in reserved:
+        return "is reserved"
+    return None
 
 
 def validate(cfg: DictConfig) -> DictConfig:
@@ -431,6 +447,11 @@ def validate(cfg: DictConfig) -> DictConfig:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         if value is not None and not test(value):
             raise ConfigValueError(f"{key}={value} is not {what} — fix: {key}=<{what}>")
+    for key, parent in FOLDER_NAMES.items():
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        problem = folder_name_problem(str(value), RESERVED_NAMES.get(key, ())) if value is not None else None
+        if problem:
+            raise ConfigValueError(f"{key}={value!r} {problem}: it names one folder under paths.{parent} — fix: {key}=<a name such as mine>")
     for low, high in ORDERED:
         smaller, larger = (OmegaConf.select(cfg, key, default=None, throw_on_missing=False) for key in (low, high))
         if smaller is not None and larger is not None and smaller > larger:

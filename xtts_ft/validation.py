@@ -140,7 +140,7 @@ class TranscriptCache:
         self.path = Path(cache_dir) / f"{choice.language}-{key}.jsonl"
         self.texts: Dict[str, str] = {}
         if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
+            for line in self.path.read_text(encoding="utf-8").split("\n"):
                 try:
                     row = json.loads(line)
                     self.texts[row["clip"]] = row["text"]

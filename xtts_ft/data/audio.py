@@ -7,8 +7,10 @@ so our code does not depend on torchaudio's codec backends.
 from __future__ import annotations
 
 import io
+import os
+import struct
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import soundfile as sf
@@ -32,12 +34,53 @@ def read_mono(path: Path, max_seconds: Optional[float] = None):
 
 
 def header_seconds(path: Path) -> float:
-    """The duration the file's header gives, without decoding it. Raises RuntimeError naming the file if it cannot be read."""
+    """The duration the file's header gives, without decoding it. Raises RuntimeError naming the
+    file if it cannot be read, or if it is a WAV cut short (see `wav_shortfall`)."""
     try:
         info = sf.info(str(path))
     except Exception as err:  # as read_mono: several types for corrupt or truncated files
         raise RuntimeError(f"cannot read audio {path}: {err}") from err
+    shortfall = wav_shortfall(path)
+    if shortfall is not None:
+        declared, held = shortfall
+        raise RuntimeError(f"audio {path} is cut short: its header promises {declared:.2f} s, the file holds {held:.2f} s "
+                           "(an interrupted copy or download?); copy it again from its source")
     return info.frames / info.samplerate if info.samplerate > 0 else 0.0
+
+
+TRUNCATION_SLACK_SECONDS = 0.01
+
+
+def wav_shortfall(path: Path) -> Optional[Tuple[float, float]]:
+    """(seconds a RIFF WAV's data chunk declares, seconds the file holds) when the file ends more
+    than TRUNCATION_SLACK_SECONDS before its declared data does; None otherwise, and for any other
+    format. libsndfile reads such a file without error and reports only the frames present, so a
+    clip cut short by a failed copy would keep its whole transcript. A size of 0 or 0xFFFFFFFF (a
+    stream written before its length was known) declares nothing."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            byte_rate = 0
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                kind, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if kind == b"fmt ":
+                    fmt = f.read(size)
+                    byte_rate = struct.unpack("<I", fmt[8:12])[0] if len(fmt) >= 12 else 0
+                    f.seek(size % 2, os.SEEK_CUR)
+                elif kind == b"data":
+                    held = os.fstat(f.fileno()).st_size - f.tell()
+                    if size in (0, 0xFFFFFFFF) or byte_rate <= 0 or (size - held) / byte_rate <= TRUNCATION_SLACK_SECONDS:
+                        return None
+                    return size / byte_rate, max(held, 0) / byte_rate
+                else:
+                    f.seek(size + size % 2, os.SEEK_CUR)
+    except OSError:
+        return None  # sf.info read it; a read error here is left to the decoder to report
 
 
 def load_audio(path: Path, sample_rate: int, max_seconds: Optional[float] = None) -> np.ndarray:

@@ -285,7 +285,7 @@ def read_done(out: Path) -> Dict[str, Union[ClipInfo, Rejected]]:
     record_crashes(out)
     done: Dict[str, Union[ClipInfo, Rejected]] = {}
     for ledger in sorted(out.glob(".done-*.jsonl")):
-        for line in ledger.read_text(encoding="utf-8").splitlines():
+        for line in ledger.read_text(encoding="utf-8").split("\n"):
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:

@@ -45,14 +45,20 @@ def text_lines(path: Path, encoding: str = "utf-8") -> Iterator[Tuple[int, Union
 
     Each line is decoded on its own, so one line that is not in `encoding` (a latin-1 `Café` in
     a UTF-8 file) comes as a `bad_encoding` record and costs that row only. A byte-order mark
-    (Excel and Notepad write one) is dropped; `\\r\\n` endings are read as `\\n`.
+    (Excel and Notepad write one) is dropped; `\\r\\n` endings are read as `\\n`, and a file
+    whose lines all end in `\\r` alone (classic Mac OS) is split on it.
     """
     if not path.is_file():
         raise FileNotFoundError(f"metadata file {path} does not exist")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:  # permissions, an I/O error: name the file and what to do
+        raise OSError(err.errno, f"cannot read metadata file {path}: {err.strerror or err}; check that it is readable "
+                                 "(permissions, a disk or network error)") from None
     if not _ascii_compatible(encoding):  # utf-16/32: a 0x0a byte may be half of a character
         try:
-            lines = data.decode(encoding).split("\n")
+            text = data.decode(encoding)
+            lines = text.split("\n" if "\n" in text or "\r" not in text else "\r")  # classic Mac OS ends lines with \r alone
         except UnicodeDecodeError as err:
             raise ValueError(f"{path}: not valid {encoding} at byte {err.start} ({err.reason}); "
                              "set data.sources[i].encoding to the file's encoding") from None
@@ -61,7 +67,7 @@ def text_lines(path: Path, encoding: str = "utf-8") -> Iterator[Tuple[int, Union
         return
     if data.startswith(codecs.BOM_UTF8):  # in a latin-1/cp1252 file too: `ï»¿` opening a file is always a BOM
         data = data[len(codecs.BOM_UTF8):]
-    pieces = data.split(b"\n")
+    pieces = data.split(b"\n" if b"\n" in data or b"\r" not in data else b"\r")  # classic Mac OS ends lines with \r alone
     for lineno, raw in enumerate(pieces[:-1] if pieces[-1] == b"" else pieces, start=1):  # no line after the last newline
         raw = raw.removesuffix(b"\r")
         try:
@@ -151,10 +157,23 @@ def headed_rows(path: Path, delimiter: str, encoding: str, quoted: bool) -> Tupl
                 hint = f"a {name} inside a field" + (" (quote the field)" if quoted else "") if len(cells) > len(header) else "a missing field"
                 yield where, rejected_row(where, raw, "malformed_row",
                                           f"{len(cells)} fields where the header has {len(header)} ({'|'.join(header)}): {hint}?")
+            elif quoted and swallowed_row(raw, delimiter, len(header)):
+                # A quote opened in one row and closed in a later one reads, to the csv module, as one
+                # row whose field spans lines: the rows between would be lost into its transcript.
+                yield where, rejected_row(where, raw, "malformed_row",
+                                          f"lines {where.rsplit(':', 1)[1]} were read as one row, but a later line is a row of its "
+                                          "own: a quote opened in the first is closed only there — close it on its line, or "
+                                          "double a quote inside a field (\"\")")
             else:
                 yield where, dict(zip(header, cells))
 
     return header, records()
+
+
+def swallowed_row(raw: str, delimiter: str, width: int) -> bool:
+    """Whether a row the csv module read over several lines holds, after its first line, a line that
+    is a whole row of the header's width on its own (`b.wav,he left"` after `a.wav,"He said hi`)."""
+    return any(len(next(csv.reader([line], delimiter=delimiter), [])) == width for line in raw.split("\n")[1:] if line.strip())
 
 
 def jsonl_rows(path: Path, encoding: str) -> Iterator[Tuple[str, Union[dict, Record]]]:

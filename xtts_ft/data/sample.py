@@ -54,7 +54,7 @@ def read_manifest(path: Path) -> List[Sample]:
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist; run `xtts-ft prepare` first")
     samples = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):  # -sig: a BOM is dropped
+    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").split("\n"), start=1):  # -sig: a BOM is dropped
         if not line.strip():
             continue
         where = f"{path}:{lineno}"

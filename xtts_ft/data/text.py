@@ -10,6 +10,7 @@ import them:
 
 from __future__ import annotations
 
+import html
 import re
 import unicodedata
 
@@ -32,8 +33,15 @@ __all__ = [
 LEADING_TAG = re.compile(r"^\s*(\[[^\[\]\s]+\])\s*")  # "[happy]" in front of the text: an emotion token
 
 
+# An HTML character reference (&amp; &quot; &#39; &#x2019;) in text scraped from the web: without
+# this the cleaners read "&amp;" as "and amp;".
+HTML_ENTITY = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});")
+
+
 def clean_text(text: str, language: str) -> str:
     language = language.split("-")[0]
+    if HTML_ENTITY.search(text):
+        text = html.unescape(text)
     text = re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip()
     tag = LEADING_TAG.match(text)
     if tag:  # a control token is not text: kept as written, the rest cleaned

@@ -144,6 +144,10 @@ def run(cfg: DictConfig) -> Path:
     out = output_dir(cfg)
     if out.exists() and not cfg.overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=true to replace it")
+    if out.is_dir() and any(out.iterdir()) and read_sidecar(out).get("kind") != "extended":  # overwrite=true
+        raise FileExistsError(
+            f"out_dir={out} exists and is not a model extend wrote (no {SIDECAR} of kind 'extended'); extend replaces "
+            "only its own models — fix: choose another out_dir, or move that directory away yourself")
     base_sidecar = read_sidecar(base_dir)
     config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
     vocab_json = json.loads((base_dir / "vocab.json").read_text(encoding="utf-8"))

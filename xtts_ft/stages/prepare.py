@@ -34,7 +34,8 @@ from xtts_ft.config import to_container
 from xtts_ft.data.clips import AudioJob, AudioSettings, AudioWorkers, Rejected, read_done, remove_bookkeeping
 from xtts_ft.data.formatters import read_corpus
 from xtts_ft.data.sample import Sample, write_manifest
-from xtts_ft.data.text import clean_text, cleaner_name, language_token, token_ids, unknown_characters
+from xtts_ft.data.cleaners import CLEANERS, COQUI_LANGUAGES
+from xtts_ft.data.text import LEADING_TAG, base_language, clean_text, cleaner_name, language_token, token_ids, unknown_characters
 from xtts_ft.io_utils import file_hash, resumable_dir, write_json, write_jsonl, write_text
 from xtts_ft.model.constants import DECODER_SAMPLE_RATE
 
@@ -60,6 +61,8 @@ def check_text(raw: str, language: str, cfg: DictConfig, tokenizer) -> str:
     text = clean_text(raw, language)
     if not text:
         raise Rejected("empty_text", "the transcript is empty")
+    if not any(ch.isalnum() for ch in LEADING_TAG.sub("", text, count=1)):  # "...", "?!", "-": nothing to say
+        raise Rejected("empty_text", f"the transcript {raw.strip()!r} has no letter or digit: nothing for the model to say")
     if len(text) > cfg.max_text_chars:
         raise Rejected("text_too_long", f"{len(text)} characters > max_text_chars={cfg.max_text_chars}")
     # A language the base has no [xx] token for is checked after `xtts-ft extend` adds it (train-gpt
@@ -95,7 +98,11 @@ def output_name(source_index: int, audio: Path, root: Path, used: set) -> str:
     relative = Path(os.path.abspath(audio)).relative_to(os.path.abspath(root))  # as check_path: symlinks kept
     name = f"{source_index}_{relative.with_suffix('').as_posix().replace('/', '__')}.wav"
     if name in used:
-        name = f"{source_index}_{relative.as_posix().replace('/', '__').replace('.', '_')}.wav"
+        stem = f"{source_index}_{relative.as_posix().replace('/', '__').replace('.', '_')}"
+        name, number = f"{stem}.wav", 1
+        while name in used:  # x_flac.wav, x.wav, x.flac: the fallback can be taken too
+            number += 1
+            name = f"{stem}_{number}.wav"
     used.add(name)
     return name
 
@@ -209,12 +216,51 @@ def load_tokenizer(vocab: Optional[Path]):
     return Tokenizer.from_file(str(vocab))
 
 
+def check_output_dir(cfg: DictConfig, out: Path) -> None:
+    """prepare replaces <processed_dir>/<data.name> whole when it rebuilds it: never a folder that
+    holds a corpus or a cache it reads, nor one it did not write."""
+    resolved = out.resolve()
+    for index, source in enumerate(cfg.data.sources):
+        for key in ("path", "cache_dir"):
+            value = source.get(key)
+            if value and Path(value).resolve().is_relative_to(resolved):
+                raise ValueError(
+                    f"data.sources[{index}].{key}={value} lies inside the dataset folder {out}, which prepare replaces "
+                    "whole when it rebuilds it — fix: write the dataset elsewhere (paths.processed_dir=... or data.name=...)")
+    if out.is_dir() and any(out.iterdir()) and not (out / "stats.json").is_file():
+        raise FileExistsError(
+            f"{out} exists and is not a dataset prepare wrote (no stats.json); prepare replaces only its own datasets — "
+            "fix: choose another data.name or paths.processed_dir, or move that folder away yourself")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is a file, not a dataset folder — fix: choose another data.name or paths.processed_dir")
+
+
+def check_languages(cfg: DictConfig, tokenizer) -> None:
+    """A source's language code, checked before any work: an upper-case code of a known language is
+    an error (`EN` would get the basic cleaner and skip the vocabulary check); a code neither the
+    base model nor a cleaner knows is said once (a new language is fine, a typo is not)."""
+    def known(code: str) -> bool:
+        has_token = tokenizer is not None and tokenizer.token_to_id(language_token(code)) is not None
+        return has_token or base_language(code) in CLEANERS or base_language(code) in COQUI_LANGUAGES
+
+    for language in dict.fromkeys(str(source.language) for source in cfg.data.sources):
+        if language != language.lower() and known(language.lower()):
+            raise ValueError(f"data.sources[].language={language!r}: language codes are lower case — fix: language: {language.lower()}")
+        if not known(language):
+            log.warning("language %r is not one of the base model's languages and has no cleaner of its own: its text gets the "
+                        "basic cleaner (numbers are not spelled out), and its characters are checked only after `xtts-ft extend "
+                        "languages=[%s]` adds it. A new language is fine; if it is a typo, correct data.sources[].language.",
+                        language, language)
+
+
 def run(cfg: DictConfig) -> Path:
     out = output_dir(cfg)
     if not cfg.data.sources:
         raise ValueError(f"data.sources is empty for dataset {cfg.data.name!r}: nothing to prepare")
+    check_output_dir(cfg, out)
     vocab = vocab_file(cfg)
     tokenizer = load_tokenizer(vocab)
+    check_languages(cfg, tokenizer)
     records = read_records(cfg)
     key = input_key(cfg, records, vocab)
     if not cfg.force and up_to_date(out, key):
