@@ -432,3 +432,54 @@ def test_a_metadata_file_that_cannot_be_read_is_named(tmp_path, monkeypatch):
     with pytest.raises(OSError, match=r"cannot read metadata file .*metadata.csv: Permission denied; check that it is readable") as error:
         read_corpus(root, _source(root, "coqui_csv"))
     assert is_user_error(error.value)  # one line on the console, not a traceback
+
+
+def test_a_dc_offset_is_removed_and_a_hot_float_file_is_not_clipped(tmp_path):
+    root = tmp_path / "corpus"
+    (root / "wavs").mkdir(parents=True)
+    silence = np.zeros(22050, np.float32)
+    sf.write(root / "wavs" / "dc.wav", np.concatenate([silence, _tone(), silence]) + 0.4, 22050, subtype="FLOAT")  # a faulty recorder
+    sf.write(root / "wavs" / "hot.wav", 6.0 * _tone(), 22050, subtype="FLOAT")  # peaks near 2.4: recorded hot, never clipped
+    sf.write(root / "wavs" / "ok.wav", _tone(1.5), 22050)
+    (root / "metadata.csv").write_text("audio_file|text|speaker_name\nwavs/dc.wav|First one.|s\nwavs/hot.wav|Second one.|s\n"
+                                       "wavs/ok.wav|Third one.|s\n")
+    out = _prepare(tmp_path, root)
+    assert _dropped(out) == []
+    clips = {s.text: sf.read(resolve_audio(out / "train.jsonl", s))[0] for s in _kept(out)}
+    dc = clips["first one."]
+    assert abs(dc.mean()) < 0.01 and len(dc) < 1.5 * 22050  # the offset gone, so the silence around the tone is trimmed
+    assert 0.9 < np.abs(clips["second one."]).max() <= 1.0  # scaled to fit, not flattened at full scale
+
+
+def test_invisible_characters_are_named_and_typographic_quotes_read(tmp_path):
+    from xtts_ft.data.text import clean_text, describe_characters
+
+    assert describe_characters(["ɓ", "\u200d", "\u00a0"]) == "ɓ U+200D (zero width joiner) U+00A0 (no-break space)"
+    assert clean_text("It\u2019s \u201cfine\u201d\u2026 ok\u200b\u00ad", "en") == "it's fine... ok"
+
+
+def test_messages_for_common_mistakes_name_the_fix(tmp_path):
+    import unicodedata
+
+    # Excel's "Unicode text": a UTF-16 file read as UTF-8.
+    with pytest.raises(ValueError, match="starts with a UTF-16 byte-order mark: it is not utf-8 — fix: set data.sources"):
+        _read(tmp_path / "u16", "coqui_csv", "audio_file|text|speaker_name\nwavs/a.wav|Hi.|s\n".encode("utf-16"))
+    # LJSpeech ids written with their extension; a file name in the other Unicode form (macOS: NFD on disk).
+    root = tmp_path / "lj"
+    (root / "wavs").mkdir(parents=True)
+    for name in ("LJ001-0001", "LJ001-0002", unicodedata.normalize("NFD", "café")):
+        sf.write(root / "wavs" / f"{name}.wav", _tone(), 22050)
+    (root / "wavs" / "empty.wav").write_bytes(b"")
+    (root / "metadata.csv").write_text("LJ001-0001.wav|First one.|First one.\nLJ001-0002|Second one.|\ncafé|Third one.|\n"
+                                       "empty|Fourth one.|\n")
+    out = _prepare(tmp_path, root, formatter="ljspeech")
+    assert sorted(s.text for s in _kept(out)) == ["first one.", "second one.", "third one."]
+    [dropped] = _dropped(out)
+    assert dropped["reason"] == "unreadable_audio" and "is an empty file (0 bytes)" in dropped["message"]
+
+
+def test_a_jsonl_text_that_is_a_list_is_malformed_not_markup(tmp_path):
+    metadata = '{"file": "a.wav", "sentence": ["Hello", "world"]}\n{"file": "b.wav", "sentence": "Fine."}\n'.encode()
+    records = _read(tmp_path / "j", "table", metadata, name="meta.jsonl", columns={"audio": "file", "text": "sentence"})
+    assert _summary(records) == [(1, "malformed_row"), (2, "b.wav", "Fine.", "j")]
+    assert "text ('sentence') is a JSON list, not a string or number" in records[0]["rejected"][1]

@@ -161,7 +161,7 @@ def one_line(error: BaseException) -> str:
     """`error: <what> — fix: <how>` for the console."""
     message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
     message = " ".join(line.strip() for line in message.splitlines() if line.strip())
-    if " — fix: " not in message:
+    if "fix:" not in message:  # messages that carry their own fix ("...; fix: ...") get no generic one
         fix = next((fix for kind, fix in FIX_BY_TYPE.items() if isinstance(error, kind)), GENERIC_FIX)
         message += f" — fix: {fix}"
     return f"error: {message}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 from pathlib import Path
 from typing import Optional, Tuple
@@ -37,7 +38,12 @@ def header_seconds(path: Path) -> float:
     """The duration the file's header gives, without decoding it. Raises RuntimeError naming the
     file if it cannot be read, or if it is a WAV cut short (see `wav_shortfall`)."""
     try:
+        status = os.stat(path)
+        if stat.S_ISREG(status.st_mode) and status.st_size == 0:
+            raise RuntimeError(f"audio {path} is an empty file (0 bytes); copy it again from its source")
         info = sf.info(str(path))
+    except RuntimeError:
+        raise
     except Exception as err:  # as read_mono: several types for corrupt or truncated files
         raise RuntimeError(f"cannot read audio {path}: {err}") from err
     shortfall = wav_shortfall(path)

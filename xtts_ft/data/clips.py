@@ -68,6 +68,9 @@ class Clip:
     clipped_fraction: float
 
 
+DC_OFFSET = 0.01  # a mean above this (1 % of full scale) is removed before trimming
+
+
 def process_audio(path: Path, cfg: AudioSettings) -> Clip:
     """Decode once at the source rate; derive the 22.05 kHz clip and the 24 kHz copy from it."""
     try:
@@ -80,11 +83,21 @@ def process_audio(path: Path, cfg: AudioSettings) -> Clip:
         raise Rejected("unreadable_audio", str(err)) from None
     if source.size == 0 or not np.isfinite(source).all():
         raise Rejected("unreadable_audio", f"{path} is empty or holds non-finite samples")
-    if np.abs(source).max() < SILENCE_PEAK:
+    # Counted as recorded (before the offset goes). A float file above full scale was not clipped,
+    # only recorded hot: its samples go past 1.
+    magnitude = np.abs(source)
+    peak = float(magnitude.max())
+    clipped = np.count_nonzero(magnitude >= 0.999) / source.size if peak <= 1.0 else 0.0
+    offset = float(source.mean(dtype=np.float64))
+    if abs(offset) > DC_OFFSET:  # a constant offset (a faulty recorder) hides the silence trimming looks for
+        source = source - np.float32(offset)
+        peak = float(np.abs(source).max())
+    if peak < SILENCE_PEAK:
         raise Rejected("silent_audio", f"peak below {20 * np.log10(SILENCE_PEAK):.0f} dBFS: nothing to hear")
-    clipped = np.count_nonzero(np.abs(source) >= 0.999) / source.size
     if clipped > cfg.max_clipped_fraction:
         raise Rejected("clipped", f"{clipped:.2%} of samples at full scale > max_clipped_fraction={cfg.max_clipped_fraction}")
+    if peak > 1.0:  # scaled to fit the 16-bit WAV it is written to, which would clip it
+        source = source * np.float32(0.99 / peak)
     audio = soxr.resample(source, rate, cfg.sample_rate, quality="HQ") if rate != cfg.sample_rate else source
     start, end = trim_bounds(audio, cfg.trim_top_db)
     audio = audio[start:end]

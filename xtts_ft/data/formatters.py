@@ -65,6 +65,9 @@ def text_lines(path: Path, encoding: str = "utf-8") -> Iterator[Tuple[int, Union
         for lineno, line in enumerate(lines[:-1] if lines[-1] == "" else lines, start=1):
             yield lineno, (line.lstrip("\ufeff") if lineno == 1 else line).removesuffix("\r")
         return
+    if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):  # Excel's "Unicode text", Windows Notepad
+        raise ValueError(f"{path} starts with a UTF-16 byte-order mark: it is not {encoding} — fix: set "
+                         "data.sources[i].encoding=utf-16")
     if data.startswith(codecs.BOM_UTF8):  # in a latin-1/cp1252 file too: `ï»¿` opening a file is always a BOM
         data = data[len(codecs.BOM_UTF8):]
     pieces = data.split(b"\n" if b"\n" in data or b"\r" not in data else b"\r")  # classic Mac OS ends lines with \r alone
@@ -203,6 +206,11 @@ def table_rows(path: Path, encoding: str, required: Dict[str, str]) -> Iterator[
             if not checked and not is_rejected(row):
                 _require_columns(where, list(row), required)
                 checked = True
+            nested = [f"{role} ({name!r}) is a JSON {type(row[name]).__name__}" for role, name in required.items()
+                      if not is_rejected(row) and isinstance(row.get(name), (list, dict))]
+            if nested:  # str() of a list would become the transcript "['a', 'b']"
+                row = rejected_row(where, json.dumps(row, ensure_ascii=False), "malformed_row",
+                                   f"{', '.join(nested)}, not a string or number")
             yield where, row
         return
     tsv = path.suffix == ".tsv"
@@ -260,9 +268,11 @@ def ljspeech(root: Path, source) -> List[Record]:
                                         "`id|text|normalized text` (3 fields; a `|` inside a transcript is not allowed)"))
             continue
         clip_id, text, normalized = cells
+        clip_id = clip_id.strip()
         records.append(
             {
-                "audio": str(root / "wavs" / f"{clip_id.strip()}.wav"),
+                # LJ001-0001, or LJ001-0001.wav as some exports write the id
+                "audio": str(root / "wavs" / (clip_id if clip_id.lower().endswith(".wav") else f"{clip_id}.wav")),
                 "text": normalized if normalized.strip() else text,
                 "speaker": source.speaker or root.name,
                 "source_line": where,

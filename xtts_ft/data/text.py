@@ -38,10 +38,19 @@ LEADING_TAG = re.compile(r"^\s*(\[[^\[\]\s]+\])\s*")  # "[happy]" in front of th
 HTML_ENTITY = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});")
 
 
+# Characters with no sound that word processors and web pages leave in text: zero-width space,
+# word joiner, a byte-order mark inside the text, soft hyphen. Dropped, not read as [UNK].
+INVISIBLE = dict.fromkeys(map(ord, "\u200b\u2060\ufeff\u00ad"))
+# Typographic quotes and the ellipsis as one character, written the way every vocabulary has them.
+TYPOGRAPHIC = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201b": "'", "\u201c": '"', "\u201d": '"', "\u201e": '"',
+                             "\u2026": "..."})
+
+
 def clean_text(text: str, language: str) -> str:
     language = language.split("-")[0]
     if HTML_ENTITY.search(text):
         text = html.unescape(text)
+    text = text.translate(INVISIBLE).translate(TYPOGRAPHIC)
     text = re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip()
     tag = LEADING_TAG.match(text)
     if tag:  # a control token is not text: kept as written, the rest cleaned
@@ -75,6 +84,16 @@ def token_ids(tokenizer, text: str, language: str) -> list:
     VoiceBpeTokenizer.encode refuses.
     """
     return tokenizer.encode(f"{language_token(language)}{text}".replace(" ", "[SPACE]")).ids
+
+
+def describe_characters(characters) -> str:
+    """Characters for a message: each as written, or as U+XXXX with its name when it would not show
+    (a zero-width joiner, a control character, a space of another kind)."""
+    def one(ch: str) -> str:
+        if ch.isprintable() and not ch.isspace() and unicodedata.category(ch) not in ("Cf", "Mn", "Me"):
+            return ch
+        return f"U+{ord(ch):04X} ({unicodedata.name(ch, 'unnamed').lower()})"
+    return " ".join(one(ch) for ch in characters)
 
 
 def unknown_characters(tokenizer, text: str) -> list:

@@ -23,7 +23,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer
 
 from xtts_ft.data.cleaners import CLEANERS, COQUI_LANGUAGES
-from xtts_ft.data.text import base_language, clean_text, language_token, unknown_characters
+from xtts_ft.data.text import base_language, clean_text, describe_characters, language_token, unknown_characters
 
 LEADING_TAG = re.compile(r"^\s*\[([^\[\]\s]+)\]\s*")
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class XttsTokenizer(VoiceBpeTokenizer):
         log.warning("%s text %r has characters this model's vocabulary lacks: %s — each is read as [UNK], a token "
                     "the model has no sound for. Fix: write them with letters the model knows (or let the "
                     "language's cleaner do it), or `xtts-ft extend` the model from a corpus that has them",
-                    language_token(lang), txt[:80], " ".join(unknown) or "?")
+                    language_token(lang), txt[:80], describe_characters(unknown) or "?")
 
 
 def tokenizer_for(model_dir: Path, sidecar: dict) -> XttsTokenizer:

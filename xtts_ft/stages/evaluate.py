@@ -38,6 +38,7 @@ from tqdm import tqdm
 from xtts_ft import asr, metrics
 from xtts_ft.data.audio import load_audio, write_wav
 from xtts_ft.data.sample import read_manifest, resolve_audio
+from xtts_ft.data.text import describe_characters
 from xtts_ft.inference import XttsSynthesizer
 from xtts_ft.io_utils import write_json, write_text
 
@@ -190,7 +191,7 @@ def evaluate_model(synthesizer: XttsSynthesizer, label: str, probes: List[dict],
             row["flagged"] = True
         unknown = synthesizer.unknown_characters(probe["text"], probe["language"])
         if unknown:  # the GPT read [UNK] there: a fault of the text, named, but not counted in the model's flag rate
-            row["flags"] = "; ".join([f"unknown_characters {' '.join(unknown)} (not in the vocabulary: read as [UNK])"]
+            row["flags"] = "; ".join([f"unknown_characters {describe_characters(unknown)} (not in the vocabulary: read as [UNK])"]
                                      + ([row["flags"]] if row["flags"] else []))
         rows.append(row)
     return sorted(rows, key=lambda row: row["utterance"])  # probe order, whatever order the batches finished in

@@ -21,6 +21,7 @@ import random
 import re
 import stat
 import time
+import unicodedata
 from collections import Counter, defaultdict
 from functools import partial
 from pathlib import Path
@@ -35,7 +36,8 @@ from xtts_ft.data.clips import AudioJob, AudioSettings, AudioWorkers, Rejected, 
 from xtts_ft.data.formatters import read_corpus
 from xtts_ft.data.sample import Sample, write_manifest
 from xtts_ft.data.cleaners import CLEANERS, COQUI_LANGUAGES
-from xtts_ft.data.text import LEADING_TAG, base_language, clean_text, cleaner_name, language_token, token_ids, unknown_characters
+from xtts_ft.data.text import (LEADING_TAG, base_language, clean_text, cleaner_name, describe_characters, language_token, token_ids,
+                               unknown_characters)
 from xtts_ft.io_utils import file_hash, resumable_dir, write_json, write_jsonl, write_text
 from xtts_ft.model.constants import DECODER_SAMPLE_RATE
 
@@ -72,7 +74,7 @@ def check_text(raw: str, language: str, cfg: DictConfig, tokenizer) -> str:
         unk = tokenizer.token_to_id("[UNK]")
         if unk in ids:
             unknown = unknown_characters(tokenizer, text)
-            raise Rejected("unknown_characters", f"not in the model's vocabulary: {' '.join(unknown) or '?'}")
+            raise Rejected("unknown_characters", f"not in the model's vocabulary: {describe_characters(unknown) or '?'}")
         if len(ids) > cfg.max_text_tokens:
             raise Rejected("too_many_tokens", f"{len(ids)} tokens > max_text_tokens={cfg.max_text_tokens}")
     return text
@@ -85,7 +87,11 @@ def check_path(record: dict, root: Path, seen: set) -> Path:
     if not audio_path.is_relative_to(os.path.abspath(root)):
         raise Rejected("outside_root", f"{audio_path} is outside the corpus root {root}")
     if not audio_path.is_file():
-        raise Rejected("missing_file", f"{audio_path} does not exist")
+        # The same name in the other Unicode form: macOS writes é as e + U+0301 on disk, metadata has é.
+        other = next((p for form in ("NFC", "NFD") if (p := Path(unicodedata.normalize(form, str(audio_path)))).is_file()), None)
+        if other is None:
+            raise Rejected("missing_file", f"{audio_path} does not exist")
+        audio_path = other
     real = audio_path.resolve()  # the same file reached through a symlink is a duplicate too
     if real in seen:
         raise Rejected("duplicate_audio", f"{audio_path} is already used by an earlier record")
