@@ -286,6 +286,39 @@ def test_batched_codes_are_those_of_one_at_a_time_and_of_coquis_generate(model, 
         assert row.latents.shape == theirs.shape and torch.allclose(row.latents, theirs, rtol=0, atol=1e-5)
 
 
+def test_a_batch_may_store_the_weights_transposed_and_gets_the_same_audio(untrained, prepared, monkeypatch):
+    """Where MKL's few-row products are slow (FewRowLayout times it), batched synthesis runs with GPT-2's
+    Conv1D weights stored transposed. Forced here: the same audio as the usual layout, the weights
+    stored as before afterwards, and batch_size=1 never changes the layout."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    from xtts_ft.inference import FewRowLayout
+
+    decoding = {**BATCH_DECODING, "seed": 0, "top_k": 1}
+    requests = _mixed_requests(prepared)[:4]
+    layers = [m for m in untrained.model.gpt.gpt.modules() if isinstance(m, Conv1D)]
+    weights = [layer.weight.detach().clone() for layer in layers]
+    monkeypatch.setattr(FewRowLayout, "transposed_is_faster", lambda self, weight, rows: False)
+    usual = untrained.synthesize_many(requests, decoding, batch_size=4)
+    monkeypatch.setattr(FewRowLayout, "transposed_is_faster", lambda self, weight, rows: True)
+    strides = []
+    hook = layers[-1].register_forward_pre_hook(lambda layer, args: strides.append(layer.weight.stride()))
+    try:
+        transposed = untrained.synthesize_many(requests, decoding, batch_size=4)
+        batched_strides, strides[:] = set(strides), []
+        untrained.synthesize_many(requests[:1], decoding, batch_size=1)
+    finally:
+        hook.remove()
+    rows_in, rows_out = layers[-1].weight.shape
+    assert batched_strides == {(1, rows_in)} and set(strides) == {(rows_out, 1)}
+    for a, b in zip(usual, transposed):
+        assert a.stopped == b.stopped and a.wav.shape == b.wav.shape
+        assert np.abs(a.wav - b.wav).max() <= 1e-5 * max(1.0, np.abs(a.wav).max())
+    for layer, weight in zip(layers, weights):
+        assert layer.weight.is_contiguous() and torch.equal(layer.weight, weight)
+
+
 def test_sampled_codes_follow_each_sentences_seed_not_its_batch(untrained, prepared):
     """Sampling: a sentence's codes come from its own seeded stream, so batch size 1, 2 or 5 gives the
     same codes; another seed gives other codes."""
