@@ -350,9 +350,13 @@ def test_prepare_never_replaces_a_folder_it_did_not_write(tmp_path):
         _prepare(tmp_path, corpus)
     assert (tmp_path / "out" / "t" / "NOTES.txt").read_text() == "mine"
     # A name that is not one folder would replace processed_dir itself, or a sibling.
-    for name in ("''", ".", "..", "../t", "cache"):
+    for name in ("''", ".", "..", "../t", "cache", "Cache", "/abs"):
         with pytest.raises(ConfigValueError, match="data.name="):
             compose("prepare", [f"data.name={name}"])
+    assert compose("prepare", ["data.name=wolof/v2"]).data.name == "wolof/v2"  # a folder inside processed_dir: fine
+    # Markup written as HTML entities is markup too.
+    with pytest.raises(clips.Rejected, match="annotation markup <unk>"):
+        prepare.check_text("&lt;unk&gt; so this is it", "en", compose("prepare", []), None)
 
 
 def test_line_separators_in_a_transcript_keep_the_manifest_readable(tmp_path):
@@ -368,10 +372,10 @@ def test_a_quote_closed_a_row_later_swallows_no_row(tmp_path):
     metadata = ('file_name,text\n'
                 'c1.wav,"He said hi, then\n'  # a quote opened here...
                 'c2.wav,he left the room"\n'  # ...closes here: to the csv module one row of two fields
-                'c3.wav,"One line\nand its second line"\n'  # a field over two lines that is not a row: kept
+                'c3.wav,"One line,\nand its second, line"\n'  # a field over two lines, commas in both, is not a row: kept
                 'c4.wav,Fine.\n').encode()
     records = _read(tmp_path / "af", "audiofolder", metadata)
-    assert _summary(records) == [(2, "malformed_row"), (4, "c3.wav", "One line\nand its second line", "af"), (6, "c4.wav", "Fine.", "af")]
+    assert _summary(records) == [(2, "malformed_row"), (4, "c3.wav", "One line,\nand its second, line", "af"), (6, "c4.wav", "Fine.", "af")]
     assert "lines 2-3 were read as one row, but a later line is a row of its own" in records[0]["rejected"][1]
 
 
@@ -411,6 +415,8 @@ def test_a_language_code_is_checked_before_any_work(tmp_path, caplog):
     with pytest.raises(ValueError, match="language codes are lower case — fix: language: en"):
         prepare.run(cfg)
     assert not (tmp_path / "out").exists()
+    cfg.data.sources[0].language = "en-US"  # a region in capitals is fine
+    prepare.check_languages(cfg, None)
     cfg.data.sources[0].language = "xx"  # a new language (or a typo): said once, and prepared
     with caplog.at_level("WARNING", logger="xtts_ft.stages.prepare"):
         prepare.run(cfg)

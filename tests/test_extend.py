@@ -48,6 +48,11 @@ def test_wolof_cleaner_spells_numbers_abbreviations_and_symbols_and_is_idempoten
                             "juróom-benn-fukk ak juróom-ñaar",  # a phone number is read group by group
         "n°5, 10°C": "nimero juróom, fukk degre c",  # an abbreviation before a digit; a symbol before a letter
         "$100 walla 5 000 $": "téeméer dolaar walla juróomi junni dolaar",  # the currency after the amount
+        "$1 000, $5-10": "junni dolaar, dolaar juróom - fukk",  # a grouped amount; a range keeps its sign first
+        "Woo 33 821 00 00, 12 345 678": "woo fanweer ak ñett juróom-ñetti téeméer ak ñaar-fukk ak benn tus tus tus tus, fukk ak "
+                                        "ñaari tamndareet ak ñetti téeméer ak ñeent-fukk ak juróomi junni ak juróom-benni "
+                                        "téeméer ak juróom-ñaar-fukk ak juróom-ñett",  # zeros one by one; thousands stay
+        "Nº 5": "nimero juróom",
         "Ndax no ko def? No 5, 3Mme Diop": "ndax no ko def? nimero juróom, ñett madaam diop",  # "no" only before a number
     }
     for raw, clean in cases.items():

@@ -289,7 +289,7 @@ def test_batched_codes_are_those_of_one_at_a_time_and_of_coquis_generate(model, 
 def test_a_batch_may_store_the_weights_transposed_and_gets_the_same_audio(untrained, prepared, monkeypatch):
     """Where MKL's few-row products are slow (FewRowLayout times it), batched synthesis runs with GPT-2's
     Conv1D weights stored transposed. Forced here: the same audio as the usual layout, the weights
-    stored as before afterwards, and batch_size=1 never changes the layout."""
+    stored as before afterwards, and a batch of one row never changes the layout."""
     import torch
     from transformers.pytorch_utils import Conv1D
 
@@ -302,21 +302,27 @@ def test_a_batch_may_store_the_weights_transposed_and_gets_the_same_audio(untrai
     monkeypatch.setattr(FewRowLayout, "transposed_is_faster", lambda self, weight, rows: False)
     usual = untrained.synthesize_many(requests, decoding, batch_size=4)
     monkeypatch.setattr(FewRowLayout, "transposed_is_faster", lambda self, weight, rows: True)
-    strides = []
-    hook = layers[-1].register_forward_pre_hook(lambda layer, args: strides.append(layer.weight.stride()))
+    strides = []  # (rows of the batch, the weight's strides) at each forward
+    hook = layers[-1].register_forward_pre_hook(lambda layer, args: strides.append((args[0].shape[0], layer.weight.stride())))
     try:
         transposed = untrained.synthesize_many(requests, decoding, batch_size=4)
-        batched_strides, strides[:] = set(strides), []
-        untrained.synthesize_many(requests[:1], decoding, batch_size=1)
     finally:
         hook.remove()
+    # 5 sentences: a batch of 4 with the weights transposed, then the last sentence alone in the usual layout.
     rows_in, rows_out = layers[-1].weight.shape
-    assert batched_strides == {(1, rows_in)} and set(strides) == {(rows_out, 1)}
+    assert {stride for rows, stride in strides if rows == 4} == {(1, rows_in)}
+    assert {stride for rows, stride in strides if rows == 1} == {(rows_out, 1)}
     for a, b in zip(usual, transposed):
         assert a.stopped == b.stopped and a.wav.shape == b.wav.shape
         assert np.abs(a.wav - b.wav).max() <= 1e-5 * max(1.0, np.abs(a.wav).max())
     for layer, weight in zip(layers, weights):
         assert layer.weight.is_contiguous() and torch.equal(layer.weight, weight)
+    # A synthesizer around a model in memory (train-gpt's eval audio) batches too.
+    from xtts_ft.inference import XttsSynthesizer
+
+    wrapped = XttsSynthesizer.from_model(untrained.config, untrained.model)
+    [again] = wrapped.synthesize_many(requests[:1], decoding, batch_size=2)
+    assert again.wav.shape == usual[0].wav.shape and np.abs(again.wav - usual[0].wav).max() <= 1e-5
 
 
 def test_sampled_codes_follow_each_sentences_seed_not_its_batch(untrained, prepared):

@@ -201,7 +201,8 @@ def test_each_clips_speaker_reaches_the_packing(monkeypatch, tmp_path):
 def test_a_segment_within_one_clips_span_belongs_to_it_whole():
     bounds = np.array([0.0, 3.5, 7.0])  # a window's start, then each clip's end with the 0.5 s gap after it
     assert validation.within_one_clip(0.1, 3.2, bounds) and validation.within_one_clip(3.6, 6.8, bounds)
-    assert validation.within_one_clip(3.3, 7.1, bounds)  # timestamps a little early or late: still clip 2's
+    assert validation.within_one_clip(3.3, 7.1, bounds)  # timestamps a little early, or late at the window's end
+    assert not validation.within_one_clip(0.1, 3.7, bounds)  # past clip 1's gap: into clip 2's first word
     assert not validation.within_one_clip(2.0, 5.0, bounds)  # runs over clip 1's end into clip 2
     assert not validation.within_one_clip(0.5, 6.5, bounds)
 

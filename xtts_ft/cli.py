@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dis
 import os
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -161,7 +162,7 @@ def one_line(error: BaseException) -> str:
     """`error: <what> — fix: <how>` for the console."""
     message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
     message = " ".join(line.strip() for line in message.splitlines() if line.strip())
-    if "fix:" not in message:  # messages that carry their own fix ("...; fix: ...") get no generic one
+    if not re.search(r"\bfix:", message, flags=re.IGNORECASE):  # a message with its own fix ("...; fix: ...") gets no generic one
         fix = next((fix for kind, fix in FIX_BY_TYPE.items() if isinstance(error, kind)), GENERIC_FIX)
         message += f" — fix: {fix}"
     return f"error: {message}"

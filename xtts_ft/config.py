@@ -430,13 +430,14 @@ RESERVED_NAMES = {"data.name": ("cache",)}  # <processed_dir>/cache holds every 
 
 
 def folder_name_problem(name: str, reserved=()) -> Optional[str]:
+    parts = name.replace("\\", "/").split("/")
     if not name.strip():
         return "is empty"
-    if name in (".", "..") or "/" in name or "\\" in name:
-        return "is not a single folder name"
-    if name.startswith("."):
+    if name.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        return "is not a folder name inside it (no leading /, no empty, . or .. part)"
+    if any(part.startswith(".") for part in parts):
         return "starts with a dot (prepare's own working folders do)"
-    if name in reserved:
+    if parts[0].lower() in reserved:
         return "is reserved"
     return None
 
@@ -451,7 +452,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         problem = folder_name_problem(str(value), RESERVED_NAMES.get(key, ())) if value is not None else None
         if problem:
-            raise ConfigValueError(f"{key}={value!r} {problem}: it names one folder under paths.{parent} — fix: {key}=<a name such as mine>")
+            raise ConfigValueError(f"{key}={value!r} {problem}: it names a folder under paths.{parent} — fix: {key}=<a name such as mine>")
     for low, high in ORDERED:
         smaller, larger = (OmegaConf.select(cfg, key, default=None, throw_on_missing=False) for key in (low, high))
         if smaller is not None and larger is not None and smaller > larger:

@@ -115,15 +115,17 @@ class FewRowLayout:
     GPT-2 keeps a Conv1D weight as (in, out), row-major. MKL's fp32 kernels for a product of 4-16 rows
     by such a weight are slow on some CPUs: on the AMD EPYC of our benchmarks, 8 rows × (1024, 4096)
     took 6.6 ms against 0.8 ms for one row, and 3.5 ms with the same weight stored transposed (the
-    layout of nn.Linear) — while one row is twice as slow that way. Which layout wins depends on the
-    CPU and the BLAS, so it is timed, not assumed: the largest weight, both layouts, a few products.
-    The values are the same either way; only the storage order, and the kernel MKL picks, change."""
+    layout of nn.Linear) — while 1-3 rows are about twice as slow that way. Which layout wins depends
+    on the CPU and the BLAS, so it is timed, not assumed: each weight shape, both layouts, a few
+    products, once per (shape, row count) and synthesizer. The values are the same either way; only
+    the storage order, and the kernel MKL picks, change."""
 
     def __init__(self):
-        self.faster_transposed: Dict[int, bool] = {}
+        self.faster_transposed: Dict[Tuple[Tuple[int, ...], int], bool] = {}  # (weight shape, rows) → decision
 
     def transposed_is_faster(self, weight: torch.Tensor, rows: int) -> bool:
-        if rows not in self.faster_transposed:
+        key = (tuple(weight.shape), rows)
+        if key not in self.faster_transposed:
             x, bias = torch.randn(rows, weight.shape[0], dtype=weight.dtype), torch.zeros(weight.shape[1], dtype=weight.dtype)
             transposed = weight.t().contiguous().t()
 
@@ -136,18 +138,17 @@ class FewRowLayout:
                     times.append(time.perf_counter() - start)
                 return min(times)
 
-            # Only a clear win counts: the layout is changed for a whole generate on its strength.
-            self.faster_transposed[rows] = seconds(transposed) < 0.8 * seconds(weight)
-        return self.faster_transposed[rows]
+            # Only a clear win counts: the layout is changed for whole batches on its strength.
+            self.faster_transposed[key] = seconds(transposed) < 0.8 * seconds(weight)
+        return self.faster_transposed[key]
 
     @contextlib.contextmanager
     def weights_for(self, module: torch.nn.Module, rows: int, device: torch.device):
         from transformers.pytorch_utils import Conv1D
 
         layers = [m for m in module.modules() if isinstance(m, Conv1D)] if device.type == "cpu" and rows > 1 else []
-        if not layers or not self.transposed_is_faster(max((m.weight for m in layers), key=torch.Tensor.numel), rows):
-            yield
-            return
+        # Decided per weight shape (GPT-2 has four): attention's square projection is no faster transposed.
+        layers = [m for m in layers if self.transposed_is_faster(m.weight, rows)]
         for layer in layers:  # one layer at a time: memory grows by one weight, not by the GPT
             layer.weight.data = layer.weight.data.t().contiguous().t()
         try:
@@ -279,6 +280,7 @@ class XttsSynthesizer:
         self.sample_rate = int(config.model_args.output_sample_rate)
         self._voices = OrderedDict()
         self.voice_cache_size, self.max_reference_seconds = 32, None
+        self._few_rows = FewRowLayout()
         return self
 
     @property
@@ -543,24 +545,30 @@ class XttsSynthesizer:
         pieces: Dict[int, Dict[int, Tuple[np.ndarray, bool, float]]] = {}
         # Similar text lengths together: less padding, and fewer rows idle while a long one finishes.
         order = sorted(range(len(sentences)), key=lambda k: sentences[k].tokens.shape[-1])
-        # The GPT's weights in the storage order its few-row products are fastest in on this CPU (the
-        # same values; see FewRowLayout), once for all batches: reordering them takes ~2 s at full size.
-        with self._few_rows.weights_for(self.model.gpt.gpt, min(batch_size, len(sentences)), self.device):
-            for start in range(0, len(order), batch_size):
-                batch = order[start : start + batch_size]
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+        def run(batch: List[int]) -> Iterator[Tuple[int, Synthesis]]:
+            started = time.perf_counter()
+            rows = self._generate([sentences[k] for k in batch], settings)
+            shared = (time.perf_counter() - started) / len(batch)
+            for k, row in zip(batch, rows):
                 started = time.perf_counter()
-                rows = self._generate([sentences[k] for k in batch], settings)
-                shared = (time.perf_counter() - started) / len(batch)
-                for k, row in zip(batch, rows):
-                    started = time.perf_counter()
-                    wav = self._speak(sentences[k], row)
-                    request = sentences[k].request
-                    pieces.setdefault(request, {})[k] = (wav, row.stopped, shared + time.perf_counter() - started)
-                    left[request] -= 1
-                    if left[request] == 0:  # its last sentence: the request's audio, sentences in text order
-                        done = [piece for _, piece in sorted(pieces.pop(request).items())]
-                        yield request, Synthesis(np.concatenate([p[0] for p in done]), self.sample_rate,
-                                                 sum(p[2] for p in done), [p[1] for p in done])
+                wav = self._speak(sentences[k], row)
+                request = sentences[k].request
+                pieces.setdefault(request, {})[k] = (wav, row.stopped, shared + time.perf_counter() - started)
+                left[request] -= 1
+                if left[request] == 0:  # its last sentence: the request's audio, sentences in text order
+                    done = [piece for _, piece in sorted(pieces.pop(request).items())]
+                    yield request, Synthesis(np.concatenate([p[0] for p in done]), self.sample_rate,
+                                             sum(p[2] for p in done), [p[1] for p in done])
+
+        # The GPT's weights in the storage order its products are fastest in at each batch's row count
+        # on this CPU (the same values; see FewRowLayout): the full batches together, then the last,
+        # smaller one (reordering the weights takes ~2 s at full size, so not once per batch).
+        for rows in sorted({len(batch) for batch in batches}, reverse=True):
+            with self._few_rows.weights_for(self.model.gpt.gpt, rows, self.device):
+                for batch in (b for b in batches if len(b) == rows):
+                    yield from run(batch)
 
     def _sentences(self, index: int, request: dict, decoding: Optional[dict]) -> List[_Sentence]:
         """A request checked (as `synthesize` checks it) and cut into sentences with their tokens."""

@@ -315,9 +315,12 @@ def whisper_pipeline(model):
 
 def within_one_clip(start: float, end: float, bounds: np.ndarray) -> bool:
     """Whether a segment (start, end s) lies within the span of the clip its midpoint is in: from the
-    previous clip's end (its gap included) to this clip's end with its gap, SEGMENT_SLACK either side."""
+    previous clip's end (its gap included) to this clip's end with its gap. SEGMENT_SLACK is allowed
+    before the start (the gap before a clip is silence) and after the window's last clip, never past
+    a clip's gap into the next clip's speech."""
     k = min(int(np.searchsorted(bounds[1:], (start + end) / 2)), len(bounds) - 2)
-    return bounds[k] - SEGMENT_SLACK <= start and end <= bounds[k + 1] + SEGMENT_SLACK
+    last = k == len(bounds) - 2
+    return bounds[k] - SEGMENT_SLACK <= start and end <= bounds[k + 1] + (SEGMENT_SLACK if last else 0.0)
 
 
 def speech_end(clip: np.ndarray) -> float:

@@ -39,11 +39,12 @@ def header_seconds(path: Path) -> float:
     file if it cannot be read, or if it is a WAV cut short (see `wav_shortfall`)."""
     try:
         status = os.stat(path)
-        if stat.S_ISREG(status.st_mode) and status.st_size == 0:
-            raise RuntimeError(f"audio {path} is an empty file (0 bytes); copy it again from its source")
+    except OSError as err:
+        raise RuntimeError(f"cannot read audio {path}: {err.strerror or err}") from err
+    if stat.S_ISREG(status.st_mode) and status.st_size == 0:
+        raise RuntimeError(f"audio {path} is an empty file (0 bytes); copy it again from its source")
+    try:
         info = sf.info(str(path))
-    except RuntimeError:
-        raise
     except Exception as err:  # as read_mono: several types for corrupt or truncated files
         raise RuntimeError(f"cannot read audio {path}: {err}") from err
     shortfall = wav_shortfall(path)
@@ -61,8 +62,9 @@ def wav_shortfall(path: Path) -> Optional[Tuple[float, float]]:
     """(seconds a RIFF WAV's data chunk declares, seconds the file holds) when the file ends more
     than TRUNCATION_SLACK_SECONDS before its declared data does; None otherwise, and for any other
     format. libsndfile reads such a file without error and reports only the frames present, so a
-    clip cut short by a failed copy would keep its whole transcript. A size of 0 or 0xFFFFFFFF (a
-    stream written before its length was known) declares nothing."""
+    clip cut short by a failed copy would keep its whole transcript. A size of 0, or one of 2 GiB or
+    more (0xFFFFFFFF, 0x7FFFFFFF: placeholders of streams written before their length was known),
+    declares nothing."""
     try:
         with open(path, "rb") as f:
             head = f.read(12)
@@ -80,7 +82,7 @@ def wav_shortfall(path: Path) -> Optional[Tuple[float, float]]:
                     f.seek(size % 2, os.SEEK_CUR)
                 elif kind == b"data":
                     held = os.fstat(f.fileno()).st_size - f.tell()
-                    if size in (0, 0xFFFFFFFF) or byte_rate <= 0 or (size - held) / byte_rate <= TRUNCATION_SLACK_SECONDS:
+                    if size == 0 or size >= 0x7FFF0000 or byte_rate <= 0 or (size - held) / byte_rate <= TRUNCATION_SLACK_SECONDS:
                         return None
                     return size / byte_rate, max(held, 0) / byte_rate
                 else:

@@ -175,8 +175,12 @@ def headed_rows(path: Path, delimiter: str, encoding: str, quoted: bool) -> Tupl
 
 def swallowed_row(raw: str, delimiter: str, width: int) -> bool:
     """Whether a row the csv module read over several lines holds, after its first line, a line that
-    is a whole row of the header's width on its own (`b.wav,he left"` after `a.wav,"He said hi`)."""
-    return any(len(next(csv.reader([line], delimiter=delimiter), [])) == width for line in raw.split("\n")[1:] if line.strip())
+    is a row of its own: the header's width, and a cell naming an audio file (`b.wav,he left"` after
+    `a.wav,"He said hi`). A transcript whose second line only has a comma in it is not one."""
+    def a_row(line: str) -> bool:
+        cells = next(csv.reader([line], delimiter=delimiter), [])
+        return len(cells) == width and any(cell.strip().lower().endswith(AUDIO_EXTENSIONS) for cell in cells)
+    return any(a_row(line) for line in raw.split("\n")[1:] if line.strip())
 
 
 def jsonl_rows(path: Path, encoding: str) -> Iterator[Tuple[str, Union[dict, Record]]]:

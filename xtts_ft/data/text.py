@@ -46,11 +46,21 @@ TYPOGRAPHIC = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201b": "'", "\u201
                              "\u2026": "..."})
 
 
+def unescape_entities(text: str) -> str:
+    """HTML character references read, each one as written (not the legacy forms without `;`), until
+    none is left (`&amp;lt;` → `<`): cleaning the result again changes nothing."""
+    for _ in range(4):
+        if not HTML_ENTITY.search(text):
+            break
+        text = HTML_ENTITY.sub(lambda m: html.unescape(m.group(0)), text)
+    return text
+
+
 def clean_text(text: str, language: str) -> str:
     language = language.split("-")[0]
-    if HTML_ENTITY.search(text):
-        text = html.unescape(text)
-    text = text.translate(INVISIBLE).translate(TYPOGRAPHIC)
+    text = unescape_entities(text).translate(INVISIBLE)
+    if language in COQUI_LANGUAGES:  # punctuation there; in another orthography ‘ may be a letter (Uzbek o‘)
+        text = text.translate(TYPOGRAPHIC)
     text = re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip()
     tag = LEADING_TAG.match(text)
     if tag:  # a control token is not text: kept as written, the rest cleaned

@@ -37,7 +37,7 @@ from xtts_ft.data.formatters import read_corpus
 from xtts_ft.data.sample import Sample, write_manifest
 from xtts_ft.data.cleaners import CLEANERS, COQUI_LANGUAGES
 from xtts_ft.data.text import (LEADING_TAG, base_language, clean_text, cleaner_name, describe_characters, language_token, token_ids,
-                               unknown_characters)
+                               unescape_entities, unknown_characters)
 from xtts_ft.io_utils import file_hash, resumable_dir, write_json, write_jsonl, write_text
 from xtts_ft.model.constants import DECODER_SAMPLE_RATE
 
@@ -55,7 +55,7 @@ MARKUP = re.compile(r"(?<!<)<[^<>\s]{1,40}>(?!>)|\[[^\[\]]{1,40}\]|\{[^{}]{1,40}
 
 
 def check_text(raw: str, language: str, cfg: DictConfig, tokenizer) -> str:
-    tags = MARKUP.findall(raw)
+    tags = MARKUP.findall(unescape_entities(raw))  # &lt;unk&gt; is <unk>
     if tags:
         raise Rejected("annotation_markup", f"the transcript has annotation markup {' '.join(dict.fromkeys(tags))}, which "
                        "the model would learn to say; fix: remove the tags from the transcript (an emotion label goes "
@@ -80,18 +80,30 @@ def check_text(raw: str, language: str, cfg: DictConfig, tokenizer) -> str:
     return text
 
 
+def on_disk(path: Path) -> Path:
+    """`path`, or the file it names with a part in the other Unicode form (macOS writes é as e +
+    U+0301 on disk where metadata has é): folder by folder, as each part exists. `path` itself if
+    no such file exists."""
+    if path.exists():
+        return path
+    found = Path(path.anchor)
+    for part in path.parts[1:] if path.anchor else path.parts:
+        found = next((found / p for p in dict.fromkeys((part, unicodedata.normalize("NFC", part), unicodedata.normalize("NFD", part)))
+                      if (found / p).exists()), None)
+        if found is None:
+            return path
+    return found
+
+
 def check_path(record: dict, root: Path, seen: set) -> Path:
     # Contained by the path as written (`..` resolved, symlinks not): a row must not climb out of
     # the corpus, but a symlink the user put inside it (a symlinked wavs/ on another disk) is followed.
     audio_path = Path(os.path.abspath(str(record["audio"])))
     if not audio_path.is_relative_to(os.path.abspath(root)):
         raise Rejected("outside_root", f"{audio_path} is outside the corpus root {root}")
+    audio_path = on_disk(audio_path)
     if not audio_path.is_file():
-        # The same name in the other Unicode form: macOS writes é as e + U+0301 on disk, metadata has é.
-        other = next((p for form in ("NFC", "NFD") if (p := Path(unicodedata.normalize(form, str(audio_path)))).is_file()), None)
-        if other is None:
-            raise Rejected("missing_file", f"{audio_path} does not exist")
-        audio_path = other
+        raise Rejected("missing_file", f"{audio_path} does not exist")
     real = audio_path.resolve()  # the same file reached through a symlink is a duplicate too
     if real in seen:
         raise Rejected("duplicate_audio", f"{audio_path} is already used by an earlier record")
@@ -184,7 +196,7 @@ def input_key(cfg: DictConfig, records: List[tuple], vocab: Optional[Path]) -> s
     ).encode())
     for _, index, _, _, record in records:
         try:
-            found = os.stat(str(record["audio"])) if record.get("audio") else None
+            found = os.stat(on_disk(Path(str(record["audio"])))) if record.get("audio") else None
             audio = [found.st_size, found.st_mtime_ns] if found and stat.S_ISREG(found.st_mode) else None
         except OSError:
             audio = None  # missing: dropped as such, and re-checked if it appears
@@ -250,8 +262,10 @@ def check_languages(cfg: DictConfig, tokenizer) -> None:
         return has_token or base_language(code) in CLEANERS or base_language(code) in COQUI_LANGUAGES
 
     for language in dict.fromkeys(str(source.language) for source in cfg.data.sources):
-        if language != language.lower() and known(language.lower()):
-            raise ValueError(f"data.sources[].language={language!r}: language codes are lower case — fix: language: {language.lower()}")
+        base = base_language(language)  # a region may be written in capitals: en-US, pt-BR
+        if base != base.lower() and known(base.lower()):
+            fixed = base.lower() + language[len(base):]
+            raise ValueError(f"data.sources[].language={language!r}: language codes are lower case — fix: language: {fixed}")
         if not known(language):
             log.warning("language %r is not one of the base model's languages and has no cleaner of its own: its text gets the "
                         "basic cleaner (numbers are not spelled out), and its characters are checked only after `xtts-ft extend "

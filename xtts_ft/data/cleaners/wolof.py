@@ -25,9 +25,9 @@ MAX_NUMBER = 10**12 - 1  # beyond this digits are read one by one
 
 # Written forms common in Senegalese Wolof text (borrowed from French), matched as whole words
 # case-insensitively, an abbreviation's own dot included. Extend the table for a corpus's habits.
-ABBREVIATIONS = {"dr": "doktoor", "mme": "madaam", "n°": "nimero", "etc": "ak yeneen"}
+ABBREVIATIONS = {"dr": "doktoor", "mme": "madaam", "n°": "nimero", "nº": "nimero", "etc": "ak yeneen"}
 # "No 5" / "no. 5" is a number's label only before a number: "no" alone is left as written.
-NUMERO = re.compile(r"(?<![^\W\d_])no\.?\s?(?=\d)", flags=re.IGNORECASE)
+NUMERO = re.compile(r"(?<![^\W\d_])no\.?\s?(?=\d)", flags=re.IGNORECASE)  # nº and n° are in ABBREVIATIONS
 # Spaces on both sides: "10°C" reads "degre c", not "degrec" (spaces are collapsed afterwards).
 SYMBOLS = {"%": " ci téeméer ", "&": " ak ", "+": " ak ", "=": " yem ak ", "€": " euro ", "$": " dolaar ", "°": " degre "}
 # Kept: the sentence punctuation XTTS sees in every language, and the apostrophe/hyphen inside words.
@@ -86,11 +86,23 @@ def spell_number_text(digits: str) -> str:
 # 1 000 000 and 1.000.000 (thousands separators, the Senegalese/French convention: 1.500 is
 # fifteen hundred; a group never starts with 0, so 0.250 is a decimal), 3,5 (decimal comma), 3.5
 # (a decimal point: a dot not followed by three digits), plain digits; a minus sign before a number
-# that does not follow a word ("-5", not "2-3"). A lone 10.30 or 24.12 reads as a decimal. Groups
-# followed by another group that is not three digits are not thousands: a phone number
-# "77 123 45 67" is read group by group, as people say it.
+# that does not follow a word ("-5", not "2-3"). A lone 10.30 or 24.12 reads as a decimal.
 THOUSANDS = re.compile(r"[1-9]\d{0,2}(?:[ .]\d{3})+(?:,\d+)?")
-NUMBER = re.compile(r"(?:(?<![\w-])[-−](?=\d))?(?:[1-9]\d{0,2}(?:[ .]\d{3})+(?![ .]?\d)(?:,\d+)?|\d+(?:[,.]\d+)?)")
+NUMBER = re.compile(r"(?:(?<![\w-])[-−](?=\d))?(?:[1-9]\d{0,2}(?:[ .]\d{3})+(?!\d)(?:,\d+)?|\d+(?:[,.]\d+)?)")
+# Phone numbers (77 123 45 67, 33 821 00 00, 01 23 45 67 89): groups of two or three digits, at least
+# three, one of the later ones of two digits (so 12 345 678 stays a number in thousands). Read group
+# by group, as people say them; a group is read as a number ("00" as "tus tus").
+PHONE = re.compile(r"(?<!\d)(?<!\d[.,])\d{2,3}(?: \d{2,3}){2,}(?!\d|[.,]\d|\s\d)")
+
+
+def spell_phone(match: re.Match) -> str:
+    groups = match.group(0).split(" ")
+    if all(len(g) == 3 for g in groups[1:]):
+        return match.group(0)  # thousands: NUMBER reads it
+    return " " + " ".join(number_to_words(int(g)) if not g.startswith("0") else " ".join(number_to_words(int(d)) for d in g)
+                          for g in groups) + " "
+
+
 # Dates and versions (12.05.2023, 1.2.3): numbers joined by two dots or more that are not thousands
 # groups are read one by one, the dots as pauses, not as decimal points.
 DOTTED = re.compile(r"(?<![\d.])\d+(?:\.\d+){2,}(?!\d)")
@@ -115,16 +127,18 @@ def expand_abbreviations(text: str) -> str:
     return ABBREVIATION.sub(lambda m: ABBREVIATIONS[m.group(1).lower()], text)
 
 
-# A currency sign written before the amount ("$100") is read after it, as the words are said.
-CURRENCY_FIRST = re.compile(r"([$€])\s?(\d[\d.,]*\d|\d)")
+# A currency sign written before the amount ("$100", "$1 000") is read after it, as the words are
+# said; before a range ("$5-10") it stays where it is.
+CURRENCY_FIRST = re.compile(r"([$€])\s?((?:[1-9]\d{0,2}(?:[ .]\d{3})+(?!\d)|\d+)(?:[,.]\d+)?)(?!\d|[-−]\d)")  # not a range
 
 
 def wolof_cleaner(text: str) -> str:
     text = unicodedata.normalize("NFC", text)
     text = text.translate(APOSTROPHES).replace("–", "-").replace("—", ", ")
     text = expand_abbreviations(text)
-    text = CURRENCY_FIRST.sub(r"\2 \1", text)
+    text = CURRENCY_FIRST.sub(r"\2 \1 ", text)
     text = DOTTED.sub(split_dotted, text)
+    text = PHONE.sub(spell_phone, text)
     text = NUMBER.sub(lambda m: f" {spell_number(m)} ", text)
     for symbol, words in SYMBOLS.items():
         text = text.replace(symbol, words)
