@@ -482,6 +482,12 @@ def test_messages_for_common_mistakes_name_the_fix(tmp_path):
     assert sorted(s.text for s in _kept(out)) == ["first one.", "second one.", "third one."]
     [dropped] = _dropped(out)
     assert dropped["reason"] == "unreadable_audio" and "is an empty file (0 bytes)" in dropped["message"]
+    # A container libsndfile cannot decode: the message says to convert it.
+    from xtts_ft.data.audio import header_seconds
+
+    (root / "wavs" / "phone.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A ")
+    with pytest.raises(RuntimeError, match=r"\.m4a is not a format libsndfile reads — fix: convert it \(ffmpeg -i phone.m4a phone.flac\)"):
+        header_seconds(root / "wavs" / "phone.m4a")
 
 
 def test_a_jsonl_text_that_is_a_list_is_malformed_not_markup(tmp_path):

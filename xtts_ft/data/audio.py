@@ -18,6 +18,22 @@ import soundfile as sf
 import soxr
 
 
+# Containers libsndfile cannot decode (AAC, WMA, video): the fix is a conversion.
+CONVERT_FIRST = (".m4a", ".aac", ".mp4", ".wma", ".webm", ".mkv", ".mov", ".amr")
+
+
+def unreadable(path: Path, err: Exception) -> RuntimeError:
+    """The error for audio soundfile cannot read, with the likely cause and its fix."""
+    path = Path(path)
+    if path.suffix.lower() in CONVERT_FIRST:
+        hint = f"; {path.suffix} is not a format libsndfile reads — fix: convert it (ffmpeg -i {path.name} {path.stem}.flac)"
+    elif path.is_file() and not os.access(path, os.R_OK):
+        hint = " (permission denied — fix: make it readable by this user)"
+    else:
+        hint = ""
+    return RuntimeError(f"cannot read audio {path}: {err}{hint}")
+
+
 def read_mono(path: Path, max_seconds: Optional[float] = None):
     """(mono float32 samples, source rate); with `max_seconds`, only that much of the start is decoded.
     Raises RuntimeError naming the file if it cannot be read."""
@@ -25,7 +41,7 @@ def read_mono(path: Path, max_seconds: Optional[float] = None):
         stop = None if max_seconds is None else int(max_seconds * sf.info(str(path)).samplerate)
         audio, rate = sf.read(str(path), dtype="float32", always_2d=True, stop=stop)
     except Exception as err:  # soundfile raises several types for corrupt or truncated files
-        raise RuntimeError(f"cannot read audio {path}: {err}") from err
+        raise unreadable(path, err) from err
     channels = audio.shape[1]
     if channels == 1:
         return audio[:, 0], rate
@@ -46,7 +62,7 @@ def header_seconds(path: Path) -> float:
     try:
         info = sf.info(str(path))
     except Exception as err:  # as read_mono: several types for corrupt or truncated files
-        raise RuntimeError(f"cannot read audio {path}: {err}") from err
+        raise unreadable(path, err) from err
     shortfall = wav_shortfall(path)
     if shortfall is not None:
         declared, held = shortfall
