@@ -379,3 +379,16 @@ def test_synth_stage_streams_with_its_chunk_sizes(exported, prepared, tmp_path, 
     with pytest.raises(ValueError, match="chunk_codes=0 — fix"):
         synth.run(compose("synth", base + [f"out={tmp_path / 'bad.wav'}", "stream_chunk_codes=0"]))
     assert not (tmp_path / "bad.wav").exists()
+
+
+def test_timing_the_weight_layout_leaves_torchs_global_rng_alone():
+    """Unseeded synthesis follows torch's global RNG: FewRowLayout's timing products must not draw from it."""
+    import torch
+
+    from xtts_ft.inference import FewRowLayout
+
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    FewRowLayout().transposed_is_faster(torch.ones(64, 256), 4)
+    assert torch.equal(torch.rand(3), expected)

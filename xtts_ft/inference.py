@@ -126,7 +126,9 @@ class FewRowLayout:
     def transposed_is_faster(self, weight: torch.Tensor, rows: int) -> bool:
         key = (tuple(weight.shape), rows)
         if key not in self.faster_transposed:
-            x, bias = torch.randn(rows, weight.shape[0], dtype=weight.dtype), torch.zeros(weight.shape[1], dtype=weight.dtype)
+            # Its own generator: timing must not move torch's global RNG, which unseeded synthesis follows.
+            x = torch.randn(rows, weight.shape[0], dtype=weight.dtype, generator=torch.Generator().manual_seed(0))
+            bias = torch.zeros(weight.shape[1], dtype=weight.dtype)
             transposed = weight.t().contiguous().t()
 
             def seconds(w: torch.Tensor) -> float:
