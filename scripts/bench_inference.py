@@ -12,7 +12,8 @@ all in this one process on one loaded model, interleaved round by round (--round
             first audio chunk against the whole synthesis of that sentence by `synthesize`
             (coqui's path), measured back to back
   parts     where a batch's time goes: our GPT generate for the utterances one at a time and all
-            in one batch, the HiFiGAN decoder per utterance, coqui's GPT latents pass per utterance
+            in one batch (with MKL's products, and as synthesize_many runs it: through
+            FewRowProducts, whose setup — timing, packing the weights — is timed apart), the HiFiGAN decoder per utterance, coqui's GPT latents pass per utterance
             (Xtts.inference runs it; ours reads the generate's own latents since 2026-11-30), and one
             matrix product of the GPT's MLP shape (1024 x 4096) at 1 row and at as many rows as
             utterances (the per-step product of a batched decode)
@@ -140,7 +141,14 @@ def run_parts(synthesizer, requests, decoding) -> dict:
         return out
 
     clock("generate_one_at_a_time_s", lambda: [synthesizer._generate([s], settings) for s in sentences])
-    rows = clock("generate_batched_s", lambda: synthesizer._generate(sentences, settings))
+    rows = clock("generate_batched_mkl_s", lambda: synthesizer._generate(sentences, settings))
+    # What synthesize_many runs: the batch's one-code steps through FewRowProducts where it is faster.
+    products = synthesizer._few_rows.products_for(synthesizer.model.gpt.gpt, len(sentences), synthesizer.device)
+    clock("few_row_setup_s", products.__enter__)  # the first time: the timing, then packing the weights
+    try:
+        rows = clock("generate_batched_s", lambda: synthesizer._generate(sentences, settings))
+    finally:
+        products.__exit__(None, None, None)
     gpt = synthesizer.model.gpt
     latents = []
     with torch.no_grad():

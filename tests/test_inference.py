@@ -286,37 +286,48 @@ def test_batched_codes_are_those_of_one_at_a_time_and_of_coquis_generate(model, 
         assert row.latents.shape == theirs.shape and torch.allclose(row.latents, theirs, rtol=0, atol=1e-5)
 
 
-def test_a_batch_may_store_the_weights_transposed_and_gets_the_same_audio(untrained, prepared, monkeypatch):
-    """Where MKL's few-row products are slow (FewRowLayout times it), batched synthesis runs with GPT-2's
-    Conv1D weights stored transposed. Forced here: the same audio as the usual layout, the weights
-    stored as before afterwards, and a batch of one row never changes the layout."""
+def test_a_batch_may_run_its_steps_through_packed_weights_and_gets_the_same_audio(untrained, prepared, monkeypatch):
+    """Where MKL's few-row products are slow (FewRowProducts times it), a batch's one-code steps go through
+    oneDNN with the GPT-2 Conv1D weights packed for it. Forced here: the same audio as MKL's products, only
+    the steps of a batch of 4 go that way (not its prompt pass, not a batch of one), and afterwards the
+    layers are as before, weights untouched."""
     import torch
     from transformers.pytorch_utils import Conv1D
 
-    from xtts_ft.inference import FewRowLayout
+    from xtts_ft.inference import FewRowProducts
 
+    if not FewRowProducts.available():
+        pytest.skip("this torch build has no oneDNN")
     decoding = {**BATCH_DECODING, "seed": 0, "top_k": 1}
     requests = _mixed_requests(prepared)[:4]
     layers = [m for m in untrained.model.gpt.gpt.modules() if isinstance(m, Conv1D)]
     weights = [layer.weight.detach().clone() for layer in layers]
-    monkeypatch.setattr(FewRowLayout, "transposed_is_faster", lambda self, weight, rows: False)
+    monkeypatch.setattr(FewRowProducts, "packed_is_faster", lambda self, weight, rows: False)
     usual = untrained.synthesize_many(requests, decoding, batch_size=4)
-    monkeypatch.setattr(FewRowLayout, "transposed_is_faster", lambda self, weight, rows: True)
-    strides = []  # (rows of the batch, the weight's strides) at each forward
-    hook = layers[-1].register_forward_pre_hook(lambda layer, args: strides.append((args[0].shape[0], layer.weight.stride())))
+    monkeypatch.setattr(FewRowProducts, "packed_is_faster", lambda self, weight, rows: True)
+    packed_rows = []  # rows of each packed product
+    real_product = FewRowProducts.packed_product
+
+    def counted(x, packed, bias):
+        packed_rows.append(x.shape[0])
+        return real_product(x, packed, bias)
+
+    monkeypatch.setattr(FewRowProducts, "packed_product", staticmethod(counted))
+    all_rows = []  # rows of every product of the last layer
+    hook = layers[-1].register_forward_pre_hook(lambda layer, args: all_rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
     try:
-        transposed = untrained.synthesize_many(requests, decoding, batch_size=4)
+        packed = untrained.synthesize_many(requests, decoding, batch_size=4)
     finally:
         hook.remove()
-    # 5 sentences: a batch of 4 with the weights transposed, then the last sentence alone in the usual layout.
-    rows_in, rows_out = layers[-1].weight.shape
-    assert {stride for rows, stride in strides if rows == 4} == {(1, rows_in)}
-    assert {stride for rows, stride in strides if rows == 1} == {(rows_out, 1)}
-    for a, b in zip(usual, transposed):
+    # 5 sentences: a batch of 4 (its steps packed, its prompt pass not), then the last sentence alone (MKL).
+    assert packed_rows and set(packed_rows) == {4}
+    assert all_rows.count(4) * len(layers) == len(packed_rows)
+    assert any(rows > 4 for rows in all_rows) and 1 in all_rows
+    for a, b in zip(usual, packed):
         assert a.stopped == b.stopped and a.wav.shape == b.wav.shape
         assert np.abs(a.wav - b.wav).max() <= 1e-5 * max(1.0, np.abs(a.wav).max())
     for layer, weight in zip(layers, weights):
-        assert layer.weight.is_contiguous() and torch.equal(layer.weight, weight)
+        assert "forward" not in vars(layer) and torch.equal(layer.weight, weight)
     # A synthesizer around a model in memory (train-gpt's eval audio) batches too.
     from xtts_ft.inference import XttsSynthesizer
 
@@ -381,14 +392,14 @@ def test_synth_stage_streams_with_its_chunk_sizes(exported, prepared, tmp_path, 
     assert not (tmp_path / "bad.wav").exists()
 
 
-def test_timing_the_weight_layout_leaves_torchs_global_rng_alone():
-    """Unseeded synthesis follows torch's global RNG: FewRowLayout's timing products must not draw from it."""
+def test_timing_the_few_row_products_leaves_torchs_global_rng_alone():
+    """Unseeded synthesis follows torch's global RNG: FewRowProducts' timing products must not draw from it."""
     import torch
 
-    from xtts_ft.inference import FewRowLayout
+    from xtts_ft.inference import FewRowProducts
 
     torch.manual_seed(1)
     expected = torch.rand(3)
     torch.manual_seed(1)
-    FewRowLayout().transposed_is_faster(torch.ones(64, 256), 4)
+    FewRowProducts().packed_is_faster(torch.ones(64, 256), 4)
     assert torch.equal(torch.rand(3), expected)

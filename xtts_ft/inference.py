@@ -108,56 +108,88 @@ class CodeLimits:
         return (input_ids.shape[1] - self.prompt_length) >= self.max_codes
 
 
-class FewRowLayout:
-    """Whether a product of a few rows by GPT-2's Conv1D weights is faster with the weight's storage
-    transposed, decided once per row count on this machine, and the context that stores them so.
+class FewRowProducts:
+    """Whether a product of a few rows by a GPT-2 Conv1D weight is faster through oneDNN with the weight
+    packed ahead for it, decided once per (weight shape, row count) on this machine, and the context that
+    runs a batch's one-code steps so.
 
-    GPT-2 keeps a Conv1D weight as (in, out), row-major. MKL's fp32 kernels for a product of 4-16 rows
-    by such a weight are slow on some CPUs: on the AMD EPYC of our benchmarks, 8 rows × (1024, 4096)
-    took 6.6 ms against 0.8 ms for one row, and 3.5 ms with the same weight stored transposed (the
-    layout of nn.Linear) — while 1-3 rows are about twice as slow that way. Which layout wins depends
-    on the CPU and the BLAS, so it is timed, not assumed: each weight shape, both layouts, a few
-    products, once per (shape, row count) and synthesizer. The values are the same either way; only
-    the storage order, and the kernel MKL picks, change."""
+    A batched generate's steps multiply one row per sentence (4-16 rows) by every weight of the GPT. MKL's
+    fp32 kernels for so few rows are slow on some CPUs: on the AMD EPYC of our benchmarks, 8 rows ×
+    (1024, 4096) took 2.2-6.6 ms against 0.8 ms for one row, whereas oneDNN's inner product over a
+    weight reordered once for it (torch's `mkldnn._reorder_linear_weight`, what Inductor's CPU freezing
+    uses) took 0.9 ms; a step of all 30 layers at 8 rows, 120 ms against 300. Which wins depends on the
+    CPU and the BLAS, so it is timed, not assumed: each weight shape, both ways, a few products, once per
+    (shape, rows) and synthesizer. The sums are the same up to float rounding (~1e-6 of the outputs).
+    Products of other row counts (the prompt's pass: rows × its length) stay MKL's, which is faster
+    there; so do all products on other devices or where torch has no oneDNN."""
 
     def __init__(self):
-        self.faster_transposed: Dict[Tuple[Tuple[int, ...], int], bool] = {}  # (weight shape, rows) → decision
+        self.faster_packed: Dict[Tuple[Tuple[int, ...], int], bool] = {}  # (weight shape, rows) → decision
 
-    def transposed_is_faster(self, weight: torch.Tensor, rows: int) -> bool:
+    @staticmethod
+    def available() -> bool:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+    @staticmethod
+    def pack(weight: torch.Tensor) -> torch.Tensor:
+        """A Conv1D weight (in, out) as oneDNN's packed (out, in) inner-product weight."""
+        return torch.ops.mkldnn._reorder_linear_weight(weight.detach().t().contiguous(), None)
+
+    @staticmethod
+    def packed_product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+    def packed_is_faster(self, weight: torch.Tensor, rows: int) -> bool:
         key = (tuple(weight.shape), rows)
-        if key not in self.faster_transposed:
+        if key not in self.faster_packed:
             # Its own generator: timing must not move torch's global RNG, which unseeded synthesis follows.
             x = torch.randn(rows, weight.shape[0], dtype=weight.dtype, generator=torch.Generator().manual_seed(0))
             bias = torch.zeros(weight.shape[1], dtype=weight.dtype)
-            transposed = weight.t().contiguous().t()
 
-            def seconds(w: torch.Tensor) -> float:
-                torch.addmm(bias, x, w)  # warm-up
+            def seconds(product) -> float:
+                product()  # warm-up
                 times = []
                 for _ in range(3):
                     start = time.perf_counter()
-                    torch.addmm(bias, x, w)
+                    product()
                     times.append(time.perf_counter() - start)
                 return min(times)
 
-            # Only a clear win counts: the layout is changed for whole batches on its strength.
-            self.faster_transposed[key] = seconds(transposed) < 0.8 * seconds(weight)
-        return self.faster_transposed[key]
+            try:
+                packed = self.pack(weight)
+                faster = seconds(lambda: self.packed_product(x, packed, bias)) < 0.8 * seconds(lambda: torch.addmm(bias, x, weight))
+            except RuntimeError:  # this torch build's oneDNN refuses the shape or dtype: MKL it is
+                faster = False
+            # Only a clear win counts: whole batches run on its strength.
+            self.faster_packed[key] = faster
+        return self.faster_packed[key]
 
     @contextlib.contextmanager
-    def weights_for(self, module: torch.nn.Module, rows: int, device: torch.device):
+    def products_for(self, module: torch.nn.Module, rows: int, device: torch.device):
         from transformers.pytorch_utils import Conv1D
 
-        layers = [m for m in module.modules() if isinstance(m, Conv1D)] if device.type == "cpu" and rows > 1 else []
-        # Decided per weight shape (GPT-2 has four): attention's square projection is no faster transposed.
-        layers = [m for m in layers if self.transposed_is_faster(m.weight, rows)]
-        for layer in layers:  # one layer at a time: memory grows by one weight, not by the GPT
-            layer.weight.data = layer.weight.data.t().contiguous().t()
+        chosen = device.type == "cpu" and rows > 1 and self.available()
+        layers = [m for m in module.modules() if isinstance(m, Conv1D)] if chosen else []
+        # Decided per weight shape (GPT-2 has four): attention's square projection may gain less.
+        layers = [m for m in layers if m.weight.dtype == torch.float32 and self.packed_is_faster(m.weight, rows)]
+        for layer in layers:
+            # An instance attribute shadows Conv1D.forward (hooks still run); deleted afterwards.
+            layer.forward = self._few_row_forward(layer, self.pack(layer.weight), rows)
         try:
             yield
         finally:
             for layer in layers:
-                layer.weight.data = layer.weight.data.contiguous()
+                del layer.forward
+
+    @staticmethod
+    def _few_row_forward(layer: torch.nn.Module, packed: torch.Tensor, rows: int):
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            flat = x.reshape(-1, x.shape[-1])
+            if flat.shape[0] != rows:  # not a one-code step: the usual product
+                return layer.__class__.forward(layer, x)
+            return FewRowProducts.packed_product(flat, packed, layer.bias).view(*x.shape[:-1], layer.nf)
+
+        return forward
 
 
 def split_sentences(text: str, language: str) -> List[str]:
@@ -228,7 +260,7 @@ class XttsSynthesizer:
         self.sample_rate = int(self.config.model_args.output_sample_rate)
         self._voices: "OrderedDict[Tuple[str, int, int], Voice]" = OrderedDict()
         self.voice_cache_size, self.max_reference_seconds = voice_cache_size, max_reference_seconds
-        self._few_rows = FewRowLayout()
+        self._few_rows = FewRowProducts()
         if adapter is not None:  # `checkpoint` is then the base the LoRA adapter was trained on
             self.load_adapter(adapter)
 
@@ -282,7 +314,7 @@ class XttsSynthesizer:
         self.sample_rate = int(config.model_args.output_sample_rate)
         self._voices = OrderedDict()
         self.voice_cache_size, self.max_reference_seconds = 32, None
-        self._few_rows = FewRowLayout()
+        self._few_rows = FewRowProducts()
         return self
 
     @property
@@ -564,11 +596,11 @@ class XttsSynthesizer:
                     yield request, Synthesis(np.concatenate([p[0] for p in done]), self.sample_rate,
                                              sum(p[2] for p in done), [p[1] for p in done])
 
-        # The GPT's weights in the storage order its products are fastest in at each batch's row count
-        # on this CPU (the same values; see FewRowLayout): the full batches together, then the last,
-        # smaller one (reordering the weights takes ~2 s at full size, so not once per batch).
+        # Each batch's one-code steps through the products fastest at its row count on this CPU (see
+        # FewRowProducts): the full batches together, then the last, smaller one (packing the weights
+        # takes a few seconds at full size, so not once per batch).
         for rows in sorted({len(batch) for batch in batches}, reverse=True):
-            with self._few_rows.weights_for(self.model.gpt.gpt, rows, self.device):
+            with self._few_rows.products_for(self.model.gpt.gpt, rows, self.device):
                 for batch in (b for b in batches if len(b) == rows):
                     yield from run(batch)
 
