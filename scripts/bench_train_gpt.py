@@ -61,8 +61,6 @@ The paths:
   lora-sel       lora with selective checkpointing (grad_checkpointing=true
                  grad_checkpointing_keeps=linear_outputs, fp32): the linear layers' outputs kept,
                  only the element-wise ops and attention products recomputed: the CPU memory setting.
-  lora-sel-torch-dropout  lora-sel with torch's own dropout draw (fast_cpu_dropout=false; the
-                 same as lora-sel on an Intel CPU with MKL, where it is the default).
   lora-mem       lora with grad_checkpointing=true precision=bf16 (the GPU memory setting).
 
 On a GPU (--device cuda) the same children train on cuda:0 and report, instead of peak RSS,
@@ -118,7 +116,7 @@ SIZES = ("tiny", "full")
 PATHS = ("coqui", "coqui-shipped", "ours", "ours-ckpt", "ours-mem", "lora")  # the CPU default, in run order
 # On cuda the default runs ours first and the reference last (a late failure keeps the rest).
 GPU_PATHS = ("ours", "ours-bf16", "ours-fp16", "ours-mem", "lora-mem", "coqui", "coqui-amp")
-ALL_PATHS = PATHS + ("ours-bf16", "ours-fp16", "lora-ckpt", "lora-sel", "lora-sel-torch-dropout", "lora-mem", "coqui-amp")
+ALL_PATHS = PATHS + ("ours-bf16", "ours-fp16", "lora-ckpt", "lora-sel", "lora-mem", "coqui-amp")
 REFERENCE = "coqui"
 FULL_GPT = dict(gpt_layers=30, gpt_n_model_channels=1024, gpt_n_heads=16)
 # Our overrides per path (the keys are xtts_ft.config.TrainGptConfig's): explicit, so that the
@@ -132,8 +130,6 @@ OURS_VARIANTS = {
     "lora": ["method=lora", "precision=fp32", "grad_checkpointing=false", "num_threads=0"],
     "lora-ckpt": ["method=lora", "precision=fp32", "grad_checkpointing=true", "num_threads=0"],
     "lora-sel": ["method=lora", "precision=fp32", "grad_checkpointing=true", "grad_checkpointing_keeps=linear_outputs", "num_threads=0"],
-    "lora-sel-torch-dropout": ["method=lora", "precision=fp32", "grad_checkpointing=true", "grad_checkpointing_keeps=linear_outputs",
-                               "num_threads=0", "fast_cpu_dropout=false"],
     "lora-mem": ["method=lora", "precision=bf16", "grad_checkpointing=true", "num_threads=0"],
 }
 BF16_PATHS = ("ours-mem", "ours-bf16", "lora-mem")  # too slow on a CPU without bf16 matmul kernels

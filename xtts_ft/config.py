@@ -179,9 +179,6 @@ class TrainGptConfig:
     # setting, BENCHMARKS.md "LoRA").
     grad_checkpointing_keeps: str = "nothing"  # nothing | linear_outputs
     num_threads: int = 0  # torch CPU threads per process; 0 = all cores (torchrun's OMP_NUM_THREADS wins)
-    # CPU: where torch's dropout draws serially (any CPU but Intel with MKL), draw the GPT's dropout masks with
-    # xtts_ft's cheaper draw (xtts_ft/model/cpu_dropout.py; same dropout, other masks); false: torch's own.
-    fast_cpu_dropout: bool = True
     # CPU: glibc's malloc keeps freed memory for the next step instead of returning it to the kernel
     # (no page faults to pay again; same peak memory; ~8 % faster at full size). No effect on GPU memory.
     keep_freed_memory: bool = True

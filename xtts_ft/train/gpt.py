@@ -33,7 +33,7 @@ from xtts_ft.data.batches import ReferencePicker, collate, encode_samples
 from xtts_ft.data.sample import read_manifest
 from xtts_ft.data.sampler import LengthBucketSampler
 from xtts_ft.io_utils import file_hash, torch_save, write_json, write_jsonl
-from xtts_ft.model import cpu_dropout, lora
+from xtts_ft.model import lora
 from xtts_ft.model.constants import GPT_SAMPLE_RATE
 from xtts_ft.model.features import GptFeatures
 from xtts_ft.model.loading import init_gpt_for_inference, load_dvae, load_xtts, resolve_model_cfg
@@ -304,11 +304,6 @@ class GptRecipe:
         self.xtts.requires_grad_(False)
         self.xtts.hifigan_decoder.eval()
         gpt = self.gpt = self.xtts.gpt.train()
-        if self.device.type == "cpu" and cfg.fast_cpu_dropout and not cpu_dropout.torch_draws_vectorised():
-            # torch's CPU dropout draws one double per element, serially, except on Intel CPUs: ~10 % of a
-            # step at full size. The same dropout with a cheaper draw (xtts_ft/model/cpu_dropout.py).
-            cpu_dropout.use_fast_cpu_dropout(gpt.gpt)
-            log.info("dropout masks drawn by xtts_ft.model.cpu_dropout (torch's draw is serial on this CPU)")
         select_trainable(gpt, cfg.freeze_text_embeddings, cfg.train_last_layers)
         if cfg.method == "lora":
             setup_lora(gpt, cfg, self.model_dir)
