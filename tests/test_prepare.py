@@ -168,7 +168,9 @@ def test_vctk_layout(tmp_path):
             (root / "txt" / speaker).mkdir(parents=True, exist_ok=True)
             (root / "txt" / speaker / f"{speaker}_00{i}.txt").write_text(f"Please call Stella {i}.\n")
             (root / "wav48_silence_trimmed" / speaker).mkdir(parents=True, exist_ok=True)
-            sf.write(root / "wav48_silence_trimmed" / speaker / f"{speaker}_00{i}_mic1.flac", _tone(rate=48000), 48000)
+            mic = "mic2" if speaker == "p226" else "mic1"  # some copies hold only the second microphone's files
+            sf.write(root / "wav48_silence_trimmed" / speaker / f"{speaker}_00{i}_{mic}.flac", _tone(rate=48000), 48000)
+    sf.write(root / "wav48_silence_trimmed" / "p225" / "p225_001_mic2.flac", _tone(rate=48000) * 0, 48000)  # mic1 wins (this silence would be dropped)
     out = _prepare(tmp_path, root, formatter="vctk")
     kept = _kept(out)
     assert sorted((s.speaker, s.text) for s in kept) == [

@@ -286,8 +286,8 @@ def ljspeech(root: Path, source) -> List[Record]:
 
 
 def vctk(root: Path, source) -> List[Record]:
-    """VCTK: txt/<spk>/<spk>_<id>.txt beside wav48_silence_trimmed/<spk>/<spk>_<id>_mic1.flac (0.92)
-    or wav48/<spk>/<spk>_<id>.wav (0.80)."""
+    """VCTK: txt/<spk>/<spk>_<id>.txt beside wav48_silence_trimmed/<spk>/<spk>_<id>_mic1.flac (0.92;
+    the _mic2 recording where a copy holds no _mic1 one) or wav48/<spk>/<spk>_<id>.wav (0.80)."""
     txt_dir = root / "txt"
     if not txt_dir.is_dir():
         raise FileNotFoundError(f"{txt_dir} does not exist: not a VCTK layout (txt/<speaker>/*.txt)")
@@ -297,6 +297,7 @@ def vctk(root: Path, source) -> List[Record]:
         speaker, stem = txt.parent.name, txt.stem
         candidates = [
             root / "wav48_silence_trimmed" / speaker / f"{stem}_mic1.flac",
+            root / "wav48_silence_trimmed" / speaker / f"{stem}_mic2.flac",  # a copy of the other microphone only
             root / "wav48" / speaker / f"{stem}.wav",
         ]
         audio = next((c for c in candidates if c.is_file()), candidates[0])
