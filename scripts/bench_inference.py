@@ -143,12 +143,12 @@ def run_parts(synthesizer, requests, decoding) -> dict:
     clock("generate_one_at_a_time_s", lambda: [synthesizer._generate([s], settings) for s in sentences])
     rows = clock("generate_batched_mkl_s", lambda: synthesizer._generate(sentences, settings))
     # What synthesize_many runs: the batch's one-code steps through FewRowProducts where it is faster.
-    products = synthesizer._few_rows.products_for(synthesizer.model.gpt.gpt, len(sentences), synthesizer.device)
-    clock("few_row_setup_s", products.__enter__)  # the first time: the timing, then packing the weights
-    try:
+    few_rows = synthesizer._few_rows
+    # The first time: the timing, then packing the weights.
+    packed = clock("few_row_setup_s", lambda: few_rows.packed_weights(synthesizer.model.gpt.gpt, len(sentences), synthesizer.device))
+    with few_rows.steps_through(packed, len(sentences)):
         rows = clock("generate_batched_s", lambda: synthesizer._generate(sentences, settings))
-    finally:
-        products.__exit__(None, None, None)
+    del packed
     gpt = synthesizer.model.gpt
     latents = []
     with torch.no_grad():

@@ -301,8 +301,26 @@ def test_a_batch_may_run_its_steps_through_packed_weights_and_gets_the_same_audi
     decoding = {**BATCH_DECODING, "seed": 0, "top_k": 1}
     requests = _mixed_requests(prepared)[:4]
     layers = [m for m in untrained.model.gpt.gpt.modules() if isinstance(m, Conv1D)]
-    weights = [layer.weight.detach().clone() for layer in layers]
+    biases = [layer.bias.detach().clone() for layer in layers]
+    # A random model's Conv1D biases are zeros: give them values, or a lost bias would go unseen.
+    with torch.no_grad():
+        for layer in layers:
+            layer.bias.normal_(0, 0.02, generator=torch.Generator().manual_seed(0))
     monkeypatch.setattr(FewRowProducts, "packed_is_faster", lambda self, weight, rows: False)
+    try:
+        _check_packed_steps(untrained, requests, decoding, layers, monkeypatch)
+    finally:
+        with torch.no_grad():
+            for layer, bias in zip(layers, biases):
+                layer.bias.copy_(bias)
+
+
+def _check_packed_steps(untrained, requests, decoding, layers, monkeypatch):
+    import torch
+
+    from xtts_ft.inference import FewRowProducts
+
+    weights = [layer.weight.detach().clone() for layer in layers]
     usual = untrained.synthesize_many(requests, decoding, batch_size=4)
     monkeypatch.setattr(FewRowProducts, "packed_is_faster", lambda self, weight, rows: True)
     packed_rows = []  # rows of each packed product
@@ -328,6 +346,15 @@ def test_a_batch_may_run_its_steps_through_packed_weights_and_gets_the_same_audi
         assert np.abs(a.wav - b.wav).max() <= 1e-5 * max(1.0, np.abs(a.wav).max())
     for layer, weight in zip(layers, weights):
         assert "forward" not in vars(layer) and torch.equal(layer.weight, weight)
+    # A caller that holds a half-read batched generator while another call runs: the layers are patched
+    # only inside each generate, so neither sees the other's state and both finish.
+    first = untrained.iter_synthesize(requests, decoding, batch_size=4)
+    index, result = next(first)  # the batch of 4 is generated; the packed copy is held
+    assert not any("forward" in vars(layer) for layer in layers)
+    [again] = untrained.synthesize_many(requests[:1], decoding, batch_size=2)
+    assert again.wav.shape == usual[0].wav.shape
+    rest = dict(first)
+    assert sorted([index, *rest]) == list(range(len(requests))) and not any("forward" in vars(layer) for layer in layers)
     # A synthesizer around a model in memory (train-gpt's eval audio) batches too.
     from xtts_ft.inference import XttsSynthesizer
 

@@ -172,7 +172,7 @@ def _plain_coqui_gpt(export_dir):
     return model.gpt.eval()
 
 
-def test_merged_export_loads_in_plain_coqui_and_equals_base_plus_adapter(lora_exports, wolof_extended):
+def test_merged_export_loads_in_plain_coqui_and_equals_base_plus_adapter(lora_exports, wolof_extended, monkeypatch):
     from xtts_ft.inference import XttsSynthesizer
 
     last, step3 = lora_exports
@@ -193,9 +193,25 @@ def test_merged_export_loads_in_plain_coqui_and_equals_base_plus_adapter(lora_ex
     with pytest.raises(ValueError, match=r"adapter 'nope' is not loaded \(loaded: default, step3\)"):
         synthesizer.use_adapter("nope")
     synthesizer.use_adapter("default")
-    wav = synthesizer.synthesize("Na nga def?", "wo", reference=next((REPO / "data" / "wolof_demo" / "wavs").glob("*")),
-                                 decoding={"seed": 0}).wav
+    reference = next((REPO / "data" / "wolof_demo" / "wavs").glob("*"))
+    wav = synthesizer.synthesize("Na nga def?", "wo", reference=reference, decoding={"seed": 0}).wav
     assert wav.size > 0 and np.isfinite(wav).all()
+    # Batched with the adapter: the steps through packed base weights (forced; PEFT adds the adapter's
+    # update around them) give the audio of MKL's products.
+    from xtts_ft.inference import FewRowProducts
+
+    if FewRowProducts.available():
+        requests = [{"text": text, "language": "wo", "reference": reference} for text in ("Na nga def?", "Mangi fi rek.", "Jërëjëf.")]
+        greedy = {"seed": 0, "top_k": 1}
+        monkeypatch.setattr(FewRowProducts, "packed_is_faster", lambda self, weight, rows: False)
+        usual = synthesizer.synthesize_many(requests, greedy, batch_size=3)
+        monkeypatch.setattr(FewRowProducts, "packed_is_faster", lambda self, weight, rows: True)
+        calls, real_product = [], FewRowProducts.packed_product
+        monkeypatch.setattr(FewRowProducts, "packed_product", staticmethod(lambda *args: calls.append(1) or real_product(*args)))
+        packed = synthesizer.synthesize_many(requests, greedy, batch_size=3)
+        assert calls  # the adapted layers' base products did go through the packed weights
+        for a, b in zip(usual, packed):
+            assert a.wav.shape == b.wav.shape and np.abs(a.wav - b.wav).max() <= 1e-5 * max(1.0, np.abs(a.wav).max())
 
 
 def test_adapter_export_records_its_base_and_push_sends_it(lora_exports, wolof_extended, workdir, monkeypatch, capsys):

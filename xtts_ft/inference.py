@@ -164,28 +164,40 @@ class FewRowProducts:
             self.faster_packed[key] = faster
         return self.faster_packed[key]
 
-    @contextlib.contextmanager
-    def products_for(self, module: torch.nn.Module, rows: int, device: torch.device):
+    def packed_weights(self, module: torch.nn.Module, rows: int, device: torch.device) -> dict:
+        """{Conv1D layer: (packed weight, the weight's version, its data pointer)} for the layers of `module`
+        whose products at `rows` rows are faster packed on this machine; empty on other devices, for one row,
+        or without oneDNN. The copy costs the weights' size (1.5 GB for XTTS-v2's GPT) while it is held."""
         from transformers.pytorch_utils import Conv1D
 
-        chosen = device.type == "cpu" and rows > 1 and self.available()
-        layers = [m for m in module.modules() if isinstance(m, Conv1D)] if chosen else []
+        if not (device.type == "cpu" and rows > 1 and self.available()):
+            return {}
         # Decided per weight shape (GPT-2 has four): attention's square projection may gain less.
-        layers = [m for m in layers if m.weight.dtype == torch.float32 and self.packed_is_faster(m.weight, rows)]
-        for layer in layers:
-            # An instance attribute shadows Conv1D.forward (hooks still run); deleted afterwards.
-            layer.forward = self._few_row_forward(layer, self.pack(layer.weight), rows)
+        return {m: (self.pack(m.weight), m.weight._version, m.weight.data_ptr()) for m in module.modules()
+                if isinstance(m, Conv1D) and m.weight.dtype == torch.float32 and self.packed_is_faster(m.weight, rows)}
+
+    @contextlib.contextmanager
+    def steps_through(self, packed: dict, rows: int):
+        """Within: products of exactly `rows` rows by a layer of `packed` go through its packed weight (an
+        instance attribute shadows Conv1D.forward; hooks still run). Meant around one generate, which never
+        yields to other code, so no other call sees the layers patched; each is restored on the way out."""
+        patched = []
         try:
+            for layer, (weight, version, pointer) in packed.items():
+                layer.forward = self._few_row_forward(layer, weight, rows, version, pointer)
+                patched.append(layer)
             yield
         finally:
-            for layer in layers:
-                del layer.forward
+            for layer in patched:
+                vars(layer).pop("forward", None)
 
     @staticmethod
-    def _few_row_forward(layer: torch.nn.Module, packed: torch.Tensor, rows: int):
+    def _few_row_forward(layer: torch.nn.Module, packed: torch.Tensor, rows: int, version: int, pointer: int):
         def forward(x: torch.Tensor) -> torch.Tensor:
             flat = x.reshape(-1, x.shape[-1])
-            if flat.shape[0] != rows:  # not a one-code step: the usual product
+            # Not a one-code step (the prompt's pass), or the weight was replaced or changed in place (that
+            # autograd saw) since packing: the usual product.
+            if flat.shape[0] != rows or layer.weight._version != version or layer.weight.data_ptr() != pointer:
                 return layer.__class__.forward(layer, x)
             return FewRowProducts.packed_product(flat, packed, layer.bias).view(*x.shape[:-1], layer.nf)
 
@@ -581,9 +593,10 @@ class XttsSynthesizer:
         order = sorted(range(len(sentences)), key=lambda k: sentences[k].tokens.shape[-1])
         batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
-        def run(batch: List[int]) -> Iterator[Tuple[int, Synthesis]]:
+        def run(batch: List[int], packed: dict) -> Iterator[Tuple[int, Synthesis]]:
             started = time.perf_counter()
-            rows = self._generate([sentences[k] for k in batch], settings)
+            with self._few_rows.steps_through(packed, len(batch)):
+                rows = self._generate([sentences[k] for k in batch], settings)
             shared = (time.perf_counter() - started) / len(batch)
             for k, row in zip(batch, rows):
                 started = time.perf_counter()
@@ -597,12 +610,15 @@ class XttsSynthesizer:
                                              sum(p[2] for p in done), [p[1] for p in done])
 
         # Each batch's one-code steps through the products fastest at its row count on this CPU (see
-        # FewRowProducts): the full batches together, then the last, smaller one (packing the weights
-        # takes a few seconds at full size, so not once per batch).
+        # FewRowProducts): the full batches with one packed copy of the weights, then the last, smaller one
+        # (packing takes 1.3-1.5 s at full size, so not once per batch). The copy is held until that row
+        # count's batches are done, the caller's work between results included; the layers are patched only
+        # inside each generate, so another call in between (or a caller that stops early) sees them as usual.
         for rows in sorted({len(batch) for batch in batches}, reverse=True):
-            with self._few_rows.products_for(self.model.gpt.gpt, rows, self.device):
-                for batch in (b for b in batches if len(b) == rows):
-                    yield from run(batch)
+            packed = self._few_rows.packed_weights(self.model.gpt.gpt, rows, self.device)
+            for batch in (b for b in batches if len(b) == rows):
+                yield from run(batch, packed)
+            del packed
 
     def _sentences(self, index: int, request: dict, decoding: Optional[dict]) -> List[_Sentence]:
         """A request checked (as `synthesize` checks it) and cut into sentences with their tokens."""
