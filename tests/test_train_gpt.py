@@ -263,37 +263,6 @@ def test_selective_checkpointing_keeps_the_linear_outputs(tiny_model_dir):
     assert calls["lora linear_outputs"] == calls["lora None"] + 4 * layers
 
 
-def test_selective_checkpointing_draws_each_dropout_mask_once(tiny_model_dir):
-    """grad_checkpointing_keeps=linear_outputs keeps the dropout masks (as booleans): backward draws none,
-    where full checkpointing draws every block's masks again (its saved RNG state)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class CountDraws(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.calls = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.calls += func in (torch.ops.aten.bernoulli.p, torch.ops.aten.bernoulli_.float)
-            return func(*args, **(kwargs or {}))
-
-    draws = {}
-    for keeps in ("nothing", "linear_outputs"):
-        _, xtts = load_xtts(tiny_model_dir, "cpu", for_inference=False)
-        transformer = xtts.gpt.gpt.train()
-        gpt_recipe.enable_activation_checkpointing(transformer, keeps)
-        inputs = torch.randn(2, 7, transformer.config.n_embd, requires_grad=True)
-        forward, backward = CountDraws(), CountDraws()
-        with forward:
-            out = transformer(inputs_embeds=inputs).last_hidden_state.square().sum()
-        with backward:
-            out.backward()
-        draws[keeps] = (forward.calls, backward.calls)
-    layers = len(transformer.h)
-    assert draws["linear_outputs"] == (1 + 3 * layers, 0)  # embedding; attention map, two residual branches per block
-    assert draws["nothing"] == (1 + 3 * layers, 3 * layers)
-
-
 def test_which_gpt_parts_train(tiny_model_dir):
     _, xtts = load_xtts(tiny_model_dir, "cpu", for_inference=False)
     gpt = xtts.gpt

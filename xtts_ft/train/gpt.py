@@ -33,7 +33,7 @@ from xtts_ft.data.batches import ReferencePicker, collate, encode_samples
 from xtts_ft.data.sample import read_manifest
 from xtts_ft.data.sampler import LengthBucketSampler
 from xtts_ft.io_utils import file_hash, torch_save, write_json, write_jsonl
-from xtts_ft.model import dropout_masks, lora
+from xtts_ft.model import lora
 from xtts_ft.model.constants import GPT_SAMPLE_RATE
 from xtts_ft.model.features import GptFeatures
 from xtts_ft.model.loading import init_gpt_for_inference, load_dvae, load_xtts, resolve_model_cfg
@@ -93,14 +93,11 @@ def is_low_rank_product(inner: int, out: int) -> bool:
 def keep_linear_outputs(ctx, op, *args, **kwargs):
     """Selective activation checkpointing's policy (grad_checkpointing_keeps=linear_outputs): keep
     the outputs of the blocks' linear layers (most of a block's compute), recompute everything else
-    in backward (GELU, softmax, the dropouts' products, layer norms, the attention products: most of its
-    memory, the T x T attention maps and the 4 x wide MLP activations among them), and LoRA's low-rank
-    products, which cost little to redo but as much to keep as a linear output. The dropouts' bool masks
-    (xtts_ft.model.dropout_masks, on CPU) are kept: drawing them again cost more than they weigh."""
+    in backward (GELU, softmax, dropout with its saved RNG state, layer norms, the attention products:
+    most of its memory, the T x T attention maps and the 4 x wide MLP activations among them), and
+    LoRA's low-rank products, which cost little to redo but as much to keep as a linear output."""
     from torch.utils.checkpoint import CheckpointPolicy
 
-    if dropout_masks.is_kept_dropout_mask(op, *args):
-        return CheckpointPolicy.MUST_SAVE  # booleans: a quarter of the map they drop from, and a serial draw on most CPUs
     if op is torch.ops.aten.mm.default:
         left, right = args[0], args[1]
     elif op is torch.ops.aten.addmm.default:
@@ -126,9 +123,6 @@ def enable_activation_checkpointing(transformer, keeps: str = "nothing") -> None
         from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
         kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, keep_linear_outputs)
-        # On CPU, dropout's masks as booleans that the policy keeps, not drawn again in backward (the same
-        # masks as torch's dropout; xtts_ft/model/dropout_masks.py).
-        dropout_masks.keep_dropout_masks(transformer)
     transformer.main_input_name = "inputs_embeds"
     enable = getattr(transformer, "activation_checkpointing_enable", None)
     if enable is not None:  # transformers >= 5.x
