@@ -252,6 +252,15 @@ def test_a_value_out_of_range_stops_before_anything_runs(tmp_path):
     assert not (tmp_path / "models").exists() and not (tmp_path / "data").exists()
 
 
+def test_a_source_without_its_language_is_one_line(tmp_path):
+    result = subprocess.run(CLI + ["prepare", "data.name=x", "max_text_tokens=0", f"data.sources=[{{path: {tmp_path}, formatter: ljspeech}}]"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1  # was omegaconf's MissingMandatoryValue traceback
+    assert result.stderr.strip().splitlines() == [
+        "error: data.sources[0].language is required and was not given — fix: give it a value, data.sources[0].language=<value> "
+        "(inside a source's {...}: language: <value>)"]
+
+
 def test_unknown_language_from_the_cli_is_one_line(tmp_path, exported, prepared):
     reference = next((prepared / "wavs").glob("0_wavs__alicia*.wav"))
     result = subprocess.run(CLI + ["synth", f"checkpoint={exported}", "text=Hi.", "language=xx", f"reference={reference}",

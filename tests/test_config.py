@@ -37,6 +37,17 @@ def test_required_keys_are_missing_until_given():
         _ = cfg.checkpoint
 
 
+def test_a_home_folder_path_is_expanded_and_a_text_is_not(tmp_path):
+    """`~` reaches Hydra quoted (or from a YAML file): a folder named `~` in the current directory was made."""
+    from pathlib import Path
+
+    cfg = compose("prepare", ['paths.processed_dir="~/proc"', "data.name=x",
+                              'data.sources=[{path: "~/corpus", formatter: ljspeech, language: en}]'])
+    assert cfg.paths.processed_dir == str(Path.home() / "proc") and cfg.data.sources[0].path == str(Path.home() / "corpus")
+    assert compose("synth", ['text="~/not a path"']).text == "~/not a path"
+    assert compose("synth", ['checkpoint="~/exports/mine"']).checkpoint == str(Path.home() / "exports" / "mine")
+
+
 def test_a_value_no_stage_can_run_with_is_refused_when_composed():
     from xtts_ft.config import ConfigValueError
 

@@ -2,6 +2,7 @@
 encoding, huge files, a worker that dies, paths that leave their folder, symlinked audio."""
 
 import json
+import re
 import os
 import signal
 import threading
@@ -357,6 +358,69 @@ def test_prepare_never_replaces_a_folder_it_did_not_write(tmp_path):
     # Markup written as HTML entities is markup too.
     with pytest.raises(clips.Rejected, match="annotation markup <unk>"):
         prepare.check_text("&lt;unk&gt; so this is it", "en", compose("prepare", []), None)
+
+
+def test_numbers_coqui_cannot_spell_stay_digits(tiny_model_dir, caplog, monkeypatch):
+    """coqui's number expansion raises on any Hindi number (num2words has no `hi`), on 28+ digits in Spanish:
+    one such line stopped a whole prepare with a traceback, and a synthesis too."""
+    from xtts_ft.data.text import clean_text
+    from xtts_ft.model.tokenizer import XttsTokenizer
+
+    monkeypatch.setattr("xtts_ft.data.text.UNSPELLED_NUMBERS", set())
+    with caplog.at_level("WARNING", logger="xtts_ft.data.text"):
+        assert clean_text("आज 2024 में 50% बारिश", "hi") == "आज 2024 में 50 प्रतिशत बारिश"  # the symbol still spelled
+        assert clean_text("आज 2025", "hi") == "आज 2025"
+    assert [r.getMessage()[:40] for r in caplog.records] == ["some numbers in 'hi' text are left as di"]  # once
+    assert clean_text("Número " + "7" * 30 + " y 5", "es") == "número " + "7" * 30 + " y cinco"  # each number on its own
+    assert clean_text("I have 5 cats.", "en") == "i have five cats."
+    tokenizer = XttsTokenizer(tiny_model_dir / "vocab.json")
+    assert tokenizer.encode("आज 2024", "hi") == tokenizer.encode("आज 2024", "hi", report_unknown=False)  # no exception
+
+
+def test_a_clip_deleted_from_the_dataset_is_rebuilt_and_an_empty_audio_field_is_named(tmp_path):
+    root = _corpus(tmp_path / "corpus", {"wavs/a.wav": "First one.", "wavs/b.wav": "Second one.", "wavs/c.wav": "Third one."})
+    with open(root / "metadata.csv", "a") as f:
+        f.write("|An empty audio field.|s\nwavs|A folder.|s\nwavs\\c.wav|Windows.|s\n")
+    out = _prepare(tmp_path, root)
+    messages = {d["text"]: d["message"] for d in _dropped(out)}
+    assert messages["An empty audio field."] == "the row names no audio file (its audio field is empty)"
+    assert messages["A folder."].endswith("is a folder, not an audio file")
+    assert messages["Windows."].endswith("(a Windows path? write / between folders, not \\)")
+    clip = out / _kept(out)[0].audio
+    clip.unlink()
+    assert not prepare.up_to_date(out, json.loads((out / "stats.json").read_text())["input_key"])  # was: "up to date"
+    _prepare(tmp_path, root)
+    assert clip.is_file()
+
+
+def test_a_table_without_speakers_is_said_and_a_semicolon_csv_is_named(tmp_path, caplog):
+    root = tmp_path / "corpus"
+    (root / "wavs").mkdir(parents=True)
+    for name in ("a", "b", "c"):
+        sf.write(root / "wavs" / f"{name}.wav", _tone(1.5), 22050)
+    (root / "metadata.csv").write_text("file,sentence,Who,mood\nwavs/a.wav,First one.,ann, sad \nwavs/b.wav,Second one.,bob,sad\n"
+                                       "wavs/c.wav,Third one.,ann,\n")
+    source = "formatter: table, columns: {audio: file, text: sentence, emotion: mood}"
+    with caplog.at_level("WARNING", logger="xtts_ft.data.formatters"):
+        records = read_corpus(root, OmegaConf.structured(SourceConfig(path=str(root), language="en", formatter="table",
+                                                                      columns=ColumnsConfig(audio="file", text="sentence", emotion="mood"))))
+    assert {r["speaker"] for r in records} == {"corpus"} and [r.get("emotion") for r in records] == ["sad", "sad", None]
+    assert any("no speaker in column 'speaker', so every clip is speaker 'corpus'" in r.getMessage() for r in caplog.records)
+    (root / "metadata.csv").write_text("file;sentence\nwavs/a.wav;First one.\n")
+    with pytest.raises(ValueError, match=r"looks ';'-separated.* — fix: save it comma-separated"):
+        _prepare(tmp_path, root, formatter=f"table, {source.split(', ', 1)[1]}")
+
+
+def test_a_dataset_from_other_corpora_is_not_replaced_without_force(tmp_path):
+    """`data.sources=[...]` without its own data.name would rebuild the default dataset from another corpus."""
+    first = _corpus(tmp_path / "first", {"wavs/a.wav": "First one.", "wavs/b.wav": "Second one."})
+    second = _corpus(tmp_path / "second", {"wavs/c.wav": "Third one.", "wavs/d.wav": "Fourth one."})
+    out = _prepare(tmp_path, first)
+    before = (out / "train.jsonl").read_text() + (out / "eval.jsonl").read_text()
+    with pytest.raises(FileExistsError, match=rf"holds the dataset 't' prepared from {re.escape(str(first))}.* — fix: .*data.name=<name>, or force=true"):
+        _prepare(tmp_path, second)
+    assert (out / "train.jsonl").read_text() + (out / "eval.jsonl").read_text() == before  # untouched
+    assert "Third one" in "".join(s.extra["raw_text"] for s in _kept(_prepare(tmp_path, second, "force=true")))
 
 
 def test_line_separators_in_a_transcript_keep_the_manifest_readable(tmp_path):

@@ -62,7 +62,7 @@ def test_plain_coqui_tts_loads_the_export_and_speaks_like_our_module(exported, p
         voice = ours.clone_voice("{reference}")
         torch.manual_seed(7)
         out = model.inference(text, "en", voice.gpt_cond_latent, voice.speaker_embedding, enable_text_splitting=False,
-                              max_new_tokens=ours._max_codes(text, 0.25), **ours.decoding_settings())
+                              max_new_tokens=ours._max_codes(text, "en", 0.25), **ours.decoding_settings())
         theirs = np.asarray(out["wav"], dtype=np.float32)
         print("SAME", theirs.shape == mine.wav.shape and bool(np.array_equal(theirs, mine.wav)), mine.wav.size)
         api = TTS(model_path="{exported}", config_path="{exported}/config.json", progress_bar=False)

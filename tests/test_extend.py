@@ -54,10 +54,27 @@ def test_wolof_cleaner_spells_numbers_abbreviations_and_symbols_and_is_idempoten
                                         "téeméer ak juróom-ñaar-fukk ak juróom-ñett",  # zeros one by one; thousands stay
         "Nº 5": "nimero juróom",
         "Ndax no ko def? No 5, 3Mme Diop": "ndax no ko def? nimero juróom, ñett madaam diop",  # "no" only before a number
+        # A range between amounts with a sign or unit: no minus sign.
+        "Ñu ngi ci 30%-40%, 500€-700€.": "ñu ngi ci fanweer ci téeméer - ñeent-fukk ci téeméer, juróomi téeméer euro - "
+                                          "juróom-ñaari téeméer euro.",
+        "Kod bi 0042, 007": "kod bi tus tus ñeent-fukk ak ñaar, tus tus juróom-ñaar",  # leading zeros are said
+        "Am na 1½ kilo, ¼ bi, 50‰, 20 m²": "am na benn ak benn ci ñaar kilo, benn ci ñeent bi, juróom-fukk ci junni, ñaar-fukk m ñaar",
+        "1,000,000 nit, 1,234.56": "tamndareet nit, junni ak ñaari téeméer ak fanweer ak ñeent koma juróom juróom-benn",  # English
+        "+221 77 123 45 67, +5°C, 2+3": "ñaari téeméer ak ñaar-fukk ak benn juróom-ñaar-fukk ak juróom-ñaar téeméer ak ñaar-fukk ak "
+                                         "ñett ñeent-fukk ak juróom juróom-benn-fukk ak juróom-ñaar, juróom degre c, ñaar ak ñett",
+        "Sëriñ Tuubaa ak شَيْخ": "sëriñ tuubaa ak شَيْخ",  # Wolofal keeps its vowel signs
+        "15h30, 8 h": "fukk ak juróom waxtu ak fanweer, juróom-ñett waxtu",
+        "...Waaw… dégg naa.": "waaw. dégg naa.",  # the one-character ellipsis as "...", no pause before the first word
+        "Ndar, etc., te ñëw.": "ndar, ak yeneen, te ñëw.",  # the abbreviation's dot before a comma is not a full stop
+        "[Ndiaye] dafa dem.": "ndiaye dafa dem.",  # brackets around a name are not an emotion token
+        "[5]": "juróom",
     }
     for raw, clean in cases.items():
         assert clean_text(raw, "wo") == clean, raw
         assert clean_text(clean, "wo") == clean, f"not idempotent on {clean!r}"
+    # A language code as configs and datasets write it: any case, a region after - or _.
+    assert clean_text("Dr. Ndiaye 5", "WO") == clean_text("Dr. Ndiaye 5", "wo_SN") == "doktoor ndiaye juróom"
+    assert clean_text("[happy]Hello", "en") == "[happy]hello"  # an emotion token's name stays as written
 
 
 # --- extend -----------------------------------------------------------------------------------

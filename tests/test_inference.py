@@ -75,6 +75,21 @@ def test_the_babble_guard_caps_a_sentence_that_does_not_stop(tiny_model_dir):
     assert result.stopped == [False]
     assert abs(result.wav.size - max_codes * 1024 * 24000 / 22050) <= 256  # one decoder hop of rounding
 
+    # The characters counted are those said: a number as its words (Wolof's run 5-10 times the digits).
+    from xtts_ft.data.text import clean_text
+
+    text = "Hello 1987."
+    said = clean_text(text, "en")
+    assert said == "hello one thousand, nine hundred and eighty-seven."
+    result = synthesizer.synthesize(text=text, language="en", reference=DEMO / "en" / "wavs" / "alicia_000.flac",
+                                    decoding={"seed": 0, "max_seconds_per_char": 0.1})
+    max_codes = int((2.0 + 0.1 * len(said)) * CODES_PER_SECOND)
+    assert result.stopped == [False]
+    assert abs(result.wav.size - max_codes * 1024 * 24000 / 22050) <= 256
+    wolof = "Am na 1 987 654 xar."
+    assert synthesizer._max_codes(wolof, "wo", 0.1) == int((2.0 + 0.1 * len(clean_text(wolof, "wo"))) * CODES_PER_SECOND) > \
+        int((2.0 + 0.1 * len(wolof)) * CODES_PER_SECOND) * 3  # (below the model's own cap)
+
 
 def test_load_and_synthesis_print_no_transformers_noise(tiny_model_dir, tmp_path):
     """Was, at every load: `bos_token_id must be None or an integer within the vocabulary...`, and at

@@ -103,6 +103,45 @@ def test_too_few_clips_for_an_eval_split_is_a_clear_error(tmp_path):
     assert not (tmp_path / "out" / "t").exists()  # nothing half-written is left behind
 
 
+def test_eval_fraction_of_a_corpus_of_many_speakers_with_few_clips(caplog):
+    """Common Voice's shape: 10 speakers x 2 clips. By default each speaker gives one clip (half the corpus,
+    said); min_eval_per_speaker=0 takes eval_fraction of the whole corpus (was: each share rounds to none: an error)."""
+    from xtts_ft.data.sample import Sample
+    from xtts_ft.stages.prepare import split_by_speaker
+
+    samples = [Sample(f"wavs/{s}_{k}.wav", "text", f"spk{s}", "en", 2.0) for s in range(10) for k in range(2)]
+    with caplog.at_level("WARNING", logger="xtts_ft.stages.prepare"):
+        train, evaluation = split_by_speaker(samples, compose("prepare", []))
+    assert (len(train), len(evaluation)) == (10, 10)
+    assert [r.getMessage()[:35] for r in caplog.records] == ["eval takes 10 of 20 clips (eval_fra"]
+    train, evaluation = split_by_speaker(samples, compose("prepare", ["min_eval_per_speaker=0"]))
+    assert (len(train), len(evaluation)) == (18, 2) and len({s.speaker for s in evaluation}) == 2
+    assert split_by_speaker(samples, compose("prepare", ["min_eval_per_speaker=0"]))[1] == evaluation  # seeded
+    with pytest.raises(ValueError, match="eval_fraction=0.0 with min_eval_per_speaker=0 gives no clip to eval"):
+        split_by_speaker(samples, compose("prepare", ["min_eval_per_speaker=0", "eval_fraction=0"]))
+
+
+def test_korean_and_chinese_texts_are_checked_as_xtts_reads_them(tiny_model_dir):
+    """Training's tokenizer reads Korean romanized and Chinese as pinyin: prepare counted the Hangul's tokens."""
+    from tokenizers import Tokenizer
+
+    from xtts_ft.data.text import as_read, clean_text, token_ids
+
+    tokenizer = Tokenizer.from_file(str(tiny_model_dir / "vocab.json"))
+    text = "오늘 날씨가 정말 좋네요."
+    assert as_read(clean_text(text, "ko"), "ko") == "oneul nal-ssiga jeongmal johne-yo."
+    read = len(token_ids(tokenizer, as_read(clean_text(text, "ko"), "ko"), "ko"))
+    assert read > len(token_ids(tokenizer, clean_text(text, "ko"), "ko"))
+    assert prepare.check_text(text, "ko", compose("prepare", [f"max_text_tokens={read}"]), tokenizer) == clean_text(text, "ko")
+    with pytest.raises(clips.Rejected, match=f"{read} tokens > max_text_tokens={read - 1}"):
+        prepare.check_text(text, "ko", compose("prepare", [f"max_text_tokens={read - 1}"]), tokenizer)
+    try:
+        import pypinyin  # noqa: F401  (coqui-tts[zh])
+    except ImportError:
+        with pytest.raises(RuntimeError, match=r"XTTS reads 'zh' text as pinyin, .* — fix: pip install 'coqui-tts\[zh\]'"):
+            prepare.check_text("你好。", "zh", compose("prepare", []), tokenizer)
+
+
 def test_bad_header_names_the_file(tmp_path):
     root = _corpus(tmp_path, ["wavs/a.wav|x|s1"], header="file|transcript")
     with pytest.raises(ValueError, match=r"metadata.csv:1"):

@@ -140,8 +140,9 @@ def is_user_error(error: BaseException) -> bool:
     package: its message was written for the user). Anything raised inside a library is a bug and
     keeps its traceback."""
     from hydra.errors import HydraException
+    from omegaconf.errors import MissingMandatoryValue
 
-    if isinstance(error, HydraException):
+    if isinstance(error, (HydraException, MissingMandatoryValue)):  # a required setting (`???`) left out
         return True
     if not isinstance(error, (ValueError, KeyError, OSError, RuntimeError)):
         return False
@@ -160,6 +161,12 @@ def is_user_error(error: BaseException) -> bool:
 
 def one_line(error: BaseException) -> str:
     """`error: <what> — fix: <how>` for the console."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    if isinstance(error, MissingMandatoryValue) and getattr(error, "full_key", None):
+        key = error.full_key
+        where = f" (inside a source's {{...}}: {key.rsplit('.', 1)[-1]}: <value>)" if "sources[" in key else ""
+        return f"error: {key} is required and was not given — fix: give it a value, {key}=<value>{where}"
     message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
     message = " ".join(line.strip() for line in message.splitlines() if line.strip())
     if not re.search(r"\bfix:", message, flags=re.IGNORECASE):  # a message with its own fix ("...; fix: ...") gets no generic one

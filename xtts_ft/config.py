@@ -11,6 +11,7 @@ tests and notebooks.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -442,8 +443,27 @@ def folder_name_problem(name: str, reserved=()) -> Optional[str]:
     return None
 
 
+def expand_home(cfg: DictConfig) -> None:
+    """`~/...` values made the home folder's: the shell leaves `paths.processed_dir=~/data` as written (a `~`
+    after `=` is not expanded), and a folder named `~` would appear in the current directory. Literal values
+    only (an interpolation follows what it points to); a `text` is never a path."""
+    def walk(value: Any, key: str):
+        if isinstance(value, dict):
+            for name, child in value.items():
+                yield from walk(child, f"{key}.{name}" if key else str(name))
+        elif isinstance(value, list):
+            for index, child in enumerate(value):
+                yield from walk(child, f"{key}[{index}]")
+        elif isinstance(value, str) and (value == "~" or value.startswith("~/")) and not key.endswith("text"):
+            yield key, value
+
+    for key, value in list(walk(OmegaConf.to_container(cfg, resolve=False), "")):
+        OmegaConf.update(cfg, key, os.path.expanduser(value), merge=False)
+
+
 def validate(cfg: DictConfig) -> DictConfig:
-    """Raise ConfigValueError naming the first value no stage can run with, and the fix."""
+    """Raise ConfigValueError naming the first value no stage can run with, and the fix (`~` expanded first)."""
+    expand_home(cfg)
     for key, (what, test) in VALUE_CHECKS.items():
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         if value is not None and not test(value):

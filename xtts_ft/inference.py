@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from xtts_ft.data.audio import load_audio
+from xtts_ft.data.text import clean_text
 from xtts_ft.model.layout import EMOTIONS_FILE  # an export's emotion presets (name → conditioning latents)
 from xtts_ft.model.loading import load_xtts, pick_device, resolve_model_dir
 from xtts_ft.model.constants import CODES_PER_SECOND, GPT_SAMPLE_RATE
@@ -428,9 +429,11 @@ class XttsSynthesizer:
             torch.manual_seed(int(decoding["seed"]))
         return language, chosen, settings, max_seconds_per_char, prefix
 
-    def _max_codes(self, sentence: str, max_seconds_per_char: float) -> int:
-        # Babble guard: a sentence cannot need more than ~max_seconds_per_char per character.
-        max_codes = int((2.0 + max_seconds_per_char * len(sentence)) * CODES_PER_SECOND)
+    def _max_codes(self, sentence: str, language: str, max_seconds_per_char: float) -> int:
+        # Babble guard: a sentence cannot need more than ~max_seconds_per_char per character of its text as
+        # said: cleaned, numbers as words (Wolof "1 987 654" is 9 characters written, 120 said).
+        characters = max(len(sentence), len(clean_text(sentence, language)))
+        max_codes = int((2.0 + max_seconds_per_char * characters) * CODES_PER_SECOND)
         return min(max_codes, int(self.model.args.gpt_max_audio_tokens) - 3)
 
     @contextlib.contextmanager
@@ -458,7 +461,7 @@ class XttsSynthesizer:
         started = time.perf_counter()
         pieces, stopped = [], []
         for sentence in split_sentences(text, language):
-            max_codes = self._max_codes(sentence, max_seconds_per_char)
+            max_codes = self._max_codes(sentence, language, max_seconds_per_char)
             with self._babble_guard(max_codes):
                 out = self.model.inference(
                     prefix + sentence,
@@ -508,7 +511,7 @@ class XttsSynthesizer:
         """`stream`'s chunks, sentence by sentence, timed from the first request for audio."""
         started = time.perf_counter()
         for sentence in split_sentences(text, language):
-            max_codes = self._max_codes(sentence, max_seconds_per_char)
+            max_codes = self._max_codes(sentence, language, max_seconds_per_char)
             for wav in self._stream_sentence(prefix + sentence, language, chosen, settings, max_codes,
                                              first_chunk_codes, chunk_codes):
                 yield AudioChunk(wav.detach().float().cpu().numpy().reshape(-1), self.sample_rate,
@@ -636,7 +639,7 @@ class XttsSynthesizer:
                 raise ValueError(f"request {index}: the sentence {sentence[:60]!r}... is {len(tokens)} text tokens; the model takes "
                                  f"fewer than {limit} — fix: split it into shorter sentences")
             tokens = torch.tensor(tokens, dtype=torch.int32, device=self.device).unsqueeze(0)
-            sentences.append(_Sentence(index, tokens, voice, self._max_codes(sentence, max_seconds_per_char), seed + k))
+            sentences.append(_Sentence(index, tokens, voice, self._max_codes(sentence, language, max_seconds_per_char), seed + k))
         return sentences
 
     def _prefix_embedding(self, sentence: _Sentence) -> torch.Tensor:

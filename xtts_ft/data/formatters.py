@@ -13,11 +13,14 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 Record = Dict[str, object]
 Cells = List[str]
+
+log = logging.getLogger(__name__)
 
 
 def rejected_row(where: str, row: str, reason: str, message: str) -> Record:
@@ -230,7 +233,10 @@ def is_rejected(row: dict) -> bool:
 def _require_columns(where: str, header: List[str], columns: Dict[str, str]) -> None:
     missing = [f"{role}={name!r}" for role, name in columns.items() if name and name not in header]
     if missing:
-        raise ValueError(f"{where}: no column {', '.join(missing)} (columns found: {', '.join(map(repr, header))})")
+        other = next((d for d in (";", "\t", "|") if len(header) == 1 and d in header[0]), None)
+        hint = (f"; the header looks {other!r}-separated, and a .csv is read as comma-separated, a .tsv as tab-separated "
+                "— fix: save it comma-separated (or tab-separated as .tsv)") if other else ""
+        raise ValueError(f"{where}: no column {', '.join(missing)} (columns found: {', '.join(map(repr, header))}){hint}")
 
 
 def coqui_csv(root: Path, source) -> List[Record]:
@@ -349,10 +355,20 @@ def table(root: Path, source) -> List[Record]:
             speaker=str(row.get(columns.get("speaker") or "") or source.speaker or root.name),
             source_line=where,
         )
-        if columns.get("emotion") and row.get(columns["emotion"]):
-            record["emotion"] = row[columns["emotion"]]
+        if columns.get("emotion") and str(row.get(columns["emotion"]) or "").strip():
+            record["emotion"] = str(row[columns["emotion"]]).strip()  # " sad " is the label sad
         records.append(record)
+    if not source.speaker:  # (a speaker named in the source is the user's word that it is one voice)
+        warn_one_voice(path, records, columns.get("speaker"), root.name)
     return records
+
+
+def warn_one_voice(path: Path, records: List[Record], column: Optional[str], fallback: str) -> None:
+    """A table whose speaker column is absent (or always empty) makes every clip one voice, silently
+    merging a multi-speaker corpus: said once."""
+    if column and records and not any(str(r.get("speaker") or "") != fallback for r in records if not is_rejected(r)):
+        log.warning("%s: no speaker in column %r, so every clip is speaker %r — if the corpus has several voices, "
+                    "name their column (columns: {speaker: <column>}); for one voice, speaker: <name> names it", path, column, fallback)
 
 
 def audiofolder(root: Path, source) -> List[Record]:
@@ -491,8 +507,8 @@ def hf_dataset(path: str, source) -> List[Record]:
             "speaker": str(row.get(columns.get("speaker") or "") or source.speaker or "speaker"),
             "source_line": f"{path}[{source.split}][{i}]",
         }
-        if columns.get("emotion") and row.get(columns["emotion"]):
-            record["emotion"] = row[columns["emotion"]]
+        if columns.get("emotion") and str(row.get(columns["emotion"]) or "").strip():
+            record["emotion"] = str(row[columns["emotion"]]).strip()
         records.append(record)
     write_json(version_file, version)
     return records

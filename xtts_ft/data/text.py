@@ -10,7 +10,9 @@ import them:
 
 from __future__ import annotations
 
+import functools
 import html
+import logging
 import re
 import unicodedata
 
@@ -18,6 +20,7 @@ from xtts_ft.data.cleaners import (
     CLEANERS,
     COQUI_LANGUAGES,
     LETTERS,
+    base_code,
     basic_cleaner,
     cleaner_name,
     language_letters,
@@ -27,10 +30,13 @@ from xtts_ft.data.cleaners import (
 # The registry's names are re-exported: `xtts_ft.data.text` is where they have always been imported from.
 __all__ = [
     "CLEANERS", "COQUI_LANGUAGES", "LETTERS", "basic_cleaner", "cleaner_name", "language_letters", "register_cleaner",
-    "clean_text", "base_language", "language_token", "token_ids", "unknown_characters",
+    "clean_text", "base_language", "language_token", "token_ids", "unknown_characters", "as_read",
 ]
 
-LEADING_TAG = re.compile(r"^\s*(\[[^\[\]\s]+\])\s*")  # "[happy]" in front of the text: an emotion token
+# "[happy]" in front of the text: an emotion (or language) token's name, lower-case. "[Ndiaye]" or "[5]" is text.
+log = logging.getLogger(__name__)
+
+LEADING_TAG = re.compile(r"^\s*(\[[a-z][a-z0-9_-]*\])\s*")
 
 
 # An HTML character reference (&amp; &quot; &#39; &#x2019;) in text scraped from the web: without
@@ -57,7 +63,7 @@ def unescape_entities(text: str) -> str:
 
 
 def clean_text(text: str, language: str) -> str:
-    language = language.split("-")[0]
+    language = base_code(language)
     text = unescape_entities(text).translate(INVISIBLE)
     if language in COQUI_LANGUAGES:  # punctuation there; in another orthography ‘ may be a letter (Uzbek o‘)
         text = text.translate(TYPOGRAPHIC)
@@ -71,14 +77,74 @@ def clean_text(text: str, language: str) -> str:
     if language in CLEANERS:
         return CLEANERS[language](text)
     if language in COQUI_LANGUAGES:
-        from TTS.tts.layers.xtts.tokenizer import multilingual_cleaners
-
-        return re.sub(r"\s+", " ", multilingual_cleaners(text, language)).strip()
+        return re.sub(r"\s+", " ", coqui_cleaner(text, language)).strip()
     return basic_cleaner(text)
 
 
+NUMBER_PIECE = re.compile(r"(\d+(?:[.,]\d+)*)")
+
+
+def coqui_cleaner(text: str, language: str) -> str:
+    """coqui's multilingual cleaners. Its number expansion (num2words) fails on some text: any number in
+    Hindi (num2words has no `hi`), numbers of 21+ digits in Turkish or 28+ in Spanish, "0th" in Polish.
+    Then each number is cleaned on its own, and one that still fails is left as digits (said once per
+    language): one sentence never stops a corpus or a synthesis."""
+    from TTS.tts.layers.xtts.tokenizer import multilingual_cleaners
+
+    try:
+        return multilingual_cleaners(text, language)
+    except (ArithmeticError, LookupError, NotImplementedError, ValueError, TypeError):
+        pass
+    pieces = []
+    for k, piece in enumerate(NUMBER_PIECE.split(text)):
+        try:
+            pieces.append(multilingual_cleaners(piece, language) if piece else piece)
+        except (ArithmeticError, LookupError, NotImplementedError, ValueError, TypeError):
+            if language not in UNSPELLED_NUMBERS:
+                UNSPELLED_NUMBERS.add(language)
+                log.warning("some numbers in %r text are left as digits (e.g. %s): coqui's number expansion cannot "
+                            "spell them; write them as words in the text to have them read", language, piece)
+            pieces.append(piece)
+    return " ".join(pieces)
+
+
+UNSPELLED_NUMBERS: set = set()  # languages whose unspellable numbers were reported
+
+
+# Language → (what XTTS reads its text as, coqui-tts's extra that installs what makes it).
+READ_AS = {"zh": ("pinyin", "coqui-tts[zh]"), "ko": ("romanized Hangul", "coqui-tts[ko]"), "ja": ("romaji", "coqui-tts[ja]")}
+
+
+def as_read(text: str, language: str) -> str:
+    """Cleaned text as XTTS's tokenizer finally reads it: Chinese as pinyin, Korean romanized, Japanese as
+    romaji (coqui's own steps, after cleaning); any other language unchanged. Token counts and the
+    vocabulary check must look at this, as training's tokenizer does."""
+    language = base_language(language)
+    if language not in READ_AS:
+        return text
+    from TTS.tts.layers.xtts import tokenizer as coqui
+
+    try:
+        if language == "zh":
+            return coqui.chinese_transliterate(text)
+        if language == "ko":
+            return coqui.hangul_romanize(text)
+        return coqui.japanese_cleaners(text, cutlet_romanizer())
+    except ImportError as error:
+        reading, packages = READ_AS[language]
+        raise RuntimeError(f"XTTS reads {language!r} text as {reading}, which needs a package not installed ({error}) "
+                           f"— fix: pip install '{packages}'") from error
+
+
+@functools.lru_cache(maxsize=1)
+def cutlet_romanizer():
+    import cutlet
+
+    return cutlet.Cutlet()
+
+
 def base_language(language: str) -> str:
-    return language.split("-")[0]
+    return language.split("-")[0]  # as written: prepare refuses an upper-case code of a known language
 
 
 def language_token(language: str) -> str:

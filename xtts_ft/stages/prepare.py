@@ -36,7 +36,7 @@ from xtts_ft.data.clips import AudioJob, AudioSettings, AudioWorkers, Rejected, 
 from xtts_ft.data.formatters import read_corpus
 from xtts_ft.data.sample import Sample, write_manifest
 from xtts_ft.data.cleaners import CLEANERS, COQUI_LANGUAGES
-from xtts_ft.data.text import (LEADING_TAG, base_language, clean_text, cleaner_name, describe_characters, language_token, token_ids,
+from xtts_ft.data.text import (LEADING_TAG, as_read, base_language, clean_text, cleaner_name, describe_characters, language_token, token_ids,
                                unescape_entities, unknown_characters)
 from xtts_ft.io_utils import file_hash, resumable_dir, write_json, write_jsonl, write_text
 from xtts_ft.model.constants import DECODER_SAMPLE_RATE
@@ -70,10 +70,11 @@ def check_text(raw: str, language: str, cfg: DictConfig, tokenizer) -> str:
     # A language the base has no [xx] token for is checked after `xtts-ft extend` adds it (train-gpt
     # skips, with a reason, any clip the extended vocabulary cannot encode).
     if tokenizer is not None and tokenizer.token_to_id(language_token(language)) is not None:
-        ids = token_ids(tokenizer, text, language)
+        read = as_read(text, language)  # zh, ko, ja: what training's tokenizer reads (pinyin, romanized); the manifest keeps the text
+        ids = token_ids(tokenizer, read, language)
         unk = tokenizer.token_to_id("[UNK]")
         if unk in ids:
-            unknown = unknown_characters(tokenizer, text)
+            unknown = unknown_characters(tokenizer, read)
             raise Rejected("unknown_characters", f"not in the model's vocabulary: {describe_characters(unknown) or '?'}")
         if len(ids) > cfg.max_text_tokens:
             raise Rejected("too_many_tokens", f"{len(ids)} tokens > max_text_tokens={cfg.max_text_tokens}")
@@ -100,10 +101,16 @@ def check_path(record: dict, root: Path, seen: set) -> Path:
     # the corpus, but a symlink the user put inside it (a symlinked wavs/ on another disk) is followed.
     audio_path = Path(os.path.abspath(str(record["audio"])))
     if not audio_path.is_relative_to(os.path.abspath(root)):
-        raise Rejected("outside_root", f"{audio_path} is outside the corpus root {root}")
+        raise Rejected("outside_root", f"{audio_path} is outside the corpus root {root} (the source's path); fix: set the "
+                                       "source's path to a folder holding both the metadata and the audio, or move the audio inside it")
     audio_path = on_disk(audio_path)
+    if audio_path.is_dir():  # the row's audio field is empty, or names a folder
+        what = "the row names no audio file (its audio field is empty)" if audio_path == Path(os.path.abspath(root)) else \
+            f"{audio_path} is a folder, not an audio file"
+        raise Rejected("missing_file", what)
     if not audio_path.is_file():
-        raise Rejected("missing_file", f"{audio_path} does not exist")
+        hint = " (a Windows path? write / between folders, not \\)" if "\\" in str(record["audio"]) else ""
+        raise Rejected("missing_file", f"{audio_path} does not exist{hint}")
     real = audio_path.resolve()  # the same file reached through a symlink is a duplicate too
     if real in seen:
         raise Rejected("duplicate_audio", f"{audio_path} is already used by an earlier record")
@@ -126,23 +133,37 @@ def output_name(source_index: int, audio: Path, root: Path, used: set) -> str:
 
 
 def split_by_speaker(samples: List[Sample], cfg: DictConfig) -> Tuple[List[Sample], List[Sample]]:
-    """Per speaker: a seeded shuffle, then eval_fraction (at least min_eval_per_speaker) to eval."""
+    """Per speaker: a seeded shuffle, then eval_fraction (at least min_eval_per_speaker) to eval. With
+    min_eval_per_speaker=0, eval_fraction holds for the corpus as a whole: where each speaker's share rounds
+    to none (many speakers with few clips, as in Common Voice), speakers that can spare a clip give one,
+    in a seeded order, until it does."""
     by_speaker: Dict[str, List[Sample]] = defaultdict(list)
     for s in samples:
         by_speaker[s.speaker].append(s)
-    train, evaluation = [], []
+    shuffled, n_eval = {}, {}
     for speaker in sorted(by_speaker):
         clips = sorted(by_speaker[speaker], key=lambda s: s.audio)
         random.Random(f"{cfg.seed}:{speaker}").shuffle(clips)
-        n_eval = max(cfg.min_eval_per_speaker, round(cfg.eval_fraction * len(clips))) if len(clips) >= 2 else 0
-        n_eval = min(n_eval, len(clips) - 1)
-        evaluation += clips[:n_eval]
-        train += clips[n_eval:]
+        shuffled[speaker] = clips
+        wanted = max(cfg.min_eval_per_speaker, round(cfg.eval_fraction * len(clips))) if len(clips) >= 2 else 0
+        n_eval[speaker] = min(wanted, len(clips) - 1)
+    target = round(cfg.eval_fraction * len(samples))
+    if cfg.min_eval_per_speaker == 0 and sum(n_eval.values()) < target:
+        order = sorted(shuffled, key=lambda speaker: random.Random(f"{cfg.seed}:order:{speaker}").random())
+        while sum(n_eval.values()) < target and any(n_eval[s] < len(shuffled[s]) - 1 for s in order):
+            for speaker in order:
+                if sum(n_eval.values()) < target and n_eval[speaker] < len(shuffled[speaker]) - 1:
+                    n_eval[speaker] += 1
+    train = [clip for speaker in shuffled for clip in shuffled[speaker][n_eval[speaker]:]]
+    evaluation = [clip for speaker in shuffled for clip in shuffled[speaker][:n_eval[speaker]]]
     if not evaluation or not train:
-        raise ValueError(
-            f"cannot build both a train and an eval split from {len(samples)} kept clip(s): "
-            "each split needs a speaker with at least 2 clips"
-        )
+        why = ("each split needs a speaker with at least 2 clips" if all(len(c) < 2 for c in shuffled.values()) else
+               f"eval_fraction={cfg.eval_fraction} with min_eval_per_speaker={cfg.min_eval_per_speaker} gives no clip to eval")
+        raise ValueError(f"cannot build both a train and an eval split from {len(samples)} kept clip(s): {why}")
+    if len(evaluation) > max(2 * target, target + 2):
+        log.warning("eval takes %d of %d clips (eval_fraction=%s asks for about %d): min_eval_per_speaker=%d gives each speaker "
+                    "with 2 clips or more that many; set min_eval_per_speaker=0 to take eval_fraction of the whole corpus",
+                    len(evaluation), len(samples), cfg.eval_fraction, target, cfg.min_eval_per_speaker)
     return train, evaluation
 
 
@@ -208,9 +229,24 @@ def up_to_date(out: Path, key: str) -> bool:
     if not all(p.is_file() for p in outputs_of(out)):
         return False
     try:
-        return json.loads((out / "stats.json").read_text(encoding="utf-8")).get("input_key") == key
+        same = json.loads((out / "stats.json").read_text(encoding="utf-8")).get("input_key") == key
     except ValueError:  # an unreadable stats.json: rebuild
         return False
+    return same and clips_present(out)
+
+
+def clips_present(out: Path) -> bool:
+    """Whether every clip the manifests name is still in the dataset folder (one deleted by hand: rebuild)."""
+    try:
+        for split in ("train", "eval"):
+            for line in (out / f"{split}.jsonl").read_text(encoding="utf-8").split("\n"):
+                if line.strip():
+                    row = json.loads(line)
+                    if not all((out / row[key]).is_file() for key in ("audio", "audio_24k") if row.get(key)):
+                        return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
 
 
 def outputs_of(out: Path) -> List[Path]:
@@ -251,6 +287,25 @@ def check_output_dir(cfg: DictConfig, out: Path) -> None:
             "fix: choose another data.name or paths.processed_dir, or move that folder away yourself")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is a file, not a dataset folder — fix: choose another data.name or paths.processed_dir")
+    # A dataset prepared from other corpora altogether: most likely data.sources was given without its own
+    # data.name (the default's, e.g. demo). A rebuild that keeps any of its sources (one added, settings
+    # changed) goes ahead; this one needs force=true.
+    before = previous_sources(out)
+    now = {str(Path(str(source.path)).resolve()) for source in cfg.data.sources}
+    if before and not before & now and not cfg.force:
+        raise FileExistsError(
+            f"{out} holds the dataset {out.name!r} prepared from {', '.join(sorted(before))}; these sources are "
+            f"{', '.join(sorted(now))}, and a rebuild would replace it — fix: give the new dataset its own name, "
+            f"data.name=<name>, or force=true to replace this one")
+
+
+def previous_sources(out: Path) -> set:
+    """The resolved source paths a prepared dataset's stats.json records (empty when it has none)."""
+    try:
+        config = json.loads((out / "stats.json").read_text(encoding="utf-8")).get("config") or {}
+        return {str(Path(str(source["path"])).resolve()) for source in config["data"]["sources"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
 
 
 def check_languages(cfg: DictConfig, tokenizer) -> None:

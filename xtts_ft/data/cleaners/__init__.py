@@ -40,9 +40,14 @@ def register_cleaner(language: str, letters: str = ""):
     return decorator
 
 
+def base_code(language: str) -> str:
+    """A language code without its region, as the cleaners are registered: "wo" for wo, wo-SN, wo_SN or WO."""
+    return re.split(r"[-_]", language.strip().lower(), maxsplit=1)[0]
+
+
 def language_letters(language: str) -> str:
     """The characters a registered cleaner declared for its language ("" when none is registered)."""
-    return LETTERS.get(language.split("-")[0], "")
+    return LETTERS.get(base_code(language), "")
 
 
 def basic_cleaner(text: str) -> str:
@@ -51,7 +56,7 @@ def basic_cleaner(text: str) -> str:
 
 
 def cleaner_name(language: str) -> str:
-    language = language.split("-")[0]
+    language = base_code(language)
     if language in CLEANERS:
         return CLEANERS[language].__name__
     return "coqui_multilingual" if language in COQUI_LANGUAGES else "basic"

@@ -70,6 +70,8 @@ def spell_number(match: re.Match) -> str:
     written = written.lstrip("-−")
     if THOUSANDS.fullmatch(written):  # 1 000 000 / 1.000.000 (,5): the separators go
         written = written.replace(" ", "").replace(".", "")
+    elif ENGLISH_THOUSANDS.fullmatch(written):  # 1,000,000 / 1,234.56: the commas go
+        written = written.replace(",", "")
     whole, _, fraction = written.replace(".", ",").partition(",")  # 3,5 (Senegalese) and 3.5 read alike
     if fraction:
         return f"{sign}{spell_number_text(whole)} koma {' '.join(number_to_words(int(d)) for d in fraction)}"
@@ -80,15 +82,25 @@ def spell_number_text(digits: str) -> str:
     # Checked by length first: int() of a digit string thousands long raises (Python's limit).
     if len(digits.lstrip("0")) > len(str(MAX_NUMBER)):
         return " ".join(number_to_words(int(d)) for d in digits)
-    return number_to_words(int(digits))
+    # Leading zeros are said ("007", a code "0042"): each one "tus", then the number.
+    zeros = len(digits) - len(digits.lstrip("0")) if len(digits) > 1 else 0
+    if zeros == len(digits):
+        return " ".join(["tus"] * zeros)
+    return " ".join(["tus"] * zeros + [number_to_words(int(digits))])
 
 
 # 1 000 000 and 1.000.000 (thousands separators, the Senegalese/French convention: 1.500 is
 # fifteen hundred; a group never starts with 0, so 0.250 is a decimal), 3,5 (decimal comma), 3.5
 # (a decimal point: a dot not followed by three digits), plain digits; a minus sign before a number
-# that does not follow a word ("-5", not "2-3"). A lone 10.30 or 24.12 reads as a decimal.
+# at the start or after a space or an opening bracket ("-5", not the range "2-3" or "30%-40%").
+# A lone 10.30 or 24.12 reads as a decimal.
 THOUSANDS = re.compile(r"[1-9]\d{0,2}(?:[ .]\d{3})+(?:,\d+)?")
-NUMBER = re.compile(r"(?:(?<![\w-])[-−](?=\d))?(?:[1-9]\d{0,2}(?:[ .]\d{3})+(?!\d)(?:,\d+)?|\d+(?:[,.]\d+)?)")
+# English thousands (1,000,000; 1,234.56): two comma groups or more, or comma groups before a decimal point:
+# a lone "1,234" stays the Senegalese decimal comma.
+ENGLISH_THOUSANDS = re.compile(r"[1-9]\d{0,2}(?:(?:,\d{3}){2,}(?:\.\d+)?|(?:,\d{3})+\.\d+)(?!\d)")
+NUMBER = re.compile(r"(?:(?<![^\s(\[{\"«=:])[-−](?=\d))?"
+                    r"(?:[1-9]\d{0,2}(?:(?:,\d{3}){2,}(?:\.\d+)?|(?:,\d{3})+\.\d+)(?!\d)"
+                    r"|[1-9]\d{0,2}(?:[ .]\d{3})+(?!\d)(?:,\d+)?|\d+(?:[,.]\d+)?)")
 # Phone numbers (77 123 45 67, 33 821 00 00, 01 23 45 67 89): groups of two or three digits, at least
 # three, one of the later ones of two digits (so 12 345 678 stays a number in thousands). Read group
 # by group, as people say them; a group is read as a number ("00" as "tus tus").
@@ -109,18 +121,25 @@ DOTTED = re.compile(r"(?<![\d.])\d+(?:\.\d+){2,}(?!\d)")
 
 
 def split_dotted(match: re.Match) -> str:
-    return match.group(0) if THOUSANDS.fullmatch(match.group(0)) else match.group(0).replace(".", ". ")
+    if THOUSANDS.fullmatch(match.group(0)):
+        return match.group(0)
+    return ". ".join(part.lstrip("0") or "0" for part in match.group(0).split("."))  # a date's 05 is said "5"
+
+
+# Numbers in a date or time written with / or : (05/12/2024, 10:05, verse 3:16) are said without their
+# leading zeros; a number standing alone keeps them ("007").
+ZEROS_IN_GROUP = re.compile(r"(?:(?<=[:/])|(?<![\d.,])(?=0+\d+[:/]\d))0+(?=\d)")
 
 
 ABBREVIATION = re.compile(
-    r"(?<![^\W\d_])(" + "|".join(re.escape(a) for a in sorted(ABBREVIATIONS, key=len, reverse=True)) + r")(\.(?=\s+\w)|(?![^\W\d_]))",
+    r"(?<![^\W\d_])(" + "|".join(re.escape(a) for a in sorted(ABBREVIATIONS, key=len, reverse=True)) + r")(\.(?=\s+\w|[,;:!?])|(?![^\W\d_]))",
     flags=re.IGNORECASE,
 )
 
 
 def expand_abbreviations(text: str) -> str:
-    # The dot goes with the abbreviation only when a word follows ("Dr. Ndiaye"); at the end of
-    # a sentence ("... etc.") it stays as the full stop. A digit may touch the abbreviation on
+    # The dot goes with the abbreviation when a word or other punctuation follows ("Dr. Ndiaye",
+    # "etc., te"); at the end of a sentence ("... etc.") it stays as the full stop. A digit may touch the abbreviation on
     # either side ("n°5", "3Mme"): numbers become words after this, and the result must not
     # change when cleaned again.
     text = NUMERO.sub("nimero ", text)
@@ -132,18 +151,45 @@ def expand_abbreviations(text: str) -> str:
 CURRENCY_FIRST = re.compile(r"([$€])\s?((?:[1-9]\d{0,2}(?:[ .]\d{3})+(?!\d)|\d+)(?:[,.]\d+)?)(?!\d|[-−]\d)")  # not a range
 
 
+# Number characters of their own: a vulgar fraction is read as "a ci b" ("a of b", as % is "ci téeméer":
+# "1½" is "benn ak benn ci ñaar"), ‰ as per thousand. Superscripts (m², x³), circled and full-width
+# digits and the rest become plain digits and letters by NFKC, as does the one-character ellipsis.
+FRACTIONS = {ch: unicodedata.numeric(ch) for ch in "½⅓⅔¼¾⅕⅖⅗⅘⅙⅚⅐⅛⅜⅝⅞⅑⅒"}
+FRACTION = re.compile("(\\d?)([" + "".join(FRACTIONS) + "])")
+
+
+def spell_fraction(match: re.Match) -> str:
+    numerator, denominator = unicodedata.normalize("NFKC", match.group(2)).split("\u2044")
+    return f"{match.group(1)}{' ak ' if match.group(1) else ' '}{numerator} ci {denominator} "
+
+
+# A plus sign before a number that follows no other ("+221 77 …", "+5°C") is not said; "2+3" is "ak".
+PLUS_SIGN = re.compile(r"(?<![^\s(\[{\"«=:])\+(?=\d)")
+# Hours: "15h30", "8 h" (a time, or a duration of hours) read "… waxtu (ak …)".
+HOURS = re.compile(r"(?<![\w.,])(\d{1,2}) ?h(?: ?(\d{2}))?(?![^\W\d_])")
+
+
 def wolof_cleaner(text: str) -> str:
-    text = unicodedata.normalize("NFC", text)
+    text = FRACTION.sub(spell_fraction, unicodedata.normalize("NFC", text)).replace("‰", " ci junni ")
+    text = unicodedata.normalize("NFKC", text)
     text = text.translate(APOSTROPHES).replace("–", "-").replace("—", ", ")
+    text = HOURS.sub(lambda m: f"{m.group(1)} waxtu" + (f" ak {m.group(2)}" if m.group(2) else ""), text)
+    text = PLUS_SIGN.sub("", text)
     text = expand_abbreviations(text)
     text = CURRENCY_FIRST.sub(r"\2 \1 ", text)
     text = DOTTED.sub(split_dotted, text)
+    text = ZEROS_IN_GROUP.sub("", text)
     text = PHONE.sub(spell_phone, text)
     text = NUMBER.sub(lambda m: f" {spell_number(m)} ", text)
     for symbol, words in SYMBOLS.items():
         text = text.replace(symbol, words)
     text = text.lower()
-    text = "".join(ch if ch.isalpha() or ch.isspace() or ch in KEPT_PUNCTUATION else " " for ch in text)
+    # Letters and the marks written on them (Wolofal, the Arabic script: its vowel signs are combining marks).
+    kept = []
+    for ch in text:
+        mark = unicodedata.category(ch) == "Mn" and kept and (kept[-1].isalpha() or unicodedata.category(kept[-1]) == "Mn")
+        kept.append(ch if ch.isalpha() or mark or ch.isspace() or ch in KEPT_PUNCTUATION else " ")
+    text = "".join(kept)
     text = re.sub(r"\s+([.,;:!?])", r"\1", text)  # no space before punctuation ("waaw ." → "waaw.")
     text = re.sub(r"([.,;:!?])[.,;:!?]+", r"\1", text)  # "def?," (a quote's end, then a dash) → "def?"
-    return re.sub(r"\s+", " ", text).strip()
+    return re.sub(r"\s+", " ", text).strip().lstrip(".,;:!? ")  # nothing to pause after at the start ("...waaw")
