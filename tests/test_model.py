@@ -26,6 +26,18 @@ def test_tiny_model_loads_with_coqui_loader(tiny_model_dir):
     assert torch.equal(model.mel_stats, torch.load(tiny_model_dir / "mel_stats.pth", weights_only=True))
 
 
+def test_building_the_tiny_model_prints_no_transformers_noise(tmp_path):
+    """Was, at every build (the first run of any stage with model=tiny): transformers' warnings about coqui's
+    GPT-2 config (`bos_token_id must be None or an integer within the vocabulary ...`). A fresh process: it warns once."""
+    import subprocess
+    import sys
+
+    script = f"from xtts_ft.model.tiny import build_tiny_xtts\nbuild_tiny_xtts({str(tmp_path / 'm')!r})\n"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "token_id" not in result.stderr + result.stdout and (tmp_path / "m" / "model.pth").is_file()
+
+
 def test_tokenizer_encodes_demo_text_without_unknowns(tiny_model_dir):
     _, model = load_xtts(tiny_model_dir, "cpu", for_inference=False)
     for text, lang in [("The birch canoe slid on the smooth planks.", "en"), ("Il fait très beau aujourd'hui.", "fr")]:

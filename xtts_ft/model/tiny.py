@@ -114,7 +114,10 @@ def build_tiny_xtts(out_dir: Path, seed: int = 0, gpt: dict | None = None, dvae:
         from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer
 
         model.tokenizer = VoiceBpeTokenizer(vocab_file=str(tmp / "vocab.json"))
-        model.init_models()  # sizes the text embedding from the vocabulary, as load_checkpoint does
+        from xtts_ft.model.loading import unused_gpt2_token_ids_unreported
+
+        with unused_gpt2_token_ids_unreported():  # (transformers' warning about coqui's GPT-2 config, as at loading)
+            model.init_models()  # sizes the text embedding from the vocabulary, as load_checkpoint does
         dvae_mel = TorchMelSpectrogram(mel_norm_file=None, sampling_rate=GPT_SAMPLE_RATE)
         mel_stats = synthetic_mel_stats(dvae_mel)
         dvae_mel.mel_norms = mel_stats
