@@ -154,13 +154,26 @@ def test_prepare_cuts_long_recordings_into_a_manifest(recording, tmp_path):
     assert index.stat().st_mtime_ns != stamp
 
 
-def test_recordings_with_the_same_name_are_refused(tmp_path):
+def test_recordings_with_the_same_name_in_two_folders_and_an_unreadable_one(tmp_path):
+    """Recorders reuse file names in each day's folder: both are cut, under names of their own (was: refused).
+    A file that is not audio is dropped with its reason (was: the whole prepare stopped)."""
+    from pathlib import Path
+
     from xtts_ft.data.formatters import long_recordings
     from xtts_ft.config import compose
 
-    for folder in ("a", "b"):
+    for folder in ("day1", "day2"):
         (tmp_path / folder).mkdir()
-        sf.write(str(tmp_path / folder / "ch1.wav"), np.zeros(22050, np.float32), 22050)
+        sf.write(str(tmp_path / folder / "take.wav"), (0.2 * np.sin(np.arange(2 * 22050) / 5)).astype(np.float32), 22050)
+    (tmp_path / "day2" / "broken.wav").write_bytes(b"not audio at all")
     source = compose("prepare", ["data.name=x", f"data.sources=[{{path: {tmp_path}, formatter: long_recordings, language: en, cache_dir: {tmp_path / 'c'}}}]"]).data.sources[0]
-    with pytest.raises(ValueError, match="same name"):
-        long_recordings(tmp_path, source, transcribe_words)
+
+    def words(audio, language):  # what an ASR would say of each take (the naming is tested here, not the ASR)
+        return [(" Hello", 0.2, 0.7), (" there.", 0.8, 1.6)]
+
+    records = long_recordings(tmp_path, source, words)
+    kept = sorted(Path(str(r["audio"])).name for r in records if "rejected" not in r)
+    assert len(kept) == 2 and kept[0].startswith("day1__take_") and kept[1].startswith("day2__take_")
+    assert {r["speaker"] for r in records if "rejected" not in r} == {"day1__take", "day2__take"}
+    rejected = [r for r in records if "rejected" in r]
+    assert [r["rejected"][0] for r in rejected] == ["unreadable_audio"] and "broken.wav" in rejected[0]["rejected"][1]

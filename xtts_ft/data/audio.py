@@ -22,6 +22,10 @@ import soxr
 CONVERT_FIRST = (".m4a", ".aac", ".mp4", ".wma", ".webm", ".mkv", ".mov", ".amr")
 
 
+class UnreadableAudio(RuntimeError):
+    """Audio soundfile cannot read (corrupt, truncated, a format it does not know, no permission)."""
+
+
 def unreadable(path: Path, err: Exception) -> RuntimeError:
     """The error for audio soundfile cannot read, with the likely cause and its fix."""
     path = Path(path)
@@ -31,7 +35,7 @@ def unreadable(path: Path, err: Exception) -> RuntimeError:
         hint = " (permission denied — fix: make it readable by this user)"
     else:
         hint = ""
-    return RuntimeError(f"cannot read audio {path}: {err}{hint}")
+    return UnreadableAudio(f"cannot read audio {path}: {err}{hint}")
 
 
 def read_mono(path: Path, max_seconds: Optional[float] = None):

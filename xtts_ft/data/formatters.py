@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import codecs
 import csv
+import glob
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -409,24 +411,25 @@ def long_recordings(root: Path, source, transcribe_words: Optional[Callable]) ->
     Pieces the segmenter rejects come back as records carrying their reason.
     """
     from xtts_ft.data.segment import segment_recording
+    from xtts_ft.data.audio import UnreadableAudio
     from xtts_ft.io_utils import write_json
 
     out_dir = Path(source.cache_dir)
     recordings = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and out_dir not in p.parents)
     if not recordings:
         raise FileNotFoundError(f"no audio ({', '.join(AUDIO_EXTENSIONS)}) under {root}")
-    stems: Dict[str, Path] = {}
-    for recording in recordings:  # segment files are named by stem: two recordings must not share one
-        if recording.stem in stems:
-            raise ValueError(f"{recording} and {stems[recording.stem]} have the same name; their segments would overwrite "
-                             "each other in the cache: rename one, or prepare the folders as separate sources")
-        stems[recording.stem] = recording
+    # Segment files are named by the recording's stem; recorders reuse names in each day's folder
+    # (day1/take.wav, day2/take.wav): such recordings are named by their path in the corpus instead.
+    stems = Counter(recording.stem for recording in recordings)
+    names = {recording: recording.stem if stems[recording.stem] == 1 else
+             recording.relative_to(root).with_suffix("").as_posix().replace("/", "__") for recording in recordings}
     if transcribe_words is None:
         raise ValueError(f"{source.path}: the long_recordings formatter needs an ASR to cut on "
                          "(read_corpus(..., transcribe_words=...), as the prepare stage passes it)")
     records = []
     for recording in recordings:
-        index = out_dir / f"{recording.stem}.segments.json"
+        name = names[recording]
+        index = out_dir / f"{name}.segments.json"
         stat = recording.stat()
         key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "asr_model": source.asr_model,
                "language": source.language, "target_seconds": float(source.target_seconds)}
@@ -434,12 +437,17 @@ def long_recordings(root: Path, source, transcribe_words: Optional[Callable]) ->
         if cached.get("key") == key:
             segments, dropped = cached["segments"], cached["dropped"]
         else:
-            for stale in out_dir.glob(f"{recording.stem}_[0-9][0-9][0-9][0-9].wav"):
+            for stale in out_dir.glob(f"{glob.escape(name)}_[0-9][0-9][0-9][0-9].wav"):
                 stale.unlink()  # a shorter re-segmentation must not leave old clips looking current
-            segments, dropped = segment_recording(recording, out_dir, source.language, transcribe_words,
-                                                  target_seconds=source.target_seconds)
+            try:
+                segments, dropped = segment_recording(recording, out_dir, source.language, transcribe_words,
+                                                      target_seconds=source.target_seconds, name=name)
+            except UnreadableAudio as error:  # dropped with its reason, as any formatter's unreadable clip; not cached
+                records.append({"audio": str(recording), "text": "", "speaker": source.speaker or name, "source_line": str(recording),
+                                "rejected": ["unreadable_audio", str(error)]})
+                continue
             write_json(index, {"key": key, "segments": segments, "dropped": dropped})
-        speaker = source.speaker or recording.stem
+        speaker = source.speaker or name
         records += [{**seg, "speaker": speaker, "recording": str(recording)} for seg in segments]
         records += [{"audio": str(recording), "text": d.get("text", ""), "speaker": speaker, "source_line": d["source_line"],
                      "rejected": [d["reason"], d["message"]]} for d in dropped]

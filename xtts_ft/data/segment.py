@@ -131,8 +131,10 @@ def segment_recording(
     min_seconds: float = 1.0,
     pad_seconds: float = 0.15,
     sample_rate: int = GPT_SAMPLE_RATE,
+    name: Optional[str] = None,
 ) -> Tuple[List[Dict[str, object]], List[Dict[str, object]]]:
-    """Cut one recording into `<stem>_<index:04d>.wav` clips in out_dir; return (segments, dropped).
+    """Cut one recording into `<name>_<index:04d>.wav` clips in out_dir (`name`: the recording's stem
+    unless given); return (segments, dropped).
 
     `transcribe_words(audio at 16 kHz, language)` gives the words the cuts follow.
 
@@ -164,7 +166,7 @@ def segment_recording(
     for index, group in enumerate(groups):
         first, last = position[group[0]], position[group[-1]]
         start, end = cut_bounds(words, first, last, pad_seconds, duration)
-        wav = out_dir / f"{audio_path.stem}_{index:04d}.wav"
+        wav = out_dir / f"{name or audio_path.stem}_{index:04d}.wav"
         write_wav(wav, audio[round(start * sample_rate) : round(end * sample_rate)], sample_rate)
         segments.append(
             {
