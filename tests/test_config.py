@@ -26,6 +26,15 @@ def test_typo_in_override_is_rejected():
         compose("train_gpt", ["max_step=7"])
 
 
+def test_a_typo_added_with_plus_is_rejected_too():
+    """Hydra's own message for a typo suggests `+max_step=7`, which it then adds: the stage ignored it."""
+    from xtts_ft.config import ConfigValueError
+
+    with pytest.raises(ConfigValueError, match=r"max_step is not a setting of train_gpt — fix: did you mean max_steps=\.\.\.\?"):
+        compose("train_gpt", ["+max_step=7"])
+    assert compose("train_gpt", ["+language_weights={en: 0.2}"]).language_weights == {"en": 0.2}  # a setting's new entries: fine
+
+
 def test_wrong_type_is_rejected():
     with pytest.raises(ConfigCompositionException):
         compose("train_gpt", ["max_steps=many"])

@@ -209,7 +209,7 @@ def run_stage(verb: str, args: List[str]) -> None:
     @hydra.main(config_path=str(CONF_DIR), config_name=stage, version_base="1.3")
     def hydra_entry(cfg) -> None:
         with user_errors_in_one_line():
-            module.run(validate(cfg))
+            module.run(validate(cfg, stage))
 
     defaults = []
     if not any(a.startswith("hydra.run.dir=") for a in args):

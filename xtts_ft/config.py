@@ -461,9 +461,21 @@ def expand_home(cfg: DictConfig) -> None:
         OmegaConf.update(cfg, key, os.path.expanduser(value), merge=False)
 
 
-def validate(cfg: DictConfig) -> DictConfig:
-    """Raise ConfigValueError naming the first value no stage can run with, and the fix (`~` expanded first)."""
+def validate(cfg: DictConfig, stage: Optional[str] = None) -> DictConfig:
+    """Raise ConfigValueError naming the first value no stage can run with, and the fix (`~` expanded first).
+    With the stage, a top-level key its schema lacks is refused too: Hydra adds one given as `+key=value`
+    (as its own error message suggests for a typo), and the stage would silently ignore it."""
     expand_home(cfg)
+    if stage in SCHEMAS:
+        import dataclasses
+        import difflib
+
+        known = [f.name for f in dataclasses.fields(SCHEMAS[stage])]
+        for key in cfg.keys():
+            if key not in known and key != "hydra":
+                close = difflib.get_close_matches(str(key), known, n=1)
+                raise ConfigValueError(f"{key} is not a setting of {stage} — fix: "
+                                       + (f"did you mean {close[0]}=...?" if close else f"see `xtts-ft {stage.replace('_', '-')} --help`"))
     for key, (what, test) in VALUE_CHECKS.items():
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         if value is not None and not test(value):
@@ -511,7 +523,7 @@ def compose(stage: str, overrides: Optional[List[str]] = None) -> DictConfig:
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return validate(hydra_compose(config_name=stage, overrides=list(overrides or [])))
+        return validate(hydra_compose(config_name=stage, overrides=list(overrides or [])), stage)
 
 
 def to_container(cfg: Any) -> Any:
