@@ -88,7 +88,7 @@ def fixed_length(synthesizer, codes: int) -> None:
     with torch.no_grad():
         gpt.mel_head.bias[gpt.stop_audio_token] = -1e4
     gpt.max_gen_mel_tokens = codes  # coqui's cap (generate's max_length = this + prompt)
-    synthesizer._max_codes = lambda sentence, max_seconds_per_char: codes  # ours
+    synthesizer._max_codes = lambda sentence, language, max_seconds_per_char: codes  # ours
 
 
 def sync(device) -> None:

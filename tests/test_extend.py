@@ -68,6 +68,10 @@ def test_wolof_cleaner_spells_numbers_abbreviations_and_symbols_and_is_idempoten
         "Ndar, etc., te ñëw.": "ndar, ak yeneen, te ñëw.",  # the abbreviation's dot before a comma is not a full stop
         "[Ndiaye] dafa dem.": "ndiaye dafa dem.",  # brackets around a name are not an emotion token
         "[5]": "juróom",
+        "$1,000,000, €1,234.56": "tamndareet dolaar, junni ak ñaari téeméer ak fanweer ak ñeent koma juróom juróom-benn euro",
+        "8h00, 15h05, 1h30mn": "juróom-ñett waxtu, fukk ak juróom waxtu ak juróom, benn waxtu ak fanweer",
+        "10², Orange™ ak Free, 1º": "fukk ñaar, orange ak free, benn",  # nothing glued on by NFKC
+        "1½-2": "benn ak benn ci ñaar - ñaar",
     }
     for raw, clean in cases.items():
         assert clean_text(raw, "wo") == clean, raw
@@ -75,6 +79,10 @@ def test_wolof_cleaner_spells_numbers_abbreviations_and_symbols_and_is_idempoten
     # A language code as configs and datasets write it: any case, a region after - or _.
     assert clean_text("Dr. Ndiaye 5", "WO") == clean_text("Dr. Ndiaye 5", "wo_SN") == "doktoor ndiaye juróom"
     assert clean_text("[happy]Hello", "en") == "[happy]hello"  # an emotion token's name stays as written
+    for raw, language in (("[Laughs] ok", "en"), ("[5] hi", "en"), ("[bég] waaw", "wo"), ("आज 2024, में 5वां", "hi")):
+        clean = clean_text(raw, language)
+        assert clean_text(clean, language) == clean, f"not idempotent on {raw!r} ({language})"
+    assert clean_text("आज 2024, में 5वां", "hi") == "आज 2024, में 5वां"  # (num2words has no Hindi: digits stay, spaced as written)
 
 
 # --- extend -----------------------------------------------------------------------------------

@@ -177,3 +177,6 @@ def test_recordings_with_the_same_name_in_two_folders_and_an_unreadable_one(tmp_
     assert {r["speaker"] for r in records if "rejected" not in r} == {"day1__take", "day2__take"}
     rejected = [r for r in records if "rejected" in r]
     assert [r["rejected"][0] for r in rejected] == ["unreadable_audio"] and "broken.wav" in rejected[0]["rejected"][1]
+    sf.write(str(tmp_path / "day1__take.wav"), np.zeros(22050, np.float32), 22050)  # the name day1/take.wav was given
+    with pytest.raises(ValueError, match="would both be segmented as 'day1__take'"):
+        long_recordings(tmp_path, source, words)

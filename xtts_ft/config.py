@@ -12,6 +12,7 @@ tests and notebooks.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -446,7 +447,7 @@ def folder_name_problem(name: str, reserved=()) -> Optional[str]:
 def expand_home(cfg: DictConfig) -> None:
     """`~/...` values made the home folder's: the shell leaves `paths.processed_dir=~/data` as written (a `~`
     after `=` is not expanded), and a folder named `~` would appear in the current directory. Literal values
-    only (an interpolation follows what it points to); a `text` is never a path."""
+    only (an interpolation follows what it points to); a text, a sentence or a message is never a path."""
     def walk(value: Any, key: str):
         if isinstance(value, dict):
             for name, child in value.items():
@@ -454,7 +455,7 @@ def expand_home(cfg: DictConfig) -> None:
         elif isinstance(value, list):
             for index, child in enumerate(value):
                 yield from walk(child, f"{key}[{index}]")
-        elif isinstance(value, str) and (value == "~" or value.startswith("~/")) and not key.endswith("text"):
+        elif isinstance(value, str) and (value == "~" or value.startswith("~/")) and not re.search(r"(text|sentences|message)\b", key):
             yield key, value
 
     for key, value in list(walk(OmegaConf.to_container(cfg, resolve=False), "")):

@@ -33,10 +33,17 @@ __all__ = [
     "clean_text", "base_language", "language_token", "token_ids", "unknown_characters", "as_read",
 ]
 
-# "[happy]" in front of the text: an emotion (or language) token's name, lower-case. "[Ndiaye]" or "[5]" is text.
 log = logging.getLogger(__name__)
 
-LEADING_TAG = re.compile(r"^\s*(\[[a-z][a-z0-9_-]*\])\s*")
+# "[happy]" in front of the text: an emotion (or language) token's name, lower-case (see `is_tag`).
+LEADING_TAG = re.compile(r"^\s*(\[[^\[\]\s]+\])\s*")
+
+
+def is_tag(tag: str) -> bool:
+    """Whether a leading `[...]` names a token: a lower-case name starting with a letter (`[happy]`, `[bég]`,
+    `[zh-cn]`); `[Ndiaye]` or `[5]` is text."""
+    name = tag[1:-1]
+    return name[:1].isalpha() and name == name.lower()
 
 
 # An HTML character reference (&amp; &quot; &#39; &#x2019;) in text scraped from the web: without
@@ -69,16 +76,20 @@ def clean_text(text: str, language: str) -> str:
         text = text.translate(TYPOGRAPHIC)
     text = re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip()
     tag = LEADING_TAG.match(text)
-    if tag:  # a control token is not text: kept as written, the rest cleaned
+    if tag and is_tag(tag.group(1)):  # a control token is not text: kept as written, the rest cleaned
         rest = clean_text(text[tag.end():], language)
         return tag.group(1) + rest if rest else ""
     if not text:
         return ""
     if language in CLEANERS:
-        return CLEANERS[language](text)
-    if language in COQUI_LANGUAGES:
-        return re.sub(r"\s+", " ", coqui_cleaner(text, language)).strip()
-    return basic_cleaner(text)
+        cleaned = CLEANERS[language](text)
+    elif language in COQUI_LANGUAGES:
+        cleaned = re.sub(r"\s+", " ", coqui_cleaner(text, language)).strip()
+    else:
+        cleaned = basic_cleaner(text)
+    # Cleaning may have made a tag ("[Laughs] ok" lower-cased): cleaned again, so that cleaning clean text changes nothing.
+    tag = LEADING_TAG.match(cleaned)
+    return clean_text(cleaned, language) if tag and is_tag(tag.group(1)) else cleaned
 
 
 NUMBER_PIECE = re.compile(r"(\d+(?:[.,]\d+)*)")
@@ -98,14 +109,16 @@ def coqui_cleaner(text: str, language: str) -> str:
     pieces = []
     for k, piece in enumerate(NUMBER_PIECE.split(text)):
         try:
-            pieces.append(multilingual_cleaners(piece, language) if piece else piece)
+            core = piece.strip()  # coqui's cleaners strip: the spaces around a piece are kept here
+            pieces.append(piece[:len(piece) - len(piece.lstrip())] + multilingual_cleaners(core, language) +
+                          piece[len(piece.rstrip()):] if core else piece)
         except (ArithmeticError, LookupError, NotImplementedError, ValueError, TypeError):
             if language not in UNSPELLED_NUMBERS:
                 UNSPELLED_NUMBERS.add(language)
                 log.warning("some numbers in %r text are left as digits (e.g. %s): coqui's number expansion cannot "
                             "spell them; write them as words in the text to have them read", language, piece)
             pieces.append(piece)
-    return " ".join(pieces)
+    return re.sub(r"\s+", " ", "".join(pieces)).strip()
 
 
 UNSPELLED_NUMBERS: set = set()  # languages whose unspellable numbers were reported

@@ -291,19 +291,31 @@ def check_output_dir(cfg: DictConfig, out: Path) -> None:
     # data.name (the default's, e.g. demo). A rebuild that keeps any of its sources (one added, settings
     # changed) goes ahead; this one needs force=true.
     before = previous_sources(out)
-    now = {str(Path(str(source.path)).resolve()) for source in cfg.data.sources}
+    now = source_paths(cfg)
     if before and not before & now and not cfg.force:
         raise FileExistsError(
             f"{out} holds the dataset {out.name!r} prepared from {', '.join(sorted(before))}; these sources are "
             f"{', '.join(sorted(now))}, and a rebuild would replace it — fix: give the new dataset its own name, "
-            f"data.name=<name>, or force=true to replace this one")
+            f"data.name=<name>, or prepare's force=true to replace this one")
+
+
+def source_paths(cfg: DictConfig) -> set:
+    """Each source as written and, for a path that exists here, resolved (a Hub id stays as written)."""
+    paths = set()
+    for source in cfg.data.sources:
+        paths.add(str(source.path))
+        if Path(str(source.path)).exists():
+            paths.add(str(Path(str(source.path)).resolve()))
+    return paths
 
 
 def previous_sources(out: Path) -> set:
-    """The resolved source paths a prepared dataset's stats.json records (empty when it has none)."""
+    """The sources a prepared dataset's stats.json records, as `source_paths` gives them (empty when it has none)."""
     try:
-        config = json.loads((out / "stats.json").read_text(encoding="utf-8")).get("config") or {}
-        return {str(Path(str(source["path"])).resolve()) for source in config["data"]["sources"]}
+        stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+        if "source_paths" in stats:
+            return set(stats["source_paths"])
+        return {str(source["path"]) for source in stats["config"]["data"]["sources"]}  # written before source_paths
     except (OSError, ValueError, KeyError, TypeError):
         return set()
 
@@ -504,4 +516,5 @@ def dataset_stats(train: List[Sample], evaluation: List[Sample], dropped: List[d
         "text_cleaners": {language: cleaner_name(language) for language in languages},
         "band_limited_clips": sum(1 for s in train + evaluation if s.extra.get("band_limited")),
         "config": to_container(cfg),
+        "source_paths": sorted(source_paths(cfg)),  # what a rebuild from other corpora is told apart by
     }

@@ -148,7 +148,8 @@ def expand_abbreviations(text: str) -> str:
 
 # A currency sign written before the amount ("$100", "$1 000") is read after it, as the words are
 # said; before a range ("$5-10") it stays where it is.
-CURRENCY_FIRST = re.compile(r"([$€])\s?((?:[1-9]\d{0,2}(?:[ .]\d{3})+(?!\d)|\d+)(?:[,.]\d+)?)(?!\d|[-−]\d)")  # not a range
+CURRENCY_FIRST = re.compile(r"([$€])\s?((?:[1-9]\d{0,2}(?:(?:,\d{3}){2,}(?:\.\d+)?|(?:,\d{3})+\.\d+)(?!\d)"
+                            r"|(?:[1-9]\d{0,2}(?:[ .]\d{3})+(?!\d)|\d+)(?:[,.]\d+)?))(?!\d|[-−]\d)")  # not a range
 
 
 # Number characters of their own: a vulgar fraction is read as "a ci b" ("a of b", as % is "ci téeméer":
@@ -160,20 +161,30 @@ FRACTION = re.compile("(\\d?)([" + "".join(FRACTIONS) + "])")
 
 def spell_fraction(match: re.Match) -> str:
     numerator, denominator = unicodedata.normalize("NFKC", match.group(2)).split("\u2044")
-    return f"{match.group(1)}{' ak ' if match.group(1) else ' '}{numerator} ci {denominator} "
+    return f"{match.group(1)}{' ak ' if match.group(1) else ' '}{numerator} ci {denominator}"
 
 
+# Superscript and subscript digits are read apart from what they follow; trademark signs and the ordinal
+# indicators after a digit (1º, 2ª) are not said (NFKC would glue "tm", "o", "a" onto the word or number).
+SUPERSCRIPT = re.compile("[⁰¹²³⁴⁵⁶⁷⁸⁹₀₁₂₃₄₅₆₇₈₉]+")
+NOT_SAID = re.compile("[™℠®©]|(?<=\\d)[ºª]")
 # A plus sign before a number that follows no other ("+221 77 …", "+5°C") is not said; "2+3" is "ak".
 PLUS_SIGN = re.compile(r"(?<![^\s(\[{\"«=:])\+(?=\d)")
 # Hours: "15h30", "8 h" (a time, or a duration of hours) read "… waxtu (ak …)".
-HOURS = re.compile(r"(?<![\w.,])(\d{1,2}) ?h(?: ?(\d{2}))?(?![^\W\d_])")
+HOURS = re.compile(r"(?<![\w.,])(\d{1,2}) ?h(?: ?(\d{2})(?: ?(?:mn|min))?)?(?![^\W\d_])")
+
+
+def spell_hours(match: re.Match) -> str:
+    minutes = int(match.group(2) or 0)  # 8h00 is eight o'clock, 15h05 five past: the minutes without their zeros
+    return f"{int(match.group(1))} waxtu" + (f" ak {minutes}" if minutes else "")
 
 
 def wolof_cleaner(text: str) -> str:
     text = FRACTION.sub(spell_fraction, unicodedata.normalize("NFC", text)).replace("‰", " ci junni ")
-    text = unicodedata.normalize("NFKC", text)
+    text = SUPERSCRIPT.sub(lambda m: " " + unicodedata.normalize("NFKC", m.group(0)), text)  # m², 10²: not "m2", not 102
+    text = unicodedata.normalize("NFKC", NOT_SAID.sub("", text))
     text = text.translate(APOSTROPHES).replace("–", "-").replace("—", ", ")
-    text = HOURS.sub(lambda m: f"{m.group(1)} waxtu" + (f" ak {m.group(2)}" if m.group(2) else ""), text)
+    text = HOURS.sub(spell_hours, text)
     text = PLUS_SIGN.sub("", text)
     text = expand_abbreviations(text)
     text = CURRENCY_FIRST.sub(r"\2 \1 ", text)
@@ -192,4 +203,5 @@ def wolof_cleaner(text: str) -> str:
     text = "".join(kept)
     text = re.sub(r"\s+([.,;:!?])", r"\1", text)  # no space before punctuation ("waaw ." → "waaw.")
     text = re.sub(r"([.,;:!?])[.,;:!?]+", r"\1", text)  # "def?," (a quote's end, then a dash) → "def?"
-    return re.sub(r"\s+", " ", text).strip().lstrip(".,;:!? ")  # nothing to pause after at the start ("...waaw")
+    text = re.sub(r"\s+", " ", text).strip().lstrip(".,;:!? ")  # nothing to pause after at the start ("...waaw")
+    return unicodedata.normalize("NFC", text)  # a kept combining mark composed with its letter, as the input was
