@@ -166,7 +166,7 @@ def test_our_stream_loop_is_coquis_inference_stream(untrained):
     torch.manual_seed(0)
     theirs = []
     for sentence in split_sentences(text, "en"):
-        max_codes = untrained._max_codes(sentence, STREAM_DECODING["max_seconds_per_char"])
+        max_codes = untrained._max_codes(sentence, "en", STREAM_DECODING["max_seconds_per_char"])
         assert max_codes in (48, 53)
         with untrained._babble_guard(max_codes):
             theirs += [wav.float().numpy() for wav in untrained.model.inference_stream(
