@@ -417,7 +417,7 @@ def test_a_dataset_from_other_corpora_is_not_replaced_without_force(tmp_path):
     second = _corpus(tmp_path / "second", {"wavs/c.wav": "Third one.", "wavs/d.wav": "Fourth one."})
     out = _prepare(tmp_path, first)
     before = (out / "train.jsonl").read_text() + (out / "eval.jsonl").read_text()
-    with pytest.raises(FileExistsError, match=rf"holds the dataset 't' prepared from {re.escape(str(first))}.* — fix: .*data.name=<name>, or force=true"):
+    with pytest.raises(FileExistsError, match=rf"holds the dataset 't' prepared from {re.escape(str(first))}.* — fix: .*data.name=<name>, or prepare's force=true"):
         _prepare(tmp_path, second)
     assert (out / "train.jsonl").read_text() + (out / "eval.jsonl").read_text() == before  # untouched
     assert "Third one" in "".join(s.extra["raw_text"] for s in _kept(_prepare(tmp_path, second, "force=true")))

@@ -106,19 +106,22 @@ def coqui_cleaner(text: str, language: str) -> str:
         return multilingual_cleaners(text, language)
     except (ArithmeticError, LookupError, NotImplementedError, ValueError, TypeError):
         pass
-    pieces = []
-    for k, piece in enumerate(NUMBER_PIECE.split(text)):
+    joined = ""
+    for piece in NUMBER_PIECE.split(text):
+        core = piece.strip()  # coqui's cleaners strip: the spaces around a piece are kept as written
         try:
-            core = piece.strip()  # coqui's cleaners strip: the spaces around a piece are kept here
-            pieces.append(piece[:len(piece) - len(piece.lstrip())] + multilingual_cleaners(core, language) +
-                          piece[len(piece.rstrip()):] if core else piece)
+            cleaned = multilingual_cleaners(core, language) if core else ""
         except (ArithmeticError, LookupError, NotImplementedError, ValueError, TypeError):
             if language not in UNSPELLED_NUMBERS:
                 UNSPELLED_NUMBERS.add(language)
                 log.warning("some numbers in %r text are left as digits (e.g. %s): coqui's number expansion cannot "
                             "spell them; write them as words in the text to have them read", language, piece)
-            pieces.append(piece)
-    return re.sub(r"\s+", " ", "".join(pieces)).strip()
+            cleaned = core
+        # A piece that now starts with a word where it started with a symbol ("50%" → "50" + "प्रतिशत") is spaced
+        # from what it follows; one that starts as it did ("5वां", "2024,") stays joined, as written.
+        glue = joined and cleaned and piece[:1] == core[:1] and cleaned[:1] != core[:1].lower()
+        joined += piece[:len(piece) - len(piece.lstrip())] + (" " if glue else "") + cleaned + (piece[len(piece.rstrip()):] if core else "")
+    return re.sub(r"\s+", " ", joined).strip()
 
 
 UNSPELLED_NUMBERS: set = set()  # languages whose unspellable numbers were reported
