@@ -6,7 +6,6 @@ Tiny and real models go through the same `load_xtts`; only `resolve_model_dir` d
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import zipfile
 from pathlib import Path
@@ -16,6 +15,7 @@ from urllib.parse import urlsplit
 import torch
 
 from xtts_ft.model.layout import EXPORT_FILES, check_layout, dvae_kwargs, read_sidecar
+from xtts_ft.model.quiet import unused_gpt2_token_ids_unreported
 
 log = logging.getLogger(__name__)
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")  # where plain http keeps a token on this machine
@@ -137,29 +137,6 @@ def load_xtts(model_dir: Path, device: str | torch.device = "cpu", for_inference
     model.tokenizer = tokenizer_for(model_dir, read_sidecar(model_dir))
     model.to(pick_device(device) if isinstance(device, str) else device)
     return config, model
-
-
-# coqui's GPT builds its GPT-2 body from a GPT2Config with an "unused" 256-token vocabulary (the
-# body's token embedding is deleted: text and audio have their own) and GPT-2's text ids (50256)
-# as bos/eos, which nothing reads; transformers warns about them, and coqui takes no argument to
-# set them. Exactly that record is dropped while coqui builds the model; any other still shows.
-UNUSED_GPT2_TOKEN_IDS = "_token_id must be `None` or an integer within the vocabulary (between 0 and 255)"
-
-
-class _DropUnusedGpt2TokenIds(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return UNUSED_GPT2_TOKEN_IDS not in record.getMessage()
-
-
-@contextlib.contextmanager
-def unused_gpt2_token_ids_unreported():
-    logger = logging.getLogger("transformers.configuration_utils")
-    dropper = _DropUnusedGpt2TokenIds()
-    logger.addFilter(dropper)
-    try:
-        yield
-    finally:
-        logger.removeFilter(dropper)
 
 
 def init_gpt_for_inference(gpt, kv_cache: bool = True) -> None:

@@ -114,7 +114,7 @@ def build_tiny_xtts(out_dir: Path, seed: int = 0, gpt: dict | None = None, dvae:
         from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer
 
         model.tokenizer = VoiceBpeTokenizer(vocab_file=str(tmp / "vocab.json"))
-        from xtts_ft.model.loading import unused_gpt2_token_ids_unreported
+        from xtts_ft.model.quiet import unused_gpt2_token_ids_unreported
 
         with unused_gpt2_token_ids_unreported():  # (transformers' warning about coqui's GPT-2 config, as at loading)
             model.init_models()  # sizes the text embedding from the vocabulary, as load_checkpoint does
