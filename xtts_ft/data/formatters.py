@@ -423,7 +423,8 @@ def long_recordings(root: Path, source, transcribe_words: Optional[Callable]) ->
     stems = Counter(recording.stem for recording in recordings)
     names = {recording: recording.stem if stems[recording.stem] == 1 else
              recording.relative_to(root).with_suffix("").as_posix().replace("/", "__") for recording in recordings}
-    clashes = [r for r in recordings if list(names.values()).count(names[r]) > 1]
+    taken = Counter(names.values())
+    clashes = [r for r in recordings if taken[names[r]] > 1]
     if clashes:  # a path-made name that another recording has as its own (a/take.wav beside a__take.wav)
         raise ValueError(f"{clashes[0]} and {clashes[1]} would both be segmented as {names[clashes[0]]!r}: their segments "
                          "would overwrite each other in the cache — fix: rename one, or prepare the folders as separate sources")

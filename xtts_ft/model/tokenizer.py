@@ -23,7 +23,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer
 
 from xtts_ft.data.cleaners import CLEANERS, COQUI_LANGUAGES
-from xtts_ft.data.text import base_language, clean_text, coqui_cleaner, describe_characters, language_token, unknown_characters
+from xtts_ft.data.text import as_read, base_language, clean_text, coqui_cleaner, describe_characters, language_token, unknown_characters
 
 LEADING_TAG = re.compile(r"^\s*\[([^\[\]\s]+)\]\s*")
 log = logging.getLogger(__name__)
@@ -47,11 +47,8 @@ class XttsTokenizer(VoiceBpeTokenizer):
         lang = base_language(lang)
         if lang in CLEANERS or (lang not in COQUI_LANGUAGES and lang != "ja"):
             return clean_text(txt, lang)  # ours: a registered cleaner, or the basic one
-        if lang in COQUI_LANGUAGES:  # coqui's steps, its cleaners through coqui_cleaner: a number it cannot spell stays digits
-            from TTS.tts.layers.xtts.tokenizer import chinese_transliterate, hangul_romanize
-
-            txt = coqui_cleaner(txt, lang)
-            return chinese_transliterate(txt) if lang == "zh" else hangul_romanize(txt) if lang == "ko" else txt
+        if lang in COQUI_LANGUAGES:  # coqui's steps: its cleaners (a number they cannot spell stays digits), then zh/ko transliterated
+            return as_read(coqui_cleaner(txt, lang), lang)
         return super().preprocess_text(txt, lang)
 
     def split_emotion(self, txt: str) -> Tuple[Optional[str], str]:

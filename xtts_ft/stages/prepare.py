@@ -34,7 +34,7 @@ from xtts_ft.asr import transcribe_words
 from xtts_ft.config import to_container
 from xtts_ft.data.clips import AudioJob, AudioSettings, AudioWorkers, Rejected, read_done, remove_bookkeeping
 from xtts_ft.data.formatters import read_corpus
-from xtts_ft.data.sample import Sample, write_manifest
+from xtts_ft.data.sample import Sample, read_manifest, write_manifest
 from xtts_ft.data.cleaners import CLEANERS, COQUI_LANGUAGES
 from xtts_ft.data.text import (LEADING_TAG, as_read, base_language, clean_text, cleaner_name, describe_characters, language_token, token_ids,
                                unescape_entities, unknown_characters)
@@ -148,12 +148,15 @@ def split_by_speaker(samples: List[Sample], cfg: DictConfig) -> Tuple[List[Sampl
         wanted = max(cfg.min_eval_per_speaker, round(cfg.eval_fraction * len(clips))) if len(clips) >= 2 else 0
         n_eval[speaker] = min(wanted, len(clips) - 1)
     target = round(cfg.eval_fraction * len(samples))
-    if cfg.min_eval_per_speaker == 0 and sum(n_eval.values()) < target:
+    total = sum(n_eval.values())
+    if cfg.min_eval_per_speaker == 0 and total < target:
         order = sorted(shuffled, key=lambda speaker: random.Random(f"{cfg.seed}:order:{speaker}").random())
-        while sum(n_eval.values()) < target and any(n_eval[s] < len(shuffled[s]) - 1 for s in order):
+        spared = True
+        while total < target and spared:  # a round: one more clip from each speaker that can spare one
+            spared = False
             for speaker in order:
-                if sum(n_eval.values()) < target and n_eval[speaker] < len(shuffled[speaker]) - 1:
-                    n_eval[speaker] += 1
+                if total < target and n_eval[speaker] < len(shuffled[speaker]) - 1:
+                    n_eval[speaker], total, spared = n_eval[speaker] + 1, total + 1, True
     train = [clip for speaker in shuffled for clip in shuffled[speaker][n_eval[speaker]:]]
     evaluation = [clip for speaker in shuffled for clip in shuffled[speaker][:n_eval[speaker]]]
     if not evaluation or not train:
@@ -238,15 +241,10 @@ def up_to_date(out: Path, key: str) -> bool:
 def clips_present(out: Path) -> bool:
     """Whether every clip the manifests name is still in the dataset folder (one deleted by hand: rebuild)."""
     try:
-        for split in ("train", "eval"):
-            for line in (out / f"{split}.jsonl").read_text(encoding="utf-8").split("\n"):
-                if line.strip():
-                    row = json.loads(line)
-                    if not all((out / row[key]).is_file() for key in ("audio", "audio_24k") if row.get(key)):
-                        return False
-    except (OSError, ValueError, KeyError, TypeError):
+        samples = read_manifest(out / "train.jsonl") + read_manifest(out / "eval.jsonl")
+    except (OSError, ValueError):  # unreadable: rebuild
         return False
-    return True
+    return all((out / path).is_file() for s in samples for path in (s.audio, s.extra.get("audio_24k")) if path)
 
 
 def outputs_of(out: Path) -> List[Path]:
