@@ -301,6 +301,38 @@ def test_batched_codes_are_those_of_one_at_a_time_and_of_coquis_generate(model, 
         assert row.latents.shape == theirs.shape and torch.allclose(row.latents, theirs, rtol=0, atol=1e-5)
 
 
+def test_rows_in_one_voice_share_its_conditioning_pass(untrained, prepared):
+    """Rows that speak in the same voice share the GPT's pass over its conditioning latents (the GPT-2
+    inside XTTS has no position embeddings of its own, so those keys and values do not depend on the
+    row): four sentences in two voices, interleaved, get the codes each gets alone, and the latents of
+    coqui's own GPT pass; the voices' pass has one row per voice."""
+    import torch
+
+    en = sorted((prepared / "wavs").glob("0_*.wav"))
+    requests = [{"text": "Hello there.", "language": "en", "reference": en[0]},
+                {"text": "The birch canoe slid on the smooth planks.", "language": "en", "reference": en[1]},
+                {"text": "One thing. Another, somewhat longer, thing!", "language": "en", "reference": en[0]}]
+    decoding = {**BATCH_DECODING, "seed": 0, "top_k": 1}
+    alone, sentences = _codes(untrained, requests, decoding, batch_size=1)
+    gpt = untrained.model.gpt
+    passes = []  # rows × positions of each pass over inputs_embeds, the prompt's two and the steps
+    hook = gpt.gpt_inference.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: passes.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True)
+    try:
+        rows = untrained._generate(sentences, untrained.decoding_settings(decoding))
+    finally:
+        hook.remove()
+    voice_length = sentences[0].voice.gpt_cond_latent.shape[1]
+    assert len(sentences) == 4 and passes[0] == (2, voice_length) and passes[1][0] == 4 and set(passes[2:]) == {(4, 1)}
+    for sentence, row, (codes, stopped) in zip(sentences, rows, alone):
+        assert torch.equal(row.codes, codes) and row.stopped == stopped
+        with torch.no_grad():
+            theirs = gpt(sentence.tokens, torch.tensor([sentence.tokens.shape[-1]]), row.codes.unsqueeze(0),
+                         torch.tensor([row.codes.shape[-1] * gpt.code_stride_len]), cond_latents=sentence.voice.gpt_cond_latent,
+                         return_attentions=False, return_latent=True)
+        assert row.latents.shape == theirs.shape and torch.allclose(row.latents, theirs, rtol=0, atol=1e-5)
+
+
 def test_a_batch_may_run_its_steps_through_packed_weights_and_gets_the_same_audio(untrained, prepared, monkeypatch):
     """Where MKL's few-row products are slow (FewRowProducts times it), a batch's one-code steps go through
     oneDNN with the GPT-2 Conv1D weights packed for it. Forced here: the same audio as MKL's products, only

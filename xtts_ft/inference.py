@@ -642,22 +642,61 @@ class XttsSynthesizer:
             sentences.append(_Sentence(index, tokens, voice, self._max_codes(sentence, language, max_seconds_per_char), seed + k))
         return sentences
 
-    def _prefix_embedding(self, sentence: _Sentence) -> torch.Tensor:
-        """(length, width): the conditioning latents, then the text between its start and stop
-        tokens, embedded — what coqui's GPT.compute_embeddings builds for one row."""
+    def _text_embedding(self, sentence: _Sentence) -> torch.Tensor:
+        """(length, width): the text between its start and stop tokens, embedded — what coqui's
+        GPT.compute_embeddings puts after the conditioning latents for one row."""
         gpt = self.model.gpt
         text = F.pad(F.pad(sentence.tokens, (0, 1), value=gpt.stop_text_token), (1, 0), value=gpt.start_text_token)
-        text = gpt.text_embedding(text) + gpt.text_pos_embedding(text)
-        return torch.cat([sentence.voice.gpt_cond_latent, text], dim=1)[0]
+        return (gpt.text_embedding(text) + gpt.text_pos_embedding(text))[0]
+
+    def _prefill(self, sentences: List[_Sentence]):
+        """The GPT's pass over every row's prompt, each distinct voice's conditioning latents computed once.
+
+        A row's prompt is its voice's conditioning latents (32 of the 70-odd positions of a short
+        sentence), then its text. The GPT-2 inside XTTS has no position embeddings of its own (coqui's
+        are added to the text and codes before it), so a position's hidden states depend only on the
+        unmasked positions before it: the latents' keys and values are the same in every row that
+        speaks in that voice, whatever its text. Each row is laid out as its voice's latents (padded
+        after them to the longest voice's), then its text padded before it to the longest text; the
+        voices go through the GPT once each, their cache is copied to the rows that use them, and the
+        texts go through after. Returns (the rows' prompts embedded, attention mask with a last column
+        for the start-of-audio token, the cache, each row's count of padding columns)."""
+        gpt = self.model.gpt
+        voices: List[torch.Tensor] = []  # each distinct voice's latents, (length, width)
+        voice_of_row = []
+        for sentence in sentences:
+            latents = sentence.voice.gpt_cond_latent[0]
+            same = (k for k, v in enumerate(voices) if v is latents or (v.shape == latents.shape and torch.equal(v, latents)))
+            k = next(same, None)
+            if k is None:
+                voices.append(latents)
+                k = len(voices) - 1
+            voice_of_row.append(k)
+        texts = [self._text_embedding(s) for s in sentences]
+        voice_width, text_width = max(v.shape[0] for v in voices), max(t.shape[0] for t in texts)
+        device, rows = self.device, torch.tensor(voice_of_row, device=self.device)
+        voice_block = torch.stack([F.pad(v, (0, 0, 0, voice_width - v.shape[0])) for v in voices])
+        voice_mask = (torch.arange(voice_width, device=device)[None, :] < torch.tensor([v.shape[0] for v in voices], device=device)[:, None]).long()
+        text_block = torch.stack([F.pad(t, (0, 0, text_width - t.shape[0], 0)) for t in texts])
+        text_mask = (torch.arange(text_width, device=device)[None, :]
+                     >= torch.tensor([text_width - t.shape[0] for t in texts], device=device)[:, None]).long()
+        mask = torch.cat([voice_mask[rows], text_mask, torch.ones((len(sentences), 1), dtype=torch.long, device=device)], dim=1)
+        transformer = gpt.gpt_inference.transformer
+        cache = transformer(inputs_embeds=voice_block, attention_mask=voice_mask, use_cache=True).past_key_values
+        if voice_of_row != list(range(len(sentences))):
+            cache.reorder_cache(rows)  # each row gets its voice's keys and values
+        transformer(inputs_embeds=text_block, attention_mask=mask[:, :-1], past_key_values=cache, use_cache=True)
+        padding = [int(n) for n in (mask[:, :-1] == 0).sum(dim=1)]
+        return torch.cat([voice_block[rows], text_block], dim=1), mask, cache, padding
 
     @torch.no_grad()
     def _generate(self, sentences: List[_Sentence], settings: dict) -> List[_Generated]:
         """One transformers generate for all rows: codes, stopped by itself, and latents per row.
 
-        The prefixes are left-padded to one length and the padding masked out, so every row's audio
-        codes start at the same column; the GPT's positions are its own learned embeddings (text from
-        0 per row, audio from the start-of-audio token), so the padding shifts nothing. A row ends at
-        its stop token or its own babble guard; the others go on.
+        The prompts are padded to one length (see _prefill) and the padding masked out, so every row's
+        audio codes start at the same column; the GPT's positions are its own learned embeddings (text
+        from 0 per row, audio from the start-of-audio token), so the padding shifts nothing. A row ends
+        at its stop token or its own babble guard; the others go on.
 
         The latents are the hidden states the generate computes anyway, read at the GPT's final norm
         (coqui's inference_stream speaks these too). Xtts.inference instead runs the GPT over the text
@@ -668,14 +707,14 @@ class XttsSynthesizer:
                                   TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
         gpt = self.model.gpt
-        prefixes = [self._prefix_embedding(s) for s in sentences]
-        width = max(p.shape[0] for p in prefixes)
-        padding = [width - p.shape[0] for p in prefixes]
-        gpt.gpt_inference.store_prefix_emb(torch.stack([F.pad(p, (0, 0, pad, 0)) for p, pad in zip(prefixes, padding)]))
-        # Token ids of the prefix are placeholders (coqui's are 1s): the model reads the stored embeddings.
+        prompts, mask, cache, padding = self._prefill(sentences)
+        width = prompts.shape[1]
+        # coqui's forward reads the prompt's length from the stored prefix (the codes' positions count from it).
+        gpt.gpt_inference.store_prefix_emb(prompts)
+        # Token ids of the prompt are placeholders (coqui's are 1s): the cache holds the prompt; the generate
+        # goes on from the start-of-audio token.
         inputs = torch.ones((len(sentences), width + 1), dtype=torch.long, device=self.device)
         inputs[:, -1] = gpt.start_audio_token
-        mask = (torch.arange(width + 1, device=self.device)[None, :] >= torch.tensor(padding, device=self.device)[:, None]).long()
         # transformers' sampling processors in its own order and on its own conditions, then the
         # per-row draw; the repetition penalty ignores each row's padding, as generate() does.
         processors = LogitsProcessorList()
@@ -696,7 +735,7 @@ class XttsSynthesizer:
         hook = gpt.gpt_inference.final_norm.register_forward_hook(lambda _norm, _inputs, out: steps.append(out[:, -1].clone()))
         try:
             generated = gpt.gpt_inference.generate(
-                inputs, attention_mask=mask, do_sample=False, num_beams=1, logits_processor=processors,
+                inputs, attention_mask=mask, past_key_values=cache, do_sample=False, num_beams=1, logits_processor=processors,
                 stopping_criteria=StoppingCriteriaList([CodeLimits(width + 1, max_codes, self.device)]),
                 bos_token_id=gpt.start_audio_token, pad_token_id=gpt.stop_audio_token, eos_token_id=gpt.stop_audio_token,
                 max_length=width + 1 + max(max_codes),
@@ -705,7 +744,7 @@ class XttsSynthesizer:
             hook.remove()
         generated = generated[:, width + 1 :]
         new_tokens = generated.shape[1]
-        # One forward per new code, the prompt's first. Any other count (a chunked prefill, a change in
+        # One forward per new code, the start-of-audio token's first (the prompt is in the cache). Any other count (a chunked prefill, a change in
         # transformers' generate) would shift every latent against its code: same shapes, wrong audio.
         if len(steps) not in (new_tokens, new_tokens + 1):
             raise RuntimeError(f"the GPT ran {len(steps)} forwards for {new_tokens} new codes: this transformers "
