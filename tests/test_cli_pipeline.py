@@ -65,6 +65,15 @@ def test_pipeline_runs_a_recipe_then_skips_finished_stages(tmp_path, workdir, ti
     longer = compose("pipeline", [f"recipe={recipe}", f"overrides={json.dumps(extra + ['max_steps=3'])}"])
     third = pipeline.run(longer)
     assert [s["skipped"] for s in third] == [True, False, False]
+    # force=true runs every stage again and reaches prepare's own force (a rebuild, not "up to date"); the
+    # finished training run is continued (resume), never deleted.
+    stats, state = tmp_path / "processed" / "demo" / "stats.json", tmp_path / "runs" / "p" / "gpt" / "state.pt"
+    before = (stats.stat().st_mtime_ns, state.stat().st_mtime_ns)
+    forced = compose("pipeline", [f"recipe={recipe}", "force=true", f"overrides={json.dumps(extra + ['max_steps=3'])}"])
+    assert [c.force for stage, _, c in pipeline.plan(forced) if stage == "prepare"] == [True]
+    fourth = pipeline.run(forced)
+    assert [s["skipped"] for s in fourth] == [False, False, False]
+    assert stats.stat().st_mtime_ns != before[0] and state.is_file()
 
 
 def test_demo_help_lists_recipes():

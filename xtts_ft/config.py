@@ -385,7 +385,7 @@ class EvaluateConfig:
 @dataclass
 class PipelineConfig:
     recipe: str = MISSING  # a folder name under recipes/ or a path to a recipe.yaml
-    force: bool = False  # re-run stages whose outputs already exist
+    force: bool = False  # re-run stages whose outputs already exist (prepare gets force=true: a rebuild; training runs are continued)
     overrides: List[str] = field(default_factory=list)  # appended to every stage
 
 

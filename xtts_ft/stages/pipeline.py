@@ -114,6 +114,8 @@ def plan(cfg: DictConfig) -> List[Tuple[str, List[str], DictConfig]]:
     planned = []
     for (stage, overrides), base in zip(entries, bases):
         extra = [o for o in cfg.overrides if applicable(o, base)]
+        if cfg.get("force") and "force" in base:  # prepare: rebuild, not "up to date"
+            extra.append("force=true")
         planned.append((stage, overrides + extra, compose(stage, overrides + extra) if extra else base))
     return planned
 
