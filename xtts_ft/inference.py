@@ -660,18 +660,19 @@ class XttsSynthesizer:
         after them to the longest voice's), then its text padded before it to the longest text; the
         voices go through the GPT once each, their cache is copied to the rows that use them, and the
         texts go through after. Returns (the rows' prompts embedded, attention mask with a last column
-        for the start-of-audio token, the cache, each row's count of padding columns)."""
+        for the start-of-audio token, the cache)."""
         gpt = self.model.gpt
         voices: List[torch.Tensor] = []  # each distinct voice's latents, (length, width)
         voice_of_row = []
         for sentence in sentences:
-            latents = sentence.voice.gpt_cond_latent[0]
+            latents = sentence.voice.gpt_cond_latent  # (1, length, width)
             same = (k for k, v in enumerate(voices) if v is latents or (v.shape == latents.shape and torch.equal(v, latents)))
             k = next(same, None)
             if k is None:
                 voices.append(latents)
                 k = len(voices) - 1
             voice_of_row.append(k)
+        voices = [v[0] for v in voices]
         texts = [self._text_embedding(s) for s in sentences]
         voice_width, text_width = max(v.shape[0] for v in voices), max(t.shape[0] for t in texts)
         device, rows = self.device, torch.tensor(voice_of_row, device=self.device)
@@ -686,8 +687,7 @@ class XttsSynthesizer:
         if voice_of_row != list(range(len(sentences))):
             cache.reorder_cache(rows)  # each row gets its voice's keys and values
         transformer(inputs_embeds=text_block, attention_mask=mask[:, :-1], past_key_values=cache, use_cache=True)
-        padding = [int(n) for n in (mask[:, :-1] == 0).sum(dim=1)]
-        return torch.cat([voice_block[rows], text_block], dim=1), mask, cache, padding
+        return torch.cat([voice_block[rows], text_block], dim=1), mask, cache
 
     @torch.no_grad()
     def _generate(self, sentences: List[_Sentence], settings: dict) -> List[_Generated]:
@@ -707,7 +707,7 @@ class XttsSynthesizer:
                                   TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
         gpt = self.model.gpt
-        prompts, mask, cache, padding = self._prefill(sentences)
+        prompts, mask, cache = self._prefill(sentences)
         width = prompts.shape[1]
         # coqui's forward reads the prompt's length from the stored prefix (the codes' positions count from it).
         gpt.gpt_inference.store_prefix_emb(prompts)
@@ -716,11 +716,11 @@ class XttsSynthesizer:
         inputs = torch.ones((len(sentences), width + 1), dtype=torch.long, device=self.device)
         inputs[:, -1] = gpt.start_audio_token
         # transformers' sampling processors in its own order and on its own conditions, then the
-        # per-row draw; the repetition penalty ignores each row's padding, as generate() does.
+        # per-row draw. The repetition penalty sees which ids a row holds: its padding's placeholders are
+        # the prompt's own (1s), so a padded row penalises what it would alone.
         processors = LogitsProcessorList()
         if settings["repetition_penalty"] not in (None, 1.0):
-            processors.append(RepetitionPenaltyLogitsProcessor(float(settings["repetition_penalty"]),
-                                                               prompt_ignore_length=torch.tensor(padding, device=self.device)))
+            processors.append(RepetitionPenaltyLogitsProcessor(float(settings["repetition_penalty"])))
         if settings["temperature"] not in (None, 1.0):
             processors.append(TemperatureLogitsWarper(float(settings["temperature"])))
         if settings["top_k"]:
