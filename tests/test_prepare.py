@@ -65,6 +65,22 @@ def _prepare(tmp_path, root, formatter="coqui_csv", source_extra="", overrides=(
     )
 
 
+def test_a_sample_rate_the_model_does_not_hear_is_warned_about(tmp_path, caplog):
+    """sample_rate=16000 is written as asked (the user named it) but said to be one training resamples."""
+    import numpy as np
+    import soundfile as sf
+
+    root = _corpus(tmp_path, ["wavs/a.wav|a clip long enough|s1", "wavs/b.wav|another clip here|s1"])
+    for name in ("a", "b"):
+        sf.write(root / "wavs" / f"{name}.wav", 0.1 * np.sin(np.arange(2 * 22050) / 8.0).astype(np.float32), 22050)
+    with caplog.at_level("WARNING", logger="xtts_ft.stages.prepare"):
+        out = _prepare(tmp_path, root, overrides=("max_text_tokens=0", "sample_rate=16000", "eval_fraction=0.5"))
+    assert [r.getMessage() for r in caplog.records if "sample_rate=16000" in r.getMessage()] == [
+        "sample_rate=16000: the clips are written at 16000 Hz, but XTTS's GPT, DVAE and speaker encoder hear 22050 Hz, so "
+        "training resamples every clip (nothing above 8000 Hz survives) — fix: sample_rate=22050 (the default)"]
+    assert {sf.info(str(wav)).samplerate for wav in (out / "wavs").glob("*.wav")} == {16000}
+
+
 def test_bad_audio_and_paths_are_dropped_with_reasons(tmp_path):
     import numpy as np
 

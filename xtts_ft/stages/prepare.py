@@ -39,7 +39,7 @@ from xtts_ft.data.cleaners import CLEANERS, COQUI_LANGUAGES
 from xtts_ft.data.text import (LEADING_TAG, as_read, base_language, clean_text, cleaner_name, describe_characters, language_token, token_ids,
                                unescape_entities, unknown_characters)
 from xtts_ft.io_utils import file_hash, resumable_dir, write_json, write_jsonl, write_text
-from xtts_ft.model.constants import DECODER_SAMPLE_RATE
+from xtts_ft.model.constants import DECODER_SAMPLE_RATE, GPT_SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -356,6 +356,11 @@ def run(cfg: DictConfig) -> Path:
         from xtts_ft.validation import check_settings
 
         check_settings(cfg)  # a bad setting fails before any audio work
+    if cfg.sample_rate != GPT_SAMPLE_RATE:
+        log.warning("sample_rate=%d: the clips are written at %d Hz, but XTTS's GPT, DVAE and speaker encoder hear %d Hz, so "
+                    "training resamples every clip%s — fix: sample_rate=%d (the default)", cfg.sample_rate, cfg.sample_rate,
+                    GPT_SAMPLE_RATE, f" (nothing above {cfg.sample_rate // 2} Hz survives)" if cfg.sample_rate < GPT_SAMPLE_RATE else "",
+                    GPT_SAMPLE_RATE)
     dropped: List[Tuple[int, dict]] = []  # (position in the corpus, entry): written in corpus order
 
     def drop(position: int, record: dict, language: str, rejected: Rejected, **details) -> None:
