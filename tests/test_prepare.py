@@ -81,6 +81,31 @@ def test_a_sample_rate_the_model_does_not_hear_is_warned_about(tmp_path, caplog)
     assert {sf.info(str(wav)).samplerate for wav in (out / "wavs").glob("*.wav")} == {16000}
 
 
+def test_the_same_recording_under_two_names_is_said(tmp_path, caplog):
+    """A copy of a clip, or the same samples in another format, is kept (the user decides) but named in a
+    warning with both rows' lines: the same recording in train and eval inflates eval scores. A different
+    clip of the same length is not."""
+    import shutil
+
+    import numpy as np
+    import soundfile as sf
+
+    root = _corpus(tmp_path, ["wavs/a.wav|the first clip|s1", "wavs/b.wav|the first clip again|s1",
+                              "wavs/c.flac|the first clip once more|s2", "wavs/d.wav|another clip|s2"])
+    t = np.arange(2 * 22050) / 22050
+    sf.write(root / "wavs" / "a.wav", (0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 22050, subtype="PCM_16")
+    shutil.copy(root / "wavs" / "a.wav", root / "wavs" / "b.wav")
+    sf.write(root / "wavs" / "c.flac", sf.read(root / "wavs" / "a.wav", dtype="int16")[0], 22050, subtype="PCM_16")
+    sf.write(root / "wavs" / "d.wav", (0.1 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), 22050, subtype="PCM_16")
+    with caplog.at_level("WARNING", logger="xtts_ft.stages.prepare"):
+        out = _prepare(tmp_path, root, overrides=("max_text_tokens=0", "eval_fraction=0.5"))
+    [warning] = [r.getMessage() for r in caplog.records if "same audio" in r.getMessage()]
+    csv = root / "metadata.csv"
+    assert warning.startswith(f"2 clip(s) are the same audio as an earlier clip, e.g. {csv}:3 (b.wav) = {csv}:2 (a.wav); "
+                              f"{csv}:4 (c.flac) = {csv}:2 (a.wav) — kept;")
+    assert len(read_manifest(out / "train.jsonl") + read_manifest(out / "eval.jsonl")) == 4
+
+
 def test_bad_audio_and_paths_are_dropped_with_reasons(tmp_path):
     import numpy as np
 

@@ -7,6 +7,7 @@ travel as a small frozen dataclass, not the Hydra config.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -189,6 +190,7 @@ class ClipInfo:
     source_rate: int
     clipped_fraction: float
     has_24k: bool
+    digest: str = ""  # of the clip as written: the same recording under two names has the same one
 
 
 def run_audio_job(job: AudioJob, cfg: AudioSettings, out: Path):
@@ -197,10 +199,12 @@ def run_audio_job(job: AudioJob, cfg: AudioSettings, out: Path):
         clip = process_audio(job.path, cfg)
     except Rejected as rejected:
         return rejected
-    write_clip(out, "wavs", job.name, encode_wav(clip.audio, cfg.sample_rate))
+    wav = encode_wav(clip.audio, cfg.sample_rate)
+    write_clip(out, "wavs", job.name, wav)
     if clip.audio_24k is not None:
         write_clip(out, "wavs_24k", job.name, encode_wav(clip.audio_24k, DECODER_SAMPLE_RATE))
-    return ClipInfo(clip.audio.size, clip.source_rate, clip.clipped_fraction, clip.audio_24k is not None)
+    return ClipInfo(clip.audio.size, clip.source_rate, clip.clipped_fraction, clip.audio_24k is not None,
+                    hashlib.blake2b(wav, digest_size=16).hexdigest())
 
 
 def write_clip(out: Path, folder: str, name: str, data: bytes) -> None:

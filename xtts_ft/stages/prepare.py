@@ -420,12 +420,25 @@ def kept_samples(checked: List[tuple], cfg: DictConfig, drop) -> Tuple[List[Samp
     origin (position, record, source), in the same order."""
     kept: List[Sample] = []
     origins: List[Tuple[int, dict, object]] = []
+    first_with: Dict[str, dict] = {}  # a written clip's digest → the record it came from first
+    repeats: List[Tuple[dict, dict]] = []  # (record, the earlier record with the same audio)
     for position, record, source, text, job, clip in checked:
         if isinstance(clip, Rejected):
             drop(position, record, source.language, clip)
             continue
+        if clip.digest in first_with:
+            repeats.append((record, first_with[clip.digest]))
+        elif clip.digest:
+            first_with[clip.digest] = record
         kept.append(clip_sample(record, source, text, job, clip, cfg))
         origins.append((position, record, source))
+    if repeats:
+        # Kept (the user decides), but said: the same recording in train and eval inflates the eval
+        # scores, and one recording with two texts teaches neither.
+        examples = "; ".join(f"{r['source_line']} ({Path(str(r['audio'])).name}) = {f['source_line']} ({Path(str(f['audio'])).name})"
+                             for r, f in repeats[:3])
+        log.warning("%d clip(s) are the same audio as an earlier clip, e.g. %s — kept; the same recording in train and eval "
+                    "inflates eval scores — fix: remove the repeated rows", len(repeats), examples)
     return kept, origins
 
 
