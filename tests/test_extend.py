@@ -72,6 +72,11 @@ def test_wolof_cleaner_spells_numbers_abbreviations_and_symbols_and_is_idempoten
         "8h00, 15h05, 1h30mn": "juróom-ñett waxtu, fukk ak juróom waxtu ak juróom, benn waxtu ak fanweer",
         "10², Orange™ ak Free, 1º": "fukk ñaar, orange ak free, benn",  # nothing glued on by NFKC
         "1½-2": "benn ak benn ci ñaar - ñaar",
+        # A slashed fraction as a vulgar one; a date's slashes are not fractions.
+        "1/2 kilo, xët 2/10, 12/05/2024": "benn ci ñaar kilo, xët ñaar ci fukk, fukk ak ñaar juróom ñaari junni ak ñaar-fukk ak ñeent",
+        "£5, ¥100, 5 000 ₦": "juróom pound, téeméer yen, juróomi junni naira",  # currencies by name, after the amount
+        # Ordinals: the Wolof suffix, its connective, the French suffixes; the first is njëkk.
+        "1er bi, 2e bi, 3ème, 21eel, 2eelu xët wi": "njëkk bi, ñaareel bi, ñetteel, ñaar-fukk ak benneel, ñaareelu xët wi",
     }
     for raw, clean in cases.items():
         assert clean_text(raw, "wo") == clean, raw

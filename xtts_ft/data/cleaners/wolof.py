@@ -29,7 +29,10 @@ ABBREVIATIONS = {"dr": "doktoor", "mme": "madaam", "n°": "nimero", "nº": "nime
 # "No 5" / "no. 5" is a number's label only before a number: "no" alone is left as written.
 NUMERO = re.compile(r"(?<![^\W\d_])no\.?\s?(?=\d)", flags=re.IGNORECASE)  # nº and n° are in ABBREVIATIONS
 # Spaces on both sides: "10°C" reads "degre c", not "degrec" (spaces are collapsed afterwards).
-SYMBOLS = {"%": " ci téeméer ", "&": " ak ", "+": " ak ", "=": " yem ak ", "€": " euro ", "$": " dolaar ", "°": " degre "}
+# Currencies by their own names (extend for a corpus's habits; FCFA and CFA are written in letters already).
+SYMBOLS = {"%": " ci téeméer ", "&": " ak ", "+": " ak ", "=": " yem ak ", "€": " euro ", "$": " dolaar ", "°": " degre ",
+           "£": " pound ", "¥": " yen ", "₦": " naira "}
+CURRENCIES = "$€£¥₦"
 # Kept: the sentence punctuation XTTS sees in every language, and the apostrophe/hyphen inside words.
 KEPT_PUNCTUATION = set(".,;:!?'-")
 # The apostrophe as keyboards and word processors write it: curly quotes, the modifier letter
@@ -148,7 +151,7 @@ def expand_abbreviations(text: str) -> str:
 
 # A currency sign written before the amount ("$100", "$1 000") is read after it, as the words are
 # said; before a range ("$5-10") it stays where it is.
-CURRENCY_FIRST = re.compile(r"([$€])\s?((?:[1-9]\d{0,2}(?:(?:,\d{3}){2,}(?:\.\d+)?|(?:,\d{3})+\.\d+)(?!\d)"
+CURRENCY_FIRST = re.compile(r"([" + re.escape(CURRENCIES) + r"])\s?((?:[1-9]\d{0,2}(?:(?:,\d{3}){2,}(?:\.\d+)?|(?:,\d{3})+\.\d+)(?!\d)"
                             r"|(?:[1-9]\d{0,2}(?:[ .]\d{3})+(?!\d)|\d+)(?:[,.]\d+)?))(?!\d|[-−]\d)")  # not a range
 
 
@@ -174,6 +177,22 @@ PLUS_SIGN = re.compile(r"(?<![^\s(\[{\"«=:])\+(?=\d)")
 HOURS = re.compile(r"(?<![\w.,])(\d{1,2}) ?h(?: ?(\d{2})(?: ?(?:mn|min))?)?(?![^\W\d_])")
 
 
+# Ordinals written with digits: the Wolof suffix ("2eel", "2eelu xët" with its connective) or the French
+# one Senegalese text borrows ("2e", "3ème", "1er"): the number's words with -eel ("ñaareel", "ñetteel");
+# the first is "njëkk".
+ORDINAL = re.compile(r"(?<![\w.,])(\d{1,12})(eelu|éelu|eel|éel|ème|eme|ère|ere|er|re|e|è)(?!\w)", flags=re.IGNORECASE)
+
+
+def spell_ordinal(match: re.Match) -> str:
+    n, connective = int(match.group(1)), "u" if match.group(2).lower().endswith("u") else ""
+    return "njëkk" if n == 1 and not connective else f"{number_to_words(n)}eel{connective}"
+
+
+# A fraction written with a slash ("3/4", "xët 2/10") is read as a vulgar fraction is, "a ci b"; not a
+# date (12/05/2024: three parts) nor one part of a longer number.
+SLASHED = re.compile(r"(?<![\d/.,:])(\d{1,3})/(\d{1,3})(?![\d/]|[.,]\d)")
+
+
 def spell_hours(match: re.Match) -> str:
     minutes = int(match.group(2) or 0)  # 8h00 is eight o'clock, 15h05 five past: the minutes without their zeros
     return f"{int(match.group(1))} waxtu" + (f" ak {minutes}" if minutes else "")
@@ -191,6 +210,8 @@ def wolof_cleaner(text: str) -> str:
     text = DOTTED.sub(split_dotted, text)
     text = ZEROS_IN_GROUP.sub("", text)
     text = PHONE.sub(spell_phone, text)
+    text = ORDINAL.sub(lambda m: f" {spell_ordinal(m)} ", text)
+    text = SLASHED.sub(r"\1 ci \2", text)
     text = NUMBER.sub(lambda m: f" {spell_number(m)} ", text)
     for symbol, words in SYMBOLS.items():
         text = text.replace(symbol, words)
