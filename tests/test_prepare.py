@@ -373,6 +373,25 @@ def test_decoder_copies_come_from_the_source_and_loudness_is_normalised(tmp_path
     assert json.loads((out / "stats.json").read_text())["band_limited_clips"] == 1
 
 
+def test_a_clip_the_peak_limit_keeps_below_the_loudness_target_is_reported(tmp_path, caplog):
+    """A quiet tone with one loud click cannot reach -14 LUFS without peaks past -1 dBFS: kept at the limit
+    and counted in a warning naming it; a steady tone reaches the target and is not."""
+    import pyloudnorm
+
+    root = _corpus(tmp_path, ["wavs/steady.wav|A steady tone.|s1", "wavs/click.wav|A quiet tone, one click.|s1"])
+    sf.write(root / "wavs" / "steady.wav", _tone(seconds=2.0, rate=22050, amplitude=0.05), 22050)
+    clicked = _tone(seconds=2.0, rate=22050, amplitude=0.02)
+    clicked[22050] = 0.9
+    sf.write(root / "wavs" / "click.wav", clicked, 22050, subtype="FLOAT")
+    with caplog.at_level("WARNING", logger="xtts_ft.stages.prepare"):
+        out = _prepare(tmp_path, root, overrides=["max_text_tokens=0", "loudness_lufs=-14"])
+    [warning] = [r.getMessage() for r in caplog.records if "loudness_lufs" in r.getMessage()]
+    assert warning.startswith("1 clip(s) stay below loudness_lufs=-14.0: reaching it would push their peaks past -1 dBFS")
+    assert f"{root / 'metadata.csv'}:3" in warning and "fix: a lower loudness_lufs" in warning
+    loudness = {s.text: pyloudnorm.Meter(22050).integrated_loudness(sf.read(str(out / s.audio))[0]) for s in _kept(out)}
+    assert loudness["a steady tone."] == pytest.approx(-14, abs=0.5) and loudness["a quiet tone, one click."] < -15
+
+
 def test_worker_processes_give_the_same_dataset(tmp_path, prepared, workdir, monkeypatch):
     monkeypatch.setattr(clips, "CLIPS_PER_WORKER", 1)  # the demo is small: force two workers
     in_this_process = []  # the patch reaches this process only, not the spawned worker

@@ -67,6 +67,7 @@ class Clip:
     audio_24k: Optional[np.ndarray]  # the same span resampled from the source, for decoder targets
     source_rate: int
     clipped_fraction: float
+    loudness_shortfall: float = 0.0  # LU below loudness_lufs where reaching it would have pushed peaks past -1 dBFS
 
 
 DC_OFFSET = 0.01  # a mean above this (1 % of full scale) is removed before trimming
@@ -112,9 +113,10 @@ def process_audio(path: Path, cfg: AudioSettings) -> Clip:
         # From the source, not from the 22.05 kHz copy, cut at the same instants.
         span = source[int(start / cfg.sample_rate * rate) : int(end / cfg.sample_rate * rate)]
         audio_24k = soxr.resample(span, rate, DECODER_SAMPLE_RATE, quality="HQ") if rate != DECODER_SAMPLE_RATE else span
+    shortfall = 0.0
     if cfg.loudness_lufs is not None:
-        audio, audio_24k = normalize_loudness(audio, audio_24k, cfg)
-    return Clip(audio.astype(np.float32), None if audio_24k is None else audio_24k.astype(np.float32), rate, clipped)
+        audio, audio_24k, shortfall = normalize_loudness(audio, audio_24k, cfg)
+    return Clip(audio.astype(np.float32), None if audio_24k is None else audio_24k.astype(np.float32), rate, clipped, shortfall)
 
 
 @lru_cache(maxsize=4)
@@ -167,13 +169,14 @@ def integrated_loudness(audio: np.ndarray, rate: int) -> float:
 
 
 def normalize_loudness(audio: np.ndarray, audio_24k: Optional[np.ndarray], cfg: AudioSettings):
-    """One gain for both copies (measured on the 22.05 kHz one), never pushing peaks past -1 dBFS."""
+    """One gain for both copies (measured on the 22.05 kHz one), never pushing peaks past -1 dBFS; returns
+    the copies and how many LU the clip stays below the target when that limit holds the gain back."""
     loudness = integrated_loudness(audio, cfg.sample_rate)
     if not np.isfinite(loudness):  # shorter than the meter's 400 ms block, or silent
-        return audio, audio_24k
-    gain = 10 ** ((cfg.loudness_lufs - loudness) / 20)
-    gain = min(gain, 10 ** (-1 / 20) / max(float(np.abs(audio).max()), 1e-9))
-    return audio * gain, None if audio_24k is None else audio_24k * gain
+        return audio, audio_24k, 0.0
+    wanted = 10 ** ((cfg.loudness_lufs - loudness) / 20)
+    gain = min(wanted, 10 ** (-1 / 20) / max(float(np.abs(audio).max()), 1e-9))
+    return audio * gain, None if audio_24k is None else audio_24k * gain, float(20 * np.log10(wanted / gain))
 
 
 @dataclass
@@ -191,6 +194,7 @@ class ClipInfo:
     clipped_fraction: float
     has_24k: bool
     digest: str = ""  # of the clip as written: the same recording under two names has the same one
+    loudness_shortfall: float = 0.0  # see Clip
 
 
 def run_audio_job(job: AudioJob, cfg: AudioSettings, out: Path):
@@ -204,7 +208,7 @@ def run_audio_job(job: AudioJob, cfg: AudioSettings, out: Path):
     if clip.audio_24k is not None:
         write_clip(out, "wavs_24k", job.name, encode_wav(clip.audio_24k, DECODER_SAMPLE_RATE))
     return ClipInfo(clip.audio.size, clip.source_rate, clip.clipped_fraction, clip.audio_24k is not None,
-                    hashlib.blake2b(wav, digest_size=16).hexdigest())
+                    hashlib.blake2b(wav, digest_size=16).hexdigest(), round(clip.loudness_shortfall, 2))
 
 
 def write_clip(out: Path, folder: str, name: str, data: bytes) -> None:

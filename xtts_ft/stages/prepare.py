@@ -415,6 +415,9 @@ def check_and_process(records: List[tuple], tmp: Path, cfg: DictConfig, tokenize
             for position, record, source, text, job in pending]
 
 
+LOUDNESS_SLACK = 1.0  # LU: a clip this much below loudness_lufs (held back by the peak limit) is reported
+
+
 def kept_samples(checked: List[tuple], cfg: DictConfig, drop) -> Tuple[List[Sample], List[tuple]]:
     """A Sample for each clip the audio work kept (`drop` gets the others), and each one's
     origin (position, record, source), in the same order."""
@@ -422,16 +425,25 @@ def kept_samples(checked: List[tuple], cfg: DictConfig, drop) -> Tuple[List[Samp
     origins: List[Tuple[int, dict, object]] = []
     first_with: Dict[str, dict] = {}  # a written clip's digest → the record it came from first
     repeats: List[Tuple[dict, dict]] = []  # (record, the earlier record with the same audio)
+    quiet: List[Tuple[dict, float]] = []  # (record, LU below loudness_lufs)
     for position, record, source, text, job, clip in checked:
         if isinstance(clip, Rejected):
             drop(position, record, source.language, clip)
             continue
+        if clip.loudness_shortfall >= LOUDNESS_SLACK:
+            quiet.append((record, clip.loudness_shortfall))
         if clip.digest in first_with:
             repeats.append((record, first_with[clip.digest]))
         elif clip.digest:
             first_with[clip.digest] = record
         kept.append(clip_sample(record, source, text, job, clip, cfg))
         origins.append((position, record, source))
+    if quiet:
+        # The -1 dBFS peak limit wins over the target: said, so a corpus of peaky clips is not taken as normalised.
+        worst = max(quiet, key=lambda q: q[1])
+        log.warning("%d clip(s) stay below loudness_lufs=%s: reaching it would push their peaks past -1 dBFS (by %.1f LU on average; "
+                    "the most, %.1f LU, %s) — kept as they are; fix: a lower loudness_lufs (e.g. -23), or a limiter on the corpus",
+                    len(quiet), cfg.loudness_lufs, sum(q[1] for q in quiet) / len(quiet), worst[1], worst[0]["source_line"])
     if repeats:
         # Kept (the user decides), but said: the same recording in train and eval inflates the eval
         # scores, and one recording with two texts teaches neither.
