@@ -76,6 +76,17 @@ def test_pipeline_runs_a_recipe_then_skips_finished_stages(tmp_path, workdir, ti
     assert stats.stat().st_mtime_ns != before[0] and state.is_file()
 
 
+def test_pipeline_force_leaves_a_stage_force_the_recipe_set(tmp_path):
+    """force=true reaches prepare, unless the recipe's (or the user's) overrides set prepare's force already:
+    no contradictory `force=false force=true` pair, the recipe's word stands."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"stages": [{"stage": "prepare", "overrides": ["data=demo", "force=false"]},
+                                                  {"stage": "prepare", "overrides": ["data=demo"]}]}))
+    planned = pipeline.plan(compose("pipeline", [f"recipe={recipe}", "force=true"]))
+    assert [(o.count("force=true") + o.count("force=false"), c.force) for _, o, c in
+            ((stage, " ".join(overrides), c) for stage, overrides, c in planned)] == [(1, False), (1, True)]
+
+
 def test_demo_help_lists_recipes():
     result = subprocess.run(CLI + ["demo", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "recipes: demo" in result.stdout

@@ -77,6 +77,10 @@ def test_wolof_cleaner_spells_numbers_abbreviations_and_symbols_and_is_idempoten
         "£5, ¥100, 5 000 ₦": "juróom pound, téeméer yen, juróomi junni naira",  # currencies by name, after the amount
         # Ordinals: the Wolof suffix, its connective, the French suffixes; the first is njëkk.
         "1er bi, 2e bi, 3ème, 21eel, 2eelu xët wi": "njëkk bi, ñaareel bi, ñetteel, ñaar-fukk ak benneel, ñaareelu xët wi",
+        "N°2e, 2e-3e, 2nde, 2èmes": "nimero ñaareel, ñaareel - ñetteel, ñaareel, ñaareel",  # a range of ordinals, not a minus
+        # A day before its month is no fraction (the larger number first, or the month's zero); 5/5 is one.
+        "15/08, 31/12, 24/7, 5/5": "fukk ak juróom juróom-ñett, fanweer ak benn fukk ak ñaar, ñaar-fukk ak ñeent juróom-ñaar, juróom ci juróom",
+        "£5-£10": "juróom pound - fukk pound",  # a range between amounts, not a minus
     }
     for raw, clean in cases.items():
         assert clean_text(raw, "wo") == clean, raw

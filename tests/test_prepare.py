@@ -387,9 +387,21 @@ def test_a_clip_the_peak_limit_keeps_below_the_loudness_target_is_reported(tmp_p
         out = _prepare(tmp_path, root, overrides=["max_text_tokens=0", "loudness_lufs=-14"])
     [warning] = [r.getMessage() for r in caplog.records if "loudness_lufs" in r.getMessage()]
     assert warning.startswith("1 clip(s) stay below loudness_lufs=-14.0: reaching it would push their peaks past -1 dBFS")
-    assert f"{root / 'metadata.csv'}:3" in warning and "fix: a lower loudness_lufs" in warning
+    assert f"{root / 'metadata.csv'}:3" in warning and "fix: a lower loudness_lufs (loudness_lufs=-" in warning
     loudness = {s.text: pyloudnorm.Meter(22050).integrated_loudness(sf.read(str(out / s.audio))[0]) for s in _kept(out)}
     assert loudness["a steady tone."] == pytest.approx(-14, abs=0.5) and loudness["a quiet tone, one click."] < -15
+
+
+def test_a_ledger_line_from_before_digests_gets_its_clips_digest(tmp_path):
+    """An interrupted run's ledger written before clips carried a digest: the resumed run hashes the clip it
+    finds, so a repeated recording among those clips is still recognised."""
+    import hashlib
+
+    (tmp_path / "wavs").mkdir()
+    (tmp_path / "wavs" / "a.wav").write_bytes(b"RIFF clip bytes")
+    entry = {"name": "a.wav", "samples": 10, "source_rate": 22050, "clipped_fraction": 0.0, "has_24k": False}
+    (tmp_path / ".done-1.jsonl").write_text(json.dumps(entry) + "\n")
+    assert clips.read_done(tmp_path)["a.wav"].digest == hashlib.blake2b(b"RIFF clip bytes", digest_size=16).hexdigest()
 
 
 def test_worker_processes_give_the_same_dataset(tmp_path, prepared, workdir, monkeypatch):

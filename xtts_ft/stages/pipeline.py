@@ -114,7 +114,8 @@ def plan(cfg: DictConfig) -> List[Tuple[str, List[str], DictConfig]]:
     planned = []
     for (stage, overrides), base in zip(entries, bases):
         extra = [o for o in cfg.overrides if applicable(o, base)]
-        if cfg.get("force") and "force" in base:  # prepare: rebuild, not "up to date"
+        # prepare: rebuild, not "up to date" (unless the recipe or the user set the stage's force themselves)
+        if cfg.get("force") and "force" in base and not any(o.split("=")[0].lstrip("+~") == "force" for o in overrides + extra):
             extra.append("force=true")
         planned.append((stage, overrides + extra, compose(stage, overrides + extra) if extra else base))
     return planned

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -442,8 +443,9 @@ def kept_samples(checked: List[tuple], cfg: DictConfig, drop) -> Tuple[List[Samp
         # The -1 dBFS peak limit wins over the target: said, so a corpus of peaky clips is not taken as normalised.
         worst = max(quiet, key=lambda q: q[1])
         log.warning("%d clip(s) stay below loudness_lufs=%s: reaching it would push their peaks past -1 dBFS (by %.1f LU on average; "
-                    "the most, %.1f LU, %s) — kept as they are; fix: a lower loudness_lufs (e.g. -23), or a limiter on the corpus",
-                    len(quiet), cfg.loudness_lufs, sum(q[1] for q in quiet) / len(quiet), worst[1], worst[0]["source_line"])
+                    "the most, %.1f LU, %s) — kept as they are; fix: a lower loudness_lufs (loudness_lufs=%.0f reaches them all), or a "
+                    "limiter on the corpus", len(quiet), cfg.loudness_lufs, sum(q[1] for q in quiet) / len(quiet), worst[1],
+                    worst[0]["source_line"], math.floor(cfg.loudness_lufs - worst[1]))
     if repeats:
         # Kept (the user decides), but said: the same recording in train and eval inflates the eval
         # scores, and one recording with two texts teaches neither.

@@ -146,7 +146,7 @@ def expand_abbreviations(text: str) -> str:
     # either side ("n°5", "3Mme"): numbers become words after this, and the result must not
     # change when cleaned again.
     text = NUMERO.sub("nimero ", text)
-    return ABBREVIATION.sub(lambda m: ABBREVIATIONS[m.group(1).lower()], text)
+    return ABBREVIATION.sub(lambda m: f" {ABBREVIATIONS[m.group(1).lower()]} ", text)  # "N°2e": the number stands apart
 
 
 # A currency sign written before the amount ("$100", "$1 000") is read after it, as the words are
@@ -180,7 +180,8 @@ HOURS = re.compile(r"(?<![\w.,])(\d{1,2}) ?h(?: ?(\d{2})(?: ?(?:mn|min))?)?(?![^
 # Ordinals written with digits: the Wolof suffix ("2eel", "2eelu xët" with its connective) or the French
 # one Senegalese text borrows ("2e", "3ème", "1er"): the number's words with -eel ("ñaareel", "ñetteel");
 # the first is "njëkk".
-ORDINAL = re.compile(r"(?<![\w.,])(\d{1,12})(eelu|éelu|eel|éel|ème|eme|ère|ere|er|re|e|è)(?!\w)", flags=re.IGNORECASE)
+ORDINAL = re.compile(r"(?<![\w.,])(\d{1,12})(eelu|éelu|eel|éel|èmes|ème|emes|eme|ères|ère|eres|ere|ers|er|res|re|es|e|è|nde|nd)(?!\w)(-(?=\d))?",
+                     flags=re.IGNORECASE)  # a hyphen after it, before a number, is a range ("2e-3e"), not a minus
 
 
 def spell_ordinal(match: re.Match) -> str:
@@ -188,9 +189,15 @@ def spell_ordinal(match: re.Match) -> str:
     return "njëkk" if n == 1 and not connective else f"{number_to_words(n)}eel{connective}"
 
 
-# A fraction written with a slash ("3/4", "xët 2/10") is read as a vulgar fraction is, "a ci b"; not a
-# date (12/05/2024: three parts) nor one part of a longer number.
-SLASHED = re.compile(r"(?<![\d/.,:])(\d{1,3})/(\d{1,3})(?![\d/]|[.,]\d)")
+# A fraction written with a slash ("3/4", "xët 2/10", "5/5") is read as a vulgar fraction is, "a ci b";
+# not a date (12/05/2024: three parts; 15/08 and 31/12: a day before its month is the larger number,
+# or the month has its zero), nor one part of a longer number.
+SLASHED = re.compile(r"(?<![\d/.,:])(\d{1,3})/([1-9]\d{0,2})(?![\d/]|[.,]\d)")
+
+
+def spell_slashed(match: re.Match) -> str:
+    numerator, denominator = match.groups()
+    return f"{numerator} ci {denominator}" if int(numerator) <= int(denominator) else match.group(0)
 
 
 def spell_hours(match: re.Match) -> str:
@@ -206,12 +213,12 @@ def wolof_cleaner(text: str) -> str:
     text = HOURS.sub(spell_hours, text)
     text = PLUS_SIGN.sub("", text)
     text = expand_abbreviations(text)
-    text = CURRENCY_FIRST.sub(r"\2 \1 ", text)
+    text = CURRENCY_FIRST.sub(r"\2 \1", text)  # no space after: "£5-£10" is a range, not a minus
     text = DOTTED.sub(split_dotted, text)
+    text = SLASHED.sub(spell_slashed, text)  # before the zeros go: 15/08 is a date
     text = ZEROS_IN_GROUP.sub("", text)
     text = PHONE.sub(spell_phone, text)
-    text = ORDINAL.sub(lambda m: f" {spell_ordinal(m)} ", text)
-    text = SLASHED.sub(r"\1 ci \2", text)
+    text = ORDINAL.sub(lambda m: f" {spell_ordinal(m)}{' - ' if m.group(3) else ' '}", text)
     text = NUMBER.sub(lambda m: f" {spell_number(m)} ", text)
     for symbol, words in SYMBOLS.items():
         text = text.replace(symbol, words)
