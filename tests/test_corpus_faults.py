@@ -314,6 +314,20 @@ def test_batch_names_stay_inside_out_dir_and_are_unique(tmp_path):
         requests_of("text,name\nOne.,/tmp/x\n")
     with pytest.raises(ValueError, match=r"t.csv, line 4: name '\./a' is already used on line 2"):
         requests_of("text,name\nOne.,a\nTwo.,b\nThree.,./a\n")
+    # Dirty tables (a QA pass): a comma in an unquoted text is an error naming its line, not a text cut at the
+    # comma; lines are the file's own (blank lines and quoted line breaks counted); not UTF-8, or empty: one line.
+    with pytest.raises(ValueError, match=r't.csv, line 3: 2 fields, the header has 1 — fix: a comma inside a text needs '
+                                         r'the text in double quotes, e.g. "Hello, world."'):
+        requests_of("text\nOne.\nHello, world.\n")
+    assert [r["text"] for r in requests_of('text\n"Hello, world."\n')] == ["Hello, world."]
+    with pytest.raises(ValueError, match=r"t.csv, line 6: empty text"):
+        requests_of('text,name\n"Two\nlines.",a\n\nOne.,b\n,c\n')
+    (tmp_path / "t.csv").write_bytes("text\nCaf\u00e9.\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"t.csv is not UTF-8 text \(byte 8: invalid continuation byte\) — fix: save it as UTF-8"):
+        read_requests(tmp_path / "t.csv", "en", "ref.wav", None)
+    with pytest.raises(ValueError, match=r"t.csv: no `text` column \(columns: none: the file is empty\)"):
+        requests_of("")
+    assert [r["where"] for r in requests_of("text\nOne.\n\nTwo.\n")] == [f"{tmp_path / 't.csv'}, line 2", f"{tmp_path / 't.csv'}, line 4"]
 
     # The method checks every name before it synthesizes anything (so no model is needed here).
     synthesizer = XttsSynthesizer.__new__(XttsSynthesizer)

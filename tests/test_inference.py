@@ -1,3 +1,4 @@
+import json
 import re
 from pathlib import Path
 
@@ -442,10 +443,18 @@ def test_batched_audio_is_the_audio_of_synthesize(synthesizer, prepared):
 def test_a_bad_request_fails_before_any_synthesis(synthesizer, prepared, monkeypatch):
     requests = _mixed_requests(prepared)[:2] + [{"text": "Hi.", "language": "xx", "reference": _reference(prepared)}]
     monkeypatch.setattr(synthesizer, "_generate", lambda *a: pytest.fail("synthesized before checking every request"))
-    with pytest.raises(ValueError, match="'xx' is not in this model's config.languages"):
+    with pytest.raises(ValueError, match="^request 2: language 'xx' is not in this model's config.languages"):
         synthesizer.synthesize_many(requests, BATCH_DECODING)
+    with pytest.raises(ValueError, match="^texts.csv, line 4: language 'xx' is not"):  # read_requests' place, where it has one
+        synthesizer.synthesize_many(requests[:2] + [{**requests[2], "where": "texts.csv, line 4"}], BATCH_DECODING)
     with pytest.raises(ValueError, match=r"batch_size=0 — fix: batch_size=<an integer ≥ 1>"):
         synthesizer.synthesize_many(requests[:1], BATCH_DECODING, batch_size=0)
+    # A sentence past the model's text tokens: refused at the request, as coqui's own assertion would stop it deep
+    # inside (one text, streamed, or in a batch alike).
+    long = {"text": "word " * 600, "language": "en", "reference": _reference(prepared)}
+    for call in (lambda: synthesizer.synthesize(**long), lambda: synthesizer.stream(**long), lambda: synthesizer.synthesize_many([long])):
+        with pytest.raises(ValueError, match=r"text tokens; the model takes fewer than \d+ — fix: split it into shorter sentences"):
+            call()
 
 
 def test_synth_stage_streams_with_its_chunk_sizes(exported, prepared, tmp_path, capsys):
@@ -464,6 +473,30 @@ def test_synth_stage_streams_with_its_chunk_sizes(exported, prepared, tmp_path, 
     with pytest.raises(ValueError, match="chunk_codes=0 — fix"):
         synth.run(compose("synth", base + [f"out={tmp_path / 'bad.wav'}", "stream_chunk_codes=0"]))
     assert not (tmp_path / "bad.wav").exists()
+
+
+def test_a_batch_into_an_earlier_batchs_folder_never_leaves_its_old_index(exported, prepared, tmp_path):
+    """`synth texts=... out_dir=` over an earlier batch's folder: the old index goes before any WAV is replaced, so a
+    run that fails part-way leaves no index describing the new audio; a finished run writes its own. An out_dir
+    that is a file is refused before the model loads."""
+    from xtts_ft.config import compose
+    from xtts_ft.stages import synth
+
+    out = tmp_path / "batch"
+    out.mkdir()
+    (out / "index.jsonl").write_text('{"name": "0000", "text": "an earlier text"}\n')
+    texts = tmp_path / "texts.csv"
+    texts.write_text("text,language\nOne.,en\nTwo.,xx\n")
+    base = [f"checkpoint={exported}", f"texts={texts}", f"out_dir={out}", f"reference={_reference(prepared)}", "device=cpu",
+            "decoding.seed=0", "decoding.max_seconds_per_char=0.02"]
+    with pytest.raises(ValueError, match=r"texts.csv, line 3: language 'xx'"):
+        synth.run(compose("synth", base))
+    assert not (out / "index.jsonl").exists()
+    texts.write_text("text\nOne.\n")
+    synth.run(compose("synth", base))
+    assert [json.loads(line)["text"] for line in (out / "index.jsonl").read_text().splitlines()] == ["One."]
+    with pytest.raises(ValueError, match=r"out_dir=.*texts.csv is a file — fix: out_dir=<a folder>"):
+        synth.run(compose("synth", [o if not o.startswith("out_dir=") else f"out_dir={texts}" for o in base]))
 
 
 def test_timing_the_few_row_products_leaves_torchs_global_rng_alone():

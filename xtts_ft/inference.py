@@ -220,25 +220,43 @@ def read_requests(path: Union[str, Path], language: str, reference: Optional[str
     """Texts to synthesize from a .txt (one per line) or a CSV/TSV with a `text` column and
     optional `language`, `reference`, `voice`, `emotion`, `name` columns (missing ones take the defaults).
     A `name` (the output file's) must stay inside out_dir and be used once."""
+    import csv
+    import io
     import os
-
-    import pandas as pd
 
     from xtts_ft.data.sample import stays_inside
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"texts file {path} does not exist")
+        raise FileNotFoundError(f"texts file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        content = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}) — fix: save it as UTF-8") from None
+    rows: List[Tuple[int, dict]] = []  # (line in the file, row)
     if path.suffix.lower() in (".csv", ".tsv"):
-        table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str, keep_default_na=False)
-        if "text" not in table.columns:
-            raise ValueError(f"{path}: no `text` column (columns: {', '.join(table.columns)})")
-        rows = table.to_dict("records")
+        # The csv module, not pandas: it knows each row's line (blank lines and quoted line breaks counted),
+        # and a row with more fields than the header is an error, not a text cut at its comma.
+        reader = csv.DictReader(io.StringIO(content, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        columns = [c.strip() for c in reader.fieldnames or []]
+        if "text" not in columns:
+            raise ValueError(f"{path}: no `text` column (columns: {', '.join(columns) or 'none: the file is empty'})")
+        reader.fieldnames = columns
+        try:
+            for row in reader:
+                if row.get(None):
+                    quote = "a comma inside a text needs the text in double quotes, e.g. \"Hello, world.\"" \
+                        if path.suffix.lower() == ".csv" else "a tab inside a text is not allowed"
+                    raise ValueError(f"{path}, line {reader.line_num}: {len(columns) + len(row[None])} fields, the header has "
+                                     f"{len(columns)} — fix: {quote}")
+                rows.append((reader.line_num, {k: (v or "") for k, v in row.items()}))
+        except csv.Error as err:
+            raise ValueError(f"{path}, line {reader.line_num}: {err}") from None
     else:
-        rows = [{"text": line.strip()} for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        rows = [(n, {"text": line.strip()}) for n, line in enumerate(content.splitlines(), start=1) if line.strip()]
     requests = []
     named: Dict[str, int] = {}  # name -> the line that first used it
-    for line, row in enumerate(rows, start=2 if path.suffix.lower() in (".csv", ".tsv") else 1):
+    for line, row in rows:
         if not str(row.get("text", "")).strip():
             raise ValueError(f"{path}, line {line}: empty text")
         name = row.get("name") or None
@@ -252,7 +270,7 @@ def read_requests(path: Union[str, Path], language: str, reference: Optional[str
             named[os.path.normpath(name)] = line
         request = {"text": row["text"], "language": row.get("language") or language,
                    "reference": row.get("reference") or None, "voice": row.get("voice") or None,
-                   "emotion": row.get("emotion") or emotion, "name": name}
+                   "emotion": row.get("emotion") or emotion, "name": name, "where": f"{path}, line {line}"}
         if request["reference"] is None and request["voice"] is None:
             request["reference"], request["voice"] = reference, voice
         requests.append(request)
@@ -422,6 +440,12 @@ class XttsSynthesizer:
         chosen = self.clone_voice(reference) if reference is not None else self.named_voice(voice)
         chosen, emotion_token = self.with_emotion(chosen, emotion)
         prefix = f"[{emotion_token}]" if emotion_token else ""  # the tokenizer reads it as the emotion token
+        limit = int(self.model.args.gpt_max_text_tokens)
+        for sentence in split_sentences(text, language):  # coqui asserts this deep inside its inference
+            tokens = len(self.model.tokenizer.encode((prefix + sentence).strip().lower(), lang=language))
+            if tokens >= limit:
+                raise ValueError(f"the sentence {sentence[:60]!r}... is {tokens} text tokens; the model takes fewer than {limit} "
+                                 "— fix: split it into shorter sentences (each ending in . ! or ?)")
         decoding = dict(decoding or {})
         settings = self.decoding_settings(decoding)
         max_seconds_per_char = float(decoding.get("max_seconds_per_char") or 0.25)
@@ -624,20 +648,21 @@ class XttsSynthesizer:
             del packed
 
     def _sentences(self, index: int, request: dict, decoding: Optional[dict]) -> List[_Sentence]:
-        """A request checked (as `synthesize` checks it) and cut into sentences with their tokens."""
-        language, voice, _, max_seconds_per_char, prefix = self._request(
-            request["text"], request["language"], request.get("reference"), request.get("voice"), decoding, request.get("emotion"))
+        """A request checked (as `synthesize` checks it) and cut into sentences with their tokens; a bad one's
+        error names its file and line (read_requests' `where`) or its index."""
+        try:
+            language, voice, _, max_seconds_per_char, prefix = self._request(
+                request["text"], request["language"], request.get("reference"), request.get("voice"), decoding, request.get("emotion"))
+        except (ValueError, FileNotFoundError) as err:
+            raise type(err)(f"{request.get('where') or f'request {index}'}: {err}") from None
         voice = Voice(voice.gpt_cond_latent.to(self.device), voice.speaker_embedding.to(self.device))
         seed = (decoding or {}).get("seed")
         seed = int(seed) if seed is not None else int(torch.randint(2**62, ()))  # unseeded: follows torch's global RNG
-        limit = int(self.model.args.gpt_max_text_tokens)
         sentences = []
         for k, sentence in enumerate(split_sentences(request["text"], language)):
-            # What Xtts.inference feeds its GPT: the lower-cased sentence, the emotion token before it.
+            # What Xtts.inference feeds its GPT: the lower-cased sentence, the emotion token before it (its
+            # length was checked by _request).
             tokens = self.model.tokenizer.encode((prefix + sentence).strip().lower(), lang=language)
-            if len(tokens) >= limit:
-                raise ValueError(f"request {index}: the sentence {sentence[:60]!r}... is {len(tokens)} text tokens; the model takes "
-                                 f"fewer than {limit} — fix: split it into shorter sentences")
             tokens = torch.tensor(tokens, dtype=torch.int32, device=self.device).unsqueeze(0)
             sentences.append(_Sentence(index, tokens, voice, self._max_codes(sentence, language, max_seconds_per_char), seed + k))
         return sentences

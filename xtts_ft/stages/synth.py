@@ -19,9 +19,17 @@ def outputs(cfg: DictConfig) -> List[Path]:
 
 
 def run(cfg: DictConfig) -> Path:
+    if cfg.texts and Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
+        raise ValueError(f"out_dir={cfg.out_dir} is a file — fix: out_dir=<a folder> (made if missing)")
     synthesizer = XttsSynthesizer(cfg.checkpoint, device=cfg.device)
     if cfg.texts:  # a batch: one WAV per text in out_dir, plus an index
         requests = read_requests(cfg.texts, cfg.language, cfg.reference, cfg.voice, cfg.emotion)
+        index = Path(cfg.out_dir) / "index.jsonl"
+        if index.is_file():
+            # An earlier batch's index (ours) goes before any WAV is replaced: an interrupted run must not leave it
+            # describing the new audio. Its WAVs stay; the new index lists this run's.
+            index.unlink()
+            print(f"{index}: an earlier batch's index, removed; this run writes its own when every WAV is done")
         rows = synthesizer.synthesize_batch(requests, cfg.out_dir, OmegaConf.to_container(cfg.decoding, resolve=True),
                                           batch_size=cfg.batch_size)
         write_jsonl(Path(cfg.out_dir) / "index.jsonl", rows)
