@@ -213,6 +213,17 @@ def test_optional_metric_models_missing_give_clear_errors(tmp_path, prepared, ex
     with pytest.raises(FileNotFoundError, match="utmos_model="):
         evaluate.run(cfg)  # before any synthesis
     assert not (tmp_path / "e").exists()
+    # A checkpoint that is not there (a mistyped export folder) fails before the first model's probes, saying so;
+    # an out_dir that is a file too.
+    (tmp_path / "exports").mkdir()
+    missing = tmp_path / "exports" / "nope"
+    cfg = compose("evaluate", [f"checkpoints=[{exported},{missing}]", f"manifest={prepared / 'eval.jsonl'}", f"out_dir={tmp_path / 'e'}"])
+    with pytest.raises(FileNotFoundError, match=f"model source '{missing}' is neither a directory nor a Hub id"):
+        evaluate.run(cfg)
+    assert not (tmp_path / "e").exists()
+    (tmp_path / "e").write_text("")
+    with pytest.raises(ValueError, match=r"out_dir=.* is a file — fix: out_dir=<a folder>"):
+        evaluate.run(compose("evaluate", [f"checkpoint={exported}", f"manifest={prepared / 'eval.jsonl'}", f"out_dir={tmp_path / 'e'}"]))
 
 
 def test_metrics_say_no_speech_instead_of_scoring_silence(monkeypatch):

@@ -76,6 +76,12 @@ def test_offline_hub_id_fails_with_the_fix(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(RuntimeError, match="model.source=/path/to/XTTS-v2"):
         resolve_model_dir("coqui/XTTS-v2")
+    # A relative path that reads like owner/name but whose folder is here (exports/nope): said as a missing folder.
+    (tmp_path / "exports").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"^exports/nope: no such folder here \(exports has no 'nope'\), and no model "
+                                                r"of that name could be fetched from the Hub — fix: the path of an export"):
+        resolve_model_dir("exports/nope")
 
 
 def test_truncated_or_altered_weights_are_named_in_the_error(tmp_path, tiny_model_dir):

@@ -60,7 +60,8 @@ def download_from_hub(repo_id: str, revision: Optional[str] = None) -> Path:
         raise RuntimeError(
             f"cannot fetch {repo_id!r} from the Hugging Face Hub ({type(err).__name__}: {err}). "
             f"If this machine is offline, download it where you have network "
-            f"(`huggingface-cli download {repo_id}`) and pass the local directory, e.g. model.source=/path/to/XTTS-v2"
+            f"(`huggingface-cli download {repo_id}`) and pass the local directory instead (e.g. checkpoint=/path/to/XTTS-v2, "
+            f"or model.source=/path/to/XTTS-v2 for the training stages)"
         ) from err
 
 
@@ -76,7 +77,14 @@ def resolve_model_dir(source: str, revision: Optional[str] = None, build_tiny: b
         log.info("building a tiny random XTTS at %s", path)
         return build_tiny_xtts(path, seed=tiny_seed)
     if looks_like_hub_id(source):
-        return download_from_hub(source, revision)
+        try:
+            return download_from_hub(source, revision)
+        except RuntimeError as err:
+            if path.parent.is_dir() and str(path.parent) not in (".", ""):  # exports/nope: most likely a local folder
+                raise FileNotFoundError(f"{source}: no such folder here ({path.parent} has no {path.name!r}), and no model "
+                                        f"of that name could be fetched from the Hub — fix: the path of an export or model "
+                                        f"folder, e.g. {path.parent}/<name>") from err
+            raise
     raise FileNotFoundError(f"model source {source!r} is neither a directory nor a Hub id (owner/name)")
 
 

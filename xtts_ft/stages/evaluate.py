@@ -41,6 +41,7 @@ from xtts_ft.data.sample import read_manifest, resolve_audio
 from xtts_ft.data.text import describe_characters
 from xtts_ft.inference import XttsSynthesizer
 from xtts_ft.io_utils import write_json, write_text
+from xtts_ft.model.loading import resolve_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,10 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         log.info("ASR for %s: %s", language, choice.describe() if choice else f"not scored ({why_not})")
         if choice:
             choice.load()  # a missing or unreachable model fails now, not after the first synthesis
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir={out} is a file — fix: out_dir=<a folder> (made if missing)")
+    for checkpoint in checkpoints(cfg):  # a missing one fails now, not after the first model's probes
+        resolve_model_dir(str(checkpoint))
     rows, taken, labels = [], set(), {}
     reference_embeddings: Dict[str, np.ndarray] = {}
     for checkpoint in checkpoints(cfg):
