@@ -181,6 +181,22 @@ def test_evaluate_needs_probes_and_a_checkpoint(tmp_path):
         evaluate.shipped_probes("long")
 
 
+def test_probes_with_nothing_to_score_are_left_out_and_said(tmp_path, prepared, caplog):
+    """A manifest row whose text is only punctuation has no CER to measure: left out with a warning (it stopped
+    the run after synthesis); languages= keeping no probe says which languages the probes have."""
+    manifest = tmp_path / "probes.jsonl"
+    (tmp_path / "wavs").mkdir()
+    shutil.copy(sorted((prepared / "wavs").glob("0_*.wav"))[0], tmp_path / "wavs" / "ref.wav")
+    rows = [{"audio": "wavs/ref.wav", "text": text, "speaker": "s", "language": "en", "duration": 1.0} for text in ("Hello there.", "?!...")]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level("WARNING", logger="xtts_ft.stages.evaluate"):
+        probes = evaluate.probe_rows(compose("evaluate", [f"manifest={manifest}", f"out_dir={tmp_path / 'e'}"]))
+    assert [p["text"] for p in probes] == ["Hello there."]
+    assert [r.getMessage() for r in caplog.records] == ["1 probe(s) have no words to score, left out: probes: '?!...'"]
+    with pytest.raises(ValueError, match=r"languages=\['fr'\] keeps none of the probes \(their languages: en\)"):
+        evaluate.probe_rows(compose("evaluate", [f"manifest={manifest}", f"out_dir={tmp_path / 'e'}", "languages=[fr]"]))
+
+
 @pytest.mark.slow
 def test_the_comparison_notebook_runs(exported, tiny_model_dir, prepared, tmp_path, monkeypatch):
     import nbformat

@@ -102,7 +102,19 @@ def probe_rows(cfg: DictConfig) -> List[dict]:
     if not rows:
         raise ValueError("nothing to evaluate: give manifest=<eval.jsonl> and/or probes=sentences|short reference=<audio>")
     if cfg.languages:
-        rows = [r for r in rows if r["language"] in cfg.languages]
+        kept = [r for r in rows if r["language"] in cfg.languages]
+        if not kept:
+            raise ValueError(f"languages={list(cfg.languages)} keeps none of the probes (their languages: "
+                             f"{', '.join(dict.fromkeys(r['language'] for r in rows))}) — fix: languages=[<some of those>]")
+        rows = kept
+    # A text with nothing to say once punctuation goes ("...", "?!") has no CER to measure: left out, and said.
+    empty = [r for r in rows if not metrics.normalize_for_scoring(r["text"], r["language"])]
+    if empty:
+        log.warning("%d probe(s) have no words to score, left out: %s", len(empty),
+                    "; ".join(f"{r['probe_set']}: {r['text']!r}" for r in empty[:5]))
+        rows = [r for r in rows if metrics.normalize_for_scoring(r["text"], r["language"])]
+        if not rows:
+            raise ValueError("no probe has words to score (every text is empty once punctuation goes)")
     return rows
 
 
