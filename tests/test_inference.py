@@ -449,6 +449,11 @@ def test_a_bad_request_fails_before_any_synthesis(synthesizer, prepared, monkeyp
         synthesizer.synthesize_many(requests[:2] + [{**requests[2], "where": "texts.csv, line 4"}], BATCH_DECODING)
     with pytest.raises(ValueError, match=r"batch_size=0 — fix: batch_size=<an integer ≥ 1>"):
         synthesizer.synthesize_many(requests[:1], BATCH_DECODING, batch_size=0)
+    reference = _reference(prepared)
+    with pytest.raises(ValueError, match=r"^text '\?!\.\.\.' has no words to say, only punctuation or symbols — fix"):
+        synthesizer.synthesize(text="?!...", language="en", reference=reference)
+    with pytest.raises(FileNotFoundError, match=r"reference audio .* is a folder, not an audio file — fix"):
+        synthesizer.synthesize(text="Hi.", language="en", reference=reference.parent)
     # A sentence past the model's text tokens: refused at the request, as coqui's own assertion would stop it deep
     # inside (one text, streamed, or in a batch alike).
     long = {"text": "word " * 600, "language": "en", "reference": _reference(prepared)}
@@ -470,7 +475,7 @@ def test_synth_stage_streams_with_its_chunk_sizes(exported, prepared, tmp_path, 
     printed = capsys.readouterr().out
     chunks = int(re.search(r"in (\d+) streamed chunks; first audio after [0-9.]+ s", printed).group(1))
     assert rate == 24000 and audio.size > 0 and chunks >= 3  # the trained tiny GPT stops after a few codes
-    with pytest.raises(ValueError, match="chunk_codes=0 — fix"):
+    with pytest.raises(ValueError, match="^stream_chunk_codes=0 — fix"):
         synth.run(compose("synth", base + [f"out={tmp_path / 'bad.wav'}", "stream_chunk_codes=0"]))
     assert not (tmp_path / "bad.wav").exists()
 
@@ -497,6 +502,8 @@ def test_a_batch_into_an_earlier_batchs_folder_never_leaves_its_old_index(export
     assert [json.loads(line)["text"] for line in (out / "index.jsonl").read_text().splitlines()] == ["One."]
     with pytest.raises(ValueError, match=r"out_dir=.*texts.csv is a file — fix: out_dir=<a folder>"):
         synth.run(compose("synth", [o if not o.startswith("out_dir=") else f"out_dir={texts}" for o in base]))
+    with pytest.raises(ValueError, match=r"out=.*hello.mp3: synth writes WAV files — fix: out=<name>.wav"):
+        synth.run(compose("synth", [f"checkpoint={exported}", "text=Hi.", f"out={tmp_path / 'hello.mp3'}"]))
 
 
 def test_timing_the_few_row_products_leaves_torchs_global_rng_alone():

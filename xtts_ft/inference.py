@@ -396,7 +396,8 @@ class XttsSynthesizer:
         """Conditioning latents for a reference clip, computed once per file version."""
         path = Path(reference)
         if not path.is_file():
-            raise FileNotFoundError(f"reference audio {path} does not exist — fix: reference=<an audio file of the voice, 3-10 s>")
+            what = "is a folder, not an audio file" if path.is_dir() else "does not exist"
+            raise FileNotFoundError(f"reference audio {path} {what} — fix: reference=<an audio file of the voice, 3-10 s>")
         stat = path.stat()
         key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
         if key in self._voices:
@@ -430,6 +431,9 @@ class XttsSynthesizer:
         """Validate a request: (language, voice latents, decoding settings, babble-guard rate, text prefix)."""
         if not text.strip():
             raise ValueError('text is empty — fix: give something to say, e.g. text="Hello there."')
+        if not any(ch.isalnum() for ch in text):  # "?!" or "...": the model would babble until its guard stops it
+            raise ValueError(f'text {text.strip()[:40]!r} has no words to say, only punctuation or symbols — fix: give words, '
+                             'e.g. text="Hello there."')
         language = language.split("-")[0] if language != "zh-cn" else language
         if language not in self.languages:
             raise ValueError(f"language {language!r} is not in this model's config.languages: {', '.join(self.languages)} "

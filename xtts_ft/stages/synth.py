@@ -19,6 +19,8 @@ def outputs(cfg: DictConfig) -> List[Path]:
 
 
 def run(cfg: DictConfig) -> Path:
+    if not cfg.texts and Path(cfg.out).suffix.lower() != ".wav":
+        raise ValueError(f"out={cfg.out}: synth writes WAV files — fix: out=<name>.wav")
     if cfg.texts and Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
         raise ValueError(f"out_dir={cfg.out_dir} is a file — fix: out_dir=<a folder> (made if missing)")
     synthesizer = XttsSynthesizer(cfg.checkpoint, device=cfg.device)
@@ -33,7 +35,9 @@ def run(cfg: DictConfig) -> Path:
         rows = synthesizer.synthesize_batch(requests, cfg.out_dir, OmegaConf.to_container(cfg.decoding, resolve=True),
                                           batch_size=cfg.batch_size)
         write_jsonl(Path(cfg.out_dir) / "index.jsonl", rows)
-        print(f"wrote {len(rows)} WAVs to {cfg.out_dir} (index: {Path(cfg.out_dir) / 'index.jsonl'})")
+        cut = sum(1 for row in rows if not row["stopped"])
+        note = f"; {cut} cut by the babble guard (the model did not stop by itself: `stopped` false in the index)" if cut else ""
+        print(f"wrote {len(rows)} WAVs to {cfg.out_dir} (index: {Path(cfg.out_dir) / 'index.jsonl'}){note}")
         return Path(cfg.out_dir)
     if cfg.text is None:
         raise ValueError("give text=... (one text) or texts=<file.txt|.csv> (a batch)")
@@ -47,6 +51,10 @@ def run(cfg: DictConfig) -> Path:
         decoding=OmegaConf.to_container(cfg.decoding, resolve=True),
     )
     if cfg.stream:
+        for key in ("stream_first_chunk_codes", "stream_chunk_codes"):  # said with the setting's own name
+            value = cfg[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key}={value!r} — fix: {key}=<an integer ≥ 1> (GPT codes per chunk, ~0.046 s of audio each)")
         chunks = list(synthesizer.stream(**request, first_chunk_codes=cfg.stream_first_chunk_codes, chunk_codes=cfg.stream_chunk_codes))
         wav = np.concatenate([c.wav for c in chunks])
         write_wav(Path(cfg.out), wav, synthesizer.sample_rate)
