@@ -298,6 +298,9 @@ def test_manifest_rows_cannot_leave_the_manifests_folder(tmp_path):
     manifest.write_bytes("\ufeff".encode() + json.dumps(
         {"audio": "wavs/a.wav", "text": "x", "speaker": "s", "language": "en", "duration": 1.0}).encode() + b"\n")
     assert read_manifest(manifest)[0].audio == "wavs/a.wav"  # a BOM (a hand-edited manifest) is no error
+    manifest.write_text(json.dumps({"audio": "wavs/a.wav", "text": "x", "speaker": "s", "language": "en", "duration": "abc"}) + "\n")
+    with pytest.raises(ValueError, match=r"train.jsonl:1: duration 'abc' is not a number of seconds — fix"):
+        read_manifest(manifest)
 
 
 def test_batch_names_stay_inside_out_dir_and_are_unique(tmp_path):

@@ -38,12 +38,17 @@ class Sample:
         if missing:
             raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
         known = {"audio", "text", "speaker", "language", "duration", "emotion"}
+        try:
+            duration = float(row["duration"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: duration {row['duration']!r} is not a number of seconds — fix: the clip's length, "
+                             "e.g. 3.2 (prepare writes it)") from None
         return cls(
             audio=str(row["audio"]),
             text=str(row["text"]),
             speaker=str(row["speaker"]),
             language=str(row["language"]),
-            duration=float(row["duration"]),
+            duration=duration,
             emotion=row.get("emotion"),
             extra={k: v for k, v in row.items() if k not in known},
         )

@@ -166,7 +166,8 @@ def evaluate_model(synthesizer: XttsSynthesizer, label: str, probes: List[dict],
     if skipped:
         log.warning("%s has no %s: those probes are skipped for it", label, ", ".join(skipped))
     # Batched synthesis (batch_size sentences per GPT generate); each utterance is scored as it is done.
-    requests = [{"text": p["text"], "language": p["language"], "reference": p["reference"]} for p in usable]
+    requests = [{"text": p["text"], "language": p["language"], "reference": p["reference"],
+                 "where": f"probe {p['probe_set']}: {p['text'][:40]!r}"} for p in usable]  # a bad one's error names it
     done = synthesizer.iter_synthesize(requests, decoding, batch_size=cfg.batch_size)
     for i, result in tqdm(done, total=len(usable), desc=f"evaluate {label}", unit="utt"):
         probe = usable[i]
