@@ -292,6 +292,15 @@ def test_unknown_language_from_the_cli_is_one_line(tmp_path, exported, prepared)
     assert "Traceback" not in result.stderr and "Error executing job" not in result.stderr
 
 
+def test_the_generic_fix_names_the_command_that_failed(monkeypatch):
+    from xtts_ft.cli import one_line
+
+    monkeypatch.setattr(sys, "argv", ["xtts-ft", "evaluate", "checkpoint=x"])
+    assert one_line(ValueError("a value is odd")).endswith("(`xtts-ft evaluate --help` lists the settings)")
+    monkeypatch.setattr(sys, "argv", ["python"])  # called from Python: no command to name
+    assert one_line(ValueError("a value is odd")).endswith("(`xtts-ft <verb> --help` lists the settings)")
+
+
 def test_bugs_keep_their_traceback():
     from xtts_ft.cli import PACKAGE_DIR, is_user_error
 

@@ -170,7 +170,8 @@ def one_line(error: BaseException) -> str:
     message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
     message = " ".join(line.strip() for line in message.splitlines() if line.strip())
     if not re.search(r"\bfix:", message, flags=re.IGNORECASE):  # a message with its own fix ("...; fix: ...") gets no generic one
-        fix = next((fix for kind, fix in FIX_BY_TYPE.items() if isinstance(error, kind)), GENERIC_FIX)
+        verb = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in VERBS else "<verb>"  # the command that failed, named
+        fix = next((fix for kind, fix in FIX_BY_TYPE.items() if isinstance(error, kind)), GENERIC_FIX.replace("<verb>", verb))
         message += f" — fix: {fix}"
     return f"error: {message}"
 
