@@ -330,6 +330,8 @@ def test_batch_names_stay_inside_out_dir_and_are_unique(tmp_path):
         read_requests(tmp_path / "t.csv", "en", "ref.wav", None)
     with pytest.raises(ValueError, match=r"t.csv: no `text` column \(columns: none: the file is empty\)"):
         requests_of("")
+    (tmp_path / "t.tsv").write_text('text\tname\n"Waaw," ne na.\ta\n')  # a TSV has no quoting: the text's quotes stay
+    assert [r["text"] for r in read_requests(tmp_path / "t.tsv", "en", "ref.wav", None)] == ['"Waaw," ne na.']
     assert [r["where"] for r in requests_of("text\nOne.\n\nTwo.\n")] == [f"{tmp_path / 't.csv'}, line 2", f"{tmp_path / 't.csv'}, line 4"]
 
     # The method checks every name before it synthesizes anything (so no model is needed here).

@@ -237,7 +237,9 @@ def read_requests(path: Union[str, Path], language: str, reference: Optional[str
     if path.suffix.lower() in (".csv", ".tsv"):
         # The csv module, not pandas: it knows each row's line (blank lines and quoted line breaks counted),
         # and a row with more fields than the header is an error, not a text cut at its comma.
-        reader = csv.DictReader(io.StringIO(content, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        tsv = path.suffix.lower() == ".tsv"  # a TSV has no quoting: a text's own quotes are kept
+        reader = csv.DictReader(io.StringIO(content, newline=""), delimiter="\t" if tsv else ",",
+                                quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
         columns = [c.strip() for c in reader.fieldnames or []]
         if "text" not in columns:
             raise ValueError(f"{path}: no `text` column (columns: {', '.join(columns) or 'none: the file is empty'})")
@@ -245,8 +247,8 @@ def read_requests(path: Union[str, Path], language: str, reference: Optional[str
         try:
             for row in reader:
                 if row.get(None):
-                    quote = "a comma inside a text needs the text in double quotes, e.g. \"Hello, world.\"" \
-                        if path.suffix.lower() == ".csv" else "a tab inside a text is not allowed"
+                    quote = "a tab inside a text is not allowed" if tsv else \
+                        "a comma inside a text needs the text in double quotes, e.g. \"Hello, world.\""
                     raise ValueError(f"{path}, line {reader.line_num}: {len(columns) + len(row[None])} fields, the header has "
                                      f"{len(columns)} — fix: {quote}")
                 rows.append((reader.line_num, {k: (v or "") for k, v in row.items()}))
@@ -428,7 +430,8 @@ class XttsSynthesizer:
         return settings
 
     def _request(self, text: str, language: str, reference, voice, decoding: Optional[dict], emotion: Optional[str] = None):
-        """Validate a request: (language, voice latents, decoding settings, babble-guard rate, text prefix)."""
+        """Validate a request: (language, voice latents, decoding settings, babble-guard rate, text prefix, its
+        sentences with the token ids XTTS's GPT reads for each)."""
         if not text.strip():
             raise ValueError('text is empty — fix: give something to say, e.g. text="Hello there."')
         if not any(ch.isalnum() for ch in text):  # "?!" or "...": the model would babble until its guard stops it
@@ -445,17 +448,20 @@ class XttsSynthesizer:
         chosen, emotion_token = self.with_emotion(chosen, emotion)
         prefix = f"[{emotion_token}]" if emotion_token else ""  # the tokenizer reads it as the emotion token
         limit = int(self.model.args.gpt_max_text_tokens)
-        for sentence in split_sentences(text, language):  # coqui asserts this deep inside its inference
-            tokens = len(self.model.tokenizer.encode((prefix + sentence).strip().lower(), lang=language))
-            if tokens >= limit:
-                raise ValueError(f"the sentence {sentence[:60]!r}... is {tokens} text tokens; the model takes fewer than {limit} "
+        # What Xtts.inference feeds its GPT: the lower-cased sentence, the emotion token before it; too many
+        # tokens is refused here (coqui asserts it deep inside its inference).
+        sentences = [(sentence, self.model.tokenizer.encode((prefix + sentence).strip().lower(), lang=language))
+                     for sentence in split_sentences(text, language)]
+        for sentence, tokens in sentences:
+            if len(tokens) >= limit:
+                raise ValueError(f"the sentence {sentence[:60]!r}... is {len(tokens)} text tokens; the model takes fewer than {limit} "
                                  "— fix: split it into shorter sentences (each ending in . ! or ?)")
         decoding = dict(decoding or {})
         settings = self.decoding_settings(decoding)
         max_seconds_per_char = float(decoding.get("max_seconds_per_char") or 0.25)
         if decoding.get("seed") is not None:
             torch.manual_seed(int(decoding["seed"]))
-        return language, chosen, settings, max_seconds_per_char, prefix
+        return language, chosen, settings, max_seconds_per_char, prefix, sentences
 
     def _max_codes(self, sentence: str, language: str, max_seconds_per_char: float) -> int:
         # Babble guard: a sentence cannot need more than ~max_seconds_per_char per character of its text as
@@ -485,10 +491,11 @@ class XttsSynthesizer:
         decoding: Optional[dict] = None,
         emotion: Optional[str] = None,
     ) -> Synthesis:
-        language, chosen, settings, max_seconds_per_char, prefix = self._request(text, language, reference, voice, decoding, emotion)
+        language, chosen, settings, max_seconds_per_char, prefix, sentences = self._request(
+            text, language, reference, voice, decoding, emotion)
         started = time.perf_counter()
         pieces, stopped = [], []
-        for sentence in split_sentences(text, language):
+        for sentence, _ in sentences:
             max_codes = self._max_codes(sentence, language, max_seconds_per_char)
             with self._babble_guard(max_codes):
                 out = self.model.inference(
@@ -531,14 +538,16 @@ class XttsSynthesizer:
         for name, value in (("first_chunk_codes", first_chunk_codes), ("chunk_codes", chunk_codes)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name}={value!r} — fix: {name}=<an integer ≥ 1> (GPT codes per chunk, ~0.046 s of audio each)")
-        language, chosen, settings, max_seconds_per_char, prefix = self._request(text, language, reference, voice, decoding, emotion)
-        return self._stream_chunks(text, language, chosen, settings, max_seconds_per_char, prefix, first_chunk_codes, chunk_codes)
+        language, chosen, settings, max_seconds_per_char, prefix, sentences = self._request(
+            text, language, reference, voice, decoding, emotion)
+        return self._stream_chunks([sentence for sentence, _ in sentences], language, chosen, settings, max_seconds_per_char,
+                                   prefix, first_chunk_codes, chunk_codes)
 
-    def _stream_chunks(self, text: str, language: str, chosen: Voice, settings: dict, max_seconds_per_char: float,
+    def _stream_chunks(self, sentences: List[str], language: str, chosen: Voice, settings: dict, max_seconds_per_char: float,
                        prefix: str, first_chunk_codes: int, chunk_codes: int) -> Iterator[AudioChunk]:
         """`stream`'s chunks, sentence by sentence, timed from the first request for audio."""
         started = time.perf_counter()
-        for sentence in split_sentences(text, language):
+        for sentence in sentences:
             max_codes = self._max_codes(sentence, language, max_seconds_per_char)
             for wav in self._stream_sentence(prefix + sentence, language, chosen, settings, max_codes,
                                              first_chunk_codes, chunk_codes):
@@ -655,7 +664,7 @@ class XttsSynthesizer:
         """A request checked (as `synthesize` checks it) and cut into sentences with their tokens; a bad one's
         error names its file and line (read_requests' `where`) or its index."""
         try:
-            language, voice, _, max_seconds_per_char, prefix = self._request(
+            language, voice, _, max_seconds_per_char, _, tokenized = self._request(
                 request["text"], request["language"], request.get("reference"), request.get("voice"), decoding, request.get("emotion"))
         except (ValueError, FileNotFoundError) as err:
             raise type(err)(f"{request.get('where') or f'request {index}'}: {err}") from None
@@ -663,10 +672,7 @@ class XttsSynthesizer:
         seed = (decoding or {}).get("seed")
         seed = int(seed) if seed is not None else int(torch.randint(2**62, ()))  # unseeded: follows torch's global RNG
         sentences = []
-        for k, sentence in enumerate(split_sentences(request["text"], language)):
-            # What Xtts.inference feeds its GPT: the lower-cased sentence, the emotion token before it (its
-            # length was checked by _request).
-            tokens = self.model.tokenizer.encode((prefix + sentence).strip().lower(), lang=language)
+        for k, (sentence, tokens) in enumerate(tokenized):
             tokens = torch.tensor(tokens, dtype=torch.int32, device=self.device).unsqueeze(0)
             sentences.append(_Sentence(index, tokens, voice, self._max_codes(sentence, language, max_seconds_per_char), seed + k))
         return sentences

@@ -108,11 +108,12 @@ def probe_rows(cfg: DictConfig) -> List[dict]:
                              f"{', '.join(dict.fromkeys(r['language'] for r in rows))}) — fix: languages=[<some of those>]")
         rows = kept
     # A text with nothing to say once punctuation goes ("...", "?!") has no CER to measure: left out, and said.
-    empty = [r for r in rows if not metrics.normalize_for_scoring(r["text"], r["language"])]
-    if empty:
+    scorable = [r for r in rows if metrics.normalize_for_scoring(r["text"], r["language"])]
+    if len(scorable) < len(rows):
+        empty = [r for r in rows if r not in scorable]
         log.warning("%d probe(s) have no words to score, left out: %s", len(empty),
                     "; ".join(f"{r['probe_set']}: {r['text']!r}" for r in empty[:5]))
-        rows = [r for r in rows if metrics.normalize_for_scoring(r["text"], r["language"])]
+        rows = scorable
         if not rows:
             raise ValueError("no probe has words to score (every text is empty once punctuation goes)")
     return rows
@@ -225,14 +226,14 @@ def run(cfg: DictConfig) -> pd.DataFrame:
             choice.load()  # a missing or unreachable model fails now, not after the first synthesis
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir={out} is a file — fix: out_dir=<a folder> (made if missing)")
-    for checkpoint in checkpoints(cfg):  # a missing one fails now, not after the first model's probes
-        resolve_model_dir(str(checkpoint))
+    # Every checkpoint found (or fetched) before any synthesis: a missing one fails now, not after the first model's probes.
+    located = [(checkpoint, resolve_model_dir(str(checkpoint))) for checkpoint in checkpoints(cfg)]
     rows, taken, labels = [], set(), {}
     reference_embeddings: Dict[str, np.ndarray] = {}
-    for checkpoint in checkpoints(cfg):
+    for checkpoint, model_dir in located:
         label = model_label(checkpoint, taken)
         labels[label] = checkpoint
-        synthesizer = XttsSynthesizer(checkpoint, device=cfg.device)
+        synthesizer = XttsSynthesizer(model_dir, device=cfg.device)
         rows += evaluate_model(synthesizer, label, probes, cfg, out, reference_embeddings, choices)
         del synthesizer  # one model in memory at a time
     if not rows:
