@@ -13,7 +13,8 @@ all in this one process on one loaded model, interleaved round by round (--round
             (coqui's path), measured back to back
   parts     where a batch's time goes: our GPT generate for the utterances one at a time and all
             in one batch (with MKL's products, and as synthesize_many runs it: through
-            FewRowProducts, whose setup — timing, packing the weights — is timed apart), the HiFiGAN decoder per utterance, coqui's GPT latents pass per utterance
+            PackedProducts, whose setup — timing, packing the weights — is timed apart), the HiFiGAN
+            decoder per utterance, coqui's GPT latents pass per utterance
             (Xtts.inference runs it; ours reads the generate's own latents since 2026-11-30), and one
             matrix product of the GPT's MLP shape (1024 x 4096) at 1 row and at as many rows as
             utterances (the per-step product of a batched decode)
@@ -142,11 +143,12 @@ def run_parts(synthesizer, requests, decoding) -> dict:
 
     clock("generate_one_at_a_time_s", lambda: [synthesizer._generate([s], settings) for s in sentences])
     rows = clock("generate_batched_mkl_s", lambda: synthesizer._generate(sentences, settings))
-    # What synthesize_many runs: the batch's one-code steps through FewRowProducts where it is faster.
-    few_rows = synthesizer._few_rows
+    # What synthesize_many runs: the batch's products (prompt pass, steps) through PackedProducts where faster,
+    # GPT-2's GELU fused.
+    packed_products = synthesizer._packed_products
     # The first time: the timing, then packing the weights.
-    packed = clock("few_row_setup_s", lambda: few_rows.packed_weights(synthesizer.model.gpt.gpt, len(sentences), synthesizer.device))
-    with few_rows.steps_through(packed, len(sentences)):
+    packed = clock("packing_setup_s", lambda: packed_products.packed_weights(synthesizer.model.gpt.gpt, len(sentences), synthesizer.device))
+    with synthesizer._batch_kernels(packed, len(sentences)):
         rows = clock("generate_batched_s", lambda: synthesizer._generate(sentences, settings))
     del packed
     gpt = synthesizer.model.gpt

@@ -334,17 +334,18 @@ def test_rows_in_one_voice_share_its_conditioning_pass(untrained, prepared):
         assert row.latents.shape == theirs.shape and torch.allclose(row.latents, theirs, rtol=0, atol=1e-5)
 
 
-def test_a_batch_may_run_its_steps_through_packed_weights_and_gets_the_same_audio(untrained, prepared, monkeypatch):
-    """Where MKL's few-row products are slow (FewRowProducts times it), a batch's one-code steps go through
-    oneDNN with the GPT-2 Conv1D weights packed for it. Forced here: the same audio as MKL's products, only
-    the steps of a batch of 4 go that way (not its prompt pass, not a batch of one), and afterwards the
+def test_a_batch_may_run_its_products_through_packed_weights_and_gets_the_same_audio(untrained, prepared, monkeypatch):
+    """Where MKL's products are slow (PackedProducts times it), a batch's products by the GPT-2 Conv1D
+    weights go through oneDNN with the weights packed for it: its one-code steps and its prompt's pass, each
+    kind decided apart. Forced here: the same audio as MKL's products; every product of the batch of 4 goes
+    packed, none of the batch of one; a machine where only the steps gain packs only those; afterwards the
     layers are as before, weights untouched."""
     import torch
     from transformers.pytorch_utils import Conv1D
 
-    from xtts_ft.inference import FewRowProducts
+    from xtts_ft.inference import PackedProducts
 
-    if not FewRowProducts.available():
+    if not PackedProducts.available():
         pytest.skip("this torch build has no oneDNN")
     decoding = {**BATCH_DECODING, "seed": 0, "top_k": 1}
     requests = _mixed_requests(prepared)[:4]
@@ -354,44 +355,56 @@ def test_a_batch_may_run_its_steps_through_packed_weights_and_gets_the_same_audi
     with torch.no_grad():
         for layer in layers:
             layer.bias.normal_(0, 0.02, generator=torch.Generator().manual_seed(0))
-    monkeypatch.setattr(FewRowProducts, "packed_is_faster", lambda self, weight, rows: False)
+    monkeypatch.setattr(PackedProducts, "packed_is_faster", lambda self, weight, rows, packed=None: False)
     try:
-        _check_packed_steps(untrained, requests, decoding, layers, monkeypatch)
+        _check_packed_products(untrained, requests, decoding, layers, monkeypatch)
     finally:
         with torch.no_grad():
             for layer, bias in zip(layers, biases):
                 layer.bias.copy_(bias)
 
 
-def _check_packed_steps(untrained, requests, decoding, layers, monkeypatch):
+def _check_packed_products(untrained, requests, decoding, layers, monkeypatch):
     import torch
 
-    from xtts_ft.inference import FewRowProducts
+    from xtts_ft.inference import PackedProducts
 
     weights = [layer.weight.detach().clone() for layer in layers]
     usual = untrained.synthesize_many(requests, decoding, batch_size=4)
-    monkeypatch.setattr(FewRowProducts, "packed_is_faster", lambda self, weight, rows: True)
     packed_rows = []  # rows of each packed product
-    real_product = FewRowProducts.packed_product
+    real_product = PackedProducts.packed_product
 
     def counted(x, packed, bias):
         packed_rows.append(x.shape[0])
         return real_product(x, packed, bias)
 
-    monkeypatch.setattr(FewRowProducts, "packed_product", staticmethod(counted))
-    all_rows = []  # rows of every product of the last layer
-    hook = layers[-1].register_forward_pre_hook(lambda layer, args: all_rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
+    monkeypatch.setattr(PackedProducts, "packed_product", staticmethod(counted))
+    all_rows = []  # (rows, inside a batch's patched generate) of every product of the last layer
+    hook = layers[-1].register_forward_pre_hook(
+        lambda layer, args: all_rows.append((args[0].reshape(-1, args[0].shape[-1]).shape[0], "forward" in vars(layer))))
+    # A machine where only the few-row steps gain: the prompt's pass keeps MKL's products.
+    monkeypatch.setattr(PackedProducts, "packed_is_faster", lambda self, weight, rows, packed=None: rows == 4)
     try:
+        steps_only = untrained.synthesize_many(requests, decoding, batch_size=4)
+        batch_of_four = [rows for rows, patched in all_rows if patched]
+        assert 4 in batch_of_four and any(rows > 4 for rows in batch_of_four)
+        assert packed_rows and set(packed_rows) == {4} and batch_of_four.count(4) * len(layers) == len(packed_rows)
+        # Both kinds faster: 5 sentences, a batch of 4 (its prompt's pass and its steps packed), then the last
+        # sentence alone (MKL).
+        monkeypatch.setattr(PackedProducts, "packed_is_faster", lambda self, weight, rows, packed=None: True)
+        packed_rows.clear()
+        all_rows.clear()
         packed = untrained.synthesize_many(requests, decoding, batch_size=4)
     finally:
         hook.remove()
-    # 5 sentences: a batch of 4 (its steps packed, its prompt pass not), then the last sentence alone (MKL).
-    assert packed_rows and set(packed_rows) == {4}
-    assert all_rows.count(4) * len(layers) == len(packed_rows)
-    assert any(rows > 4 for rows in all_rows) and 1 in all_rows
-    for a, b in zip(usual, packed):
-        assert a.stopped == b.stopped and a.wav.shape == b.wav.shape
+    batch_of_four = [rows for rows, patched in all_rows if patched]
+    assert 4 in batch_of_four and any(rows > 4 for rows in batch_of_four)
+    assert sorted(packed_rows) == sorted(batch_of_four * len(layers))
+    assert 1 in [rows for rows, patched in all_rows if not patched]  # the batch of one: MKL's products
+    for a, b, c in zip(usual, steps_only, packed):
+        assert a.stopped == b.stopped == c.stopped and a.wav.shape == b.wav.shape == c.wav.shape
         assert np.abs(a.wav - b.wav).max() <= 1e-5 * max(1.0, np.abs(a.wav).max())
+        assert np.abs(a.wav - c.wav).max() <= 1e-5 * max(1.0, np.abs(a.wav).max())
     for layer, weight in zip(layers, weights):
         assert "forward" not in vars(layer) and torch.equal(layer.weight, weight)
     # A caller that holds a half-read batched generator while another call runs: the layers are patched
@@ -409,6 +422,49 @@ def _check_packed_steps(untrained, requests, decoding, layers, monkeypatch):
     wrapped = XttsSynthesizer.from_model(untrained.config, untrained.model)
     [again] = wrapped.synthesize_many(requests[:1], decoding, batch_size=2)
     assert again.wav.shape == usual[0].wav.shape and np.abs(again.wav - usual[0].wav).max() <= 1e-5
+
+
+def test_a_batched_generates_cache_grows_in_place_with_the_values_concatenation_gives():
+    """grow_cache_in_place: each step writes its position into a reserved buffer instead of copying the whole
+    cache (transformers' DynamicLayer concatenates); the keys and values are those concatenation gives, and a
+    step past the capacity goes back to concatenating."""
+    import torch
+    from transformers import DynamicCache
+
+    from xtts_ft.inference import grow_cache_in_place
+
+    generator = torch.Generator().manual_seed(0)
+    usual, grown = DynamicCache(), DynamicCache()
+    prompt = [torch.randn(2, 3, 5, 4, generator=generator) for _ in range(2)]
+    for cache in (usual, grown):
+        cache.update(*prompt, layer_idx=0)
+    grow_cache_in_place(grown, capacity=8)
+    buffer = grown.layers[0].keys.data_ptr()
+    for step in range(4):  # 5 + 4 > 8: the last step concatenates
+        new = [torch.randn(2, 3, 1, 4, generator=generator) for _ in range(2)]
+        keys, values = usual.update(*new, layer_idx=0)
+        grown_keys, grown_values = grown.update(*new, layer_idx=0)
+        assert torch.equal(keys, grown_keys) and torch.equal(values, grown_values)
+        assert (grown.layers[0].keys.data_ptr() == buffer) == (step < 3)
+    assert grown.get_seq_length() == usual.get_seq_length() == 9
+
+
+def test_fused_gelu_is_gpt2s_gelu_new_to_float_rounding_and_is_put_back(untrained):
+    import torch
+    from transformers.activations import NewGELUActivation
+
+    from xtts_ft.inference import fused_gelu
+
+    # XTTS's GPT-2 uses it (activation "gelu_new"), so the batched generate's patch does apply.
+    assert any(isinstance(m, NewGELUActivation) for m in untrained.model.gpt.gpt.modules())
+    module = torch.nn.Sequential(torch.nn.Linear(8, 8), NewGELUActivation())
+    x = torch.randn(256, 8, generator=torch.Generator().manual_seed(0)) * 4
+    usual = module(x)
+    with fused_gelu(module):
+        assert "forward" in vars(module[1])
+        fused = module(x)
+    assert "forward" not in vars(module[1])
+    assert torch.allclose(fused, usual, rtol=1e-6, atol=1e-6)
 
 
 def test_sampled_codes_follow_each_sentences_seed_not_its_batch(untrained, prepared):
@@ -506,14 +562,14 @@ def test_a_batch_into_an_earlier_batchs_folder_never_leaves_its_old_index(export
         synth.run(compose("synth", [f"checkpoint={exported}", "text=Hi.", f"out={tmp_path / 'hello.mp3'}"]))
 
 
-def test_timing_the_few_row_products_leaves_torchs_global_rng_alone():
-    """Unseeded synthesis follows torch's global RNG: FewRowProducts' timing products must not draw from it."""
+def test_timing_the_packed_products_leaves_torchs_global_rng_alone():
+    """Unseeded synthesis follows torch's global RNG: PackedProducts' timing products must not draw from it."""
     import torch
 
-    from xtts_ft.inference import FewRowProducts
+    from xtts_ft.inference import PackedProducts
 
     torch.manual_seed(1)
     expected = torch.rand(3)
     torch.manual_seed(1)
-    FewRowProducts().packed_is_faster(torch.ones(64, 256), 4)
+    PackedProducts().packed_is_faster(torch.ones(64, 256), 4)
     assert torch.equal(torch.rand(3), expected)

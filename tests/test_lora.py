@@ -198,16 +198,16 @@ def test_merged_export_loads_in_plain_coqui_and_equals_base_plus_adapter(lora_ex
     assert wav.size > 0 and np.isfinite(wav).all()
     # Batched with the adapter: the steps through packed base weights (forced; PEFT adds the adapter's
     # update around them) give the audio of MKL's products.
-    from xtts_ft.inference import FewRowProducts
+    from xtts_ft.inference import PackedProducts
 
-    if FewRowProducts.available():
+    if PackedProducts.available():
         requests = [{"text": text, "language": "wo", "reference": reference} for text in ("Na nga def?", "Mangi fi rek.", "Jërëjëf.")]
         greedy = {"seed": 0, "top_k": 1}
-        monkeypatch.setattr(FewRowProducts, "packed_is_faster", lambda self, weight, rows: False)
+        monkeypatch.setattr(PackedProducts, "packed_is_faster", lambda self, weight, rows, packed=None: False)
         usual = synthesizer.synthesize_many(requests, greedy, batch_size=3)
-        monkeypatch.setattr(FewRowProducts, "packed_is_faster", lambda self, weight, rows: True)
-        calls, real_product = [], FewRowProducts.packed_product
-        monkeypatch.setattr(FewRowProducts, "packed_product", staticmethod(lambda *args: calls.append(1) or real_product(*args)))
+        monkeypatch.setattr(PackedProducts, "packed_is_faster", lambda self, weight, rows, packed=None: True)
+        calls, real_product = [], PackedProducts.packed_product
+        monkeypatch.setattr(PackedProducts, "packed_product", staticmethod(lambda *args: calls.append(1) or real_product(*args)))
         packed = synthesizer.synthesize_many(requests, greedy, batch_size=3)
         assert calls  # the adapted layers' base products did go through the packed weights
         for a, b in zip(usual, packed):

@@ -109,20 +109,33 @@ class CodeLimits:
         return (input_ids.shape[1] - self.prompt_length) >= self.max_codes
 
 
-class FewRowProducts:
-    """Whether a product of a few rows by a GPT-2 Conv1D weight is faster through oneDNN with the weight
-    packed ahead for it, decided once per (weight shape, row count) on this machine, and the context that
-    runs a batch's one-code steps so.
+class _PackedLayer(NamedTuple):
+    weight: torch.Tensor  # oneDNN's packed copy of the layer's weight
+    version: int  # the layer's weight as packed: its version counter and data pointer (a change means: unpacked)
+    pointer: int
+    for_steps: bool  # the batch's one-code steps (one row per sentence) go through the packed weight
+    for_prompt: bool  # and its prompt's pass (rows × the prompt's length)
 
-    A batched generate's steps multiply one row per sentence (4-16 rows) by every weight of the GPT. MKL's
-    fp32 kernels for so few rows are slow on some CPUs: on the AMD EPYC of our benchmarks, 8 rows ×
-    (1024, 4096) took 2.2-6.6 ms against 0.8 ms for one row, whereas oneDNN's inner product over a
-    weight reordered once for it (torch's `mkldnn._reorder_linear_weight`, what Inductor's CPU freezing
-    uses) took 0.9 ms; a step of all 30 layers at 8 rows, 120 ms against 300. Which wins depends on the
-    CPU and the BLAS, so it is timed, not assumed: each weight shape, both ways, a few products, once per
+
+class PackedProducts:
+    """Whether a batch's products by the GPT-2 Conv1D weights are faster through oneDNN with each weight
+    packed ahead for it, decided once per weight shape and kind of product on this machine, and the
+    context that runs a batch's generate so.
+
+    A batched generate multiplies by every weight of the GPT in two kinds of product: its prompt's pass
+    (one row per position of every prompt: a few hundred rows) and its one-code steps (one row per
+    sentence, 4-16). MKL's fp32 kernels are slow for so few rows on some CPUs: on the AMD EPYC of our
+    benchmarks, 8 rows × (1024, 4096) took 1.5-6.6 ms against 0.4-0.8 ms for one row, whereas oneDNN's
+    inner product over a weight reordered once for it (torch's `mkldnn._reorder_linear_weight`, what
+    Inductor's CPU freezing uses) took 0.3-0.9 ms; a step of all 30 layers at 8 rows, 60-120 ms against
+    160-300. On the AVX-512 EPYC, oneDNN is also faster for a prompt's hundreds of rows (304 × (1024,
+    4096): 12 ms against 16 ms for MKL, whose kernels there run at AVX2 width); on the AVX2 EPYC of earlier
+    benchmarks it was not. Which wins depends on the CPU and the BLAS, so it is timed, not assumed: each
+    weight shape, both ways, a few products at the batch's row count and at PROMPT_ROWS, once per
     (shape, rows) and synthesizer. The sums are the same up to float rounding (~1e-6 of the outputs).
-    Products of other row counts (the prompt's pass: rows × its length) stay MKL's, which is faster
-    there; so do all products on other devices or where torch has no oneDNN."""
+    Products on other devices, or where torch has no oneDNN, stay as they are."""
+
+    PROMPT_ROWS = 32  # the row count timed for a prompt's pass (its products have 32 to a few hundred rows)
 
     def __init__(self):
         self.faster_packed: Dict[Tuple[Tuple[int, ...], int], bool] = {}  # (weight shape, rows) → decision
@@ -140,7 +153,8 @@ class FewRowProducts:
     def packed_product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
-    def packed_is_faster(self, weight: torch.Tensor, rows: int) -> bool:
+    def packed_is_faster(self, weight: torch.Tensor, rows: int, packed: Optional[torch.Tensor] = None) -> bool:
+        """Decided on first asking, per (weight shape, rows); `packed`: the weight already packed, if it is."""
         key = (tuple(weight.shape), rows)
         if key not in self.faster_packed:
             # Its own generator: timing must not move torch's global RNG, which unseeded synthesis follows.
@@ -157,7 +171,7 @@ class FewRowProducts:
                 return min(times)
 
             try:
-                packed = self.pack(weight)
+                packed = self.pack(weight) if packed is None else packed
                 faster = seconds(lambda: self.packed_product(x, packed, bias)) < 0.8 * seconds(lambda: torch.addmm(bias, x, weight))
             except RuntimeError:  # this torch build's oneDNN refuses the shape or dtype: MKL it is
                 faster = False
@@ -165,27 +179,40 @@ class FewRowProducts:
             self.faster_packed[key] = faster
         return self.faster_packed[key]
 
-    def packed_weights(self, module: torch.nn.Module, rows: int, device: torch.device) -> dict:
-        """{Conv1D layer: (packed weight, the weight's version, its data pointer)} for the layers of `module`
-        whose products at `rows` rows are faster packed on this machine; empty on other devices, for one row,
-        or without oneDNN. The copy costs the weights' size (1.5 GB for XTTS-v2's GPT) while it is held."""
+    def packed_weights(self, module: torch.nn.Module, rows: int, device: torch.device) -> Dict[torch.nn.Module, _PackedLayer]:
+        """The Conv1D layers of `module` whose products in a batch of `rows` sentences (its steps, its prompt's
+        pass, or both) are faster packed on this machine, each with its packed weight; empty on other devices,
+        for one row, or without oneDNN. The copy costs the weights' size (1.5 GB for XTTS-v2's GPT) while it is held."""
         from transformers.pytorch_utils import Conv1D
 
         if not (device.type == "cpu" and rows > 1 and self.available()):
             return {}
-        # Decided per weight shape (GPT-2 has four): attention's square projection may gain less.
-        return {m: (self.pack(m.weight), m.weight._version, m.weight.data_ptr()) for m in module.modules()
-                if isinstance(m, Conv1D) and m.weight.dtype == torch.float32 and self.packed_is_faster(m.weight, rows)}
+        packed = {}
+        for m in module.modules():
+            if not (isinstance(m, Conv1D) and m.weight.dtype == torch.float32):
+                continue
+            # Decided per weight shape (GPT-2 has four): attention's square projection may gain less. The first
+            # layer of a shape is timed with its own packed weight.
+            undecided = any((tuple(m.weight.shape), r) not in self.faster_packed for r in (rows, self.PROMPT_ROWS))
+            weight = self.pack(m.weight) if undecided else None
+            for_steps = self.packed_is_faster(m.weight, rows, weight)
+            for_prompt = self.packed_is_faster(m.weight, self.PROMPT_ROWS, weight)
+            if for_steps or for_prompt:
+                weight = self.pack(m.weight) if weight is None else weight
+                packed[m] = _PackedLayer(weight, m.weight._version, m.weight.data_ptr(), for_steps, for_prompt)
+        return packed
 
     @contextlib.contextmanager
-    def steps_through(self, packed: dict, rows: int):
-        """Within: products of exactly `rows` rows by a layer of `packed` go through its packed weight (an
-        instance attribute shadows Conv1D.forward; hooks still run). Meant around one generate, which never
-        yields to other code, so no other call sees the layers patched; each is restored on the way out."""
+    def products_through(self, packed: Dict[torch.nn.Module, _PackedLayer], rows: int):
+        """Within: a batch of `rows` sentences' products by a layer of `packed` go through its packed weight,
+        its one-code steps (products of exactly `rows` rows) and its prompt's pass (any other count) as that
+        layer's entry says (an instance attribute shadows Conv1D.forward; hooks still run). Meant around one
+        generate, which never yields to other code, so no other call sees the layers patched; each is
+        restored on the way out."""
         patched = []
         try:
-            for layer, (weight, version, pointer) in packed.items():
-                layer.forward = self._few_row_forward(layer, weight, rows, version, pointer)
+            for layer, entry in packed.items():
+                layer.forward = self._packed_forward(layer, entry, rows)
                 patched.append(layer)
             yield
         finally:
@@ -193,16 +220,75 @@ class FewRowProducts:
                 vars(layer).pop("forward", None)
 
     @staticmethod
-    def _few_row_forward(layer: torch.nn.Module, packed: torch.Tensor, rows: int, version: int, pointer: int):
+    def _packed_forward(layer: torch.nn.Module, entry: _PackedLayer, rows: int):
         def forward(x: torch.Tensor) -> torch.Tensor:
             flat = x.reshape(-1, x.shape[-1])
-            # Not a one-code step (the prompt's pass), or the weight was replaced or changed in place (that
-            # autograd saw) since packing: the usual product.
-            if flat.shape[0] != rows or layer.weight._version != version or layer.weight.data_ptr() != pointer:
+            through_packed = entry.for_steps if flat.shape[0] == rows else entry.for_prompt
+            # Not this kind of product, or the weight was replaced or changed in place (that autograd saw)
+            # since packing: the usual product.
+            if not through_packed or layer.weight._version != entry.version or layer.weight.data_ptr() != entry.pointer:
                 return layer.__class__.forward(layer, x)
-            return FewRowProducts.packed_product(flat, packed, layer.bias).view(*x.shape[:-1], layer.nf)
+            return PackedProducts.packed_product(flat, entry.weight, layer.bias).view(*x.shape[:-1], layer.nf)
 
         return forward
+
+
+def grow_cache_in_place(cache, capacity: int) -> None:
+    """Let each layer of a transformers DynamicCache grow into a buffer of `capacity` positions instead of
+    concatenating at every step. DynamicLayer.update copies the whole layer's keys and values into a new
+    tensor per generated code (at full size and 8 rows, ~200 MB a step read and written); here a step
+    writes its one position, and the layer's keys and values are views of the buffer's first positions,
+    the same tensors' values as `cat` would give. The buffer is reserved, not touched: its memory becomes
+    resident as positions are written. A layer whose tensors were replaced (e.g. reorder_cache) or that
+    would pass `capacity` goes back to concatenating. Caches without DynamicLayer's `keys`/`values` (another
+    transformers version's) are left as they are."""
+    for layer in getattr(cache, "layers", []):
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if not (isinstance(keys, torch.Tensor) and isinstance(values, torch.Tensor) and keys.dim() == 4 and keys.shape == values.shape):
+            continue
+        length = keys.shape[2]
+        if length >= capacity:
+            continue
+        key_buffer = keys.new_empty((*keys.shape[:2], capacity, keys.shape[3]))
+        value_buffer = values.new_empty(key_buffer.shape)
+        key_buffer[:, :, :length] = keys
+        value_buffer[:, :, :length] = values
+        layer.keys, layer.values = key_buffer[:, :, :length], value_buffer[:, :, :length]
+        layer.update = _update_in_place(layer, key_buffer, value_buffer, type(layer).update)
+
+
+def _update_in_place(layer, key_buffer: torch.Tensor, value_buffer: torch.Tensor, usual_update):
+    def update(key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        length, new = layer.keys.shape[2], key_states.shape[2]
+        if (layer.keys.data_ptr() != key_buffer.data_ptr() or layer.values.data_ptr() != value_buffer.data_ptr()
+                or layer.keys.shape[:2] != key_states.shape[:2] or length + new > key_buffer.shape[2]):
+            return usual_update(layer, key_states, value_states, *args, **kwargs)
+        key_buffer[:, :, length : length + new] = key_states
+        value_buffer[:, :, length : length + new] = value_states
+        layer.keys, layer.values = key_buffer[:, :, : length + new], value_buffer[:, :, : length + new]
+        return layer.keys, layer.values
+
+    return update
+
+
+@contextlib.contextmanager
+def fused_gelu(module: torch.nn.Module):
+    """Within: GPT-2's tanh-approximated GELU ("gelu_new", transformers' NewGELUActivation: five elementwise
+    passes over the MLP's widest activations) computed by torch's fused kernel, the same formula
+    (F.gelu(approximate="tanh"); transformers' own GELUTanh) to float rounding. Meant around a batched
+    generate, as PackedProducts.products_through; each activation is restored on the way out."""
+    patched = [m for m in module.modules() if type(m).__name__ == "NewGELUActivation"]
+    try:
+        for act in patched:
+            act.forward = _tanh_gelu
+        yield
+    finally:
+        for act in patched:
+            vars(act).pop("forward", None)
+
+
+def _tanh_gelu(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
 
 
 def split_sentences(text: str, language: str) -> List[str]:
@@ -293,7 +379,7 @@ class XttsSynthesizer:
         self.sample_rate = int(self.config.model_args.output_sample_rate)
         self._voices: "OrderedDict[Tuple[str, int, int], Voice]" = OrderedDict()
         self.voice_cache_size, self.max_reference_seconds = voice_cache_size, max_reference_seconds
-        self._few_rows = FewRowProducts()
+        self._packed_products = PackedProducts()
         if adapter is not None:  # `checkpoint` is then the base the LoRA adapter was trained on
             self.load_adapter(adapter)
 
@@ -347,7 +433,7 @@ class XttsSynthesizer:
         self.sample_rate = int(config.model_args.output_sample_rate)
         self._voices = OrderedDict()
         self.voice_cache_size, self.max_reference_seconds = 32, None
-        self._few_rows = FewRowProducts()
+        self._packed_products = PackedProducts()
         return self
 
     @property
@@ -635,7 +721,7 @@ class XttsSynthesizer:
 
         def run(batch: List[int], packed: dict) -> Iterator[Tuple[int, Synthesis]]:
             started = time.perf_counter()
-            with self._few_rows.steps_through(packed, len(batch)):
+            with self._batch_kernels(packed, len(batch)):
                 rows = self._generate([sentences[k] for k in batch], settings)
             shared = (time.perf_counter() - started) / len(batch)
             for k, row in zip(batch, rows):
@@ -649,16 +735,23 @@ class XttsSynthesizer:
                     yield request, Synthesis(np.concatenate([p[0] for p in done]), self.sample_rate,
                                              sum(p[2] for p in done), [p[1] for p in done])
 
-        # Each batch's one-code steps through the products fastest at its row count on this CPU (see
-        # FewRowProducts): the full batches with one packed copy of the weights, then the last, smaller one
-        # (packing takes 1.3-1.5 s at full size, so not once per batch). The copy is held until that row
+        # Each batch's products (its prompt's pass, its one-code steps) the way that is fastest on this CPU
+        # (see PackedProducts): the full batches with one packed copy of the weights, then the last, smaller
+        # one (packing takes 0.7-1.5 s at full size, so not once per batch). The copy is held until that row
         # count's batches are done, the caller's work between results included; the layers are patched only
         # inside each generate, so another call in between (or a caller that stops early) sees them as usual.
         for rows in sorted({len(batch) for batch in batches}, reverse=True):
-            packed = self._few_rows.packed_weights(self.model.gpt.gpt, rows, self.device)
+            packed = self._packed_products.packed_weights(self.model.gpt.gpt, rows, self.device)
             for batch in (b for b in batches if len(b) == rows):
                 yield from run(batch, packed)
             del packed
+
+    @contextlib.contextmanager
+    def _batch_kernels(self, packed: dict, rows: int):
+        """Within: a batched generate of `rows` sentences runs its products as PackedProducts decided, and
+        GPT-2's GELU through torch's fused kernel (see fused_gelu)."""
+        with self._packed_products.products_through(packed, rows), fused_gelu(self.model.gpt.gpt):
+            yield
 
     def _sentences(self, index: int, request: dict, decoding: Optional[dict]) -> List[_Sentence]:
         """A request checked (as `synthesize` checks it) and cut into sentences with their tokens; a bad one's
@@ -744,6 +837,8 @@ class XttsSynthesizer:
         gpt = self.model.gpt
         prompts, mask, cache = self._prefill(sentences)
         width = prompts.shape[1]
+        max_codes = [s.max_codes for s in sentences]
+        grow_cache_in_place(cache, width + 1 + max(max_codes))  # the prompt, the start-of-audio token, the codes
         # coqui's forward reads the prompt's length from the stored prefix (the codes' positions count from it).
         gpt.gpt_inference.store_prefix_emb(prompts)
         # Token ids of the prompt are placeholders (coqui's are 1s): the cache holds the prompt; the generate
@@ -763,7 +858,6 @@ class XttsSynthesizer:
         if settings["top_p"] is not None and settings["top_p"] < 1.0:
             processors.append(TopPLogitsWarper(float(settings["top_p"])))
         processors.append(SeededDraw([s.seed for s in sentences], self.device))
-        max_codes = [s.max_codes for s in sentences]
         # Each forward of the generate passes its hidden states through the final norm (the first
         # of lm_head's two layers) once; the last position's is the latent of the code it predicts.
         steps: List[torch.Tensor] = []
