@@ -12,8 +12,9 @@ all in this one process on one loaded model, interleaved round by round (--round
             first audio chunk against the whole synthesis of that sentence by `synthesize`
             (coqui's path), measured back to back
   parts     where a batch's time goes: our GPT generate for the utterances one at a time and all
-            in one batch (with MKL's products, and as synthesize_many runs it: through
-            PackedProducts, whose setup — timing, packing the weights — is timed apart), the HiFiGAN
+            in one batch (with MKL's products and transformers' GELU — the cache grown in place either
+            way — and as synthesize_many runs it: through PackedProducts, whose setup — timing, packing
+            the weights — is timed apart, with the fused GELU), the HiFiGAN
             decoder per utterance, coqui's GPT latents pass per utterance
             (Xtts.inference runs it; ours reads the generate's own latents since 2026-11-30), and one
             matrix product of the GPT's MLP shape (1024 x 4096) at 1 row and at as many rows as

@@ -425,28 +425,51 @@ def _check_packed_products(untrained, requests, decoding, layers, monkeypatch):
 
 
 def test_a_batched_generates_cache_grows_in_place_with_the_values_concatenation_gives():
-    """grow_cache_in_place: each step writes its position into a reserved buffer instead of copying the whole
-    cache (transformers' DynamicLayer concatenates); the keys and values are those concatenation gives, and a
-    step past the capacity goes back to concatenating."""
+    """cache_grown_in_place: each step writes its position into a buffer instead of copying the whole cache
+    (transformers' DynamicLayer concatenates); the keys and values are those concatenation gives, a full buffer
+    moves to one twice its size, a layer whose tensors were replaced (reorder_cache, reset) takes the usual
+    update, and afterwards the layer has its own update back and is freed without Python's cycle collector."""
+    import gc
+    import weakref
+
     import torch
     from transformers import DynamicCache
 
-    from xtts_ft.inference import grow_cache_in_place
+    from xtts_ft.inference import cache_grown_in_place
 
     generator = torch.Generator().manual_seed(0)
     usual, grown = DynamicCache(), DynamicCache()
     prompt = [torch.randn(2, 3, 5, 4, generator=generator) for _ in range(2)]
     for cache in (usual, grown):
         cache.update(*prompt, layer_idx=0)
-    grow_cache_in_place(grown, capacity=8)
-    buffer = grown.layers[0].keys.data_ptr()
-    for step in range(4):  # 5 + 4 > 8: the last step concatenates
+
+    def step_both(usual, grown) -> torch.Tensor:
         new = [torch.randn(2, 3, 1, 4, generator=generator) for _ in range(2)]
         keys, values = usual.update(*new, layer_idx=0)
         grown_keys, grown_values = grown.update(*new, layer_idx=0)
         assert torch.equal(keys, grown_keys) and torch.equal(values, grown_values)
-        assert (grown.layers[0].keys.data_ptr() == buffer) == (step < 3)
-    assert grown.get_seq_length() == usual.get_seq_length() == 9
+        return grown_keys
+
+    with cache_grown_in_place(grown, most_positions=100, first_reserve=3):
+        layer = grown.layers[0]
+        storages = [step_both(usual, grown).untyped_storage() for _ in range(6)]  # 5 + 3 reserved: the 4th step moves
+        assert len({storage.data_ptr() for storage in storages}) == 2
+        assert storages[-1].nbytes() == 2 * 3 * 16 * 4 * 4  # rows × heads × positions × width × 4 bytes
+        for cache in (usual, grown):
+            cache.reorder_cache(torch.tensor([1, 0]))
+        step_both(usual, grown)
+        for cache in (usual, grown):
+            cache.layers[0].reset()
+            cache.update(*prompt, layer_idx=0)
+        step_both(usual, grown)
+    assert "update" not in vars(layer) and grown.get_seq_length() == usual.get_seq_length()
+    alive = weakref.ref(layer)
+    gc.disable()
+    try:
+        del layer, grown, cache, storages
+        assert alive() is None
+    finally:
+        gc.enable()
 
 
 def test_fused_gelu_is_gpt2s_gelu_new_to_float_rounding_and_is_put_back(untrained):
@@ -465,6 +488,9 @@ def test_fused_gelu_is_gpt2s_gelu_new_to_float_rounding_and_is_put_back(untraine
         fused = module(x)
     assert "forward" not in vars(module[1])
     assert torch.allclose(fused, usual, rtol=1e-6, atol=1e-6)
+    with pytest.raises(RuntimeError, match="stopped"), fused_gelu(module):  # put back on the way out of an error too
+        raise RuntimeError("stopped")
+    assert "forward" not in vars(module[1])
 
 
 def test_sampled_codes_follow_each_sentences_seed_not_its_batch(untrained, prepared):

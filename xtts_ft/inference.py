@@ -13,6 +13,7 @@ guard and seed, in one transformers generate; the same codes as one at a time).
 from __future__ import annotations
 
 import contextlib
+import functools
 import numbers
 import time
 from collections import Counter, OrderedDict
@@ -135,7 +136,9 @@ class PackedProducts:
     (shape, rows) and synthesizer. The sums are the same up to float rounding (~1e-6 of the outputs).
     Products on other devices, or where torch has no oneDNN, stay as they are."""
 
-    PROMPT_ROWS = 32  # the row count timed for a prompt's pass (its products have 32 to a few hundred rows)
+    # The row count timed for a prompt's pass: its text pass (rows × the text's length, a few hundred rows) costs
+    # most; oneDNN's lead over MKL shrinks as rows grow (on the AVX2 EPYC, MKL led from ~100 rows).
+    PROMPT_ROWS = 128
 
     def __init__(self):
         self.faster_packed: Dict[Tuple[Tuple[int, ...], int], bool] = {}  # (weight shape, rows) → decision
@@ -212,63 +215,109 @@ class PackedProducts:
         patched = []
         try:
             for layer, entry in packed.items():
-                layer.forward = self._packed_forward(layer, entry, rows)
-                patched.append(layer)
+                before = vars(layer).get("forward", _NOTHING)  # e.g. another library's hook: the fallback calls it
+                usual = before if before is not _NOTHING else functools.partial(layer.__class__.forward, layer)
+                patched.append((layer, _set_instance_attribute(layer, "forward", self._packed_forward(layer, entry, rows, usual))))
             yield
         finally:
-            for layer in patched:
-                vars(layer).pop("forward", None)
+            for layer, before in patched:
+                _restore_instance_attribute(layer, "forward", before)
 
     @staticmethod
-    def _packed_forward(layer: torch.nn.Module, entry: _PackedLayer, rows: int):
+    def _packed_forward(layer: torch.nn.Module, entry: _PackedLayer, rows: int, usual):
         def forward(x: torch.Tensor) -> torch.Tensor:
             flat = x.reshape(-1, x.shape[-1])
             through_packed = entry.for_steps if flat.shape[0] == rows else entry.for_prompt
             # Not this kind of product, or the weight was replaced or changed in place (that autograd saw)
             # since packing: the usual product.
             if not through_packed or layer.weight._version != entry.version or layer.weight.data_ptr() != entry.pointer:
-                return layer.__class__.forward(layer, x)
+                return usual(x)
             return PackedProducts.packed_product(flat, entry.weight, layer.bias).view(*x.shape[:-1], layer.nf)
 
         return forward
 
 
-def grow_cache_in_place(cache, capacity: int) -> None:
-    """Let each layer of a transformers DynamicCache grow into a buffer of `capacity` positions instead of
-    concatenating at every step. DynamicLayer.update copies the whole layer's keys and values into a new
-    tensor per generated code (at full size and 8 rows, ~200 MB a step read and written); here a step
-    writes its one position, and the layer's keys and values are views of the buffer's first positions,
-    the same tensors' values as `cat` would give. The buffer is reserved, not touched: its memory becomes
-    resident as positions are written. A layer whose tensors were replaced (e.g. reorder_cache) or that
-    would pass `capacity` goes back to concatenating. Caches without DynamicLayer's `keys`/`values` (another
-    transformers version's) are left as they are."""
-    for layer in getattr(cache, "layers", []):
-        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
-        if not (isinstance(keys, torch.Tensor) and isinstance(values, torch.Tensor) and keys.dim() == 4 and keys.shape == values.shape):
-            continue
+_NOTHING = object()  # no instance attribute was there before a patch
+
+
+def _set_instance_attribute(obj, name: str, value):
+    """Shadow `obj.name` with an instance attribute; returns what to put back (see _restore_instance_attribute)."""
+    before = vars(obj).get(name, _NOTHING)
+    setattr(obj, name, value)
+    return before
+
+
+def _restore_instance_attribute(obj, name: str, before) -> None:
+    if before is _NOTHING:
+        vars(obj).pop(name, None)
+    else:
+        setattr(obj, name, before)
+
+
+@contextlib.contextmanager
+def cache_grown_in_place(cache, most_positions: int, first_reserve: int = 128):
+    """Within: each layer of a transformers DynamicCache grows into a buffer instead of concatenating at every
+    step. DynamicLayer.update copies the whole layer's keys and values into new tensors per generated code (at
+    full size and 8 rows, ~200 MB a step read and written); here a step writes its one position, and the layer's
+    keys and values are views of the buffer's first positions, the values `cat` would give. A buffer holds the
+    positions so far plus `first_reserve` more (at most `most_positions` in all) and doubles when full, so it is
+    never more than twice what the cache holds. A layer whose tensors were replaced (reorder_cache,
+    batch_select_indices, reset) goes back to the usual update; only plain DynamicLayers are touched (another
+    layer kind, or another transformers version's cache, is left as it is). On the way out each layer gets its
+    own update back; its keys and values stay valid (views of its last buffers)."""
+    patched = []
+    try:
+        for layer in getattr(cache, "layers", []):
+            if type(layer).__name__ != "DynamicLayer":
+                continue
+            keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+            if not (isinstance(keys, torch.Tensor) and isinstance(values, torch.Tensor) and keys.dim() == 4
+                    and keys.shape == values.shape):
+                continue
+            grower = _InPlaceGrowth(layer, max(keys.shape[2], min(most_positions, keys.shape[2] + first_reserve)))
+            patched.append((layer, _set_instance_attribute(layer, "update", grower.update)))
+        yield
+    finally:
+        for layer, before in patched:
+            _restore_instance_attribute(layer, "update", before)
+
+
+class _InPlaceGrowth:
+    """One layer's buffers and its in-place update (see cache_grown_in_place). It refers to its layer weakly: the
+    layer holds this object's update, and a cycle would keep every batch's buffers alive until Python's garbage
+    collector ran."""
+
+    def __init__(self, layer, capacity: int):
+        import weakref
+
+        self.layer = weakref.ref(layer)
+        self.usual_update = type(layer).update
+        self.key_buffer = self.value_buffer = None
+        self._move_to_buffers(layer, capacity)
+
+    def _move_to_buffers(self, layer, capacity: int) -> None:
+        keys, values = layer.keys, layer.values
         length = keys.shape[2]
-        if length >= capacity:
-            continue
-        key_buffer = keys.new_empty((*keys.shape[:2], capacity, keys.shape[3]))
-        value_buffer = values.new_empty(key_buffer.shape)
-        key_buffer[:, :, :length] = keys
-        value_buffer[:, :, :length] = values
-        layer.keys, layer.values = key_buffer[:, :, :length], value_buffer[:, :, :length]
-        layer.update = _update_in_place(layer, key_buffer, value_buffer, type(layer).update)
+        self.key_buffer = keys.new_empty((*keys.shape[:2], capacity, keys.shape[3]))
+        self.value_buffer = values.new_empty(self.key_buffer.shape)
+        self.key_buffer[:, :, :length] = keys
+        self.value_buffer[:, :, :length] = values
+        layer.keys, layer.values = self.key_buffer[:, :, :length], self.value_buffer[:, :, :length]
 
-
-def _update_in_place(layer, key_buffer: torch.Tensor, value_buffer: torch.Tensor, usual_update):
-    def update(key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        length, new = layer.keys.shape[2], key_states.shape[2]
-        if (layer.keys.data_ptr() != key_buffer.data_ptr() or layer.values.data_ptr() != value_buffer.data_ptr()
-                or layer.keys.shape[:2] != key_states.shape[:2] or length + new > key_buffer.shape[2]):
-            return usual_update(layer, key_states, value_states, *args, **kwargs)
-        key_buffer[:, :, length : length + new] = key_states
-        value_buffer[:, :, length : length + new] = value_states
-        layer.keys, layer.values = key_buffer[:, :, : length + new], value_buffer[:, :, : length + new]
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        layer = self.layer()
+        keys = getattr(layer, "keys", None)
+        if (not getattr(layer, "is_initialized", True) or not isinstance(keys, torch.Tensor) or keys.dim() != 4
+                or keys.data_ptr() != self.key_buffer.data_ptr() or layer.values.data_ptr() != self.value_buffer.data_ptr()
+                or keys.shape[:2] != key_states.shape[:2] or keys.shape[3] != key_states.shape[3]):
+            return self.usual_update(layer, key_states, value_states, *args, **kwargs)
+        length, new = keys.shape[2], key_states.shape[2]
+        if length + new > self.key_buffer.shape[2]:
+            self._move_to_buffers(layer, max(2 * self.key_buffer.shape[2], length + new))
+        self.key_buffer[:, :, length : length + new] = key_states
+        self.value_buffer[:, :, length : length + new] = value_states
+        layer.keys, layer.values = self.key_buffer[:, :, : length + new], self.value_buffer[:, :, : length + new]
         return layer.keys, layer.values
-
-    return update
 
 
 @contextlib.contextmanager
@@ -277,14 +326,14 @@ def fused_gelu(module: torch.nn.Module):
     passes over the MLP's widest activations) computed by torch's fused kernel, the same formula
     (F.gelu(approximate="tanh"); transformers' own GELUTanh) to float rounding. Meant around a batched
     generate, as PackedProducts.products_through; each activation is restored on the way out."""
-    patched = [m for m in module.modules() if type(m).__name__ == "NewGELUActivation"]
+    patched = []
     try:
-        for act in patched:
-            act.forward = _tanh_gelu
+        for act in (m for m in module.modules() if type(m).__name__ == "NewGELUActivation"):
+            patched.append((act, _set_instance_attribute(act, "forward", _tanh_gelu)))
         yield
     finally:
-        for act in patched:
-            vars(act).pop("forward", None)
+        for act, before in patched:
+            _restore_instance_attribute(act, "forward", before)
 
 
 def _tanh_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -838,7 +887,6 @@ class XttsSynthesizer:
         prompts, mask, cache = self._prefill(sentences)
         width = prompts.shape[1]
         max_codes = [s.max_codes for s in sentences]
-        grow_cache_in_place(cache, width + 1 + max(max_codes))  # the prompt, the start-of-audio token, the codes
         # coqui's forward reads the prompt's length from the stored prefix (the codes' positions count from it).
         gpt.gpt_inference.store_prefix_emb(prompts)
         # Token ids of the prompt are placeholders (coqui's are 1s): the cache holds the prompt; the generate
@@ -863,12 +911,14 @@ class XttsSynthesizer:
         steps: List[torch.Tensor] = []
         hook = gpt.gpt_inference.final_norm.register_forward_hook(lambda _norm, _inputs, out: steps.append(out[:, -1].clone()))
         try:
-            generated = gpt.gpt_inference.generate(
-                inputs, attention_mask=mask, past_key_values=cache, do_sample=False, num_beams=1, logits_processor=processors,
-                stopping_criteria=StoppingCriteriaList([CodeLimits(width + 1, max_codes, self.device)]),
-                bos_token_id=gpt.start_audio_token, pad_token_id=gpt.stop_audio_token, eos_token_id=gpt.stop_audio_token,
-                max_length=width + 1 + max(max_codes),
-            )
+            # The cache holds at most the prompt, the start-of-audio token and the longest babble guard's codes.
+            with cache_grown_in_place(cache, width + 1 + max(max_codes)):
+                generated = gpt.gpt_inference.generate(
+                    inputs, attention_mask=mask, past_key_values=cache, do_sample=False, num_beams=1, logits_processor=processors,
+                    stopping_criteria=StoppingCriteriaList([CodeLimits(width + 1, max_codes, self.device)]),
+                    bos_token_id=gpt.start_audio_token, pad_token_id=gpt.stop_audio_token, eos_token_id=gpt.stop_audio_token,
+                    max_length=width + 1 + max(max_codes),
+                )
         finally:
             hook.remove()
         generated = generated[:, width + 1 :]
