@@ -424,6 +424,24 @@ def _check_packed_products(untrained, requests, decoding, layers, monkeypatch):
     assert again.wav.shape == usual[0].wav.shape and np.abs(again.wav - usual[0].wav).max() <= 1e-5
 
 
+def test_a_language_whose_reading_package_is_missing_is_one_clear_error(untrained, prepared):
+    """coqui's tokenizer reads Japanese as romaji through cutlet, an optional package (coqui-tts[ja]): without it,
+    synthesis says which package to install instead of ending in cutlet's ModuleNotFoundError."""
+    try:
+        import cutlet  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("cutlet is installed here")
+    reference = sorted((prepared / "wavs").glob("0_*.wav"))[0]
+    assert "ja" in untrained.languages
+    with pytest.raises(RuntimeError, match=r"XTTS reads 'ja' text as romaji, which needs a package .*cutlet.* "
+                                           r"— fix: pip install 'coqui-tts\[ja\]'"):
+        untrained.synthesize("こんにちは。", "ja", reference=reference)
+    with pytest.raises(RuntimeError, match=r"pip install 'coqui-tts\[ja\]'"):
+        untrained.synthesize_many([{"text": "こんにちは。", "language": "ja", "reference": reference}])
+
+
 def test_a_batched_generates_cache_grows_in_place_with_the_values_concatenation_gives():
     """cache_grown_in_place: each step writes its position into a buffer instead of copying the whole cache
     (transformers' DynamicLayer concatenates); the keys and values are those concatenation gives, a full buffer

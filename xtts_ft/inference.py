@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from xtts_ft.data.audio import load_audio
-from xtts_ft.data.text import clean_text
+from xtts_ft.data.text import READ_AS, base_language, clean_text
 from xtts_ft.model.layout import EMOTIONS_FILE  # an export's emotion presets (name → conditioning latents)
 from xtts_ft.model.loading import load_xtts, pick_device, resolve_model_dir
 from xtts_ft.model.constants import CODES_PER_SECOND, GPT_SAMPLE_RATE
@@ -585,8 +585,15 @@ class XttsSynthesizer:
         limit = int(self.model.args.gpt_max_text_tokens)
         # What Xtts.inference feeds its GPT: the lower-cased sentence, the emotion token before it; too many
         # tokens is refused here (coqui asserts it deep inside its inference).
-        sentences = [(sentence, self.model.tokenizer.encode((prefix + sentence).strip().lower(), lang=language))
-                     for sentence in split_sentences(text, language)]
+        try:
+            sentences = [(sentence, self.model.tokenizer.encode((prefix + sentence).strip().lower(), lang=language))
+                         for sentence in split_sentences(text, language)]
+        except ImportError as error:  # coqui's tokenizer romanizes zh/ko/ja with an optional package
+            if base_language(language) not in READ_AS:
+                raise
+            reading, packages = READ_AS[base_language(language)]
+            raise RuntimeError(f"XTTS reads {language!r} text as {reading}, which needs a package that is not installed "
+                               f"({error}) — fix: pip install '{packages}'") from None
         for sentence, tokens in sentences:
             if len(tokens) >= limit:
                 raise ValueError(f"the sentence {sentence[:60]!r}... is {len(tokens)} text tokens; the model takes fewer than {limit} "
