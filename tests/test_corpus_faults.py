@@ -2,6 +2,7 @@
 encoding, huge files, a worker that dies, paths that leave their folder, symlinked audio."""
 
 import json
+import logging
 import re
 import os
 import signal
@@ -303,7 +304,7 @@ def test_manifest_rows_cannot_leave_the_manifests_folder(tmp_path):
         read_manifest(manifest)
 
 
-def test_batch_names_stay_inside_out_dir_and_are_unique(tmp_path):
+def test_batch_names_stay_inside_out_dir_and_are_unique(tmp_path, caplog):
     from xtts_ft.inference import XttsSynthesizer, read_requests
 
     def requests_of(csv: str):
@@ -333,6 +334,11 @@ def test_batch_names_stay_inside_out_dir_and_are_unique(tmp_path):
     (tmp_path / "t.tsv").write_text('text\tname\n"Waaw," ne na.\ta\n')  # a TSV has no quoting: the text's quotes stay
     assert [r["text"] for r in read_requests(tmp_path / "t.tsv", "en", "ref.wav", None)] == ['"Waaw," ne na.']
     assert [r["where"] for r in requests_of("text\nOne.\n\nTwo.\n")] == [f"{tmp_path / 't.csv'}, line 2", f"{tmp_path / 't.csv'}, line 4"]
+    # A .txt has no header: a first line "text" (a table's habit) is spoken, and said so.
+    (tmp_path / "t.txt").write_text("text\nOne.\n")
+    with caplog.at_level(logging.WARNING, logger="xtts_ft.inference"):
+        assert [r["text"] for r in read_requests(tmp_path / "t.txt", "en", "ref.wav", None)] == ["text", "One."]
+    assert "t.txt, line 1: 'text' is spoken as a text: a .txt has no header" in caplog.text
 
     # The method checks every name before it synthesizes anything (so no model is needed here).
     synthesizer = XttsSynthesizer.__new__(XttsSynthesizer)

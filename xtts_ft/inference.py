@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import numbers
 import time
 from collections import Counter, OrderedDict
@@ -30,6 +31,8 @@ from xtts_ft.data.text import READ_AS, base_language, clean_text
 from xtts_ft.model.layout import EMOTIONS_FILE  # an export's emotion presets (name → conditioning latents)
 from xtts_ft.model.loading import load_xtts, pick_device, resolve_model_dir
 from xtts_ft.model.constants import CODES_PER_SECOND, GPT_SAMPLE_RATE
+
+log = logging.getLogger(__name__)
 
 DECODING_KEYS = ("temperature", "top_k", "top_p", "repetition_penalty", "length_penalty")
 
@@ -391,6 +394,10 @@ def read_requests(path: Union[str, Path], language: str, reference: Optional[str
             raise ValueError(f"{path}, line {reader.line_num}: {err}") from None
     else:
         rows = [(n, {"text": line.strip()}) for n, line in enumerate(content.splitlines(), start=1) if line.strip()]
+        if rows and rows[0][1]["text"].lower() in ("text", "texts", "text,name", "text\tname"):
+            log.warning("%s, line %d: %r is spoken as a text: a .txt has no header (one text per line) — fix: remove "
+                        "that line, or write a .csv/.tsv to give columns (text, language, reference, name, ...)",
+                        path, rows[0][0], rows[0][1]["text"])
     requests = []
     named: Dict[str, int] = {}  # name -> the line that first used it
     for line, row in rows:
