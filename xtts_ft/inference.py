@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from xtts_ft.data.audio import load_audio
-from xtts_ft.data.text import READ_AS, base_language, clean_text
+from xtts_ft.data.text import clean_text
 from xtts_ft.model.layout import EMOTIONS_FILE  # an export's emotion presets (name → conditioning latents)
 from xtts_ft.model.loading import load_xtts, pick_device, resolve_model_dir
 from xtts_ft.model.constants import CODES_PER_SECOND, GPT_SAMPLE_RATE
@@ -220,7 +220,8 @@ class PackedProducts:
             for layer, entry in packed.items():
                 before = vars(layer).get("forward", _NOTHING)  # e.g. another library's hook: the fallback calls it
                 usual = before if before is not _NOTHING else functools.partial(layer.__class__.forward, layer)
-                patched.append((layer, _set_instance_attribute(layer, "forward", self._packed_forward(layer, entry, rows, usual))))
+                layer.forward = self._packed_forward(layer, entry, rows, usual)
+                patched.append((layer, before))
             yield
         finally:
             for layer, before in patched:
@@ -592,15 +593,8 @@ class XttsSynthesizer:
         limit = int(self.model.args.gpt_max_text_tokens)
         # What Xtts.inference feeds its GPT: the lower-cased sentence, the emotion token before it; too many
         # tokens is refused here (coqui asserts it deep inside its inference).
-        try:
-            sentences = [(sentence, self.model.tokenizer.encode((prefix + sentence).strip().lower(), lang=language))
-                         for sentence in split_sentences(text, language)]
-        except ImportError as error:  # coqui's tokenizer romanizes zh/ko/ja with an optional package
-            if base_language(language) not in READ_AS:
-                raise
-            reading, packages = READ_AS[base_language(language)]
-            raise RuntimeError(f"XTTS reads {language!r} text as {reading}, which needs a package that is not installed "
-                               f"({error}) — fix: pip install '{packages}'") from None
+        sentences = [(sentence, self.model.tokenizer.encode((prefix + sentence).strip().lower(), lang=language))
+                     for sentence in split_sentences(text, language)]
         for sentence, tokens in sentences:
             if len(tokens) >= limit:
                 raise ValueError(f"the sentence {sentence[:60]!r}... is {len(tokens)} text tokens; the model takes fewer than {limit} "
@@ -687,35 +681,31 @@ class XttsSynthesizer:
         for name, value in (("first_chunk_codes", first_chunk_codes), ("chunk_codes", chunk_codes)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name}={value!r} — fix: {name}=<an integer ≥ 1> (GPT codes per chunk, ~0.046 s of audio each)")
-        language, chosen, settings, max_seconds_per_char, prefix, sentences = self._request(
+        language, chosen, settings, max_seconds_per_char, _, sentences = self._request(
             text, language, reference, voice, decoding, emotion)
-        return self._stream_chunks([sentence for sentence, _ in sentences], language, chosen, settings, max_seconds_per_char,
-                                   prefix, first_chunk_codes, chunk_codes)
+        return self._stream_chunks(sentences, language, chosen, settings, max_seconds_per_char, first_chunk_codes, chunk_codes)
 
-    def _stream_chunks(self, sentences: List[str], language: str, chosen: Voice, settings: dict, max_seconds_per_char: float,
-                       prefix: str, first_chunk_codes: int, chunk_codes: int) -> Iterator[AudioChunk]:
-        """`stream`'s chunks, sentence by sentence, timed from the first request for audio."""
+    def _stream_chunks(self, sentences: List[Tuple[str, List[int]]], language: str, chosen: Voice, settings: dict,
+                       max_seconds_per_char: float, first_chunk_codes: int, chunk_codes: int) -> Iterator[AudioChunk]:
+        """`stream`'s chunks, sentence by sentence (with the token ids `_request` made), timed from the first
+        request for audio."""
         started = time.perf_counter()
-        for sentence in sentences:
+        for sentence, tokens in sentences:
             max_codes = self._max_codes(sentence, language, max_seconds_per_char)
-            for wav in self._stream_sentence(prefix + sentence, language, chosen, settings, max_codes,
-                                             first_chunk_codes, chunk_codes):
+            for wav in self._stream_sentence(tokens, chosen, settings, max_codes, first_chunk_codes, chunk_codes):
                 yield AudioChunk(wav.detach().float().cpu().numpy().reshape(-1), self.sample_rate,
                                  time.perf_counter() - started)
 
     @torch.inference_mode()
-    def _stream_sentence(self, text: str, language: str, voice: Voice, settings: dict, max_codes: int,
+    def _stream_sentence(self, tokens: List[int], voice: Voice, settings: dict, max_codes: int,
                          first_chunk_codes: int, chunk_codes: int, overlap: int = 1024) -> Iterator[torch.Tensor]:
         """One sentence's audio chunks: coqui's Xtts.inference_stream step for step (its building
         blocks, its decoding arguments), except when a chunk is cut: after `first_chunk_codes` codes
         for the first, every `chunk_codes` after (inference_stream has one fixed size). `overlap` is
         inference_stream's overlap_wav_len, at its default; its speed stays 1 (as in `synthesize`)."""
-        model, gpt = self.model, self.model.gpt
-        # The text as inference_stream (and Xtts.inference) feeds the GPT: stripped and lower-cased.
-        tokens = model.tokenizer.encode(text.strip().lower(), lang=language)
-        if len(tokens) >= int(model.args.gpt_max_text_tokens):
-            raise ValueError(f"the sentence {text[:60]!r}... is {len(tokens)} text tokens; the model takes fewer than "
-                             f"{int(model.args.gpt_max_text_tokens)} — fix: split it into shorter sentences")
+        gpt = self.model.gpt
+        # The text as inference_stream (and Xtts.inference) feeds the GPT, stripped and lower-cased: `_request`
+        # encoded it and checked its length.
         tokens = torch.tensor(tokens, dtype=torch.int32, device=self.device).unsqueeze(0)
         speaker = voice.speaker_embedding.to(self.device)
         # get_generator fixes the cap (max_length = gpt.max_gen_mel_tokens + prompt) when it is called,

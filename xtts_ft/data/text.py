@@ -30,7 +30,7 @@ from xtts_ft.data.cleaners import (
 # The registry's names are re-exported: `xtts_ft.data.text` is where they have always been imported from.
 __all__ = [
     "CLEANERS", "COQUI_LANGUAGES", "LETTERS", "basic_cleaner", "cleaner_name", "language_letters", "register_cleaner",
-    "clean_text", "base_language", "language_token", "token_ids", "unknown_characters", "as_read",
+    "clean_text", "base_language", "language_token", "token_ids", "unknown_characters", "as_read", "reader_missing",
 ]
 
 log = logging.getLogger(__name__)
@@ -147,9 +147,14 @@ def as_read(text: str, language: str) -> str:
             return coqui.hangul_romanize(text)
         return coqui.japanese_cleaners(text, cutlet_romanizer())
     except ImportError as error:
-        reading, packages = READ_AS[language]
-        raise RuntimeError(f"XTTS reads {language!r} text as {reading}, which needs a package not installed ({error}) "
-                           f"— fix: pip install '{packages}'") from error
+        raise reader_missing(language, error) from error
+
+
+def reader_missing(language: str, error: ImportError) -> RuntimeError:
+    """The error for a zh/ko/ja text whose romanizing package (pypinyin, hangul-romanize, cutlet) is not installed."""
+    reading, packages = READ_AS[base_language(language)]
+    return RuntimeError(f"XTTS reads {language!r} text as {reading}, which needs a package not installed ({error}) "
+                        f"— fix: pip install '{packages}'")
 
 
 @functools.lru_cache(maxsize=1)

@@ -23,7 +23,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer
 
 from xtts_ft.data.cleaners import CLEANERS, COQUI_LANGUAGES
-from xtts_ft.data.text import as_read, base_language, clean_text, coqui_cleaner, describe_characters, language_token, unknown_characters
+from xtts_ft.data.text import (as_read, base_language, clean_text, coqui_cleaner, describe_characters, language_token, reader_missing,
+                               unknown_characters)
 
 LEADING_TAG = re.compile(r"^\s*\[([^\[\]\s]+)\]\s*")
 log = logging.getLogger(__name__)
@@ -49,7 +50,10 @@ class XttsTokenizer(VoiceBpeTokenizer):
             return clean_text(txt, lang)  # ours: a registered cleaner, or the basic one
         if lang in COQUI_LANGUAGES:  # coqui's steps: its cleaners (a number they cannot spell stays digits), then zh/ko transliterated
             return as_read(coqui_cleaner(txt, lang), lang)
-        return super().preprocess_text(txt, lang)
+        try:
+            return super().preprocess_text(txt, lang)  # ja: coqui's own romaji (cutlet)
+        except ImportError as error:
+            raise reader_missing(lang, error) from error
 
     def split_emotion(self, txt: str) -> Tuple[Optional[str], str]:
         """A leading `[tag]` naming one of this model's emotion tokens, and the rest of the text."""
