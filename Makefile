@@ -1,5 +1,5 @@
 # The two commands of the README. Each first runs the idempotent set-up.
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast lint clean
 
 setup:
 	@scripts/setup_env.sh
@@ -12,6 +12,9 @@ test: setup
 
 test-fast: setup
 	.venv/bin/python -m pytest -q -m "not slow"
+
+lint: setup
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 
 clean:
 	rm -rf data/processed runs exports models

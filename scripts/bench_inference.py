@@ -105,8 +105,14 @@ def run_coqui(synthesizer, requests, decoding) -> float:
     torch.manual_seed(decoding["seed"])
     seconds = 0.0
     for request in requests:
-        out = synthesizer.model.inference(request["text"], request["language"], voice.gpt_cond_latent, voice.speaker_embedding,
-                                          enable_text_splitting=False, **settings)
+        out = synthesizer.model.inference(
+            request["text"],
+            request["language"],
+            voice.gpt_cond_latent,
+            voice.speaker_embedding,
+            enable_text_splitting=False,
+            **settings,
+        )
         seconds += len(out["wav"]) / synthesizer.sample_rate
     return seconds
 
@@ -123,9 +129,14 @@ def run_stream(synthesizer, request, decoding) -> dict:
     whole = synthesizer.synthesize(**request, decoding=decoding)
     sync(synthesizer.device)
     full_seconds = time.perf_counter() - started
-    return {"first_chunk_s": chunks[0].seconds_since_start, "stream_total_s": chunks[-1].seconds_since_start,
-            "full_synthesis_s": full_seconds, "ratio": chunks[0].seconds_since_start / full_seconds,
-            "audio_s": whole.duration, "chunks": len(chunks)}
+    return {
+        "first_chunk_s": chunks[0].seconds_since_start,
+        "stream_total_s": chunks[-1].seconds_since_start,
+        "full_synthesis_s": full_seconds,
+        "ratio": chunks[0].seconds_since_start / full_seconds,
+        "audio_s": whole.duration,
+        "chunks": len(chunks),
+    }
 
 
 def run_parts(synthesizer, requests, decoding) -> dict:
@@ -148,20 +159,38 @@ def run_parts(synthesizer, requests, decoding) -> dict:
     # GPT-2's GELU fused.
     packed_products = synthesizer._packed_products
     # The first time: the timing, then packing the weights.
-    packed = clock("packing_setup_s", lambda: packed_products.packed_weights(synthesizer.model.gpt.gpt, len(sentences), synthesizer.device))
+    packed = clock(
+        "packing_setup_s",
+        lambda: packed_products.packed_weights(synthesizer.model.gpt.gpt, len(sentences), synthesizer.device),
+    )
     with synthesizer._batch_kernels(packed, len(sentences)):
         rows = clock("generate_batched_s", lambda: synthesizer._generate(sentences, settings))
     del packed
     gpt = synthesizer.model.gpt
     latents = []
     with torch.no_grad():
+
         def latents_pass():  # Xtts.inference's second GPT pass (ours reads the generate's own latents)
             for sentence, (codes, _, _) in zip(sentences, rows):
-                latents.append(gpt(sentence.tokens, torch.tensor([sentence.tokens.shape[-1]], device=synthesizer.device),
-                                   codes.unsqueeze(0), torch.tensor([codes.shape[-1] * gpt.code_stride_len], device=synthesizer.device),
-                                   cond_latents=sentence.voice.gpt_cond_latent, return_attentions=False, return_latent=True))
+                latents.append(
+                    gpt(
+                        sentence.tokens,
+                        torch.tensor([sentence.tokens.shape[-1]], device=synthesizer.device),
+                        codes.unsqueeze(0),
+                        torch.tensor([codes.shape[-1] * gpt.code_stride_len], device=synthesizer.device),
+                        cond_latents=sentence.voice.gpt_cond_latent,
+                        return_attentions=False,
+                        return_latent=True,
+                    )
+                )
+
         clock("latents_pass_s", latents_pass)
-        clock("decoder_s", lambda: [synthesizer.model.hifigan_decoder(x, g=s.voice.speaker_embedding) for x, s in zip(latents, sentences)])
+        clock(
+            "decoder_s",
+            lambda: [
+                synthesizer.model.hifigan_decoder(x, g=s.voice.speaker_embedding) for x, s in zip(latents, sentences)
+            ],
+        )
         weight = torch.randn(1024, 4096, device=synthesizer.device)
         bias = torch.randn(4096, device=synthesizer.device)
         for rows_ in (1, len(sentences)):
@@ -191,8 +220,10 @@ def main() -> None:
     model_dir = build_model(args.size, args.work_dir)
     synthesizer = XttsSynthesizer(model_dir, device=args.device)
     fixed_length(synthesizer, args.codes)
-    requests = [{"text": text, "language": "en", "reference": REFERENCE}
-                for text in (SENTENCES * (1 + args.utterances // len(SENTENCES)))[: args.utterances]]
+    requests = [
+        {"text": text, "language": "en", "reference": REFERENCE}
+        for text in (SENTENCES * (1 + args.utterances // len(SENTENCES)))[: args.utterances]
+    ]
     decoding = {"seed": 0}
     paths = args.paths.split(",")
     run_ours(synthesizer, requests[:1], decoding, 1)  # warm-up: voice latents, allocator, kernels
@@ -206,13 +237,21 @@ def main() -> None:
                 continue
             if path == "parts":
                 results[path].append(run_parts(synthesizer, requests, decoding))
-                print(f"round {round_} parts: " + ", ".join(f"{k} {v:.2f}" for k, v in results[path][-1].items()), flush=True)
+                print(
+                    f"round {round_} parts: " + ", ".join(f"{k} {v:.2f}" for k, v in results[path][-1].items()),
+                    flush=True,
+                )
                 continue
-            audio = run_coqui(synthesizer, requests, decoding) if path == "coqui" else \
-                run_ours(synthesizer, requests, decoding, int(path.split("-")[1]))
+            audio = (
+                run_coqui(synthesizer, requests, decoding)
+                if path == "coqui"
+                else run_ours(synthesizer, requests, decoding, int(path.split("-")[1]))
+            )
             sync(synthesizer.device)
             wall = time.perf_counter() - started
-            results[path].append({"wall_s": wall, "audio_s": audio, "utt_per_s": len(requests) / wall, "rtf": wall / audio})
+            results[path].append(
+                {"wall_s": wall, "audio_s": audio, "utt_per_s": len(requests) / wall, "rtf": wall / audio}
+            )
             print(f"round {round_} {path}: {len(requests)} utt in {wall:.1f} s, {audio:.2f} s audio", flush=True)
 
     def best(path, key, pick=max):
@@ -227,15 +266,29 @@ def main() -> None:
     table = "| path | utterances/s | RTF | vs coqui |\n|---|---|---|---|\n" + "\n".join(rows)
     if "stream" in paths:
         s = min(results["stream"], key=lambda r: r["ratio"])
-        table += (f"\n\nstreaming: first chunk after {s['first_chunk_s']:.2f} s, whole sentence ({s['audio_s']:.2f} s audio) "
-                  f"synthesized in {s['full_synthesis_s']:.2f} s: ratio {s['ratio']:.2f}")
+        table += (
+            f"\n\nstreaming: first chunk after {s['first_chunk_s']:.2f} s, whole sentence ({s['audio_s']:.2f} s audio) "
+            f"synthesized in {s['full_synthesis_s']:.2f} s: ratio {s['ratio']:.2f}"
+        )
     if "parts" in paths:
-        table += "\n\nparts (seconds; addmm: ms per call): " + ", ".join(f"{k} {v:.2f}" for k, v in results["parts"][-1].items())
+        table += "\n\nparts (seconds; addmm: ms per call): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in results["parts"][-1].items()
+        )
     print(table)
-    record = {"mkl_cbwr": os.environ.get("MKL_CBWR"), "size": args.size, "codes": args.codes, "utterances": args.utterances, "rounds": args.rounds,
-              "device": args.device, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-              "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "results": results,
-              "table": table}
+    record = {
+        "mkl_cbwr": os.environ.get("MKL_CBWR"),
+        "size": args.size,
+        "codes": args.codes,
+        "utterances": args.utterances,
+        "rounds": args.rounds,
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "results": results,
+        "table": table,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2))
     print(f"→ {args.out}")

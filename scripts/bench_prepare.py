@@ -73,14 +73,21 @@ def straightforward(corpus: Path, out: Path) -> None:
 
 
 def ours(corpus: Path, out: Path, workers: int, models_dir: Path) -> None:
-    from xtts_ft.stages import prepare
     from xtts_ft.config import compose
+    from xtts_ft.stages import prepare
 
-    cfg = compose("prepare", [
-        "data.name=bench", f"data.sources=[{{path: {corpus}, formatter: coqui_csv, language: en}}]",
-        f"paths.processed_dir={out}", f"paths.models_dir={models_dir}", f"num_workers={workers}",
-        "loudness_lufs=-23", "decoder_copies=true",
-    ])
+    cfg = compose(
+        "prepare",
+        [
+            "data.name=bench",
+            f"data.sources=[{{path: {corpus}, formatter: coqui_csv, language: en}}]",
+            f"paths.processed_dir={out}",
+            f"paths.models_dir={models_dir}",
+            f"num_workers={workers}",
+            "loudness_lufs=-23",
+            "decoder_copies=true",
+        ],
+    )
     prepare.run(cfg)
 
 
@@ -136,19 +143,31 @@ def main() -> None:
         ours(tmp / "corpus", scratch / "warm", 1, models)  # build the tiny model, warm caches (numba)
         shutil.rmtree(scratch / "warm")
         cores = os.cpu_count() or 1
-        results = best_times({
-            "straightforward (librosa.load + trim + write, 1 process)": lambda o: straightforward(tmp / "corpus", o),
-            "ours, full chain, 1 worker": lambda o: ours(tmp / "corpus", o, 1, models),
-            f"ours, full chain, {cores} workers": lambda o: ours(tmp / "corpus", o, cores, models),
-        }, args.repeats, scratch)
+        results = best_times(
+            {
+                "straightforward (librosa.load + trim + write, 1 process)": lambda o: straightforward(
+                    tmp / "corpus", o
+                ),
+                "ours, full chain, 1 worker": lambda o: ours(tmp / "corpus", o, 1, models),
+                f"ours, full chain, {cores} workers": lambda o: ours(tmp / "corpus", o, cores, models),
+            },
+            args.repeats,
+            scratch,
+        )
     scaling = compute_scaling(cores)
     base = results["ours, full chain, 1 worker"]
-    print(f"\ncorpus: {args.clips} clips, {hours * 60:.1f} min of audio (44.1/48 kHz, mono/stereo, 16/24-bit, WAV/FLAC)\n")
+    print(
+        f"\ncorpus: {args.clips} clips, {hours * 60:.1f} min of audio (44.1/48 kHz, mono/stereo, 16/24-bit, WAV/FLAC)\n"
+    )
     print("| path | wall s | audio-hours / min | × real time | vs ours-1-worker |")
     print("|---|---|---|---|---|")
     for name, seconds in results.items():
-        print(f"| {name} | {seconds:.1f} | {hours / (seconds / 60):.3f} | {hours * 3600 / seconds:.0f}× | {base / seconds:.2f} |")
-    print(f"\nthis machine's ceiling: pure compute (soxr) in {cores} spawned processes runs {scaling:.2f}× one process")
+        print(
+            f"| {name} | {seconds:.1f} | {hours / (seconds / 60):.3f} | {hours * 3600 / seconds:.0f}× | {base / seconds:.2f} |"
+        )
+    print(
+        f"\nthis machine's ceiling: pure compute (soxr) in {cores} spawned processes runs {scaling:.2f}× one process"
+    )
 
 
 if __name__ == "__main__":

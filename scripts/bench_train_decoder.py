@@ -93,8 +93,8 @@ def child(spec: dict) -> None:
 
     import torch
 
-    from xtts_ft.stages import train_decoder
     from xtts_ft.config import compose
+    from xtts_ft.stages import train_decoder
 
     shutil.rmtree(Path(spec["work_dir"]) / "runs" / spec["variant"], ignore_errors=True)
     train_decoder.run(compose("train_decoder", overrides(spec, 1)))  # warm-up step, latent cache
@@ -106,9 +106,15 @@ def child(spec: dict) -> None:
     others = max(0.0, busy_cpu_seconds() - busy_before - (time.process_time() - own_before)) / wall
     progress = json.loads((state.parent / "progress.json").read_text())
     result = {
-        "variant": spec["variant"], "segment": spec["segment"], "batch_size": spec["batch_size"], "steps": spec["steps"],
-        "threads": torch.get_num_threads(), "seconds_per_step": progress["train_seconds"] / spec["steps"],
-        "peak_rss_mb": vm_hwm_mb(), "other_cores_busy": others, "loadavg": os.getloadavg()[0],
+        "variant": spec["variant"],
+        "segment": spec["segment"],
+        "batch_size": spec["batch_size"],
+        "steps": spec["steps"],
+        "threads": torch.get_num_threads(),
+        "seconds_per_step": progress["train_seconds"] / spec["steps"],
+        "peak_rss_mb": vm_hwm_mb(),
+        "other_cores_busy": others,
+        "loadavg": os.getloadavg()[0],
         "decoder_params_m": sum(p.numel() for p in torch.load(state, weights_only=True)["decoder"].values()) / 1e6,
     }
     print("RESULT " + json.dumps(result))
@@ -116,9 +122,9 @@ def child(spec: dict) -> None:
 
 def setup(work_dir: Path) -> None:
     """The full-width model and the prepared corpus, built once."""
-    from xtts_ft.stages import prepare
     from xtts_ft.config import compose
     from xtts_ft.model.tiny import build_tiny_xtts
+    from xtts_ft.stages import prepare
 
     model_dir = work_dir / "models" / "xtts-gpt1024"
     if not model_dir.is_dir():
@@ -126,16 +132,22 @@ def setup(work_dir: Path) -> None:
     if not (work_dir / "processed" / "demo" / "train.jsonl").is_file():
         spec = {"work_dir": str(work_dir), "variant": "setup", "segment": 8192, "batch_size": 1}
         keys = ("data.", "paths.processed_dir", "model.")
-        prepare.run(compose("prepare", [o for o in overrides(spec, 0) if o.startswith(keys)] + ["decoder_copies=true"]))
+        prepare.run(
+            compose("prepare", [o for o in overrides(spec, 0) if o.startswith(keys)] + ["decoder_copies=true"])
+        )
 
 
 def markdown(results: list) -> str:
-    lines = ["| variant | segment (24 kHz samples) | batch | threads | steps | s/step | peak RSS GB | other load (cores) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | segment (24 kHz samples) | batch | threads | steps | s/step | peak RSS GB | other load (cores) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         contended = " (contended)" if r["other_cores_busy"] > 0.2 else ""
-        lines.append(f"| {r['variant']} | {r['segment']} | {r['batch_size']} | {r['threads']} | {r['steps']} | "
-                     f"{r['seconds_per_step']:.2f}{contended} | {r['peak_rss_mb'] / 1024:.2f} | {r['other_cores_busy']:.2f} |")
+        lines.append(
+            f"| {r['variant']} | {r['segment']} | {r['batch_size']} | {r['threads']} | {r['steps']} | "
+            f"{r['seconds_per_step']:.2f}{contended} | {r['peak_rss_mb'] / 1024:.2f} | {r['other_cores_busy']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -149,16 +161,26 @@ def main() -> None:
     setup(args.work_dir)
     results = []
     for variant in args.variants.split(","):
-        spec = {"work_dir": str(args.work_dir), "variant": variant, "segment": args.segment,
-                "batch_size": args.batch_size, "steps": args.steps}
+        spec = {
+            "work_dir": str(args.work_dir),
+            "variant": variant,
+            "segment": args.segment,
+            "batch_size": args.batch_size,
+            "steps": args.steps,
+        }
         log = args.work_dir / f"{variant}.log"
         with open(log, "w") as f:
-            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], stdout=subprocess.PIPE,
-                                  stderr=f, text=True, cwd=REPO)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", json.dumps(spec)],
+                stdout=subprocess.PIPE,
+                stderr=f,
+                text=True,
+                cwd=REPO,
+            )
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             sys.exit(f"{variant} failed (exit {proc.returncode}); see {log}")
-        results.append(json.loads(lines[-1][len("RESULT "):]))
+        results.append(json.loads(lines[-1][len("RESULT ") :]))
         print(json.dumps(results[-1]), flush=True)
     out = args.out or args.work_dir / "results.json"
     out.write_text(json.dumps(results, indent=2) + "\n")

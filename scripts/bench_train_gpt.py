@@ -129,7 +129,13 @@ OURS_VARIANTS = {
     "ours-fp16": ["precision=fp16", "grad_checkpointing=false", "num_threads=0"],
     "lora": ["method=lora", "precision=fp32", "grad_checkpointing=false", "num_threads=0"],
     "lora-ckpt": ["method=lora", "precision=fp32", "grad_checkpointing=true", "num_threads=0"],
-    "lora-sel": ["method=lora", "precision=fp32", "grad_checkpointing=true", "grad_checkpointing_keeps=linear_outputs", "num_threads=0"],
+    "lora-sel": [
+        "method=lora",
+        "precision=fp32",
+        "grad_checkpointing=true",
+        "grad_checkpointing_keeps=linear_outputs",
+        "num_threads=0",
+    ],
     "lora-mem": ["method=lora", "precision=bf16", "grad_checkpointing=true", "num_threads=0"],
 }
 BF16_PATHS = ("ours-mem", "ours-bf16", "lora-mem")  # too slow on a CPU without bf16 matmul kernels
@@ -159,9 +165,13 @@ def parse_args():
         help=f"comma list of: {', '.join(ALL_PATHS)} (default on CPU: {', '.join(PATHS)}, ours-mem only where the CPU "
         f"has bf16 matmuls; on cuda: {', '.join(GPU_PATHS)}, in the order given)",
     )
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where every path trains (default cpu)")
     parser.add_argument(
-        "--skip-steps", type=int, default=None,
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where every path trains (default cpu)"
+    )
+    parser.add_argument(
+        "--skip-steps",
+        type=int,
+        default=None,
         help="leave each path's first N steps out of the timing (default 0 on cpu, 2 on cuda)",
     )
     parser.add_argument("--clips", default="", help=f"training clips, N or tiny=N,full=M (default {DEFAULT_CLIPS})")
@@ -169,16 +179,24 @@ def parse_args():
     parser.add_argument("--batch-size", type=int, default=4, help="global batch for every path")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="shortest clip of the generated corpus")
     parser.add_argument(
-        "--max-seconds", type=float, default=11.0,
+        "--max-seconds",
+        type=float,
+        default=11.0,
         help="longest clip; e.g. --clips 4 --min-seconds 10 --max-seconds 11 makes every batch the same worst case, "
         "for peak memory at the same batch",
     )
-    parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "bench_train_gpt", help="models, corpus, logs (reused)")
+    parser.add_argument(
+        "--work-dir", type=Path, default=REPO / "runs" / "bench_train_gpt", help="models, corpus, logs (reused)"
+    )
     parser.add_argument("--out", type=Path, help="JSON results (default <work-dir>/results.json)")
     parser.add_argument("--coqui-workers", type=int, default=0, help="coqui DataLoader workers (its recipe: 8)")
-    parser.add_argument("--ours-overrides", default="", help="extra space-separated Hydra overrides for every ours path")
     parser.add_argument(
-        "--wait-idle", type=float, default=300,
+        "--ours-overrides", default="", help="extra space-separated Hydra overrides for every ours path"
+    )
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=300,
         help="before each run, wait up to this many seconds for other processes to leave the cores idle",
     )
     parser.add_argument("--no-warmup", action="store_true", help="skip our throwaway DVAE-cache run")
@@ -224,10 +242,10 @@ def child_setup(spec: dict) -> dict:
     sys.path.insert(0, str(REPO / "scripts"))
     import torch
 
-    from xtts_ft.stages import prepare
     from xtts_ft.config import compose
     from xtts_ft.model.layout import REAL_DVAE
     from xtts_ft.model.tiny import build_tiny_xtts
+    from xtts_ft.stages import prepare
 
     work, size, clips = Path(spec["work"]), spec["size"], spec["clips"]
     model_dir, built_s = work / "models" / size, None
@@ -351,7 +369,6 @@ def patch_coqui_audio_loader() -> str:
     import soundfile
     import torch
     import torchaudio
-
     import TTS.tts.layers.xtts.trainer.dataset as coqui_dataset
 
     def load_audio(audiopath, sampling_rate):
@@ -405,8 +422,14 @@ def child_coqui(spec: dict) -> dict:
         if line.strip():
             s = json.loads(line)
             samples.append(
-                {"audio_file": str(data_dir / s["audio"]), "text": s["text"], "speaker_name": s["speaker"],
-                 "language": s["language"], "root_path": str(data_dir), "audio_unique_name": s["audio"]}
+                {
+                    "audio_file": str(data_dir / s["audio"]),
+                    "text": s["text"],
+                    "speaker_name": s["speaker"],
+                    "language": s["language"],
+                    "root_path": str(data_dir),
+                    "audio_unique_name": s["audio"],
+                }
             )
     loader = trainer.get_data_loader(config, is_eval=False, samples=samples, verbose=False)
     optimizer = trainer.get_optimizer()
@@ -477,7 +500,8 @@ def child_coqui(spec: dict) -> dict:
         "threads_after_import": threads_after_import,
         "set_up_s": set_up_s,
         "loop_s": loop_s,
-        "loop_source": "timed around the loop" + (f", steps {skip + 1}-{steps} (synchronised)" if steady is not None else ""),
+        "loop_source": "timed around the loop"
+        + (f", steps {skip + 1}-{steps} (synchronised)" if steady is not None else ""),
         "loop_cpu_s": cpu_seconds() - cpu0,
         "steps": steps,
         "samples": samples_done,
@@ -491,11 +515,9 @@ def child_coqui(spec: dict) -> dict:
 def child_ours(spec: dict) -> dict:
     import torch
 
+    from xtts_ft.config import TrainGptConfig, compose
     from xtts_ft.stages import train_gpt
-    from xtts_ft.config import compose
     from xtts_ft.train import gpt as recipe  # the module whose functions the recipe calls
-
-    from xtts_ft.config import TrainGptConfig
 
     # Keys of our variants that this checkout's schema lacks (e.g. before the memory options
     # landed): the default variant runs without them (noted); the memory variant cannot.
@@ -562,8 +584,16 @@ def child_ours(spec: dict) -> dict:
     settings = {}
     for line in resolved.splitlines():
         key, _, value = line.partition(":")
-        if key in ("precision", "grad_checkpointing", "grad_checkpointing_keeps", "bucket_batches", "num_threads", "batch_size", "max_steps",
-                   "method"):
+        if key in (
+            "precision",
+            "grad_checkpointing",
+            "grad_checkpointing_keeps",
+            "bucket_batches",
+            "num_threads",
+            "batch_size",
+            "max_steps",
+            "method",
+        ):
             settings[key] = value.strip()
     loop_s, source = progress.get("train_seconds"), "progress.json train_seconds (training steps only)"
     if loop_s is None:
@@ -591,7 +621,10 @@ def child_ours(spec: dict) -> dict:
         "audio_s_all": progress.get("audio_seconds"),
         "steady": steady,
         # seconds between successive steps' collate calls (the loop reads its losses back every step)
-        "step_s": [round(b - a, 4) for a, b in zip(step_starts, step_starts[1:] + [marks.get("end", step_starts[-1] if step_starts else 0)])],
+        "step_s": [
+            round(b - a, 4)
+            for a, b in zip(step_starts, step_starts[1:] + [marks.get("end", step_starts[-1] if step_starts else 0)])
+        ],
         "losses": losses,
         "finite_losses": all(math.isfinite(x) for x in losses),
         "first_loss": losses[0] if losses else None,
@@ -716,7 +749,10 @@ def run_child(spec: dict, log: Path, idle_wait_s: float = 0.0) -> dict:
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         watch = RssWatch(proc.pid)
         code = proc.wait()
@@ -726,12 +762,16 @@ def run_child(spec: dict, log: Path, idle_wait_s: float = 0.0) -> dict:
     lines = [line for line in text.splitlines() if line.startswith(MARK)]
     if code != 0 or not lines:
         return {"error": f"exit {code}; see {log}", "error_tail": text[-2500:], "wall_s": wall}
-    result = json.loads(lines[-1][len(MARK):])
+    result = json.loads(lines[-1][len(MARK) :])
     # Cores the rest of the machine kept busy while the child ran (another job skews every number).
     others = busy_cpu_seconds() - busy0 - (cpu_seconds() - own0) - result.get("cpu_s", 0.0)
     result.update(
-        wall_s=wall, rss_sampled_bytes=sampled, load_before=load_before, load_after=os.getloadavg()[0],
-        others_cores_before=others_before, others_cores_during=max(others, 0.0) / wall,
+        wall_s=wall,
+        rss_sampled_bytes=sampled,
+        load_before=load_before,
+        load_after=os.getloadavg()[0],
+        others_cores_before=others_before,
+        others_cores_during=max(others, 0.0) / wall,
     )
     # Peak RSS of set-up + training: ours also evaluates and writes checkpoints after its last
     # step (the coqui path does neither), so its peak is read just before those when known.
@@ -768,29 +808,67 @@ def bench_size(args, size: str, on_run=None) -> tuple:
     print(f"\n== {size}: {clips} training clips, {epochs} epoch(s), batch {args.batch_size}", flush=True)
     logs = args.work_dir / "logs"
     setup = run_child(
-        {"kind": "setup", "work": str(args.work_dir), "size": size, "clips": clips, "min_seconds": args.min_seconds, "max_seconds": args.max_seconds},
+        {
+            "kind": "setup",
+            "work": str(args.work_dir),
+            "size": size,
+            "clips": clips,
+            "min_seconds": args.min_seconds,
+            "max_seconds": args.max_seconds,
+        },
         logs / f"{size}-setup.log",
     )
     if "error" in setup:
         raise SystemExit(f"set-up for {size} failed: {setup['error']}\n{setup['error_tail']}")
     d = setup["train_durations"]
-    print(f"   data: {setup['train_clips']} clips, {min(d):.2f}-{max(d):.2f} s (mean {sum(d) / len(d):.2f} s), {setup['data_dir']}")
+    print(
+        f"   data: {setup['train_clips']} clips, {min(d):.2f}-{max(d):.2f} s (mean {sum(d) / len(d):.2f} s), {setup['data_dir']}"
+    )
     if setup["model_built_s"]:
         print(f"   built the {size} model in {setup['model_built_s']:.0f} s")
     steps_per_epoch = math.ceil(setup["train_clips"] / args.batch_size)
     runs, warmup = [], None
     order = [p for p in ALL_PATHS if p in args.paths] if args.device == "cpu" else list(dict.fromkeys(args.paths))
     for path in order:
-        if path in BF16_PATHS and args.device == "cpu" and size == "full" and not setup["cpu_bf16_matmul"] and not args.paths_explicit:
-            print("   ours-mem skipped: this CPU has no bf16 matmul kernels (one full-size step ran >16 min in a trial); "
-                  "name it in --paths to run it anyway", flush=True)
-            runs.append({"path": path, "size": size, "epochs": epochs, "batch": args.batch_size,
-                         "error": "skipped: no bf16 matmul on this CPU", "error_tail": ""})
+        if (
+            path in BF16_PATHS
+            and args.device == "cpu"
+            and size == "full"
+            and not setup["cpu_bf16_matmul"]
+            and not args.paths_explicit
+        ):
+            print(
+                "   ours-mem skipped: this CPU has no bf16 matmul kernels (one full-size step ran >16 min in a trial); "
+                "name it in --paths to run it anyway",
+                flush=True,
+            )
+            runs.append(
+                {
+                    "path": path,
+                    "size": size,
+                    "epochs": epochs,
+                    "batch": args.batch_size,
+                    "error": "skipped: no bf16 matmul on this CPU",
+                    "error_tail": "",
+                }
+            )
             continue
-        spec = {"path": path, "size": size, "work": str(args.work_dir), "epochs": epochs, "batch_size": args.batch_size,
-                "device": args.device, "skip_steps": args.skip_steps}
+        spec = {
+            "path": path,
+            "size": size,
+            "work": str(args.work_dir),
+            "epochs": epochs,
+            "batch_size": args.batch_size,
+            "device": args.device,
+            "skip_steps": args.skip_steps,
+        }
         if path.startswith("coqui"):
-            spec.update(kind="coqui", model_dir=setup["model_dir"], data_dir=setup["data_dir"], coqui_workers=args.coqui_workers)
+            spec.update(
+                kind="coqui",
+                model_dir=setup["model_dir"],
+                data_dir=setup["data_dir"],
+                coqui_workers=args.coqui_workers,
+            )
         else:
             cached = sorted(p.name for p in Path(setup["data_dir"]).glob("*codes*"))
             if warmup is None and cached and not args.no_warmup:
@@ -801,12 +879,18 @@ def bench_size(args, size: str, on_run=None) -> tuple:
                 # run with max_steps=1 (set-up, cache, one step, save; train-gpt refuses 0) pays that, so the measured runs reuse it.
                 before = {p.name for p in Path(setup["data_dir"]).iterdir()}
                 name = f"{setup['data_name']}-warmup-{os.getpid()}"
-                wspec = {"kind": "ours", "device": args.device,
-                         "overrides": ours_overrides(args, setup, size, name, 1, OURS_VARIANTS["ours"])}
+                wspec = {
+                    "kind": "ours",
+                    "device": args.device,
+                    "overrides": ours_overrides(args, setup, size, name, 1, OURS_VARIANTS["ours"]),
+                }
                 print("   ours warm-up (max_steps=1) ...", flush=True)
                 warmup = run_child(wspec, logs / f"{size}-ours-warmup.log", args.wait_idle)
                 warmup["new_files"] = sorted({p.name for p in Path(setup["data_dir"]).iterdir()} - before)
-                said = re.search(r"computed DVAE codes for (\d+) clip\(s\) in ([\d.]+) s", (logs / f"{size}-ours-warmup.log").read_text())
+                said = re.search(
+                    r"computed DVAE codes for (\d+) clip\(s\) in ([\d.]+) s",
+                    (logs / f"{size}-ours-warmup.log").read_text(),
+                )
                 warmup["cache_s"] = float(said.group(2)) if said else None  # None: the cache was already there
                 shutil.rmtree(args.work_dir / "runs" / name, ignore_errors=True)
                 said = warmup.get("error") or f"{warmup['wall_s']:.1f} s wall, new files {warmup['new_files']}"
@@ -830,11 +914,18 @@ def bench_size(args, size: str, on_run=None) -> tuple:
         else:
             memory = f"peak RSS {result['peak_rss_bytes'] / 1e9:.2f} GB"
             if result.get("peak_cuda_bytes") is not None:
-                memory = f"peak CUDA {result['peak_cuda_bytes'] / 1e9:.2f} GB (reserved {result['peak_cuda_reserved_bytes'] / 1e9:.2f}), " + memory
+                memory = (
+                    f"peak CUDA {result['peak_cuda_bytes'] / 1e9:.2f} GB (reserved {result['peak_cuda_reserved_bytes'] / 1e9:.2f}), "
+                    + memory
+                )
             print(
                 f"   {path}: {result['samples']} samples in {result['loop_s']:.1f} s = {result['samples'] / result['loop_s']:.3f} samples/s, "
                 f"{memory}, {result['threads']} thread(s), child wall {result['wall_s']:.0f} s"
-                + (f", losses {result['first_loss']:.4f} -> {result['last_loss']:.4f}" if result.get("first_loss") is not None else ""),
+                + (
+                    f", losses {result['first_loss']:.4f} -> {result['last_loss']:.4f}"
+                    if result.get("first_loss") is not None
+                    else ""
+                ),
                 flush=True,
             )
         runs.append(result)
@@ -908,7 +999,11 @@ def main() -> None:
         return
     args.work_dir.mkdir(parents=True, exist_ok=True)
     cpu_model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
         platform.machine(),
     )
     results = {
@@ -942,7 +1037,11 @@ def main() -> None:
         f"Command: `{results['command']}`",
         "",
         f"Machine: {m['cpus']} logical CPUs ({m['cpu']}), {m['memory_gb']:.0f} GB RAM, "
-        + (f"GPU {setup.get('gpu')} (CUDA {setup.get('cuda')}), training on cuda" if args.device == "cuda" else "no GPU")
+        + (
+            f"GPU {setup.get('gpu')} (CUDA {setup.get('cuda')}), training on cuda"
+            if args.device == "cuda"
+            else "no GPU"
+        )
         + f"; torch {setup['torch']}, coqui-tts {setup['coqui_tts']}, Python {setup['python']}.",
     ]
     for size, info in results["sizes"].items():
@@ -954,9 +1053,12 @@ def main() -> None:
         elif w:
             notes.append(
                 f"{size}: ours warm-up run (max_steps=1: set-up, the DVAE code cache, one step): "
-                + (w.get("error") or f"{w['wall_s']:.1f} s wall for the whole child, of which the DVAE code cache "
-                   + (f"{w['cache_s']:.1f} s" if w.get("cache_s") is not None else "0 s (already built)")
-                   + f"; new files next to the manifest: {w['new_files']}")
+                + (
+                    w.get("error")
+                    or f"{w['wall_s']:.1f} s wall for the whole child, of which the DVAE code cache "
+                    + (f"{w['cache_s']:.1f} s" if w.get("cache_s") is not None else "0 s (already built)")
+                    + f"; new files next to the manifest: {w['new_files']}"
+                )
             )
     for r in results["runs"]:
         if "error" in r:
@@ -983,13 +1085,25 @@ def main() -> None:
             )
         if r.get("state_bytes"):
             extra += f"; state.pt {r['state_bytes'] / 1e6:.2f} MB"
-        full = next((f for f in results["runs"] if f["path"] == "ours" and f["size"] == r["size"] and "error" not in f), None)
+        full = next(
+            (f for f in results["runs"] if f["path"] == "ours" and f["size"] == r["size"] and "error" not in f), None
+        )
         if r["path"].startswith("lora") and full is not None:
-            extra += (f"; against ours (full fine-tune, same invocation): seconds/sample "
-                      f"{(r['loop_s'] / r['samples']) / (full['loop_s'] / full['samples']):.2f}x, "
-                      f"peak RSS {r['peak_rss_bytes'] / full['peak_rss_bytes']:.2f}x"
-                      + (f", peak CUDA {r['peak_cuda_bytes'] / full['peak_cuda_bytes']:.2f}x" if r.get("peak_cuda_bytes") and full.get("peak_cuda_bytes") else "")
-                      + (f", state.pt {r['state_bytes'] / full['state_bytes']:.4f}x" if r.get("state_bytes") and full.get("state_bytes") else ""))
+            extra += (
+                f"; against ours (full fine-tune, same invocation): seconds/sample "
+                f"{(r['loop_s'] / r['samples']) / (full['loop_s'] / full['samples']):.2f}x, "
+                f"peak RSS {r['peak_rss_bytes'] / full['peak_rss_bytes']:.2f}x"
+                + (
+                    f", peak CUDA {r['peak_cuda_bytes'] / full['peak_cuda_bytes']:.2f}x"
+                    if r.get("peak_cuda_bytes") and full.get("peak_cuda_bytes")
+                    else ""
+                )
+                + (
+                    f", state.pt {r['state_bytes'] / full['state_bytes']:.4f}x"
+                    if r.get("state_bytes") and full.get("state_bytes")
+                    else ""
+                )
+            )
         if r.get("merge_max_abs_diff") is not None:
             extra += f"; merged vs base+adapter logits max abs diff {r['merge_max_abs_diff']:.2e}"
         if r["path"].startswith("coqui"):

@@ -50,12 +50,12 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from make_bench_corpus import make_corpus  # noqa: E402
+
 from xtts_ft import asr, validation  # noqa: E402
 from xtts_ft.config import compose  # noqa: E402
 from xtts_ft.data.audio import load_audio  # noqa: E402
 from xtts_ft.data.sample import read_manifest  # noqa: E402
 from xtts_ft.io_utils import file_hash  # noqa: E402
-
 
 # --- the path before: one window at a time through faster-whisper's sequential loop -----------
 
@@ -67,7 +67,11 @@ def corpus_order_pack(seconds, alone=(), voices=None):
     """The packing before: consecutive clips, in corpus order, into windows while they fit (any voices)."""
     windows, used = [], math.inf
     for i, length in enumerate(seconds):
-        if used + length + validation.GAP_SECONDS > validation.WINDOW_SECONDS or i in alone or windows[-1][-1] in alone:
+        if (
+            used + length + validation.GAP_SECONDS > validation.WINDOW_SECONDS
+            or i in alone
+            or windows[-1][-1] in alone
+        ):
             windows.append([])
             used = 0.0
         windows[-1].append(i)
@@ -111,8 +115,15 @@ def before_heard_words(model, clips, language):
     gap = np.zeros(int(validation.GAP_SECONDS * asr.ASR_RATE), np.float32)
     ends = np.cumsum([c.size + gap.size for c in clips]) / asr.ASR_RATE
     joined = np.concatenate([part for clip in clips for part in (clip, gap)])
-    segments, _ = model.transcribe(joined, language=language, beam_size=1, temperature=0.0, condition_on_previous_text=False,
-                                   word_timestamps=True, vad_filter=False)
+    segments, _ = model.transcribe(
+        joined,
+        language=language,
+        beam_size=1,
+        temperature=0.0,
+        condition_on_previous_text=False,
+        word_timestamps=True,
+        vad_filter=False,
+    )
     words = [[] for _ in clips]
     for segment in segments:
         for word in segment.words or []:
@@ -139,8 +150,13 @@ def align_all_transcribe_clips(choice, paths, seconds, cache, voices=None):
         validation.within_one_clip = within
 
 
-PATHS = {"before": before_transcribe_clips, "corpus-order": corpus_order_transcribe_clips, "window-end": window_end_transcribe_clips,
-         "align-all": align_all_transcribe_clips, "after": TODAY}
+PATHS = {
+    "before": before_transcribe_clips,
+    "corpus-order": corpus_order_transcribe_clips,
+    "window-end": window_end_transcribe_clips,
+    "align-all": align_all_transcribe_clips,
+    "after": TODAY,
+}
 
 
 # --- measuring ---------------------------------------------------------------------------------
@@ -156,12 +172,29 @@ def prepared(corpus: Path, work: Path):
     """The corpus through `prepare` (no validation): its clips as prepare writes them, and the settings."""
     from xtts_ft.stages import prepare
 
-    cfg = compose("prepare", ["data.name=bench", f"data.sources=[{{path: {corpus}, formatter: coqui_csv, language: en}}]",
-                              f"paths.processed_dir={work}", "max_text_tokens=0", "validate_transcripts=true"])
+    cfg = compose(
+        "prepare",
+        [
+            "data.name=bench",
+            f"data.sources=[{{path: {corpus}, formatter: coqui_csv, language: en}}]",
+            f"paths.processed_dir={work}",
+            "max_text_tokens=0",
+            "validate_transcripts=true",
+        ],
+    )
     root = work / "bench"
     if not (root / "train.jsonl").is_file():
-        prepare.run(compose("prepare", ["data.name=bench", f"data.sources=[{{path: {corpus}, formatter: coqui_csv, language: en}}]",
-                                         f"paths.processed_dir={work}", "max_text_tokens=0"]))
+        prepare.run(
+            compose(
+                "prepare",
+                [
+                    "data.name=bench",
+                    f"data.sources=[{{path: {corpus}, formatter: coqui_csv, language: en}}]",
+                    f"paths.processed_dir={work}",
+                    "max_text_tokens=0",
+                ],
+            )
+        )
     samples = sorted(read_manifest(root / "train.jsonl") + read_manifest(root / "eval.jsonl"), key=lambda s: s.audio)
     return root, samples, cfg
 
@@ -193,15 +226,29 @@ def run_path(name: str, samples, root: Path, cfg) -> dict:
     others = max(busy_cpu_seconds() - busy0 - cpu, 0.0) / wall
     shutil.rmtree(cache)
     audio = sum(s.duration for s in samples)
-    return {"path": name, "audio_s": audio, "transcribed_s": summary["transcribed_seconds"], "wall_s": wall, "cpu_s": cpu,
-            "x_real_time": audio / wall, "audio_s_per_cpu_s": audio / cpu, "others_cores": others, "loadavg_before": load,
-            "windows": ENCODED[0], "mean_cer": summary["mean_cer"], "above_max": summary["above_max"], "checks": checks}
+    return {
+        "path": name,
+        "audio_s": audio,
+        "transcribed_s": summary["transcribed_seconds"],
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "x_real_time": audio / wall,
+        "audio_s_per_cpu_s": audio / cpu,
+        "others_cores": others,
+        "loadavg_before": load,
+        "windows": ENCODED[0],
+        "mean_cer": summary["mean_cer"],
+        "above_max": summary["above_max"],
+        "checks": checks,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench_validation")
-    parser.add_argument("--corpus", type=Path, help="a coqui-CSV English corpus (default: an espeak-ng one made under --work)")
+    parser.add_argument(
+        "--corpus", type=Path, help="a coqui-CSV English corpus (default: an espeak-ng one made under --work)"
+    )
     parser.add_argument("--clips", type=int, default=60, help="clips of the espeak-ng corpus (1-11 s, about 6 s each)")
     parser.add_argument("--paths", default="before,after")
     parser.add_argument("--repeats", type=int, default=2)
@@ -212,27 +259,36 @@ def main() -> None:
     asr.whisper_model(asr.BUNDLED)  # both paths' models loaded before any clock starts
     asr.whisper_model(asr.BUNDLED, cpu_threads=1, num_workers=validation.WORKERS)
     names = args.paths.split(",")
-    print(f"{len(samples)} clips, {sum(s.duration for s in samples):.1f} s of audio; {os.cpu_count()} CPU cores; "
-          f"faster-whisper tiny.en int8")
-    print("| path | audio s | wall s | × real time | CPU s | audio-s per CPU-s | windows encoded | other cores busy | load before | mean CER | above max |")
+    print(
+        f"{len(samples)} clips, {sum(s.duration for s in samples):.1f} s of audio; {os.cpu_count()} CPU cores; "
+        f"faster-whisper tiny.en int8"
+    )
+    print(
+        "| path | audio s | wall s | × real time | CPU s | audio-s per CPU-s | windows encoded | other cores busy | load before | mean CER | above max |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     first = {}
     for _ in range(args.repeats):
         for name in names:
             r = run_path(name, samples, root, cfg)
             first.setdefault(name, r)
-            print(f"| {name} | {r['audio_s']:.1f} | {r['wall_s']:.1f} | {r['x_real_time']:.1f} | {r['cpu_s']:.1f} | "
-                  f"{r['audio_s_per_cpu_s']:.1f} | {r['windows']} | {r['others_cores']:.2f} | {r['loadavg_before']:.2f} | {r['mean_cer']} | "
-                  f"{r['above_max']} |", flush=True)
+            print(
+                f"| {name} | {r['audio_s']:.1f} | {r['wall_s']:.1f} | {r['x_real_time']:.1f} | {r['cpu_s']:.1f} | "
+                f"{r['audio_s_per_cpu_s']:.1f} | {r['windows']} | {r['others_cores']:.2f} | {r['loadavg_before']:.2f} | {r['mean_cer']} | "
+                f"{r['above_max']} |",
+                flush=True,
+            )
     reference = first[names[0]]["checks"]
     for name in names[1:]:
         checks = first[name]["checks"]
         differ = [i for i, (a, b) in enumerate(zip(reference, checks)) if a.asr_text != b.asr_text]
         print(f"\n{name} against {names[0]}: {len(differ)} of {len(samples)} transcripts differ")
         for i in differ:
-            print(f"- {Path(samples[i].audio).name} ({samples[i].duration:.1f} s): {samples[i].text!r}\n"
-                  f"    {names[0]} (CER {reference[i].asr_cer:.2f}): {reference[i].asr_text!r}\n"
-                  f"    {name} (CER {checks[i].asr_cer:.2f}): {checks[i].asr_text!r}")
+            print(
+                f"- {Path(samples[i].audio).name} ({samples[i].duration:.1f} s): {samples[i].text!r}\n"
+                f"    {names[0]} (CER {reference[i].asr_cer:.2f}): {reference[i].asr_text!r}\n"
+                f"    {name} (CER {checks[i].asr_cer:.2f}): {checks[i].asr_text!r}"
+            )
 
 
 if __name__ == "__main__":

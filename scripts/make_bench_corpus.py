@@ -87,7 +87,11 @@ def make_corpus(out: Path, clips: int, min_seconds: float = 1.0, max_seconds: fl
     """Write `clips` clips to out/wavs and out/metadata.csv; skip if the same corpus is there."""
     out = Path(out)
     stamp = f"clips={clips} min={min_seconds} max={max_seconds} wpm={WPM} voices={VOICES}"
-    if (out / "metadata.csv").is_file() and (out / "corpus.txt").is_file() and (out / "corpus.txt").read_text() == stamp:
+    if (
+        (out / "metadata.csv").is_file()
+        and (out / "corpus.txt").is_file()
+        and (out / "corpus.txt").read_text() == stamp
+    ):
         return out
     if shutil.which("espeak-ng") is None:
         raise SystemExit("espeak-ng is not installed: apt-get install espeak-ng")
@@ -114,7 +118,9 @@ def main() -> None:
     args = parser.parse_args()
     out = make_corpus(args.out, args.clips, args.min_seconds, args.max_seconds)
     durations = [sf.info(p).duration for p in sorted((out / "wavs").glob("*.wav"))]
-    print(f"wrote {len(durations)} clips to {out}: {min(durations):.2f}-{max(durations):.2f} s, total {sum(durations):.1f} s")
+    print(
+        f"wrote {len(durations)} clips to {out}: {min(durations):.2f}-{max(durations):.2f} s, total {sum(durations):.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,15 @@ def prepared(workdir, tiny_model_dir) -> Path:  # its vocabulary checks the text
     return prepare.run(compose("prepare", demo_overrides(workdir)))
 
 
-TRAIN_OVERRIDES = ["model=tiny", "run_name=demo", "lr=1e-3", "batch_size=4", "log_every=1", "eval_every=10", "save_every=10"]
+TRAIN_OVERRIDES = [
+    "model=tiny",
+    "run_name=demo",
+    "lr=1e-3",
+    "batch_size=4",
+    "log_every=1",
+    "eval_every=10",
+    "save_every=10",
+]
 
 
 @pytest.fixture(scope="session")
@@ -72,12 +80,26 @@ def synthesizer(exported):
 
 def decoder_data_overrides(tmp: Path) -> list:
     """The demo corpus prepared with 24 kHz copies (the decoder's targets), beside the plain one."""
-    return [o if not o.startswith("paths.processed_dir=") else f"paths.processed_dir={tmp / 'processed_24k'}" for o in demo_overrides(tmp)]
+    return [
+        o if not o.startswith("paths.processed_dir=") else f"paths.processed_dir={tmp / 'processed_24k'}"
+        for o in demo_overrides(tmp)
+    ]
 
 
 # Affordable decoder runs: the real-sized generator on 2048-sample segments (8 decoder frames).
-DECODER_OVERRIDES = ["model=tiny", "run_name=demo", "gpt=base", "batch_size=2", "segment_samples=2048", "log_every=1",
-                     "eval_every=0", "adversarial=false", "lr_gen=1e-3", "lr_disc=1e-3", "keep_last=1"]
+DECODER_OVERRIDES = [
+    "model=tiny",
+    "run_name=demo",
+    "gpt=base",
+    "batch_size=2",
+    "segment_samples=2048",
+    "log_every=1",
+    "eval_every=0",
+    "adversarial=false",
+    "lr_gen=1e-3",
+    "lr_disc=1e-3",
+    "keep_last=1",
+]
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +114,11 @@ def decoder_trained(workdir, prepared_24k) -> Path:
     """A short spectral-only decoder run (its own runs dir: the shared GPT export stays decoder-free)."""
     from xtts_ft.stages import train_decoder
 
-    overrides = decoder_data_overrides(workdir) + DECODER_OVERRIDES + [f"paths.runs_dir={workdir / 'runs_decoder'}", "max_steps=3"]
+    overrides = (
+        decoder_data_overrides(workdir)
+        + DECODER_OVERRIDES
+        + [f"paths.runs_dir={workdir / 'runs_decoder'}", "max_steps=3"]
+    )
     return train_decoder.run(compose("train_decoder", overrides))
 
 

@@ -56,8 +56,14 @@ class FakeHub:
                     req = json.loads(self._body())
                     repo_id = f"{req['organization']}/{req['name']}" if req.get("organization") else req["name"]
                     if repo_id in hub.repos:
-                        return self._send(409, {"error": "You already created this model repo", "url": f"{hub.endpoint}/{repo_id}"})
-                    hub.repos[repo_id] = {"private": req.get("visibility", "private" if req.get("private") else "public") != "public", "files": {}, "sha": "0" * 40}
+                        return self._send(
+                            409, {"error": "You already created this model repo", "url": f"{hub.endpoint}/{repo_id}"}
+                        )
+                    hub.repos[repo_id] = {
+                        "private": req.get("visibility", "private" if req.get("private") else "public") != "public",
+                        "files": {},
+                        "sha": "0" * 40,
+                    }
                     return self._send(200, {"url": f"{hub.endpoint}/{repo_id}"})
                 if path == "/api/validate-yaml":  # the model card's metadata, checked before a commit
                     self._body()
@@ -68,14 +74,27 @@ class FakeHub:
                 repo = hub.repos[m.group(1)]
                 if m.group(2) == "preupload":
                     files = json.loads(self._body())["files"]
-                    return self._send(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+                    return self._send(
+                        200,
+                        {
+                            "files": [
+                                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
+                            ]
+                        },
+                    )
                 for line in self._body().decode().splitlines():
                     entry = json.loads(line)
                     if entry["key"] == "file":
                         repo["files"][entry["value"]["path"]] = base64.b64decode(entry["value"]["content"])
                 repo["sha"] = hashlib.sha1(repr(sorted((k, v) for k, v in repo["files"].items())).encode()).hexdigest()
-                return self._send(200, {"commitUrl": f"{hub.endpoint}/{m.group(1)}/commit/{repo['sha']}", "commitOid": repo["sha"],
-                                        "pullRequestUrl": None})
+                return self._send(
+                    200,
+                    {
+                        "commitUrl": f"{hub.endpoint}/{m.group(1)}/commit/{repo['sha']}",
+                        "commitOid": repo["sha"],
+                        "pullRequestUrl": None,
+                    },
+                )
 
             def do_HEAD(self):
                 self.do_GET()
@@ -87,21 +106,37 @@ class FakeHub:
                     repo = hub.repos.get(m.group(1))
                     if repo is None:
                         return self._missing()
-                    return self._send(200, {"id": m.group(1), "sha": repo["sha"], "private": repo["private"],
-                                            "siblings": [{"rfilename": name} for name in repo["files"]]})
+                    return self._send(
+                        200,
+                        {
+                            "id": m.group(1),
+                            "sha": repo["sha"],
+                            "private": repo["private"],
+                            "siblings": [{"rfilename": name} for name in repo["files"]],
+                        },
+                    )
                 m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(/.*)?", path)
                 if m:
                     repo = hub.repos.get(m.group(1))
                     if repo is None:
                         return self._missing()
-                    return self._send(200, [{"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
-                                            for name, data in repo["files"].items()])
+                    return self._send(
+                        200,
+                        [
+                            {"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                            for name, data in repo["files"].items()
+                        ],
+                    )
                 m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
                 if m and m.group(1) in hub.repos and m.group(3) in hub.repos[m.group(1)]["files"]:
                     repo = hub.repos[m.group(1)]
                     data = repo["files"][m.group(3)]
-                    return self._send(200, data, {"X-Repo-Commit": repo["sha"], "ETag": f'"{hashlib.sha1(data).hexdigest()}"'},
-                                      content_type="application/octet-stream")
+                    return self._send(
+                        200,
+                        data,
+                        {"X-Repo-Commit": repo["sha"], "ETag": f'"{hashlib.sha1(data).hexdigest()}"'},
+                        content_type="application/octet-stream",
+                    )
                 if m:
                     return self._send(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
                 return self._missing()

@@ -22,20 +22,41 @@ def build_tiny_mms(out: Path) -> Path:
     prefers that language's FAVOURITE letter, so a transcript shows which language was loaded."""
     import torch
     from safetensors.torch import save_file
-    from transformers import Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForCTC,
+        Wav2Vec2Processor,
+    )
 
     out.mkdir(parents=True, exist_ok=True)
-    vocab = {lang: {**SPECIAL, **{c: i + len(SPECIAL) for i, c in enumerate(chars)}} for lang, chars in ALPHABETS.items()}
+    vocab = {
+        lang: {**SPECIAL, **{c: i + len(SPECIAL) for i, c in enumerate(chars)}} for lang, chars in ALPHABETS.items()
+    }
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     tokenizer = Wav2Vec2CTCTokenizer(str(out / "vocab.json"), target_lang="wol", word_delimiter_token="|")
-    features = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
-                                        return_attention_mask=True)
+    features = Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=True
+    )
     Wav2Vec2Processor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(out)
     torch.manual_seed(0)
-    config = Wav2Vec2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                            conv_dim=(16, 16, 16, 16), conv_stride=(5, 4, 4, 4), conv_kernel=(10, 4, 4, 4),  # 320x: 50 frames/s
-                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=len(vocab["wol"]),
-                            adapter_attn_dim=8, pad_token_id=0, feat_extract_norm="layer", do_stable_layer_norm=True)
+    config = Wav2Vec2Config(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(16, 16, 16, 16),
+        conv_stride=(5, 4, 4, 4),
+        conv_kernel=(10, 4, 4, 4),  # 320x: 50 frames/s
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        vocab_size=len(vocab["wol"]),
+        adapter_attn_dim=8,
+        pad_token_id=0,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+    )
     model = Wav2Vec2ForCTC(config)
     model.save_pretrained(out)
     for lang, letters in vocab.items():
@@ -71,7 +92,10 @@ def test_each_language_gets_its_own_asr_or_is_not_scored(tiny_mms):
     assert asr.resolve({"default": "large-v3"}, "fr") == asr.Asr("large-v3", "whisper", "fr")
     assert asr.choose("large-v3", "wo")[1] == "no ASR for wo: Whisper has no language 'wo' (asr=large-v3)"
     assert asr.resolve({"default": str(tiny_mms)}, "fr").language == "fra"
-    assert asr.choose({"default": str(tiny_mms)}, "de")[1] == f"no ASR for de: {tiny_mms} has no language 'deu' (asr.default)"
+    assert (
+        asr.choose({"default": str(tiny_mms)}, "de")[1]
+        == f"no ASR for de: {tiny_mms} has no language 'deu' (asr.default)"
+    )
     # An explicit backend code wins; "zh-cn" falls back to the entry for "zh".
     assert asr.resolve({"wo": {"model": "facebook/mms-1b-all", "language": "wol"}}, "wo").language == "wol"
     assert asr.resolve({"zh": "large-v3"}, "zh-cn") == asr.Asr("large-v3", "whisper", "zh")
@@ -81,13 +105,18 @@ def test_each_language_gets_its_own_asr_or_is_not_scored(tiny_mms):
 
 def test_a_one_language_model_is_not_a_default(tmp_path):
     (tmp_path / "vocab.json").write_text(json.dumps({**SPECIAL, "a": 5}))  # one flat vocabulary: one language
-    assert asr.choose({"default": str(tmp_path)}, "fr")[1].endswith("is a one-language model: name the language it is for")
+    assert asr.choose({"default": str(tmp_path)}, "fr")[1].endswith(
+        "is a one-language model: name the language it is for"
+    )
     assert asr.resolve({"fr": str(tmp_path)}, "fr") == asr.Asr(str(tmp_path), "transformers", "fr")
 
 
 def test_require_names_the_setting_and_the_fix():
-    with pytest.raises(ValueError, match=r"eval_asr_model: no ASR for fr: eval_asr_model=bundled is an English-only Whisper — "
-                                         r"fix: eval_asr_model=\{default: \.\.\., fr: <model>\}"):
+    with pytest.raises(
+        ValueError,
+        match=r"eval_asr_model: no ASR for fr: eval_asr_model=bundled is an English-only Whisper — "
+        r"fix: eval_asr_model=\{default: \.\.\., fr: <model>\}",
+    ):
         asr.require("bundled", "fr", setting="eval_asr_model")
 
 
@@ -96,7 +125,9 @@ def test_mms_like_model_loads_by_path_and_honours_the_language(tiny_mms):
     assert asr.transcribe(audio, rate, "wo", {"wo": str(tiny_mms)}) == "ñ"  # the wol adapter and vocabulary
     assert asr.transcribe(audio, rate, "fr", {"fr": str(tiny_mms)}) == "e"  # the fra ones, from the same directory
     pipe = asr.transformers_pipeline(str(tiny_mms), "wol")
-    assert pipe.tokenizer.target_lang == "wol" and pipe.model.lm_head.out_features == len(SPECIAL) + len(ALPHABETS["wol"])
+    assert pipe.tokenizer.target_lang == "wol" and pipe.model.lm_head.out_features == len(SPECIAL) + len(
+        ALPHABETS["wol"]
+    )
 
 
 @pytest.mark.parametrize("rate", [22050, 24000, 16000])
@@ -126,7 +157,9 @@ def test_word_timestamps_refuse_a_language_an_english_only_whisper_cannot_hear()
 def test_cer_compares_texts_cleaned_by_the_language():
     # Wolof's cleaner writes numbers in words: "6" is what an ASR hears as "juróom-benn".
     assert metrics.cer("Am na 6 xar.", "am na juróom benn xar", "wo") == 0.0
-    assert metrics.cer("Am na 6 xar.", "am na juróom benn xar") > 0.4  # without the cleaner, formatting counts as errors
+    assert (
+        metrics.cer("Am na 6 xar.", "am na juróom benn xar") > 0.4
+    )  # without the cleaner, formatting counts as errors
     assert metrics.cer("I have 2 dogs.", "i have two dogs", "en") == 0.0
     assert metrics.wer("I have 2 dogs.", "i have two dogs", "en") == 0.0
 

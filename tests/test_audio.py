@@ -11,8 +11,13 @@ def test_trim_bounds_agree_with_librosa(seed, top_db):
 
     rng = np.random.default_rng(seed)
     speech = rng.normal(0, 0.2, int(rng.integers(5000, 40000))).astype(np.float32)
-    audio = np.concatenate([rng.normal(0, 1e-4, int(rng.integers(0, 20000))).astype(np.float32), speech,
-                            rng.normal(0, 1e-4, int(rng.integers(0, 20000))).astype(np.float32)])
+    audio = np.concatenate(
+        [
+            rng.normal(0, 1e-4, int(rng.integers(0, 20000))).astype(np.float32),
+            speech,
+            rng.normal(0, 1e-4, int(rng.integers(0, 20000))).astype(np.float32),
+        ]
+    )
     _, expected = librosa.effects.trim(audio, top_db=top_db)
     assert trim_bounds(audio, top_db) == tuple(int(x) for x in expected)
 

@@ -9,8 +9,8 @@ import soundfile as sf
 import yaml
 
 from tests.conftest import DEMO, REPO, demo_overrides
-from xtts_ft.stages import pipeline
 from xtts_ft.config import compose
+from xtts_ft.stages import pipeline
 
 CLI = [sys.executable, "-m", "xtts_ft.cli"]
 
@@ -43,7 +43,10 @@ def test_pipeline_runs_a_recipe_then_skips_finished_stages(tmp_path, workdir, ti
             {
                 "stages": [
                     {"stage": "prepare", "overrides": ["data=demo"]},
-                    {"stage": "train_gpt", "overrides": ["data=demo", "model=tiny", "run_name=p", "max_steps=2", "batch_size=2"]},
+                    {
+                        "stage": "train_gpt",
+                        "overrides": ["data=demo", "model=tiny", "run_name=p", "max_steps=2", "batch_size=2"],
+                    },
                     {"stage": "export", "overrides": ["run_name=p"]},
                 ]
             }
@@ -69,7 +72,9 @@ def test_pipeline_runs_a_recipe_then_skips_finished_stages(tmp_path, workdir, ti
     # finished training run is continued (resume), never deleted.
     stats, state = tmp_path / "processed" / "demo" / "stats.json", tmp_path / "runs" / "p" / "gpt" / "state.pt"
     before = (stats.stat().st_mtime_ns, state.stat().st_mtime_ns)
-    forced = compose("pipeline", [f"recipe={recipe}", "force=true", f"overrides={json.dumps(extra + ['max_steps=3'])}"])
+    forced = compose(
+        "pipeline", [f"recipe={recipe}", "force=true", f"overrides={json.dumps(extra + ['max_steps=3'])}"]
+    )
     assert [c.force for stage, _, c in pipeline.plan(forced) if stage == "prepare"] == [True]
     fourth = pipeline.run(forced)
     assert [s["skipped"] for s in fourth] == [False, False, False]
@@ -80,11 +85,21 @@ def test_pipeline_force_leaves_a_stage_force_the_recipe_set(tmp_path):
     """force=true reaches prepare, unless the recipe's (or the user's) overrides set prepare's force already:
     no contradictory `force=false force=true` pair, the recipe's word stands."""
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"stages": [{"stage": "prepare", "overrides": ["data=demo", "force=false"]},
-                                                  {"stage": "prepare", "overrides": ["data=demo"]}]}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "stages": [
+                    {"stage": "prepare", "overrides": ["data=demo", "force=false"]},
+                    {"stage": "prepare", "overrides": ["data=demo"]},
+                ]
+            }
+        )
+    )
     planned = pipeline.plan(compose("pipeline", [f"recipe={recipe}", "force=true"]))
-    assert [(o.count("force=true") + o.count("force=false"), c.force) for _, o, c in
-            ((stage, " ".join(overrides), c) for stage, overrides, c in planned)] == [(1, False), (1, True)]
+    assert [
+        (o.count("force=true") + o.count("force=false"), c.force)
+        for _, o, c in ((stage, " ".join(overrides), c) for stage, overrides, c in planned)
+    ] == [(1, False), (1, True)]
 
 
 def test_demo_help_lists_recipes():
@@ -148,12 +163,15 @@ def test_hydra_flags_and_overrides_are_separated():
 
 
 def test_cfg_job_prints_the_resolved_config():
-    result = subprocess.run(CLI + ["synth", "checkpoint=x", "--cfg", "job", "text=hi", "reference=r.wav"], capture_output=True, text=True)
+    result = subprocess.run(
+        CLI + ["synth", "checkpoint=x", "--cfg", "job", "text=hi", "reference=r.wav"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert "checkpoint: x" in result.stdout and "reference: r.wav" in result.stdout
 
 
 # --- nothing silently wrong on the command line ------------------------------------------------
+
 
 def _no_stage_may_run(monkeypatch):
     """Every stage's run() fails the test: what calls one is caught."""
@@ -168,7 +186,9 @@ def _no_stage_may_run(monkeypatch):
 
 def test_pipeline_override_no_stage_has_is_an_error_naming_close_keys(tmp_path):
     # Was: dropped silently, and the recipe ran.
-    result = subprocess.run(CLI + ["pipeline", "recipe=demo", "overrides=['max_step=5']"], capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        CLI + ["pipeline", "recipe=demo", "overrides=['max_step=5']"], capture_output=True, text=True, cwd=tmp_path
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: override 'max_step=5' matches no key of any stage of recipe 'demo' — fix: correct the key "
@@ -188,8 +208,13 @@ def test_pipeline_checks_dotted_keys_not_only_their_group(monkeypatch):
 
 # The stage verbs all go through one Hydra entry (run_stage), the pipeline verbs through run_pipeline:
 # every flag on one stage verb and both pipeline verbs, and --cfg job on every verb.
-FLAG_CASES = [(verb, flags) for verb in ("synth", "pipeline", "demo") for flags in (["--cfg", "job"], ["--help"], ["--info"])]
-FLAG_CASES += [(verb, ["--cfg", "job"]) for verb in ("prepare", "extend", "train-gpt", "train-decoder", "export", "web", "evaluate", "push")]
+FLAG_CASES = [
+    (verb, flags) for verb in ("synth", "pipeline", "demo") for flags in (["--cfg", "job"], ["--help"], ["--info"])
+]
+FLAG_CASES += [
+    (verb, ["--cfg", "job"])
+    for verb in ("prepare", "extend", "train-gpt", "train-decoder", "export", "web", "evaluate", "push")
+]
 
 
 @pytest.mark.parametrize("verb, flags", FLAG_CASES)
@@ -239,9 +264,13 @@ def test_readme_plain_overrides_form_reaches_every_stage_and_outputs_follow(monk
 def test_plain_list_elements_keep_their_own_brackets_and_quotes():
     from xtts_ft.cli import pipeline_overrides
 
-    assert pipeline_overrides("overrides=[paths.runs_dir=/x,+language_weights={en: 0.2, fr: 1},'languages=[wo,fr]']") == [
-        "paths.runs_dir=/x", "+language_weights={en: 0.2, fr: 1}", "'languages=[wo,fr]'"]
-    assert pipeline_overrides("""overrides=['max_step=5', "seed=1"]""") == ["max_step=5", "seed=1"]  # Hydra's quoted form
+    assert pipeline_overrides(
+        "overrides=[paths.runs_dir=/x,+language_weights={en: 0.2, fr: 1},'languages=[wo,fr]']"
+    ) == ["paths.runs_dir=/x", "+language_weights={en: 0.2, fr: 1}", "'languages=[wo,fr]'"]
+    assert pipeline_overrides("""overrides=['max_step=5', "seed=1"]""") == [
+        "max_step=5",
+        "seed=1",
+    ]  # Hydra's quoted form
     assert pipeline_overrides("overrides=[]") == []
 
 
@@ -261,33 +290,60 @@ def test_a_users_mistake_is_one_line_and_the_traceback_waits_for_hydra_full_erro
         f"error: model source '{tmp_path / 'no-such-export'}' is neither a directory nor a Hub id (owner/name) "
         "— fix: check the path (a relative path starts in the current directory)"
     ]
-    full = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    full = subprocess.run(
+        args, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HYDRA_FULL_ERROR": "1"}
+    )
     assert full.returncode == 1 and "Traceback" in full.stderr and "resolve_model_dir" in full.stderr
 
 
 def test_a_value_out_of_range_stops_before_anything_runs(tmp_path):
-    result = subprocess.run(CLI + ["train-gpt", "data=demo", "model=tiny", "max_steps=-5"], capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        CLI + ["train-gpt", "data=demo", "model=tiny", "max_steps=-5"], capture_output=True, text=True, cwd=tmp_path
+    )
     assert result.returncode == 1  # was 0, after "training" 0 steps
-    assert result.stderr.strip().splitlines() == ["error: max_steps=-5 is not an integer ≥ 1 — fix: max_steps=<an integer ≥ 1>"]
+    assert result.stderr.strip().splitlines() == [
+        "error: max_steps=-5 is not an integer ≥ 1 — fix: max_steps=<an integer ≥ 1>"
+    ]
     assert not (tmp_path / "models").exists() and not (tmp_path / "data").exists()
 
 
 def test_a_source_without_its_language_is_one_line(tmp_path):
-    result = subprocess.run(CLI + ["prepare", "data.name=x", "max_text_tokens=0", f"data.sources=[{{path: {tmp_path}, formatter: ljspeech}}]"],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        CLI
+        + ["prepare", "data.name=x", "max_text_tokens=0", f"data.sources=[{{path: {tmp_path}, formatter: ljspeech}}]"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 1  # was omegaconf's MissingMandatoryValue traceback
     assert result.stderr.strip().splitlines() == [
         "error: data.sources[0].language is required and was not given — fix: give it a value, data.sources[0].language=<value> "
-        "(inside a source's {...}: language: <value>)"]
+        "(inside a source's {...}: language: <value>)"
+    ]
 
 
 def test_unknown_language_from_the_cli_is_one_line(tmp_path, exported, prepared):
     reference = next((prepared / "wavs").glob("0_wavs__alicia*.wav"))
-    result = subprocess.run(CLI + ["synth", f"checkpoint={exported}", "text=Hi.", "language=xx", f"reference={reference}",
-                                   f"out={tmp_path / 'x.wav'}", "device=cpu"], capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        CLI
+        + [
+            "synth",
+            f"checkpoint={exported}",
+            "text=Hi.",
+            "language=xx",
+            f"reference={reference}",
+            f"out={tmp_path / 'x.wav'}",
+            "device=cpu",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: language 'xx' is not in this model's config.languages: en, "), result.stderr[-2000:]
+    assert lines[-1].startswith("error: language 'xx' is not in this model's config.languages: en, "), result.stderr[
+        -2000:
+    ]
     assert lines[-1].endswith(" — fix: language=<one of those> (a new language is added with `xtts-ft extend`)")
     assert "Traceback" not in result.stderr and "Error executing job" not in result.stderr
 
@@ -332,7 +388,9 @@ def test_ctrl_c_is_one_line_and_exit_status_130(capsys, monkeypatch):
         with user_errors_in_one_line():
             raise KeyboardInterrupt
     assert exit.value.code == 130
-    assert capsys.readouterr().err.startswith("interrupted — nothing unfinished was left looking complete; run the same command again")
+    assert capsys.readouterr().err.startswith(
+        "interrupted — nothing unfinished was left looking complete; run the same command again"
+    )
 
 
 def test_non_ascii_text_needs_no_extra_quoting(capsys):
@@ -388,5 +446,7 @@ def test_every_readme_command_line_composes(monkeypatch, capsys):
         try:
             cli.main([*args, "--cfg", "job"])
         except SystemExit as stop:
-            pytest.fail(f"README line `{' '.join(words)}` does not compose (exit {stop.code}): {capsys.readouterr().err}")
+            pytest.fail(
+                f"README line `{' '.join(words)}` does not compose (exit {stop.code}): {capsys.readouterr().err}"
+            )
         assert capsys.readouterr().out.strip(), " ".join(words)

@@ -30,9 +30,13 @@ def test_a_typo_added_with_plus_is_rejected_too():
     """Hydra's own message for a typo suggests `+max_step=7`, which it then adds: the stage ignored it."""
     from xtts_ft.config import ConfigValueError
 
-    with pytest.raises(ConfigValueError, match=r"max_step is not a setting of train_gpt — fix: did you mean max_steps=\.\.\.\?"):
+    with pytest.raises(
+        ConfigValueError, match=r"max_step is not a setting of train_gpt — fix: did you mean max_steps=\.\.\.\?"
+    ):
         compose("train_gpt", ["+max_step=7"])
-    assert compose("train_gpt", ["+language_weights={en: 0.2}"]).language_weights == {"en": 0.2}  # a setting's new entries: fine
+    assert compose("train_gpt", ["+language_weights={en: 0.2}"]).language_weights == {
+        "en": 0.2
+    }  # a setting's new entries: fine
 
 
 def test_wrong_type_is_rejected():
@@ -50,9 +54,17 @@ def test_a_home_folder_path_is_expanded_and_a_text_is_not(tmp_path):
     """`~` reaches Hydra quoted (or from a YAML file): a folder named `~` in the current directory was made."""
     from pathlib import Path
 
-    cfg = compose("prepare", ['paths.processed_dir="~/proc"', "data.name=x",
-                              'data.sources=[{path: "~/corpus", formatter: ljspeech, language: en}]'])
-    assert cfg.paths.processed_dir == str(Path.home() / "proc") and cfg.data.sources[0].path == str(Path.home() / "corpus")
+    cfg = compose(
+        "prepare",
+        [
+            'paths.processed_dir="~/proc"',
+            "data.name=x",
+            'data.sources=[{path: "~/corpus", formatter: ljspeech, language: en}]',
+        ],
+    )
+    assert cfg.paths.processed_dir == str(Path.home() / "proc") and cfg.data.sources[0].path == str(
+        Path.home() / "corpus"
+    )
     assert compose("synth", ['text="~/not a path"']).text == "~/not a path"
     assert compose("synth", ['checkpoint="~/exports/mine"']).checkpoint == str(Path.home() / "exports" / "mine")
 
@@ -61,7 +73,9 @@ def test_a_value_no_stage_can_run_with_is_refused_when_composed():
     from xtts_ft.config import ConfigValueError
 
     # Was: "trains the GPT for 0 steps" and exit 0.
-    with pytest.raises(ConfigValueError, match=r"max_steps=-5 is not an integer ≥ 1 — fix: max_steps=<an integer ≥ 1>"):
+    with pytest.raises(
+        ConfigValueError, match=r"max_steps=-5 is not an integer ≥ 1 — fix: max_steps=<an integer ≥ 1>"
+    ):
         compose("train_gpt", ["max_steps=-5"])
     with pytest.raises(ConfigValueError, match="precision=fp64 .* one of fp32, bf16, fp16"):
         compose("train_decoder", ["precision=fp64"])
@@ -118,7 +132,7 @@ def test_composing_a_stage_gives_its_schema_defaults_merged_with_its_groups(stag
     expected = OmegaConf.structured(SCHEMAS[stage])
     for entry in stage_yaml(stage)["defaults"]:
         if isinstance(entry, dict):  # a group: {data: demo}
-            (group, option), = entry.items()
+            ((group, option),) = entry.items()
             expected = OmegaConf.merge(expected, {group: OmegaConf.load(CONF_DIR / group / f"{option}.yaml")})
     # As YAML text: the same keys, values and key order (the order the config is saved in).
     assert OmegaConf.to_yaml(compose(stage)) == OmegaConf.to_yaml(expected)

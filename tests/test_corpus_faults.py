@@ -3,8 +3,8 @@ encoding, huge files, a worker that dies, paths that leave their folder, symlink
 
 import json
 import logging
-import re
 import os
+import re
 import signal
 import threading
 import time
@@ -15,16 +15,18 @@ import pytest
 import soundfile as sf
 from omegaconf import OmegaConf
 
-from xtts_ft.stages import prepare
 from xtts_ft.config import ColumnsConfig, SourceConfig, compose
 from xtts_ft.data import clips
 from xtts_ft.data.formatters import read_corpus
 from xtts_ft.data.sample import Sample, read_manifest, resolve_audio
+from xtts_ft.stages import prepare
 
 
 def _source(root: Path, formatter: str, columns=None, **fields):
     columns = ColumnsConfig(**columns) if columns else ColumnsConfig()
-    return OmegaConf.structured(SourceConfig(path=str(root), formatter=formatter, language="en", columns=columns, **fields))
+    return OmegaConf.structured(
+        SourceConfig(path=str(root), formatter=formatter, language="en", columns=columns, **fields)
+    )
 
 
 def _read(root: Path, formatter: str, metadata: bytes, name: str = "metadata.csv", **fields) -> list:
@@ -46,15 +48,21 @@ def _summary(records: list) -> list:
 
 
 def test_coqui_csv_rows_that_do_not_fit_the_header_are_malformed(tmp_path):
-    metadata = ("\ufeffaudio_file|text|speaker_name\r\n"  # BOM and CRLF, as Excel writes them
-                "wavs/a.wav|Hello | world|spk\r\n"  # a `|` inside the transcript
-                "wavs/b.wav|He said \"hi\".|spk\r\n"  # quotes are text
-                "wavs/c.wav|no speaker\r\n"  # too few fields
-                "\r\n"
-                "wavs/d.wav|Fine.|spk\r\n").encode()
+    metadata = (
+        "\ufeffaudio_file|text|speaker_name\r\n"  # BOM and CRLF, as Excel writes them
+        "wavs/a.wav|Hello | world|spk\r\n"  # a `|` inside the transcript
+        'wavs/b.wav|He said "hi".|spk\r\n'  # quotes are text
+        "wavs/c.wav|no speaker\r\n"  # too few fields
+        "\r\n"
+        "wavs/d.wav|Fine.|spk\r\n"
+    ).encode()
     records = _read(tmp_path / "c", "coqui_csv", metadata)
-    assert _summary(records) == [(2, "malformed_row"), (3, "b.wav", 'He said "hi".', "spk"), (4, "malformed_row"),
-                                 (6, "d.wav", "Fine.", "spk")]
+    assert _summary(records) == [
+        (2, "malformed_row"),
+        (3, "b.wav", 'He said "hi".', "spk"),
+        (4, "malformed_row"),
+        (6, "d.wav", "Fine.", "spk"),
+    ]
     message = records[0]["rejected"][1]
     assert message.startswith(f"{tmp_path / 'c' / 'metadata.csv'}:2: 4 fields where the header has 3")
     assert records[0]["row"] == "wavs/a.wav|Hello | world|spk"
@@ -68,48 +76,72 @@ def test_a_bom_does_not_hide_the_header_or_the_first_id(tmp_path):
 
 
 def test_ljspeech_rows_have_exactly_three_fields(tmp_path):
-    metadata = ("LJ001|Hello | world|hello | world\n"  # 5 fields: no reading of it is safe
-                "LJ002|Two fields only\n"
-                "LJ003|Dr. Smith|Doctor Smith\r\n"
-                "LJ004|\"Quoted,\" he said.|\n").encode()  # empty normalized column: the text
+    metadata = (
+        "LJ001|Hello | world|hello | world\n"  # 5 fields: no reading of it is safe
+        "LJ002|Two fields only\n"
+        "LJ003|Dr. Smith|Doctor Smith\r\n"
+        'LJ004|"Quoted," he said.|\n'
+    ).encode()  # empty normalized column: the text
     assert _summary(_read(tmp_path / "lj", "ljspeech", metadata)) == [
-        (1, "malformed_row"), (2, "malformed_row"), (3, "LJ003.wav", "Doctor Smith", "lj"),
-        (4, "LJ004.wav", '"Quoted," he said.', "lj")]
+        (1, "malformed_row"),
+        (2, "malformed_row"),
+        (3, "LJ003.wav", "Doctor Smith", "lj"),
+        (4, "LJ004.wav", '"Quoted," he said.', "lj"),
+    ]
 
 
 def test_csv_quotes_are_parsed_and_a_stray_quote_swallows_nothing_silently(tmp_path):
-    metadata = ("file,sentence,who\r\n"
-                "a.wav,\"Hello, world\",ann\r\n"  # a quoted delimiter: one field
-                "b.wav,Hello, world,ann\n"  # unquoted: 4 fields
-                "c.wav,\"never closed,ann\n"  # the quote runs into the next lines...
-                "d.wav,x,ann\n"
-                "e.wav,\"He said \"\"hi\"\"\",ann\n"  # ...until this row's quotes end it badly
-                "f.wav,Fine.,ann\n").encode()
+    metadata = (
+        "file,sentence,who\r\n"
+        'a.wav,"Hello, world",ann\r\n'  # a quoted delimiter: one field
+        "b.wav,Hello, world,ann\n"  # unquoted: 4 fields
+        'c.wav,"never closed,ann\n'  # the quote runs into the next lines...
+        "d.wav,x,ann\n"
+        'e.wav,"He said ""hi""",ann\n'  # ...until this row's quotes end it badly
+        "f.wav,Fine.,ann\n"
+    ).encode()
     columns = {"audio": "file", "text": "sentence", "speaker": "who"}
     records = _read(tmp_path / "t", "table", metadata, name="meta.csv", columns=columns)
-    assert _summary(records) == [(2, "a.wav", "Hello, world", "ann"), (3, "malformed_row"), (4, "malformed_row"),
-                                 (7, "f.wav", "Fine.", "ann")]
-    assert records[2]["source_line"].endswith("meta.csv:4-6") and "lines 4-6 read as one row" in records[2]["rejected"][1]
+    assert _summary(records) == [
+        (2, "a.wav", "Hello, world", "ann"),
+        (3, "malformed_row"),
+        (4, "malformed_row"),
+        (7, "f.wav", "Fine.", "ann"),
+    ]
+    assert (
+        records[2]["source_line"].endswith("meta.csv:4-6") and "lines 4-6 read as one row" in records[2]["rejected"][1]
+    )
 
 
 def test_tsv_and_jsonl_rows_that_do_not_fit_are_malformed(tmp_path):
-    tsv = "client_id\tpath\tsentence\r\nabc\ta.wav\tSay \"cheese\".\r\nabc\tb.wav\tOne\tTwo\r\nabc\tc.wav\r\n".encode()
+    tsv = 'client_id\tpath\tsentence\r\nabc\ta.wav\tSay "cheese".\r\nabc\tb.wav\tOne\tTwo\r\nabc\tc.wav\r\n'.encode()
     assert _summary(_read(tmp_path / "cv", "common_voice", tsv, name="validated.tsv")) == [
-        (2, "a.wav", 'Say "cheese".', "abc"), (3, "malformed_row"), (4, "malformed_row")]
+        (2, "a.wav", 'Say "cheese".', "abc"),
+        (3, "malformed_row"),
+        (4, "malformed_row"),
+    ]
     jsonl = '{"file": "a.wav", "sentence": "One."}\n{"file": "b.wav", \n[1, 2]\n{"file": "d.wav", "sentence": "Four."}\n'.encode()
     columns = {"audio": "file", "text": "sentence"}
     assert _summary(_read(tmp_path / "j", "table", jsonl, name="meta.jsonl", columns=columns, speaker="s")) == [
-        (1, "a.wav", "One.", "s"), (2, "malformed_row"), (3, "malformed_row"), (4, "d.wav", "Four.", "s")]
+        (1, "a.wav", "One.", "s"),
+        (2, "malformed_row"),
+        (3, "malformed_row"),
+        (4, "d.wav", "Four.", "s"),
+    ]
 
 
 def test_a_line_that_is_not_utf8_costs_that_row_only(tmp_path):
-    metadata = "audio_file|text|speaker_name\nwavs/a.wav|Naïve.|s\n".encode() + "wavs/b.wav|Café.|s\n".encode("latin-1") \
+    metadata = (
+        "audio_file|text|speaker_name\nwavs/a.wav|Naïve.|s\n".encode()
+        + "wavs/b.wav|Café.|s\n".encode("latin-1")
         + "wavs/c.wav|Three.|s\n".encode()
+    )
     records = _read(tmp_path / "c", "coqui_csv", metadata)
     assert _summary(records) == [(2, "a.wav", "Naïve.", "s"), (3, "bad_encoding"), (4, "c.wav", "Three.", "s")]
     assert records[1]["rejected"][1] == (
         f"{tmp_path / 'c' / 'metadata.csv'}:3: not valid utf-8 (byte 0xe9 at column 15); fix the line, or set "
-        "data.sources[i].encoding to the file's encoding (e.g. latin-1, cp1252) if all of it is in another one")
+        "data.sources[i].encoding to the file's encoding (e.g. latin-1, cp1252) if all of it is in another one"
+    )
     assert records[1]["row"] == "wavs/b.wav|Caf\\xe9.|s"
 
     latin = "audio_file|text|speaker_name\nwavs/b.wav|Café.|s\n".encode("latin-1")
@@ -136,9 +168,18 @@ def _tone(seconds=1.0, rate=22050):
 
 
 def _prepare(tmp_path, root, *overrides, formatter="coqui_csv"):
-    return prepare.run(compose("prepare", [
-        "data.name=t", f"data.sources=[{{path: {root}, formatter: {formatter}, language: en}}]",
-        f"paths.processed_dir={tmp_path / 'out'}", "max_text_tokens=0", *overrides]))
+    return prepare.run(
+        compose(
+            "prepare",
+            [
+                "data.name=t",
+                f"data.sources=[{{path: {root}, formatter: {formatter}, language: en}}]",
+                f"paths.processed_dir={tmp_path / 'out'}",
+                "max_text_tokens=0",
+                *overrides,
+            ],
+        )
+    )
 
 
 def _dropped(out):
@@ -156,11 +197,19 @@ def test_prepare_drops_bad_rows_with_their_line_and_keeps_the_rest(tmp_path, cap
         sf.write(root / "wavs" / f"{name}.wav", _tone(), 22050)
     (root / "metadata.csv").write_bytes(
         "\ufeffaudio_file|text|speaker_name\r\nwavs/a.wav|First one.|s\r\nwavs/b.wav|Hello | world|s\r\n".encode()
-        + "wavs/c.wav|Café.|s\r\n".encode("latin-1") + "wavs/d.wav|Fourth one.|s\r\n".encode())
+        + "wavs/c.wav|Café.|s\r\n".encode("latin-1")
+        + "wavs/d.wav|Fourth one.|s\r\n".encode()
+    )
     out = _prepare(tmp_path, root)
-    assert [(d["reason"], d["source_line"].rsplit(":", 1)[1]) for d in _dropped(out)] == [("malformed_row", "3"), ("bad_encoding", "4")]
+    assert [(d["reason"], d["source_line"].rsplit(":", 1)[1]) for d in _dropped(out)] == [
+        ("malformed_row", "3"),
+        ("bad_encoding", "4"),
+    ]
     assert sorted(s.text for s in _kept(out)) == ["first one.", "fourth one."]
-    assert json.loads((out / "stats.json").read_text())["dropped"]["reasons"] == {"malformed_row": 1, "bad_encoding": 1}
+    assert json.loads((out / "stats.json").read_text())["dropped"]["reasons"] == {
+        "malformed_row": 1,
+        "bad_encoding": 1,
+    }
     _prepare(tmp_path, root)  # the rejected rows' records are as stable as the others
     assert "is up to date" in capsys.readouterr().out
 
@@ -170,15 +219,23 @@ def test_transcripts_with_annotation_markup_are_dropped_not_spoken(tmp_path):
     it. Dropped with the tags named; parentheses (ordinary punctuation) are kept."""
     root = tmp_path / "corpus"
     (root / "wavs").mkdir(parents=True)
-    texts = ["So this is it.", "So <unk> this is it.", "[laughter] So this is it.", "So this {breath} is it.",
-             "So this (the last one) is it."]
+    texts = [
+        "So this is it.",
+        "So <unk> this is it.",
+        "[laughter] So this is it.",
+        "So this {breath} is it.",
+        "So this (the last one) is it.",
+    ]
     for i in range(len(texts)):
         sf.write(root / "wavs" / f"{i}.wav", _tone(), 22050)
-    (root / "metadata.csv").write_text("audio_file|text|speaker_name\n" + "".join(
-        f"wavs/{i}.wav|{text}|s\n" for i, text in enumerate(texts)))
+    (root / "metadata.csv").write_text(
+        "audio_file|text|speaker_name\n" + "".join(f"wavs/{i}.wav|{text}|s\n" for i, text in enumerate(texts))
+    )
     out = _prepare(tmp_path, root)
     dropped = _dropped(out)
-    assert [(d["reason"], d["source_line"].rsplit(":", 1)[1]) for d in dropped] == [("annotation_markup", str(n)) for n in (3, 4, 5)]
+    assert [(d["reason"], d["source_line"].rsplit(":", 1)[1]) for d in dropped] == [
+        ("annotation_markup", str(n)) for n in (3, 4, 5)
+    ]
     assert "annotation markup <unk>, which the model would learn to say; fix: remove the tags" in dropped[0]["message"]
     assert sorted(s.text for s in _kept(out)) == ["so this (the last one) is it.", "so this is it."]
     assert not prepare.MARKUP.search("Mu ne <<waaw>> rekk")  # French quotes typed as << >> are not a tag
@@ -265,12 +322,16 @@ def test_symlinks_inside_the_corpus_are_followed(tmp_path):
     root = tmp_path / "corpus"
     root.mkdir()
     (root / "wavs").symlink_to(elsewhere)
-    (root / "metadata.csv").write_text("audio_file|text|speaker_name\nwavs/a.wav|One.|s\nwavs/b.wav|Two.|s\n"
-                                       "wavs/../wavs/a.wav|Same file again.|s\n../disk2/wavs/b.wav|Climbs out.|s\n")
+    (root / "metadata.csv").write_text(
+        "audio_file|text|speaker_name\nwavs/a.wav|One.|s\nwavs/b.wav|Two.|s\n"
+        "wavs/../wavs/a.wav|Same file again.|s\n../disk2/wavs/b.wav|Climbs out.|s\n"
+    )
     out = _prepare(tmp_path, root)
     assert sorted(s.text for s in _kept(out)) == ["one.", "two."]
     assert [(d["reason"], d["source_line"].rsplit(":", 1)[1]) for d in _dropped(out)] == [
-        ("duplicate_audio", "4"), ("outside_root", "5")]
+        ("duplicate_audio", "4"),
+        ("outside_root", "5"),
+    ]
 
 
 def test_no_split_possible_explains_the_drops_and_writes_them_first(tmp_path):
@@ -279,9 +340,14 @@ def test_no_split_possible_explains_the_drops_and_writes_them_first(tmp_path):
     sf.write(tmp_path / "x.wav", _tone(), 22050)
     (root / "metadata.csv").write_text("audio_file|text|speaker_name\n../x.wav|One.|s\n../x.wav|Two.|s\n")
     partial = tmp_path / "out" / ".t.partial"
-    with pytest.raises(ValueError, match=(r"from 0 kept clip\(s\).*2 record\(s\) were dropped \(outside_root 2\), "
-                                          rf"e\.g\. .*metadata\.csv:2: {tmp_path / 'x.wav'} is outside the corpus root .*"
-                                          rf"every dropped record and its reason: {partial / 'dropped.jsonl'}")):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"from 0 kept clip\(s\).*2 record\(s\) were dropped \(outside_root 2\), "
+            rf"e\.g\. .*metadata\.csv:2: {tmp_path / 'x.wav'} is outside the corpus root .*"
+            rf"every dropped record and its reason: {partial / 'dropped.jsonl'}"
+        ),
+    ):
         _prepare(tmp_path, root)
     assert [d["reason"] for d in _dropped(partial)] == ["outside_root", "outside_root"]
     assert not (tmp_path / "out" / "t").exists()
@@ -296,10 +362,15 @@ def test_manifest_rows_cannot_leave_the_manifests_folder(tmp_path):
         sample.audio = escaping
         with pytest.raises(ValueError, match=rf"train.jsonl: audio '{escaping}' is not inside the manifest's folder"):
             resolve_audio(manifest, sample)
-    manifest.write_bytes("\ufeff".encode() + json.dumps(
-        {"audio": "wavs/a.wav", "text": "x", "speaker": "s", "language": "en", "duration": 1.0}).encode() + b"\n")
+    manifest.write_bytes(
+        "\ufeff".encode()
+        + json.dumps({"audio": "wavs/a.wav", "text": "x", "speaker": "s", "language": "en", "duration": 1.0}).encode()
+        + b"\n"
+    )
     assert read_manifest(manifest)[0].audio == "wavs/a.wav"  # a BOM (a hand-edited manifest) is no error
-    manifest.write_text(json.dumps({"audio": "wavs/a.wav", "text": "x", "speaker": "s", "language": "en", "duration": "abc"}) + "\n")
+    manifest.write_text(
+        json.dumps({"audio": "wavs/a.wav", "text": "x", "speaker": "s", "language": "en", "duration": "abc"}) + "\n"
+    )
     with pytest.raises(ValueError, match=r"train.jsonl:1: duration 'abc' is not a number of seconds — fix"):
         read_manifest(manifest)
 
@@ -320,20 +391,28 @@ def test_batch_names_stay_inside_out_dir_and_are_unique(tmp_path, caplog):
         requests_of("text,name\nOne.,a\nTwo.,b\nThree.,./a\n")
     # Dirty tables (a QA pass): a comma in an unquoted text is an error naming its line, not a text cut at the
     # comma; lines are the file's own (blank lines and quoted line breaks counted); not UTF-8, or empty: one line.
-    with pytest.raises(ValueError, match=r't.csv, line 3: 2 fields, the header has 1 — fix: a comma inside a text needs '
-                                         r'the text in double quotes, e.g. "Hello, world."'):
+    with pytest.raises(
+        ValueError,
+        match=r"t.csv, line 3: 2 fields, the header has 1 — fix: a comma inside a text needs "
+        r'the text in double quotes, e.g. "Hello, world."',
+    ):
         requests_of("text\nOne.\nHello, world.\n")
     assert [r["text"] for r in requests_of('text\n"Hello, world."\n')] == ["Hello, world."]
     with pytest.raises(ValueError, match=r"t.csv, line 6: empty text"):
         requests_of('text,name\n"Two\nlines.",a\n\nOne.,b\n,c\n')
     (tmp_path / "t.csv").write_bytes("text\nCaf\u00e9.\n".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"t.csv is not UTF-8 text \(byte 8: invalid continuation byte\) — fix: save it as UTF-8"):
+    with pytest.raises(
+        ValueError, match=r"t.csv is not UTF-8 text \(byte 8: invalid continuation byte\) — fix: save it as UTF-8"
+    ):
         read_requests(tmp_path / "t.csv", "en", "ref.wav", None)
     with pytest.raises(ValueError, match=r"t.csv: no `text` column \(columns: none: the file is empty\)"):
         requests_of("")
     (tmp_path / "t.tsv").write_text('text\tname\n"Waaw," ne na.\ta\n')  # a TSV has no quoting: the text's quotes stay
     assert [r["text"] for r in read_requests(tmp_path / "t.tsv", "en", "ref.wav", None)] == ['"Waaw," ne na.']
-    assert [r["where"] for r in requests_of("text\nOne.\n\nTwo.\n")] == [f"{tmp_path / 't.csv'}, line 2", f"{tmp_path / 't.csv'}, line 4"]
+    assert [r["where"] for r in requests_of("text\nOne.\n\nTwo.\n")] == [
+        f"{tmp_path / 't.csv'}, line 2",
+        f"{tmp_path / 't.csv'}, line 4",
+    ]
     # A .txt has no header: a first line "text" (a table's habit) is spoken, and said so.
     (tmp_path / "t.txt").write_text("text\nOne.\n")
     with caplog.at_level(logging.WARNING, logger="xtts_ft.inference"):
@@ -345,19 +424,23 @@ def test_batch_names_stay_inside_out_dir_and_are_unique(tmp_path, caplog):
     with pytest.raises(ValueError, match=r"name\(s\) '\.\./x' would write outside out_dir"):
         synthesizer.synthesize_batch([{"text": "a", "language": "en", "name": "../x"}], tmp_path / "out")
     with pytest.raises(ValueError, match=r"name\(s\) '0001' are given to more than one request"):
-        synthesizer.synthesize_batch([{"text": "a", "language": "en", "name": "0001"}, {"text": "b", "language": "en"}],
-                                     tmp_path / "out")
+        synthesizer.synthesize_batch(
+            [{"text": "a", "language": "en", "name": "0001"}, {"text": "b", "language": "en"}], tmp_path / "out"
+        )
     assert not (tmp_path / "out").exists()
 
 
 # --- data safety and dirty rows found by a QA pass ----------------------------------------------
+
 
 def _corpus(root: Path, rows: dict, header="audio_file|text|speaker_name", line_end="\n") -> Path:
     """A coqui_csv corpus: {relative audio path: text}, each clip a tone of its own length."""
     for i, name in enumerate(rows):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         sf.write(root / name, _tone(1.0 + 0.25 * i), 22050, format="WAV" if name.endswith(".wav") else "FLAC")
-    (root / "metadata.csv").write_text(line_end.join([header, *(f"{name}|{text}|s" for name, text in rows.items())]) + line_end)
+    (root / "metadata.csv").write_text(
+        line_end.join([header, *(f"{name}|{text}|s" for name, text in rows.items())]) + line_end
+    )
     return root
 
 
@@ -396,14 +479,18 @@ def test_numbers_coqui_cannot_spell_stay_digits(tiny_model_dir, caplog, monkeypa
         assert clean_text("आज 2024 में 50% बारिश", "hi") == "आज 2024 में 50 प्रतिशत बारिश"  # the symbol still spelled
         assert clean_text("आज 2025", "hi") == "आज 2025"
     assert [r.getMessage()[:40] for r in caplog.records] == ["some numbers in 'hi' text are left as di"]  # once
-    assert clean_text("Número " + "7" * 30 + " y 5", "es") == "número " + "7" * 30 + " y cinco"  # each number on its own
+    assert (
+        clean_text("Número " + "7" * 30 + " y 5", "es") == "número " + "7" * 30 + " y cinco"
+    )  # each number on its own
     assert clean_text("I have 5 cats.", "en") == "i have five cats."
     tokenizer = XttsTokenizer(tiny_model_dir / "vocab.json")
     assert tokenizer.encode("आज 2024", "hi") == tokenizer.encode("आज 2024", "hi", report_unknown=False)  # no exception
 
 
 def test_a_clip_deleted_from_the_dataset_is_rebuilt_and_an_empty_audio_field_is_named(tmp_path):
-    root = _corpus(tmp_path / "corpus", {"wavs/a.wav": "First one.", "wavs/b.wav": "Second one.", "wavs/c.wav": "Third one."})
+    root = _corpus(
+        tmp_path / "corpus", {"wavs/a.wav": "First one.", "wavs/b.wav": "Second one.", "wavs/c.wav": "Third one."}
+    )
     with open(root / "metadata.csv", "a") as f:
         f.write("|An empty audio field.|s\nwavs|A folder.|s\nwavs\\c.wav|Windows.|s\n")
     out = _prepare(tmp_path, root)
@@ -423,14 +510,31 @@ def test_a_table_without_speakers_is_said_and_a_semicolon_csv_is_named(tmp_path,
     (root / "wavs").mkdir(parents=True)
     for name in ("a", "b", "c"):
         sf.write(root / "wavs" / f"{name}.wav", _tone(1.5), 22050)
-    (root / "metadata.csv").write_text("file,sentence,Who,mood\nwavs/a.wav,First one.,ann, sad \nwavs/b.wav,Second one.,bob,sad\n"
-                                       "wavs/c.wav,Third one.,ann,\n")
+    (root / "metadata.csv").write_text(
+        "file,sentence,Who,mood\nwavs/a.wav,First one.,ann, sad \nwavs/b.wav,Second one.,bob,sad\n"
+        "wavs/c.wav,Third one.,ann,\n"
+    )
     source = "formatter: table, columns: {audio: file, text: sentence, emotion: mood}"
     with caplog.at_level("WARNING", logger="xtts_ft.data.formatters"):
-        records = read_corpus(root, OmegaConf.structured(SourceConfig(path=str(root), language="en", formatter="table",
-                                                                      columns=ColumnsConfig(audio="file", text="sentence", emotion="mood"))))
-    assert {r["speaker"] for r in records} == {"corpus"} and [r.get("emotion") for r in records] == ["sad", "sad", None]
-    assert any("no speaker in column 'speaker', so every clip is speaker 'corpus'" in r.getMessage() for r in caplog.records)
+        records = read_corpus(
+            root,
+            OmegaConf.structured(
+                SourceConfig(
+                    path=str(root),
+                    language="en",
+                    formatter="table",
+                    columns=ColumnsConfig(audio="file", text="sentence", emotion="mood"),
+                )
+            ),
+        )
+    assert {r["speaker"] for r in records} == {"corpus"} and [r.get("emotion") for r in records] == [
+        "sad",
+        "sad",
+        None,
+    ]
+    assert any(
+        "no speaker in column 'speaker', so every clip is speaker 'corpus'" in r.getMessage() for r in caplog.records
+    )
     (root / "metadata.csv").write_text("file;sentence\nwavs/a.wav;First one.\n")
     with pytest.raises(ValueError, match=r"looks ';'-separated.* — fix: save it comma-separated"):
         _prepare(tmp_path, root, formatter=f"table, {source.split(', ', 1)[1]}")
@@ -442,7 +546,10 @@ def test_a_dataset_from_other_corpora_is_not_replaced_without_force(tmp_path):
     second = _corpus(tmp_path / "second", {"wavs/c.wav": "Third one.", "wavs/d.wav": "Fourth one."})
     out = _prepare(tmp_path, first)
     before = (out / "train.jsonl").read_text() + (out / "eval.jsonl").read_text()
-    with pytest.raises(FileExistsError, match=rf"holds the dataset 't' prepared from {re.escape(str(first))}.* — fix: .*data.name=<name>, or prepare's force=true"):
+    with pytest.raises(
+        FileExistsError,
+        match=rf"holds the dataset 't' prepared from {re.escape(str(first))}.* — fix: .*data.name=<name>, or prepare's force=true",
+    ):
         _prepare(tmp_path, second)
     assert (out / "train.jsonl").read_text() + (out / "eval.jsonl").read_text() == before  # untouched
     assert "Third one" in "".join(s.extra["raw_text"] for s in _kept(_prepare(tmp_path, second, "force=true")))
@@ -451,26 +558,37 @@ def test_a_dataset_from_other_corpora_is_not_replaced_without_force(tmp_path):
 def test_line_separators_in_a_transcript_keep_the_manifest_readable(tmp_path):
     """U+0085 (a cp1252 … read as latin-1), U+2028: JSON keeps them raw, and a reader splitting on
     them as str.splitlines does would cut a manifest line in two."""
-    root = _corpus(tmp_path / "corpus", {"wavs/a.wav": "Wait\x85 what", "wavs/b.wav": "One\u2028two", "wavs/c.wav": "Third one."})
+    root = _corpus(
+        tmp_path / "corpus", {"wavs/a.wav": "Wait\x85 what", "wavs/b.wav": "One\u2028two", "wavs/c.wav": "Third one."}
+    )
     out = _prepare(tmp_path, root)
     kept = _kept(out)
     assert sorted(s.extra["raw_text"] for s in kept) == ["One\u2028two", "Third one.", "Wait\x85 what"]
 
 
 def test_a_quote_closed_a_row_later_swallows_no_row(tmp_path):
-    metadata = ('file_name,text\n'
-                'c1.wav,"He said hi, then\n'  # a quote opened here...
-                'c2.wav,he left the room"\n'  # ...closes here: to the csv module one row of two fields
-                'c3.wav,"One line,\nand its second, line"\n'  # a field over two lines, commas in both, is not a row: kept
-                'c4.wav,Fine.\n').encode()
+    metadata = (
+        "file_name,text\n"
+        'c1.wav,"He said hi, then\n'  # a quote opened here...
+        'c2.wav,he left the room"\n'  # ...closes here: to the csv module one row of two fields
+        'c3.wav,"One line,\nand its second, line"\n'  # a field over two lines, commas in both, is not a row: kept
+        "c4.wav,Fine.\n"
+    ).encode()
     records = _read(tmp_path / "af", "audiofolder", metadata)
-    assert _summary(records) == [(2, "malformed_row"), (4, "c3.wav", "One line,\nand its second, line", "af"), (6, "c4.wav", "Fine.", "af")]
+    assert _summary(records) == [
+        (2, "malformed_row"),
+        (4, "c3.wav", "One line,\nand its second, line", "af"),
+        (6, "c4.wav", "Fine.", "af"),
+    ]
     assert "lines 2-3 were read as one row, but a later line is a row of its own" in records[0]["rejected"][1]
 
 
 def test_output_names_never_collide(tmp_path):
     """x_flac.wav, x.wav and x.flac: the fallback name of the third is the first's name."""
-    root = _corpus(tmp_path / "corpus", {"wavs/x_flac.wav": "First one.", "wavs/x.wav": "Second one.", "wavs/x.flac": "Third one."})
+    root = _corpus(
+        tmp_path / "corpus",
+        {"wavs/x_flac.wav": "First one.", "wavs/x.wav": "Second one.", "wavs/x.flac": "Third one."},
+    )
     out = _prepare(tmp_path, root, "trim_top_db=60")
     kept = _kept(out)
     assert len({s.audio for s in kept}) == 3
@@ -479,28 +597,51 @@ def test_output_names_never_collide(tmp_path):
 
 
 def test_a_wav_cut_short_is_dropped_not_kept_with_its_whole_transcript(tmp_path):
-    root = _corpus(tmp_path / "corpus", {"wavs/a.wav": "First one.", "wavs/b.wav": "Second one.", "wavs/c.wav": "Third one."})
+    root = _corpus(
+        tmp_path / "corpus", {"wavs/a.wav": "First one.", "wavs/b.wav": "Second one.", "wavs/c.wav": "Third one."}
+    )
     whole = (root / "wavs" / "c.wav").read_bytes()
-    (root / "wavs" / "c.wav").write_bytes(whole[:len(whole) // 3])  # an interrupted copy: the header still says 1.5 s
+    (root / "wavs" / "c.wav").write_bytes(whole[: len(whole) // 3])  # an interrupted copy: the header still says 1.5 s
     out = _prepare(tmp_path, root)
     [dropped] = _dropped(out)
-    assert dropped["reason"] == "unreadable_audio" and "is cut short: its header promises 1.50 s, the file holds 0.50 s" in dropped["message"]
+    assert (
+        dropped["reason"] == "unreadable_audio"
+        and "is cut short: its header promises 1.50 s, the file holds 0.50 s" in dropped["message"]
+    )
     assert sorted(s.text for s in _kept(out)) == ["first one.", "second one."]
 
 
 def test_transcripts_without_a_letter_are_empty_and_html_entities_are_read(tmp_path):
-    root = _corpus(tmp_path / "corpus", {"wavs/a.wav": "...", "wavs/b.wav": "?!", "wavs/c.wav": "Tom &amp; Jerry &quot;run&quot;.",
-                                         "wavs/d.wav": "Fine."}, line_end="\r")  # classic Mac OS line endings, too
+    root = _corpus(
+        tmp_path / "corpus",
+        {
+            "wavs/a.wav": "...",
+            "wavs/b.wav": "?!",
+            "wavs/c.wav": "Tom &amp; Jerry &quot;run&quot;.",
+            "wavs/d.wav": "Fine.",
+        },
+        line_end="\r",
+    )  # classic Mac OS line endings, too
     out = _prepare(tmp_path, root)
-    assert [(d["reason"], d["source_line"].rsplit(":", 1)[1]) for d in _dropped(out)] == [("empty_text", "2"), ("empty_text", "3")]
+    assert [(d["reason"], d["source_line"].rsplit(":", 1)[1]) for d in _dropped(out)] == [
+        ("empty_text", "2"),
+        ("empty_text", "3"),
+    ]
     assert "'...' has no letter or digit" in _dropped(out)[0]["message"]
     assert sorted(s.text for s in _kept(out)) == ["fine.", "tom and jerry run."]
 
 
 def test_a_language_code_is_checked_before_any_work(tmp_path, caplog):
     root = _corpus(tmp_path / "corpus", {"wavs/a.wav": "First one.", "wavs/b.wav": "Second one."})
-    cfg = compose("prepare", ["data.name=t", f"data.sources=[{{path: {root}, formatter: coqui_csv, language: EN}}]",
-                              f"paths.processed_dir={tmp_path / 'out'}", "max_text_tokens=0"])
+    cfg = compose(
+        "prepare",
+        [
+            "data.name=t",
+            f"data.sources=[{{path: {root}, formatter: coqui_csv, language: EN}}]",
+            f"paths.processed_dir={tmp_path / 'out'}",
+            "max_text_tokens=0",
+        ],
+    )
     with pytest.raises(ValueError, match="language codes are lower case — fix: language: en"):
         prepare.run(cfg)
     assert not (tmp_path / "out").exists()
@@ -509,7 +650,9 @@ def test_a_language_code_is_checked_before_any_work(tmp_path, caplog):
     cfg.data.sources[0].language = "xx"  # a new language (or a typo): said once, and prepared
     with caplog.at_level("WARNING", logger="xtts_ft.stages.prepare"):
         prepare.run(cfg)
-    assert [r.getMessage() for r in caplog.records if "'xx' is not one of the base model's languages" in r.getMessage()]
+    assert [
+        r.getMessage() for r in caplog.records if "'xx' is not one of the base model's languages" in r.getMessage()
+    ]
 
 
 def test_a_metadata_file_that_cannot_be_read_is_named(tmp_path, monkeypatch):
@@ -524,7 +667,9 @@ def test_a_metadata_file_that_cannot_be_read_is_named(tmp_path, monkeypatch):
         return real(path)
 
     monkeypatch.setattr(Path, "read_bytes", denied)
-    with pytest.raises(OSError, match=r"cannot read metadata file .*metadata.csv: Permission denied; check that it is readable") as error:
+    with pytest.raises(
+        OSError, match=r"cannot read metadata file .*metadata.csv: Permission denied; check that it is readable"
+    ) as error:
         read_corpus(root, _source(root, "coqui_csv"))
     assert is_user_error(error.value)  # one line on the console, not a traceback
 
@@ -533,16 +678,24 @@ def test_a_dc_offset_is_removed_and_a_hot_float_file_is_not_clipped(tmp_path):
     root = tmp_path / "corpus"
     (root / "wavs").mkdir(parents=True)
     silence = np.zeros(22050, np.float32)
-    sf.write(root / "wavs" / "dc.wav", np.concatenate([silence, _tone(), silence]) + 0.4, 22050, subtype="FLOAT")  # a faulty recorder
-    sf.write(root / "wavs" / "hot.wav", 6.0 * _tone(), 22050, subtype="FLOAT")  # peaks near 2.4: recorded hot, never clipped
+    sf.write(
+        root / "wavs" / "dc.wav", np.concatenate([silence, _tone(), silence]) + 0.4, 22050, subtype="FLOAT"
+    )  # a faulty recorder
+    sf.write(
+        root / "wavs" / "hot.wav", 6.0 * _tone(), 22050, subtype="FLOAT"
+    )  # peaks near 2.4: recorded hot, never clipped
     sf.write(root / "wavs" / "ok.wav", _tone(1.5), 22050)
-    (root / "metadata.csv").write_text("audio_file|text|speaker_name\nwavs/dc.wav|First one.|s\nwavs/hot.wav|Second one.|s\n"
-                                       "wavs/ok.wav|Third one.|s\n")
+    (root / "metadata.csv").write_text(
+        "audio_file|text|speaker_name\nwavs/dc.wav|First one.|s\nwavs/hot.wav|Second one.|s\n"
+        "wavs/ok.wav|Third one.|s\n"
+    )
     out = _prepare(tmp_path, root)
     assert _dropped(out) == []
     clips = {s.text: sf.read(resolve_audio(out / "train.jsonl", s))[0] for s in _kept(out)}
     dc = clips["first one."]
-    assert abs(dc.mean()) < 0.01 and len(dc) < 1.5 * 22050  # the offset gone, so the silence around the tone is trimmed
+    assert (
+        abs(dc.mean()) < 0.01 and len(dc) < 1.5 * 22050
+    )  # the offset gone, so the silence around the tone is trimmed
     assert 0.9 < np.abs(clips["second one."]).max() <= 1.0  # scaled to fit, not flattened at full scale
 
 
@@ -557,7 +710,9 @@ def test_messages_for_common_mistakes_name_the_fix(tmp_path):
     import unicodedata
 
     # Excel's "Unicode text": a UTF-16 file read as UTF-8.
-    with pytest.raises(ValueError, match="starts with a UTF-16 byte-order mark: it is not utf-8 — fix: set data.sources"):
+    with pytest.raises(
+        ValueError, match="starts with a UTF-16 byte-order mark: it is not utf-8 — fix: set data.sources"
+    ):
         _read(tmp_path / "u16", "coqui_csv", "audio_file|text|speaker_name\nwavs/a.wav|Hi.|s\n".encode("utf-16"))
     # LJSpeech ids written with their extension; a file name in the other Unicode form (macOS: NFD on disk).
     root = tmp_path / "lj"
@@ -565,8 +720,9 @@ def test_messages_for_common_mistakes_name_the_fix(tmp_path):
     for name in ("LJ001-0001", "LJ001-0002", unicodedata.normalize("NFD", "café")):
         sf.write(root / "wavs" / f"{name}.wav", _tone(), 22050)
     (root / "wavs" / "empty.wav").write_bytes(b"")
-    (root / "metadata.csv").write_text("LJ001-0001.wav|First one.|First one.\nLJ001-0002|Second one.|\ncafé|Third one.|\n"
-                                       "empty|Fourth one.|\n")
+    (root / "metadata.csv").write_text(
+        "LJ001-0001.wav|First one.|First one.\nLJ001-0002|Second one.|\ncafé|Third one.|\nempty|Fourth one.|\n"
+    )
     out = _prepare(tmp_path, root, formatter="ljspeech")
     assert sorted(s.text for s in _kept(out)) == ["first one.", "second one.", "third one."]
     [dropped] = _dropped(out)
@@ -575,12 +731,17 @@ def test_messages_for_common_mistakes_name_the_fix(tmp_path):
     from xtts_ft.data.audio import header_seconds
 
     (root / "wavs" / "phone.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A ")
-    with pytest.raises(RuntimeError, match=r"\.m4a is not a format libsndfile reads — fix: convert it \(ffmpeg -i phone.m4a phone.flac\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"\.m4a is not a format libsndfile reads — fix: convert it \(ffmpeg -i phone.m4a phone.flac\)",
+    ):
         header_seconds(root / "wavs" / "phone.m4a")
 
 
 def test_a_jsonl_text_that_is_a_list_is_malformed_not_markup(tmp_path):
     metadata = '{"file": "a.wav", "sentence": ["Hello", "world"]}\n{"file": "b.wav", "sentence": "Fine."}\n'.encode()
-    records = _read(tmp_path / "j", "table", metadata, name="meta.jsonl", columns={"audio": "file", "text": "sentence"})
+    records = _read(
+        tmp_path / "j", "table", metadata, name="meta.jsonl", columns={"audio": "file", "text": "sentence"}
+    )
     assert _summary(records) == [(1, "malformed_row"), (2, "b.wav", "Fine.", "j")]
     assert "text ('sentence') is a JSON list, not a string or number" in records[0]["rejected"][1]

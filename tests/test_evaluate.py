@@ -10,8 +10,8 @@ import soundfile as sf
 from tests.test_asr import espeak as espeak_voice
 from tests.test_asr import tiny_mms  # noqa: F401  (the session fixture: a tiny MMS-like CTC model)
 from xtts_ft import asr, metrics
-from xtts_ft.stages import evaluate
 from xtts_ft.config import compose
+from xtts_ft.stages import evaluate
 
 
 def test_cer_and_wer():
@@ -36,8 +36,17 @@ def test_speaker_similarity_separates_voices(prepared):
 
 
 def test_evaluate_stage_writes_a_table_and_report(exported, prepared, tmp_path, tiny_mms):  # noqa: F811
-    cfg = compose("evaluate", [f"checkpoint={exported}", f"manifest={prepared / 'eval.jsonl'}", f"out_dir={tmp_path}",
-                               "max_utterances=3", "write_metrics=false", f"asr={{default: bundled, fr: {tiny_mms}}}"])
+    cfg = compose(
+        "evaluate",
+        [
+            f"checkpoint={exported}",
+            f"manifest={prepared / 'eval.jsonl'}",
+            f"out_dir={tmp_path}",
+            "max_utterances=3",
+            "write_metrics=false",
+            f"asr={{default: bundled, fr: {tiny_mms}}}",
+        ],
+    )
     table = evaluate.run(cfg)
     assert list(table["language"]) == ["en", "en", "fr"]
     assert (table["seconds"] > 0).all() and np.isfinite(table["rtf"]).all()
@@ -70,8 +79,15 @@ def test_text_with_characters_the_vocabulary_lacks_is_flagged(exported, prepared
     shutil.copy(prepared / row["audio"], tmp_path / row["audio"])
     rows = [row, {**row, "text": "ɓaawo " + row["text"]}]
     (tmp_path / "probes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = compose("evaluate", [f"checkpoint={exported}", f"manifest={tmp_path / 'probes.jsonl'}", f"out_dir={tmp_path / 'out'}",
-                               "write_metrics=false"])
+    cfg = compose(
+        "evaluate",
+        [
+            f"checkpoint={exported}",
+            f"manifest={tmp_path / 'probes.jsonl'}",
+            f"out_dir={tmp_path / 'out'}",
+            "write_metrics=false",
+        ],
+    )
     flags = evaluate.run(cfg)["flags"].tolist()
     assert "unknown_characters" not in flags[0]
     assert "unknown_characters ɓ (not in the vocabulary: read as [UNK])" in flags[1]
@@ -122,15 +138,29 @@ def test_expected_seconds_follow_the_language():
     assert metrics.expected_seconds("a" * 130, "wo", {"wo": 13.0}) == pytest.approx(10.3)
 
 
-def test_two_checkpoints_on_a_shipped_probe_set_with_plots_and_metrics_in_the_export(exported, prepared, tmp_path, monkeypatch):
+def test_two_checkpoints_on_a_shipped_probe_set_with_plots_and_metrics_in_the_export(
+    exported, prepared, tmp_path, monkeypatch
+):
     loads = []
     load_audio = evaluate.load_audio
-    monkeypatch.setattr(evaluate, "load_audio", lambda path, rate: loads.append((str(path), rate)) or load_audio(path, rate))
+    monkeypatch.setattr(
+        evaluate, "load_audio", lambda path, rate: loads.append((str(path), rate)) or load_audio(path, rate)
+    )
     other = tmp_path / "other"
     shutil.copytree(exported, other)
     reference = sorted((prepared / "wavs").glob("0_wavs__alicia*"))[0]
-    cfg = compose("evaluate", [f"checkpoints=[{exported},{other}]", "probes=short", f"reference={reference}",
-                               "languages=[en,fr]", "max_utterances=2", f"out_dir={tmp_path / 'eval'}", "write_metrics=true"])
+    cfg = compose(
+        "evaluate",
+        [
+            f"checkpoints=[{exported},{other}]",
+            "probes=short",
+            f"reference={reference}",
+            "languages=[en,fr]",
+            "max_utterances=2",
+            f"out_dir={tmp_path / 'eval'}",
+            "write_metrics=true",
+        ],
+    )
     cfg.checkpoints = [str(exported), str(other)]
     before = (exported / "xtts_ft.json").read_text()
     try:
@@ -144,8 +174,9 @@ def test_two_checkpoints_on_a_shipped_probe_set_with_plots_and_metrics_in_the_ex
     assert len(table) == 8 and set(table["language"]) == {"en", "fr"}  # 2 models x 2 languages x 2 probes
     assert loads == [(str(reference), 16000)]  # the one reference is decoded and embedded once, not 8 times
     first = sf.read(str(tmp_path / "eval" / table["wav"][0]), dtype="float32")
-    assert table["speaker_similarity"][0] == pytest.approx(metrics.speaker_similarity(*first, *sf.read(str(reference), dtype="float32")),
-                                                           abs=0.02, nan_ok=True)
+    assert table["speaker_similarity"][0] == pytest.approx(
+        metrics.speaker_similarity(*first, *sf.read(str(reference), dtype="float32")), abs=0.02, nan_ok=True
+    )
     assert (table["speaker_similarity"].isna() == table["no_speech"]).all()
     assert table[table["language"] == "en"]["cer"].notna().all()
     # The bundled Whisper is English-only: French is reported not scored, not scored by an English model.
@@ -161,7 +192,9 @@ def test_two_checkpoints_on_a_shipped_probe_set_with_plots_and_metrics_in_the_ex
     assert "- `fr`: not scored (no ASR for fr: asr=bundled is an English-only Whisper)" in report
     record = json.loads((other / "xtts_ft.json").read_text())["metrics"]
     english = record["per_language"]["en"]
-    assert english["utterances"] == 2 and english["cer"] == pytest.approx(table[(table["model"] == "other") & (table["language"] == "en")]["cer"].mean(), abs=1e-4)
+    assert english["utterances"] == 2 and english["cer"] == pytest.approx(
+        table[(table["model"] == "other") & (table["language"] == "en")]["cer"].mean(), abs=1e-4
+    )
     card = (other / "README.md").read_text()
     assert "| en |" in card and "not comparable" in card
 
@@ -187,14 +220,19 @@ def test_probes_with_nothing_to_score_are_left_out_and_said(tmp_path, prepared, 
     manifest = tmp_path / "probes.jsonl"
     (tmp_path / "wavs").mkdir()
     shutil.copy(sorted((prepared / "wavs").glob("0_*.wav"))[0], tmp_path / "wavs" / "ref.wav")
-    rows = [{"audio": "wavs/ref.wav", "text": text, "speaker": "s", "language": "en", "duration": 1.0} for text in ("Hello there.", "?!...")]
+    rows = [
+        {"audio": "wavs/ref.wav", "text": text, "speaker": "s", "language": "en", "duration": 1.0}
+        for text in ("Hello there.", "?!...")
+    ]
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with caplog.at_level("WARNING", logger="xtts_ft.stages.evaluate"):
         probes = evaluate.probe_rows(compose("evaluate", [f"manifest={manifest}", f"out_dir={tmp_path / 'e'}"]))
     assert [p["text"] for p in probes] == ["Hello there."]
     assert [r.getMessage() for r in caplog.records] == ["1 probe(s) have no words to score, left out: probes: '?!...'"]
     with pytest.raises(ValueError, match=r"languages=\['fr'\] keeps none of the probes \(their languages: en\)"):
-        evaluate.probe_rows(compose("evaluate", [f"manifest={manifest}", f"out_dir={tmp_path / 'e'}", "languages=[fr]"]))
+        evaluate.probe_rows(
+            compose("evaluate", [f"manifest={manifest}", f"out_dir={tmp_path / 'e'}", "languages=[fr]"])
+        )
 
 
 @pytest.mark.slow
@@ -209,7 +247,9 @@ def test_the_comparison_notebook_runs(exported, tiny_model_dir, prepared, tmp_pa
     monkeypatch.setenv("XTTS_FT_REFERENCE", str(reference))
     monkeypatch.setenv("XTTS_FT_OUT", str(tmp_path / "eval"))
     notebook = nbformat.read(REPO / "notebooks" / "compare_checkpoints.ipynb", as_version=4)
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
@@ -221,11 +261,20 @@ def test_the_comparison_notebook_runs(exported, tiny_model_dir, prepared, tmp_pa
 
 def test_optional_metric_models_missing_give_clear_errors(tmp_path, prepared, exported):
     with pytest.raises(FileNotFoundError, match="no SpeechBrain model there"):
-        metrics.speaker_similarity(np.zeros(16000, np.float32), 16000, np.zeros(16000, np.float32), 16000, model=str(tmp_path))
+        metrics.speaker_similarity(
+            np.zeros(16000, np.float32), 16000, np.zeros(16000, np.float32), 16000, model=str(tmp_path)
+        )
     with pytest.raises(FileNotFoundError, match="no torch.hub repository there"):
         metrics.utmos(np.zeros(16000, np.float32), 16000, str(tmp_path / "SpeechMOS"))
-    cfg = compose("evaluate", [f"checkpoint={exported}", f"manifest={prepared / 'eval.jsonl'}", f"out_dir={tmp_path / 'e'}",
-                               f"utmos_model={tmp_path / 'nowhere'}"])
+    cfg = compose(
+        "evaluate",
+        [
+            f"checkpoint={exported}",
+            f"manifest={prepared / 'eval.jsonl'}",
+            f"out_dir={tmp_path / 'e'}",
+            f"utmos_model={tmp_path / 'nowhere'}",
+        ],
+    )
     with pytest.raises(FileNotFoundError, match="utmos_model="):
         evaluate.run(cfg)  # before any synthesis
     assert not (tmp_path / "e").exists()
@@ -233,13 +282,21 @@ def test_optional_metric_models_missing_give_clear_errors(tmp_path, prepared, ex
     # an out_dir that is a file too.
     (tmp_path / "exports").mkdir()
     missing = tmp_path / "exports" / "nope"
-    cfg = compose("evaluate", [f"checkpoints=[{exported},{missing}]", f"manifest={prepared / 'eval.jsonl'}", f"out_dir={tmp_path / 'e'}"])
+    cfg = compose(
+        "evaluate",
+        [f"checkpoints=[{exported},{missing}]", f"manifest={prepared / 'eval.jsonl'}", f"out_dir={tmp_path / 'e'}"],
+    )
     with pytest.raises(FileNotFoundError, match=f"model source '{missing}' is neither a directory nor a Hub id"):
         evaluate.run(cfg)
     assert not (tmp_path / "e").exists()
     (tmp_path / "e").write_text("")
     with pytest.raises(ValueError, match=r"out_dir=.* is a file — fix: out_dir=<a folder>"):
-        evaluate.run(compose("evaluate", [f"checkpoint={exported}", f"manifest={prepared / 'eval.jsonl'}", f"out_dir={tmp_path / 'e'}"]))
+        evaluate.run(
+            compose(
+                "evaluate",
+                [f"checkpoint={exported}", f"manifest={prepared / 'eval.jsonl'}", f"out_dir={tmp_path / 'e'}"],
+            )
+        )
 
 
 def test_metrics_say_no_speech_instead_of_scoring_silence(monkeypatch):
@@ -254,8 +311,10 @@ def test_metrics_say_no_speech_instead_of_scoring_silence(monkeypatch):
     assert metrics.speech_seconds(silence, rate) == 0.0
     assert metrics.speech_seconds(noise, rate) > 1.5  # the detector hears sound: noise is measured, and scores low
     assert 2.0 < metrics.speech_seconds(voice, rate) < voice.size / rate
-    similarity = {name: metrics.speaker_similarity(audio, rate, same_voice, rate) for name, audio in
-                  (("silence", silence), ("noise", noise), ("voice", voice))}
+    similarity = {
+        name: metrics.speaker_similarity(audio, rate, same_voice, rate)
+        for name, audio in (("silence", silence), ("noise", noise), ("voice", voice))
+    }
     assert np.isnan(similarity["silence"])  # not the 0.35 of an empty embedding
     assert similarity["voice"] > 0.85 and similarity["noise"] < similarity["voice"] - 0.3, similarity
     assert all(np.isnan(v) for v in metrics.dnsmos(silence, rate).values())  # DNSMOS rates silence ≈ 1.8 otherwise
@@ -269,8 +328,10 @@ def test_metrics_say_no_speech_instead_of_scoring_silence(monkeypatch):
 
     # ASR: silence is heard as nothing, which is a CER of 1 with the flag, not a missing value.
     english = asr.require("bundled", "en")
-    heard = {name: evaluate.asr_scores(audio, rate, text, "en", english) for name, audio in
-             (("silence", silence), ("noise", noise), ("voice", voice))}
+    heard = {
+        name: evaluate.asr_scores(audio, rate, text, "en", english)
+        for name, audio in (("silence", silence), ("noise", noise), ("voice", voice))
+    }
     assert heard["silence"] == {"transcript": "", "cer": 1.0, "wer": 1.0, "asr_heard_nothing": True}
     assert heard["noise"]["cer"] > 0.8 and heard["voice"]["cer"] < 0.2, heard
     assert not heard["voice"]["asr_heard_nothing"]
@@ -280,11 +341,20 @@ def test_metrics_say_no_speech_instead_of_scoring_silence(monkeypatch):
 
 def test_forgetting_compares_each_fine_tune_with_the_base_on_the_base_languages():
     summary = pd.DataFrame(
-        {"cer": [0.10, 0.30, 0.25, 0.60], "speaker_similarity": [0.80, 0.70, np.nan, 0.75], "flagged": [0.0, 0.5, 0.25, 0.5],
-         "utterances": [4, 4, 4, 4]},
-        index=pd.MultiIndex.from_tuples([("base", "en"), ("base", "fr"), ("tuned", "en"), ("tuned", "wo")], names=["model", "language"]))
+        {
+            "cer": [0.10, 0.30, 0.25, 0.60],
+            "speaker_similarity": [0.80, 0.70, np.nan, 0.75],
+            "flagged": [0.0, 0.5, 0.25, 0.5],
+            "utterances": [4, 4, 4, 4],
+        },
+        index=pd.MultiIndex.from_tuples(
+            [("base", "en"), ("base", "fr"), ("tuned", "en"), ("tuned", "wo")], names=["model", "language"]
+        ),
+    )
     forgotten = evaluate.forgetting(summary)
-    assert forgotten[["model", "base", "language"]].values.tolist() == [["tuned", "base", "en"]]  # wo is new, fr not probed
+    assert forgotten[["model", "base", "language"]].values.tolist() == [
+        ["tuned", "base", "en"]
+    ]  # wo is new, fr not probed
     row = forgotten.iloc[0]
     assert (row["cer_base"], row["cer"], row["cer_change"]) == (0.10, 0.25, pytest.approx(0.15))
     assert row["flagged_change"] == 0.25 and np.isnan(row["speaker_similarity_change"])  # not measurable: blank, not 0
@@ -292,10 +362,21 @@ def test_forgetting_compares_each_fine_tune_with_the_base_on_the_base_languages(
     assert "checkpoints=[<base>,<fine-tune>]" in evaluate.forgetting_md(evaluate.forgetting(summary.loc[["base"]]))
 
 
-def test_base_against_fine_tune_writes_forgetting_to_report_sidecar_and_card(exported, tiny_model_dir, prepared, tmp_path):
+def test_base_against_fine_tune_writes_forgetting_to_report_sidecar_and_card(
+    exported, tiny_model_dir, prepared, tmp_path
+):
     reference = sorted((prepared / "wavs").glob("0_wavs__andy*"))[0]
-    cfg = compose("evaluate", ["probes=sentences", f"reference={reference}", "languages=[en]", "max_utterances=2",
-                               f"out_dir={tmp_path / 'eval'}", "write_metrics=true"])
+    cfg = compose(
+        "evaluate",
+        [
+            "probes=sentences",
+            f"reference={reference}",
+            "languages=[en]",
+            "max_utterances=2",
+            f"out_dir={tmp_path / 'eval'}",
+            "write_metrics=true",
+        ],
+    )
     cfg.checkpoints = [str(tiny_model_dir), str(exported)]
     before = (exported / "xtts_ft.json").read_text()
     try:
@@ -310,11 +391,17 @@ def test_base_against_fine_tune_writes_forgetting_to_report_sidecar_and_card(exp
     means = table.groupby("model")[["cer", "flagged"]].mean()
     forgotten = pd.read_csv(tmp_path / "eval" / "forgetting.csv")
     assert forgotten[["model", "base", "language"]].values.tolist() == [[exported.name, tiny_model_dir.name, "en"]]
-    assert forgotten["cer_change"][0] == pytest.approx(means.loc[exported.name, "cer"] - means.loc[tiny_model_dir.name, "cer"])
-    assert forgotten["flagged_change"][0] == pytest.approx(means.loc[exported.name, "flagged"] - means.loc[tiny_model_dir.name, "flagged"])
+    assert forgotten["cer_change"][0] == pytest.approx(
+        means.loc[exported.name, "cer"] - means.loc[tiny_model_dir.name, "cer"]
+    )
+    assert forgotten["flagged_change"][0] == pytest.approx(
+        means.loc[exported.name, "flagged"] - means.loc[tiny_model_dir.name, "flagged"]
+    )
     report = (tmp_path / "eval" / "report.md").read_text()
     assert f"## Forgetting\n\nThe first model, `{tiny_model_dir.name}`, is the base" in report
     english = record["forgetting"]["per_language"]["en"]
     assert record["forgetting"]["base"] == str(tiny_model_dir)
     assert english["cer_change"] == pytest.approx(forgotten["cer_change"][0], abs=1e-4) and english["utterances"] == 2
-    assert f"### Forgetting: against the base `{tiny_model_dir}`" in card and "| en | " in card.split("### Forgetting")[1]
+    assert (
+        f"### Forgetting: against the base `{tiny_model_dir}`" in card and "| en | " in card.split("### Forgetting")[1]
+    )

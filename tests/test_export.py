@@ -72,24 +72,35 @@ def test_plain_coqui_tts_loads_the_export_and_speaks_like_our_module(exported, p
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    same = [l for l in result.stdout.splitlines() if l.startswith("SAME")][0].split()
+    same = [line for line in result.stdout.splitlines() if line.startswith("SAME")][0].split()
     assert same[1] == "True" and int(same[2]) > 0
-    api = [l for l in result.stdout.splitlines() if l.startswith("API")][0].split()
+    api = [line for line in result.stdout.splitlines() if line.startswith("API")][0].split()
     assert int(api[1]) > 0 and api[2] == "True"
 
 
 def test_half_precision_safetensors_and_named_voices(tmp_path, workdir, exported, prepared):
     from safetensors.torch import load_file
 
-    from xtts_ft.stages import export
+    from tests.conftest import demo_overrides
     from xtts_ft.config import compose
     from xtts_ft.inference import XttsSynthesizer
-    from tests.conftest import demo_overrides
+    from xtts_ft.stages import export
 
     reference = next((prepared / "wavs").glob("0_wavs__alicia*.wav"))
     paths = [o for o in demo_overrides(workdir) if o.startswith("paths.")]
-    out = export.run(compose("export", paths + ["run_name=demo", f"out_dir={tmp_path / 'half'}", "half=true",
-                                                "safetensors=true", f"+voices={{alicia: {reference}}}"]))
+    out = export.run(
+        compose(
+            "export",
+            paths
+            + [
+                "run_name=demo",
+                f"out_dir={tmp_path / 'half'}",
+                "half=true",
+                "safetensors=true",
+                f"+voices={{alicia: {reference}}}",
+            ],
+        )
+    )
     full = torch.load(exported / "model.pth", map_location="cpu", weights_only=True)["model"]
     half = torch.load(out / "model.pth", map_location="cpu", weights_only=True)["model"]
     assert set(half) == set(full)
@@ -116,10 +127,12 @@ def test_half_precision_safetensors_and_named_voices(tmp_path, workdir, exported
 
 
 def _export_cfg(workdir, *extra):
-    from xtts_ft.config import compose
     from tests.conftest import demo_overrides
+    from xtts_ft.config import compose
 
-    return compose("export", [o for o in demo_overrides(workdir) if o.startswith("paths.")] + ["run_name=demo", *extra])
+    return compose(
+        "export", [o for o in demo_overrides(workdir) if o.startswith("paths.")] + ["run_name=demo", *extra]
+    )
 
 
 def test_export_replaces_only_its_own_exports(tmp_path, workdir, trained, tiny_model_dir):
@@ -127,7 +140,10 @@ def test_export_replaces_only_its_own_exports(tmp_path, workdir, trained, tiny_m
 
     run_dir = trained.parent
     before = sorted(p.name for p in run_dir.iterdir())
-    with pytest.raises(FileExistsError, match=rf"out_dir={run_dir} exists and is not an xtts-ft export \(no xtts_ft.json of kind 'export'\)"):
+    with pytest.raises(
+        FileExistsError,
+        match=rf"out_dir={run_dir} exists and is not an xtts-ft export \(no xtts_ft.json of kind 'export'\)",
+    ):
         export.run(_export_cfg(workdir, f"out_dir={run_dir}"))
     assert sorted(p.name for p in run_dir.iterdir()) == before and trained.is_file()  # the training run is untouched
     # A base model (its sidecar has another kind) and a folder of anything are refused as well.
@@ -155,7 +171,9 @@ def test_export_replaces_only_its_own_exports(tmp_path, workdir, trained, tiny_m
 def test_exports_made_before_the_sidecar_had_a_kind_are_still_exports(tmp_path):
     legacy = tmp_path / "legacy"
     legacy.mkdir()
-    (legacy / "xtts_ft.json").write_text(json.dumps({"xtts_ft_version": "0.1.0", "exported_at": "2026-01-01T00:00:00+00:00"}))
+    (legacy / "xtts_ft.json").write_text(
+        json.dumps({"xtts_ft_version": "0.1.0", "exported_at": "2026-01-01T00:00:00+00:00"})
+    )
     assert is_export(legacy)
     (legacy / "xtts_ft.json").write_text(json.dumps({"kind": "tiny-random", "exported_at": "2026-01-01"}))
     assert not is_export(legacy)
@@ -170,7 +188,9 @@ def test_an_export_writes_only_the_listed_files(tmp_path, exported):
     export.check_listed(exported)
     (tmp_path / "model.pth").write_bytes(b"x")
     (tmp_path / "voices.extra").write_bytes(b"x")
-    with pytest.raises(RuntimeError, match="export wrote voices.extra, which xtts_ft.model.layout.EXPORT_FILES does not list"):
+    with pytest.raises(
+        RuntimeError, match="export wrote voices.extra, which xtts_ft.model.layout.EXPORT_FILES does not list"
+    ):
         export.check_listed(tmp_path)
 
 
@@ -222,8 +242,17 @@ def test_checkpoints_from_before_format_version_2_export_with_their_state(tmp_pa
 
     run_dir, overrides = _run_copy(tmp_path, trained)
     # What the files held before they described themselves (best.pt: weights, step, eval loss, config).
-    old = {"state.pt": ("format_version", "base_model_hash", "last_eval"),
-           "checkpoints/best.pt": ("format_version", "base_model_hash", "last_eval", "best_metric", "base_model_dir", "data_stats")}
+    old = {
+        "state.pt": ("format_version", "base_model_hash", "last_eval"),
+        "checkpoints/best.pt": (
+            "format_version",
+            "base_model_hash",
+            "last_eval",
+            "best_metric",
+            "base_model_dir",
+            "data_stats",
+        ),
+    }
     for name, new_keys in old.items():
         payload = torch.load(run_dir / name, map_location="cpu", weights_only=True)
         torch.save({k: v for k, v in payload.items() if k not in new_keys}, run_dir / name)

@@ -10,8 +10,8 @@ import torch
 
 from tests.conftest import REPO, demo_overrides
 from xtts_ft.config import compose
-from xtts_ft.data.text import clean_text
 from xtts_ft.data.cleaners.wolof import number_to_words
+from xtts_ft.data.text import clean_text
 
 WOLOF_DEMO = REPO / "data" / "wolof_demo"
 EMOTION_DEMO = REPO / "data" / "emotion_demo"
@@ -20,11 +20,26 @@ EMOTIONS = ["neutral", "happy", "sad", "angry", "whisper"]
 
 # --- the Wolof cleaner ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("number, words", [
-    (1, "benn"), (5, "juróom"), (6, "juróom-benn"), (9, "juróom-ñeent"), (10, "fukk"), (16, "fukk ak juróom-benn"),
-    (20, "ñaar-fukk"), (30, "fanweer"), (47, "ñeent-fukk ak juróom-ñaar"), (100, "téeméer"), (300, "ñetti téeméer"),
-    (1000, "junni"), (2026, "ñaari junni ak ñaar-fukk ak juróom-benn"), (0, "tus"),
-])
+
+@pytest.mark.parametrize(
+    "number, words",
+    [
+        (1, "benn"),
+        (5, "juróom"),
+        (6, "juróom-benn"),
+        (9, "juróom-ñeent"),
+        (10, "fukk"),
+        (16, "fukk ak juróom-benn"),
+        (20, "ñaar-fukk"),
+        (30, "fanweer"),
+        (47, "ñeent-fukk ak juróom-ñaar"),
+        (100, "téeméer"),
+        (300, "ñetti téeméer"),
+        (1000, "junni"),
+        (2026, "ñaari junni ak ñaar-fukk ak juróom-benn"),
+        (0, "tus"),
+    ],
+)
 def test_wolof_numbers(number, words):
     assert number_to_words(number) == words
 
@@ -45,23 +60,23 @@ def test_wolof_cleaner_spells_numbers_abbreviations_and_symbols_and_is_idempoten
         "Ci 12.05.2023": "ci fukk ak ñaar. juróom. ñaari junni ak ñaar-fukk ak ñett",  # a date is not a decimal
         "0.250": "tus koma ñaar juróom tus",  # a thousands group never starts with 0
         "Woo 77 123 45 67": "woo juróom-ñaar-fukk ak juróom-ñaar téeméer ak ñaar-fukk ak ñett ñeent-fukk ak juróom "
-                            "juróom-benn-fukk ak juróom-ñaar",  # a phone number is read group by group
+        "juróom-benn-fukk ak juróom-ñaar",  # a phone number is read group by group
         "n°5, 10°C": "nimero juróom, fukk degre c",  # an abbreviation before a digit; a symbol before a letter
         "$100 walla 5 000 $": "téeméer dolaar walla juróomi junni dolaar",  # the currency after the amount
         "$1 000, $5-10": "junni dolaar, dolaar juróom - fukk",  # a grouped amount; a range keeps its sign first
         "Woo 33 821 00 00, 12 345 678": "woo fanweer ak ñett juróom-ñetti téeméer ak ñaar-fukk ak benn tus tus tus tus, fukk ak "
-                                        "ñaari tamndareet ak ñetti téeméer ak ñeent-fukk ak juróomi junni ak juróom-benni "
-                                        "téeméer ak juróom-ñaar-fukk ak juróom-ñett",  # zeros one by one; thousands stay
+        "ñaari tamndareet ak ñetti téeméer ak ñeent-fukk ak juróomi junni ak juróom-benni "
+        "téeméer ak juróom-ñaar-fukk ak juróom-ñett",  # zeros one by one; thousands stay
         "Nº 5": "nimero juróom",
         "Ndax no ko def? No 5, 3Mme Diop": "ndax no ko def? nimero juróom, ñett madaam diop",  # "no" only before a number
         # A range between amounts with a sign or unit: no minus sign.
         "Ñu ngi ci 30%-40%, 500€-700€.": "ñu ngi ci fanweer ci téeméer - ñeent-fukk ci téeméer, juróomi téeméer euro - "
-                                          "juróom-ñaari téeméer euro.",
+        "juróom-ñaari téeméer euro.",
         "Kod bi 0042, 007": "kod bi tus tus ñeent-fukk ak ñaar, tus tus juróom-ñaar",  # leading zeros are said
         "Am na 1½ kilo, ¼ bi, 50‰, 20 m²": "am na benn ak benn ci ñaar kilo, benn ci ñeent bi, juróom-fukk ci junni, ñaar-fukk m ñaar",
         "1,000,000 nit, 1,234.56": "tamndareet nit, junni ak ñaari téeméer ak fanweer ak ñeent koma juróom juróom-benn",  # English
         "+221 77 123 45 67, +5°C, 2+3": "ñaari téeméer ak ñaar-fukk ak benn juróom-ñaar-fukk ak juróom-ñaar téeméer ak ñaar-fukk ak "
-                                         "ñett ñeent-fukk ak juróom juróom-benn-fukk ak juróom-ñaar, juróom degre c, ñaar ak ñett",
+        "ñett ñeent-fukk ak juróom juróom-benn-fukk ak juróom-ñaar, juróom degre c, ñaar ak ñett",
         "Sëriñ Tuubaa ak شَيْخ": "sëriñ tuubaa ak شَيْخ",  # Wolofal keeps its vowel signs
         "15h30, 8 h": "fukk ak juróom waxtu ak fanweer, juróom-ñett waxtu",
         "...Waaw… dégg naa.": "waaw. dégg naa.",  # the one-character ellipsis as "...", no pause before the first word
@@ -91,14 +106,19 @@ def test_wolof_cleaner_spells_numbers_abbreviations_and_symbols_and_is_idempoten
     for raw, language in (("[Laughs] ok", "en"), ("[5] hi", "en"), ("[bég] waaw", "wo"), ("आज 2024, में 5वां", "hi")):
         clean = clean_text(raw, language)
         assert clean_text(clean, language) == clean, f"not idempotent on {raw!r} ({language})"
-    assert clean_text("आज 2024, में 5वां", "hi") == "आज 2024, में 5वां"  # (num2words has no Hindi: digits stay, spaced as written)
+    assert (
+        clean_text("आज 2024, में 5वां", "hi") == "आज 2024, में 5वां"
+    )  # (num2words has no Hindi: digits stay, spaced as written)
 
 
 # --- extend -----------------------------------------------------------------------------------
 
+
 def wolof_overrides(workdir):
     return [o for o in demo_overrides(workdir) if o.startswith("paths.")] + [
-        "data=wolof_demo", f"data.sources.0.path={WOLOF_DEMO}", f"data.sources.1.path={REPO / 'data' / 'demo' / 'en'}",
+        "data=wolof_demo",
+        f"data.sources.0.path={WOLOF_DEMO}",
+        f"data.sources.1.path={REPO / 'data' / 'demo' / 'en'}",
     ]
 
 
@@ -113,7 +133,10 @@ def wolof_prepared(workdir, tiny_model_dir):
 def extended(workdir, wolof_prepared):
     from xtts_ft.stages import extend
 
-    cfg = compose("extend", wolof_overrides(workdir) + ["model=tiny", "languages=[wo]", "emotions=[happy,sad]", "bpe_vocab_size=200"])
+    cfg = compose(
+        "extend",
+        wolof_overrides(workdir) + ["model=tiny", "languages=[wo]", "emotions=[happy,sad]", "bpe_vocab_size=200"],
+    )
     return extend.run(cfg)
 
 
@@ -144,14 +167,37 @@ def test_extend_keeps_every_token_id_and_embedding_row(extended, tiny_model_dir)
 
     # New rows start from what the model already knows, not noise.
     embedding = old["gpt.text_embedding.weight"]
-    languages = [old_ids[f"[{x}]"] for x in ("en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi")]
+    languages = [
+        old_ids[f"[{x}]"]
+        for x in (
+            "en",
+            "es",
+            "fr",
+            "de",
+            "it",
+            "pt",
+            "pl",
+            "tr",
+            "ru",
+            "nl",
+            "cs",
+            "ar",
+            "zh-cn",
+            "hu",
+            "ko",
+            "ja",
+            "hi",
+        )
+    ]
     assert torch.allclose(new["gpt.text_embedding.weight"][new_ids["[wo]"]], embedding[languages].mean(0))
     from tokenizers import Tokenizer
 
     old_tokenizer = Tokenizer.from_file(str(tiny_model_dir / "vocab.json"))
     bpe_token = next(t for t, i in new_vocab["model"]["vocab"].items() if i >= n_old and len(t) > 2)
     pieces = old_tokenizer.encode(bpe_token).ids
-    assert len(pieces) > 1 and torch.allclose(new["gpt.text_embedding.weight"][new_ids[bpe_token]], embedding[pieces].mean(0))
+    assert len(pieces) > 1 and torch.allclose(
+        new["gpt.text_embedding.weight"][new_ids[bpe_token]], embedding[pieces].mean(0)
+    )
 
     config = json.loads((extended / "config.json").read_text())
     assert config["languages"][-1] == "wo" and config["model_args"]["gpt_number_text_tokens"] == n_new
@@ -163,11 +209,16 @@ def test_extend_keeps_every_token_id_and_embedding_row(extended, tiny_model_dir)
 
 def test_the_wolof_corpus_tokenizes_without_unk(extended, wolof_prepared):
     from xtts_ft.data.sample import read_manifest
-    from xtts_ft.model.tokenizer import tokenizer_for
     from xtts_ft.model.layout import read_sidecar
+    from xtts_ft.model.tokenizer import tokenizer_for
 
     tokenizer = tokenizer_for(extended, read_sidecar(extended))
-    texts = [s.text for split in ("train", "eval") for s in read_manifest(wolof_prepared / f"{split}.jsonl") if s.language == "wo"]
+    texts = [
+        s.text
+        for split in ("train", "eval")
+        for s in read_manifest(wolof_prepared / f"{split}.jsonl")
+        if s.language == "wo"
+    ]
     assert len(texts) == 28
     unk = tokenizer.tokenizer.token_to_id("[UNK]")
     for text in texts:
@@ -183,8 +234,8 @@ def test_the_wolof_corpus_tokenizes_without_unk(extended, wolof_prepared):
 def test_characters_the_vocabulary_lacks_are_reported_once(extended, caplog):
     """Text with a letter no Wolof corpus here has (ɓ, Pulaar's) still encodes — coqui's way, as
     [UNK] — but not silently: one warning names the letter, however many sentences carry it."""
-    from xtts_ft.model.tokenizer import tokenizer_for
     from xtts_ft.model.layout import read_sidecar
+    from xtts_ft.model.tokenizer import tokenizer_for
 
     tokenizer = tokenizer_for(extended, read_sidecar(extended))
     unk = tokenizer.tokenizer.token_to_id("[UNK]")
@@ -194,7 +245,11 @@ def test_characters_the_vocabulary_lacks_are_reported_once(extended, caplog):
         for text in ("Ɓaawo dem na.", "Ɓaawo dem na ca kaw."):
             assert unk in tokenizer.encode(text, "wo")
     warnings = [r.getMessage() for r in caplog.records]
-    assert len(warnings) == 1 and "[wo] text 'ɓaawo dem na.'" in warnings[0] and "lacks: ɓ — each is read as [UNK]" in warnings[0]
+    assert (
+        len(warnings) == 1
+        and "[wo] text 'ɓaawo dem na.'" in warnings[0]
+        and "lacks: ɓ — each is read as [UNK]" in warnings[0]
+    )
 
 
 def test_extending_twice_or_without_the_corpus_language_is_refused(workdir, extended, wolof_prepared):
@@ -210,7 +265,9 @@ def test_extending_twice_or_without_the_corpus_language_is_refused(workdir, exte
     mine = workdir / "my-notes"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
-    cfg = compose("extend", wolof_overrides(workdir) + ["model=tiny", "languages=[wo]", f"out_dir={mine}", "overwrite=true"])
+    cfg = compose(
+        "extend", wolof_overrides(workdir) + ["model=tiny", "languages=[wo]", f"out_dir={mine}", "overwrite=true"]
+    )
     with pytest.raises(FileExistsError, match="is not a model extend wrote"):
         extend.run(cfg)
     assert (mine / "notes.txt").read_text() == "mine"
@@ -218,13 +275,22 @@ def test_extending_twice_or_without_the_corpus_language_is_refused(workdir, exte
 
 # --- train, export, infer ---------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def wolof_export(workdir, extended):
     from xtts_ft.stages import export, train_gpt
 
-    overrides = wolof_overrides(workdir) + [f"model.source={extended}", "model.build_tiny=false", "model.name=wo",
-                                            "run_name=wolof", "max_steps=6", "lr=1e-3", "eval_every=0", "save_every=6",
-                                            "+language_weights={en: 0.5}"]
+    overrides = wolof_overrides(workdir) + [
+        f"model.source={extended}",
+        "model.build_tiny=false",
+        "model.name=wo",
+        "run_name=wolof",
+        "max_steps=6",
+        "lr=1e-3",
+        "eval_every=0",
+        "save_every=6",
+        "+language_weights={en: 0.5}",
+    ]
     train_gpt.run(compose("train_gpt", overrides))
     paths = [o for o in demo_overrides(workdir) if o.startswith("paths.")]
     return export.run(compose("export", paths + ["run_name=wolof"]))
@@ -255,7 +321,9 @@ def test_plain_coqui_loads_the_wolof_export_and_encodes_wolof_with_the_documente
         model.tokenizer.encode("Na nga def?", "wo")  # coqui alone refuses the language
     # The hook the model card shows, in the user's code:
     coqui_preprocess = model.tokenizer.preprocess_text
-    model.tokenizer.preprocess_text = lambda txt, lang: clean_text(txt, lang) if lang in ("wo",) else coqui_preprocess(txt, lang)
+    model.tokenizer.preprocess_text = lambda txt, lang: (
+        clean_text(txt, lang) if lang in ("wo",) else coqui_preprocess(txt, lang)
+    )
     model.tokenizer.char_limits["wo"] = 250
     for text in ("Na nga def? Am na 6 xar.", "[happy]Jërëjëf."):
         assert model.tokenizer.encode(text, "wo") == ours.model.tokenizer.encode(text, "wo")
@@ -269,7 +337,9 @@ def test_our_module_speaks_wolof_with_an_emotion_token(wolof_export):
     reference = WOLOF_DEMO / "wavs" / "awa_001.flac"
     seen = []
     encode = synthesizer.model.tokenizer.encode
-    synthesizer.model.tokenizer.encode = lambda txt, lang, emotion=None: seen.append((txt, lang)) or encode(txt, lang, emotion)
+    synthesizer.model.tokenizer.encode = lambda txt, lang, emotion=None: (
+        seen.append((txt, lang)) or encode(txt, lang, emotion)
+    )
     plain = synthesizer.synthesize("Na nga def?", "wo", reference=reference, decoding={"seed": 0})
     happy = synthesizer.synthesize("Na nga def?", "wo", reference=reference, emotion="happy", decoding={"seed": 0})
     # Each text twice: the length check (as coqui will read it), then coqui's inference, which lower-cases before encoding.
@@ -294,17 +364,28 @@ def test_emotion_labels_become_tokens_in_front_of_the_text(extended, tmp_path):
 
     tokenizer = tokenizer_for(extended, read_sidecar(extended))
     clip = "wavs/awa_000.flac"  # as a manifest in WOLOF_DEMO would name it (a manifest's clips lie inside its folder)
-    samples = [Sample(clip, "na nga def?", "awa", "wo", 1.0, emotion="happy"), Sample(clip, "na nga def?", "awa", "wo", 1.0)]
+    samples = [
+        Sample(clip, "na nga def?", "awa", "wo", 1.0, emotion="happy"),
+        Sample(clip, "na nga def?", "awa", "wo", 1.0),
+    ]
     items, skipped = encode_samples(samples, tokenizer, 200, 22050 * 12, WOLOF_DEMO / "train.jsonl")
     happy = tokenizer.tokenizer.token_to_id("[happy]")
-    assert not skipped and items[0].text_tokens[1] == happy and items[0].text_tokens[2:].tolist() == items[1].text_tokens[1:].tolist()
-    with pytest.raises(ValueError, match="emotion label\\(s\\) angry have no token in the model \\(its emotion tokens: happy, sad\\)"):
-        encode_samples([Sample(clip, "waaw", "awa", "wo", 1.0, emotion="angry")], tokenizer, 200, 22050 * 12, tmp_path / "t.jsonl")
+    assert (
+        not skipped
+        and items[0].text_tokens[1] == happy
+        and items[0].text_tokens[2:].tolist() == items[1].text_tokens[1:].tolist()
+    )
+    with pytest.raises(
+        ValueError, match="emotion label\\(s\\) angry have no token in the model \\(its emotion tokens: happy, sad\\)"
+    ):
+        encode_samples(
+            [Sample(clip, "waaw", "awa", "wo", 1.0, emotion="angry")], tokenizer, 200, 22050 * 12, tmp_path / "t.jsonl"
+        )
 
 
 def test_emotion_presets_work_on_an_unextended_model(exported, tmp_path):
-    from xtts_ft.stages.export import add_emotion_presets
     from xtts_ft.inference import XttsSynthesizer
+    from xtts_ft.stages.export import add_emotion_presets
 
     export_dir = tmp_path / "export"
     shutil.copytree(exported, export_dir)
@@ -316,20 +397,34 @@ def test_emotion_presets_work_on_an_unextended_model(exported, tmp_path):
     voice = synthesizer.clone_voice(reference)
     styled, token = synthesizer.with_emotion(voice, "whisper")
     assert token is None  # no token: the preset alone carries the emotion
-    assert torch.equal(styled.gpt_cond_latent, synthesizer.clone_voice(whisper).gpt_cond_latent)  # prosody from the preset
+    assert torch.equal(
+        styled.gpt_cond_latent, synthesizer.clone_voice(whisper).gpt_cond_latent
+    )  # prosody from the preset
     assert torch.equal(styled.speaker_embedding, voice.speaker_embedding)  # timbre from the voice
     plain = synthesizer.synthesize("Hello there.", "en", reference=reference, decoding={"seed": 1})
-    styled_audio = synthesizer.synthesize("Hello there.", "en", reference=reference, emotion="whisper", decoding={"seed": 1})
-    assert styled_audio.wav.size > 0 and not (plain.wav.size == styled_audio.wav.size and np.allclose(plain.wav, styled_audio.wav))
+    styled_audio = synthesizer.synthesize(
+        "Hello there.", "en", reference=reference, emotion="whisper", decoding={"seed": 1}
+    )
+    assert styled_audio.wav.size > 0 and not (
+        plain.wav.size == styled_audio.wav.size and np.allclose(plain.wav, styled_audio.wav)
+    )
 
 
 # --- the tiny recipes, end to end -------------------------------------------------------------
 
+
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe, data, check", [
-    ("wolof/tiny", "wolof_demo", lambda record: "wo" in record["languages"]),
-    ("emotion/tiny", "emotion_demo", lambda record: record["emotion_tokens"] == EMOTIONS and record["emotion_presets"] == ["sad", "whisper"]),
-])
+@pytest.mark.parametrize(
+    "recipe, data, check",
+    [
+        ("wolof/tiny", "wolof_demo", lambda record: "wo" in record["languages"]),
+        (
+            "emotion/tiny",
+            "emotion_demo",
+            lambda record: record["emotion_tokens"] == EMOTIONS and record["emotion_presets"] == ["sad", "whisper"],
+        ),
+    ],
+)
 def test_tiny_recipe_runs_end_to_end(tmp_path, monkeypatch, recipe, data, check):
     from xtts_ft.stages import pipeline
 
@@ -359,8 +454,18 @@ def test_evaluate_scores_wolof_with_the_ctc_model_configured_for_it(wolof_export
     from xtts_ft.stages import evaluate
 
     mms = build_tiny_mms(workdir / "models" / "tiny-mms")
-    cfg = compose("evaluate", [f"checkpoint={wolof_export}", f"manifest={wolof_prepared / 'eval.jsonl'}", f"out_dir={tmp_path}",
-                               "languages=[wo]", "max_utterances=4", "write_metrics=false", f"asr={{default: bundled, wo: {mms}}}"])
+    cfg = compose(
+        "evaluate",
+        [
+            f"checkpoint={wolof_export}",
+            f"manifest={wolof_prepared / 'eval.jsonl'}",
+            f"out_dir={tmp_path}",
+            "languages=[wo]",
+            "max_utterances=4",
+            "write_metrics=false",
+            f"asr={{default: bundled, wo: {mms}}}",
+        ],
+    )
     table = evaluate.run(cfg)
     assert set(table["language"]) == {"wo"} and (table["asr"] == f"transformers `{mms}` (wol)").all()
     assert (table["transcript"] == "ñ").all()  # the wol adapter's head, from the model's directory

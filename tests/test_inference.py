@@ -3,8 +3,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import pytest
+import soundfile as sf
 
 from xtts_ft.inference import split_sentences
 
@@ -65,13 +65,17 @@ def test_only_the_start_of_a_long_reference_is_decoded(synthesizer, tmp_path, mo
 def test_the_babble_guard_caps_a_sentence_that_does_not_stop(tiny_model_dir):
     """The untrained tiny model never emits its stop token for this seed: generation runs until
     the guard's cap, 2 s + max_seconds_per_char per character, and is reported as cut."""
-    from xtts_ft.inference import CODES_PER_SECOND, XttsSynthesizer
     from tests.conftest import DEMO
+    from xtts_ft.inference import CODES_PER_SECOND, XttsSynthesizer
 
     synthesizer = XttsSynthesizer(tiny_model_dir, device="cpu")
     text = "Hello there."
-    result = synthesizer.synthesize(text=text, language="en", reference=DEMO / "en" / "wavs" / "alicia_000.flac",
-                                    decoding={"seed": 0, "max_seconds_per_char": 0.1})
+    result = synthesizer.synthesize(
+        text=text,
+        language="en",
+        reference=DEMO / "en" / "wavs" / "alicia_000.flac",
+        decoding={"seed": 0, "max_seconds_per_char": 0.1},
+    )
     max_codes = int((2.0 + 0.1 * len(text)) * CODES_PER_SECOND)  # 68 codes of 1024 samples at 22.05 kHz
     assert result.stopped == [False]
     assert abs(result.wav.size - max_codes * 1024 * 24000 / 22050) <= 256  # one decoder hop of rounding
@@ -82,14 +86,21 @@ def test_the_babble_guard_caps_a_sentence_that_does_not_stop(tiny_model_dir):
     text = "Hello 1987."
     said = clean_text(text, "en")
     assert said == "hello one thousand, nine hundred and eighty-seven."
-    result = synthesizer.synthesize(text=text, language="en", reference=DEMO / "en" / "wavs" / "alicia_000.flac",
-                                    decoding={"seed": 0, "max_seconds_per_char": 0.1})
+    result = synthesizer.synthesize(
+        text=text,
+        language="en",
+        reference=DEMO / "en" / "wavs" / "alicia_000.flac",
+        decoding={"seed": 0, "max_seconds_per_char": 0.1},
+    )
     max_codes = int((2.0 + 0.1 * len(said)) * CODES_PER_SECOND)
     assert result.stopped == [False]
     assert abs(result.wav.size - max_codes * 1024 * 24000 / 22050) <= 256
     wolof = "Am na 1 987 654 xar."
-    assert synthesizer._max_codes(wolof, "wo", 0.1) == int((2.0 + 0.1 * len(clean_text(wolof, "wo"))) * CODES_PER_SECOND) > \
-        int((2.0 + 0.1 * len(wolof)) * CODES_PER_SECOND) * 3  # (below the model's own cap)
+    assert (
+        synthesizer._max_codes(wolof, "wo", 0.1)
+        == int((2.0 + 0.1 * len(clean_text(wolof, "wo"))) * CODES_PER_SECOND)
+        > int((2.0 + 0.1 * len(wolof)) * CODES_PER_SECOND) * 3
+    )  # (below the model's own cap)
 
 
 def test_load_and_synthesis_print_no_transformers_noise(tiny_model_dir, tmp_path):
@@ -131,7 +142,12 @@ def test_bad_requests_are_clear_errors(synthesizer, prepared, tmp_path):
 
 
 def test_streaming_yields_chunks_that_add_up_to_the_whole(synthesizer, prepared):
-    kwargs = dict(text="The birch canoe slid on the smooth planks.", language="en", reference=_reference(prepared), decoding={"seed": 0})
+    kwargs = dict(
+        text="The birch canoe slid on the smooth planks.",
+        language="en",
+        reference=_reference(prepared),
+        decoding={"seed": 0},
+    )
     whole = synthesizer.synthesize(**kwargs)
     # The trained tiny GPT stops after a few codes: tiny chunks make several. The first, after 1 code,
     # decodes to the 1024 samples held back for the cross-fade: it is not yielded empty.
@@ -160,8 +176,16 @@ def test_our_stream_loop_is_coquis_inference_stream(untrained):
     import torch
 
     text, reference = "Hello there. Good morning, my friend.", _demo_reference()
-    ours = list(untrained.stream(text=text, language="en", reference=reference, decoding=STREAM_DECODING,
-                                 chunk_codes=16, first_chunk_codes=16))
+    ours = list(
+        untrained.stream(
+            text=text,
+            language="en",
+            reference=reference,
+            decoding=STREAM_DECODING,
+            chunk_codes=16,
+            first_chunk_codes=16,
+        )
+    )
     voice = untrained.clone_voice(reference)
     settings = untrained.decoding_settings(STREAM_DECODING)
     torch.manual_seed(0)
@@ -170,9 +194,18 @@ def test_our_stream_loop_is_coquis_inference_stream(untrained):
         max_codes = untrained._max_codes(sentence, "en", STREAM_DECODING["max_seconds_per_char"])
         assert max_codes in (48, 53)
         with untrained._babble_guard(max_codes):
-            theirs += [wav.float().numpy() for wav in untrained.model.inference_stream(
-                sentence, "en", voice.gpt_cond_latent, voice.speaker_embedding, stream_chunk_size=16,
-                enable_text_splitting=False, **settings)]
+            theirs += [
+                wav.float().numpy()
+                for wav in untrained.model.inference_stream(
+                    sentence,
+                    "en",
+                    voice.gpt_cond_latent,
+                    voice.speaker_embedding,
+                    stream_chunk_size=16,
+                    enable_text_splitting=False,
+                    **settings,
+                )
+            ]
     assert [c.wav.size for c in ours] == [w.size for w in theirs] and len(ours) == 8
     for chunk, wav in zip(ours, theirs):
         # Equal but for the last chunk of sentence 1: coqui cross-fades the overlap with itself (float rounding).
@@ -207,12 +240,15 @@ def test_a_short_first_chunk_then_the_usual_ones(untrained):
     assert abs(sum(sizes) - max_codes * per_code) <= 256
 
 
-@pytest.mark.parametrize("bad", [dict(first_chunk_codes=0), dict(chunk_codes=0), dict(first_chunk_codes=-3),
-                                 dict(chunk_codes=2.5)])
+@pytest.mark.parametrize(
+    "bad", [dict(first_chunk_codes=0), dict(chunk_codes=0), dict(first_chunk_codes=-3), dict(chunk_codes=2.5)]
+)
 def test_bad_chunk_sizes_are_clear_errors(untrained, bad):
     name = next(iter(bad))
     with pytest.raises(ValueError, match=f"{name}=.* — fix: {name}=<an integer ≥ 1>"):
-        untrained.stream(text="Hi.", language="en", reference=_demo_reference(), **bad)  # at the call, before any audio
+        untrained.stream(
+            text="Hi.", language="en", reference=_demo_reference(), **bad
+        )  # at the call, before any audio
 
 
 def test_batch_synthesis_from_a_csv(synthesizer, prepared, tmp_path):
@@ -242,17 +278,26 @@ BATCH_DECODING = {"max_seconds_per_char": 0.02}
 def _mixed_requests(prepared):
     """Texts of mixed lengths (so mixed prefix padding and babble guards), voices, languages, and a two-sentence text."""
     en, fr = sorted((prepared / "wavs").glob("0_*.wav")), sorted((prepared / "wavs").glob("1_*.wav"))
-    return [{"text": "Hello there.", "language": "en", "reference": en[0]},
-            {"text": "The birch canoe slid on the smooth planks of the old wooden dock.", "language": "en", "reference": en[-1]},
-            {"text": "Bonjour.", "language": "fr", "reference": fr[0]},
-            {"text": "One thing. Another, somewhat longer, thing!", "language": "en", "reference": en[1]}]
+    return [
+        {"text": "Hello there.", "language": "en", "reference": en[0]},
+        {
+            "text": "The birch canoe slid on the smooth planks of the old wooden dock.",
+            "language": "en",
+            "reference": en[-1],
+        },
+        {"text": "Bonjour.", "language": "fr", "reference": fr[0]},
+        {"text": "One thing. Another, somewhat longer, thing!", "language": "en", "reference": en[1]},
+    ]
 
 
 def _codes(synthesizer, requests, decoding, batch_size):
     sentences = [s for i, r in enumerate(requests) for s in synthesizer._sentences(i, r, decoding)]
     settings = synthesizer.decoding_settings(decoding)
-    return [(row.codes, row.stopped) for start in range(0, len(sentences), batch_size)
-            for row in synthesizer._generate(sentences[start : start + batch_size], settings)], sentences
+    return [
+        (row.codes, row.stopped)
+        for start in range(0, len(sentences), batch_size)
+        for row in synthesizer._generate(sentences[start : start + batch_size], settings)
+    ], sentences
 
 
 @pytest.fixture(scope="module")
@@ -286,8 +331,13 @@ def test_batched_codes_are_those_of_one_at_a_time_and_of_coquis_generate(model, 
     settings = synthesizer.decoding_settings(decoding)
     for sentence, (codes, _) in zip(sentences, alone):
         with synthesizer._babble_guard(sentence.max_codes), torch.no_grad():
-            theirs = synthesizer.model.gpt.generate(sentence.voice.gpt_cond_latent, sentence.tokens, do_sample=True, num_beams=1,
-                                                    **{k: settings[k] for k in ("temperature", "top_k", "top_p", "repetition_penalty")})
+            theirs = synthesizer.model.gpt.generate(
+                sentence.voice.gpt_cond_latent,
+                sentence.tokens,
+                do_sample=True,
+                num_beams=1,
+                **{k: settings[k] for k in ("temperature", "top_k", "top_p", "repetition_penalty")},
+            )
         assert torch.equal(theirs[0], codes)
     # The latents each row's decoder speaks, read during a left-padded generate of 4 rows, are those
     # of coqui's second GPT pass over the text and codes (Xtts.inference's), guard-cut rows included.
@@ -296,9 +346,15 @@ def test_batched_codes_are_those_of_one_at_a_time_and_of_coquis_generate(model, 
     assert not gpt.gpt_inference.final_norm._forward_hooks  # the hook is gone once the generate is done
     for sentence, row in zip(sentences, rows):
         with torch.no_grad():
-            theirs = gpt(sentence.tokens, torch.tensor([sentence.tokens.shape[-1]]), row.codes.unsqueeze(0),
-                         torch.tensor([row.codes.shape[-1] * gpt.code_stride_len]), cond_latents=sentence.voice.gpt_cond_latent,
-                         return_attentions=False, return_latent=True)
+            theirs = gpt(
+                sentence.tokens,
+                torch.tensor([sentence.tokens.shape[-1]]),
+                row.codes.unsqueeze(0),
+                torch.tensor([row.codes.shape[-1] * gpt.code_stride_len]),
+                cond_latents=sentence.voice.gpt_cond_latent,
+                return_attentions=False,
+                return_latent=True,
+            )
         assert row.latents.shape == theirs.shape and torch.allclose(row.latents, theirs, rtol=0, atol=1e-5)
 
 
@@ -310,15 +366,18 @@ def test_rows_in_one_voice_share_its_conditioning_pass(untrained, prepared):
     import torch
 
     en = sorted((prepared / "wavs").glob("0_*.wav"))
-    requests = [{"text": "Hello there.", "language": "en", "reference": en[0]},
-                {"text": "The birch canoe slid on the smooth planks.", "language": "en", "reference": en[1]},
-                {"text": "One thing. Another, somewhat longer, thing!", "language": "en", "reference": en[0]}]
+    requests = [
+        {"text": "Hello there.", "language": "en", "reference": en[0]},
+        {"text": "The birch canoe slid on the smooth planks.", "language": "en", "reference": en[1]},
+        {"text": "One thing. Another, somewhat longer, thing!", "language": "en", "reference": en[0]},
+    ]
     decoding = {**BATCH_DECODING, "seed": 0, "top_k": 1}
     alone, sentences = _codes(untrained, requests, decoding, batch_size=1)
     gpt = untrained.model.gpt
     passes = []  # rows × positions of each pass over inputs_embeds, the prompt's two and the steps
     hook = gpt.gpt_inference.transformer.register_forward_pre_hook(
-        lambda module, args, kwargs: passes.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True)
+        lambda module, args, kwargs: passes.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True
+    )
     try:
         rows = untrained._generate(sentences, untrained.decoding_settings(decoding))
     finally:
@@ -328,9 +387,15 @@ def test_rows_in_one_voice_share_its_conditioning_pass(untrained, prepared):
     for sentence, row, (codes, stopped) in zip(sentences, rows, alone):
         assert torch.equal(row.codes, codes) and row.stopped == stopped
         with torch.no_grad():
-            theirs = gpt(sentence.tokens, torch.tensor([sentence.tokens.shape[-1]]), row.codes.unsqueeze(0),
-                         torch.tensor([row.codes.shape[-1] * gpt.code_stride_len]), cond_latents=sentence.voice.gpt_cond_latent,
-                         return_attentions=False, return_latent=True)
+            theirs = gpt(
+                sentence.tokens,
+                torch.tensor([sentence.tokens.shape[-1]]),
+                row.codes.unsqueeze(0),
+                torch.tensor([row.codes.shape[-1] * gpt.code_stride_len]),
+                cond_latents=sentence.voice.gpt_cond_latent,
+                return_attentions=False,
+                return_latent=True,
+            )
         assert row.latents.shape == theirs.shape and torch.allclose(row.latents, theirs, rtol=0, atol=1e-5)
 
 
@@ -381,7 +446,10 @@ def _check_packed_products(untrained, requests, decoding, layers, monkeypatch):
     monkeypatch.setattr(PackedProducts, "packed_product", staticmethod(counted))
     all_rows = []  # (rows, inside a batch's patched generate) of every product of the last layer
     hook = layers[-1].register_forward_pre_hook(
-        lambda layer, args: all_rows.append((args[0].reshape(-1, args[0].shape[-1]).shape[0], "forward" in vars(layer))))
+        lambda layer, args: all_rows.append(
+            (args[0].reshape(-1, args[0].shape[-1]).shape[0], "forward" in vars(layer))
+        )
+    )
     # A machine where only the few-row steps gain: the prompt's pass keeps MKL's products.
     monkeypatch.setattr(PackedProducts, "packed_is_faster", lambda self, weight, rows, packed=None: rows == 4)
     try:
@@ -415,7 +483,9 @@ def _check_packed_products(untrained, requests, decoding, layers, monkeypatch):
     [again] = untrained.synthesize_many(requests[:1], decoding, batch_size=2)
     assert again.wav.shape == usual[0].wav.shape
     rest = dict(first)
-    assert sorted([index, *rest]) == list(range(len(requests))) and not any("forward" in vars(layer) for layer in layers)
+    assert sorted([index, *rest]) == list(range(len(requests))) and not any(
+        "forward" in vars(layer) for layer in layers
+    )
     # A synthesizer around a model in memory (train-gpt's eval audio) batches too.
     from xtts_ft.inference import XttsSynthesizer
 
@@ -435,8 +505,11 @@ def test_a_language_whose_reading_package_is_missing_is_one_clear_error(untraine
         pytest.skip("cutlet is installed here")
     reference = sorted((prepared / "wavs").glob("0_*.wav"))[0]
     assert "ja" in untrained.languages
-    with pytest.raises(RuntimeError, match=r"XTTS reads 'ja' text as romaji, which needs a package .*cutlet.* "
-                                           r"— fix: pip install 'coqui-tts\[ja\]'"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"XTTS reads 'ja' text as romaji, which needs a package .*cutlet.* "
+        r"— fix: pip install 'coqui-tts\[ja\]'",
+    ):
         untrained.synthesize("こんにちは。", "ja", reference=reference)
     with pytest.raises(RuntimeError, match=r"pip install 'coqui-tts\[ja\]'"):
         untrained.synthesize_many([{"text": "こんにちは。", "language": "ja", "reference": reference}])
@@ -545,7 +618,9 @@ def test_a_bad_request_fails_before_any_synthesis(synthesizer, prepared, monkeyp
     monkeypatch.setattr(synthesizer, "_generate", lambda *a: pytest.fail("synthesized before checking every request"))
     with pytest.raises(ValueError, match="^request 2: language 'xx' is not in this model's config.languages"):
         synthesizer.synthesize_many(requests, BATCH_DECODING)
-    with pytest.raises(ValueError, match="^texts.csv, line 4: language 'xx' is not"):  # read_requests' place, where it has one
+    with pytest.raises(
+        ValueError, match="^texts.csv, line 4: language 'xx' is not"
+    ):  # read_requests' place, where it has one
         synthesizer.synthesize_many(requests[:2] + [{**requests[2], "where": "texts.csv, line 4"}], BATCH_DECODING)
     with pytest.raises(ValueError, match=r"batch_size=0 — fix: batch_size=<an integer ≥ 1>"):
         synthesizer.synthesize_many(requests[:1], BATCH_DECODING, batch_size=0)
@@ -557,8 +632,14 @@ def test_a_bad_request_fails_before_any_synthesis(synthesizer, prepared, monkeyp
     # A sentence past the model's text tokens: refused at the request, as coqui's own assertion would stop it deep
     # inside (one text, streamed, or in a batch alike).
     long = {"text": "word " * 600, "language": "en", "reference": _reference(prepared)}
-    for call in (lambda: synthesizer.synthesize(**long), lambda: synthesizer.stream(**long), lambda: synthesizer.synthesize_many([long])):
-        with pytest.raises(ValueError, match=r"text tokens; the model takes fewer than \d+ — fix: split it into shorter sentences"):
+    for call in (
+        lambda: synthesizer.synthesize(**long),
+        lambda: synthesizer.stream(**long),
+        lambda: synthesizer.synthesize_many([long]),
+    ):
+        with pytest.raises(
+            ValueError, match=r"text tokens; the model takes fewer than \d+ — fix: split it into shorter sentences"
+        ):
             call()
 
 
@@ -568,9 +649,20 @@ def test_synth_stage_streams_with_its_chunk_sizes(exported, prepared, tmp_path, 
     from xtts_ft.config import compose
     from xtts_ft.stages import synth
 
-    base = [f"checkpoint={exported}", "text=The birch canoe slid on the smooth planks.", "language=en",
-            f"reference={_reference(prepared)}", "device=cpu", "decoding.seed=0", "stream=true"]
-    out = synth.run(compose("synth", base + [f"out={tmp_path / 'streamed.wav'}", "stream_first_chunk_codes=1", "stream_chunk_codes=2"]))
+    base = [
+        f"checkpoint={exported}",
+        "text=The birch canoe slid on the smooth planks.",
+        "language=en",
+        f"reference={_reference(prepared)}",
+        "device=cpu",
+        "decoding.seed=0",
+        "stream=true",
+    ]
+    out = synth.run(
+        compose(
+            "synth", base + [f"out={tmp_path / 'streamed.wav'}", "stream_first_chunk_codes=1", "stream_chunk_codes=2"]
+        )
+    )
     audio, rate = sf.read(out)
     printed = capsys.readouterr().out
     chunks = int(re.search(r"in (\d+) streamed chunks; first audio after [0-9.]+ s", printed).group(1))
@@ -592,8 +684,15 @@ def test_a_batch_into_an_earlier_batchs_folder_never_leaves_its_old_index(export
     (out / "index.jsonl").write_text('{"name": "0000", "text": "an earlier text"}\n')
     texts = tmp_path / "texts.csv"
     texts.write_text("text,language\nOne.,en\nTwo.,xx\n")
-    base = [f"checkpoint={exported}", f"texts={texts}", f"out_dir={out}", f"reference={_reference(prepared)}", "device=cpu",
-            "decoding.seed=0", "decoding.max_seconds_per_char=0.02"]
+    base = [
+        f"checkpoint={exported}",
+        f"texts={texts}",
+        f"out_dir={out}",
+        f"reference={_reference(prepared)}",
+        "device=cpu",
+        "decoding.seed=0",
+        "decoding.max_seconds_per_char=0.02",
+    ]
     with pytest.raises(ValueError, match=r"texts.csv, line 3: language 'xx'"):
         synth.run(compose("synth", base))
     assert not (out / "index.jsonl").exists()

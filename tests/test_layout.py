@@ -86,8 +86,13 @@ def test_no_stage_imports_another_stage():
 
 def test_data_imports_nothing_above_it():
     allowed = {"xtts_ft.io_utils", "xtts_ft.model.constants"}
-    leaks = [f"{name} → {target}" for name, targets in GRAPH.items() if name.startswith("xtts_ft.data")
-             for target in targets if not (target.startswith("xtts_ft.data") or target in allowed)]
+    leaks = [
+        f"{name} → {target}"
+        for name, targets in GRAPH.items()
+        if name.startswith("xtts_ft.data")
+        for target in targets
+        if not (target.startswith("xtts_ft.data") or target in allowed)
+    ]
     assert not leaks, "data/ may import only data/, io_utils and model.constants:\n" + "\n".join(leaks)
 
 
@@ -101,7 +106,7 @@ def test_no_import_cycle():
         path.append(name)
         for target in sorted(GRAPH.get(name, ())):
             if state.get(target) == "open":
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state and (cycle := visit(target)):
                 return cycle
         path.pop()
@@ -128,7 +133,11 @@ def functions_longer_than(limit: int, paths, only_methods: bool = False) -> list
     long = []
     for path in paths:
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        nodes = [n for c in ast.walk(tree) if isinstance(c, ast.ClassDef) for n in c.body] if only_methods else ast.walk(tree)
+        nodes = (
+            [n for c in ast.walk(tree) if isinstance(c, ast.ClassDef) for n in c.body]
+            if only_methods
+            else ast.walk(tree)
+        )
         for node in nodes:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 lines = node.end_lineno - node.lineno + 1

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from tests.conftest import REPO, TRAIN_OVERRIDES, demo_overrides
-from xtts_ft.stages import export, push, train_gpt
-from xtts_ft.train import gpt as gpt_recipe
 from xtts_ft.config import compose
 from xtts_ft.model import lora
 from xtts_ft.model.layout import EXPORT_FILES
 from xtts_ft.model.loading import load_xtts
+from xtts_ft.stages import export, push, train_gpt
+from xtts_ft.train import gpt as gpt_recipe
 
 QUIET = ["eval_every=1000", "eval_sentences=[]"]
 LORA = ["method=lora", "lora.rank=4", "lora.alpha=8", "lora.dropout=0.1"]
@@ -29,7 +29,11 @@ def _paths(workdir):
 
 
 def _wolof(workdir):
-    return _paths(workdir) + ["data=wolof_demo", f"data.sources.0.path={WOLOF_DEMO}", f"data.sources.1.path={REPO / 'data' / 'demo' / 'en'}"]
+    return _paths(workdir) + [
+        "data=wolof_demo",
+        f"data.sources.0.path={WOLOF_DEMO}",
+        f"data.sources.1.path={REPO / 'data' / 'demo' / 'en'}",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +42,32 @@ def wolof_extended(workdir, tiny_model_dir):
     from xtts_ft.stages import extend, prepare
 
     prepare.run(compose("prepare", _wolof(workdir) + ["model=tiny"]))
-    return extend.run(compose("extend", _wolof(workdir) + ["model=tiny", "languages=[wo]", "bpe_vocab_size=200", "overwrite=true"]))
+    return extend.run(
+        compose("extend", _wolof(workdir) + ["model=tiny", "languages=[wo]", "bpe_vocab_size=200", "overwrite=true"])
+    )
 
 
 @pytest.fixture(scope="module")
 def lora_wolof_run(workdir, tmp_path_factory, wolof_extended):
     """A short LoRA run on the extended base (its own runs dir)."""
     runs = tmp_path_factory.mktemp("lora_runs")
-    overrides = _wolof(workdir) + LORA + QUIET + [
-        f"model.source={wolof_extended}", "model.build_tiny=false", "model.name=wo", "run_name=wolof_lora",
-        f"paths.runs_dir={runs}", "max_steps=6", "lr=1e-2", "batch_size=4", "save_every=3", "log_every=1",
-    ]
+    overrides = (
+        _wolof(workdir)
+        + LORA
+        + QUIET
+        + [
+            f"model.source={wolof_extended}",
+            "model.build_tiny=false",
+            "model.name=wo",
+            "run_name=wolof_lora",
+            f"paths.runs_dir={runs}",
+            "max_steps=6",
+            "lr=1e-2",
+            "batch_size=4",
+            "save_every=3",
+            "log_every=1",
+        ]
+    )
     return train_gpt.run(compose("train_gpt", overrides))
 
 
@@ -64,7 +83,9 @@ def test_lora_trains_only_the_adapter_and_the_new_token_rows(lora_wolof_run, wol
     assert after > before
     weights = state["gpt"]
     # Only the adapter, the embedding's new rows and the text head's copy: no base weight.
-    assert weights and all(("lora_A" in k or "lora_B" in k or "trainable_tokens_delta" in k or "modules_to_save" in k) for k in weights), sorted(weights)
+    assert weights and all(
+        ("lora_A" in k or "lora_B" in k or "trainable_tokens_delta" in k or "modules_to_save" in k) for k in weights
+    ), sorted(weights)
     assert weights["text_embedding.token_adapter.trainable_tokens_delta.default"].shape[0] == after - before
     assert state["base_model_hash"] and state["config"]["method"] == "lora"
 
@@ -73,7 +94,11 @@ def test_lora_trains_only_the_adapter_and_the_new_token_rows(lora_wolof_run, wol
     assert set(merged) == set(base)  # stock keys after the merge
     changed = {k for k in base if not torch.equal(base[k], merged[k])}
     # The merged LoRA targets and the vocabulary rows changed; nothing else did.
-    assert changed == {k for k in base if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))} | {"text_embedding.weight", "text_head.weight", "text_head.bias"}
+    assert changed == {k for k in base if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))} | {
+        "text_embedding.weight",
+        "text_head.weight",
+        "text_head.bias",
+    }
     for key in ("text_embedding.weight", "text_head.weight", "text_head.bias"):
         assert torch.equal(merged[key][:before], base[key][:before]), f"{key}: a base row moved"
         assert not torch.equal(merged[key][before:], base[key][before:]), f"{key}: the new rows did not learn"
@@ -104,7 +129,9 @@ def test_killed_lora_run_resumes_on_the_same_trajectory(tmp_path, tiny_model_dir
 
     killed = overrides + [f"paths.runs_dir={tmp_path / 'b'}"]
     code = f"from xtts_ft.stages import train_gpt; from xtts_ft.config import compose; train_gpt.run(compose('train_gpt', {killed!r}))"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     progress = tmp_path / "b" / "demo" / "gpt" / "progress.json"
     deadline = time.time() + 180
     while time.time() < deadline and not (progress.is_file() and json.loads(progress.read_text())["step"] >= 4):
@@ -118,7 +145,9 @@ def test_killed_lora_run_resumes_on_the_same_trajectory(tmp_path, tiny_model_dir
     a = torch.load(straight, map_location="cpu", weights_only=True)
     b = torch.load(resumed, map_location="cpu", weights_only=True)
     assert b["step"] == a["step"] == 12 and set(a["gpt"]) == set(b["gpt"])
-    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in a["gpt"].items() if "lora_B" in k)  # the adapter learnt
+    assert any(
+        not torch.equal(v, torch.zeros_like(v)) for k, v in a["gpt"].items() if "lora_B" in k
+    )  # the adapter learnt
     for key, value in a["gpt"].items():
         torch.testing.assert_close(b["gpt"][key], value, rtol=1e-5, atol=1e-6, msg=key)
     # A LoRA state does not continue as a full fine-tune (nor the reverse).
@@ -127,20 +156,32 @@ def test_killed_lora_run_resumes_on_the_same_trajectory(tmp_path, tiny_model_dir
 
 
 def test_lora_refuses_full_fine_tune_selectors(tmp_path, workdir):
-    cfg = compose("train_gpt", demo_overrides(workdir) + TRAIN_OVERRIDES + LORA + ["train_last_layers=1", f"paths.runs_dir={tmp_path}"])
-    with pytest.raises(ValueError, match="method=lora trains LoRA adapters .* train_last_layers and freeze_text_embeddings"):
+    cfg = compose(
+        "train_gpt",
+        demo_overrides(workdir) + TRAIN_OVERRIDES + LORA + ["train_last_layers=1", f"paths.runs_dir={tmp_path}"],
+    )
+    with pytest.raises(
+        ValueError, match="method=lora trains LoRA adapters .* train_last_layers and freeze_text_embeddings"
+    ):
         train_gpt.run(cfg)
 
 
 # --- export: merged stock layout, the adapter in PEFT's format, push, inference ---------------
 
+
 @pytest.fixture(scope="module")
 def lora_exports(workdir, lora_wolof_run, tmp_path_factory):
     """The LoRA run exported twice with adapter=true: its last step and step 3 (two adapters)."""
     out = tmp_path_factory.mktemp("lora_exports")
-    overrides = _paths(workdir) + [f"paths.runs_dir={lora_wolof_run.parents[2]}", "run_name=wolof_lora", "adapter=true"]
-    return (export.run(compose("export", overrides + [f"out_dir={out / 'last'}"])),
-            export.run(compose("export", overrides + [f"out_dir={out / 'step3'}", "checkpoint=3"])))
+    overrides = _paths(workdir) + [
+        f"paths.runs_dir={lora_wolof_run.parents[2]}",
+        "run_name=wolof_lora",
+        "adapter=true",
+    ]
+    return (
+        export.run(compose("export", overrides + [f"out_dir={out / 'last'}"])),
+        export.run(compose("export", overrides + [f"out_dir={out / 'step3'}", "checkpoint=3"])),
+    )
 
 
 def _logits(gpt, text_ids):
@@ -201,13 +242,18 @@ def test_merged_export_loads_in_plain_coqui_and_equals_base_plus_adapter(lora_ex
     from xtts_ft.inference import PackedProducts
 
     if PackedProducts.available():
-        requests = [{"text": text, "language": "wo", "reference": reference} for text in ("Na nga def?", "Mangi fi rek.", "Jërëjëf.")]
+        requests = [
+            {"text": text, "language": "wo", "reference": reference}
+            for text in ("Na nga def?", "Mangi fi rek.", "Jërëjëf.")
+        ]
         greedy = {"seed": 0, "top_k": 1}
         monkeypatch.setattr(PackedProducts, "packed_is_faster", lambda self, weight, rows, packed=None: False)
         usual = synthesizer.synthesize_many(requests, greedy, batch_size=3)
         monkeypatch.setattr(PackedProducts, "packed_is_faster", lambda self, weight, rows, packed=None: True)
         calls, real_product = [], PackedProducts.packed_product
-        monkeypatch.setattr(PackedProducts, "packed_product", staticmethod(lambda *args: calls.append(1) or real_product(*args)))
+        monkeypatch.setattr(
+            PackedProducts, "packed_product", staticmethod(lambda *args: calls.append(1) or real_product(*args))
+        )
         packed = synthesizer.synthesize_many(requests, greedy, batch_size=3)
         assert calls  # the adapted layers' base products did go through the packed weights
         for a, b in zip(usual, packed):
@@ -215,40 +261,68 @@ def test_merged_export_loads_in_plain_coqui_and_equals_base_plus_adapter(lora_ex
 
 
 def test_adapter_export_records_its_base_and_push_sends_it(lora_exports, wolof_extended, workdir, monkeypatch, capsys):
-    from tests.test_push import _hub_error
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError
+
+    from tests.test_push import _hub_error
 
     last, _ = lora_exports
     record = json.loads((last / "xtts_ft.json").read_text())
     adapter = record["adapter"]
     assert adapter["files"] == ["adapter_config.json", "adapter_model.safetensors"] and adapter["rank"] == 4
-    assert adapter["base_model"]["source"] == str(wolof_extended) and adapter["base_model"]["model_sha256"] == export.sha256(wolof_extended / "model.pth")
+    assert adapter["base_model"]["source"] == str(wolof_extended) and adapter["base_model"][
+        "model_sha256"
+    ] == export.sha256(wolof_extended / "model.pth")
     assert record["training"]["method"] == "lora"
     config = json.loads((last / "adapter_config.json").read_text())
-    assert config["peft_type"] == "LORA" and config["r"] == 4 and config["base_model_name_or_path"] == str(wolof_extended)
+    assert (
+        config["peft_type"] == "LORA" and config["r"] == 4 and config["base_model_name_or_path"] == str(wolof_extended)
+    )
     assert (last / "adapter_model.safetensors").stat().st_size < 0.05 * (last / "model.pth").stat().st_size
 
     def repo_info(self, repo_id, **kw):
-        raise _hub_error(RepositoryNotFoundError, 404, f"404 Client Error. Repository Not Found for url: .../{repo_id}")
+        raise _hub_error(
+            RepositoryNotFoundError, 404, f"404 Client Error. Repository Not Found for url: .../{repo_id}"
+        )
 
     monkeypatch.setattr(HfApi, "repo_info", repo_info)
-    files = push.run(compose("push", _paths(workdir) + ["run_name=x", "repo_id=someone/wo-lora", f"export_dir={last}", "dry_run=true"]))
-    assert [f.name for f in files] == ["config.json", "model.pth", "vocab.json", "dvae.pth", "mel_stats.pth", "speakers_xtts.pth",
-                                       "xtts_ft.json", "README.md", "adapter_config.json", "adapter_model.safetensors"]
+    files = push.run(
+        compose(
+            "push", _paths(workdir) + ["run_name=x", "repo_id=someone/wo-lora", f"export_dir={last}", "dry_run=true"]
+        )
+    )
+    assert [f.name for f in files] == [
+        "config.json",
+        "model.pth",
+        "vocab.json",
+        "dvae.pth",
+        "mel_stats.pth",
+        "speakers_xtts.pth",
+        "xtts_ft.json",
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     assert set(lora.ADAPTER_FILES) <= set(EXPORT_FILES)
 
 
-def test_adapter_export_of_a_full_run_or_on_another_base_is_refused(workdir, trained, lora_exports, tmp_path, tiny_model_dir):
+def test_adapter_export_of_a_full_run_or_on_another_base_is_refused(
+    workdir, trained, lora_exports, tmp_path, tiny_model_dir
+):
     from xtts_ft.inference import XttsSynthesizer
 
-    with pytest.raises(ValueError, match="adapter=true: .*state.pt is a full fine-tune \\(method=full\\), which has no adapter"):
+    with pytest.raises(
+        ValueError, match="adapter=true: .*state.pt is a full fine-tune \\(method=full\\), which has no adapter"
+    ):
         export.run(compose("export", _paths(workdir) + ["run_name=demo", f"out_dir={tmp_path / 'x'}", "adapter=true"]))
-    with pytest.raises(ValueError, match="was trained on .*wolof_demo-extended .*not on .*tiny-xtts: load it over that base"):
+    with pytest.raises(
+        ValueError, match="was trained on .*wolof_demo-extended .*not on .*tiny-xtts: load it over that base"
+    ):
         XttsSynthesizer(tiny_model_dir, device="cpu", adapter=lora_exports[0])
 
 
 # --- the tiny LoRA recipe, end to end ---------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_tiny_lora_recipe_runs_end_to_end(tmp_path, monkeypatch):
@@ -259,15 +333,33 @@ def test_tiny_lora_recipe_runs_end_to_end(tmp_path, monkeypatch):
     cfg = compose("pipeline", ["recipe=wolof/lora_tiny"])
     cfg.overrides = paths + ["max_steps=12", "eval_every=12", "save_every=12", "max_utterances=2"]
     report = pipeline.run(cfg)
-    assert [r["stage"] for r in report] == ["prepare", "extend", "train_gpt", "train_decoder", "export", "synth", "evaluate"]
+    assert [r["stage"] for r in report] == [
+        "prepare",
+        "extend",
+        "train_gpt",
+        "train_decoder",
+        "export",
+        "synth",
+        "evaluate",
+    ]
     assert not any(r["skipped"] for r in report)
     export_dir = tmp_path / "exports_dir" / "wolof_demo_lora"
     record = json.loads((export_dir / "xtts_ft.json").read_text())
-    assert record["training"]["method"] == "lora" and record["training"]["gpt_steps"] == 12 and "wo" in record["languages"]
-    assert record["adapter"]["files"] == list(lora.ADAPTER_FILES) and all((export_dir / f).is_file() for f in lora.ADAPTER_FILES)
-    state = torch.load(tmp_path / "runs_dir" / "wolof_demo_lora" / "gpt" / "state.pt", map_location="cpu", weights_only=True)
+    assert (
+        record["training"]["method"] == "lora"
+        and record["training"]["gpt_steps"] == 12
+        and "wo" in record["languages"]
+    )
+    assert record["adapter"]["files"] == list(lora.ADAPTER_FILES) and all(
+        (export_dir / f).is_file() for f in lora.ADAPTER_FILES
+    )
+    state = torch.load(
+        tmp_path / "runs_dir" / "wolof_demo_lora" / "gpt" / "state.pt", map_location="cpu", weights_only=True
+    )
     assert state["config"]["grad_checkpointing_keeps"] == "linear_outputs"  # the recipe's CPU memory setting
-    assert state["config"]["method"] == "lora" and all("lora_" in k or "trainable_tokens" in k or "modules_to_save" in k for k in state["gpt"])
+    assert state["config"]["method"] == "lora" and all(
+        "lora_" in k or "trainable_tokens" in k or "modules_to_save" in k for k in state["gpt"]
+    )
     import soundfile as sf
 
     audio, rate = sf.read(tmp_path / "runs_dir" / "wolof_demo_lora" / "synth" / "awa.wav")
@@ -282,10 +374,15 @@ def test_resuming_under_another_lora_dropout_is_said(caplog, tmp_path):
     state = {"config": {"method": "lora", "lora": {"dropout": 0.05}}, "base_model_hash": "h"}
     with caplog.at_level(logging.WARNING, logger="xtts_ft.train.gpt"):
         gpt_recipe.check_resumable_method(tmp_path / "state.pt", state, compose("train_gpt", ["method=lora"]), "h")
-    assert "trained with lora.dropout=0.05; resuming with lora.dropout=0.0 (add lora.dropout=0.05 to keep it)" in caplog.text
+    assert (
+        "trained with lora.dropout=0.05; resuming with lora.dropout=0.0 (add lora.dropout=0.05 to keep it)"
+        in caplog.text
+    )
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="xtts_ft.train.gpt"):
-        gpt_recipe.check_resumable_method(tmp_path / "state.pt", state, compose("train_gpt", ["method=lora", "lora.dropout=0.05"]), "h")
+        gpt_recipe.check_resumable_method(
+            tmp_path / "state.pt", state, compose("train_gpt", ["method=lora", "lora.dropout=0.05"]), "h"
+        )
     assert "lora.dropout" not in caplog.text
 
 
@@ -294,7 +391,9 @@ def test_one_product_lora_layer_equals_pefts_own_forward(tiny_model_dir):
     `result + B(A(x)) * scaling`, and PEFT's forward whenever the plain case does not hold."""
     from peft.tuners.lora.layer import Linear as PeftLinear
 
-    cfg = compose("train_gpt", ["model=tiny", "method=lora", "lora.rank=4", "lora.alpha=6"])  # scaling 1.5: not a power of 2
+    cfg = compose(
+        "train_gpt", ["model=tiny", "method=lora", "lora.rank=4", "lora.alpha=6"]
+    )  # scaling 1.5: not a power of 2
     results = {}
     for fused in (True, False):
         torch.manual_seed(0)

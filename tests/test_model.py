@@ -79,8 +79,11 @@ def test_offline_hub_id_fails_with_the_fix(monkeypatch, tmp_path):
     # A relative path that reads like owner/name but whose folder is here (exports/nope): said as a missing folder.
     (tmp_path / "exports").mkdir()
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"^exports/nope: no such folder here \(exports has no 'nope'\), and no model "
-                                                r"of that name could be fetched from the Hub — fix: the path of an export"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"^exports/nope: no such folder here \(exports has no 'nope'\), and no model "
+        r"of that name could be fetched from the Hub — fix: the path of an export",
+    ):
         resolve_model_dir("exports/nope")
 
 

@@ -21,9 +21,16 @@ def test_a_card_without_adapter_says_nothing_of_one():
 
 
 def test_an_adapter_export_card_names_its_files_and_base():
-    adapter = {"format": "peft-lora", "files": ["adapter_config.json", "adapter_model.safetensors"],
-               "base_model": {"source": "models/wolof-extended", "model_sha256": "cd" * 32},
-               "rank": 16, "alpha": 32, "dropout": 0.05, "targets": ["c_attn", "c_proj", "c_fc"], "train_heads": False}
+    adapter = {
+        "format": "peft-lora",
+        "files": ["adapter_config.json", "adapter_model.safetensors"],
+        "base_model": {"source": "models/wolof-extended", "model_sha256": "cd" * 32},
+        "rank": 16,
+        "alpha": 32,
+        "dropout": 0.05,
+        "targets": ["c_attn", "c_proj", "c_fc"],
+        "train_heads": False,
+    }
     card = model_card(record(adapter=adapter))
     assert "## The LoRA adapter" in card
     assert "`adapter_config.json`, `adapter_model.safetensors`" in card and "rank\n16, alpha 32" in card

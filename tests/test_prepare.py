@@ -6,10 +6,10 @@ import pytest
 import soundfile as sf
 
 from tests.conftest import demo_overrides
-from xtts_ft.stages import prepare
-from xtts_ft.data import clips
 from xtts_ft.config import compose
+from xtts_ft.data import clips
 from xtts_ft.data.sample import read_manifest
+from xtts_ft.stages import prepare
 
 
 def test_demo_corpus_is_prepared(prepared):
@@ -77,7 +77,8 @@ def test_a_sample_rate_the_model_does_not_hear_is_warned_about(tmp_path, caplog)
         out = _prepare(tmp_path, root, overrides=("max_text_tokens=0", "sample_rate=16000", "eval_fraction=0.5"))
     assert [r.getMessage() for r in caplog.records if "sample_rate=16000" in r.getMessage()] == [
         "sample_rate=16000: the clips are written at 16000 Hz, but XTTS's GPT, DVAE and speaker encoder hear 22050 Hz, so "
-        "training resamples every clip (nothing above 8000 Hz survives) — fix: sample_rate=22050 (the default)"]
+        "training resamples every clip (nothing above 8000 Hz survives) — fix: sample_rate=22050 (the default)"
+    ]
     assert {sf.info(str(wav)).samplerate for wav in (out / "wavs").glob("*.wav")} == {16000}
 
 
@@ -90,8 +91,15 @@ def test_the_same_recording_under_two_names_is_said(tmp_path, caplog):
     import numpy as np
     import soundfile as sf
 
-    root = _corpus(tmp_path, ["wavs/a.wav|the first clip|s1", "wavs/b.wav|the first clip again|s1",
-                              "wavs/c.flac|the first clip once more|s2", "wavs/d.wav|another clip|s2"])
+    root = _corpus(
+        tmp_path,
+        [
+            "wavs/a.wav|the first clip|s1",
+            "wavs/b.wav|the first clip again|s1",
+            "wavs/c.flac|the first clip once more|s2",
+            "wavs/d.wav|another clip|s2",
+        ],
+    )
     t = np.arange(2 * 22050) / 22050
     sf.write(root / "wavs" / "a.wav", (0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 22050, subtype="PCM_16")
     shutil.copy(root / "wavs" / "a.wav", root / "wavs" / "b.wav")
@@ -101,8 +109,10 @@ def test_the_same_recording_under_two_names_is_said(tmp_path, caplog):
         out = _prepare(tmp_path, root, overrides=("max_text_tokens=0", "eval_fraction=0.5"))
     [warning] = [r.getMessage() for r in caplog.records if "same audio" in r.getMessage()]
     csv = root / "metadata.csv"
-    assert warning.startswith(f"2 clip(s) are the same audio as an earlier clip, e.g. {csv}:3 (b.wav) = {csv}:2 (a.wav); "
-                              f"{csv}:4 (c.flac) = {csv}:2 (a.wav) — kept;")
+    assert warning.startswith(
+        f"2 clip(s) are the same audio as an earlier clip, e.g. {csv}:3 (b.wav) = {csv}:2 (a.wav); "
+        f"{csv}:4 (c.flac) = {csv}:2 (a.wav) — kept;"
+    )
     assert len(read_manifest(out / "train.jsonl") + read_manifest(out / "eval.jsonl")) == 4
 
 
@@ -173,13 +183,17 @@ def test_korean_and_chinese_texts_are_checked_as_xtts_reads_them(tiny_model_dir)
     assert as_read(clean_text(text, "ko"), "ko") == "oneul nal-ssiga jeongmal johne-yo."
     read = len(token_ids(tokenizer, as_read(clean_text(text, "ko"), "ko"), "ko"))
     assert read > len(token_ids(tokenizer, clean_text(text, "ko"), "ko"))
-    assert prepare.check_text(text, "ko", compose("prepare", [f"max_text_tokens={read}"]), tokenizer) == clean_text(text, "ko")
+    assert prepare.check_text(text, "ko", compose("prepare", [f"max_text_tokens={read}"]), tokenizer) == clean_text(
+        text, "ko"
+    )
     with pytest.raises(clips.Rejected, match=f"{read} tokens > max_text_tokens={read - 1}"):
         prepare.check_text(text, "ko", compose("prepare", [f"max_text_tokens={read - 1}"]), tokenizer)
     try:
         import pypinyin  # noqa: F401  (coqui-tts[zh])
     except ImportError:
-        with pytest.raises(RuntimeError, match=r"XTTS reads 'zh' text as pinyin, .* — fix: pip install 'coqui-tts\[zh\]'"):
+        with pytest.raises(
+            RuntimeError, match=r"XTTS reads 'zh' text as pinyin, .* — fix: pip install 'coqui-tts\[zh\]'"
+        ):
             prepare.check_text("你好。", "zh", compose("prepare", []), tokenizer)
 
 
@@ -194,7 +208,9 @@ def test_ljspeech_prefers_the_normalized_column(tmp_path):
 
     root = tmp_path / "lj"
     (root / "wavs").mkdir(parents=True)
-    (root / "metadata.csv").write_text("LJ001|Dr. Smith, 1st|Doctor Smith, first\nLJ002|Plain text|\n")  # empty: the text
+    (root / "metadata.csv").write_text(
+        "LJ001|Dr. Smith, 1st|Doctor Smith, first\nLJ002|Plain text|\n"
+    )  # empty: the text
     for name in ("LJ001", "LJ002"):
         sf.write(root / "wavs" / f"{name}.wav", 0.3 * np.sin(np.linspace(0, 3000, 33075)).astype("float32"), 22050)
     out = _prepare(tmp_path, root, formatter="ljspeech")
@@ -205,8 +221,15 @@ def test_ljspeech_prefers_the_normalized_column(tmp_path):
 def test_same_file_names_in_different_folders_do_not_collide(tmp_path):
     import numpy as np
 
-    root = _corpus(tmp_path, ["s1/0001.wav|first speaker|s1", "s2/0001.wav|second speaker|s2",
-                              "s1/0002.wav|first again|s1", "s2/0002.wav|second again|s2"])
+    root = _corpus(
+        tmp_path,
+        [
+            "s1/0001.wav|first speaker|s1",
+            "s2/0001.wav|second speaker|s2",
+            "s1/0002.wav|first again|s1",
+            "s2/0002.wav|second again|s2",
+        ],
+    )
     for folder, freq in (("s1", 2000), ("s2", 4000)):
         (root / folder).mkdir()
         for name in ("0001", "0002"):
@@ -226,7 +249,11 @@ def test_extra_columns_travel_into_the_sample(tmp_path):
         sf.write(root / f"{name}.wav", 0.3 * np.sin(np.linspace(0, 3000, 22050)).astype("float32"), 22050)
     out = _prepare(tmp_path, root)
     sample = read_manifest(out / "train.jsonl")[0]
-    assert sample.extra["style"] == "calm" and sample.extra["raw_text"] in ("one", "two") and sample.extra["source_line"].endswith(("metadata.csv:2", "metadata.csv:3"))
+    assert (
+        sample.extra["style"] == "calm"
+        and sample.extra["raw_text"] in ("one", "two")
+        and sample.extra["source_line"].endswith(("metadata.csv:2", "metadata.csv:3"))
+    )
 
 
 def _tone(seconds=1.0, rate=22050, amplitude=0.3, channels=1):
@@ -249,13 +276,19 @@ def test_vctk_layout(tmp_path):
             (root / "txt" / speaker / f"{speaker}_00{i}.txt").write_text(f"Please call Stella {i}.\n")
             (root / "wav48_silence_trimmed" / speaker).mkdir(parents=True, exist_ok=True)
             mic = "mic2" if speaker == "p226" else "mic1"  # some copies hold only the second microphone's files
-            sf.write(root / "wav48_silence_trimmed" / speaker / f"{speaker}_00{i}_{mic}.flac", _tone(rate=48000), 48000)
-    sf.write(root / "wav48_silence_trimmed" / "p225" / "p225_001_mic2.flac", _tone(rate=48000) * 0, 48000)  # mic1 wins (this silence would be dropped)
+            sf.write(
+                root / "wav48_silence_trimmed" / speaker / f"{speaker}_00{i}_{mic}.flac", _tone(rate=48000), 48000
+            )
+    sf.write(
+        root / "wav48_silence_trimmed" / "p225" / "p225_001_mic2.flac", _tone(rate=48000) * 0, 48000
+    )  # mic1 wins (this silence would be dropped)
     out = _prepare(tmp_path, root, formatter="vctk")
     kept = _kept(out)
     assert sorted((s.speaker, s.text) for s in kept) == [
-        ("p225", "please call stella one."), ("p225", "please call stella two."),
-        ("p226", "please call stella one."), ("p226", "please call stella two."),
+        ("p225", "please call stella one."),
+        ("p225", "please call stella two."),
+        ("p226", "please call stella one."),
+        ("p226", "please call stella two."),
     ]
     assert all(s.extra["source_rate"] == 48000 for s in kept)
     assert {sf.info(str(out / s.audio)).samplerate for s in kept} == {22050}
@@ -264,14 +297,26 @@ def test_vctk_layout(tmp_path):
 def test_common_voice_tsv(tmp_path):
     root = tmp_path / "cv"
     (root / "clips").mkdir(parents=True)
-    rows = ["client_id\tpath\tsentence\tup_votes\tgender", "abc\ta.mp3.wav\tBonjour à tous.\t2\tfemale",
-            "abc\tb.mp3.wav\tIl y a 3 chats.\t3\tfemale", "def\tc.mp3.wav\t\t1\tmale"]
+    rows = [
+        "client_id\tpath\tsentence\tup_votes\tgender",
+        "abc\ta.mp3.wav\tBonjour à tous.\t2\tfemale",
+        "abc\tb.mp3.wav\tIl y a 3 chats.\t3\tfemale",
+        "def\tc.mp3.wav\t\t1\tmale",
+    ]
     (root / "validated.tsv").write_text("\n".join(rows) + "\n")
     for name in ("a", "b", "c"):
         sf.write(root / "clips" / f"{name}.mp3.wav", _tone(rate=48000, channels=2), 48000)
-    out = prepare.run(compose("prepare", [
-        "data.name=cv", f"data.sources=[{{path: {root}, formatter: common_voice, language: fr, metadata: validated.tsv}}]",
-        f"paths.processed_dir={tmp_path / 'out'}", "max_text_tokens=0"]))
+    out = prepare.run(
+        compose(
+            "prepare",
+            [
+                "data.name=cv",
+                f"data.sources=[{{path: {root}, formatter: common_voice, language: fr, metadata: validated.tsv}}]",
+                f"paths.processed_dir={tmp_path / 'out'}",
+                "max_text_tokens=0",
+            ],
+        )
+    )
     kept = _kept(out)
     assert sorted(s.text for s in kept) == ["bonjour à tous.", "il y a trois chats."]
     assert {s.speaker for s in kept} == {"abc"} and kept[0].extra["gender"] == "female"
@@ -296,7 +341,10 @@ def test_generic_table_with_configured_columns(tmp_path, suffix):
     columns = "{audio: file, text: sentence, speaker: who, emotion: mood}"
     out = _prepare(tmp_path, root, formatter="table", source_extra=f", metadata: meta.{suffix}, columns: {columns}")
     kept = sorted(_kept(out), key=lambda s: s.text)
-    assert [(s.text, s.speaker, s.emotion) for s in kept] == [("first line.", "ann", "happy"), ("second line.", "ann", "sad")]
+    assert [(s.text, s.speaker, s.emotion) for s in kept] == [
+        ("first line.", "ann", "happy"),
+        ("second line.", "ann", "sad"),
+    ]
     assert "mood" not in kept[0].extra and "file" not in kept[0].extra
 
 
@@ -306,28 +354,33 @@ def test_audiofolder(tmp_path):
     (root / "metadata.csv").write_text("file_name,transcription\none.wav,Hello there.\ntwo.wav,General Kenobi.\n")
     for name in ("one", "two"):
         sf.write(root / f"{name}.wav", _tone(rate=44100), 44100)
-    out = _prepare(tmp_path, root, formatter="audiofolder", source_extra=", speaker: obi, columns: {text: transcription}")
+    out = _prepare(
+        tmp_path, root, formatter="audiofolder", source_extra=", speaker: obi, columns: {text: transcription}"
+    )
     assert sorted((s.text, s.speaker) for s in _kept(out)) == [("general kenobi.", "obi"), ("hello there.", "obi")]
 
 
 def test_every_kind_of_bad_record_gets_its_reason(tmp_path, tiny_model_dir):
     import numpy as np
 
-    root = _corpus(tmp_path, [
-        "wavs/good1.wav|Dr. Smith paid $20.|s1",
-        "wavs/good2.wav|It is easy to tell the depth of a well.|s1",
-        "wavs/missing.wav|No file.|s1",
-        "wavs/empty.wav|Empty audio.|s1",
-        "wavs/truncated.wav|Cut short.|s1",
-        "wavs/short.wav|Too short.|s1",
-        "wavs/long.wav|Too long.|s1",
-        "wavs/clipped.wav|Clipped.|s1",
-        "wavs/cjk.wav|你好世界|s1",
-        "wavs/many.wav|" + "word " * 120 + "|s1",
-        "wavs/good1.wav|Duplicate.|s1",
-        "../escape.wav|Outside.|s1",
-        "wavs/blank.wav|   |s1",
-    ])
+    root = _corpus(
+        tmp_path,
+        [
+            "wavs/good1.wav|Dr. Smith paid $20.|s1",
+            "wavs/good2.wav|It is easy to tell the depth of a well.|s1",
+            "wavs/missing.wav|No file.|s1",
+            "wavs/empty.wav|Empty audio.|s1",
+            "wavs/truncated.wav|Cut short.|s1",
+            "wavs/short.wav|Too short.|s1",
+            "wavs/long.wav|Too long.|s1",
+            "wavs/clipped.wav|Clipped.|s1",
+            "wavs/cjk.wav|你好世界|s1",
+            "wavs/many.wav|" + "word " * 120 + "|s1",
+            "wavs/good1.wav|Duplicate.|s1",
+            "../escape.wav|Outside.|s1",
+            "wavs/blank.wav|   |s1",
+        ],
+    )
     w = root / "wavs"
     for name in ("good1", "good2", "cjk", "many"):
         sf.write(w / f"{name}.wav", _tone(seconds=1.5, rate=44100), 44100)
@@ -340,19 +393,30 @@ def test_every_kind_of_bad_record_gets_its_reason(tmp_path, tiny_model_dir):
     sf.write(w / "blank.wav", _tone(), 22050)
     (tmp_path / "escape.wav").write_bytes(b"")
     out = _prepare(tmp_path, root, overrides=[f"paths.models_dir={tiny_model_dir.parent}", "max_text_chars=1000"])
-    dropped = {d["audio"].rsplit("/", 1)[-1] + ":" + d["source_line"].rsplit(":", 1)[1]: d["reason"]
-               for d in map(json.loads, (out / "dropped.jsonl").read_text().splitlines())}
+    dropped = {
+        d["audio"].rsplit("/", 1)[-1] + ":" + d["source_line"].rsplit(":", 1)[1]: d["reason"]
+        for d in map(json.loads, (out / "dropped.jsonl").read_text().splitlines())
+    }
     assert dropped == {
-        "missing.wav:4": "missing_file", "empty.wav:5": "unreadable_audio", "truncated.wav:6": "unreadable_audio",
-        "short.wav:7": "too_short", "long.wav:8": "too_long", "clipped.wav:9": "clipped",
-        "cjk.wav:10": "unknown_characters", "many.wav:11": "too_many_tokens", "good1.wav:12": "duplicate_audio",
-        "escape.wav:13": "outside_root", "blank.wav:14": "empty_text",
+        "missing.wav:4": "missing_file",
+        "empty.wav:5": "unreadable_audio",
+        "truncated.wav:6": "unreadable_audio",
+        "short.wav:7": "too_short",
+        "long.wav:8": "too_long",
+        "clipped.wav:9": "clipped",
+        "cjk.wav:10": "unknown_characters",
+        "many.wav:11": "too_many_tokens",
+        "good1.wav:12": "duplicate_audio",
+        "escape.wav:13": "outside_root",
+        "blank.wav:14": "empty_text",
     }
     kept = sorted(_kept(out), key=lambda s: s.text)
     assert [s.text for s in kept] == ["doctor smith paid twenty dollars.", "it is easy to tell the depth of a well."]
     assert kept[0].extra["raw_text"] == "Dr. Smith paid $20."
     assert all(sf.info(str(out / s.audio)).samplerate == 22050 for s in kept)
-    message = [json.loads(l) for l in (out / "dropped.jsonl").read_text().splitlines() if "cjk" in l][0]["message"]
+    message = [json.loads(row) for row in (out / "dropped.jsonl").read_text().splitlines() if "cjk" in row][0][
+        "message"
+    ]
     assert "你" in message
 
 
@@ -386,9 +450,13 @@ def test_a_clip_the_peak_limit_keeps_below_the_loudness_target_is_reported(tmp_p
     with caplog.at_level("WARNING", logger="xtts_ft.stages.prepare"):
         out = _prepare(tmp_path, root, overrides=["max_text_tokens=0", "loudness_lufs=-14"])
     [warning] = [r.getMessage() for r in caplog.records if "loudness_lufs" in r.getMessage()]
-    assert warning.startswith("1 clip(s) stay below loudness_lufs=-14.0: reaching it would push their peaks past -1 dBFS")
+    assert warning.startswith(
+        "1 clip(s) stay below loudness_lufs=-14.0: reaching it would push their peaks past -1 dBFS"
+    )
     assert f"{root / 'metadata.csv'}:3" in warning and "fix: a lower loudness_lufs (loudness_lufs=-" in warning
-    loudness = {s.text: pyloudnorm.Meter(22050).integrated_loudness(sf.read(str(out / s.audio))[0]) for s in _kept(out)}
+    loudness = {
+        s.text: pyloudnorm.Meter(22050).integrated_loudness(sf.read(str(out / s.audio))[0]) for s in _kept(out)
+    }
     assert loudness["a steady tone."] == pytest.approx(-14, abs=0.5) and loudness["a quiet tone, one click."] < -15
 
 
@@ -408,13 +476,22 @@ def test_worker_processes_give_the_same_dataset(tmp_path, prepared, workdir, mon
     monkeypatch.setattr(clips, "CLIPS_PER_WORKER", 1)  # the demo is small: force two workers
     in_this_process = []  # the patch reaches this process only, not the spawned worker
     run_audio_job = clips.run_audio_job
-    monkeypatch.setattr(clips, "run_audio_job", lambda job, *args: in_this_process.append(job.name) or run_audio_job(job, *args))
-    out = prepare.run(compose("prepare", demo_overrides(tmp_path)[:2] + [
-        f"paths.processed_dir={tmp_path}", f"paths.models_dir={workdir / 'models'}", "num_workers=2"]))
+    monkeypatch.setattr(
+        clips, "run_audio_job", lambda job, *args: in_this_process.append(job.name) or run_audio_job(job, *args)
+    )
+    out = prepare.run(
+        compose(
+            "prepare",
+            demo_overrides(tmp_path)[:2]
+            + [f"paths.processed_dir={tmp_path}", f"paths.models_dir={workdir / 'models'}", "num_workers=2"],
+        )
+    )
     for name in ("train.jsonl", "eval.jsonl", "dropped.jsonl"):
         assert (out / name).read_text() == (prepared / name).read_text()
     # The worker really ran: at least the first chunk (queued to it at once, never taken back) was its.
-    clip_count = len((prepared / "train.jsonl").read_text().splitlines() + (prepared / "eval.jsonl").read_text().splitlines())
+    clip_count = len(
+        (prepared / "train.jsonl").read_text().splitlines() + (prepared / "eval.jsonl").read_text().splitlines()
+    )
     assert clip_count == 40 and len(in_this_process) <= clip_count - clips.CHUNK
     first = sorted((prepared / "wavs").iterdir())[0]
     assert (out / "wavs" / first.name).read_bytes() == first.read_bytes()
@@ -438,9 +515,17 @@ def test_hugging_face_dataset(tmp_path, layout):
     else:
         path.mkdir()
         dataset.to_parquet(str(path / "train.parquet"))
-    out = prepare.run(compose("prepare", [
-        "data.name=hf", f"data.sources=[{{path: {path}, formatter: hf, language: en, columns: {{audio: audio, text: sentence, speaker: spk}}}}]",
-        f"paths.processed_dir={tmp_path / 'out'}", "max_text_tokens=0"]))
+    out = prepare.run(
+        compose(
+            "prepare",
+            [
+                "data.name=hf",
+                f"data.sources=[{{path: {path}, formatter: hf, language: en, columns: {{audio: audio, text: sentence, speaker: spk}}}}]",
+                f"paths.processed_dir={tmp_path / 'out'}",
+                "max_text_tokens=0",
+            ],
+        )
+    )
     kept = sorted(_kept(out), key=lambda s: s.text)
     assert [(s.text, s.speaker) for s in kept] == [("hello there.", "a"), ("it costs five dollars.", "a")]
     assert {s.extra["source_rate"] for s in kept} == {16000, 48000}
@@ -458,9 +543,17 @@ def test_hugging_face_dataset(tmp_path, layout):
         dataset.save_to_disk(str(path))
     else:
         dataset.to_parquet(str(path / "train.parquet"))
-    out = prepare.run(compose("prepare", [
-        "data.name=hf", f"data.sources=[{{path: {path}, formatter: hf, language: en, columns: {{audio: audio, text: sentence, speaker: spk}}}}]",
-        f"paths.processed_dir={tmp_path / 'out'}", "max_text_tokens=0"]))
+    out = prepare.run(
+        compose(
+            "prepare",
+            [
+                "data.name=hf",
+                f"data.sources=[{{path: {path}, formatter: hf, language: en, columns: {{audio: audio, text: sentence, speaker: spk}}}}]",
+                f"paths.processed_dir={tmp_path / 'out'}",
+                "max_text_tokens=0",
+            ],
+        )
+    )
     hello = next(s for s in _kept(out) if s.text == "hello there.")
     assert hello.duration == pytest.approx(2.5, abs=0.05)
 
@@ -492,14 +585,17 @@ def test_audio_workers_keep_job_order(tmp_path, monkeypatch, caller_works):
     shared, results = run(tmp_path / "two", 2, caller_works=caller_works)
     assert shared.spawned == (1 if caller_works else 2)
     assert [r.samples if isinstance(r, clips.ClipInfo) else r.reason for r in results] == [
-        r.samples if isinstance(r, clips.ClipInfo) else r.reason for r in expected]
+        r.samples if isinstance(r, clips.ClipInfo) else r.reason for r in expected
+    ]
     assert results[10].reason == "unreadable_audio" and results[9].samples < results[11].samples
     assert not shared.chunks[0][2].cancelled()  # the first chunk went through the worker process, whoever else worked
     if not caller_works:  # every chunk went through a worker process
         assert [(first, end) for first, end, _ in shared.chunks] == [(0, 8), (8, 16), (16, 21)]
         assert not any(future.cancelled() for *_, future in shared.chunks)
     for job in jobs[:10] + jobs[11:]:
-        assert (tmp_path / "two" / "wavs" / job.name).read_bytes() == (tmp_path / "one" / "wavs" / job.name).read_bytes()
+        assert (tmp_path / "two" / "wavs" / job.name).read_bytes() == (
+            tmp_path / "one" / "wavs" / job.name
+        ).read_bytes()
 
 
 def _resume_corpus(tmp_path):
@@ -534,8 +630,17 @@ def test_a_rerun_on_unchanged_input_does_nothing_and_a_change_redoes_it(tmp_path
     assert _prepare(tmp_path, root) == out
     assert calls == [] and "is up to date" in capsys.readouterr().out
     assert {name: (out / name).read_text() for name in first} == first
-    assert prepare.is_done(compose("prepare", ["data.name=t", f"data.sources=[{{path: {root}, formatter: coqui_csv, language: en}}]",
-                                               f"paths.processed_dir={tmp_path / 'out'}", "max_text_tokens=0"]))
+    assert prepare.is_done(
+        compose(
+            "prepare",
+            [
+                "data.name=t",
+                f"data.sources=[{{path: {root}, formatter: coqui_csv, language: en}}]",
+                f"paths.processed_dir={tmp_path / 'out'}",
+                "max_text_tokens=0",
+            ],
+        )
+    )
 
     sf.write(root / "wavs" / "c03.wav", _tone(seconds=2.0, rate=44100), 44100)  # one clip re-recorded
     _prepare(tmp_path, root)
@@ -547,13 +652,24 @@ def test_a_rerun_on_unchanged_input_does_nothing_and_a_change_redoes_it(tmp_path
     assert len(calls) == 42
     _prepare(tmp_path, root, overrides=("max_text_tokens=0", "trim_top_db=30", "force=true"))
     assert len(calls) == 63
-    assert not list((tmp_path / "out").glob(".t.partial")) and not list(out.glob(".done-*")) + list(out.glob(".staging-*"))
+    assert not list((tmp_path / "out").glob(".t.partial")) and not list(out.glob(".done-*")) + list(
+        out.glob(".staging-*")
+    )
 
 
 def test_an_interrupted_run_leaves_no_dataset_and_the_next_run_continues_it(tmp_path, monkeypatch, capsys):
     root = _resume_corpus(tmp_path)
-    reference = prepare.run(compose("prepare", ["data.name=t", f"data.sources=[{{path: {root}, formatter: coqui_csv, language: en}}]",
-                                                f"paths.processed_dir={tmp_path / 'reference'}", "max_text_tokens=0"]))
+    reference = prepare.run(
+        compose(
+            "prepare",
+            [
+                "data.name=t",
+                f"data.sources=[{{path: {root}, formatter: coqui_csv, language: en}}]",
+                f"paths.processed_dir={tmp_path / 'reference'}",
+                "max_text_tokens=0",
+            ],
+        )
+    )
     unpatched = clips.run_audio_job
     _count_audio_jobs(monkeypatch, fail_at=11)  # one process: the first chunk of 8 is done, the second is not
     with pytest.raises(KeyboardInterrupt):

@@ -9,9 +9,9 @@ import soundfile as sf
 
 from tests.conftest import demo_overrides
 from tests.fake_hub import FakeHub
-from xtts_ft.stages import export, push, synth
 from xtts_ft.config import compose
 from xtts_ft.model.layout import ADAPTER_FILES, EXPORT_FILES
+from xtts_ft.stages import export, push, synth
 
 SECRET = "hf_notARealTokenButSecret123"
 
@@ -28,14 +28,27 @@ def full_export(tmp_path_factory, workdir, trained, prepared):
     other = sorted((prepared / "wavs").glob("0_wavs__*.wav"))[-1]
     out = tmp_path_factory.mktemp("full") / "export"
     paths = [o for o in demo_overrides(workdir) if o.startswith("paths.")]
-    return export.run(compose("export", paths + ["run_name=demo", f"out_dir={out}", "safetensors=true",
-                                                 f"+voices={{alicia: {alicia}}}", f"+emotions={{happy: {alicia}, sad: {other}}}"]))
+    return export.run(
+        compose(
+            "export",
+            paths
+            + [
+                "run_name=demo",
+                f"out_dir={out}",
+                "safetensors=true",
+                f"+voices={{alicia: {alicia}}}",
+                f"+emotions={{happy: {alicia}, sad: {other}}}",
+            ],
+        )
+    )
 
 
 def _hub_error(cls, status: int, message: str):
     import httpx2  # huggingface_hub's HTTP client: its errors carry the response
 
-    return cls(message, response=httpx2.Response(status, request=httpx2.Request("GET", "https://huggingface.co/api/models/x")))
+    return cls(
+        message, response=httpx2.Response(status, request=httpx2.Request("GET", "https://huggingface.co/api/models/x"))
+    )
 
 
 @pytest.fixture
@@ -45,7 +58,9 @@ def no_repo(monkeypatch):
     from huggingface_hub.errors import RepositoryNotFoundError
 
     def repo_info(self, repo_id, **kw):
-        raise _hub_error(RepositoryNotFoundError, 404, f"404 Client Error. Repository Not Found for url: .../{repo_id}")
+        raise _hub_error(
+            RepositoryNotFoundError, 404, f"404 Client Error. Repository Not Found for url: .../{repo_id}"
+        )
 
     monkeypatch.setattr(HfApi, "repo_info", repo_info)
 
@@ -74,18 +89,44 @@ def test_every_file_of_an_export_survives_push_and_download(full_export, workdir
         assert sorted(hub.repos["someone/xtts-demo"]["files"]) == on_disk and hub.repos["someone/xtts-demo"]["private"]
         # Downloading the Hub id goes wherever HF_ENDPOINT points, into the HF cache.
         monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        )
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        out = synth.run(compose("synth", ["checkpoint=someone/xtts-demo", "text=Hello there.", "language=en", "voice=alicia",
-                                          "emotion=happy", f"out={tmp_path / 'hub.wav'}", "device=cpu"]))
+        out = synth.run(
+            compose(
+                "synth",
+                [
+                    "checkpoint=someone/xtts-demo",
+                    "text=Hello there.",
+                    "language=en",
+                    "voice=alicia",
+                    "emotion=happy",
+                    f"out={tmp_path / 'hub.wav'}",
+                    "device=cpu",
+                ],
+            )
+        )
     downloaded = next((tmp_path / "hf_cache").glob("models--someone--xtts-demo/snapshots/*"))
     assert sorted(p.name for p in downloaded.iterdir()) == on_disk
     for name in on_disk:
         assert (downloaded / name).read_bytes() == (full_export / name).read_bytes(), name
     # The same request on the local export gives the same audio: nothing was lost on the way.
-    local = synth.run(compose("synth", [f"checkpoint={full_export}", "text=Hello there.", "language=en", "voice=alicia",
-                                        "emotion=happy", f"out={tmp_path / 'local.wav'}", "device=cpu"]))
+    local = synth.run(
+        compose(
+            "synth",
+            [
+                f"checkpoint={full_export}",
+                "text=Hello there.",
+                "language=en",
+                "voice=alicia",
+                "emotion=happy",
+                f"out={tmp_path / 'local.wav'}",
+                "device=cpu",
+            ],
+        )
+    )
     hub_wav, local_wav = sf.read(out)[0], sf.read(local)[0]
     assert hub_wav.size > 0 and np.array_equal(hub_wav, local_wav)
     assert SECRET not in capsys.readouterr().out
@@ -93,7 +134,9 @@ def test_every_file_of_an_export_survives_push_and_download(full_export, workdir
 
 def test_dry_run_lists_the_files_and_the_card(workdir, full_export, no_repo, capsys):
     files = push.run(_cfg(workdir, f"export_dir={full_export}", "dry_run=true"))
-    assert [f.name for f in files] == [n for n in EXPORT_FILES if n not in ADAPTER_FILES]  # the presets and safetensors included
+    assert [f.name for f in files] == [
+        n for n in EXPORT_FILES if n not in ADAPTER_FILES
+    ]  # the presets and safetensors included
     out = capsys.readouterr().out
     assert "would push to https://huggingface.co/someone/xtts-demo (a new private repo, branch main)" in out
     assert "emotions_xtts.pth" in out and "pipeline_tag: text-to-speech" in out
@@ -119,7 +162,10 @@ def test_an_existing_public_repo_is_not_called_private(workdir, exported, monkey
     _existing_repo(monkeypatch, private=True)
     push.run(_cfg(workdir, "private=false"))
     assert sent == ["create_repo", "upload_folder"] * 2
-    assert "the existing private repo (private=False does not change an existing repo: it stays private)" in capsys.readouterr().out
+    assert (
+        "the existing private repo (private=False does not change an existing repo: it stays private)"
+        in capsys.readouterr().out
+    )
 
 
 def test_push_sends_the_export_and_never_shows_the_token(workdir, exported, no_repo, monkeypatch, capsys):
@@ -128,7 +174,9 @@ def test_push_sends_the_export_and_never_shows_the_token(workdir, exported, no_r
     monkeypatch.setenv("HF_TOKEN", SECRET)
     calls = []
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create_repo", repo_id, kw)))
-    monkeypatch.setattr(HfApi, "create_branch", lambda self, repo_id, **kw: calls.append(("create_branch", repo_id, kw)))
+    monkeypatch.setattr(
+        HfApi, "create_branch", lambda self, repo_id, **kw: calls.append(("create_branch", repo_id, kw))
+    )
 
     def upload_folder(self, **kw):
         calls.append(("upload_folder", kw["repo_id"], kw))
@@ -141,7 +189,9 @@ def test_push_sends_the_export_and_never_shows_the_token(workdir, exported, no_r
     assert calls[1][2]["branch"] == "v1"
     upload = calls[2][2]
     # Exactly the files this export has (it has no presets, voices file aside, nor safetensors).
-    assert sorted(upload["allow_patterns"]) == sorted(p.name for p in exported.iterdir()) and upload["revision"] == "v1"
+    assert (
+        sorted(upload["allow_patterns"]) == sorted(p.name for p in exported.iterdir()) and upload["revision"] == "v1"
+    )
     assert upload["folder_path"] == str(exported)
     out = capsys.readouterr()
     assert f"pushed {len(list(exported.iterdir()))} files" in out.out and SECRET not in out.out + out.err
@@ -152,7 +202,9 @@ def test_the_token_never_goes_over_plain_http(workdir, exported, monkeypatch):
 
     sent = []
     monkeypatch.setattr(HfApi, "repo_info", lambda self, *a, **kw: sent.append("repo_info"))
-    with pytest.raises(ValueError, match=r"Hub endpoint http://hub.example.com is not https: the token would be sent in clear text"):
+    with pytest.raises(
+        ValueError, match=r"Hub endpoint http://hub.example.com is not https: the token would be sent in clear text"
+    ):
         push.run(_cfg(workdir, "endpoint=http://hub.example.com/"))
     monkeypatch.setattr(constants, "ENDPOINT", "http://mirror.example.org")  # HF_ENDPOINT=http://...
     with pytest.raises(ValueError, match=r"http://mirror.example.org is not https"):
@@ -181,13 +233,17 @@ def test_refused_credentials_say_log_in(workdir, exported, monkeypatch):
         raise _hub_error(HfHubHTTPError, 401, "401 Client Error: Unauthorized")
 
     monkeypatch.setattr(HfApi, "repo_info", unauthorized)
-    with pytest.raises(RuntimeError, match=r"failed \(HfHubHTTPError: 401 Client Error: Unauthorized\). Fix: log in with"):
+    with pytest.raises(
+        RuntimeError, match=r"failed \(HfHubHTTPError: 401 Client Error: Unauthorized\). Fix: log in with"
+    ):
         push.run(_cfg(workdir))
 
 
 def test_offline_push_fails_fast_with_a_clear_message(workdir, exported, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", SECRET)
-    with pytest.raises(RuntimeError, match=r"push to http://127.0.0.1:9/someone/xtts-demo failed .*Fix: check the network") as err:
+    with pytest.raises(
+        RuntimeError, match=r"push to http://127.0.0.1:9/someone/xtts-demo failed .*Fix: check the network"
+    ) as err:
         push.run(_cfg(workdir, "endpoint=http://127.0.0.1:9"))
     assert SECRET not in str(err.value)
 
@@ -212,7 +268,9 @@ def test_a_download_with_a_token_never_goes_over_plain_http(monkeypatch, tmp_pat
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda **kw: asked.append(kw) or str(tmp_path))
     monkeypatch.setattr(constants, "ENDPOINT", "http://mirror.example.org")
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
-    with pytest.raises(ValueError, match=r"http://mirror.example.org is not https: the token would be sent in clear text"):
+    with pytest.raises(
+        ValueError, match=r"http://mirror.example.org is not https: the token would be sent in clear text"
+    ):
         resolve_model_dir("owner/model")
     assert asked == []
     monkeypatch.delenv("HF_TOKEN")

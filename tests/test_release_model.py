@@ -23,17 +23,32 @@ WOLOF_DEMO = REPO / "data" / "wolof_demo"
 
 # --- the merge formats ------------------------------------------------------------------------
 
+
 def vocab_with(merges) -> dict:
     vocab = {"[STOP]": 0, "[UNK]": 1, "[SPACE]": 2, "a": 3, "b": 4, "ab": 5, "[START]": 6, "c": 7}
-    added = [{"id": i, "content": t, "special": True, "single_word": False, "lstrip": False, "rstrip": False,
-              "normalized": False} for t, i in vocab.items() if t.startswith("[")]
+    added = [
+        {
+            "id": i,
+            "content": t,
+            "special": True,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+        }
+        for t, i in vocab.items()
+        if t.startswith("[")
+    ]
     return {"added_tokens": added, "model": {"vocab": dict(vocab), "merges": merges}}
 
 
-@pytest.mark.parametrize("base_merges, new_merges", [
-    (["a b"], [["a", "b"], ["c", "a"], ["ca", "b"]]),  # the release's strings + today's pairs (the crash)
-    ([["a", "b"]], ["a b", "c a", "ca b"]),            # today's pairs + strings
-])
+@pytest.mark.parametrize(
+    "base_merges, new_merges",
+    [
+        (["a b"], [["a", "b"], ["c", "a"], ["ca", "b"]]),  # the release's strings + today's pairs (the crash)
+        ([["a", "b"]], ["a b", "c a", "ca b"]),  # today's pairs + strings
+    ],
+)
 def test_merge_vocabulary_takes_either_merge_format_and_keeps_the_bases(base_merges, new_merges):
     from xtts_ft.stages.extend import merge_vocabulary
 
@@ -49,10 +64,21 @@ def test_merge_vocabulary_takes_either_merge_format_and_keeps_the_bases(base_mer
     assert model["merges"] == (["a b", "c a", "ca b"] if as_string else [["a", "b"], ["c", "a"], ["ca", "b"]])
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_str(json.dumps({"version": "1.0", "truncation": None, "padding": None,
-                                               "added_tokens": vocab_json["added_tokens"], "normalizer": None,
-                                               "pre_tokenizer": {"type": "Whitespace"}, "post_processor": None,
-                                               "decoder": None, "model": {"type": "BPE", **model, "unk_token": "[UNK]"}}))
+    tokenizer = Tokenizer.from_str(
+        json.dumps(
+            {
+                "version": "1.0",
+                "truncation": None,
+                "padding": None,
+                "added_tokens": vocab_json["added_tokens"],
+                "normalizer": None,
+                "pre_tokenizer": {"type": "Whitespace"},
+                "post_processor": None,
+                "decoder": None,
+                "model": {"type": "BPE", **model, "unk_token": "[UNK]"},
+            }
+        )
+    )
     assert tokenizer.encode("ca").ids == [8] and tokenizer.encode("cab").ids == [7, 5]  # merges apply in rank order
 
 
@@ -64,6 +90,7 @@ def test_a_malformed_merge_is_named():
 
 
 # --- the chain on a release-format base -------------------------------------------------------
+
 
 def small_corpus(source: Path, dest: Path, per_speaker: int) -> Path:
     """The first clips of each speaker of a shipped coqui_csv corpus: the chain's cost is per clip."""
@@ -83,9 +110,15 @@ def small_corpus(source: Path, dest: Path, per_speaker: int) -> Path:
 def chain_overrides(tmp: Path) -> list:
     wolof = small_corpus(WOLOF_DEMO, tmp / "corpus_wo", per_speaker=5)
     english = small_corpus(REPO / "data" / "demo" / "en", tmp / "corpus_en", per_speaker=5)
-    return [f"paths.processed_dir={tmp / 'processed'}", f"paths.runs_dir={tmp / 'runs'}",
-            f"paths.exports_dir={tmp / 'exports'}", f"paths.models_dir={tmp / 'models'}",
-            "data=wolof_demo", f"data.sources.0.path={wolof}", f"data.sources.1.path={english}"]
+    return [
+        f"paths.processed_dir={tmp / 'processed'}",
+        f"paths.runs_dir={tmp / 'runs'}",
+        f"paths.exports_dir={tmp / 'exports'}",
+        f"paths.models_dir={tmp / 'models'}",
+        "data=wolof_demo",
+        f"data.sources.0.path={wolof}",
+        f"data.sources.1.path={english}",
+    ]
 
 
 def ids_of(vocab_json: dict) -> dict:
@@ -101,23 +134,67 @@ def run_chain(tmp: Path, base: Path, free_disk: bool = False) -> dict:
     released = ["model=xtts_v2", f"model.source={base}"]
     extended = ["model=extended"]
     out = {"prepared": prepare.run(compose("prepare", paths + released + ["decoder_copies=true"]))}
-    out["extended"] = extend.run(compose("extend", paths + released + ["languages=[wo]", "emotions=[happy]", "bpe_vocab_size=200"]))
+    out["extended"] = extend.run(
+        compose("extend", paths + released + ["languages=[wo]", "emotions=[happy]", "bpe_vocab_size=200"])
+    )
     if free_disk:
         (base / "model.pth").unlink()  # the extended base has its own copy
-    train_gpt.run(compose("train_gpt", paths + extended + [
-        "run_name=wolof", "max_steps=2", "batch_size=2", "train_last_layers=1", "lr=1e-4", "eval_every=0",
-        "save_every=2", "keep_last=1", "log_every=1", "+language_weights={en: 0.5}"]))
-    train_decoder.run(compose("train_decoder", paths + extended + [
-        "run_name=wolof", "max_steps=1", "batch_size=1", "segment_samples=2048", "adversarial=false",
-        "eval_every=0", "save_every=1", "keep_last=1", "log_every=1"]))
+    train_gpt.run(
+        compose(
+            "train_gpt",
+            paths
+            + extended
+            + [
+                "run_name=wolof",
+                "max_steps=2",
+                "batch_size=2",
+                "train_last_layers=1",
+                "lr=1e-4",
+                "eval_every=0",
+                "save_every=2",
+                "keep_last=1",
+                "log_every=1",
+                "+language_weights={en: 0.5}",
+            ],
+        )
+    )
+    train_decoder.run(
+        compose(
+            "train_decoder",
+            paths
+            + extended
+            + [
+                "run_name=wolof",
+                "max_steps=1",
+                "batch_size=1",
+                "segment_samples=2048",
+                "adversarial=false",
+                "eval_every=0",
+                "save_every=1",
+                "keep_last=1",
+                "log_every=1",
+            ],
+        )
+    )
     out["export"] = export.run(compose("export", paths[:4] + ["run_name=wolof"]))
     if free_disk:
         shutil.rmtree(tmp / "runs" / "wolof")
         (out["extended"] / "model.pth").unlink()
     out["pushed"] = push.run(compose("push", paths[:4] + ["run_name=wolof", "repo_id=me/xtts-wolof", "dry_run=true"]))
-    out["synth"] = synth.run(compose("synth", [f"checkpoint={out['export']}", "text='Dafa baŋ. Na nga def?'", "language=wo",
-                                               f"voice={VOICES[0]}", f"out={tmp / 'wo.wav'}", "device=cpu",
-                                               "decoding.seed=0"]))
+    out["synth"] = synth.run(
+        compose(
+            "synth",
+            [
+                f"checkpoint={out['export']}",
+                "text='Dafa baŋ. Na nga def?'",
+                "language=wo",
+                f"voice={VOICES[0]}",
+                f"out={tmp / 'wo.wav'}",
+                "device=cpu",
+                "decoding.seed=0",
+            ],
+        )
+    )
     return out
 
 
@@ -164,8 +241,16 @@ def check_chain(tmp: Path, base: Path, base_vocab: dict, base_config: dict, out:
     assert "wo" in record["languages"] and record["emotion_tokens"] == ["happy"]
 
     # push sends the whole export; synth speaks Wolof with the release's named voice
-    assert {p.name for p in out["pushed"]} >= {"config.json", "model.pth", "vocab.json", "dvae.pth", "mel_stats.pth",
-                                               "speakers_xtts.pth", "xtts_ft.json", "README.md"}
+    assert {p.name for p in out["pushed"]} >= {
+        "config.json",
+        "model.pth",
+        "vocab.json",
+        "dvae.pth",
+        "mel_stats.pth",
+        "speakers_xtts.pth",
+        "xtts_ft.json",
+        "README.md",
+    }
     import soundfile
 
     audio, rate = soundfile.read(out["synth"])
@@ -189,8 +274,18 @@ def test_evaluate_scores_an_export_of_the_released_formats(release_chain):
     from xtts_ft.stages import evaluate
 
     tmp, _, _, _, out = release_chain
-    evaluate.run(compose("evaluate", [f"checkpoint={out['export']}", f"manifest={out['prepared'] / 'eval.jsonl'}",
-                                      f"out_dir={tmp / 'eval'}", "max_utterances=2", "device=cpu"]))
+    evaluate.run(
+        compose(
+            "evaluate",
+            [
+                f"checkpoint={out['export']}",
+                f"manifest={out['prepared'] / 'eval.jsonl'}",
+                f"out_dir={tmp / 'eval'}",
+                "max_utterances=2",
+                "device=cpu",
+            ],
+        )
+    )
     rows = (tmp / "eval" / "utterances.csv").read_text().splitlines()
     assert len(rows) == 3 and (tmp / "eval" / "report.md").is_file()
 

@@ -35,13 +35,19 @@ def test_restoring_mid_epoch_continues_where_the_full_iteration_was():
     full = [next(it) for it in [sampler.steps(0, 0)] for _ in range(7)]
     it = sampler.steps(1, 1)
     resumed = [next(it) for _ in range(2)]
-    assert [(s.epoch, s.batch, s.micro_batches) for s in full[5:]] == [(s.epoch, s.batch, s.micro_batches) for s in resumed]
+    assert [(s.epoch, s.batch, s.micro_batches) for s in full[5:]] == [
+        (s.epoch, s.batch, s.micro_batches) for s in resumed
+    ]
     assert [(s.epoch, s.batch) for s in full] == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2)]
 
 
 def test_length_bucketing_cuts_padding():
     def padding(sampler, durations):
-        return sum(len(b) * max(durations[b]) - sum(durations[b]) for e in range(3) for b in map(np.array, sampler.epoch_batches(e)))
+        return sum(
+            len(b) * max(durations[b]) - sum(durations[b])
+            for e in range(3)
+            for b in map(np.array, sampler.epoch_batches(e))
+        )
 
     bucketed, durations = _sampler(200, batch_size=4, bucket_batches=16)
     plain, _ = _sampler(200, batch_size=4, bucket_batches=0)

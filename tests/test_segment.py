@@ -27,15 +27,29 @@ LIMITS = dict(target_seconds=4.0, max_seconds=11.0, min_seconds=1.0, pad_seconds
 
 # (word, start, end) as faster-whisper gives them: leading space, punctuation on the word.
 WORDS = [
-    (" Hello", 0.0, 0.4), (' there."', 0.5, 1.0),  # a sentence may end inside quotes
-    (" How", 1.5, 1.7), (" are", 1.8, 2.0), (" you?", 2.1, 2.6),  # merged with the one before: 2.6 s ≤ 4
-    (" I", 3.0, 3.2), (" am", 3.3, 3.5), (" fine…", 3.6, 4.4),  # 0.0-4.4 would pass 4: a new segment
+    (" Hello", 0.0, 0.4),
+    (' there."', 0.5, 1.0),  # a sentence may end inside quotes
+    (" How", 1.5, 1.7),
+    (" are", 1.8, 2.0),
+    (" you?", 2.1, 2.6),  # merged with the one before: 2.6 s ≤ 4
+    (" I", 3.0, 3.2),
+    (" am", 3.3, 3.5),
+    (" fine…", 3.6, 4.4),  # 0.0-4.4 would pass 4: a new segment
     # 7 s > max 6: split at its largest pause (8.5 → 9.5) into 2.5 s + 3.5 s.
-    (" This", 6.0, 6.4), (" sentence", 6.5, 7.2), (" runs", 7.3, 7.8), (" on", 7.9, 8.1), (" and", 8.2, 8.5),
-    (" on", 9.5, 9.8), (" without", 9.9, 10.5), (" stopping", 10.6, 11.4), (" here.", 11.5, 13.0),
+    (" This", 6.0, 6.4),
+    (" sentence", 6.5, 7.2),
+    (" runs", 7.3, 7.8),
+    (" on", 7.9, 8.1),
+    (" and", 8.2, 8.5),
+    (" on", 9.5, 9.8),
+    (" without", 9.9, 10.5),
+    (" stopping", 10.6, 11.4),
+    (" here.", 11.5, 13.0),
     (" Ok.", 13.2, 13.6),  # 9.5-13.6 would pass 4, and 0.4 s alone is under min 1: dropped
     (" Supercalifragilistic.", 15.0, 22.0),  # 7 s with no pause to split at: dropped
-    (" Goodbye", 23.0, 23.6), (" for", 23.7, 23.9), (" now", 24.0, 24.6),  # no full stop at the end: still a sentence
+    (" Goodbye", 23.0, 23.6),
+    (" for", 23.7, 23.9),
+    (" now", 24.0, 24.6),  # no full stop at the end: still a sentence
 ]
 
 
@@ -83,7 +97,9 @@ def recording(tmp_path_factory):
         pytest.skip("espeak-ng is not installed")
     parts = []
     for sentence in SENTENCES:
-        wav = subprocess.run(["espeak-ng", "--stdout", "-v", "en-us", "-s", "150", sentence], capture_output=True, check=True).stdout
+        wav = subprocess.run(
+            ["espeak-ng", "--stdout", "-v", "en-us", "-s", "150", sentence], capture_output=True, check=True
+        ).stdout
         audio, rate = sf.read(io.BytesIO(wav), dtype="float32")
         parts += [audio, np.zeros(int(0.6 * rate), np.float32)]
     path = tmp_path_factory.mktemp("segment") / "chapter.wav"
@@ -103,7 +119,9 @@ def test_segments_are_ordered_clips_within_limits(recording, segmented):
     assert len(segments) >= 3 and dropped == []
     for index, seg in enumerate(segments):
         info = sf.info(seg["audio"])
-        assert seg["audio"].endswith(f"chapter_{index:04d}.wav") and info.samplerate == 22050 and info.subtype == "PCM_16"
+        assert (
+            seg["audio"].endswith(f"chapter_{index:04d}.wav") and info.samplerate == 22050 and info.subtype == "PCM_16"
+        )
         assert info.frames / 22050 == pytest.approx(seg["end"] - seg["start"], abs=1e-3)
         assert LIMITS["min_seconds"] <= seg["end"] - seg["start"] <= LIMITS["max_seconds"]
         assert seg["source_line"] == f"{recording}@{seg['start']:.2f}-{seg['end']:.2f}"
@@ -121,17 +139,22 @@ def test_each_clip_text_matches_its_own_audio(segmented):
 
 
 def test_prepare_cuts_long_recordings_into_a_manifest(recording, tmp_path):
-    from xtts_ft.stages import prepare
     from xtts_ft.config import compose
     from xtts_ft.data.sample import read_manifest
+    from xtts_ft.stages import prepare
 
     corpus = tmp_path / "podcast"
     corpus.mkdir()
     (corpus / "episode1.wav").symlink_to(recording[0] if isinstance(recording, tuple) else recording)
-    cfg = compose("prepare", [
-        "data.name=pod", f"data.sources=[{{path: {corpus}, formatter: long_recordings, language: en, speaker: host, target_seconds: 4.0}}]",
-        f"paths.processed_dir={tmp_path / 'out'}", "max_text_tokens=0",
-    ])
+    cfg = compose(
+        "prepare",
+        [
+            "data.name=pod",
+            f"data.sources=[{{path: {corpus}, formatter: long_recordings, language: en, speaker: host, target_seconds: 4.0}}]",
+            f"paths.processed_dir={tmp_path / 'out'}",
+            "max_text_tokens=0",
+        ],
+    )
     out = prepare.run(cfg)
     kept = read_manifest(out / "train.jsonl") + read_manifest(out / "eval.jsonl")
     assert len(kept) >= 3 and {s.speaker for s in kept} == {"host"}
@@ -149,7 +172,9 @@ def test_prepare_cuts_long_recordings_into_a_manifest(recording, tmp_path):
     assert index.stat().st_mtime_ns != stamp
     assert json.loads(index.read_text())["key"]["target_seconds"] == 6.0
     stamp = index.stat().st_mtime_ns
-    os.utime(recording, ns=(recording.stat().st_atime_ns, recording.stat().st_mtime_ns + 10**9))  # the recording changed
+    os.utime(
+        recording, ns=(recording.stat().st_atime_ns, recording.stat().st_mtime_ns + 10**9)
+    )  # the recording changed
     prepare.run(cfg)
     assert index.stat().st_mtime_ns != stamp
 
@@ -159,14 +184,22 @@ def test_recordings_with_the_same_name_in_two_folders_and_an_unreadable_one(tmp_
     A file that is not audio is dropped with its reason (was: the whole prepare stopped)."""
     from pathlib import Path
 
-    from xtts_ft.data.formatters import long_recordings
     from xtts_ft.config import compose
+    from xtts_ft.data.formatters import long_recordings
 
     for folder in ("day1", "day2"):
         (tmp_path / folder).mkdir()
-        sf.write(str(tmp_path / folder / "take.wav"), (0.2 * np.sin(np.arange(2 * 22050) / 5)).astype(np.float32), 22050)
+        sf.write(
+            str(tmp_path / folder / "take.wav"), (0.2 * np.sin(np.arange(2 * 22050) / 5)).astype(np.float32), 22050
+        )
     (tmp_path / "day2" / "broken.wav").write_bytes(b"not audio at all")
-    source = compose("prepare", ["data.name=x", f"data.sources=[{{path: {tmp_path}, formatter: long_recordings, language: en, cache_dir: {tmp_path / 'c'}}}]"]).data.sources[0]
+    source = compose(
+        "prepare",
+        [
+            "data.name=x",
+            f"data.sources=[{{path: {tmp_path}, formatter: long_recordings, language: en, cache_dir: {tmp_path / 'c'}}}]",
+        ],
+    ).data.sources[0]
 
     def words(audio, language):  # what an ASR would say of each take (the naming is tested here, not the ASR)
         return [(" Hello", 0.2, 0.7), (" there.", 0.8, 1.6)]

@@ -10,11 +10,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import DECODER_OVERRIDES, REPO, decoder_data_overrides, demo_overrides
-from xtts_ft.stages import export, train_decoder
-from xtts_ft.train import decoder as decoder_recipe
 from xtts_ft.config import compose
 from xtts_ft.model.constants import DECODER_HOP
 from xtts_ft.model.decoder import decoder_frames, decoder_input, decoder_samples, gpt_latents
+from xtts_ft.stages import export, train_decoder
+from xtts_ft.train import decoder as decoder_recipe
 
 
 def _scalars(run_dir, tag):
@@ -40,7 +40,12 @@ def test_decoder_output_is_on_the_24khz_grid_without_drift(frames, small_decoder
     with torch.no_grad():
         stock = decoder(latents, g=speaker)  # coqui's forward, as inference runs it
         ours = decoder.waveform_decoder(decoder_input(decoder, latents), g=speaker)
-    assert stock.shape[-1] == ours.shape[-1] == decoder_samples(decoder, frames) == decoder_frames(decoder, frames) * DECODER_HOP
+    assert (
+        stock.shape[-1]
+        == ours.shape[-1]
+        == decoder_samples(decoder, frames)
+        == decoder_frames(decoder, frames) * DECODER_HOP
+    )
     torch.testing.assert_close(ours, stock)
     # 1024 samples at 22.05 kHz per GPT frame = 1114.56 at 24 kHz: the output falls short of that
     # by less than one 256-sample hop (flooring), whatever the length: no drift.
@@ -77,8 +82,18 @@ def test_demo_latents_and_targets_line_up(workdir, prepared_24k, decoder_trained
         assert 0 < decoder_samples(decoder, frames) - n24 <= 2 * 1115
 
     # A training batch: the segment of the stretched latents and the same span of the target.
-    items = [decoder_recipe.DecoderItem(prepared_24k / k, prepared_24k / "wavs_24k" / k.split("/")[-1], "s", "en", 1.0,
-                                       v["value"]["latents"], v["value"]["speaker"]) for k, v in list(latents.items())[:3]]
+    items = [
+        decoder_recipe.DecoderItem(
+            prepared_24k / k,
+            prepared_24k / "wavs_24k" / k.split("/")[-1],
+            "s",
+            "en",
+            1.0,
+            v["value"]["latents"],
+            v["value"]["speaker"],
+        )
+        for k, v in list(latents.items())[:3]
+    ]
     z, speakers, target = decoder_recipe.make_batch(items, decoder, 8, np.random.default_rng(1))
     starts = np.random.default_rng(1)
     for b, item in enumerate(items):
@@ -136,7 +151,9 @@ def test_latents_are_what_inference_decodes_and_the_cache_follows_gpt_and_refere
     xtts.gpt.eval()
 
     assert decoder_recipe.attach_latents(items, xtts, config, cache, "gpt-a", 0, single, "latents")[1] == 0
-    assert decoder_recipe.attach_latents(items, xtts, config, cache, "gpt-b", 0, single, "latents")[1] == 3  # another GPT
+    assert (
+        decoder_recipe.attach_latents(items, xtts, config, cache, "gpt-b", 0, single, "latents")[1] == 3
+    )  # another GPT
     # Another seed picks other references for some clips: those, and only those, are recomputed.
     seed = next(s for s in range(1, 50) if references(s) != references(0))
     changed = sum(a != b for a, b in zip(references(seed), references(0)))
@@ -151,8 +168,18 @@ def _fixed_batch_losses(state_dicts, workdir, prepared_24k):
     _, xtts = load_xtts(workdir / "models" / "tiny-xtts", "cpu", for_inference=False)
     decoder = xtts.hifigan_decoder
     latents = torch.load(prepared_24k / "train.decoder_latents.pt", weights_only=True)["entries"]
-    items = [decoder_recipe.DecoderItem(prepared_24k / k, prepared_24k / "wavs_24k" / k.split("/")[-1], "s", "en", 1.0,
-                                       v["value"]["latents"], v["value"]["speaker"]) for k, v in list(latents.items())[:4]]
+    items = [
+        decoder_recipe.DecoderItem(
+            prepared_24k / k,
+            prepared_24k / "wavs_24k" / k.split("/")[-1],
+            "s",
+            "en",
+            1.0,
+            v["value"]["latents"],
+            v["value"]["speaker"],
+        )
+        for k, v in list(latents.items())[:4]
+    ]
     z, speakers, target = decoder_recipe.make_batch(items, decoder, 8, np.random.default_rng(123))
     gen_loss, _ = build_losses(24000, 45.0, 0.5, 1.0, 108.0)
     results = []
@@ -161,13 +188,18 @@ def _fixed_batch_losses(state_dicts, workdir, prepared_24k):
             decoder.waveform_decoder.load_state_dict(state)
         with torch.no_grad():
             out = gen_loss(decoder.waveform_decoder(z, speakers), target)
-        results.append({k: float(v) for k, v in out.items() if k in ("G_l1_spec_loss", "G_stft_loss_mg", "G_stft_loss_sc")})
+        results.append(
+            {k: float(v) for k, v in out.items() if k in ("G_l1_spec_loss", "G_stft_loss_mg", "G_stft_loss_sc")}
+        )
     return results
 
 
 def test_losses_go_down_on_a_fixed_small_set(tmp_path, workdir, prepared_24k, decoder_trained):
-    overrides = decoder_data_overrides(workdir) + DECODER_OVERRIDES + [
-        f"paths.runs_dir={tmp_path}", "max_steps=6", "eval_every=6", "eval_clips=1", "eval_audio=1"]
+    overrides = (
+        decoder_data_overrides(workdir)
+        + DECODER_OVERRIDES
+        + [f"paths.runs_dir={tmp_path}", "max_steps=6", "eval_every=6", "eval_clips=1", "eval_audio=1"]
+    )
     state_path = train_decoder.run(compose("train_decoder", overrides))
     trained = torch.load(state_path, weights_only=True)["decoder"]
     # Eval: a whole held-out clip decoded from its whole latents, before the first step and at the end.
@@ -179,10 +211,19 @@ def test_losses_go_down_on_a_fixed_small_set(tmp_path, workdir, prepared_24k, de
     best = torch.load(state_path.parent / "checkpoints" / "best.pt", weights_only=True)
     assert best["step"] == 6
     # best.pt describes itself: it exports alone, state.pt unread (moved away here).
-    assert best["format_version"] == 2 and best["gpt"]["source"] == "base" and best["eval_loss"] == pytest.approx(evals[1][1], rel=1e-6)
+    assert (
+        best["format_version"] == 2
+        and best["gpt"]["source"] == "base"
+        and best["eval_loss"] == pytest.approx(evals[1][1], rel=1e-6)
+    )
     assert best["data_stats"]["train"]["clips"] and best["config"]["lr_gen"] == 1e-3 and best["base_model_hash"]
     state_path.rename(tmp_path / "state.pt")
-    out = export.run(compose("export", [f"paths.runs_dir={tmp_path}", "run_name=demo", "decoder_checkpoint=best", f"out_dir={tmp_path / 'best'}"]))
+    out = export.run(
+        compose(
+            "export",
+            [f"paths.runs_dir={tmp_path}", "run_name=demo", "decoder_checkpoint=best", f"out_dir={tmp_path / 'best'}"],
+        )
+    )
     record = json.loads((out / "xtts_ft.json").read_text())["training"]
     assert record["decoder_steps"] == 6 and record["decoder_gpt"] == "base" and record["gpt_steps"] == 0
     exported = torch.load(out / "model.pth", weights_only=True)["model"]
@@ -199,8 +240,11 @@ def test_losses_go_down_on_a_fixed_small_set(tmp_path, workdir, prepared_24k, de
 
 @pytest.mark.slow
 def test_losses_go_down_with_the_discriminator(tmp_path, workdir, prepared_24k, decoder_trained):
-    overrides = decoder_data_overrides(workdir) + DECODER_OVERRIDES + [
-        f"paths.runs_dir={tmp_path}", "adversarial=true", "max_steps=8", "batch_size=2", "save_every=100"]
+    overrides = (
+        decoder_data_overrides(workdir)
+        + DECODER_OVERRIDES
+        + [f"paths.runs_dir={tmp_path}", "adversarial=true", "max_steps=8", "batch_size=2", "save_every=100"]
+    )
     state_path = train_decoder.run(compose("train_decoder", overrides))
     state = torch.load(state_path, weights_only=True)
     before, after = _fixed_batch_losses([None, state["decoder"]], workdir, prepared_24k)
@@ -216,7 +260,9 @@ def test_losses_go_down_with_the_discriminator(tmp_path, workdir, prepared_24k, 
 def test_resume_continues_the_same_run(tmp_path, workdir, prepared_24k, decoder_trained):
     """Stopped and restarted (spectral-only here, for time; the slow kill test covers the discriminator)."""
     overrides = decoder_data_overrides(workdir) + DECODER_OVERRIDES + ["batch_size=1", "save_every=100"]
-    straight = train_decoder.run(compose("train_decoder", overrides + [f"paths.runs_dir={tmp_path / 'a'}", "max_steps=2"]))
+    straight = train_decoder.run(
+        compose("train_decoder", overrides + [f"paths.runs_dir={tmp_path / 'a'}", "max_steps=2"])
+    )
     split = overrides + [f"paths.runs_dir={tmp_path / 'b'}"]
     train_decoder.run(compose("train_decoder", split + ["max_steps=1"]))
     resumed = train_decoder.run(compose("train_decoder", split + ["max_steps=2"]))
@@ -229,16 +275,24 @@ def test_resume_continues_the_same_run(tmp_path, workdir, prepared_24k, decoder_
         for key in flat_a:
             torch.testing.assert_close(flat_b[key], flat_a[key], rtol=1e-5, atol=1e-6, msg=f"{part}.{key}")
     for tag in ("train/loss_mel", "train/loss_stft_mag"):
-        np.testing.assert_allclose([v for _, v in _scalars(resumed.parent, tag)], [v for _, v in _scalars(straight.parent, tag)], rtol=1e-5)
+        np.testing.assert_allclose(
+            [v for _, v in _scalars(resumed.parent, tag)], [v for _, v in _scalars(straight.parent, tag)], rtol=1e-5
+        )
 
 
 @pytest.mark.slow
 def test_killed_run_resumes_on_the_same_trajectory(tmp_path, workdir, prepared_24k, decoder_trained):
-    overrides = decoder_data_overrides(workdir) + DECODER_OVERRIDES + ["adversarial=true", "batch_size=1", "save_every=2", "max_steps=8"]
+    overrides = (
+        decoder_data_overrides(workdir)
+        + DECODER_OVERRIDES
+        + ["adversarial=true", "batch_size=1", "save_every=2", "max_steps=8"]
+    )
     straight = train_decoder.run(compose("train_decoder", overrides + [f"paths.runs_dir={tmp_path / 'a'}"]))
     killed = overrides + [f"paths.runs_dir={tmp_path / 'b'}"]
     code = f"from xtts_ft.stages import train_decoder; from xtts_ft.config import compose; train_decoder.run(compose('train_decoder', {killed!r}))"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     progress = tmp_path / "b" / "demo" / "decoder" / "progress.json"
     deadline = time.time() + 300
     while time.time() < deadline and not (progress.is_file() and json.loads(progress.read_text())["step"] >= 2):
@@ -257,8 +311,11 @@ def test_killed_run_resumes_on_the_same_trajectory(tmp_path, workdir, prepared_2
             torch.testing.assert_close(flat_b[key], flat_a[key], rtol=1e-5, atol=1e-6, msg=f"{part}.{key}")
     steps = [s for s, _ in _scalars(resumed.parent, "train/loss_mel")]
     assert steps == list(range(1, 9))
-    np.testing.assert_allclose([v for _, v in _scalars(resumed.parent, "train/loss_mel")],
-                               [v for _, v in _scalars(straight.parent, "train/loss_mel")], rtol=1e-5)
+    np.testing.assert_allclose(
+        [v for _, v in _scalars(resumed.parent, "train/loss_mel")],
+        [v for _, v in _scalars(straight.parent, "train/loss_mel")],
+        rtol=1e-5,
+    )
 
 
 def _tensors(tree, prefix=""):
@@ -280,7 +337,7 @@ def test_export_carries_the_fine_tuned_decoder(tmp_path, workdir, decoder_traine
     exported = torch.load(out / "model.pth", weights_only=True)["model"]
     base = torch.load(tiny_model_dir / "model.pth", weights_only=True)["model"]
     prefix = "hifigan_decoder.waveform_decoder."
-    assert {k[len(prefix):] for k in exported if k.startswith(prefix)} == set(trained)
+    assert {k[len(prefix) :] for k in exported if k.startswith(prefix)} == set(trained)
     for key, value in trained.items():
         assert torch.equal(exported[prefix + key], value), key  # round-trips exactly
     assert any(not torch.equal(trained[k], base[prefix + k]) for k in trained)  # and differs from the base
@@ -293,7 +350,9 @@ def test_export_carries_the_fine_tuned_decoder(tmp_path, workdir, decoder_traine
     loaded = synthesizer.model.hifigan_decoder.waveform_decoder.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in trained.items())
     reference = next((workdir / "processed_24k" / "demo" / "wavs").glob("*.wav"))
-    result = synthesizer.synthesize("Hello there.", "en", reference=reference, decoding={"seed": 0, "max_seconds_per_char": 0.05})
+    result = synthesizer.synthesize(
+        "Hello there.", "en", reference=reference, decoding={"seed": 0, "max_seconds_per_char": 0.05}
+    )
     assert result.sample_rate == 24000 and np.isfinite(result.wav).all() and result.wav.size % DECODER_HOP == 0
 
 
@@ -304,36 +363,68 @@ def test_clear_errors(tmp_path, workdir, prepared, prepared_24k):
     with pytest.raises(ValueError, match="need more than 1024 samples"):
         train_decoder.run(compose("train_decoder", decoder_data_overrides(workdir) + base + ["segment_samples=768"]))
     with pytest.raises(ValueError, match="Prepare the data again with decoder_copies=true"):
-        train_decoder.run(compose("train_decoder", demo_overrides(workdir) + base))  # the plain demo data: no 24 kHz copies
+        train_decoder.run(
+            compose("train_decoder", demo_overrides(workdir) + base)
+        )  # the plain demo data: no 24 kHz copies
     with pytest.raises(FileNotFoundError, match="gpt=nope.pt: no such train-gpt state"):
         train_decoder.run(compose("train_decoder", decoder_data_overrides(workdir) + base + ["gpt=nope.pt"]))
 
 
 def test_cli_has_the_train_decoder_verb():
     cli = [sys.executable, "-m", "xtts_ft.cli"]
-    assert "train-decoder" in subprocess.run(cli + ["--help"], capture_output=True, text=True, check=True, cwd=REPO).stdout
-    result = subprocess.run(cli + ["train-decoder", "--cfg", "job", "adversarial=false", "segment_samples=4096"],
-                            capture_output=True, text=True, cwd=REPO)
+    assert (
+        "train-decoder"
+        in subprocess.run(cli + ["--help"], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    )
+    result = subprocess.run(
+        cli + ["train-decoder", "--cfg", "job", "adversarial=false", "segment_samples=4096"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr
-    assert "adversarial: false" in result.stdout and "segment_samples: 4096" in result.stdout and "mel_loss_weight: 45.0" in result.stdout
+    assert (
+        "adversarial: false" in result.stdout
+        and "segment_samples: 4096" in result.stdout
+        and "mel_loss_weight: 45.0" in result.stdout
+    )
     cfg = compose("train_decoder", ["data=demo", "model=tiny"])
     assert cfg.gpt == "auto" and cfg.feat_match_loss_weight == 108.0 and cfg.run_name == "demo"
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path, workdir, prepared_24k, decoder_trained):
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
+    tmp_path, workdir, prepared_24k, decoder_trained
+):
     """torchrun on CPU: two ranks follow one process accumulating their two micro-batches
     (spectral-only: exact; with the discriminator the spectral-norm power iteration runs once per
     forward, so ranks and accumulation differ slightly by design: that run must just train)."""
     import os
 
     common = decoder_data_overrides(workdir) + DECODER_OVERRIDES + ["batch_size=1", "max_steps=2"]
-    single = train_decoder.run(compose("train_decoder", common + [f"paths.runs_dir={tmp_path / 'one'}", "grad_accum_steps=2"]))
+    single = train_decoder.run(
+        compose("train_decoder", common + [f"paths.runs_dir={tmp_path / 'one'}", "grad_accum_steps=2"])
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "xtts_ft.cli", "train-decoder"]
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "xtts_ft.cli",
+        "train-decoder",
+    ]
     for variant, extra in (("two", []), ("two_adv", ["adversarial=true"])):
-        done = subprocess.run(launch + common + extra + [f"paths.runs_dir={tmp_path / variant}"], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=900)
+        done = subprocess.run(
+            launch + common + extra + [f"paths.runs_dir={tmp_path / variant}"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.count("trained the decoder for 2 steps") == 1
     a = torch.load(single, weights_only=True)
@@ -341,14 +432,22 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert a["sampler"]["global_batch"] == b["sampler"]["global_batch"] == 2
     one, two = (tmp_path / r / "demo" / "decoder" for r in ("one", "two"))
     # The same gradients (all-reduced vs accumulated: equal up to summation order) ...
-    np.testing.assert_allclose([v for _, v in _scalars(two, "train/grad_norm")][:1], [v for _, v in _scalars(one, "train/grad_norm")][:1], rtol=1e-4)
-    np.testing.assert_allclose([v for _, v in _scalars(two, "train/loss_mel")], [v for _, v in _scalars(one, "train/loss_mel")], rtol=1e-3)
+    np.testing.assert_allclose(
+        [v for _, v in _scalars(two, "train/grad_norm")][:1],
+        [v for _, v in _scalars(one, "train/grad_norm")][:1],
+        rtol=1e-4,
+    )
+    np.testing.assert_allclose(
+        [v for _, v in _scalars(two, "train/loss_mel")], [v for _, v in _scalars(one, "train/loss_mel")], rtol=1e-3
+    )
     # ... and the same weights, except where Adam turns a near-zero gradient's rounding into a full
     # step of either sign (its first steps move every weight by about lr, whatever the gradient).
     diffs = torch.cat([(b["decoder"][k] - v).abs().flatten() for k, v in a["decoder"].items()])
     assert (diffs > 1e-4).float().mean() < 0.02 and diffs.max() <= 2 * 2 * 1e-3 + 1e-6
     adv = torch.load(tmp_path / "two_adv" / "demo" / "decoder" / "state.pt", weights_only=True)
-    assert adv["step"] == 2 and all(torch.isfinite(v).all() for v in adv["discriminator"].values() if v.is_floating_point())
+    assert adv["step"] == 2 and all(
+        torch.isfinite(v).all() for v in adv["discriminator"].values() if v.is_floating_point()
+    )
     assert json.loads((tmp_path / "two_adv" / "demo" / "decoder" / "progress.json").read_text())["world_size"] == 2
 
 
@@ -377,7 +476,9 @@ def test_gpt_choice_auto_base_or_a_file(tmp_path):
     run_state.parent.mkdir(parents=True)
     torch.save({"gpt": weights, "optimizer": {"state": {}}, "step": 7}, run_state)
     source, loaded = decoder_recipe.gpt_weights(cfg)  # auto: the run's GPT, the one export will carry
-    assert source == str(run_state) and torch.equal(loaded["gpt"]["gpt.h.0.attn.c_attn.weight"], weights["gpt.h.0.attn.c_attn.weight"])
+    assert source == str(run_state) and torch.equal(
+        loaded["gpt"]["gpt.h.0.attn.c_attn.weight"], weights["gpt.h.0.attn.c_attn.weight"]
+    )
     cfg.gpt = "base"
     assert decoder_recipe.gpt_weights(cfg) == ("base", None)
     torch.save({"gpt": weights, "step": 3}, tmp_path / "best.pt")
@@ -392,7 +493,10 @@ def test_gpt_choice_auto_base_or_a_file(tmp_path):
 def test_prepare_does_not_replace_a_dataset_the_decoder_reads(tmp_path, workdir, prepared_24k, monkeypatch):
     from xtts_ft.stages import prepare
 
-    cfg = compose("train_decoder", decoder_data_overrides(workdir) + DECODER_OVERRIDES + [f"paths.runs_dir={tmp_path}", "max_steps=1"])
+    cfg = compose(
+        "train_decoder",
+        decoder_data_overrides(workdir) + DECODER_OVERRIDES + [f"paths.runs_dir={tmp_path}", "max_steps=1"],
+    )
     manifest = (prepared_24k / "train.jsonl").read_bytes()
     refusals = []
 
@@ -416,7 +520,9 @@ def test_a_24khz_target_outside_the_manifests_folder_is_refused(tmp_path):
     manifest.write_text(json.dumps({**row, "audio_24k": "wavs_24k/a.wav"}) + "\n", encoding="utf-8")
     assert target_paths(manifest) == {(tmp_path / "wavs/a.wav").resolve(): (tmp_path / "wavs_24k/a.wav").resolve()}
     manifest.write_text(json.dumps({**row, "audio_24k": "../../etc/passwd"}) + "\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="audio_24k '../../etc/passwd' of wavs/a.wav is not inside the manifest's folder"):
+    with pytest.raises(
+        ValueError, match="audio_24k '../../etc/passwd' of wavs/a.wav is not inside the manifest's folder"
+    ):
         target_paths(manifest)
 
 
@@ -428,7 +534,12 @@ def test_a_step_checkpoint_of_the_decoder_exports_without_its_state(tmp_path, de
     (run_dir / "state.pt").unlink()
     checkpoint = torch.load(run_dir / "checkpoints" / "step_00000003.pt", weights_only=True)
     assert checkpoint["format_version"] == 2 and checkpoint["step"] == 3 and "opt_gen" not in checkpoint
-    out = export.run(compose("export", [f"paths.runs_dir={tmp_path}", "run_name=demo", "decoder_checkpoint=3", f"out_dir={tmp_path / 'three'}"]))
+    out = export.run(
+        compose(
+            "export",
+            [f"paths.runs_dir={tmp_path}", "run_name=demo", "decoder_checkpoint=3", f"out_dir={tmp_path / 'three'}"],
+        )
+    )
     assert json.loads((out / "xtts_ft.json").read_text())["training"]["decoder_steps"] == 3
     exported = torch.load(out / "model.pth", weights_only=True)["model"]
     trained = torch.load(decoder_trained, weights_only=True)["decoder"]  # the state saved at step 3 too

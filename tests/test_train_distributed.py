@@ -11,9 +11,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import REPO, TRAIN_OVERRIDES, demo_overrides
-from xtts_ft.stages import train_gpt
 from xtts_ft.config import compose
 from xtts_ft.model.loading import load_xtts
+from xtts_ft.stages import train_gpt
 
 
 def _losses(state_path):
@@ -23,12 +23,32 @@ def _losses(state_path):
 
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path, tiny_model_dir, prepared, workdir):
-    common = demo_overrides(workdir) + TRAIN_OVERRIDES + ["eval_every=1000", "eval_sentences=[]", "max_steps=4", "batch_size=2"]
+    common = (
+        demo_overrides(workdir)
+        + TRAIN_OVERRIDES
+        + ["eval_every=1000", "eval_sentences=[]", "max_steps=4", "batch_size=2"]
+    )
     single = train_gpt.run(compose("train_gpt", common + [f"paths.runs_dir={tmp_path / 'one'}", "grad_accum_steps=2"]))
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "xtts_ft.cli", "train-gpt"]
-    done = subprocess.run(launch + common + [f"paths.runs_dir={tmp_path / 'two'}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "xtts_ft.cli",
+        "train-gpt",
+    ]
+    done = subprocess.run(
+        launch + common + [f"paths.runs_dir={tmp_path / 'two'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("trained GPT for 4 steps") == 1  # rank 0 reports, rank 1 stays quiet
 
@@ -51,12 +71,33 @@ def test_lora_under_two_gloo_processes_matches_one_process(tmp_path, prepared, w
     """method=lora under torchrun: DDP over PEFT's wrapped GPT (only the adapters need gradients)
     follows the single process's trajectory, and the state holds only the adapter."""
     lora = ["method=lora", "lora.rank=4", "lora.alpha=8", "lora.dropout=0.1", "lr=1e-2"]
-    common = demo_overrides(workdir) + TRAIN_OVERRIDES + lora + ["eval_every=1000", "eval_sentences=[]", "max_steps=3", "batch_size=2"]
+    common = (
+        demo_overrides(workdir)
+        + TRAIN_OVERRIDES
+        + lora
+        + ["eval_every=1000", "eval_sentences=[]", "max_steps=3", "batch_size=2"]
+    )
     single = train_gpt.run(compose("train_gpt", common + [f"paths.runs_dir={tmp_path / 'one'}", "grad_accum_steps=2"]))
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "xtts_ft.cli", "train-gpt"]
-    done = subprocess.run(launch + common + [f"paths.runs_dir={tmp_path / 'two'}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "xtts_ft.cli",
+        "train-gpt",
+    ]
+    done = subprocess.run(
+        launch + common + [f"paths.runs_dir={tmp_path / 'two'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
     two = tmp_path / "two" / "demo" / "gpt" / "state.pt"

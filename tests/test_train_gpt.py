@@ -13,17 +13,17 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import REPO, TRAIN_OVERRIDES, demo_overrides
-from xtts_ft.stages import export, train_gpt
-from xtts_ft.model import lora
-from xtts_ft.train import gpt as gpt_recipe
-from xtts_ft.train import cache
 from xtts_ft.config import compose
 from xtts_ft.data.audio import load_audio
 from xtts_ft.data.batches import ReferencePicker, collate, encode_samples
 from xtts_ft.data.sample import read_manifest
+from xtts_ft.model import lora
 from xtts_ft.model.features import GptFeatures
 from xtts_ft.model.loading import load_dvae, load_xtts
-from xtts_ft.train.runtime import DatasetReadLock, Runtime, RunLock
+from xtts_ft.stages import export, train_gpt
+from xtts_ft.train import cache
+from xtts_ft.train import gpt as gpt_recipe
+from xtts_ft.train.runtime import DatasetReadLock, RunLock, Runtime
 
 QUIET = ["eval_every=1000", "eval_sentences=[]"]
 
@@ -94,8 +94,20 @@ def test_training_run_writes_state_checkpoints_and_tensorboard(trained):
     run_dir = trained.parent
     state = torch.load(trained, map_location="cpu", weights_only=True)
     assert state["step"] == 30
-    assert {"gpt", "optimizer", "scheduler", "scaler", "torch_rng", "epoch", "batch_in_epoch", "sampler", "config"} <= set(state)
-    assert not any(k.startswith("gpt_inference") or k.startswith("gpt.wte") for k in state["gpt"])  # eval audio's wrapper
+    assert {
+        "gpt",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "torch_rng",
+        "epoch",
+        "batch_in_epoch",
+        "sampler",
+        "config",
+    } <= set(state)
+    assert not any(
+        k.startswith("gpt_inference") or k.startswith("gpt.wte") for k in state["gpt"]
+    )  # eval audio's wrapper
     progress = json.loads((run_dir / "progress.json").read_text())
     assert progress["step"] == 30 and progress["samples"] == 120 and progress["train_seconds"] > 0
     # keep_last=3 weight-only checkpoints and the best by eval loss.
@@ -111,7 +123,13 @@ def test_training_run_writes_state_checkpoints_and_tensorboard(trained):
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     evals = [e.value for e in events.Scalars("eval/loss")]
     assert len(evals) == 3 and best["eval_loss"] == pytest.approx(min(evals), rel=1e-6)
-    for tag in ("train/lr", "train/grad_norm", "train/samples_per_second", "train/audio_seconds_per_second", "train/peak_memory_mb"):
+    for tag in (
+        "train/lr",
+        "train/grad_norm",
+        "train/samples_per_second",
+        "train/audio_seconds_per_second",
+        "train/peak_memory_mb",
+    ):
         assert len(events.Scalars(tag)) == 30, tag
     assert events.Scalars("train/peak_memory_mb")[-1].value > 100
     assert len(events.Audio("eval_audio/0")) == 3 and len(events.Images("eval_mel/0")) == 3
@@ -142,7 +160,9 @@ def test_killed_run_resumes_on_the_same_trajectory(tmp_path, tiny_model_dir, pre
 
     killed = overrides + [f"paths.runs_dir={tmp_path / 'b'}"]
     code = f"from xtts_ft.stages import train_gpt; from xtts_ft.config import compose; train_gpt.run(compose('train_gpt', {killed!r}))"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     progress = tmp_path / "b" / "demo" / "gpt" / "progress.json"
     deadline = time.time() + 180
     while time.time() < deadline and not (progress.is_file() and json.loads(progress.read_text())["step"] >= 7):
@@ -175,7 +195,9 @@ def test_resume_refuses_a_changed_data_path(tmp_path, tiny_model_dir, prepared, 
 
 
 def test_a_second_run_in_a_live_run_directory_is_refused(tmp_path, tiny_model_dir, prepared, workdir):
-    cfg = compose("train_gpt", demo_overrides(workdir) + TRAIN_OVERRIDES + QUIET + [f"paths.runs_dir={tmp_path}", "max_steps=1"])
+    cfg = compose(
+        "train_gpt", demo_overrides(workdir) + TRAIN_OVERRIDES + QUIET + [f"paths.runs_dir={tmp_path}", "max_steps=1"]
+    )
     with RunLock(train_gpt.run_dir(cfg)):
         with pytest.raises(RuntimeError, match=r"is in use by a running training \(pid \d+ on"):
             train_gpt.run(cfg)
@@ -187,7 +209,9 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_state(tmp_path, tiny_m
     overrides = demo_overrides(workdir) + TRAIN_OVERRIDES + QUIET + [f"paths.runs_dir={tmp_path}"]
     state_path = train_gpt.run(compose("train_gpt", overrides + ["max_steps=2"]))
     before = state_path.read_bytes()
-    with pytest.raises(FloatingPointError, match=r"training diverged at step 3: .*grad norm nan.*last good state is .*state.pt"):
+    with pytest.raises(
+        FloatingPointError, match=r"training diverged at step 3: .*grad norm nan.*last good state is .*state.pt"
+    ):
         cfg = compose("train_gpt", overrides + ["max_steps=4"])
         cfg.text_ce_weight = float("nan")  # past compose's value check: the guard is what is tested here
         train_gpt.run(cfg)
@@ -198,26 +222,69 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_state(tmp_path, tiny_m
 def test_gradient_checkpointing_changes_memory_not_results(tmp_path, tiny_model_dir, prepared, workdir):
     overrides = demo_overrides(workdir) + TRAIN_OVERRIDES + QUIET + ["max_steps=3"]
     plain = train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'a'}"]))
-    ckpt = train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'b'}", "grad_checkpointing=true"]))
+    ckpt = train_gpt.run(
+        compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'b'}", "grad_checkpointing=true"])
+    )
     np.testing.assert_allclose([v for _, v in _losses(ckpt.parent)], [v for _, v in _losses(plain.parent)], rtol=1e-5)
     # Selective checkpointing recomputes dropout too: the same masks (its saved RNG state), the same steps.
-    selective = train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 's'}", "grad_checkpointing=true",
-                                                                "grad_checkpointing_keeps=linear_outputs"]))
-    np.testing.assert_allclose([v for _, v in _losses(selective.parent)], [v for _, v in _losses(plain.parent)], rtol=1e-5)
+    selective = train_gpt.run(
+        compose(
+            "train_gpt",
+            overrides
+            + [
+                f"paths.runs_dir={tmp_path / 's'}",
+                "grad_checkpointing=true",
+                "grad_checkpointing_keeps=linear_outputs",
+            ],
+        )
+    )
+    np.testing.assert_allclose(
+        [v for _, v in _losses(selective.parent)], [v for _, v in _losses(plain.parent)], rtol=1e-5
+    )
     with pytest.raises(ValueError, match="add grad_checkpointing=true"):
-        train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'e'}", "grad_checkpointing_keeps=linear_outputs"]))
+        train_gpt.run(
+            compose(
+                "train_gpt",
+                overrides + [f"paths.runs_dir={tmp_path / 'e'}", "grad_checkpointing_keeps=linear_outputs"],
+            )
+        )
     with pytest.raises(ValueError, match="grad_checkpointing_keeps=everything: choose nothing or linear_outputs"):
-        train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'e'}", "grad_checkpointing=true",
-                                                        "grad_checkpointing_keeps=everything"]))
+        train_gpt.run(
+            compose(
+                "train_gpt",
+                overrides
+                + [
+                    f"paths.runs_dir={tmp_path / 'e'}",
+                    "grad_checkpointing=true",
+                    "grad_checkpointing_keeps=everything",
+                ],
+            )
+        )
     bf16 = train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'c'}", "precision=bf16"]))
     bf16_losses = [v for _, v in _losses(bf16.parent)]
     assert np.isfinite(bf16_losses).all()
     np.testing.assert_allclose(bf16_losses, [v for _, v in _losses(plain.parent)], rtol=0.05)  # close, not equal
-    bf16_selective = train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'f'}", "precision=bf16",
-                                                                    "grad_checkpointing=true", "grad_checkpointing_keeps=linear_outputs"]))
-    np.testing.assert_allclose([v for _, v in _losses(bf16_selective.parent)], bf16_losses, rtol=1e-3)  # recomputed under autocast alike
+    bf16_selective = train_gpt.run(
+        compose(
+            "train_gpt",
+            overrides
+            + [
+                f"paths.runs_dir={tmp_path / 'f'}",
+                "precision=bf16",
+                "grad_checkpointing=true",
+                "grad_checkpointing_keeps=linear_outputs",
+            ],
+        )
+    )
+    np.testing.assert_allclose(
+        [v for _, v in _losses(bf16_selective.parent)], bf16_losses, rtol=1e-3
+    )  # recomputed under autocast alike
     with pytest.raises(ValueError, match="precision=fp16 needs a CUDA device"):
-        train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'd'}", "precision=fp16", "model.device=cpu"]))
+        train_gpt.run(
+            compose(
+                "train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'd'}", "precision=fp16", "model.device=cpu"]
+            )
+        )
 
 
 def _linear_calls_in_backward(transformer, keeps) -> int:
@@ -272,7 +339,9 @@ def test_which_gpt_parts_train(tiny_model_dir):
     assert not gpt.text_embedding.weight.requires_grad and gpt.mel_embedding.weight.requires_grad
     gpt_recipe.select_trainable(gpt, freeze_text_embeddings=False, train_last_layers=1)
     trainable = {n for n, p in gpt.named_parameters() if p.requires_grad}
-    assert trainable and all(n.startswith(("gpt.h.1.", "gpt.ln_f.", "final_norm.", "text_head.", "mel_head.")) for n in trainable)
+    assert trainable and all(
+        n.startswith(("gpt.h.1.", "gpt.ln_f.", "final_norm.", "text_head.", "mel_head.")) for n in trainable
+    )
     assert any(n.startswith("gpt.h.1.") for n in trainable) and not any(n.startswith("gpt.h.0.") for n in trainable)
     with pytest.raises(ValueError, match="train_last_layers=5 but the GPT has 2 layers"):
         gpt_recipe.select_trainable(gpt, False, 5)
@@ -299,9 +368,18 @@ def test_missing_manifest_is_a_clear_error(tmp_path, tiny_model_dir, workdir):
 
 
 def test_best_checkpoint_by_cer_of_the_eval_sentences(tmp_path, tiny_model_dir, prepared, workdir):
-    overrides = demo_overrides(workdir) + TRAIN_OVERRIDES + [f"paths.runs_dir={tmp_path}", "max_steps=6", "eval_every=3",
-                                                             "save_every=6", "best_metric=cer",
-                                                             "eval_sentences=[The birch canoe slid on the smooth planks.]"]
+    overrides = (
+        demo_overrides(workdir)
+        + TRAIN_OVERRIDES
+        + [
+            f"paths.runs_dir={tmp_path}",
+            "max_steps=6",
+            "eval_every=3",
+            "save_every=6",
+            "best_metric=cer",
+            "eval_sentences=[The birch canoe slid on the smooth planks.]",
+        ]
+    )
     state = train_gpt.run(compose("train_gpt", overrides))
     events = EventAccumulator(str(state.parent / "tensorboard"), size_guidance={"tensors": 0})
     events.Reload()
@@ -310,7 +388,10 @@ def test_best_checkpoint_by_cer_of_the_eval_sentences(tmp_path, tiny_model_dir, 
     # Each logged CER is the CER of the transcript logged beside it (texts cleaned as English on both sides).
     from xtts_ft.metrics import cer
 
-    heard = {e.step: e.tensor_proto.string_val[0].decode().split(" → ", 1) for e in events.Tensors("eval_transcript/0/text_summary")}
+    heard = {
+        e.step: e.tensor_proto.string_val[0].decode().split(" → ", 1)
+        for e in events.Tensors("eval_transcript/0/text_summary")
+    }
     assert {step: cer(text, transcript, "en") for step, (text, transcript) in heard.items()} == pytest.approx(cers)
     best = torch.load(state.parent / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
     assert best["cer"] == pytest.approx(min(cers.values())) and best["step"] == min(cers, key=lambda k: (cers[k], k))
@@ -346,17 +427,21 @@ def test_keep_freed_memory_holds_what_a_step_frees_for_the_next():
         pytest.skip("glibc only")
     returned = {}
     for mode in ("default", "keep"):
-        probe = subprocess.run([sys.executable, "-c", KEEP_FREED_PROBE, mode], capture_output=True, text=True, check=True)
+        probe = subprocess.run(
+            [sys.executable, "-c", KEEP_FREED_PROBE, mode], capture_output=True, text=True, check=True
+        )
         returned[mode] = float(probe.stdout)
     assert returned["default"] > 300  # the kernel got most of the 400 MB back
     assert returned["keep"] < 50  # kept for reuse
 
 
 def test_prepare_does_not_replace_a_dataset_a_training_reads(tmp_path, tiny_model_dir, prepared, workdir, monkeypatch):
-    from xtts_ft.stages import prepare
     from xtts_ft.io_utils import FileLock, dir_lock_path
+    from xtts_ft.stages import prepare
 
-    cfg = compose("train_gpt", demo_overrides(workdir) + TRAIN_OVERRIDES + QUIET + [f"paths.runs_dir={tmp_path}", "max_steps=1"])
+    cfg = compose(
+        "train_gpt", demo_overrides(workdir) + TRAIN_OVERRIDES + QUIET + [f"paths.runs_dir={tmp_path}", "max_steps=1"]
+    )
     manifest, inode = (prepared / "train.jsonl").read_bytes(), prepared.stat().st_ino
     refusals = []
 
@@ -371,18 +456,29 @@ def test_prepare_does_not_replace_a_dataset_a_training_reads(tmp_path, tiny_mode
     with DatasetReadLock(prepared, other_run):  # a second training on the same data is fine
         train_gpt.run(cfg)
     me = f"pid {os.getpid()} on "
-    assert re.match(rf"{re.escape(str(prepared))} is in use by the training run {re.escape(str(other_run))} \({me}.*\); "
-                    rf"the training run {re.escape(str(train_gpt.run_dir(cfg)))} \({me}.*\); it is not replaced while in use", refusals[0])
+    assert re.match(
+        rf"{re.escape(str(prepared))} is in use by the training run {re.escape(str(other_run))} \({me}.*\); "
+        rf"the training run {re.escape(str(train_gpt.run_dir(cfg)))} \({me}.*\); it is not replaced while in use",
+        refusals[0],
+    )
     assert (prepared / "train.jsonl").read_bytes() == manifest and prepared.stat().st_ino == inode  # not swapped
 
     # The other way round: no training starts on a dataset being (re)built.
     with FileLock(dir_lock_path(prepared), "unused {holder}"):
-        with pytest.raises(RuntimeError, match=rf"{re.escape(str(prepared))} is being prepared \(pid \d+ on .*\); start the training when"):
+        with pytest.raises(
+            RuntimeError,
+            match=rf"{re.escape(str(prepared))} is being prepared \(pid \d+ on .*\); start the training when",
+        ):
             train_gpt.run(cfg)
 
 
 def test_a_corrupt_state_is_named_with_the_newest_intact_checkpoint(tmp_path, tiny_model_dir, prepared, workdir):
-    overrides = demo_overrides(workdir) + TRAIN_OVERRIDES + QUIET + [f"paths.runs_dir={tmp_path}", "save_every=1", "keep_last=2"]
+    overrides = (
+        demo_overrides(workdir)
+        + TRAIN_OVERRIDES
+        + QUIET
+        + [f"paths.runs_dir={tmp_path}", "save_every=1", "keep_last=2"]
+    )
     state_path = train_gpt.run(compose("train_gpt", overrides + ["max_steps=2"]))
     truncated = state_path.read_bytes()[:-4096]  # a copy cut short, a disk that filled up
     state_path.write_bytes(truncated)
@@ -395,16 +491,29 @@ def test_a_corrupt_state_is_named_with_the_newest_intact_checkpoint(tmp_path, ti
         train_gpt.run(compose("train_gpt", overrides + ["max_steps=4"]))
     message = str(err.value)
     assert message.startswith(f"{state_path} is truncated or corrupted")
-    assert (f"The newest intact checkpoint, {checkpoints / 'step_00000001.pt'}, holds the gpt weights of step 1 but not the "
-            "optimizer, scheduler, RNG and sampler position, so this run cannot continue exactly from it.") in message
+    assert (
+        f"The newest intact checkpoint, {checkpoints / 'step_00000001.pt'}, holds the gpt weights of step 1 but not the "
+        "optimizer, scheduler, RNG and sampler position, so this run cannot continue exactly from it."
+    ) in message
     assert "`xtts-ft export run_name=demo checkpoint=1 out_dir=exports/demo-step1`" in message
     assert state_path.read_bytes() == truncated  # nothing overwritten: the user decides
     # The advice works: that checkpoint exports (the latest state cannot, and export says what can).
     paths = [o for o in demo_overrides(workdir) if o.startswith("paths.") and "runs_dir" not in o]
-    with pytest.raises(ValueError, match=r"state.pt is not a readable xtts-ft training state .* checkpoint=1 out_dir="):
-        export.run(compose("export", paths + [f"paths.runs_dir={tmp_path}", "run_name=demo", f"out_dir={tmp_path / 'latest'}"]))
-    out = export.run(compose("export", paths + [f"paths.runs_dir={tmp_path}", "run_name=demo", "checkpoint=1",
-                                                f"out_dir={tmp_path / 'salvaged'}"]))
+    with pytest.raises(
+        ValueError, match=r"state.pt is not a readable xtts-ft training state .* checkpoint=1 out_dir="
+    ):
+        export.run(
+            compose(
+                "export", paths + [f"paths.runs_dir={tmp_path}", "run_name=demo", f"out_dir={tmp_path / 'latest'}"]
+            )
+        )
+    out = export.run(
+        compose(
+            "export",
+            paths
+            + [f"paths.runs_dir={tmp_path}", "run_name=demo", "checkpoint=1", f"out_dir={tmp_path / 'salvaged'}"],
+        )
+    )
     assert json.loads((out / "xtts_ft.json").read_text())["training"]["gpt_steps"] == 1
 
     (checkpoints / "step_00000001.pt").unlink()
@@ -439,7 +548,11 @@ def test_atomic_writes_reach_the_disk_before_and_after_the_rename(tmp_path, monk
     monkeypatch.setattr(io_utils, "sync_filesystem", lambda path: events.append(("syncfs", str(path))))
     with io_utils.atomic_dir(tmp_path / "export") as built:
         (built / "model.pth").write_bytes(b"weights")
-    assert events == [("syncfs", str(built)), ("replace", str(built), str(tmp_path / "export")), ("fsync", str(tmp_path))]
+    assert events == [
+        ("syncfs", str(built)),
+        ("replace", str(built), str(tmp_path / "export")),
+        ("fsync", str(tmp_path)),
+    ]
     assert (tmp_path / "export" / "model.pth").read_bytes() == b"weights"
 
 
@@ -457,11 +570,16 @@ def test_dataset_lock_readers_share_it_and_a_writer_waits_for_none(tmp_path):
         with pytest.raises(RuntimeError) as err:
             with writer():
                 pass
-        assert str(err.value) == (f"read by the training run {tmp_path / 'a'} (pid {os.getpid()} on {socket.gethostname()}); "
-                                  f"the training run {tmp_path / 'b'} (pid {os.getpid()} on {socket.gethostname()})")
+        assert str(err.value) == (
+            f"read by the training run {tmp_path / 'a'} (pid {os.getpid()} on {socket.gethostname()}); "
+            f"the training run {tmp_path / 'b'} (pid {os.getpid()} on {socket.gethostname()})"
+        )
     with writer():
         with pytest.raises(RuntimeError, match=rf"^{re.escape(str(data))} is being prepared \(pid {os.getpid()} on "):
             with DatasetReadLock(data, tmp_path / "c"):
                 pass
     with DatasetReadLock(data, tmp_path / "c"):  # all released: readers come and go freely
-        assert dir_lock_path(data).read_text() == f"the training run {tmp_path / 'c'} (pid {os.getpid()} on {socket.gethostname()})\n"
+        assert (
+            dir_lock_path(data).read_text()
+            == f"the training run {tmp_path / 'c'} (pid {os.getpid()} on {socket.gethostname()})\n"
+        )

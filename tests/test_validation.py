@@ -10,9 +10,9 @@ import pytest
 
 from tests.conftest import DEMO
 from xtts_ft import validation
-from xtts_ft.stages import prepare
 from xtts_ft.config import compose
 from xtts_ft.data.sample import read_manifest
+from xtts_ft.stages import prepare
 
 SWAPS = [("andy_002", "andy_009"), ("andy_004", "andy_011")]
 
@@ -32,10 +32,20 @@ def swapped_corpus(tmp_path_factory) -> Path:
 
 
 def _validate(tmp_path: Path, corpus: Path, *overrides) -> Path:
-    return prepare.run(compose("prepare", [
-        "data.name=checked", f"data.sources=[{{path: {corpus}, formatter: coqui_csv, language: en}}, "
-        f"{{path: {DEMO / 'fr'}, formatter: coqui_csv, language: fr}}]",
-        f"paths.processed_dir={tmp_path}", "max_text_tokens=0", "validate_transcripts=true", *overrides]))
+    return prepare.run(
+        compose(
+            "prepare",
+            [
+                "data.name=checked",
+                f"data.sources=[{{path: {corpus}, formatter: coqui_csv, language: en}}, "
+                f"{{path: {DEMO / 'fr'}, formatter: coqui_csv, language: fr}}]",
+                f"paths.processed_dir={tmp_path}",
+                "max_text_tokens=0",
+                "validate_transcripts=true",
+                *overrides,
+            ],
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +64,9 @@ def test_swapped_transcripts_are_dropped_exactly(validated):
         assert entry["asr_cer"] > 0.5 and entry["asr_text"] and "max_transcript_cer=0.5" in entry["message"]
     swapped = {d["audio"].split("/")[-1]: d for d in mismatched}
     # andy_002's row carries andy_009's text ("The juice of lemons ..."); the ASR hears what andy_002 says.
-    assert "sea shore" in swapped["andy_002.flac"]["asr_text"].lower() and swapped["andy_002.flac"]["text"].startswith("The juice")
+    assert "sea shore" in swapped["andy_002.flac"]["asr_text"].lower() and swapped["andy_002.flac"]["text"].startswith(
+        "The juice"
+    )
     kept = read_manifest(validated / "train.jsonl") + read_manifest(validated / "eval.jsonl")
     english = [s for s in kept if s.language == "en"]
     assert len(english) == 10 and all(0 <= s.extra["asr_cer"] <= 0.5 and s.extra["asr_text"] for s in english)
@@ -65,12 +77,17 @@ def test_validation_summary_and_report(validated):
     summary = json.loads((validated / "stats.json").read_text())["transcript_validation"]
     assert summary["clips"] == 14 and summary["above_max"] == 4 and summary["dropped"] == 4
     assert summary["asr"] == {"en": "faster-whisper `Whisper tiny.en, bundled` (en)"}
-    assert summary["not_validated"] == {"fr": "12 clip(s); no ASR for fr: transcript_asr=bundled is an English-only Whisper"}
+    assert summary["not_validated"] == {
+        "fr": "12 clip(s); no ASR for fr: transcript_asr=bundled is an English-only Whisper"
+    }
     assert summary["speed"] > 0 and summary["transcribed_seconds"] >= summary["audio_seconds"] > 30
     stats = json.loads((validated / "stats.json").read_text())
     assert stats["dropped"]["reasons"]["transcript_mismatch"] == 4
     report = (validated / "validation.md").read_text()
-    assert "- `fr`: not validated — 12 clip(s); no ASR for fr: transcript_asr=bundled is an English-only Whisper" in report
+    assert (
+        "- `fr`: not validated — 12 clip(s); no ASR for fr: transcript_asr=bundled is an English-only Whisper"
+        in report
+    )
     worst = [line for line in report.splitlines() if line.startswith("| 0.") or line.startswith("| 1.")]
     assert len(worst) == 14 and all(stem in "".join(worst[:4]) for pair in SWAPS for stem in pair)
 
@@ -81,7 +98,9 @@ def test_flag_keeps_the_clips_and_the_cache_transcribes_nothing_again(tmp_path, 
     out = _validate(tmp_path, swapped_corpus, "transcript_action=flag")
     kept = read_manifest(out / "train.jsonl") + read_manifest(out / "eval.jsonl")
     flagged = sorted(s.audio.split("__")[-1][: -len(".wav")] for s in kept if s.extra.get("transcript_mismatch"))
-    assert flagged == sorted(clip for pair in SWAPS for clip in pair) and not any(d["reason"] == "transcript_mismatch" for d in _rows(out / "dropped.jsonl"))
+    assert flagged == sorted(clip for pair in SWAPS for clip in pair) and not any(
+        d["reason"] == "transcript_mismatch" for d in _rows(out / "dropped.jsonl")
+    )
     summary = json.loads((out / "stats.json").read_text())["transcript_validation"]
     assert summary["flagged"] == 4 and summary["transcribed_seconds"] == 0 and summary["speed"] is None
 
@@ -101,7 +120,9 @@ def test_clips_are_packed_into_30_second_windows():
     assert validation.pack([10.0, 10.0, 10.0, 10.0], voices=["a", "b", "a", "b"]) == [[0, 2], [1, 3]]
     # ...but voices with too little audio to fill half a window share one: many speakers with a few
     # clips each (Common Voice) cost about the windows their audio needs, not a window per speaker.
-    assert validation.pack([3.0] * 40, voices=[f"speaker{i}" for i in range(40)]) == [list(range(k, k + 8)) for k in range(0, 40, 8)]
+    assert validation.pack([3.0] * 40, voices=[f"speaker{i}" for i in range(40)]) == [
+        list(range(k, k + 8)) for k in range(0, 40, 8)
+    ]
 
 
 class SkippingWhisper:
@@ -121,15 +142,20 @@ class SkippingWhisper:
         segments, self.ended, self.closed = [], [], []
         for span in options["clip_timestamps"]:
             start = span["start"]
-            window = audio[round(start * 16000): round(span["end"] * 16000)]
+            window = audio[round(start * 16000) : round(span["end"] * 16000)]
             self.calls.append(window.size)
             clips = [int(v) for v in np.unique(window[window > 0])]  # each fake clip is a constant value
             ends = start + np.cumsum([np.count_nonzero(window == v) + 8000 for v in clips]) / 16000
             heard = clips[-1:] if len(clips) > 1 else clips
-            words = [SimpleNamespace(word=f" clip{v}", start=ends[clips.index(v)] - 1.0, end=ends[clips.index(v)] - 0.9) for v in heard]
+            words = [
+                SimpleNamespace(word=f" clip{v}", start=ends[clips.index(v)] - 1.0, end=ends[clips.index(v)] - 0.9)
+                for v in heard
+            ]
             self.ended.append(not (len(clips) > 1 and heard[-1] in self.stop_early_in))
             closed = words[-1].end  # the last closing timestamp: after the last word heard...
-            if heard[-1] in self.closed_after or heard[-1] in self.closed_late:  # ...or after the clip's sound (ends - gap)
+            if (
+                heard[-1] in self.closed_after or heard[-1] in self.closed_late
+            ):  # ...or after the clip's sound (ends - gap)
                 closed = ends[clips.index(heard[-1])] + (1.0 if heard[-1] in self.closed_late else -0.45)
             self.closed.append(closed - start)  # from the window's start
             segments.append(SimpleNamespace(words=words, seek=int(start * 100)))
@@ -182,17 +208,25 @@ def test_each_clips_speaker_reaches_the_packing(monkeypatch, tmp_path):
 
     model, seen = SkippingWhisper(), []
     packing = validation.pack
-    monkeypatch.setattr(validation, "pack", lambda seconds, alone=(), voices=None: seen.append(voices) or packing(seconds, alone, voices))
+    monkeypatch.setattr(
+        validation,
+        "pack",
+        lambda seconds, alone=(), voices=None: seen.append(voices) or packing(seconds, alone, voices),
+    )
     monkeypatch.setattr(validation, "whisper_pipeline", lambda _: model)
     monkeypatch.setattr(asr, "whisper_model", lambda *a, **k: model)
-    monkeypatch.setattr(validation, "load_audio", lambda path, rate: np.full(10 * 16000, int(Path(path).stem), np.float32))
+    monkeypatch.setattr(
+        validation, "load_audio", lambda path, rate: np.full(10 * 16000, int(Path(path).stem), np.float32)
+    )
     samples = []
     for k, voice in enumerate(["a", "b", "a", "b"], start=1):
         (tmp_path / f"{k}.wav").write_bytes(bytes([k]))  # hashed for the cache; load_audio above makes the sound
         samples.append(Sample(audio=f"{k}.wav", text=f"clip{k}", speaker=voice, language="en", duration=10.0))
     choice = asr.Asr(model="stand-in", backend="whisper", language="en")
     summary = {"transcribed_seconds": 0.0}
-    checks = validation.hear(choice, samples, tmp_path, SimpleNamespace(max_transcript_cer=0.5), tmp_path / "cache", summary)
+    checks = validation.hear(
+        choice, samples, tmp_path, SimpleNamespace(max_transcript_cer=0.5), tmp_path / "cache", summary
+    )
     assert seen[0] == ["a", "b", "a", "b"]
     assert model.calls[:2] == [2 * (10 + 0.5) * 16000] * 2  # first pass: clips 1+3 (voice a), 2+4 (voice b)
     assert [c.asr_text for c in checks] == ["clip1", "clip2", "clip3", "clip4"]
@@ -217,8 +251,13 @@ def _hear_demo_windows(monkeypatch, straddles) -> tuple:
 
     aligned = []
     find_alignment = WhisperModel.find_alignment
-    monkeypatch.setattr(WhisperModel, "find_alignment",
-                        lambda self, tokenizer, tokens, *a, **k: aligned.append(len(tokens)) or find_alignment(self, tokenizer, tokens, *a, **k))
+    monkeypatch.setattr(
+        WhisperModel,
+        "find_alignment",
+        lambda self, tokenizer, tokens, *a, **k: (
+            aligned.append(len(tokens)) or find_alignment(self, tokenizer, tokens, *a, **k)
+        ),
+    )
     if straddles is not None:  # None: the real rule decides
         monkeypatch.setattr(validation, "within_one_clip", lambda start, end, bounds: not straddles(bounds))
     clips = [load_audio(DEMO / "en" / "wavs" / f"andy_00{k}.flac", asr.ASR_RATE) for k in range(4)]

@@ -16,8 +16,8 @@ import soundfile as sf
 
 gr = pytest.importorskip("gradio", reason="the web demo needs the `web` extra: pip install 'xtts-ft[web]'")
 
-from xtts_ft.stages import web  # noqa: E402
 from xtts_ft.config import compose  # noqa: E402
+from xtts_ft.stages import web  # noqa: E402
 
 
 def _reference(prepared):
@@ -42,8 +42,12 @@ def test_page_offers_the_models_languages_emotions_and_voices(synthesizer):
 
 
 def test_choices_list_tokens_then_presets_once_and_named_voices():
-    model = types.SimpleNamespace(languages=["en", "wo"], emotion_tokens=["happy", "sad"],
-                                  emotion_presets={"sad": {}, "whisper": {}}, voice_names=["alicia"])
+    model = types.SimpleNamespace(
+        languages=["en", "wo"],
+        emotion_tokens=["happy", "sad"],
+        emotion_presets={"sad": {}, "whisper": {}},
+        voice_names=["alicia"],
+    )
     assert web.choices(model) == {
         "language": ["en", "wo"],
         "emotion": [web.NO_EMOTION, "happy", "sad", "whisper"],
@@ -52,17 +56,24 @@ def test_choices_list_tokens_then_presets_once_and_named_voices():
 
 
 def test_generate_gives_24khz_audio_and_a_status_line(synthesizer, prepared):
-    (rate, wav), status = web.generate(synthesizer, "Hello there.", "en", web.NO_EMOTION, _reference(prepared), web.REFERENCE_VOICE, 0)
+    (rate, wav), status = web.generate(
+        synthesizer, "Hello there.", "en", web.NO_EMOTION, _reference(prepared), web.REFERENCE_VOICE, 0
+    )
     assert rate == 24000
     assert wav.dtype == np.int16 and wav.ndim == 1 and wav.size > 0.1 * rate
     audio = wav.astype(np.float32) / 32767
     assert np.isfinite(audio).all() and np.sqrt(np.mean(audio**2)) > 1e-3
     assert f"{wav.size / rate:.2f} s at 24000 Hz" in status
     # The status says what the synthesizer reported: the same request, synthesized directly.
-    direct = synthesizer.synthesize(text="Hello there.", language="en", reference=_reference(prepared), decoding={"seed": 0})
+    direct = synthesizer.synthesize(
+        text="Hello there.", language="en", reference=_reference(prepared), decoding={"seed": 0}
+    )
     assert direct.wav.size == wav.size
-    assert status.endswith("; the GPT stopped by itself" if all(direct.stopped) else
-                           "; cut by the babble guard in 1 of 1 sentence (the GPT did not stop)")
+    assert status.endswith(
+        "; the GPT stopped by itself"
+        if all(direct.stopped)
+        else "; cut by the babble guard in 1 of 1 sentence (the GPT did not stop)"
+    )
 
 
 def _stub(stopped):
@@ -70,21 +81,27 @@ def _stub(stopped):
     from xtts_ft.inference import Synthesis
 
     return types.SimpleNamespace(
-        languages=["en"], sample_rate=24000,
+        languages=["en"],
+        sample_rate=24000,
         clone_voice=lambda reference: None,
         synthesize=lambda **request: Synthesis(np.zeros(24000, dtype=np.float32), 24000, 0.5, list(stopped)),
     )
 
 
-@pytest.mark.parametrize("stopped, ending", [
-    ([True, True], "; the GPT stopped by itself"),
-    ([True, False, True], "; cut by the babble guard in 1 of 3 sentences (the GPT did not stop)"),
-    ([False], "; cut by the babble guard in 1 of 1 sentence (the GPT did not stop)"),
-])
+@pytest.mark.parametrize(
+    "stopped, ending",
+    [
+        ([True, True], "; the GPT stopped by itself"),
+        ([True, False, True], "; cut by the babble guard in 1 of 3 sentences (the GPT did not stop)"),
+        ([False], "; cut by the babble guard in 1 of 1 sentence (the GPT did not stop)"),
+    ],
+)
 def test_status_line_reports_each_cut_sentence(stopped, ending, tmp_path):
     reference = tmp_path / "r.wav"
     reference.write_bytes(b"RIFF")
-    _, status = web.generate(_stub(stopped), "Hello there.", "en", web.NO_EMOTION, str(reference), web.REFERENCE_VOICE, 0)
+    _, status = web.generate(
+        _stub(stopped), "Hello there.", "en", web.NO_EMOTION, str(reference), web.REFERENCE_VOICE, 0
+    )
     assert status == "1.00 s at 24000 Hz in 0.50 s (real-time factor 0.50)" + ending
 
 
@@ -92,19 +109,31 @@ def test_text_and_upload_limits(tmp_path):
     big = tmp_path / "big.wav"
     big.write_bytes(b"\0" * (2 * 2**20 + 1))
     with pytest.raises(gr.Error, match="The text is 12 characters long; this page takes at most 10"):
-        web.generate(_stub([True]), "Hello there.", "en", web.NO_EMOTION, str(big), web.REFERENCE_VOICE, 0, max_text_chars=10)
+        web.generate(
+            _stub([True]), "Hello there.", "en", web.NO_EMOTION, str(big), web.REFERENCE_VOICE, 0, max_text_chars=10
+        )
     with pytest.raises(gr.Error, match="The reference clip is 2.0 MB; this page takes at most 2 MB"):
-        web.generate(_stub([True]), "Hello there.", "en", web.NO_EMOTION, str(big), web.REFERENCE_VOICE, 0, max_upload_mb=2)
-    (_, pcm), _ = web.generate(_stub([True]), "Hello there.", "en", web.NO_EMOTION, str(big), web.REFERENCE_VOICE, 0, max_upload_mb=3)
+        web.generate(
+            _stub([True]), "Hello there.", "en", web.NO_EMOTION, str(big), web.REFERENCE_VOICE, 0, max_upload_mb=2
+        )
+    (_, pcm), _ = web.generate(
+        _stub([True]), "Hello there.", "en", web.NO_EMOTION, str(big), web.REFERENCE_VOICE, 0, max_upload_mb=3
+    )
     assert pcm.size == 24000
 
 
-@pytest.mark.parametrize("overrides, refused", [
-    (["host=0.0.0.0"], "host=0.0.0.0 serves the page beyond this machine, and no login is set — fix: auth=user:password"),
-    (["share=true"], "share=true serves the page"),
-    (["auth=alice"], "auth must be user:password"),
-    (["auth=:secret"], "auth must be user:password"),
-])
+@pytest.mark.parametrize(
+    "overrides, refused",
+    [
+        (
+            ["host=0.0.0.0"],
+            "host=0.0.0.0 serves the page beyond this machine, and no login is set — fix: auth=user:password",
+        ),
+        (["share=true"], "share=true serves the page"),
+        (["auth=alice"], "auth must be user:password"),
+        (["auth=:secret"], "auth must be user:password"),
+    ],
+)
 def test_serving_beyond_this_machine_needs_a_login(overrides, refused):
     with pytest.raises(ValueError, match=refused):
         web.run(compose("web", ["checkpoint=never-loaded", *overrides]))  # refused before the model loads
@@ -118,13 +147,23 @@ def test_login_from_auth_or_an_explicit_choice_to_serve_anyone():
 
 def test_named_voice_and_emotion_preset_of_an_export(workdir, exported, prepared, tmp_path):
     from tests.conftest import demo_overrides
-    from xtts_ft.stages import export
     from xtts_ft.inference import XttsSynthesizer
+    from xtts_ft.stages import export
 
     reference = _reference(prepared)
     paths = [o for o in demo_overrides(workdir) if o.startswith("paths.")]
-    out = export.run(compose("export", paths + ["run_name=demo", f"out_dir={tmp_path / 'voiced'}",
-                                                f"+voices={{alicia: {reference}}}", f"+emotions={{calm: {reference}}}"]))
+    out = export.run(
+        compose(
+            "export",
+            paths
+            + [
+                "run_name=demo",
+                f"out_dir={tmp_path / 'voiced'}",
+                f"+voices={{alicia: {reference}}}",
+                f"+emotions={{calm: {reference}}}",
+            ],
+        )
+    )
     synthesizer = XttsSynthesizer(out, device="cpu")
     app = web.build_app(synthesizer)
     assert [value for _, value in _component(app, "emotion").choices] == [web.NO_EMOTION, "calm"]
@@ -132,7 +171,9 @@ def test_named_voice_and_emotion_preset_of_an_export(workdir, exported, prepared
     assert voice.visible is True and [value for _, value in voice.choices] == [web.REFERENCE_VOICE, "alicia"]
     (rate, wav), status = web.generate(synthesizer, "Hello there.", "en", "calm", None, "alicia", 1)
     # The page's request is the module's: same voice, preset and seed, same samples.
-    direct = synthesizer.synthesize(text="Hello there.", language="en", voice="alicia", emotion="calm", decoding={"seed": 1})
+    direct = synthesizer.synthesize(
+        text="Hello there.", language="en", voice="alicia", emotion="calm", decoding={"seed": 1}
+    )
     assert rate == 24000 and wav.size == direct.wav.size > 0
     assert np.array_equal(wav, (np.clip(direct.wav, -1, 1) * 32767).astype(np.int16))
 
@@ -147,10 +188,19 @@ def test_named_voice_and_emotion_preset_of_an_export(workdir, exported, prepared
         ("Hi.", "en", None, "bob", web.NO_EMOTION, "no voice named 'bob'"),
         ("Hi.", "en", "ref", web.REFERENCE_VOICE, "furious", "this model has no emotion 'furious'"),
         ("Hi.", "en", "not-audio", web.REFERENCE_VOICE, web.NO_EMOTION, "Cannot use this reference clip"),
-        ("Hi.", "en", "short", web.REFERENCE_VOICE, web.NO_EMOTION, "Cannot use this reference clip: .* give at least 0.5 s"),
+        (
+            "Hi.",
+            "en",
+            "short",
+            web.REFERENCE_VOICE,
+            web.NO_EMOTION,
+            "Cannot use this reference clip: .* give at least 0.5 s",
+        ),
     ],
 )
-def test_bad_input_is_a_message_on_the_page(synthesizer, prepared, tmp_path, text, language, reference, voice, emotion, message):
+def test_bad_input_is_a_message_on_the_page(
+    synthesizer, prepared, tmp_path, text, language, reference, voice, emotion, message
+):
     not_audio = tmp_path / "notes.wav"
     not_audio.write_text("not a wav")
     short = tmp_path / "short.wav"
@@ -169,10 +219,27 @@ def test_missing_gradio_says_what_to_install(monkeypatch):
 def test_run_serves_the_export_where_asked(exported, monkeypatch):
     launched = {}
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launched.update(kwargs, app=self))
-    web.run(compose("web", [f"checkpoint={exported}", "port=7999", "host=0.0.0.0", "device=cpu", "auth=alice:secret",
-                            "max_upload_mb=5", "max_text_chars=300"]))
+    web.run(
+        compose(
+            "web",
+            [
+                f"checkpoint={exported}",
+                "port=7999",
+                "host=0.0.0.0",
+                "device=cpu",
+                "auth=alice:secret",
+                "max_upload_mb=5",
+                "max_text_chars=300",
+            ],
+        )
+    )
     assert {k: launched[k] for k in ("server_name", "server_port", "share", "auth", "max_file_size")} == {
-        "server_name": "0.0.0.0", "server_port": 7999, "share": False, "auth": ("alice", "secret"), "max_file_size": 5 * 2**20}
+        "server_name": "0.0.0.0",
+        "server_port": 7999,
+        "share": False,
+        "auth": ("alice", "secret"),
+        "max_file_size": 5 * 2**20,
+    }
     assert isinstance(launched["app"], gr.Blocks)
     assert _component(launched["app"], "text").max_length == 300
 
@@ -189,7 +256,10 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; scripts/setup_env.sh does)")
+@pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; scripts/setup_env.sh does)",
+)
 def test_browser_types_uploads_generates_and_gets_24khz_audio(synthesizer, prepared, monkeypatch):
     pytest.importorskip("selenium", reason="needs selenium (the `dev` extra)")
     from selenium import webdriver
@@ -206,7 +276,13 @@ def test_browser_types_uploads_generates_and_gets_24khz_audio(synthesizer, prepa
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     # --no-sandbox: CI runs as root, where chromium's sandbox refuses to start.
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1600"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,1600",
+    ):
         options.add_argument(flag)
     # An explicit driver path: selenium would otherwise try to download one.
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -218,14 +294,26 @@ def test_browser_types_uploads_generates_and_gets_24khz_audio(synthesizer, prepa
         # Empty text: a message on the page, not a trace.
         button.click()
         # The toast fades in: wait for its text, not only for the element.
-        wait.until(lambda d: any("Type a text" in t.text for t in d.find_elements(By.CSS_SELECTOR, "[data-testid=toast-text]")))
+        wait.until(
+            lambda d: any(
+                "Type a text" in t.text for t in d.find_elements(By.CSS_SELECTOR, "[data-testid=toast-text]")
+            )
+        )
         driver.find_element(By.CSS_SELECTOR, "[data-testid=toast-close]").click()
 
         driver.find_element(By.CSS_SELECTOR, "#text textarea").send_keys("Bonjour à tous.")
         language = driver.find_element(By.CSS_SELECTOR, "#language input")
         language.click()
-        option = wait.until(lambda d: next((li for li in d.find_elements(By.CSS_SELECTOR, "li[role=option]")
-                                            if li.text.replace("✓", "").strip() == "fr"), None))
+        option = wait.until(
+            lambda d: next(
+                (
+                    li
+                    for li in d.find_elements(By.CSS_SELECTOR, "li[role=option]")
+                    if li.text.replace("✓", "").strip() == "fr"
+                ),
+                None,
+            )
+        )
         option.click()
         driver.find_element(By.CSS_SELECTOR, "#reference input[type=file]").send_keys(_reference(prepared))
         # Uploaded once gradio shows the clip's download link.
@@ -233,7 +321,9 @@ def test_browser_types_uploads_generates_and_gets_24khz_audio(synthesizer, prepa
         button.click()
 
         audio = WebDriverWait(driver, 120).until(
-            lambda d: next((a for a in d.find_elements(By.CSS_SELECTOR, "#output audio") if a.get_attribute("src")), None)
+            lambda d: next(
+                (a for a in d.find_elements(By.CSS_SELECTOR, "#output audio") if a.get_attribute("src")), None
+            )
         )
         status = driver.find_element(By.CSS_SELECTOR, "#status textarea").get_attribute("value")
         with urllib.request.urlopen(audio.get_attribute("src"), timeout=30) as response:
@@ -245,4 +335,6 @@ def test_browser_types_uploads_generates_and_gets_24khz_audio(synthesizer, prepa
     assert np.isfinite(wav).all() and np.sqrt(np.mean(wav**2)) > 1e-3
     assert f"{wav.size / rate:.2f} s at 24000 Hz" in status
     assert len(requests) == 1
-    assert requests[0]["text"] == "Bonjour à tous." and requests[0]["language"] == "fr" and requests[0]["voice"] is None
+    assert (
+        requests[0]["text"] == "Bonjour à tous." and requests[0]["language"] == "fr" and requests[0]["voice"] is None
+    )

@@ -101,8 +101,11 @@ def parse_entry(entry: Any, key: str) -> dict:
     entry = dict(entry)
     unknown = set(entry) - {"model", "backend", "language"}
     if not entry.get("model") or unknown:
-        raise ValueError(f"{key}={entry}: an entry is a model name/path or {{model: ..., backend: whisper|transformers, "
-                         f"language: <code the model uses>}}" + (f" (unknown keys: {', '.join(sorted(unknown))})" if unknown else ""))
+        raise ValueError(
+            f"{key}={entry}: an entry is a model name/path or {{model: ..., backend: whisper|transformers, "
+            f"language: <code the model uses>}}"
+            + (f" (unknown keys: {', '.join(sorted(unknown))})" if unknown else "")
+        )
     backend = entry.get("backend") or guess_backend(str(entry["model"]))
     if backend not in BACKENDS:
         raise ValueError(f"{key}.backend={backend}: choose whisper or transformers")
@@ -167,8 +170,10 @@ def require(config: Any, language: str, setting: str = "asr") -> Asr:
     """The ASR for `language`, or a ValueError naming the setting to change."""
     choice, reason = choose(config, language, setting)
     if choice is None:
-        raise ValueError(f"{setting}: {reason} — fix: {setting}={{default: ..., {language}: <model>}} with a multilingual "
-                         "faster-whisper (large-v3) or a transformers CTC model (facebook/mms-1b-all, language: <ISO 639-3>)")
+        raise ValueError(
+            f"{setting}: {reason} — fix: {setting}={{default: ..., {language}: <model>}} with a multilingual "
+            "faster-whisper (large-v3) or a transformers CTC model (facebook/mms-1b-all, language: <ISO 639-3>)"
+        )
     return choice
 
 
@@ -278,8 +283,15 @@ def transformers_pipeline(model: str, target_lang: Optional[str]):
     if target_lang is None:
         return pipeline("automatic-speech-recognition", model=model, device="cpu")
     if target_lang not in ctc_languages(model):
-        raise ValueError(f"{model} has no language {target_lang!r} (it has {', '.join(sorted(ctc_languages(model))[:20])}, ...)")
+        raise ValueError(
+            f"{model} has no language {target_lang!r} (it has {', '.join(sorted(ctc_languages(model))[:20])}, ...)"
+        )
     # ignore_mismatched_sizes: the head is sized for the language's vocabulary, not the base's
     ctc = AutoModelForCTC.from_pretrained(model, target_lang=target_lang, ignore_mismatched_sizes=True)
-    return pipeline("automatic-speech-recognition", model=ctc, tokenizer=AutoTokenizer.from_pretrained(model, target_lang=target_lang),
-                    feature_extractor=AutoFeatureExtractor.from_pretrained(model), device="cpu")
+    return pipeline(
+        "automatic-speech-recognition",
+        model=ctc,
+        tokenizer=AutoTokenizer.from_pretrained(model, target_lang=target_lang),
+        feature_extractor=AutoFeatureExtractor.from_pretrained(model),
+        device="cpu",
+    )

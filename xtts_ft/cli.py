@@ -102,8 +102,8 @@ def pipeline_overrides(arg: str) -> List[str]:
 def run_pipeline(verb: str, args: List[str]) -> None:
     """`xtts-ft demo paths.runs_dir=/x model.device=cuda`: keys the pipeline does not have go to every
     stage that has them. --help, --cfg and --info print and run nothing."""
-    from xtts_ft.stages import pipeline
     from xtts_ft.config import compose
+    from xtts_ft.stages import pipeline
 
     options, arguments = split_hydra_args(args)
     if any(o in ("-h", "--help") for o in options):
@@ -123,8 +123,10 @@ def run_pipeline(verb: str, args: List[str]) -> None:
     elif "--info" in options or "-i" in options:
         print(pipeline.describe(cfg))
     elif options:
-        raise ValueError(f"xtts-ft {verb} does not take {' '.join(options)} — fix: leave it out "
-                         f"(the pipeline takes --help, --cfg job [--resolve] and --info)")
+        raise ValueError(
+            f"xtts-ft {verb} does not take {' '.join(options)} — fix: leave it out "
+            f"(the pipeline takes --help, --cfg job [--resolve] and --info)"
+        )
     else:
         pipeline.run(cfg)
 
@@ -169,9 +171,15 @@ def one_line(error: BaseException) -> str:
         return f"error: {key} is required and was not given — fix: give it a value, {key}=<value>{where}"
     message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
     message = " ".join(line.strip() for line in message.splitlines() if line.strip())
-    if not re.search(r"\bfix:", message, flags=re.IGNORECASE):  # a message with its own fix ("...; fix: ...") gets no generic one
-        verb = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in VERBS else "<verb>"  # the command that failed, named
-        fix = next((fix for kind, fix in FIX_BY_TYPE.items() if isinstance(error, kind)), GENERIC_FIX.replace("<verb>", verb))
+    if not re.search(
+        r"\bfix:", message, flags=re.IGNORECASE
+    ):  # a message with its own fix ("...; fix: ...") gets no generic one
+        verb = (
+            sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in VERBS else "<verb>"
+        )  # the command that failed, named
+        fix = next(
+            (fix for kind, fix in FIX_BY_TYPE.items() if isinstance(error, kind)), GENERIC_FIX.replace("<verb>", verb)
+        )
         message += f" — fix: {fix}"
     return f"error: {message}"
 
@@ -187,8 +195,11 @@ def user_errors_in_one_line():
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         # Every stage writes through temporary names, so nothing it left looks finished.
-        print("interrupted — nothing unfinished was left looking complete; run the same command again "
-              "(prepare and training continue where they stopped)", file=sys.stderr)
+        print(
+            "interrupted — nothing unfinished was left looking complete; run the same command again "
+            "(prepare and training continue where they stopped)",
+            file=sys.stderr,
+        )
         sys.exit(130)
     except Exception as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not is_user_error(error):
@@ -225,8 +236,21 @@ def run_stage(verb: str, args: List[str]) -> None:
 
 
 # Hydra flags that take a value (`--cfg job`, `-cn name`, `--info defaults`, ...).
-VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-               "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}
+VALUE_FLAGS = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--info",
+    "-i",
+    "--experimental-rerun",
+}
 
 
 def quoted_if_needed(override: str) -> str:

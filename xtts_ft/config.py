@@ -60,7 +60,9 @@ class ColumnsConfig:
 @dataclass
 class SourceConfig:
     path: str = MISSING  # corpus root (holds the metadata file); hf: a Hub id, a saved dataset or parquet
-    formatter: str = "coqui_csv"  # coqui_csv | ljspeech | vctk | common_voice | table | audiofolder | hf | long_recordings
+    formatter: str = (
+        "coqui_csv"  # coqui_csv | ljspeech | vctk | common_voice | table | audiofolder | hf | long_recordings
+    )
     language: str = MISSING
     metadata: str = "metadata.csv"  # relative to path; common_voice: e.g. validated.tsv
     speaker: Optional[str] = None  # speaker name when the source has none (LJSpeech, one-voice tables)
@@ -242,8 +244,12 @@ class TrainDecoderConfig:
     adversarial: bool = True  # false: a cheap spectral-only fine-tune (no discriminator at all)
     adv_loss_weight: float = 1.0
     feat_match_loss_weight: float = 108.0
-    discriminator: Optional[str] = None  # start from this discriminator (a train-decoder state.pt, or a file holding its state dict); None: fresh
-    disc_warmup_steps: int = 0  # the generator ignores the adversarial losses until the discriminator trained this many steps
+    discriminator: Optional[str] = (
+        None  # start from this discriminator (a train-decoder state.pt, or a file holding its state dict); None: fresh
+    )
+    disc_warmup_steps: int = (
+        0  # the generator ignores the adversarial losses until the discriminator trained this many steps
+    )
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA, with a grad scaler)
     num_threads: int = 0
     log_every: int = 10
@@ -403,25 +409,55 @@ FRACTION = ("a number from 0 to 1", lambda v: 0 <= v <= 1)
 # and `max_steps=-5` would otherwise "train" for 0 steps and exit 0. A key is checked in every
 # stage config that has it; None (an optional value left unset) is always allowed.
 VALUE_CHECKS = {
-    "max_steps": AT_LEAST_1, "batch_size": AT_LEAST_1, "grad_accum_steps": AT_LEAST_1,
-    "log_every": AT_LEAST_1, "save_every": AT_LEAST_1, "eval_every": AT_LEAST_0, "keep_last": AT_LEAST_0,
-    "warmup_steps": AT_LEAST_0, "disc_warmup_steps": AT_LEAST_0, "train_last_layers": AT_LEAST_0,
-    "num_workers": AT_LEAST_0, "num_threads": AT_LEAST_0, "eval_clips": AT_LEAST_0, "eval_audio": AT_LEAST_0,
-    "max_text_tokens": AT_LEAST_0, "min_eval_per_speaker": AT_LEAST_0, "max_utterances": AT_LEAST_1,
-    "bpe_vocab_size": AT_LEAST_1, "char_limit": AT_LEAST_1, "max_text_chars": AT_LEAST_1,
+    "max_steps": AT_LEAST_1,
+    "batch_size": AT_LEAST_1,
+    "grad_accum_steps": AT_LEAST_1,
+    "log_every": AT_LEAST_1,
+    "save_every": AT_LEAST_1,
+    "eval_every": AT_LEAST_0,
+    "keep_last": AT_LEAST_0,
+    "warmup_steps": AT_LEAST_0,
+    "disc_warmup_steps": AT_LEAST_0,
+    "train_last_layers": AT_LEAST_0,
+    "num_workers": AT_LEAST_0,
+    "num_threads": AT_LEAST_0,
+    "eval_clips": AT_LEAST_0,
+    "eval_audio": AT_LEAST_0,
+    "max_text_tokens": AT_LEAST_0,
+    "min_eval_per_speaker": AT_LEAST_0,
+    "max_utterances": AT_LEAST_1,
+    "bpe_vocab_size": AT_LEAST_1,
+    "char_limit": AT_LEAST_1,
+    "max_text_chars": AT_LEAST_1,
     "segment_samples": ("a multiple of 256 (the decoder's hop), at least 256", lambda v: v >= 256 and v % 256 == 0),
-    "lr": POSITIVE, "lr_gen": POSITIVE, "lr_disc": POSITIVE, "lr_gamma": ("a number > 0 and ≤ 1", lambda v: 0 < v <= 1),
-    "weight_decay": NON_NEGATIVE, "grad_clip": NON_NEGATIVE, "text_ce_weight": NON_NEGATIVE, "mel_ce_weight": NON_NEGATIVE,
-    "sample_rate": POSITIVE, "min_seconds": NON_NEGATIVE, "max_seconds": POSITIVE, "max_audio_seconds": POSITIVE,
-    "cond_min_seconds": POSITIVE, "cond_max_seconds": POSITIVE, "trim_top_db": POSITIVE,
-    "eval_fraction": ("a number ≥ 0 and < 1", lambda v: 0 <= v < 1), "max_clipped_fraction": FRACTION,
+    "lr": POSITIVE,
+    "lr_gen": POSITIVE,
+    "lr_disc": POSITIVE,
+    "lr_gamma": ("a number > 0 and ≤ 1", lambda v: 0 < v <= 1),
+    "weight_decay": NON_NEGATIVE,
+    "grad_clip": NON_NEGATIVE,
+    "text_ce_weight": NON_NEGATIVE,
+    "mel_ce_weight": NON_NEGATIVE,
+    "sample_rate": POSITIVE,
+    "min_seconds": NON_NEGATIVE,
+    "max_seconds": POSITIVE,
+    "max_audio_seconds": POSITIVE,
+    "cond_min_seconds": POSITIVE,
+    "cond_max_seconds": POSITIVE,
+    "trim_top_db": POSITIVE,
+    "eval_fraction": ("a number ≥ 0 and < 1", lambda v: 0 <= v < 1),
+    "max_clipped_fraction": FRACTION,
     "precision": ("one of fp32, bf16, fp16", lambda v: v in ("fp32", "bf16", "fp16")),
     "best_metric": ("one of eval_loss, cer", lambda v: v in ("eval_loss", "cer")),
-    "decoding.temperature": POSITIVE, "decoding.top_k": AT_LEAST_1,
+    "decoding.temperature": POSITIVE,
+    "decoding.top_k": AT_LEAST_1,
     "decoding.top_p": ("a number > 0 and ≤ 1", lambda v: 0 < v <= 1),
-    "decoding.repetition_penalty": POSITIVE, "decoding.max_seconds_per_char": POSITIVE,
+    "decoding.repetition_penalty": POSITIVE,
+    "decoding.max_seconds_per_char": POSITIVE,
     "port": ("a port number from 1 to 65535", lambda v: 1 <= v <= 65535),
-    "max_upload_mb": POSITIVE, "max_reference_seconds": POSITIVE, "voice_cache_size": AT_LEAST_1,
+    "max_upload_mb": POSITIVE,
+    "max_reference_seconds": POSITIVE,
+    "voice_cache_size": AT_LEAST_1,
 }
 # Pairs that must be ordered: (smaller, larger).
 ORDERED = [("min_seconds", "max_seconds"), ("cond_min_seconds", "cond_max_seconds")]
@@ -448,6 +484,7 @@ def expand_home(cfg: DictConfig) -> None:
     """`~/...` values made the home folder's: the shell leaves `paths.processed_dir=~/data` as written (a `~`
     after `=` is not expanded), and a folder named `~` would appear in the current directory. Literal values
     only (an interpolation follows what it points to); a text, a sentence or a message is never a path."""
+
     def walk(value: Any, key: str):
         if isinstance(value, dict):
             for name, child in value.items():
@@ -455,7 +492,11 @@ def expand_home(cfg: DictConfig) -> None:
         elif isinstance(value, list):
             for index, child in enumerate(value):
                 yield from walk(child, f"{key}[{index}]")
-        elif isinstance(value, str) and (value == "~" or value.startswith("~/")) and not re.search(r"(text|sentences|message)\b", key):
+        elif (
+            isinstance(value, str)
+            and (value == "~" or value.startswith("~/"))
+            and not re.search(r"(text|sentences|message)\b", key)
+        ):
             yield key, value
 
     for key, value in list(walk(OmegaConf.to_container(cfg, resolve=False), "")):
@@ -475,8 +516,10 @@ def validate(cfg: DictConfig, stage: Optional[str] = None) -> DictConfig:
         for key in cfg.keys():
             if key not in known and key != "hydra":
                 close = difflib.get_close_matches(str(key), known, n=1)
-                raise ConfigValueError(f"{key} is not a setting of {stage} — fix: "
-                                       + (f"did you mean {close[0]}=...?" if close else f"see `xtts-ft {stage.replace('_', '-')} --help`"))
+                raise ConfigValueError(
+                    f"{key} is not a setting of {stage} — fix: "
+                    + (f"did you mean {close[0]}=...?" if close else f"see `xtts-ft {stage.replace('_', '-')} --help`")
+                )
     for key, (what, test) in VALUE_CHECKS.items():
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         if value is not None and not test(value):
@@ -485,7 +528,9 @@ def validate(cfg: DictConfig, stage: Optional[str] = None) -> DictConfig:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         problem = folder_name_problem(str(value), RESERVED_NAMES.get(key, ())) if value is not None else None
         if problem:
-            raise ConfigValueError(f"{key}={value!r} {problem}: it names a folder under paths.{parent} — fix: {key}=<a name such as mine>")
+            raise ConfigValueError(
+                f"{key}={value!r} {problem}: it names a folder under paths.{parent} — fix: {key}=<a name such as mine>"
+            )
     for low, high in ORDERED:
         smaller, larger = (OmegaConf.select(cfg, key, default=None, throw_on_missing=False) for key in (low, high))
         if smaller is not None and larger is not None and smaller > larger:

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 
 from xtts_ft.data.audio import load_audio
 from xtts_ft.data.text import clean_text
+from xtts_ft.model.constants import CODES_PER_SECOND, GPT_SAMPLE_RATE
 from xtts_ft.model.layout import EMOTIONS_FILE  # an export's emotion presets (name → conditioning latents)
 from xtts_ft.model.loading import load_xtts, pick_device, resolve_model_dir
-from xtts_ft.model.constants import CODES_PER_SECOND, GPT_SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,9 @@ class _Generated(NamedTuple):
 
     codes: torch.Tensor  # (n,) as Xtts.inference keeps them: up to and with the stop token, or all if cut
     stopped: bool  # ended by its own stop token, not by its babble guard
-    latents: torch.Tensor  # (1, n, width): the GPT's final-normed hidden state at each code's step: what the decoder speaks
+    latents: (
+        torch.Tensor
+    )  # (1, n, width): the GPT's final-normed hidden state at each code's step: what the decoder speaks
 
 
 @dataclass
@@ -96,8 +98,9 @@ class SeededDraw:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         # Every row draws at every step, finished or not, so its k-th draw is always its k-th code's.
-        race = torch.stack([torch.empty(scores.shape[1], device=scores.device).exponential_(generator=g)
-                            for g in self.generators])
+        race = torch.stack(
+            [torch.empty(scores.shape[1], device=scores.device).exponential_(generator=g) for g in self.generators]
+        )
         return scores.float().log_softmax(-1) - race.clamp_min(torch.finfo(race.dtype).tiny).log()
 
 
@@ -178,14 +181,18 @@ class PackedProducts:
 
             try:
                 packed = self.pack(weight) if packed is None else packed
-                faster = seconds(lambda: self.packed_product(x, packed, bias)) < 0.8 * seconds(lambda: torch.addmm(bias, x, weight))
+                faster = seconds(lambda: self.packed_product(x, packed, bias)) < 0.8 * seconds(
+                    lambda: torch.addmm(bias, x, weight)
+                )
             except RuntimeError:  # this torch build's oneDNN refuses the shape or dtype: MKL it is
                 faster = False
             # Only a clear win counts: whole batches run on its strength.
             self.faster_packed[key] = faster
         return self.faster_packed[key]
 
-    def packed_weights(self, module: torch.nn.Module, rows: int, device: torch.device) -> Dict[torch.nn.Module, _PackedLayer]:
+    def packed_weights(
+        self, module: torch.nn.Module, rows: int, device: torch.device
+    ) -> Dict[torch.nn.Module, _PackedLayer]:
         """The Conv1D layers of `module` whose products in a batch of `rows` sentences (its steps, its prompt's
         pass, or both) are faster packed on this machine, each with its packed weight; empty on other devices,
         for one row, or without oneDNN. The copy costs the weights' size (1.5 GB for XTTS-v2's GPT) while it is held."""
@@ -234,7 +241,11 @@ class PackedProducts:
             through_packed = entry.for_steps if flat.shape[0] == rows else entry.for_prompt
             # Not this kind of product, or the weight was replaced or changed in place (that autograd saw)
             # since packing: the usual product.
-            if not through_packed or layer.weight._version != entry.version or layer.weight.data_ptr() != entry.pointer:
+            if (
+                not through_packed
+                or layer.weight._version != entry.version
+                or layer.weight.data_ptr() != entry.pointer
+            ):
                 return usual(x)
             return PackedProducts.packed_product(flat, entry.weight, layer.bias).view(*x.shape[:-1], layer.nf)
 
@@ -275,8 +286,12 @@ def cache_grown_in_place(cache, most_positions: int, first_reserve: int = 128):
             if type(layer).__name__ != "DynamicLayer":
                 continue
             keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
-            if not (isinstance(keys, torch.Tensor) and isinstance(values, torch.Tensor) and keys.dim() == 4
-                    and keys.shape == values.shape):
+            if not (
+                isinstance(keys, torch.Tensor)
+                and isinstance(values, torch.Tensor)
+                and keys.dim() == 4
+                and keys.shape == values.shape
+            ):
                 continue
             grower = _InPlaceGrowth(layer, max(keys.shape[2], min(most_positions, keys.shape[2] + first_reserve)))
             patched.append((layer, _set_instance_attribute(layer, "update", grower.update)))
@@ -311,9 +326,15 @@ class _InPlaceGrowth:
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         layer = self.layer()
         keys = getattr(layer, "keys", None)
-        if (not getattr(layer, "is_initialized", True) or not isinstance(keys, torch.Tensor) or keys.dim() != 4
-                or keys.data_ptr() != self.key_buffer.data_ptr() or layer.values.data_ptr() != self.value_buffer.data_ptr()
-                or keys.shape[:2] != key_states.shape[:2] or keys.shape[3] != key_states.shape[3]):
+        if (
+            not getattr(layer, "is_initialized", True)
+            or not isinstance(keys, torch.Tensor)
+            or keys.dim() != 4
+            or keys.data_ptr() != self.key_buffer.data_ptr()
+            or layer.values.data_ptr() != self.value_buffer.data_ptr()
+            or keys.shape[:2] != key_states.shape[:2]
+            or keys.shape[3] != key_states.shape[3]
+        ):
             return self.usual_update(layer, key_states, value_states, *args, **kwargs)
         length, new = keys.shape[2], key_states.shape[2]
         if length + new > self.key_buffer.shape[2]:
@@ -354,8 +375,13 @@ def split_sentences(text: str, language: str) -> List[str]:
     return [s.strip() for s in segmenter.segment(text) if s.strip()]
 
 
-def read_requests(path: Union[str, Path], language: str, reference: Optional[str], voice: Optional[str],
-                  emotion: Optional[str] = None) -> List[dict]:
+def read_requests(
+    path: Union[str, Path],
+    language: str,
+    reference: Optional[str],
+    voice: Optional[str],
+    emotion: Optional[str] = None,
+) -> List[dict]:
     """Texts to synthesize from a .txt (one per line) or a CSV/TSV with a `text` column and
     optional `language`, `reference`, `voice`, `emotion`, `name` columns (missing ones take the defaults).
     A `name` (the output file's) must stay inside out_dir and be used once."""
@@ -371,14 +397,19 @@ def read_requests(path: Union[str, Path], language: str, reference: Optional[str
     try:
         content = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}) — fix: save it as UTF-8") from None
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {err.start}: {err.reason}) — fix: save it as UTF-8"
+        ) from None
     rows: List[Tuple[int, dict]] = []  # (line in the file, row)
     if path.suffix.lower() in (".csv", ".tsv"):
         # The csv module, not pandas: it knows each row's line (blank lines and quoted line breaks counted),
         # and a row with more fields than the header is an error, not a text cut at its comma.
         tsv = path.suffix.lower() == ".tsv"  # a TSV has no quoting: a text's own quotes are kept
-        reader = csv.DictReader(io.StringIO(content, newline=""), delimiter="\t" if tsv else ",",
-                                quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
+        reader = csv.DictReader(
+            io.StringIO(content, newline=""),
+            delimiter="\t" if tsv else ",",
+            quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL,
+        )
         columns = [c.strip() for c in reader.fieldnames or []]
         if "text" not in columns:
             raise ValueError(f"{path}: no `text` column (columns: {', '.join(columns) or 'none: the file is empty'})")
@@ -386,19 +417,28 @@ def read_requests(path: Union[str, Path], language: str, reference: Optional[str
         try:
             for row in reader:
                 if row.get(None):
-                    quote = "a tab inside a text is not allowed" if tsv else \
-                        "a comma inside a text needs the text in double quotes, e.g. \"Hello, world.\""
-                    raise ValueError(f"{path}, line {reader.line_num}: {len(columns) + len(row[None])} fields, the header has "
-                                     f"{len(columns)} — fix: {quote}")
+                    quote = (
+                        "a tab inside a text is not allowed"
+                        if tsv
+                        else 'a comma inside a text needs the text in double quotes, e.g. "Hello, world."'
+                    )
+                    raise ValueError(
+                        f"{path}, line {reader.line_num}: {len(columns) + len(row[None])} fields, the header has "
+                        f"{len(columns)} — fix: {quote}"
+                    )
                 rows.append((reader.line_num, {k: (v or "") for k, v in row.items()}))
         except csv.Error as err:
             raise ValueError(f"{path}, line {reader.line_num}: {err}") from None
     else:
         rows = [(n, {"text": line.strip()}) for n, line in enumerate(content.splitlines(), start=1) if line.strip()]
         if rows and rows[0][1]["text"].lower() in ("text", "texts", "text,name", "text\tname"):
-            log.warning("%s, line %d: %r is spoken as a text: a .txt has no header (one text per line) — fix: remove "
-                        "that line, or write a .csv/.tsv to give columns (text, language, reference, name, ...)",
-                        path, rows[0][0], rows[0][1]["text"])
+            log.warning(
+                "%s, line %d: %r is spoken as a text: a .txt has no header (one text per line) — fix: remove "
+                "that line, or write a .csv/.tsv to give columns (text, language, reference, name, ...)",
+                path,
+                rows[0][0],
+                rows[0][1]["text"],
+            )
     requests = []
     named: Dict[str, int] = {}  # name -> the line that first used it
     for line, row in rows:
@@ -406,16 +446,26 @@ def read_requests(path: Union[str, Path], language: str, reference: Optional[str
             raise ValueError(f"{path}, line {line}: empty text")
         name = row.get("name") or None
         if name is not None and not stays_inside(name):
-            raise ValueError(f"{path}, line {line}: name {name!r} would write outside out_dir; a name is a file "
-                             "name (or sub/folder/name) under out_dir, e.g. greeting_01")
+            raise ValueError(
+                f"{path}, line {line}: name {name!r} would write outside out_dir; a name is a file "
+                "name (or sub/folder/name) under out_dir, e.g. greeting_01"
+            )
         if name is not None and os.path.normpath(name) in named:
-            raise ValueError(f"{path}, line {line}: name {name!r} is already used on line {named[os.path.normpath(name)]}; "
-                             "each name becomes <out_dir>/<name>.wav, so one would overwrite the other: make them unique")
+            raise ValueError(
+                f"{path}, line {line}: name {name!r} is already used on line {named[os.path.normpath(name)]}; "
+                "each name becomes <out_dir>/<name>.wav, so one would overwrite the other: make them unique"
+            )
         if name is not None:
             named[os.path.normpath(name)] = line
-        request = {"text": row["text"], "language": row.get("language") or language,
-                   "reference": row.get("reference") or None, "voice": row.get("voice") or None,
-                   "emotion": row.get("emotion") or emotion, "name": name, "where": f"{path}, line {line}"}
+        request = {
+            "text": row["text"],
+            "language": row.get("language") or language,
+            "reference": row.get("reference") or None,
+            "voice": row.get("voice") or None,
+            "emotion": row.get("emotion") or emotion,
+            "name": name,
+            "where": f"{path}, line {line}",
+        }
         if request["reference"] is None and request["voice"] is None:
             request["reference"], request["voice"] = reference, voice
         requests.append(request)
@@ -427,9 +477,15 @@ class XttsSynthesizer:
     a server taking uploads must not grow without bound). `max_reference_seconds`: how much of the
     start of a reference clip is read (default: the model's max_ref_len; the rest is never decoded)."""
 
-    def __init__(self, checkpoint: Union[str, Path], device: str = "auto", revision: Optional[str] = None,
-                 voice_cache_size: int = 32, max_reference_seconds: Optional[float] = None,
-                 adapter: Union[str, Path, None] = None):
+    def __init__(
+        self,
+        checkpoint: Union[str, Path],
+        device: str = "auto",
+        revision: Optional[str] = None,
+        voice_cache_size: int = 32,
+        max_reference_seconds: Optional[float] = None,
+        adapter: Union[str, Path, None] = None,
+    ):
         self.model_dir = resolve_model_dir(str(checkpoint), revision)
         self.device = pick_device(device)
         self.config, self.model = load_xtts(self.model_dir, self.device, for_inference=True)
@@ -470,7 +526,9 @@ class XttsSynthesizer:
         if peft_model is None:
             if name is None:
                 return
-            raise ValueError(f"adapter {name!r}: no adapter is loaded (XttsSynthesizer(base, adapter=...) or load_adapter)")
+            raise ValueError(
+                f"adapter {name!r}: no adapter is loaded (XttsSynthesizer(base, adapter=...) or load_adapter)"
+            )
         if name is None:
             peft_model.base_model.disable_adapter_layers()
         elif name not in peft_model.peft_config:
@@ -507,7 +565,9 @@ class XttsSynthesizer:
         """Emotion presets of an export (`xtts-ft export +emotions={happy: clip.wav}`)."""
         if not hasattr(self, "_emotion_presets"):
             path = self.model_dir / EMOTIONS_FILE if self.model_dir else None
-            self._emotion_presets = torch.load(path, map_location="cpu", weights_only=True) if path and path.is_file() else {}
+            self._emotion_presets = (
+                torch.load(path, map_location="cpu", weights_only=True) if path and path.is_file() else {}
+            )
         return self._emotion_presets
 
     def with_emotion(self, voice: Voice, emotion: Optional[str]) -> Tuple[Voice, Optional[str]]:
@@ -542,7 +602,9 @@ class XttsSynthesizer:
         path = Path(reference)
         if not path.is_file():
             what = "is a folder, not an audio file" if path.is_dir() else "does not exist"
-            raise FileNotFoundError(f"reference audio {path} {what} — fix: reference=<an audio file of the voice, 3-10 s>")
+            raise FileNotFoundError(
+                f"reference audio {path} {what} — fix: reference=<an audio file of the voice, 3-10 s>"
+            )
         stat = path.stat()
         key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
         if key in self._voices:
@@ -551,9 +613,14 @@ class XttsSynthesizer:
         max_seconds = min(float(self.config.max_ref_len), self.max_reference_seconds or float("inf"))
         audio = torch.from_numpy(load_audio(path, GPT_SAMPLE_RATE, max_seconds=max_seconds)).unsqueeze(0)
         if audio.shape[1] < GPT_SAMPLE_RATE * 0.5:
-            raise ValueError(f"reference audio {path} is {audio.shape[1] / GPT_SAMPLE_RATE:.2f} s long — fix: give at least 0.5 s (3-10 s is best)")
+            raise ValueError(
+                f"reference audio {path} is {audio.shape[1] / GPT_SAMPLE_RATE:.2f} s long — fix: give at least 0.5 s (3-10 s is best)"
+            )
         gpt_cond_latent = self.model.get_gpt_cond_latents(
-            audio, GPT_SAMPLE_RATE, length=int(self.config.gpt_cond_len), chunk_length=int(self.config.gpt_cond_chunk_len)
+            audio,
+            GPT_SAMPLE_RATE,
+            length=int(self.config.gpt_cond_len),
+            chunk_length=int(self.config.gpt_cond_chunk_len),
         )
         speaker_embedding = self.model.get_speaker_embedding(audio.to(self.device), GPT_SAMPLE_RATE)
         self._voices[key] = Voice(gpt_cond_latent, speaker_embedding)
@@ -563,7 +630,9 @@ class XttsSynthesizer:
 
     def named_voice(self, name: str) -> Voice:
         if name not in self.voice_names:
-            raise KeyError(f"no voice named {name!r} in {self.model_dir / 'speakers_xtts.pth'}; known: {', '.join(self.voice_names) or 'none'} — fix: voice=<one of those>, or reference=<an audio file to clone>")
+            raise KeyError(
+                f"no voice named {name!r} in {self.model_dir / 'speakers_xtts.pth'}; known: {', '.join(self.voice_names) or 'none'} — fix: voice=<one of those>, or reference=<an audio file to clone>"
+            )
         latents = self.model.speaker_manager.speakers[name]
         return Voice(latents["gpt_cond_latent"], latents["speaker_embedding"])
 
@@ -572,33 +641,45 @@ class XttsSynthesizer:
         settings.update({k: v for k, v in (overrides or {}).items() if k in DECODING_KEYS and v is not None})
         return settings
 
-    def _request(self, text: str, language: str, reference, voice, decoding: Optional[dict], emotion: Optional[str] = None):
+    def _request(
+        self, text: str, language: str, reference, voice, decoding: Optional[dict], emotion: Optional[str] = None
+    ):
         """Validate a request: (language, voice latents, decoding settings, babble-guard rate, text prefix, its
         sentences with the token ids XTTS's GPT reads for each)."""
         if not text.strip():
             raise ValueError('text is empty — fix: give something to say, e.g. text="Hello there."')
         if not any(ch.isalnum() for ch in text):  # "?!" or "...": the model would babble until its guard stops it
-            raise ValueError(f'text {text.strip()[:40]!r} has no words to say, only punctuation or symbols — fix: give words, '
-                             'e.g. text="Hello there."')
+            raise ValueError(
+                f"text {text.strip()[:40]!r} has no words to say, only punctuation or symbols — fix: give words, "
+                'e.g. text="Hello there."'
+            )
         language = language.split("-")[0] if language != "zh-cn" else language
         if language not in self.languages:
-            raise ValueError(f"language {language!r} is not in this model's config.languages: {', '.join(self.languages)} "
-                             f"— fix: language=<one of those> (a new language is added with `xtts-ft extend`)")
+            raise ValueError(
+                f"language {language!r} is not in this model's config.languages: {', '.join(self.languages)} "
+                f"— fix: language=<one of those> (a new language is added with `xtts-ft extend`)"
+            )
         if (reference is None) == (voice is None):
-            raise ValueError("a voice is needed: exactly one of reference= or voice= "
-                             "— fix: reference=<an audio file to clone> or voice=<a named voice of the export>")
+            raise ValueError(
+                "a voice is needed: exactly one of reference= or voice= "
+                "— fix: reference=<an audio file to clone> or voice=<a named voice of the export>"
+            )
         chosen = self.clone_voice(reference) if reference is not None else self.named_voice(voice)
         chosen, emotion_token = self.with_emotion(chosen, emotion)
         prefix = f"[{emotion_token}]" if emotion_token else ""  # the tokenizer reads it as the emotion token
         limit = int(self.model.args.gpt_max_text_tokens)
         # What Xtts.inference feeds its GPT: the lower-cased sentence, the emotion token before it; too many
         # tokens is refused here (coqui asserts it deep inside its inference).
-        sentences = [(sentence, self.model.tokenizer.encode((prefix + sentence).strip().lower(), lang=language))
-                     for sentence in split_sentences(text, language)]
+        sentences = [
+            (sentence, self.model.tokenizer.encode((prefix + sentence).strip().lower(), lang=language))
+            for sentence in split_sentences(text, language)
+        ]
         for sentence, tokens in sentences:
             if len(tokens) >= limit:
-                raise ValueError(f"the sentence {sentence[:60]!r}... is {len(tokens)} text tokens; the model takes fewer than {limit} "
-                                 "— fix: split it into shorter sentences (each ending in . ! or ?)")
+                raise ValueError(
+                    f"the sentence {sentence[:60]!r}... is {len(tokens)} text tokens; the model takes fewer than {limit} "
+                    "— fix: split it into shorter sentences (each ending in . ! or ?)"
+                )
         decoding = dict(decoding or {})
         settings = self.decoding_settings(decoding)
         max_seconds_per_char = float(decoding.get("max_seconds_per_char") or 0.25)
@@ -635,7 +716,8 @@ class XttsSynthesizer:
         emotion: Optional[str] = None,
     ) -> Synthesis:
         language, chosen, settings, max_seconds_per_char, prefix, sentences = self._request(
-            text, language, reference, voice, decoding, emotion)
+            text, language, reference, voice, decoding, emotion
+        )
         started = time.perf_counter()
         pieces, stopped = [], []
         for sentence, _ in sentences:
@@ -680,25 +762,47 @@ class XttsSynthesizer:
         chunks cost less in all. Bad sizes, text or voice are refused here, before any audio."""
         for name, value in (("first_chunk_codes", first_chunk_codes), ("chunk_codes", chunk_codes)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name}={value!r} — fix: {name}=<an integer ≥ 1> (GPT codes per chunk, ~0.046 s of audio each)")
+                raise ValueError(
+                    f"{name}={value!r} — fix: {name}=<an integer ≥ 1> (GPT codes per chunk, ~0.046 s of audio each)"
+                )
         language, chosen, settings, max_seconds_per_char, _, sentences = self._request(
-            text, language, reference, voice, decoding, emotion)
-        return self._stream_chunks(sentences, language, chosen, settings, max_seconds_per_char, first_chunk_codes, chunk_codes)
+            text, language, reference, voice, decoding, emotion
+        )
+        return self._stream_chunks(
+            sentences, language, chosen, settings, max_seconds_per_char, first_chunk_codes, chunk_codes
+        )
 
-    def _stream_chunks(self, sentences: List[Tuple[str, List[int]]], language: str, chosen: Voice, settings: dict,
-                       max_seconds_per_char: float, first_chunk_codes: int, chunk_codes: int) -> Iterator[AudioChunk]:
+    def _stream_chunks(
+        self,
+        sentences: List[Tuple[str, List[int]]],
+        language: str,
+        chosen: Voice,
+        settings: dict,
+        max_seconds_per_char: float,
+        first_chunk_codes: int,
+        chunk_codes: int,
+    ) -> Iterator[AudioChunk]:
         """`stream`'s chunks, sentence by sentence (with the token ids `_request` made), timed from the first
         request for audio."""
         started = time.perf_counter()
         for sentence, tokens in sentences:
             max_codes = self._max_codes(sentence, language, max_seconds_per_char)
             for wav in self._stream_sentence(tokens, chosen, settings, max_codes, first_chunk_codes, chunk_codes):
-                yield AudioChunk(wav.detach().float().cpu().numpy().reshape(-1), self.sample_rate,
-                                 time.perf_counter() - started)
+                yield AudioChunk(
+                    wav.detach().float().cpu().numpy().reshape(-1), self.sample_rate, time.perf_counter() - started
+                )
 
     @torch.inference_mode()
-    def _stream_sentence(self, tokens: List[int], voice: Voice, settings: dict, max_codes: int,
-                         first_chunk_codes: int, chunk_codes: int, overlap: int = 1024) -> Iterator[torch.Tensor]:
+    def _stream_sentence(
+        self,
+        tokens: List[int],
+        voice: Voice,
+        settings: dict,
+        max_codes: int,
+        first_chunk_codes: int,
+        chunk_codes: int,
+        overlap: int = 1024,
+    ) -> Iterator[torch.Tensor]:
         """One sentence's audio chunks: coqui's Xtts.inference_stream step for step (its building
         blocks, its decoding arguments), except when a chunk is cut: after `first_chunk_codes` codes
         for the first, every `chunk_codes` after (inference_stream has one fixed size). `overlap` is
@@ -713,10 +817,17 @@ class XttsSynthesizer:
         with self._babble_guard(max_codes):
             steps = gpt.get_generator(
                 fake_inputs=gpt.compute_embeddings(voice.gpt_cond_latent.to(self.device), tokens),
-                top_k=settings["top_k"], top_p=settings["top_p"], temperature=settings["temperature"],
-                do_sample=True, num_beams=1, num_return_sequences=1, length_penalty=float(settings["length_penalty"]),
-                repetition_penalty=float(settings["repetition_penalty"]), output_attentions=False,
-                output_hidden_states=True, return_dict_in_generate=True,
+                top_k=settings["top_k"],
+                top_p=settings["top_p"],
+                temperature=settings["temperature"],
+                do_sample=True,
+                num_beams=1,
+                num_return_sequences=1,
+                length_penalty=float(settings["length_penalty"]),
+                repetition_penalty=float(settings["repetition_penalty"]),
+                output_attentions=False,
+                output_hidden_states=True,
+                return_dict_in_generate=True,
             )
         latents: List[torch.Tensor] = []  # the GPT's last hidden state at each code: what the decoder speaks
         new, previous, held = 0, None, None  # codes since the last chunk; handle_chunks' previous audio and overlap
@@ -726,7 +837,9 @@ class XttsSynthesizer:
             if new >= (first_chunk_codes if previous is None else chunk_codes):
                 chunk, previous, held = self._decode_chunk(latents, speaker, previous, held, overlap, final=False)
                 new = 0
-                if chunk.numel():  # 1 code decodes to 1024 samples, all held back: no empty chunk (a false first audio)
+                if (
+                    chunk.numel()
+                ):  # 1 code decodes to 1024 samples, all held back: no empty chunk (a false first audio)
                     yield chunk
         if new == 0 and held is not None:
             # Nothing new since the last chunk: only the held-back overlap is left. inference_stream
@@ -735,7 +848,9 @@ class XttsSynthesizer:
         else:
             yield self._decode_chunk(latents, speaker, previous, held, overlap, final=True)[0]
 
-    def _decode_chunk(self, latents: List[torch.Tensor], speaker: torch.Tensor, previous, held, overlap: int, final: bool):
+    def _decode_chunk(
+        self, latents: List[torch.Tensor], speaker: torch.Tensor, previous, held, overlap: int, final: bool
+    ):
         """(new audio, all audio so far, overlap held back) as inference_stream makes them. The decoder
         hears every latent so far, not only the new ones: its convolutions look both ways, so the
         end of a chunk changes once later codes are known; handle_chunks keeps the audio past the
@@ -743,7 +858,9 @@ class XttsSynthesizer:
         wav = self.model.hifigan_decoder(torch.cat(latents, dim=0)[None, :], g=speaker)
         return self.model.handle_chunks(wav.squeeze(), previous, held, overlap, is_final=final)
 
-    def synthesize_many(self, requests: List[dict], decoding: Optional[dict] = None, batch_size: int = 8) -> List[Synthesis]:
+    def synthesize_many(
+        self, requests: List[dict], decoding: Optional[dict] = None, batch_size: int = 8
+    ) -> List[Synthesis]:
         """Each request (text, language, reference or voice, optional emotion) → its Synthesis, in order;
         see iter_synthesize."""
         results: List[Optional[Synthesis]] = [None] * len(requests)
@@ -751,8 +868,9 @@ class XttsSynthesizer:
             results[i] = result
         return results
 
-    def iter_synthesize(self, requests: List[dict], decoding: Optional[dict] = None,
-                        batch_size: int = 8) -> Iterator[Tuple[int, Synthesis]]:
+    def iter_synthesize(
+        self, requests: List[dict], decoding: Optional[dict] = None, batch_size: int = 8
+    ) -> Iterator[Tuple[int, Synthesis]]:
         """(request index, Synthesis) as each request is done. The GPT decodes up to `batch_size`
         sentences — of any requests, voices and languages — in one generate, then the decoder speaks
         each from the latents that generate computed (see _generate). Under greedy decoding (top_k=1)
@@ -763,7 +881,9 @@ class XttsSynthesizer:
         is checked before any is synthesized. A Synthesis's seconds_to_generate holds its share of
         its batches' decode time."""
         if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} — fix: batch_size=<an integer ≥ 1> (1 decodes one sentence at a time)")
+            raise ValueError(
+                f"batch_size={batch_size} — fix: batch_size=<an integer ≥ 1> (1 decodes one sentence at a time)"
+            )
         sentences = [s for i, request in enumerate(requests) for s in self._sentences(i, request, decoding)]
         settings = self.decoding_settings(decoding)
         left = Counter(s.request for s in sentences)  # sentences still to do, per request
@@ -785,8 +905,15 @@ class XttsSynthesizer:
                 left[request] -= 1
                 if left[request] == 0:  # its last sentence: the request's audio, sentences in text order
                     done = [piece for _, piece in sorted(pieces.pop(request).items())]
-                    yield request, Synthesis(np.concatenate([p[0] for p in done]), self.sample_rate,
-                                             sum(p[2] for p in done), [p[1] for p in done])
+                    yield (
+                        request,
+                        Synthesis(
+                            np.concatenate([p[0] for p in done]),
+                            self.sample_rate,
+                            sum(p[2] for p in done),
+                            [p[1] for p in done],
+                        ),
+                    )
 
         # Each batch's products (its prompt's pass, its one-code steps) the way that is fastest on this CPU
         # (see PackedProducts): the full batches with one packed copy of the weights, then the last, smaller
@@ -811,7 +938,13 @@ class XttsSynthesizer:
         error names its file and line (read_requests' `where`) or its index."""
         try:
             language, voice, _, max_seconds_per_char, _, tokenized = self._request(
-                request["text"], request["language"], request.get("reference"), request.get("voice"), decoding, request.get("emotion"))
+                request["text"],
+                request["language"],
+                request.get("reference"),
+                request.get("voice"),
+                decoding,
+                request.get("emotion"),
+            )
         except (ValueError, FileNotFoundError) as err:
             raise type(err)(f"{request.get('where') or f'request {index}'}: {err}") from None
         voice = Voice(voice.gpt_cond_latent.to(self.device), voice.speaker_embedding.to(self.device))
@@ -820,7 +953,9 @@ class XttsSynthesizer:
         sentences = []
         for k, (sentence, tokens) in enumerate(tokenized):
             tokens = torch.tensor(tokens, dtype=torch.int32, device=self.device).unsqueeze(0)
-            sentences.append(_Sentence(index, tokens, voice, self._max_codes(sentence, language, max_seconds_per_char), seed + k))
+            sentences.append(
+                _Sentence(index, tokens, voice, self._max_codes(sentence, language, max_seconds_per_char), seed + k)
+            )
         return sentences
 
     def _text_embedding(self, sentence: _Sentence) -> torch.Tensor:
@@ -847,7 +982,11 @@ class XttsSynthesizer:
         voice_of_row = []
         for sentence in sentences:
             latents = sentence.voice.gpt_cond_latent  # (1, length, width)
-            same = (k for k, v in enumerate(voices) if v is latents or (v.shape == latents.shape and torch.equal(v, latents)))
+            same = (
+                k
+                for k, v in enumerate(voices)
+                if v is latents or (v.shape == latents.shape and torch.equal(v, latents))
+            )
             k = next(same, None)
             if k is None:
                 voices.append(latents)
@@ -858,11 +997,18 @@ class XttsSynthesizer:
         voice_width, text_width = max(v.shape[0] for v in voices), max(t.shape[0] for t in texts)
         device, rows = self.device, torch.tensor(voice_of_row, device=self.device)
         voice_block = torch.stack([F.pad(v, (0, 0, 0, voice_width - v.shape[0])) for v in voices])
-        voice_mask = (torch.arange(voice_width, device=device)[None, :] < torch.tensor([v.shape[0] for v in voices], device=device)[:, None]).long()
+        voice_mask = (
+            torch.arange(voice_width, device=device)[None, :]
+            < torch.tensor([v.shape[0] for v in voices], device=device)[:, None]
+        ).long()
         text_block = torch.stack([F.pad(t, (0, 0, text_width - t.shape[0], 0)) for t in texts])
-        text_mask = (torch.arange(text_width, device=device)[None, :]
-                     >= torch.tensor([text_width - t.shape[0] for t in texts], device=device)[:, None]).long()
-        mask = torch.cat([voice_mask[rows], text_mask, torch.ones((len(sentences), 1), dtype=torch.long, device=device)], dim=1)
+        text_mask = (
+            torch.arange(text_width, device=device)[None, :]
+            >= torch.tensor([text_width - t.shape[0] for t in texts], device=device)[:, None]
+        ).long()
+        mask = torch.cat(
+            [voice_mask[rows], text_mask, torch.ones((len(sentences), 1), dtype=torch.long, device=device)], dim=1
+        )
         transformer = gpt.gpt_inference.transformer
         cache = transformer(inputs_embeds=voice_block, attention_mask=voice_mask, use_cache=True).past_key_values
         if voice_of_row != list(range(len(sentences))):
@@ -884,8 +1030,14 @@ class XttsSynthesizer:
         and codes once more: the same positions and weights, so the same latents up to float rounding
         (≤ 2e-6 at full size, BENCHMARKS.md), for a pass that cost a quarter of a batch's time on CPU.
         Not thread-safe (nor is the rest of this class): the hook hears every forward of the GPT."""
-        from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteriaList,
-                                  TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+        from transformers import (
+            LogitsProcessorList,
+            RepetitionPenaltyLogitsProcessor,
+            StoppingCriteriaList,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
 
         gpt = self.model.gpt
         prompts, mask, cache = self._prefill(sentences)
@@ -913,14 +1065,23 @@ class XttsSynthesizer:
         # Each forward of the generate passes its hidden states through the final norm (the first
         # of lm_head's two layers) once; the last position's is the latent of the code it predicts.
         steps: List[torch.Tensor] = []
-        hook = gpt.gpt_inference.final_norm.register_forward_hook(lambda _norm, _inputs, out: steps.append(out[:, -1].clone()))
+        hook = gpt.gpt_inference.final_norm.register_forward_hook(
+            lambda _norm, _inputs, out: steps.append(out[:, -1].clone())
+        )
         try:
             # The cache holds at most the prompt, the start-of-audio token and the longest babble guard's codes.
             with cache_grown_in_place(cache, width + 1 + max(max_codes)):
                 generated = gpt.gpt_inference.generate(
-                    inputs, attention_mask=mask, past_key_values=cache, do_sample=False, num_beams=1, logits_processor=processors,
+                    inputs,
+                    attention_mask=mask,
+                    past_key_values=cache,
+                    do_sample=False,
+                    num_beams=1,
+                    logits_processor=processors,
                     stopping_criteria=StoppingCriteriaList([CodeLimits(width + 1, max_codes, self.device)]),
-                    bos_token_id=gpt.start_audio_token, pad_token_id=gpt.stop_audio_token, eos_token_id=gpt.stop_audio_token,
+                    bos_token_id=gpt.start_audio_token,
+                    pad_token_id=gpt.stop_audio_token,
+                    eos_token_id=gpt.stop_audio_token,
                     max_length=width + 1 + max(max_codes),
                 )
         finally:
@@ -930,8 +1091,10 @@ class XttsSynthesizer:
         # One forward per new code, the start-of-audio token's first (the prompt is in the cache). Any other count (a chunked prefill, a change in
         # transformers' generate) would shift every latent against its code: same shapes, wrong audio.
         if len(steps) not in (new_tokens, new_tokens + 1):
-            raise RuntimeError(f"the GPT ran {len(steps)} forwards for {new_tokens} new codes: this transformers "
-                               "version's generate does not step as XttsSynthesizer expects (one forward per code)")
+            raise RuntimeError(
+                f"the GPT ran {len(steps)} forwards for {new_tokens} new codes: this transformers "
+                "version's generate does not step as XttsSynthesizer expects (one forward per code)"
+            )
         latents = torch.stack(steps[:new_tokens], dim=1)  # (rows, steps, width): step k's latent belongs to code k
         rows = []
         for row, (codes, limit) in enumerate(zip(generated, max_codes)):
@@ -949,8 +1112,9 @@ class XttsSynthesizer:
         wav = self.model.hifigan_decoder(row.latents, g=sentence.voice.speaker_embedding)
         return wav.detach().float().cpu().numpy().reshape(-1)
 
-    def synthesize_batch(self, requests: List[dict], out_dir: Union[str, Path], decoding: Optional[dict] = None,
-                         batch_size: int = 8) -> List[dict]:
+    def synthesize_batch(
+        self, requests: List[dict], out_dir: Union[str, Path], decoding: Optional[dict] = None, batch_size: int = 8
+    ) -> List[dict]:
         """Each request (text, language, reference or voice, optional name) → <out_dir>/<name>.wav,
         `batch_size` sentences per GPT generate (iter_synthesize), each file written as soon as its
         request is done, with a progress bar; returns one row per request, in request order (file,
@@ -968,21 +1132,32 @@ class XttsSynthesizer:
         names = [str(request.get("name") or f"{i:04d}") for i, request in enumerate(requests)]
         outside = [name for name in names if not stays_inside(name)]
         if outside:
-            raise ValueError(f"name(s) {', '.join(map(repr, outside))} would write outside out_dir {out_dir}: "
-                             "a name is a file name (or sub/folder/name) under out_dir")
+            raise ValueError(
+                f"name(s) {', '.join(map(repr, outside))} would write outside out_dir {out_dir}: "
+                "a name is a file name (or sub/folder/name) under out_dir"
+            )
         repeated = sorted(name for name, count in Counter(os.path.normpath(n) for n in names).items() if count > 1)
         if repeated:
-            raise ValueError(f"name(s) {', '.join(map(repr, repeated))} are given to more than one request (an unnamed "
-                             "request i is named after its index, e.g. 0003); each becomes <out_dir>/<name>.wav: make them unique")
+            raise ValueError(
+                f"name(s) {', '.join(map(repr, repeated))} are given to more than one request (an unnamed "
+                "request i is named after its index, e.g. 0003); each becomes <out_dir>/<name>.wav: make them unique"
+            )
         rows: List[Optional[dict]] = [None] * len(requests)
         done = self.iter_synthesize(requests, decoding, batch_size)
         for i, result in tqdm(done, total=len(requests), desc="synth", unit="text"):
             name, request = names[i], requests[i]
             path = out_dir / f"{name}.wav"
             write_wav(path, result.wav, result.sample_rate)
-            rows[i] = {"name": name, "file": str(path), "text": request["text"], "language": request["language"],
-                       "emotion": request.get("emotion"),
-                       "seconds": round(result.duration, 3), "rtf": round(result.real_time_factor, 3), "stopped": all(result.stopped)}
+            rows[i] = {
+                "name": name,
+                "file": str(path),
+                "text": request["text"],
+                "language": request["language"],
+                "emotion": request.get("emotion"),
+                "seconds": round(result.duration, 3),
+                "rtf": round(result.real_time_factor, 3),
+                "stopped": all(result.stopped),
+            }
         return rows
 
     def synthesize_to_file(self, out: Union[str, Path], **kwargs) -> Synthesis:

@@ -133,7 +133,9 @@ class FileLock:
     crashed or killed process never leaves the directory stuck.
     """
 
-    def __init__(self, path: Path, busy: str, shared: bool = False, label: str = "", busy_readers: Optional[str] = None):
+    def __init__(
+        self, path: Path, busy: str, shared: bool = False, label: str = "", busy_readers: Optional[str] = None
+    ):
         self.path, self.busy, self.shared, self.label = Path(path), busy, shared, label
         self.busy_readers = busy_readers or busy
         self._file: Optional[IO] = None
@@ -211,7 +213,7 @@ def live_holders(text: str) -> list:
     reader that left while others still read keeps its line until a writer truncates the file)."""
     here = socket.gethostname()
     lines = []
-    for line in filter(None, (l.strip() for l in text.splitlines())):
+    for line in filter(None, (raw.strip() for raw in text.splitlines())):
         match = re.search(r"pid (\d+) on (\S+?)\)?$", line)
         if match and match.group(2) == here and not pid_alive(int(match.group(1))):
             continue
@@ -246,10 +248,15 @@ def resumable_dir(path: Path, key: str) -> Iterator[Path]:
     """
     path = Path(path)
     work = path.with_name(f".{path.name}.partial")
-    busy_readers = (f"{path} is in use by {{holder}}; it is not replaced while in use: wait for that to finish, "
-                    "or build it under another name (e.g. data.name=...)")
-    with FileLock(dir_lock_path(path), f"{path} is being written by another process ({{holder}}); wait for it to finish",
-                  busy_readers=busy_readers):
+    busy_readers = (
+        f"{path} is in use by {{holder}}; it is not replaced while in use: wait for that to finish, "
+        "or build it under another name (e.g. data.name=...)"
+    )
+    with FileLock(
+        dir_lock_path(path),
+        f"{path} is being written by another process ({{holder}}); wait for it to finish",
+        busy_readers=busy_readers,
+    ):
         key_file = work / ".key"
         if work.exists() and not (key_file.is_file() and key_file.read_text() == key):
             shutil.rmtree(work)  # another input's leftovers
@@ -258,4 +265,3 @@ def resumable_dir(path: Path, key: str) -> Iterator[Path]:
         yield work
         key_file.unlink()
         move_into_place(work, path)
-

@@ -63,7 +63,9 @@ def speaker_encoder():
     try:
         from resemblyzer import VoiceEncoder
     except ImportError as err:
-        raise ImportError("speaker similarity needs resemblyzer (and webrtcvad-wheels): pip install 'xtts-ft[eval]'") from err
+        raise ImportError(
+            "speaker similarity needs resemblyzer (and webrtcvad-wheels): pip install 'xtts-ft[eval]'"
+        ) from err
     return VoiceEncoder("cpu", verbose=False)
 
 
@@ -88,7 +90,9 @@ def ecapa_embedding(audio: np.ndarray, rate: int, path: str) -> np.ndarray:
     import soxr
     import torch
 
-    audio_16k = soxr.resample(np.asarray(audio, np.float32), rate, 16000) if rate != 16000 else np.asarray(audio, np.float32)
+    audio_16k = (
+        soxr.resample(np.asarray(audio, np.float32), rate, 16000) if rate != 16000 else np.asarray(audio, np.float32)
+    )
     with torch.no_grad():
         return ecapa_encoder(path).encode_batch(torch.from_numpy(audio_16k).unsqueeze(0)).reshape(-1).numpy()
 
@@ -126,7 +130,9 @@ def speaker_embedding(audio: np.ndarray, sample_rate: int, model: str = "resembl
     return embedding / np.linalg.norm(embedding)
 
 
-def speaker_similarity(audio_a: np.ndarray, rate_a: int, audio_b: np.ndarray, rate_b: int, model: str = "resemblyzer") -> float:
+def speaker_similarity(
+    audio_a: np.ndarray, rate_a: int, audio_b: np.ndarray, rate_b: int, model: str = "resemblyzer"
+) -> float:
     """Cosine similarity of speaker embeddings (`speaker_embedding`): with resemblyzer, same voice
     ≈ 0.85+, different ≈ 0.6 on espeak-ng; NaN when either clip has no voice."""
     return float(np.dot(speaker_embedding(audio_a, rate_a, model), speaker_embedding(audio_b, rate_b, model)))
@@ -219,11 +225,23 @@ def asr_word_errors(reference: str, hypothesis: str, language: Optional[str] = N
     if not hyp:
         return {"insertions": 0, "deletions": len(ref.split()), "substitutions": 0, "hits": 0}
     out = jiwer.process_words(ref, hyp)
-    return {"insertions": out.insertions, "deletions": out.deletions, "substitutions": out.substitutions, "hits": out.hits}
+    return {
+        "insertions": out.insertions,
+        "deletions": out.deletions,
+        "substitutions": out.substitutions,
+        "hits": out.hits,
+    }
 
 
-def hallucination_check(seconds: float, text: str, language: str, transcript: Optional[str] = None,
-                        ratio_range: tuple = (0.5, 2.0), max_error_words: float = 0.25, rates: Optional[dict] = None) -> dict:
+def hallucination_check(
+    seconds: float,
+    text: str,
+    language: str,
+    transcript: Optional[str] = None,
+    ratio_range: tuple = (0.5, 2.0),
+    max_error_words: float = 0.25,
+    rates: Optional[dict] = None,
+) -> dict:
     """Flags an utterance that babbles (too long for its text, or ASR hears words the text lacks)
     or is truncated (too short, or ASR misses words of the text).
 
@@ -244,5 +262,10 @@ def hallucination_check(seconds: float, text: str, language: str, transcript: Op
             reasons.append(f"asr_insertions ({errors['insertions']} words not in the text)")
         if errors["deletions"] >= limit:
             reasons.append(f"asr_deletions ({errors['deletions']} words of the text missing)")
-    return {"text_duration_ratio": ratio, "asr_insertions": errors["insertions"], "asr_deletions": errors["deletions"],
-            "flagged": bool(reasons), "flags": "; ".join(reasons)}
+    return {
+        "text_duration_ratio": ratio,
+        "asr_insertions": errors["insertions"],
+        "asr_deletions": errors["deletions"],
+        "flagged": bool(reasons),
+        "flags": "; ".join(reasons),
+    }

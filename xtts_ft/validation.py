@@ -59,18 +59,32 @@ class Checked:
 
 def check_settings(cfg) -> None:
     if cfg.transcript_action not in ACTIONS:
-        raise ValueError(f"transcript_action={cfg.transcript_action}: choose drop (clips above max_transcript_cer are "
-                         "dropped as transcript_mismatch) or flag (kept, marked transcript_mismatch in the manifest)")
+        raise ValueError(
+            f"transcript_action={cfg.transcript_action}: choose drop (clips above max_transcript_cer are "
+            "dropped as transcript_mismatch) or flag (kept, marked transcript_mismatch in the manifest)"
+        )
     if not cfg.max_transcript_cer > 0:
-        raise ValueError(f"max_transcript_cer={cfg.max_transcript_cer}: a CER above which a clip's transcript is "
-                         "taken as wrong, > 0 (e.g. 0.5)")
+        raise ValueError(
+            f"max_transcript_cer={cfg.max_transcript_cer}: a CER above which a clip's transcript is "
+            "taken as wrong, > 0 (e.g. 0.5)"
+        )
 
 
-def check_transcripts(samples: Sequence[Sample], root: Path, cfg, cache_dir: Path) -> Tuple[List[Optional[Checked]], dict]:
+def check_transcripts(
+    samples: Sequence[Sample], root: Path, cfg, cache_dir: Path
+) -> Tuple[List[Optional[Checked]], dict]:
     """Each sample's check (None where its language has no ASR) and the summary for stats.json."""
     checks: List[Optional[Checked]] = [None] * len(samples)
-    summary: Dict[str, Any] = {"action": cfg.transcript_action, "max_cer": cfg.max_transcript_cer, "asr": {}, "not_validated": {},
-                               "clips": 0, "audio_seconds": 0.0, "transcribed_seconds": 0.0, "asr_seconds": 0.0}
+    summary: Dict[str, Any] = {
+        "action": cfg.transcript_action,
+        "max_cer": cfg.max_transcript_cer,
+        "asr": {},
+        "not_validated": {},
+        "clips": 0,
+        "audio_seconds": 0.0,
+        "transcribed_seconds": 0.0,
+        "asr_seconds": 0.0,
+    }
     languages = dict.fromkeys(s.language for s in samples)
     for language in languages:
         choice, why_not = asr.choose(cfg.transcript_asr, language, "transcript_asr")
@@ -85,7 +99,9 @@ def check_transcripts(samples: Sequence[Sample], root: Path, cfg, cache_dir: Pat
         summary["asr_seconds"] += time.perf_counter() - started
         summary["clips"] += len(indices)
         summary["audio_seconds"] += sum(samples[i].duration for i in indices)
-    summary["speed"] = round(summary["transcribed_seconds"] / summary["asr_seconds"], 1) if summary["transcribed_seconds"] else None
+    summary["speed"] = (
+        round(summary["transcribed_seconds"] / summary["asr_seconds"], 1) if summary["transcribed_seconds"] else None
+    )
     for key in ("audio_seconds", "transcribed_seconds", "asr_seconds"):
         summary[key] = round(summary[key], 2)
     scored = [c.asr_cer for c in checks if c is not None]
@@ -94,9 +110,12 @@ def check_transcripts(samples: Sequence[Sample], root: Path, cfg, cache_dir: Pat
     return checks, summary
 
 
-def hear(choice: asr.Asr, samples: Sequence[Sample], root: Path, cfg, cache_dir: Path, summary: dict) -> List[Optional[Checked]]:
+def hear(
+    choice: asr.Asr, samples: Sequence[Sample], root: Path, cfg, cache_dir: Path, summary: dict
+) -> List[Optional[Checked]]:
     """Each sample checked: packed with its neighbours first (fast); one that looks mismatched is heard
     again alone and judged by the better of the two hearings, so only a clip both find wrong is."""
+
     def checked(subset: List[int], solo: bool) -> List[Optional[Checked]]:
         paths, seconds = [root / samples[i].audio for i in subset], [samples[i].duration for i in subset]
         voices = [samples[i].speaker for i in subset]
@@ -136,7 +155,9 @@ class TranscriptCache:
         self.solo = solo  # each clip heard alone, not packed with others
         model = asr.bundled_whisper_path() if choice.model == asr.BUNDLED else choice.model
         packing = None if solo else [WINDOW_SECONDS, GAP_SECONDS, "one voice per window, longest first"]
-        key = hashlib.sha256(json.dumps([str(model), choice.backend, choice.language, packing]).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([str(model), choice.backend, choice.language, packing]).encode()).hexdigest()[
+            :16
+        ]
         self.path = Path(cache_dir) / f"{choice.language}-{key}.jsonl"
         self.texts: Dict[str, str] = {}
         if self.path.is_file():
@@ -151,11 +172,18 @@ class TranscriptCache:
         self.texts.update(entries)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
-            f.writelines(json.dumps({"clip": clip, "text": text}, ensure_ascii=False) + "\n" for clip, text in entries.items())
+            f.writelines(
+                json.dumps({"clip": clip, "text": text}, ensure_ascii=False) + "\n" for clip, text in entries.items()
+            )
 
 
-def transcribe_clips(choice: asr.Asr, paths: Sequence[Path], seconds: Sequence[float], cache: TranscriptCache,
-                     voices: Optional[Sequence[str]] = None) -> Tuple[List[str], float]:
+def transcribe_clips(
+    choice: asr.Asr,
+    paths: Sequence[Path],
+    seconds: Sequence[float],
+    cache: TranscriptCache,
+    voices: Optional[Sequence[str]] = None,
+) -> Tuple[List[str], float]:
     """Transcripts of the clips (from the cache where it has them) and the seconds of audio transcribed now;
     `voices` (each clip's speaker) keeps one voice per packed window.
     Audio is read a batch of windows at a time: a large corpus never sits in memory."""
@@ -163,16 +191,24 @@ def transcribe_clips(choice: asr.Asr, paths: Sequence[Path], seconds: Sequence[f
     todo = [i for i, h in enumerate(hashes) if h not in cache.texts]
     if choice.backend == "whisper":
         model = asr.whisper_model(choice.model, cpu_threads=1, num_workers=WORKERS)  # a worker per core: see WORKERS
-        transcribe_packed(model, lambda k: load_audio(paths[todo[k]], asr.ASR_RATE), [seconds[i] for i in todo], choice.language,
-                          cache.solo, lambda texts: cache.add({hashes[todo[k]]: text for k, text in texts.items()}),
-                          [voices[i] for i in todo] if voices is not None else None)
+        transcribe_packed(
+            model,
+            lambda k: load_audio(paths[todo[k]], asr.ASR_RATE),
+            [seconds[i] for i in todo],
+            choice.language,
+            cache.solo,
+            lambda texts: cache.add({hashes[todo[k]]: text for k, text in texts.items()}),
+            [voices[i] for i in todo] if voices is not None else None,
+        )
     else:
         for i in todo:
             cache.add({hashes[i]: choice.transcribe(load_audio(paths[i], asr.ASR_RATE), asr.ASR_RATE)})
     return [cache.texts[h] for h in hashes], sum(seconds[i] for i in todo)
 
 
-def pack(seconds: Sequence[float], alone: Collection[int] = (), voices: Optional[Sequence[str]] = None) -> List[List[int]]:
+def pack(
+    seconds: Sequence[float], alone: Collection[int] = (), voices: Optional[Sequence[str]] = None
+) -> List[List[int]]:
     """Clips grouped into windows whose clips and gaps fit WINDOW_SECONDS, one voice per window where
     a voice fills one (Whisper skips ahead at a change of voice): each voice's clips, longest first,
     go into the first of its windows with room (first-fit decreasing: fuller windows than corpus
@@ -190,7 +226,9 @@ def pack(seconds: Sequence[float], alone: Collection[int] = (), voices: Optional
             per_voice.setdefault(voices[i], []).append(i)
     windows: List[Tuple[float, List[int]]] = []
     for clips in per_voice.values():
-        windows += first_fit_decreasing([(seconds[i] + GAP_SECONDS, [i]) for i in clips])  # each clip is followed by its gap
+        windows += first_fit_decreasing(
+            [(seconds[i] + GAP_SECONDS, [i]) for i in clips]
+        )  # each clip is followed by its gap
     full = [clips for used, clips in windows if used >= WINDOW_SECONDS / 2]
     mixed = [clips for _, clips in first_fit_decreasing([w for w in windows if w[0] < WINDOW_SECONDS / 2])]
     return sorted((sorted(w) for w in single + full + mixed), key=lambda w: w[0])
@@ -210,8 +248,15 @@ def first_fit_decreasing(items: List[Tuple[float, List[int]]]) -> List[Tuple[flo
     return [(used, clips) for used, clips in windows]
 
 
-def transcribe_packed(model, load: Callable[[int], np.ndarray], seconds: Sequence[float], language: str, solo: bool,
-                      done: Callable[[Dict[int, str]], None], voices: Optional[Sequence[str]] = None) -> None:
+def transcribe_packed(
+    model,
+    load: Callable[[int], np.ndarray],
+    seconds: Sequence[float],
+    language: str,
+    solo: bool,
+    done: Callable[[Dict[int, str]], None],
+    voices: Optional[Sequence[str]] = None,
+) -> None:
     """Whisper's transcripts of clips 0..n-1 (`load(k)` reads clip k), handed to `done` a batch at a time.
 
     Clips are packed into windows, one voice (`voices`) per window (`pack`; each alone with `solo`); batches of up to BATCH_WINDOWS
@@ -227,16 +272,29 @@ def transcribe_packed(model, load: Callable[[int], np.ndarray], seconds: Sequenc
     misses: Dict[int, int] = {}  # windows that did not hear a clip whole
 
     def hear(batch: List[List[int]]) -> List[List[Tuple[str, bool]]]:
-        fits = [w for w in batch if seconds[w[0]] <= WINDOW_SECONDS - GAP_SECONDS]  # the pipeline cuts a window at 30 s
-        heard = dict(zip(map(tuple, fits), hear_windows(whisper_pipeline(model), [[load(k) for k in w] for w in fits], language) if fits else []))
+        fits = [
+            w for w in batch if seconds[w[0]] <= WINDOW_SECONDS - GAP_SECONDS
+        ]  # the pipeline cuts a window at 30 s
+        heard = dict(
+            zip(
+                map(tuple, fits),
+                hear_windows(whisper_pipeline(model), [[load(k) for k in w] for w in fits], language) if fits else [],
+            )
+        )
         return [heard.get(tuple(w), [("", False)] * len(w)) for w in batch]
 
     with ThreadPoolExecutor(WORKERS) as workers:
         while pending:
-            windows = [[pending[i] for i in w] for w in pack([seconds[k] for k in pending], {i for i, k in enumerate(pending) if k in alone},
-                                                             [voices[k] for k in pending] if voices is not None else None)]
+            windows = [
+                [pending[i] for i in w]
+                for w in pack(
+                    [seconds[k] for k in pending],
+                    {i for i, k in enumerate(pending) if k in alone},
+                    [voices[k] for k in pending] if voices is not None else None,
+                )
+            ]
             size = min(BATCH_WINDOWS, math.ceil(len(windows) / WORKERS))  # every worker busy, even on a few windows
-            batches = [windows[first:first + size] for first in range(0, len(windows), size)]
+            batches = [windows[first : first + size] for first in range(0, len(windows), size)]
             pending = []
             for batch, heard in zip(batches, workers.map(hear, batches)):
                 final: Dict[int, str] = {}
@@ -284,16 +342,26 @@ def whisper_pipeline(model):
                 bounds = self.bounds[int(np.argmin(np.abs(starts - chunk["offset"])))]
                 if all(within_one_clip(s["start"], s["end"], bounds) for s in segments):
                     for s in segments:
-                        s["words"] = [{"word": s["text"], "start": s["start"], "end": s["end"], "probability": math.nan}]
+                        s["words"] = [
+                            {"word": s["text"], "start": s["start"], "end": s["end"], "probability": math.nan}
+                        ]
                 else:
                     straddling.append(i)
             if straddling:  # faster-whisper's own alignment, over those windows' encoder outputs
                 encoded = np.asarray(self.encoder_output)
                 subset = encoded if len(straddling) == len(outputs) else np.ascontiguousarray(encoded[straddling])
-                frames = [int(math.ceil(chunks_metadata[i]["duration"]) * self.model.frames_per_second) for i in straddling]
+                frames = [
+                    int(math.ceil(chunks_metadata[i]["duration"]) * self.model.frames_per_second) for i in straddling
+                ]
                 self.last_speech_timestamp = self.model.add_word_timestamps(
-                    [outputs[i] for i in straddling], tokenizer, ctranslate2.StorageView.from_array(subset), frames,
-                    options.prepend_punctuations, options.append_punctuations, self.last_speech_timestamp)
+                    [outputs[i] for i in straddling],
+                    tokenizer,
+                    ctranslate2.StorageView.from_array(subset),
+                    frames,
+                    options.prepend_punctuations,
+                    options.append_punctuations,
+                    self.last_speech_timestamp,
+                )
             return outputs
 
         def generate_segment_batched(self, features, tokenizer, options):
@@ -305,7 +373,9 @@ def whisper_pipeline(model):
                 self.ended.append(len(tokens) >= 2 and tokens[-2] < begin <= tokens[-1])
                 # A closing timestamp follows text (an opening one follows a timestamp or starts the output).
                 closing = [t for prev, t in zip(tokens, tokens[1:]) if prev < begin <= t]
-                self.closed.append((closing[-1] - begin) * self.model.time_precision if closing else None)  # 0.02 s a step
+                self.closed.append(
+                    (closing[-1] - begin) * self.model.time_precision if closing else None
+                )  # 0.02 s a step
             return encoder_output, outputs
 
     pipeline = Pipeline(model)
@@ -336,7 +406,11 @@ def hear_windows(pipeline, windows: Sequence[Sequence[np.ndarray]], language: st
     went on into a later clip, Whisper ended the window after them rather than stopping early, or it
     stopped early but its last closing timestamp lies after the clip's last sound, in the silence after it)."""
     gap = np.zeros(int(GAP_SECONDS * asr.ASR_RATE), np.float32)
-    starts, ends, offset = [], [], 0  # each window's start; each clip's end, with the gap after it (s in the joined audio)
+    starts, ends, offset = (
+        [],
+        [],
+        0,
+    )  # each window's start; each clip's end, with the gap after it (s in the joined audio)
     for clips in windows:
         sizes = np.cumsum([clip.size + gap.size for clip in clips])
         starts.append(offset / asr.ASR_RATE)
@@ -346,18 +420,31 @@ def hear_windows(pipeline, windows: Sequence[Sequence[np.ndarray]], language: st
     # mismatch is not hidden by decoding again until something fits.
     joined = np.concatenate([part for clips in windows for clip in clips for part in (clip, gap)])
     pipeline.bounds = [np.concatenate([[start], clip_ends]) for start, clip_ends in zip(starts, ends)]
-    segments, _ = pipeline.transcribe(joined, language=language, beam_size=1, temperature=0.0, without_timestamps=False,
-                                      word_timestamps=True, vad_filter=False, batch_size=len(windows),
-                                      clip_timestamps=[{"start": s, "end": e[-1]} for s, e in zip(starts, ends)])
+    segments, _ = pipeline.transcribe(
+        joined,
+        language=language,
+        beam_size=1,
+        temperature=0.0,
+        without_timestamps=False,
+        word_timestamps=True,
+        vad_filter=False,
+        batch_size=len(windows),
+        clip_timestamps=[{"start": s, "end": e[-1]} for s, e in zip(starts, ends)],
+    )
     words: List[List[List[str]]] = [[[] for _ in clips] for clips in windows]
     for segment in segments:
         w = int(np.argmin(np.abs(np.array(starts) - segment.seek / FRAMES_PER_SECOND)))  # seek: its window's start
         for word in segment.words or []:
-            words[w][min(int(np.searchsorted(ends[w], (word.start + word.end) / 2)), len(ends[w]) - 1)].append(word.word)
+            words[w][min(int(np.searchsorted(ends[w], (word.start + word.end) / 2)), len(ends[w]) - 1)].append(
+                word.word
+            )
     heard = []
-    for clips, clip_words, clip_ends, start, ended, closed in zip(windows, words, ends, starts, pipeline.ended, pipeline.closed):
+    for clips, clip_words, clip_ends, start, ended, closed in zip(
+        windows, words, ends, starts, pipeline.ended, pipeline.closed
+    ):
         last = max((k for k, w in enumerate(clip_words) if w), default=-1)  # the last clip anything was heard in
         closed_at = start + closed if closed is not None else -math.inf
+
         # Whole: words went on into a later clip, Whisper ended the window, or it stopped early but its last
         # closing timestamp lies between the clip's last sound and the end of the silence after it (one
         # further on, in the next clip's audio, is misplaced: the words before it are often cut short).
@@ -365,31 +452,52 @@ def hear_windows(pipeline, windows: Sequence[Sequence[np.ndarray]], language: st
             sound_end = end - GAP_SECONDS - clip.size / asr.ASR_RATE + speech_end(clip)  # in the joined audio
             return k < last or ended or sound_end - HEARD_SLACK <= closed_at <= end
 
-        heard.append([("".join(w).strip(), bool(w) and whole(k, clip, end))  # words carry their leading space
-                      for k, (clip, w, end) in enumerate(zip(clips, clip_words, clip_ends))])
+        heard.append(
+            [
+                ("".join(w).strip(), bool(w) and whole(k, clip, end))  # words carry their leading space
+                for k, (clip, w, end) in enumerate(zip(clips, clip_words, clip_ends))
+            ]
+        )
     return heard
 
 
 def hear_alone(model, clip: np.ndarray, language: str) -> str:
     """One clip through faster-whisper's own loop, which decodes again from where the decoder stopped."""
-    segments, _ = model.transcribe(clip, language=language, beam_size=1, temperature=0.0, condition_on_previous_text=False,
-                                   word_timestamps=True, vad_filter=False)
+    segments, _ = model.transcribe(
+        clip,
+        language=language,
+        beam_size=1,
+        temperature=0.0,
+        condition_on_previous_text=False,
+        word_timestamps=True,
+        vad_filter=False,
+    )
     return "".join(word.word for segment in segments for word in segment.words or []).strip()
 
 
 # --- the report --------------------------------------------------------------------------------
 
 
-def report(samples: Sequence[Sample], checks: Sequence[Optional[Checked]], summary: dict, skipped_sources: Dict[str, str]) -> str:
+def report(
+    samples: Sequence[Sample], checks: Sequence[Optional[Checked]], summary: dict, skipped_sources: Dict[str, str]
+) -> str:
     """validation.md: the settings, what was and was not validated, and the worst clips."""
-    action = "dropped as `transcript_mismatch`" if summary["action"] == "drop" else "kept, marked `transcript_mismatch: true`"
-    lines = ["# Transcript validation", "",
-             f"Every kept clip transcribed by its language's ASR; CER against its cleaned transcript (the language's cleaner on "
-             f"both sides). Clips above `max_transcript_cer={summary['max_cer']}` are {action}.", "",
-             f"- validated: {summary['clips']} clip(s), {summary['audio_seconds'] / 60:.1f} min of audio; mean CER "
-             f"{summary['mean_cer'] if summary['mean_cer'] is not None else '–'}; above the limit: {summary['above_max']}",
-             f"- ASR: {summary['transcribed_seconds']:.0f} s of audio transcribed now in {summary['asr_seconds']:.1f} s"
-             + (f" ({summary['speed']}× real time)" if summary["speed"] else " (all from the cache)")]
+    action = (
+        "dropped as `transcript_mismatch`"
+        if summary["action"] == "drop"
+        else "kept, marked `transcript_mismatch: true`"
+    )
+    lines = [
+        "# Transcript validation",
+        "",
+        f"Every kept clip transcribed by its language's ASR; CER against its cleaned transcript (the language's cleaner on "
+        f"both sides). Clips above `max_transcript_cer={summary['max_cer']}` are {action}.",
+        "",
+        f"- validated: {summary['clips']} clip(s), {summary['audio_seconds'] / 60:.1f} min of audio; mean CER "
+        f"{summary['mean_cer'] if summary['mean_cer'] is not None else '–'}; above the limit: {summary['above_max']}",
+        f"- ASR: {summary['transcribed_seconds']:.0f} s of audio transcribed now in {summary['asr_seconds']:.1f} s"
+        + (f" ({summary['speed']}× real time)" if summary["speed"] else " (all from the cache)"),
+    ]
     lines += [f"- `{language}`: {name}" for language, name in summary["asr"].items()]
     lines += [f"- `{language}`: not validated — {why}" for language, why in summary["not_validated"].items()]
     lines += [f"- {source}: not validated — {why}" for source, why in skipped_sources.items()]
@@ -397,8 +505,10 @@ def report(samples: Sequence[Sample], checks: Sequence[Optional[Checked]], summa
     lines += ["", f"## The {len(worst)} worst clips", ""]
     if worst:
         lines += ["| CER | audio | speaker | text | ASR heard |", "|---|---|---|---|---|"]
-        lines += [f"| {checks[i].asr_cer:.2f} | {samples[i].audio} | {samples[i].speaker} | {cell(samples[i].text)} | {cell(checks[i].asr_text)} |"
-                  for i in worst]
+        lines += [
+            f"| {checks[i].asr_cer:.2f} | {samples[i].audio} | {samples[i].speaker} | {cell(samples[i].text)} | {cell(checks[i].asr_text)} |"
+            for i in worst
+        ]
     return "\n".join(lines) + "\n"
 
 

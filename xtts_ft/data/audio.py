@@ -17,7 +17,6 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-
 # Containers libsndfile cannot decode (AAC, WMA, video): the fix is a conversion.
 CONVERT_FIRST = (".m4a", ".aac", ".mp4", ".wma", ".webm", ".mkv", ".mov", ".amr")
 
@@ -70,8 +69,10 @@ def header_seconds(path: Path) -> float:
     shortfall = wav_shortfall(path)
     if shortfall is not None:
         declared, held = shortfall
-        raise RuntimeError(f"audio {path} is cut short: its header promises {declared:.2f} s, the file holds {held:.2f} s "
-                           "(an interrupted copy or download?); copy it again from its source")
+        raise RuntimeError(
+            f"audio {path} is cut short: its header promises {declared:.2f} s, the file holds {held:.2f} s "
+            "(an interrupted copy or download?); copy it again from its source"
+        )
     return info.frames / info.samplerate if info.samplerate > 0 else 0.0
 
 
@@ -102,7 +103,12 @@ def wav_shortfall(path: Path) -> Optional[Tuple[float, float]]:
                     f.seek(size % 2, os.SEEK_CUR)
                 elif kind == b"data":
                     held = os.fstat(f.fileno()).st_size - f.tell()
-                    if size == 0 or size >= 0x7FFF0000 or byte_rate <= 0 or (size - held) / byte_rate <= TRUNCATION_SLACK_SECONDS:
+                    if (
+                        size == 0
+                        or size >= 0x7FFF0000
+                        or byte_rate <= 0
+                        or (size - held) / byte_rate <= TRUNCATION_SLACK_SECONDS
+                    ):
                         return None
                     return size / byte_rate, max(held, 0) / byte_rate
                 else:

@@ -47,13 +47,20 @@ def emotion_labels(samples: List[Sample], tokenizer, manifest: Path) -> bool:
     if not labels:
         return False
     if not tokens:
-        log.warning("%s has emotion labels (%s) but the model has no emotion tokens: the labels are ignored "
-                    "(add the tokens with `xtts-ft extend emotions=[%s]`)", manifest, ", ".join(labels), ",".join(labels))
+        log.warning(
+            "%s has emotion labels (%s) but the model has no emotion tokens: the labels are ignored "
+            "(add the tokens with `xtts-ft extend emotions=[%s]`)",
+            manifest,
+            ", ".join(labels),
+            ",".join(labels),
+        )
         return False
     unknown = [label for label in labels if label not in tokens]
     if unknown:
-        raise ValueError(f"{manifest}: emotion label(s) {', '.join(unknown)} have no token in the model "
-                         f"(its emotion tokens: {', '.join(tokens)}); extend it with emotions=[{','.join(labels)}]")
+        raise ValueError(
+            f"{manifest}: emotion label(s) {', '.join(unknown)} have no token in the model "
+            f"(its emotion tokens: {', '.join(tokens)}); extend it with emotions=[{','.join(labels)}]"
+        )
     return True
 
 
@@ -68,7 +75,9 @@ def encode_samples(samples: List[Sample], tokenizer, max_text_tokens: int, max_s
         else:
             tokens = tokenizer.encode(s.text, lang=s.language, report_unknown=False)
         if len(tokens) > max_text_tokens:
-            skipped.append({**s.to_json(), "reason": "too_many_tokens", "message": f"{len(tokens)} > {max_text_tokens}"})
+            skipped.append(
+                {**s.to_json(), "reason": "too_many_tokens", "message": f"{len(tokens)} > {max_text_tokens}"}
+            )
         elif s.duration * GPT_SAMPLE_RATE > max_samples:
             skipped.append({**s.to_json(), "reason": "too_long", "message": f"{s.duration:.2f} s over the GPT limit"})
         elif 1 in tokens:  # [UNK]
@@ -78,7 +87,9 @@ def encode_samples(samples: List[Sample], tokenizer, max_text_tokens: int, max_s
             try:
                 num_samples = sf.info(str(audio)).frames
             except (RuntimeError, sf.LibsndfileError) as err:
-                raise FileNotFoundError(f"{manifest}: clip {audio} is missing or unreadable ({err}); run `xtts-ft prepare` again") from None
+                raise FileNotFoundError(
+                    f"{manifest}: clip {audio} is missing or unreadable ({err}); run `xtts-ft prepare` again"
+                ) from None
             kept.append(GptItem(audio, torch.tensor(tokens, dtype=torch.long), s.speaker, s.language, num_samples))
     return kept, skipped
 

@@ -78,8 +78,11 @@ def process_audio(path: Path, cfg: AudioSettings) -> Clip:
     try:
         header = header_seconds(path)
         if header > cfg.max_seconds + UNTRIMMED_SLACK_SECONDS:
-            raise Rejected("too_long", f"{header:.1f} s by its header > max_seconds={cfg.max_seconds} "
-                                       f"(+{UNTRIMMED_SLACK_SECONDS:.0f} s that trimming could remove): not decoded")
+            raise Rejected(
+                "too_long",
+                f"{header:.1f} s by its header > max_seconds={cfg.max_seconds} "
+                f"(+{UNTRIMMED_SLACK_SECONDS:.0f} s that trimming could remove): not decoded",
+            )
         source, rate = read_mono(path)
     except RuntimeError as err:
         raise Rejected("unreadable_audio", str(err)) from None
@@ -97,7 +100,9 @@ def process_audio(path: Path, cfg: AudioSettings) -> Clip:
     if peak < SILENCE_PEAK:
         raise Rejected("silent_audio", f"peak below {20 * np.log10(SILENCE_PEAK):.0f} dBFS: nothing to hear")
     if clipped > cfg.max_clipped_fraction:
-        raise Rejected("clipped", f"{clipped:.2%} of samples at full scale > max_clipped_fraction={cfg.max_clipped_fraction}")
+        raise Rejected(
+            "clipped", f"{clipped:.2%} of samples at full scale > max_clipped_fraction={cfg.max_clipped_fraction}"
+        )
     if peak > 1.0:  # scaled to fit the 16-bit WAV it is written to, which would clip it
         source = source * np.float32(0.99 / peak)
     audio = soxr.resample(source, rate, cfg.sample_rate, quality="HQ") if rate != cfg.sample_rate else source
@@ -112,11 +117,15 @@ def process_audio(path: Path, cfg: AudioSettings) -> Clip:
     if cfg.decoder_copies:
         # From the source, not from the 22.05 kHz copy, cut at the same instants.
         span = source[int(start / cfg.sample_rate * rate) : int(end / cfg.sample_rate * rate)]
-        audio_24k = soxr.resample(span, rate, DECODER_SAMPLE_RATE, quality="HQ") if rate != DECODER_SAMPLE_RATE else span
+        audio_24k = (
+            soxr.resample(span, rate, DECODER_SAMPLE_RATE, quality="HQ") if rate != DECODER_SAMPLE_RATE else span
+        )
     shortfall = 0.0
     if cfg.loudness_lufs is not None:
         audio, audio_24k, shortfall = normalize_loudness(audio, audio_24k, cfg)
-    return Clip(audio.astype(np.float32), None if audio_24k is None else audio_24k.astype(np.float32), rate, clipped, shortfall)
+    return Clip(
+        audio.astype(np.float32), None if audio_24k is None else audio_24k.astype(np.float32), rate, clipped, shortfall
+    )
 
 
 @lru_cache(maxsize=4)
@@ -207,8 +216,14 @@ def run_audio_job(job: AudioJob, cfg: AudioSettings, out: Path):
     write_clip(out, "wavs", job.name, wav)
     if clip.audio_24k is not None:
         write_clip(out, "wavs_24k", job.name, encode_wav(clip.audio_24k, DECODER_SAMPLE_RATE))
-    return ClipInfo(clip.audio.size, clip.source_rate, clip.clipped_fraction, clip.audio_24k is not None,
-                    hashlib.blake2b(wav, digest_size=16).hexdigest(), round(clip.loudness_shortfall, 2))
+    return ClipInfo(
+        clip.audio.size,
+        clip.source_rate,
+        clip.clipped_fraction,
+        clip.audio_24k is not None,
+        hashlib.blake2b(wav, digest_size=16).hexdigest(),
+        round(clip.loudness_shortfall, 2),
+    )
 
 
 def write_clip(out: Path, folder: str, name: str, data: bytes) -> None:
@@ -291,9 +306,19 @@ def crashed_clips(out: Path) -> Dict[str, str]:
 def record_done(out: Path, jobs: List[AudioJob], results: list) -> None:
     """Append a chunk's results to this process's ledger in `out`, once its clips are in place:
     what a run resumed after an interruption need not do again (`read_done`)."""
-    lines = [json.dumps({"name": job.name, **(
-        {"reason": result.reason, "message": str(result)} if isinstance(result, Rejected) else asdict(result))})
-        for job, result in zip(jobs, results)]
+    lines = [
+        json.dumps(
+            {
+                "name": job.name,
+                **(
+                    {"reason": result.reason, "message": str(result)}
+                    if isinstance(result, Rejected)
+                    else asdict(result)
+                ),
+            }
+        )
+        for job, result in zip(jobs, results)
+    ]
     with open(out / f".done-{os.getpid()}.jsonl", "a", encoding="utf-8") as ledger:
         ledger.write("".join(line + "\n" for line in lines))
 
@@ -332,8 +357,10 @@ def record_crashes(out: Path) -> None:
     if crashed:
         with open(out / ".done-crashed.jsonl", "a", encoding="utf-8") as ledger:
             for name, path in crashed.items():
-                message = (f"a prepare process died while processing {path} (killed for lack of memory? a crash in "
-                           "its decoder?); skipped so that the run can finish — check the file, then `force=true` tries it again")
+                message = (
+                    f"a prepare process died while processing {path} (killed for lack of memory? a crash in "
+                    "its decoder?); skipped so that the run can finish — check the file, then `force=true` tries it again"
+                )
                 ledger.write(json.dumps({"name": name, "reason": "worker_crashed", "message": message}) + "\n")
     for marker in out.glob(".working-*"):
         marker.unlink()
@@ -371,7 +398,9 @@ class AudioWorkers:
     be sure the workers' path runs).
     """
 
-    def __init__(self, cfg: AudioSettings, out: Path, num_workers: int = 0, expected_jobs: int = 0, caller_works: bool = True):
+    def __init__(
+        self, cfg: AudioSettings, out: Path, num_workers: int = 0, expected_jobs: int = 0, caller_works: bool = True
+    ):
         self.cfg, self.out, self.caller_works = cfg, out, caller_works
         # Below CLIPS_PER_WORKER clips each, a spawned worker's start-up costs more than it saves.
         processes = min(num_workers or os.cpu_count() or 1, max(1, expected_jobs // CLIPS_PER_WORKER))
@@ -388,7 +417,9 @@ class AudioWorkers:
             # spawn, not fork: the parent may hold torch/OpenMP or tokenizer threads whose locks a
             # forked child would inherit. An executor (not a Pool) raises if a worker dies instead
             # of hanging, and lets us cancel chunks no worker has claimed.
-            self.pool = ProcessPoolExecutor(self.spawned, mp_context=multiprocessing.get_context("spawn"), initializer=worker_init)
+            self.pool = ProcessPoolExecutor(
+                self.spawned, mp_context=multiprocessing.get_context("spawn"), initializer=worker_init
+            )
             for _ in range(self.spawned):  # each submit starts one process (they start on demand)
                 self.pool.submit(warm_up, self.cfg)
         return self
@@ -424,12 +455,15 @@ class AudioWorkers:
         self.pool.shutdown(wait=True)  # the other workers stop, and un-mark their clips, first
         crashed = crashed_clips(self.out)
         if not crashed:
-            return RuntimeError("an audio worker process died between clips (killed for lack of memory?); "
-                                "run prepare again: it continues with the clips not done yet")
+            return RuntimeError(
+                "an audio worker process died between clips (killed for lack of memory?); "
+                "run prepare again: it continues with the clips not done yet"
+            )
         return RuntimeError(
             f"an audio worker process died while processing {', '.join(crashed.values())} (killed for lack of "
             "memory? a crash in its decoder?); run prepare again: it keeps the clips already done and skips "
-            "this one as `worker_crashed` (listed in dropped.jsonl)")
+            "this one as `worker_crashed` (listed in dropped.jsonl)"
+        )
 
     def _results(self) -> List[Union[ClipInfo, Rejected]]:
         from tqdm import tqdm  # here: the workers, which import this module, never show a bar

@@ -35,8 +35,10 @@ def source_encoding(source) -> str:
     try:
         codecs.lookup(encoding)
     except LookupError:
-        raise ValueError(f"data.sources[…].encoding={encoding!r} (source {source.path}) is not an encoding Python knows; "
-                         "use e.g. utf-8, latin-1, cp1252, utf-16") from None
+        raise ValueError(
+            f"data.sources[…].encoding={encoding!r} (source {source.path}) is not an encoding Python knows; "
+            "use e.g. utf-8, latin-1, cp1252, utf-16"
+        ) from None
     return encoding
 
 
@@ -58,33 +60,52 @@ def text_lines(path: Path, encoding: str = "utf-8") -> Iterator[Tuple[int, Union
     try:
         data = path.read_bytes()
     except OSError as err:  # permissions, an I/O error: name the file and what to do
-        raise OSError(err.errno, f"cannot read metadata file {path}: {err.strerror or err}; check that it is readable "
-                                 "(permissions, a disk or network error)") from None
+        raise OSError(
+            err.errno,
+            f"cannot read metadata file {path}: {err.strerror or err}; check that it is readable "
+            "(permissions, a disk or network error)",
+        ) from None
     if not _ascii_compatible(encoding):  # utf-16/32: a 0x0a byte may be half of a character
         try:
             text = data.decode(encoding)
-            lines = text.split("\n" if "\n" in text or "\r" not in text else "\r")  # classic Mac OS ends lines with \r alone
+            lines = text.split(
+                "\n" if "\n" in text or "\r" not in text else "\r"
+            )  # classic Mac OS ends lines with \r alone
         except UnicodeDecodeError as err:
-            raise ValueError(f"{path}: not valid {encoding} at byte {err.start} ({err.reason}); "
-                             "set data.sources[i].encoding to the file's encoding") from None
+            raise ValueError(
+                f"{path}: not valid {encoding} at byte {err.start} ({err.reason}); "
+                "set data.sources[i].encoding to the file's encoding"
+            ) from None
         for lineno, line in enumerate(lines[:-1] if lines[-1] == "" else lines, start=1):
             yield lineno, (line.lstrip("\ufeff") if lineno == 1 else line).removesuffix("\r")
         return
     if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):  # Excel's "Unicode text", Windows Notepad
-        raise ValueError(f"{path} starts with a UTF-16 byte-order mark: it is not {encoding} — fix: set "
-                         "data.sources[i].encoding=utf-16")
+        raise ValueError(
+            f"{path} starts with a UTF-16 byte-order mark: it is not {encoding} — fix: set "
+            "data.sources[i].encoding=utf-16"
+        )
     if data.startswith(codecs.BOM_UTF8):  # in a latin-1/cp1252 file too: `ï»¿` opening a file is always a BOM
-        data = data[len(codecs.BOM_UTF8):]
-    pieces = data.split(b"\n" if b"\n" in data or b"\r" not in data else b"\r")  # classic Mac OS ends lines with \r alone
-    for lineno, raw in enumerate(pieces[:-1] if pieces[-1] == b"" else pieces, start=1):  # no line after the last newline
+        data = data[len(codecs.BOM_UTF8) :]
+    pieces = data.split(
+        b"\n" if b"\n" in data or b"\r" not in data else b"\r"
+    )  # classic Mac OS ends lines with \r alone
+    for lineno, raw in enumerate(
+        pieces[:-1] if pieces[-1] == b"" else pieces, start=1
+    ):  # no line after the last newline
         raw = raw.removesuffix(b"\r")
         try:
             line = raw.decode(encoding)
         except UnicodeDecodeError as err:
-            yield lineno, rejected_row(
-                f"{path}:{lineno}", raw.decode(encoding, errors="backslashreplace"), "bad_encoding",
-                f"not valid {encoding} (byte {raw[err.start]:#04x} at column {err.start + 1}); fix the line, or set "
-                "data.sources[i].encoding to the file's encoding (e.g. latin-1, cp1252) if all of it is in another one")
+            yield (
+                lineno,
+                rejected_row(
+                    f"{path}:{lineno}",
+                    raw.decode(encoding, errors="backslashreplace"),
+                    "bad_encoding",
+                    f"not valid {encoding} (byte {raw[err.start]:#04x} at column {err.start + 1}); fix the line, or set "
+                    "data.sources[i].encoding to the file's encoding (e.g. latin-1, cp1252) if all of it is in another one",
+                ),
+            )
             continue
         yield lineno, line.lstrip("\ufeff") if lineno == 1 else line
 
@@ -134,16 +155,29 @@ def _cells(path: Path, delimiter: str, encoding: str, quoted: bool) -> Iterator[
         where = f"{path}:{first}" if first == last else f"{path}:{first}-{last}"
         raw = "\n".join(line for _, line in consumed)
         if isinstance(cells, dict):
-            span = "" if first == last else f" (lines {first}-{last} read as one row: a quote opened and never closed?)"
-            yield where, raw, rejected_row(where, raw, "malformed_row", f"not a valid CSV row: {cells['error']}{span}; "
-                                           "quote fields holding the delimiter, double quotes inside them (\"\")")
+            span = (
+                "" if first == last else f" (lines {first}-{last} read as one row: a quote opened and never closed?)"
+            )
+            yield (
+                where,
+                raw,
+                rejected_row(
+                    where,
+                    raw,
+                    "malformed_row",
+                    f"not a valid CSV row: {cells['error']}{span}; "
+                    'quote fields holding the delimiter, double quotes inside them ("")',
+                ),
+            )
         elif cells and any(cell.strip() for cell in cells):
             yield where, raw, cells
         if cells is None:
             return
 
 
-def headed_rows(path: Path, delimiter: str, encoding: str, quoted: bool) -> Tuple[List[str], Iterator[Tuple[str, Union[dict, Record]]]]:
+def headed_rows(
+    path: Path, delimiter: str, encoding: str, quoted: bool
+) -> Tuple[List[str], Iterator[Tuple[str, Union[dict, Record]]]]:
     """(header, rows) of a headed file: each row as {column: cell} with its `where` (file:line),
     or a `malformed_row` record when its field count is not the header's (a delimiter inside a
     transcript, a missing field): never a row zipped against the header with cells lost."""
@@ -162,16 +196,34 @@ def headed_rows(path: Path, delimiter: str, encoding: str, quoted: bool) -> Tupl
             if isinstance(cells, dict):
                 yield where, cells
             elif len(cells) != len(header):
-                hint = f"a {name} inside a field" + (" (quote the field)" if quoted else "") if len(cells) > len(header) else "a missing field"
-                yield where, rejected_row(where, raw, "malformed_row",
-                                          f"{len(cells)} fields where the header has {len(header)} ({'|'.join(header)}): {hint}?")
+                hint = (
+                    f"a {name} inside a field" + (" (quote the field)" if quoted else "")
+                    if len(cells) > len(header)
+                    else "a missing field"
+                )
+                yield (
+                    where,
+                    rejected_row(
+                        where,
+                        raw,
+                        "malformed_row",
+                        f"{len(cells)} fields where the header has {len(header)} ({'|'.join(header)}): {hint}?",
+                    ),
+                )
             elif quoted and swallowed_row(raw, delimiter, len(header)):
                 # A quote opened in one row and closed in a later one reads, to the csv module, as one
                 # row whose field spans lines: the rows between would be lost into its transcript.
-                yield where, rejected_row(where, raw, "malformed_row",
-                                          f"lines {where.rsplit(':', 1)[1]} were read as one row, but a later line is a row of its "
-                                          "own: a quote opened in the first is closed only there — close it on its line, or "
-                                          "double a quote inside a field (\"\")")
+                yield (
+                    where,
+                    rejected_row(
+                        where,
+                        raw,
+                        "malformed_row",
+                        f"lines {where.rsplit(':', 1)[1]} were read as one row, but a later line is a row of its "
+                        "own: a quote opened in the first is closed only there — close it on its line, or "
+                        'double a quote inside a field ("")',
+                    ),
+                )
             else:
                 yield where, dict(zip(header, cells))
 
@@ -182,9 +234,11 @@ def swallowed_row(raw: str, delimiter: str, width: int) -> bool:
     """Whether a row the csv module read over several lines holds, after its first line, a line that
     is a row of its own: the header's width, and a cell naming an audio file (`b.wav,he left"` after
     `a.wav,"He said hi`). A transcript whose second line only has a comma in it is not one."""
+
     def a_row(line: str) -> bool:
         cells = next(csv.reader([line], delimiter=delimiter), [])
         return len(cells) == width and any(cell.strip().lower().endswith(AUDIO_EXTENSIONS) for cell in cells)
+
     return any(a_row(line) for line in raw.split("\n")[1:] if line.strip())
 
 
@@ -198,10 +252,18 @@ def jsonl_rows(path: Path, encoding: str) -> Iterator[Tuple[str, Union[dict, Rec
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                yield where, rejected_row(where, line, "malformed_row", f"not valid JSON ({err.msg} at column {err.colno})")
+                yield (
+                    where,
+                    rejected_row(where, line, "malformed_row", f"not valid JSON ({err.msg} at column {err.colno})"),
+                )
                 continue
             if not isinstance(row, dict):
-                yield where, rejected_row(where, line, "malformed_row", f"a JSON {type(row).__name__}, not an object with named fields")
+                yield (
+                    where,
+                    rejected_row(
+                        where, line, "malformed_row", f"a JSON {type(row).__name__}, not an object with named fields"
+                    ),
+                )
             else:
                 yield where, row
 
@@ -215,11 +277,18 @@ def table_rows(path: Path, encoding: str, required: Dict[str, str]) -> Iterator[
             if not checked and not is_rejected(row):
                 _require_columns(where, list(row), required)
                 checked = True
-            nested = [f"{role} ({name!r}) is a JSON {type(row[name]).__name__}" for role, name in required.items()
-                      if not is_rejected(row) and isinstance(row.get(name), (list, dict))]
+            nested = [
+                f"{role} ({name!r}) is a JSON {type(row[name]).__name__}"
+                for role, name in required.items()
+                if not is_rejected(row) and isinstance(row.get(name), (list, dict))
+            ]
             if nested:  # str() of a list would become the transcript "['a', 'b']"
-                row = rejected_row(where, json.dumps(row, ensure_ascii=False), "malformed_row",
-                                   f"{', '.join(nested)}, not a string or number")
+                row = rejected_row(
+                    where,
+                    json.dumps(row, ensure_ascii=False),
+                    "malformed_row",
+                    f"{', '.join(nested)}, not a string or number",
+                )
             yield where, row
         return
     tsv = path.suffix == ".tsv"
@@ -236,9 +305,17 @@ def _require_columns(where: str, header: List[str], columns: Dict[str, str]) -> 
     missing = [f"{role}={name!r}" for role, name in columns.items() if name and name not in header]
     if missing:
         other = next((d for d in (";", "\t", "|") if len(header) == 1 and d in header[0]), None)
-        hint = (f"; the header looks {other!r}-separated, and a .csv is read as comma-separated, a .tsv as tab-separated "
-                "— fix: save it comma-separated (or tab-separated as .tsv)") if other else ""
-        raise ValueError(f"{where}: no column {', '.join(missing)} (columns found: {', '.join(map(repr, header))}){hint}")
+        hint = (
+            (
+                f"; the header looks {other!r}-separated, and a .csv is read as comma-separated, a .tsv as tab-separated "
+                "— fix: save it comma-separated (or tab-separated as .tsv)"
+            )
+            if other
+            else ""
+        )
+        raise ValueError(
+            f"{where}: no column {', '.join(missing)} (columns found: {', '.join(map(repr, header))}){hint}"
+        )
 
 
 def coqui_csv(root: Path, source) -> List[Record]:
@@ -246,7 +323,9 @@ def coqui_csv(root: Path, source) -> List[Record]:
     path = root / source.metadata
     header, rows = headed_rows(path, "|", source_encoding(source), quoted=False)
     if not {"audio_file", "text"} <= set(header):
-        raise ValueError(f"{path}:1: header must name `audio_file|text|speaker_name`, found {'|'.join(map(repr, header))}")
+        raise ValueError(
+            f"{path}:1: header must name `audio_file|text|speaker_name`, found {'|'.join(map(repr, header))}"
+        )
     records = []
     for where, cells in rows:
         if is_rejected(cells):
@@ -276,8 +355,15 @@ def ljspeech(root: Path, source) -> List[Record]:
             records.append(cells)
             continue
         if len(cells) != 3:
-            records.append(rejected_row(where, raw, "malformed_row", f"{len(cells)} fields: LJSpeech rows are "
-                                        "`id|text|normalized text` (3 fields; a `|` inside a transcript is not allowed)"))
+            records.append(
+                rejected_row(
+                    where,
+                    raw,
+                    "malformed_row",
+                    f"{len(cells)} fields: LJSpeech rows are "
+                    "`id|text|normalized text` (3 fields; a `|` inside a transcript is not allowed)",
+                )
+            )
             continue
         clip_id, text, normalized = cells
         clip_id = clip_id.strip()
@@ -369,13 +455,20 @@ def warn_one_voice(path: Path, records: List[Record], column: Optional[str], fal
     """A table whose speaker column is absent (or always empty) makes every clip one voice, silently
     merging a multi-speaker corpus: said once."""
     if column and records and not any(str(r.get("speaker") or "") != fallback for r in records if not is_rejected(r)):
-        log.warning("%s: no speaker in column %r, so every clip is speaker %r — if the corpus has several voices, "
-                    "name their column (columns: {speaker: <column>}); for one voice, speaker: <name> names it", path, column, fallback)
+        log.warning(
+            "%s: no speaker in column %r, so every clip is speaker %r — if the corpus has several voices, "
+            "name their column (columns: {speaker: <column>}); for one voice, speaker: <name> names it",
+            path,
+            column,
+            fallback,
+        )
 
 
 def audiofolder(root: Path, source) -> List[Record]:
     """Hugging Face's audiofolder: metadata.csv (or .jsonl) with `file_name` beside the audio."""
-    metadata = source.metadata if source.metadata != "metadata.csv" or (root / "metadata.csv").is_file() else "metadata.jsonl"
+    metadata = (
+        source.metadata if source.metadata != "metadata.csv" or (root / "metadata.csv").is_file() else "metadata.jsonl"
+    )
     path = root / metadata
     columns = {**dict(source.columns), "audio": "file_name"}
     ours = {v for v in columns.values() if v}
@@ -410,34 +503,49 @@ def long_recordings(root: Path, source, transcribe_words: Optional[Callable]) ->
     the target length) is not transcribed again; a changed recording or setting re-segments it.
     Pieces the segmenter rejects come back as records carrying their reason.
     """
-    from xtts_ft.data.segment import segment_recording
     from xtts_ft.data.audio import UnreadableAudio
+    from xtts_ft.data.segment import segment_recording
     from xtts_ft.io_utils import write_json
 
     out_dir = Path(source.cache_dir)
-    recordings = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and out_dir not in p.parents)
+    recordings = sorted(
+        p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and out_dir not in p.parents
+    )
     if not recordings:
         raise FileNotFoundError(f"no audio ({', '.join(AUDIO_EXTENSIONS)}) under {root}")
     # Segment files are named by the recording's stem; recorders reuse names in each day's folder
     # (day1/take.wav, day2/take.wav): such recordings are named by their path in the corpus instead.
     stems = Counter(recording.stem for recording in recordings)
-    names = {recording: recording.stem if stems[recording.stem] == 1 else
-             recording.relative_to(root).with_suffix("").as_posix().replace("/", "__") for recording in recordings}
+    names = {
+        recording: recording.stem
+        if stems[recording.stem] == 1
+        else recording.relative_to(root).with_suffix("").as_posix().replace("/", "__")
+        for recording in recordings
+    }
     taken = Counter(names.values())
     clashes = [r for r in recordings if taken[names[r]] > 1]
     if clashes:  # a path-made name that another recording has as its own (a/take.wav beside a__take.wav)
-        raise ValueError(f"{clashes[0]} and {clashes[1]} would both be segmented as {names[clashes[0]]!r}: their segments "
-                         "would overwrite each other in the cache — fix: rename one, or prepare the folders as separate sources")
+        raise ValueError(
+            f"{clashes[0]} and {clashes[1]} would both be segmented as {names[clashes[0]]!r}: their segments "
+            "would overwrite each other in the cache — fix: rename one, or prepare the folders as separate sources"
+        )
     if transcribe_words is None:
-        raise ValueError(f"{source.path}: the long_recordings formatter needs an ASR to cut on "
-                         "(read_corpus(..., transcribe_words=...), as the prepare stage passes it)")
+        raise ValueError(
+            f"{source.path}: the long_recordings formatter needs an ASR to cut on "
+            "(read_corpus(..., transcribe_words=...), as the prepare stage passes it)"
+        )
     records = []
     for recording in recordings:
         name = names[recording]
         index = out_dir / f"{name}.segments.json"
         stat = recording.stat()
-        key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "asr_model": source.asr_model,
-               "language": source.language, "target_seconds": float(source.target_seconds)}
+        key = {
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "asr_model": source.asr_model,
+            "language": source.language,
+            "target_seconds": float(source.target_seconds),
+        }
         cached = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
         if cached.get("key") == key:
             segments, dropped = cached["segments"], cached["dropped"]
@@ -445,17 +553,38 @@ def long_recordings(root: Path, source, transcribe_words: Optional[Callable]) ->
             for stale in out_dir.glob(f"{glob.escape(name)}_[0-9][0-9][0-9][0-9].wav"):
                 stale.unlink()  # a shorter re-segmentation must not leave old clips looking current
             try:
-                segments, dropped = segment_recording(recording, out_dir, source.language, transcribe_words,
-                                                      target_seconds=source.target_seconds, name=name)
+                segments, dropped = segment_recording(
+                    recording,
+                    out_dir,
+                    source.language,
+                    transcribe_words,
+                    target_seconds=source.target_seconds,
+                    name=name,
+                )
             except UnreadableAudio as error:  # dropped with its reason, as any formatter's unreadable clip; not cached
-                records.append({"audio": str(recording), "text": "", "speaker": source.speaker or name, "source_line": str(recording),
-                                "rejected": ["unreadable_audio", str(error)]})
+                records.append(
+                    {
+                        "audio": str(recording),
+                        "text": "",
+                        "speaker": source.speaker or name,
+                        "source_line": str(recording),
+                        "rejected": ["unreadable_audio", str(error)],
+                    }
+                )
                 continue
             write_json(index, {"key": key, "segments": segments, "dropped": dropped})
         speaker = source.speaker or name
         records += [{**seg, "speaker": speaker, "recording": str(recording)} for seg in segments]
-        records += [{"audio": str(recording), "text": d.get("text", ""), "speaker": speaker, "source_line": d["source_line"],
-                     "rejected": [d["reason"], d["message"]]} for d in dropped]
+        records += [
+            {
+                "audio": str(recording),
+                "text": d.get("text", ""),
+                "speaker": speaker,
+                "source_line": d["source_line"],
+                "rejected": [d["reason"], d["message"]],
+            }
+            for d in dropped
+        ]
     return records
 
 
@@ -473,7 +602,9 @@ def hf_dataset(path: str, source) -> List[Record]:
         raise ImportError("formatter hf needs the `datasets` package: pip install 'xtts-ft[hf]'") from err
 
     local = Path(path)
-    if local.is_dir() and any((local / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
+    if local.is_dir() and any(
+        (local / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")
+    ):
         loaded = datasets.load_from_disk(str(local))
         dataset = loaded[source.split] if isinstance(loaded, datasets.DatasetDict) else loaded
     elif local.suffix == ".parquet" or (local.is_dir() and any(local.glob("*.parquet"))):
@@ -483,18 +614,29 @@ def hf_dataset(path: str, source) -> List[Record]:
         try:
             dataset = datasets.load_dataset(path, split=source.split)
         except Exception as err:
-            raise RuntimeError(f"cannot load dataset {path!r} split {source.split!r} ({type(err).__name__}: {err})") from err
+            raise RuntimeError(
+                f"cannot load dataset {path!r} split {source.split!r} ({type(err).__name__}: {err})"
+            ) from err
     columns = dict(source.columns)
     missing = [f"{role}={columns[role]!r}" for role in ("audio", "text") if columns[role] not in dataset.column_names]
     if missing:
-        raise ValueError(f"dataset {path}: no column {', '.join(missing)} (columns: {', '.join(dataset.column_names)})")
+        raise ValueError(
+            f"dataset {path}: no column {', '.join(missing)} (columns: {', '.join(dataset.column_names)})"
+        )
     dataset = dataset.cast_column(columns["audio"], datasets.Audio(decode=False))
     out_dir = Path(source.cache_dir)
     # The cache holds one dataset version: rows are files named by index, so another version
     # (new rows, changed audio; `datasets` gives it another fingerprint) starts from an empty cache.
-    version = {"path": str(path), "split": source.split, "fingerprint": dataset._fingerprint, "audio_column": columns["audio"]}
+    version = {
+        "path": str(path),
+        "split": source.split,
+        "fingerprint": dataset._fingerprint,
+        "audio_column": columns["audio"],
+    }
     version_file = out_dir / "dataset_version.json"
-    if out_dir.is_dir() and (not version_file.is_file() or json.loads(version_file.read_text(encoding="utf-8")) != version):
+    if out_dir.is_dir() and (
+        not version_file.is_file() or json.loads(version_file.read_text(encoding="utf-8")) != version
+    ):
         for stale in out_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9][0-9].*"):  # only the row files this formatter writes
             stale.unlink()
         version_file.unlink(missing_ok=True)
@@ -512,7 +654,11 @@ def hf_dataset(path: str, source) -> List[Record]:
                 with atomic_path(target) as tmp:
                     tmp.write_bytes(data)
             # (no data at all: the missing target becomes `missing_file` in dropped.jsonl)
-        extra = {k: v for k, v in row.items() if k not in {c for c in columns.values() if c} and isinstance(v, (str, int, float, bool))}
+        extra = {
+            k: v
+            for k, v in row.items()
+            if k not in {c for c in columns.values() if c} and isinstance(v, (str, int, float, bool))
+        }
         record = {
             **extra,
             "audio": str(target),

@@ -41,8 +41,10 @@ class Sample:
         try:
             duration = float(row["duration"])
         except (TypeError, ValueError):
-            raise ValueError(f"{where}: duration {row['duration']!r} is not a number of seconds — fix: the clip's length, "
-                             "e.g. 3.2 (prepare writes it)") from None
+            raise ValueError(
+                f"{where}: duration {row['duration']!r} is not a number of seconds — fix: the clip's length, "
+                "e.g. 3.2 (prepare writes it)"
+            ) from None
         return cls(
             audio=str(row["audio"]),
             text=str(row["text"]),
@@ -85,6 +87,8 @@ def stays_inside(relative: str) -> bool:
 def resolve_audio(manifest: Path, sample: Sample) -> Path:
     """The sample's audio file: a path inside the manifest's folder (a row naming any other file is an error)."""
     if not stays_inside(sample.audio):
-        raise ValueError(f"{manifest}: audio {sample.audio!r} is not inside the manifest's folder {Path(manifest).parent}; "
-                         "manifest rows name their clips relative to it (e.g. wavs/x.wav): fix the row, or prepare the data again")
+        raise ValueError(
+            f"{manifest}: audio {sample.audio!r} is not inside the manifest's folder {Path(manifest).parent}; "
+            "manifest rows name their clips relative to it (e.g. wavs/x.wav): fix the row, or prepare the data again"
+        )
     return (Path(manifest).parent / sample.audio).resolve()

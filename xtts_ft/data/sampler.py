@@ -57,7 +57,9 @@ class LengthBucketSampler:
         self.language_weights = dict(language_weights or {})
         unknown = set(self.language_weights) - set(self.languages)
         if unknown:
-            raise ValueError(f"language_weights name {', '.join(sorted(unknown))}, absent from the training data ({', '.join(sorted(set(self.languages)))})")
+            raise ValueError(
+                f"language_weights name {', '.join(sorted(unknown))}, absent from the training data ({', '.join(sorted(set(self.languages)))})"
+            )
         if any(w < 0 for w in self.language_weights.values()):
             raise ValueError(f"language_weights must be >= 0: {self.language_weights}")
         self.epoch_samples(0)  # fail now, not at the first step, when the weights leave nothing
@@ -88,7 +90,10 @@ class LengthBucketSampler:
         chunk = self.global_batch * self.bucket_batches
         if self.bucket_batches > 1:
             order = np.concatenate(
-                [part[np.argsort(self.durations[part], kind="stable")] for part in np.split(order, range(chunk, len(order), chunk))]
+                [
+                    part[np.argsort(self.durations[part], kind="stable")]
+                    for part in np.split(order, range(chunk, len(order), chunk))
+                ]
             )
         missing = -len(order) % self.global_batch
         order = np.concatenate([order, np.resize(order, missing)])  # fill the last batch from the start
@@ -101,7 +106,10 @@ class LengthBucketSampler:
         while True:
             batches = self.epoch_batches(epoch)
             for b in range(start_batch, len(batches)):
-                micro = [batches[b][m * self.batch_size : (m + 1) * self.batch_size] for m in range(self.accum * self.world_size)]
+                micro = [
+                    batches[b][m * self.batch_size : (m + 1) * self.batch_size]
+                    for m in range(self.accum * self.world_size)
+                ]
                 first = self.rank * self.accum
                 yield Step(epoch, b, micro[first : first + self.accum], first)
             epoch, start_batch = epoch + 1, 0

@@ -63,7 +63,9 @@ def split_sentences(words: Sequence[Word]) -> List[List[Word]]:
     return sentences
 
 
-def split_at_pauses(words: List[Word], max_seconds: float, min_pause: float = MIN_SPLIT_PAUSE) -> List[Tuple[Optional[str], List[Word]]]:
+def split_at_pauses(
+    words: List[Word], max_seconds: float, min_pause: float = MIN_SPLIT_PAUSE
+) -> List[Tuple[Optional[str], List[Word]]]:
     """Split `words` at its largest pause, recursively, until every piece fits `max_seconds`.
 
     Returns the pieces in order as (None, words) when kept, or ("segment_too_long", words)
@@ -81,7 +83,11 @@ def split_at_pauses(words: List[Word], max_seconds: float, min_pause: float = MI
 
 
 def group_words(
-    words: Sequence[Word], target_seconds: float, max_seconds: float, min_seconds: float, min_pause: float = MIN_SPLIT_PAUSE
+    words: Sequence[Word],
+    target_seconds: float,
+    max_seconds: float,
+    min_seconds: float,
+    min_pause: float = MIN_SPLIT_PAUSE,
 ) -> Tuple[List[List[Word]], List[Dropped]]:
     """Words → (segments, dropped pieces), both in recording order; durations are word spans.
 
@@ -110,7 +116,9 @@ def group_words(
     return segments, sorted(dropped, key=lambda d: d[1][0][1])
 
 
-def cut_bounds(words: Sequence[Word], first: int, last: int, pad_seconds: float, duration: float) -> Tuple[float, float]:
+def cut_bounds(
+    words: Sequence[Word], first: int, last: int, pad_seconds: float, duration: float
+) -> Tuple[float, float]:
     """Padded [start, end) of words[first..last], clamped to the midpoint of the gap to each neighbour."""
     start = max(words[first][1] - pad_seconds, 0.0)
     end = min(words[last][2] + pad_seconds, duration)
@@ -148,13 +156,17 @@ def segment_recording(
     if not audio_path.is_file():
         raise FileNotFoundError(f"recording {audio_path} does not exist")
     if not 0 < min_seconds <= target_seconds <= max_seconds:
-        raise ValueError(f"need 0 < min_seconds ({min_seconds}) <= target_seconds ({target_seconds}) <= max_seconds ({max_seconds})")
+        raise ValueError(
+            f"need 0 < min_seconds ({min_seconds}) <= target_seconds ({target_seconds}) <= max_seconds ({max_seconds})"
+        )
     if max_seconds - 2 * pad_seconds < min_seconds:
         raise ValueError(f"pad_seconds={pad_seconds} on both sides leaves no room under max_seconds={max_seconds}")
 
     words = [w for w in transcribe_words(load_audio(audio_path, WHISPER_RATE), language) if w[0].strip()]
     # Budgets are for the written clip, so leave room for the padding on both sides.
-    groups, dropped_pieces = group_words(words, target_seconds - 2 * pad_seconds, max_seconds - 2 * pad_seconds, min_seconds)
+    groups, dropped_pieces = group_words(
+        words, target_seconds - 2 * pad_seconds, max_seconds - 2 * pad_seconds, min_seconds
+    )
     if not groups:
         log.info("%s: no segment kept (%d words transcribed)", audio_path, len(words))
     # Cut from a load at the target rate (one resampling from the source, not two via 16 kHz).
@@ -181,8 +193,12 @@ def segment_recording(
     dropped = []
     for reason, piece in dropped_pieces:
         start, end = piece[0][1], piece[-1][2]
-        limit = f"shorter than min_seconds={min_seconds}" if reason == "segment_too_short" else (
-            f"longer than max_seconds={max_seconds} with padding and no pause of {MIN_SPLIT_PAUSE} s to split at"
+        limit = (
+            f"shorter than min_seconds={min_seconds}"
+            if reason == "segment_too_short"
+            else (
+                f"longer than max_seconds={max_seconds} with padding and no pause of {MIN_SPLIT_PAUSE} s to split at"
+            )
         )
         entry = {
             "text": segment_text(piece),

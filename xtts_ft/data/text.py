@@ -29,8 +29,20 @@ from xtts_ft.data.cleaners import (
 
 # The registry's names are re-exported: `xtts_ft.data.text` is where they have always been imported from.
 __all__ = [
-    "CLEANERS", "COQUI_LANGUAGES", "LETTERS", "basic_cleaner", "cleaner_name", "language_letters", "register_cleaner",
-    "clean_text", "base_language", "language_token", "token_ids", "unknown_characters", "as_read", "reader_missing",
+    "CLEANERS",
+    "COQUI_LANGUAGES",
+    "LETTERS",
+    "basic_cleaner",
+    "cleaner_name",
+    "language_letters",
+    "register_cleaner",
+    "clean_text",
+    "base_language",
+    "language_token",
+    "token_ids",
+    "unknown_characters",
+    "as_read",
+    "reader_missing",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,8 +67,9 @@ HTML_ENTITY = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-
 # word joiner, a byte-order mark inside the text, soft hyphen. Dropped, not read as [UNK].
 INVISIBLE = dict.fromkeys(map(ord, "\u200b\u2060\ufeff\u00ad"))
 # Typographic quotes and the ellipsis as one character, written the way every vocabulary has them.
-TYPOGRAPHIC = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201b": "'", "\u201c": '"', "\u201d": '"', "\u201e": '"',
-                             "\u2026": "..."})
+TYPOGRAPHIC = str.maketrans(
+    {"\u2019": "'", "\u2018": "'", "\u201b": "'", "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2026": "..."}
+)
 
 
 def unescape_entities(text: str) -> str:
@@ -77,7 +90,7 @@ def clean_text(text: str, language: str) -> str:
     text = re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip()
     tag = LEADING_TAG.match(text)
     if tag and is_tag(tag.group(1)):  # a control token is not text: kept as written, the rest cleaned
-        rest = clean_text(text[tag.end():], language)
+        rest = clean_text(text[tag.end() :], language)
         return tag.group(1) + rest if rest else ""
     if not text:
         return ""
@@ -114,13 +127,22 @@ def coqui_cleaner(text: str, language: str) -> str:
         except (ArithmeticError, LookupError, NotImplementedError, ValueError, TypeError):
             if language not in UNSPELLED_NUMBERS:
                 UNSPELLED_NUMBERS.add(language)
-                log.warning("some numbers in %r text are left as digits (e.g. %s): coqui's number expansion cannot "
-                            "spell them; write them as words in the text to have them read", language, piece)
+                log.warning(
+                    "some numbers in %r text are left as digits (e.g. %s): coqui's number expansion cannot "
+                    "spell them; write them as words in the text to have them read",
+                    language,
+                    piece,
+                )
             cleaned = core
         # A piece that now starts with a word where it started with a symbol ("50%" → "50" + "प्रतिशत") is spaced
         # from what it follows; one that starts as it did ("5वां", "2024,") stays joined, as written.
         glue = joined and cleaned and piece[:1] == core[:1] and cleaned[:1] != core[:1].lower()
-        joined += piece[:len(piece) - len(piece.lstrip())] + (" " if glue else "") + cleaned + (piece[len(piece.rstrip()):] if core else "")
+        joined += (
+            piece[: len(piece) - len(piece.lstrip())]
+            + (" " if glue else "")
+            + cleaned
+            + (piece[len(piece.rstrip()) :] if core else "")
+        )
     return re.sub(r"\s+", " ", joined).strip()
 
 
@@ -128,7 +150,11 @@ UNSPELLED_NUMBERS: set = set()  # languages whose unspellable numbers were repor
 
 
 # Language → (what XTTS reads its text as, coqui-tts's extra that installs what makes it).
-READ_AS = {"zh": ("pinyin", "coqui-tts[zh]"), "ko": ("romanized Hangul", "coqui-tts[ko]"), "ja": ("romaji", "coqui-tts[ja]")}
+READ_AS = {
+    "zh": ("pinyin", "coqui-tts[zh]"),
+    "ko": ("romanized Hangul", "coqui-tts[ko]"),
+    "ja": ("romaji", "coqui-tts[ja]"),
+}
 
 
 def as_read(text: str, language: str) -> str:
@@ -153,8 +179,10 @@ def as_read(text: str, language: str) -> str:
 def reader_missing(language: str, error: ImportError) -> RuntimeError:
     """The error for a zh/ko/ja text whose romanizing package (pypinyin, hangul-romanize, cutlet) is not installed."""
     reading, packages = READ_AS[base_language(language)]
-    return RuntimeError(f"XTTS reads {language!r} text as {reading}, which needs a package not installed ({error}) "
-                        f"— fix: pip install '{packages}'")
+    return RuntimeError(
+        f"XTTS reads {language!r} text as {reading}, which needs a package not installed ({error}) "
+        f"— fix: pip install '{packages}'"
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -186,10 +214,12 @@ def token_ids(tokenizer, text: str, language: str) -> list:
 def describe_characters(characters) -> str:
     """Characters for a message: each as written, or as U+XXXX with its name when it would not show
     (a zero-width joiner, a control character, a space of another kind)."""
+
     def one(ch: str) -> str:
         if ch.isprintable() and not ch.isspace() and unicodedata.category(ch) not in ("Cf", "Mn", "Me"):
             return ch
         return f"U+{ord(ch):04X} ({unicodedata.name(ch, 'unnamed').lower()})"
+
     return " ".join(one(ch) for ch in characters)
 
 

@@ -7,22 +7,30 @@ without importing each other."""
 from __future__ import annotations
 
 
-
 def metrics_table(metrics: dict) -> str:
     """The summary `xtts-ft evaluate` recorded, one row per language; or a note that there is none."""
     per_language = metrics.get("per_language") or {}
     if not per_language:
         return "Not evaluated yet: `xtts-ft evaluate checkpoint=<this directory> ...` fills this section."
-    columns = [("cer", "CER"), ("wer", "WER"), ("speaker_similarity", "speaker sim."), ("dnsmos", "DNSMOS"),
-               ("flagged", "flagged"), ("utterances", "utterances")]
+    columns = [
+        ("cer", "CER"),
+        ("wer", "WER"),
+        ("speaker_similarity", "speaker sim."),
+        ("dnsmos", "DNSMOS"),
+        ("flagged", "flagged"),
+        ("utterances", "utterances"),
+    ]
     lines = ["| language | " + " | ".join(name for _, name in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for language, row in per_language.items():
         cells = ["–" if row.get(key) is None else f"{row[key]:.3g}" for key, _ in columns]
         lines.append(f"| {language} | " + " | ".join(cells) + " |")
     models = metrics.get("metric_models", {})
-    lines += ["", f"Probes: {metrics.get('probes', '?')}; evaluated {metrics.get('evaluated_at', '?')}. ASR `{models.get('asr')}`, "
-              f"speaker similarity {models.get('speaker')}, quality {models.get('quality')}: not the XTTS paper's models "
-              "(Whisper large-v3, ECAPA2, UTMOS), so not comparable to its published numbers."]
+    lines += [
+        "",
+        f"Probes: {metrics.get('probes', '?')}; evaluated {metrics.get('evaluated_at', '?')}. ASR `{models.get('asr')}`, "
+        f"speaker similarity {models.get('speaker')}, quality {models.get('quality')}: not the XTTS paper's models "
+        "(Whisper large-v3, ECAPA2, UTMOS), so not comparable to its published numbers.",
+    ]
     return "\n".join(lines)
 
 
@@ -33,11 +41,20 @@ def forgetting_table(metrics: dict) -> str:
         return ""
     columns = [("cer", "CER"), ("speaker_similarity", "speaker sim."), ("flagged", "flag rate")]
     cell = lambda v: "–" if v is None else f"{v:+.3g}"  # noqa: E731
-    lines = ["", "", f"### Forgetting: against the base `{metrics['forgetting']['base']}`", "",
-             "| language | " + " | ".join(f"{name} (base → this, change)" for _, name in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines = [
+        "",
+        "",
+        f"### Forgetting: against the base `{metrics['forgetting']['base']}`",
+        "",
+        "| language | " + " | ".join(f"{name} (base → this, change)" for _, name in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
     for language, row in per_language.items():
-        cells = [f"{'–' if row.get(k + '_base') is None else format(row[k + '_base'], '.3g')} → "
-                 f"{'–' if row.get(k) is None else format(row[k], '.3g')} ({cell(row.get(k + '_change'))})" for k, _ in columns]
+        cells = [
+            f"{'–' if row.get(k + '_base') is None else format(row[k + '_base'], '.3g')} → "
+            f"{'–' if row.get(k) is None else format(row[k], '.3g')} ({cell(row.get(k + '_change'))})"
+            for k, _ in columns
+        ]
         lines.append(f"| {language} | " + " | ".join(cells) + " |")
     lines += ["", "CER and flag rate up, or speaker similarity down, is what fine-tuning cost the language."]
     return "\n".join(lines)
@@ -75,7 +92,7 @@ def extension_section(record: dict) -> str:
         lines += [
             f"### Emotion tokens: {', '.join(emotions)}",
             "",
-            f"Write the token right before the text, with no space: `\"[{emotions[0]}]Hello there.\"` (plain coqui-tts),",
+            f'Write the token right before the text, with no space: `"[{emotions[0]}]Hello there."` (plain coqui-tts),',
             f"or `xtts-ft synth ... emotion={emotions[0]}`.",
             "",
         ]
@@ -132,7 +149,7 @@ license: other
 license_name: coqui-public-model-license
 license_link: https://coqui.ai/cpml
 library_name: coqui
-base_model: {base['source']}
+base_model: {base["source"]}
 pipeline_tag: text-to-speech
 tags:
 - xtts
@@ -143,11 +160,11 @@ language:
 {languages}
 ---
 
-# {record['training']['run_name']} — XTTS-v2 fine-tune
+# {record["training"]["run_name"]} — XTTS-v2 fine-tune
 
-Fine-tuned from `{base['source']}` ({base['kind']}) with xtts-ft {record['xtts_ft_version']}:
-GPT trained for {record['training']['gpt_steps']} steps{decoder_line(record)} on {train.get('clips', '?')} clips
-({train.get('hours', '?')} h; speakers: {', '.join(train.get('speakers', {})) or '?'}).
+Fine-tuned from `{base["source"]}` ({base["kind"]}) with xtts-ft {record["xtts_ft_version"]}:
+GPT trained for {record["training"]["gpt_steps"]} steps{decoder_line(record)} on {train.get("clips", "?")} clips
+({train.get("hours", "?")} h; speakers: {", ".join(train.get("speakers", {})) or "?"}).
 The license is inherited from the base model (Coqui Public Model License for XTTS-v2).
 
 ## Use with coqui-tts

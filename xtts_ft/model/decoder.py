@@ -16,15 +16,19 @@ import math
 
 import torch
 import torch.nn.functional as F
-from xtts_ft.model.constants import DECODER_HOP
 
+from xtts_ft.model.constants import DECODER_HOP
 
 
 def decoder_input(decoder, latents: torch.Tensor) -> torch.Tensor:
     """(B, T, C) GPT latents → (B, C, Z) generator input at 24 kHz frames, exactly as
     `HifiDecoder.forward` computes it (same interpolations, same scale factors), minus its
     `.squeeze(0)` that drops the batch axis of a batch of one."""
-    z = F.interpolate(latents.transpose(1, 2), scale_factor=[decoder.ar_mel_length_compression / decoder.output_hop_length], mode="linear")
+    z = F.interpolate(
+        latents.transpose(1, 2),
+        scale_factor=[decoder.ar_mel_length_compression / decoder.output_hop_length],
+        mode="linear",
+    )
     if decoder.output_sample_rate != decoder.input_sample_rate:
         z = F.interpolate(z, scale_factor=[decoder.output_sample_rate / decoder.input_sample_rate], mode="linear")
     return z
@@ -58,7 +62,9 @@ def gpt_latents(gpt, text_tokens: torch.Tensor, codes: torch.Tensor, cond_latent
     speaker for the conditioning: the only difference from inference is sampled vs. true codes.
     """
     if gpt.training:
-        raise RuntimeError("gpt_latents needs the GPT in eval mode (train mode changes the latents' length and adds dropout)")
+        raise RuntimeError(
+            "gpt_latents needs the GPT in eval mode (train mode changes the latents' length and adds dropout)"
+        )
     device = text_tokens.device
     stop = torch.tensor([gpt.stop_audio_token], dtype=torch.long, device=device)
     generated = torch.cat([codes.to(device).long(), stop]).unsqueeze(0)
@@ -73,7 +79,9 @@ def gpt_latents(gpt, text_tokens: torch.Tensor, codes: torch.Tensor, cond_latent
     )
 
 
-def vocoder_loss_config(sample_rate: int, mel_weight: float, stft_weight: float, adv_weight: float, feat_match_weight: float):
+def vocoder_loss_config(
+    sample_rate: int, mel_weight: float, stft_weight: float, adv_weight: float, feat_match_weight: float
+):
     """coqui's HiFiGAN loss configuration at our sample rate and weights (see TrainDecoderConfig)."""
     from TTS.vocoder.configs.hifigan_config import HifiganConfig
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
 from xtts_ft.model.constants import GPT_SAMPLE_RATE
 
 
@@ -22,8 +23,15 @@ class GptFeatures(nn.Module):
         # XTTS-v2 (perceiver conditioning) uses a finer mel for the reference than XTTS-v1.
         fft, hop, win = (2048, 256, 1024) if use_perceiver else (4096, 1024, 4096)
         self.cond_mel = TorchMelSpectrogram(
-            filter_length=fft, hop_length=hop, win_length=win, normalize=False, sampling_rate=GPT_SAMPLE_RATE,
-            mel_fmin=0, mel_fmax=8000, n_mel_channels=80, mel_norm_file=None,
+            filter_length=fft,
+            hop_length=hop,
+            win_length=win,
+            normalize=False,
+            sampling_rate=GPT_SAMPLE_RATE,
+            mel_fmin=0,
+            mel_fmax=8000,
+            n_mel_channels=80,
+            mel_norm_file=None,
         )
         self.cond_mel.mel_norms = mel_stats
 

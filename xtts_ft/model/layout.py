@@ -16,7 +16,10 @@ SIDECAR = "xtts_ft.json"
 EMOTIONS_FILE = "emotions_xtts.pth"  # an export's emotion presets (name → conditioning latents)
 # Every file an export may hold: export writes nothing else, push sends these and a Hub download
 # fetches them, so an export comes back from the Hub whole.
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # a LoRA export's adapter, PEFT's format (adapter=true)
+ADAPTER_FILES = (
+    "adapter_config.json",
+    "adapter_model.safetensors",
+)  # a LoRA export's adapter, PEFT's format (adapter=true)
 EXPORT_FILES = (*STOCK_FILES, EMOTIONS_FILE, SIDECAR, "README.md", "model.safetensors", *ADAPTER_FILES)
 EXPORT_KIND = "export"  # the sidecar's "kind" in an export (a tiny or extended base has its own)
 
@@ -67,8 +70,9 @@ def dvae_kwargs(state: dict, where: str = "dvae.pth") -> dict:
         codebook_dim, num_tokens = state["codebook.embed"].shape
         first = state["encoder.0.0.weight"]
     except KeyError as err:
-        raise ValueError(f"{where} is not an XTTS DVAE state dict: it has no {err.args[0]} "
-                         f"(keys: {', '.join(list(state)[:5])} ...)") from None
+        raise ValueError(
+            f"{where} is not an XTTS DVAE state dict: it has no {err.args[0]} (keys: {', '.join(list(state)[:5])} ...)"
+        ) from None
     strided = {int(m.group(1)) for k in state if (m := re.fullmatch(r"encoder\.(\d+)\.0\.weight", k))}
     resblocks = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.(\d+)\.net\.", k))}
     return {

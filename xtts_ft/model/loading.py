@@ -32,7 +32,10 @@ def looks_like_hub_id(source: str) -> bool:
     return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
 
 
-def hub_endpoint(endpoint: Optional[str], fix: str = "Use an https endpoint (endpoint= or HF_ENDPOINT), or an http one on localhost.") -> str:
+def hub_endpoint(
+    endpoint: Optional[str],
+    fix: str = "Use an https endpoint (endpoint= or HF_ENDPOINT), or an http one on localhost.",
+) -> str:
     """The endpoint the token will go to (endpoint=, else HF_ENDPOINT, else huggingface.co); plain
     http is refused unless it stays on this machine, since the token would travel in clear text."""
     from huggingface_hub import constants
@@ -40,9 +43,7 @@ def hub_endpoint(endpoint: Optional[str], fix: str = "Use an https endpoint (end
     url = (endpoint or constants.ENDPOINT).rstrip("/")
     parts = urlsplit(url)
     if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in LOCAL_HOSTS):
-        raise ValueError(
-            f"Hub endpoint {url} is not https: the token would be sent in clear text. {fix}"
-        )
+        raise ValueError(f"Hub endpoint {url} is not https: the token would be sent in clear text. {fix}")
     return url
 
 
@@ -50,8 +51,11 @@ def download_from_hub(repo_id: str, revision: Optional[str] = None) -> Path:
     from huggingface_hub import get_token, snapshot_download
 
     if get_token():  # with a token, the download sends it: not in clear text to another machine
-        hub_endpoint(None, fix=f"Use an https HF_ENDPOINT to download {repo_id!r}, or, for a public model on a plain-http "
-                               "mirror, download without a token (unset HF_TOKEN, `hf auth logout`).")
+        hub_endpoint(
+            None,
+            fix=f"Use an https HF_ENDPOINT to download {repo_id!r}, or, for a public model on a plain-http "
+            "mirror, download without a token (unset HF_TOKEN, `hf auth logout`).",
+        )
     try:
         # Every file an export may hold (sidecar, presets, card), not only the stock ones: what
         # was pushed comes back whole. (A stock release simply lacks the extra ones.)
@@ -65,7 +69,9 @@ def download_from_hub(repo_id: str, revision: Optional[str] = None) -> Path:
         ) from err
 
 
-def resolve_model_dir(source: str, revision: Optional[str] = None, build_tiny: bool = False, tiny_seed: int = 0) -> Path:
+def resolve_model_dir(
+    source: str, revision: Optional[str] = None, build_tiny: bool = False, tiny_seed: int = 0
+) -> Path:
     """A local directory holding the stock files, building or downloading it if asked."""
     path = Path(source).expanduser()
     if path.is_dir():
@@ -81,9 +87,11 @@ def resolve_model_dir(source: str, revision: Optional[str] = None, build_tiny: b
             return download_from_hub(source, revision)
         except RuntimeError as err:
             if path.parent.is_dir() and str(path.parent) not in (".", ""):  # exports/nope: most likely a local folder
-                raise FileNotFoundError(f"{source}: no such folder here ({path.parent} has no {path.name!r}), and no model "
-                                        f"of that name could be fetched from the Hub — fix: the path of an export or model "
-                                        f"folder, e.g. {path.parent}/<name>") from err
+                raise FileNotFoundError(
+                    f"{source}: no such folder here ({path.parent} has no {path.name!r}), and no model "
+                    f"of that name could be fetched from the Hub — fix: the path of an export or model "
+                    f"folder, e.g. {path.parent}/<name>"
+                ) from err
             raise
     raise FileNotFoundError(f"model source {source!r} is neither a directory nor a Hub id (owner/name)")
 
@@ -110,7 +118,9 @@ def resolve_model_cfg(model_cfg) -> Path:
     return resolve_model_dir(model_cfg.source, model_cfg.get("revision"), model_cfg.build_tiny, model_cfg.tiny_seed)
 
 
-def load_xtts(model_dir: Path, device: str | torch.device = "cpu", for_inference: bool = True) -> Tuple[object, object]:
+def load_xtts(
+    model_dir: Path, device: str | torch.device = "cpu", for_inference: bool = True
+) -> Tuple[object, object]:
     """(XttsConfig, Xtts) loaded with coqui-tts's own loader, exactly as its users load it."""
     from TTS.tts.configs.xtts_config import XttsConfig
     from TTS.tts.models.xtts import Xtts
@@ -155,14 +165,22 @@ def init_gpt_for_inference(gpt, kv_cache: bool = True) -> None:
     mel head's and bos/eos/pad are the audio start/stop tokens, the ids coqui passes to generate()
     anyway, so generation is unchanged (the same samples for a seed).
     """
-    from TTS.tts.layers.xtts.gpt_inference import GPT2InferenceModel
     from transformers import GPT2Config
+    from TTS.tts.layers.xtts.gpt_inference import GPT2InferenceModel
 
     seq_length = gpt.max_prompt_tokens + gpt.max_mel_tokens + gpt.max_text_tokens + 1
     config = GPT2Config(
-        vocab_size=gpt.mel_head.out_features, n_positions=seq_length, n_ctx=seq_length, n_embd=gpt.model_dim,
-        n_layer=gpt.layers, n_head=gpt.heads, gradient_checkpointing=False, use_cache=True,
-        bos_token_id=gpt.start_audio_token, eos_token_id=gpt.stop_audio_token, pad_token_id=gpt.stop_audio_token,
+        vocab_size=gpt.mel_head.out_features,
+        n_positions=seq_length,
+        n_ctx=seq_length,
+        n_embd=gpt.model_dim,
+        n_layer=gpt.layers,
+        n_head=gpt.heads,
+        gradient_checkpointing=False,
+        use_cache=True,
+        bos_token_id=gpt.start_audio_token,
+        eos_token_id=gpt.stop_audio_token,
+        pad_token_id=gpt.stop_audio_token,
     )
     gpt.gpt_inference = GPT2InferenceModel(
         config, gpt.gpt, gpt.mel_pos_embedding, gpt.mel_embedding, gpt.final_norm, gpt.mel_head, kv_cache=kv_cache

@@ -41,7 +41,6 @@ def new_text_rows(model_dir: Path) -> List[int]:
 def lora_config(lora_cfg, new_rows: Iterable[int]):
     """PEFT's LoraConfig for `lora.*` of TrainGptConfig and the extended vocabulary's rows."""
     from peft import LoraConfig
-
     from transformers.pytorch_utils import Conv1D
 
     new_rows = list(new_rows)
@@ -88,17 +87,29 @@ def one_product_lora_linear():
             adapters = self.active_adapters
             name = adapters[0] if len(adapters) == 1 else None
             plain = (
-                name is not None and not args and not kwargs and not self.disable_adapters and not self.merged
-                and name in self.lora_A and name not in self.lora_variant
-                and isinstance(self.lora_dropout[name], torch.nn.Identity) and self.lora_B[name].bias is None
+                name is not None
+                and not args
+                and not kwargs
+                and not self.disable_adapters
+                and not self.merged
+                and name in self.lora_A
+                and name not in self.lora_variant
+                and isinstance(self.lora_dropout[name], torch.nn.Identity)
+                and self.lora_B[name].bias is None
                 and self.get_base_layer().weight.dtype == self.lora_B[name].weight.dtype  # else PEFT's casts
             )
             if not plain:
                 return super().forward(x, *args, **kwargs)
             result = self.base_layer(x)
-            low = torch.nn.functional.linear(self._cast_input_dtype(x, self.lora_A[name].weight.dtype), self.lora_A[name].weight)
-            summed = torch.addmm(result.reshape(-1, result.shape[-1]), low.reshape(-1, low.shape[-1]),
-                                 self.lora_B[name].weight.t(), alpha=self.scaling[name])
+            low = torch.nn.functional.linear(
+                self._cast_input_dtype(x, self.lora_A[name].weight.dtype), self.lora_A[name].weight
+            )
+            summed = torch.addmm(
+                result.reshape(-1, result.shape[-1]),
+                low.reshape(-1, low.shape[-1]),
+                self.lora_B[name].weight.t(),
+                alpha=self.scaling[name],
+            )
             return summed.view(result.shape).to(result.dtype)
 
     # A module-level name (built on demand by __getattr__ below), so that a wrapped model pickles.
@@ -169,7 +180,9 @@ def trained_adapter(gpt: torch.nn.Module, state: dict, base_dir: Path, where: st
     return model
 
 
-def load_trained_gpt(gpt: torch.nn.Module, state: dict, base_dir: Path, where: str = "the training state") -> torch.nn.Module:
+def load_trained_gpt(
+    gpt: torch.nn.Module, state: dict, base_dir: Path, where: str = "the training state"
+) -> torch.nn.Module:
     """Put a train-gpt state's (or checkpoint's) GPT into coqui's `gpt`: full weights as they are; a
     LoRA adapter merged into the base weights (PEFT's merge_and_unload: stock keys again)."""
     if is_lora_state(state):
@@ -198,14 +211,20 @@ def resolve_adapter_dir(source: str, revision: str | None = None) -> Path:
         from huggingface_hub import snapshot_download
 
         try:
-            path = Path(snapshot_download(repo_id=str(source), revision=revision, allow_patterns=[*ADAPTER_FILES, SIDECAR]))
+            path = Path(
+                snapshot_download(repo_id=str(source), revision=revision, allow_patterns=[*ADAPTER_FILES, SIDECAR])
+            )
         except Exception as err:  # offline, unknown or gated repo
-            raise RuntimeError(f"cannot fetch the adapter {source!r} from the Hugging Face Hub ({type(err).__name__}: {err}); "
-                               "download it where you have network and pass the local folder") from err
+            raise RuntimeError(
+                f"cannot fetch the adapter {source!r} from the Hugging Face Hub ({type(err).__name__}: {err}); "
+                "download it where you have network and pass the local folder"
+            ) from err
     missing = [name for name in ADAPTER_FILES if not (path / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"adapter {source}: no {', '.join(missing)} there (a LoRA adapter is PEFT's "
-                                f"{' + '.join(ADAPTER_FILES)}: `xtts-ft export adapter=true` writes them)")
+        raise FileNotFoundError(
+            f"adapter {source}: no {', '.join(missing)} there (a LoRA adapter is PEFT's "
+            f"{' + '.join(ADAPTER_FILES)}: `xtts-ft export adapter=true` writes them)"
+        )
     return path
 
 
@@ -222,5 +241,7 @@ def check_adapter_base(adapter_dir: Path, model_dir: Path) -> None:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     if digest.hexdigest() != expected["model_sha256"]:
-        raise ValueError(f"adapter {adapter_dir} was trained on {expected.get('source')} (model.pth sha256 "
-                         f"{expected['model_sha256'][:12]}…), not on {model_dir}: load it over that base")
+        raise ValueError(
+            f"adapter {adapter_dir} was trained on {expected.get('source')} (model.pth sha256 "
+            f"{expected['model_sha256'][:12]}…), not on {model_dir}: load it over that base"
+        )

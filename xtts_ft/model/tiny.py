@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from xtts_ft.io_utils import atomic_dir, write_json
-from xtts_ft.model.layout import REAL_DVAE, SIDECAR
 from xtts_ft.model.constants import GPT_SAMPLE_RATE
+from xtts_ft.model.layout import REAL_DVAE, SIDECAR
 
 LANGUAGES = ["en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi"]
 SPECIAL_TOKENS = ["[STOP]", "[UNK]", "[SPACE]", "[START]"] + [f"[{lang}]" for lang in LANGUAGES]

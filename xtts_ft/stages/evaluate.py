@@ -45,7 +45,17 @@ from xtts_ft.model.loading import resolve_model_dir
 
 log = logging.getLogger(__name__)
 
-SUMMARY_COLUMNS = ["cer", "wer", "speaker_similarity", "dnsmos", "utmos", "duration_ratio", "text_duration_ratio", "flagged", "rtf"]
+SUMMARY_COLUMNS = [
+    "cer",
+    "wer",
+    "speaker_similarity",
+    "dnsmos",
+    "utmos",
+    "duration_ratio",
+    "text_duration_ratio",
+    "flagged",
+    "rtf",
+]
 COUNT_COLUMNS = ["no_speech", "asr_heard_nothing"]  # summed per model and language: how many the means leave out
 PROBE_SETS = ("sentences", "short")
 
@@ -74,7 +84,9 @@ def model_label(checkpoint: str, taken: set) -> str:
 
 def shipped_probes(name: str) -> pd.DataFrame:
     if name not in PROBE_SETS:
-        raise ValueError(f"probes={name!r}: shipped probe sets are {', '.join(PROBE_SETS)} (or pass manifest=<eval.jsonl>)")
+        raise ValueError(
+            f"probes={name!r}: shipped probe sets are {', '.join(PROBE_SETS)} (or pass manifest=<eval.jsonl>)"
+        )
     with resources.files("xtts_ft").joinpath("probes", f"{name}.tsv").open(encoding="utf-8") as f:
         return pd.read_csv(f, sep="\t", dtype=str, keep_default_na=False)
 
@@ -87,8 +99,17 @@ def probe_rows(cfg: DictConfig) -> List[dict]:
         samples = read_manifest(manifest)[: cfg.max_utterances]
         if not samples:
             raise ValueError(f"{manifest} holds no utterances to evaluate")
-        rows += [{"probe_set": manifest.stem, "text": s.text, "language": s.language, "reference": resolve_audio(manifest, s),
-                  "reference_seconds": s.duration, "speaker": s.speaker} for s in samples]
+        rows += [
+            {
+                "probe_set": manifest.stem,
+                "text": s.text,
+                "language": s.language,
+                "reference": resolve_audio(manifest, s),
+                "reference_seconds": s.duration,
+                "speaker": s.speaker,
+            }
+            for s in samples
+        ]
     if cfg.probes:
         if not cfg.reference:
             raise ValueError(f"probes={cfg.probes} needs reference=<audio file> (the voice that speaks them)")
@@ -97,22 +118,38 @@ def probe_rows(cfg: DictConfig) -> List[dict]:
             raise FileNotFoundError(f"reference audio {reference} does not exist")
         table = shipped_probes(cfg.probes)
         for language, group in table.groupby("language", sort=False):
-            rows += [{"probe_set": cfg.probes, "text": text, "language": language, "reference": reference,
-                      "reference_seconds": None, "speaker": reference.stem} for text in group["text"][: cfg.max_utterances]]
+            rows += [
+                {
+                    "probe_set": cfg.probes,
+                    "text": text,
+                    "language": language,
+                    "reference": reference,
+                    "reference_seconds": None,
+                    "speaker": reference.stem,
+                }
+                for text in group["text"][: cfg.max_utterances]
+            ]
     if not rows:
-        raise ValueError("nothing to evaluate: give manifest=<eval.jsonl> and/or probes=sentences|short reference=<audio>")
+        raise ValueError(
+            "nothing to evaluate: give manifest=<eval.jsonl> and/or probes=sentences|short reference=<audio>"
+        )
     if cfg.languages:
         kept = [r for r in rows if r["language"] in cfg.languages]
         if not kept:
-            raise ValueError(f"languages={list(cfg.languages)} keeps none of the probes (their languages: "
-                             f"{', '.join(dict.fromkeys(r['language'] for r in rows))}) — fix: languages=[<some of those>]")
+            raise ValueError(
+                f"languages={list(cfg.languages)} keeps none of the probes (their languages: "
+                f"{', '.join(dict.fromkeys(r['language'] for r in rows))}) — fix: languages=[<some of those>]"
+            )
         rows = kept
     # A text with nothing to say once punctuation goes ("...", "?!") has no CER to measure: left out, and said.
     scorable = [r for r in rows if metrics.normalize_for_scoring(r["text"], r["language"])]
     if len(scorable) < len(rows):
         empty = [r for r in rows if r not in scorable]
-        log.warning("%d probe(s) have no words to score, left out: %s", len(empty),
-                    "; ".join(f"{r['probe_set']}: {r['text']!r}" for r in empty[:5]))
+        log.warning(
+            "%d probe(s) have no words to score, left out: %s",
+            len(empty),
+            "; ".join(f"{r['probe_set']}: {r['text']!r}" for r in empty[:5]),
+        )
         rows = scorable
         if not rows:
             raise ValueError("no probe has words to score (every text is empty once punctuation goes)")
@@ -131,8 +168,12 @@ def asr_scores(audio: np.ndarray, rate: int, text: str, language: str, choice: O
     if choice is None:
         return {"transcript": None, "cer": math.nan, "wer": math.nan, "asr_heard_nothing": False}
     transcript = choice.transcribe(audio, rate)
-    return {"transcript": transcript, "cer": metrics.cer(text, transcript, language), "wer": metrics.wer(text, transcript, language),
-            "asr_heard_nothing": not metrics.normalize_for_scoring(transcript, language)}
+    return {
+        "transcript": transcript,
+        "cer": metrics.cer(text, transcript, language),
+        "wer": metrics.wer(text, transcript, language),
+        "asr_heard_nothing": not metrics.normalize_for_scoring(transcript, language),
+    }
 
 
 def no_measure_flags(row: dict, reference_has_voice: bool) -> List[str]:
@@ -146,9 +187,15 @@ def no_measure_flags(row: dict, reference_has_voice: bool) -> List[str]:
     return flags
 
 
-def evaluate_model(synthesizer: XttsSynthesizer, label: str, probes: List[dict], cfg: DictConfig, out: Path,
-                   reference_embeddings: Optional[Dict[str, np.ndarray]] = None,
-                   choices: Optional[Dict[str, Tuple[Optional[asr.Asr], str]]] = None) -> List[dict]:
+def evaluate_model(
+    synthesizer: XttsSynthesizer,
+    label: str,
+    probes: List[dict],
+    cfg: DictConfig,
+    out: Path,
+    reference_embeddings: Optional[Dict[str, np.ndarray]] = None,
+    choices: Optional[Dict[str, Tuple[Optional[asr.Asr], str]]] = None,
+) -> List[dict]:
     """One model's rows. `reference_embeddings` (reference path -> speaker embedding) is shared
     across models, so each reference is decoded and embedded once, not once per probe and model;
     `choices` (language -> ASR or why none, `asr_choices`) likewise."""
@@ -167,8 +214,15 @@ def evaluate_model(synthesizer: XttsSynthesizer, label: str, probes: List[dict],
     if skipped:
         log.warning("%s has no %s: those probes are skipped for it", label, ", ".join(skipped))
     # Batched synthesis (batch_size sentences per GPT generate); each utterance is scored as it is done.
-    requests = [{"text": p["text"], "language": p["language"], "reference": p["reference"],
-                 "where": f"probe {p['probe_set']}: {p['text'][:40]!r}"} for p in usable]  # a bad one's error names it
+    requests = [
+        {
+            "text": p["text"],
+            "language": p["language"],
+            "reference": p["reference"],
+            "where": f"probe {p['probe_set']}: {p['text'][:40]!r}",
+        }
+        for p in usable
+    ]  # a bad one's error names it
     done = synthesizer.iter_synthesize(requests, decoding, batch_size=cfg.batch_size)
     for i, result in tqdm(done, total=len(usable), desc=f"evaluate {label}", unit="utt"):
         probe = usable[i]
@@ -192,22 +246,29 @@ def evaluate_model(synthesizer: XttsSynthesizer, label: str, probes: List[dict],
             "rtf": result.real_time_factor,
             "stopped": all(result.stopped),
             "no_speech": not metrics.speech_seconds(result.wav, result.sample_rate),
-            "speaker_similarity": float(np.dot(metrics.speaker_embedding(result.wav, result.sample_rate, cfg.speaker_model), reference_voice)),
+            "speaker_similarity": float(
+                np.dot(metrics.speaker_embedding(result.wav, result.sample_rate, cfg.speaker_model), reference_voice)
+            ),
             "dnsmos": metrics.dnsmos(result.wav, result.sample_rate)["ovrl_mos"],
             "utmos": metrics.utmos(result.wav, result.sample_rate, cfg.utmos_model) if cfg.utmos_model else math.nan,
             "asr": choice.describe() if choice else f"not scored ({why_not})",
             **scores,
         }
-        row.update(metrics.hallucination_check(result.duration, probe["text"], probe["language"], scores["transcript"],
-                                               rates=cfg.speaking_rates))
+        row.update(
+            metrics.hallucination_check(
+                result.duration, probe["text"], probe["language"], scores["transcript"], rates=cfg.speaking_rates
+            )
+        )
         extra = no_measure_flags(row, bool(np.isfinite(reference_voice).all()))
         if extra:
             row["flags"] = "; ".join(extra + ([row["flags"]] if row["flags"] else []))
             row["flagged"] = True
         unknown = synthesizer.unknown_characters(probe["text"], probe["language"])
         if unknown:  # the GPT read [UNK] there: a fault of the text, named, but not counted in the model's flag rate
-            row["flags"] = "; ".join([f"unknown_characters {describe_characters(unknown)} (not in the vocabulary: read as [UNK])"]
-                                     + ([row["flags"]] if row["flags"] else []))
+            row["flags"] = "; ".join(
+                [f"unknown_characters {describe_characters(unknown)} (not in the vocabulary: read as [UNK])"]
+                + ([row["flags"]] if row["flags"] else [])
+            )
         rows.append(row)
     return sorted(rows, key=lambda row: row["utterance"])  # probe order, whatever order the batches finished in
 
@@ -250,8 +311,14 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     write_text(out / "report.md", report(cfg, table, summary, plots, labels, forgotten))
     if cfg.write_metrics:
         for label, checkpoint in labels.items():
-            record_metrics(Path(checkpoint), summary.loc[label] if label in summary.index.get_level_values(0) else None, cfg, table,
-                           forgotten[forgotten["model"] == label] if len(forgotten) else None, labels)
+            record_metrics(
+                Path(checkpoint),
+                summary.loc[label] if label in summary.index.get_level_values(0) else None,
+                cfg,
+                table,
+                forgotten[forgotten["model"] == label] if len(forgotten) else None,
+                labels,
+            )
     print(f"evaluated {len(table)} utterance(s) of {len(labels)} model(s) → {out / 'report.md'}")
     return table
 
@@ -282,22 +349,35 @@ def forgetting(summary: pd.DataFrame) -> pd.DataFrame:
         for language in [x for x in base.index if x in tuned.index]:
             row = {"model": model, "base": models[0], "language": language}
             for column in FORGETTING_COLUMNS:
-                row.update({f"{column}_base": base.loc[language, column], column: tuned.loc[language, column],
-                            f"{column}_change": tuned.loc[language, column] - base.loc[language, column]})
+                row.update(
+                    {
+                        f"{column}_base": base.loc[language, column],
+                        column: tuned.loc[language, column],
+                        f"{column}_change": tuned.loc[language, column] - base.loc[language, column],
+                    }
+                )
             row["utterances"] = int(tuned.loc[language, "utterances"])
             rows.append(row)
-    return pd.DataFrame(rows, columns=["model", "base", "language"] + [f"{c}{suffix}" for c in FORGETTING_COLUMNS
-                                                                        for suffix in ("_base", "", "_change")] + ["utterances"])
+    return pd.DataFrame(
+        rows,
+        columns=["model", "base", "language"]
+        + [f"{c}{suffix}" for c in FORGETTING_COLUMNS for suffix in ("_base", "", "_change")]
+        + ["utterances"],
+    )
 
 
 def forgetting_md(forgotten: pd.DataFrame) -> str:
     if not len(forgotten):
-        return ("Not measured: give the base first and the fine-tune after it, `checkpoints=[<base>,<fine-tune>]`, with probes "
-                "in the base's languages (e.g. `probes=sentences`).")
-    return (f"The first model, `{forgotten['base'].iloc[0]}`, is the base; each later model against it on the base's languages. "
-            "`_change` = fine-tune − base: CER and flag rate up, or speaker similarity down, is what fine-tuning cost the "
-            "language. `nan`: not measurable (no ASR for the language, or no voice in any clip; see below).\n\n"
-            + forgotten.drop(columns="base").round(3).to_markdown(index=False))
+        return (
+            "Not measured: give the base first and the fine-tune after it, `checkpoints=[<base>,<fine-tune>]`, with probes "
+            "in the base's languages (e.g. `probes=sentences`)."
+        )
+    return (
+        f"The first model, `{forgotten['base'].iloc[0]}`, is the base; each later model against it on the base's languages. "
+        "`_change` = fine-tune − base: CER and flag rate up, or speaker similarity down, is what fine-tuning cost the "
+        "language. `nan`: not measurable (no ASR for the language, or no voice in any clip; see below).\n\n"
+        + forgotten.drop(columns="base").round(3).to_markdown(index=False)
+    )
 
 
 def write_plots(table: pd.DataFrame, out: Path) -> List[str]:
@@ -312,7 +392,9 @@ def write_plots(table: pd.DataFrame, out: Path) -> List[str]:
     languages = list(dict.fromkeys(table["language"]))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     width = 0.8 / len(models)
-    for ax, (column, title) in zip(axes, [("cer", "CER (ASR)"), ("speaker_similarity", "speaker similarity"), ("dnsmos", "DNSMOS overall")]):
+    for ax, (column, title) in zip(
+        axes, [("cer", "CER (ASR)"), ("speaker_similarity", "speaker similarity"), ("dnsmos", "DNSMOS overall")]
+    ):
         for k, model in enumerate(models):
             means = table[table["model"] == model].groupby("language")[column].mean().reindex(languages)
             ax.bar([i + k * width for i in range(len(languages))], means.fillna(0).values, width, label=model)
@@ -348,7 +430,9 @@ def paper_metrics() -> pd.DataFrame:
 
 def asr_by_language(table: pd.DataFrame) -> Dict[str, str]:
     """language -> the ASR that scored it, or "not scored (no ASR for xx: why)"."""
-    return {language: "; ".join(dict.fromkeys(group["asr"])) for language, group in table.groupby("language", sort=False)}
+    return {
+        language: "; ".join(dict.fromkeys(group["asr"])) for language, group in table.groupby("language", sort=False)
+    }
 
 
 def not_measured_md(table: pd.DataFrame) -> str:
@@ -357,22 +441,37 @@ def not_measured_md(table: pd.DataFrame) -> str:
     return counts.to_markdown() if len(counts) else "none: every clip had a voice and every ASR transcript had words"
 
 
-def report(cfg: DictConfig, table: pd.DataFrame, summary: pd.DataFrame, plots: List[str], labels: dict,
-           forgotten: Optional[pd.DataFrame] = None) -> str:
+def report(
+    cfg: DictConfig,
+    table: pd.DataFrame,
+    summary: pd.DataFrame,
+    plots: List[str],
+    labels: dict,
+    forgotten: Optional[pd.DataFrame] = None,
+) -> str:
     paper = paper_metrics()
     ours = summary.reset_index()
     beside = ours[["model", "language", "cer", "speaker_similarity", "dnsmos"]].copy()
     beside["cer"] = beside["cer"] * 100
-    beside = beside.join(paper.rename(columns={"cer_percent": "paper_cer_percent", "utmos": "paper_utmos", "secs": "paper_secs"}), on="language")
+    beside = beside.join(
+        paper.rename(columns={"cer_percent": "paper_cer_percent", "utmos": "paper_utmos", "secs": "paper_secs"}),
+        on="language",
+    )
     flagged = table[table["flagged"]]
-    flagged_md = flagged[["model", "probe_set", "language", "text", "seconds", "expected_seconds", "flags"]].round(2).to_markdown(index=False) if len(flagged) else "none"
+    flagged_md = (
+        flagged[["model", "probe_set", "language", "text", "seconds", "expected_seconds", "flags"]]
+        .round(2)
+        .to_markdown(index=False)
+        if len(flagged)
+        else "none"
+    )
     models_md = "\n".join(f"- `{label}`: `{checkpoint}`" for label, checkpoint in labels.items())
     return f"""# Evaluation
 
 Models:
 {models_md}
 
-Probes: {', '.join(sorted(set(table['probe_set'])))} ({len(table)} utterance(s) in all). A manifest's rows are
+Probes: {", ".join(sorted(set(table["probe_set"])))} ({len(table)} utterance(s) in all). A manifest's rows are
 spoken in the voice of their own recording; shipped probe sets in the voice of `{cfg.reference}`.
 
 ## Summary per model and language
@@ -427,8 +526,14 @@ insertions/deletions above a quarter of the text's words (at least 2).
 """
 
 
-def record_metrics(checkpoint: Path, summary: Optional[pd.DataFrame], cfg: DictConfig, table: pd.DataFrame,
-                   forgotten: Optional[pd.DataFrame] = None, labels: Optional[dict] = None) -> None:
+def record_metrics(
+    checkpoint: Path,
+    summary: Optional[pd.DataFrame],
+    cfg: DictConfig,
+    table: pd.DataFrame,
+    forgotten: Optional[pd.DataFrame] = None,
+    labels: Optional[dict] = None,
+) -> None:
     """Write the per-language summary (and, for a fine-tune evaluated beside its base, what it forgot)
     into an xtts-ft export's xtts_ft.json and model card."""
     from xtts_ft.model.card import model_card
@@ -443,8 +548,11 @@ def record_metrics(checkpoint: Path, summary: Optional[pd.DataFrame], cfg: DictC
     record["metrics"] = {
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "probes": ", ".join(filter(None, [Path(cfg.manifest).name if cfg.manifest else None, cfg.probes])),
-        "metric_models": {"asr": "; ".join(f"{lang}: {name}" for lang, name in asr_by_language(table).items()), "speaker": cfg.speaker_model,
-                          "quality": "DNSMOS (speechmos)" + (f" + UTMOS ({cfg.utmos_model})" if cfg.utmos_model else "")},
+        "metric_models": {
+            "asr": "; ".join(f"{lang}: {name}" for lang, name in asr_by_language(table).items()),
+            "speaker": cfg.speaker_model,
+            "quality": "DNSMOS (speechmos)" + (f" + UTMOS ({cfg.utmos_model})" if cfg.utmos_model else ""),
+        },
         "per_language": {
             language: {k: (None if pd.isna(v) else round(float(v), 4)) for k, v in row.items()}
             for language, row in summary.iterrows()
@@ -454,8 +562,14 @@ def record_metrics(checkpoint: Path, summary: Optional[pd.DataFrame], cfg: DictC
         base = forgotten["base"].iloc[0]
         record["metrics"]["forgetting"] = {
             "base": (labels or {}).get(base, base),
-            "per_language": {row["language"]: {k: (None if pd.isna(v) else round(float(v), 4)) for k, v in row.items()
-                                               if k not in ("model", "base", "language")} for _, row in forgotten.iterrows()},
+            "per_language": {
+                row["language"]: {
+                    k: (None if pd.isna(v) else round(float(v), 4))
+                    for k, v in row.items()
+                    if k not in ("model", "base", "language")
+                }
+                for _, row in forgotten.iterrows()
+            },
         }
     write_json(sidecar, record)
     write_text(checkpoint / "README.md", model_card(record))

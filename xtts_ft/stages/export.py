@@ -27,10 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from xtts_ft import __version__
 from xtts_ft.io_utils import atomic_dir, file_hash, tensors_hash, write_json, write_text
-from xtts_ft.model.layout import EMOTIONS_FILE, EXPORT_FILES, EXPORT_KIND, SIDECAR, is_export, read_sidecar
 from xtts_ft.model import lora
-from xtts_ft.model.loading import load_xtts, resolve_model_cfg
 from xtts_ft.model.card import model_card
+from xtts_ft.model.layout import EMOTIONS_FILE, EXPORT_FILES, EXPORT_KIND, SIDECAR, is_export, read_sidecar
+from xtts_ft.model.loading import load_xtts, resolve_model_cfg
 from xtts_ft.train import checkpoints as ckpt
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,14 @@ def chosen_weights(cfg: DictConfig, run_dir: Path, part: str = "gpt") -> dict:
     elif choice.isdigit():
         path = run_dir / "checkpoints" / f"step_{int(choice):08d}.pt"
     else:
-        raise ValueError(f"{'checkpoint' if part == 'gpt' else 'decoder_checkpoint'}={choice}: use latest, best or a step number")
+        raise ValueError(
+            f"{'checkpoint' if part == 'gpt' else 'decoder_checkpoint'}={choice}: use latest, best or a step number"
+        )
     if not path.is_file():
         kept = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
-        raise FileNotFoundError(f"checkpoint={choice}: {path} does not exist (kept: {', '.join(kept) or 'none'}; or use latest)")
+        raise FileNotFoundError(
+            f"checkpoint={choice}: {path} does not exist (kept: {', '.join(kept) or 'none'}; or use latest)"
+        )
     return load_training_state(path)
 
 
@@ -164,8 +168,11 @@ def run(cfg: DictConfig) -> Path:
             from safetensors.torch import save_file
 
             # clone: safetensors refuses tensors that share storage, and a file must not depend on it.
-            save_file({k: v.detach().clone().contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"),
-                      metadata={"format": "pt", "producer": f"xtts-ft {__version__}"})
+            save_file(
+                {k: v.detach().clone().contiguous() for k, v in weights.items()},
+                str(tmp / "model.safetensors"),
+                metadata={"format": "pt", "producer": f"xtts-ft {__version__}"},
+            )
         config.model_args.tokenizer_file = ""  # read vocab.json beside model.pth, not a path on this machine
         config.save_json(str(tmp / "config.json"))
         for name in COPIED_FILES:
@@ -174,12 +181,18 @@ def run(cfg: DictConfig) -> Path:
             (tmp / name).write_bytes(data)
         # The GPT the export must carry: the trained weights, or for LoRA the base with the adapter merged in.
         trained_gpt = (xtts.gpt.state_dict() if lora.is_lora_state(state) else state["gpt"]) if state else {}
-        verify_export(tmp, trained_gpt, half=cfg.half, decoder_state=decoder_state["decoder"] if decoder_state else None)
+        verify_export(
+            tmp, trained_gpt, half=cfg.half, decoder_state=decoder_state["decoder"] if decoder_state else None
+        )
         voices = add_named_voices(tmp, dict(cfg.voices)) if cfg.voices else []
         emotions = add_emotion_presets(tmp, dict(cfg.emotions)) if cfg.emotions else []
         sidecar = export_record(state, base_dir, tmp, config, decoder_state)
-        sidecar.update(voices=voices, emotion_presets=emotions, weights_dtype="float16" if cfg.half else "float32",
-                       safetensors=bool(cfg.safetensors))
+        sidecar.update(
+            voices=voices,
+            emotion_presets=emotions,
+            weights_dtype="float16" if cfg.half else "float32",
+            safetensors=bool(cfg.safetensors),
+        )
         if adapter:
             sidecar["adapter"] = adapter_record(state, sidecar["base_model"])
         write_json(tmp / SIDECAR, sidecar)
@@ -195,7 +208,11 @@ def base_model_dir(state: dict | None, decoder_state: dict | None, gpt_path: Pat
     base_dir = Path(main["base_model_dir"])
     if not base_dir.is_dir():  # runs/ moved to another machine, or the tiny model was cleaned
         base_dir = resolve_model_cfg(OmegaConf.create(main["config"]["model"]))
-    if state and decoder_state and Path(decoder_state["base_model_dir"]).resolve() != Path(state["base_model_dir"]).resolve():
+    if (
+        state
+        and decoder_state
+        and Path(decoder_state["base_model_dir"]).resolve() != Path(state["base_model_dir"]).resolve()
+    ):
         raise ValueError(
             f"{gpt_path} and {decoder_path} were trained from different base models "
             f"({state['base_model_dir']} vs {decoder_state['base_model_dir']}); they cannot go into one export"
@@ -208,8 +225,11 @@ def load_trained_decoder(xtts, decoder_state: dict) -> None:
     xtts.hifigan_decoder.waveform_decoder.load_state_dict(decoder_state["decoder"])
     if tensors_hash(xtts.gpt.state_dict()) != decoder_state["gpt"]["hash"]:
         # Still a working model, but the decoder learnt to voice another GPT's latents.
-        log.warning("the decoder was fine-tuned on latents of GPT %s, not on the GPT exported here; "
-                    "run train-decoder again (gpt=auto) after train-gpt for a matched pair", decoder_state["gpt"]["source"])
+        log.warning(
+            "the decoder was fine-tuned on latents of GPT %s, not on the GPT exported here; "
+            "run train-decoder again (gpt=auto) after train-gpt for a matched pair",
+            decoder_state["gpt"]["source"],
+        )
 
 
 def load_trained_gpt(xtts, state: dict, base_dir: Path, state_path: Path, with_adapter: bool) -> dict:
@@ -218,13 +238,17 @@ def load_trained_gpt(xtts, state: dict, base_dir: Path, state_path: Path, with_a
     asked for them (adapter=true), else {}."""
     if not lora.is_lora_state(state):
         if with_adapter:
-            raise ValueError(f"adapter=true: {state_path} is a full fine-tune (method=full), which has no adapter; "
-                             "export it without adapter=true, or train with method=lora")
+            raise ValueError(
+                f"adapter=true: {state_path} is a full fine-tune (method=full), which has no adapter; "
+                "export it without adapter=true, or train with method=lora"
+            )
         xtts.gpt.load_state_dict(state["gpt"])
         return {}
     if state.get("base_model_hash") and file_hash(base_dir / "model.pth") != state["base_model_hash"]:
-        raise ValueError(f"{state_path} is a LoRA adapter of another {base_dir / 'model.pth'} (the file changed since "
-                         "training): merging it there would make a model nobody trained. Export with the run's own base.")
+        raise ValueError(
+            f"{state_path} is a LoRA adapter of another {base_dir / 'model.pth'} (the file changed since "
+            "training): merging it there would make a model nobody trained. Export with the run's own base."
+        )
     model = lora.trained_adapter(xtts.gpt, state, base_dir, str(state_path))
     files = lora.adapter_files(model, str(state["config"]["model"]["source"])) if with_adapter else {}
     model.merge_and_unload()
@@ -247,14 +271,19 @@ def check_listed(export_dir: Path) -> None:
     missing there would silently stay behind on the way through the Hub."""
     unlisted = sorted(p.name for p in export_dir.iterdir() if p.name not in EXPORT_FILES)
     if unlisted:
-        raise RuntimeError(f"export wrote {', '.join(unlisted)}, which xtts_ft.model.layout.EXPORT_FILES does not list")
+        raise RuntimeError(
+            f"export wrote {', '.join(unlisted)}, which xtts_ft.model.layout.EXPORT_FILES does not list"
+        )
 
 
 def verify_export(export_dir: Path, gpt_state: dict, half: bool = False, decoder_state: dict | None = None) -> None:
     """Reload with coqui-tts's stock loader and check the trained weights (GPT, decoder) came
     through unchanged (exactly as rounded to fp16 for a half-precision export)."""
     _, reloaded = load_xtts(export_dir, "cpu", for_inference=False)
-    for part, module, trained in (("GPT", reloaded.gpt, gpt_state), ("decoder", reloaded.hifigan_decoder.waveform_decoder, decoder_state or {})):
+    for part, module, trained in (
+        ("GPT", reloaded.gpt, gpt_state),
+        ("decoder", reloaded.hifigan_decoder.waveform_decoder, decoder_state or {}),
+    ):
         loaded = module.state_dict()
         for key, value in trained.items():
             expected = value.half().to(value.dtype) if half and value.is_floating_point() else value
@@ -273,7 +302,10 @@ def add_named_voices(export_dir: Path, voices: dict) -> list:
     speakers = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
     for name, reference in voices.items():
         voice = synthesizer.clone_voice(reference)
-        speakers[name] = {"gpt_cond_latent": voice.gpt_cond_latent.cpu(), "speaker_embedding": voice.speaker_embedding.cpu()}
+        speakers[name] = {
+            "gpt_cond_latent": voice.gpt_cond_latent.cpu(),
+            "speaker_embedding": voice.speaker_embedding.cpu(),
+        }
     torch.save(speakers, path)
     return sorted(voices)
 
@@ -289,12 +321,17 @@ def add_emotion_presets(export_dir: Path, emotions: dict) -> list:
     presets = {}
     for name, reference in emotions.items():
         voice = synthesizer.clone_voice(reference)
-        presets[name] = {"gpt_cond_latent": voice.gpt_cond_latent.cpu(), "speaker_embedding": voice.speaker_embedding.cpu()}
+        presets[name] = {
+            "gpt_cond_latent": voice.gpt_cond_latent.cpu(),
+            "speaker_embedding": voice.speaker_embedding.cpu(),
+        }
     torch.save(presets, export_dir / EMOTIONS_FILE)
     return sorted(presets)
 
 
-def export_record(state: dict | None, base_dir: Path, export_dir: Path, config, decoder_state: dict | None = None) -> dict:
+def export_record(
+    state: dict | None, base_dir: Path, export_dir: Path, config, decoder_state: dict | None = None
+) -> dict:
     main = state or decoder_state
     train_cfg = main["config"]
     stats = main.get("data_stats", {})
@@ -316,9 +353,16 @@ def export_record(state: dict | None, base_dir: Path, export_dir: Path, config, 
             "run_name": train_cfg["run_name"],
             "lr": state["config"]["lr"] if state else None,
             "method": state["config"].get("method", "full") if state else None,
-            **({"decoder_steps": decoder_state["step"], "decoder_lr": decoder_state["config"]["lr_gen"],
-                "decoder_adversarial": decoder_state["config"]["adversarial"], "decoder_gpt": decoder_state["gpt"]["source"]}
-               if decoder_state else {}),
+            **(
+                {
+                    "decoder_steps": decoder_state["step"],
+                    "decoder_lr": decoder_state["config"]["lr_gen"],
+                    "decoder_adversarial": decoder_state["config"]["adversarial"],
+                    "decoder_gpt": decoder_state["gpt"]["source"],
+                }
+                if decoder_state
+                else {}
+            ),
         },
         "data": stats,
         "metrics": {},

@@ -28,8 +28,8 @@ import torch
 from omegaconf import DictConfig
 
 from xtts_ft import __version__
-from xtts_ft.data.sample import read_manifest
 from xtts_ft.data.cleaners import cleaner_name, language_letters
+from xtts_ft.data.sample import read_manifest
 from xtts_ft.data.text import base_language, language_token
 from xtts_ft.io_utils import atomic_dir, torch_save, write_json
 from xtts_ft.model.layout import SIDECAR, STOCK_FILES, read_sidecar
@@ -70,7 +70,9 @@ def train_language_bpe(texts: List[str], vocab_size: int, letters: str = ""):
     tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     alphabet = sorted({ch for text in texts for ch in text if not ch.isspace()} | set(letters))
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["[UNK]"], initial_alphabet=alphabet, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["[UNK]"], initial_alphabet=alphabet, show_progress=False
+    )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return json.loads(tokenizer.to_str())["model"]
 
@@ -111,7 +113,15 @@ def merge_vocabulary(vocab_json: dict, bpe: dict, new_specials: List[str]) -> Li
     for token in new_specials:
         vocab[token] = next_id
         vocab_json["added_tokens"].append(
-            {"id": next_id, "content": token, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+            {
+                "id": next_id,
+                "content": token,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
         )
         next_id += 1
         added.append(token)
@@ -119,10 +129,18 @@ def merge_vocabulary(vocab_json: dict, bpe: dict, new_specials: List[str]) -> Li
     return added
 
 
-def initial_rows(old_tokenizer, added: List[str], base_languages: List[str], new_languages: List[str], emotions: List[str],
-                 weight: torch.Tensor) -> torch.Tensor:
+def initial_rows(
+    old_tokenizer,
+    added: List[str],
+    base_languages: List[str],
+    new_languages: List[str],
+    emotions: List[str],
+    weight: torch.Tensor,
+) -> torch.Tensor:
     """One starting row per added token, from the existing rows of `weight` (embedding or head)."""
-    language_rows = [i for i in (old_tokenizer.token_to_id(language_token(x)) for x in base_languages) if i is not None]
+    language_rows = [
+        i for i in (old_tokenizer.token_to_id(language_token(x)) for x in base_languages) if i is not None
+    ]
     language_mean = weight[language_rows].mean(0) if language_rows else weight.mean(0)
     unk = old_tokenizer.token_to_id("[UNK]")
     rows = []
@@ -147,7 +165,8 @@ def run(cfg: DictConfig) -> Path:
     if out.is_dir() and any(out.iterdir()) and read_sidecar(out).get("kind") != "extended":  # overwrite=true
         raise FileExistsError(
             f"out_dir={out} exists and is not a model extend wrote (no {SIDECAR} of kind 'extended'); extend replaces "
-            "only its own models — fix: choose another out_dir, or move that directory away yourself")
+            "only its own models — fix: choose another out_dir, or move that directory away yourself"
+        )
     base_sidecar = read_sidecar(base_dir)
     config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
     vocab_json = json.loads((base_dir / "vocab.json").read_text(encoding="utf-8"))
@@ -159,7 +178,9 @@ def run(cfg: DictConfig) -> Path:
     added, number_tokens = extend_vocabulary(vocab_json, texts, new_languages, emotions, cfg.bpe_vocab_size)
 
     # 3. Text embedding and head: existing rows untouched, new rows appended.
-    checkpoint = grown_checkpoint(base_dir, old_tokenizer, added, number_tokens, config["languages"], new_languages, emotions)
+    checkpoint = grown_checkpoint(
+        base_dir, old_tokenizer, added, number_tokens, config["languages"], new_languages, emotions
+    )
 
     # 4. Config: languages and the text-token count the loader sizes the embedding by.
     config["languages"] = list(config["languages"]) + [x for x in new_languages if x not in config["languages"]]
@@ -176,8 +197,10 @@ def run(cfg: DictConfig) -> Path:
         write_json(tmp / "vocab.json", vocab_json)
         write_json(tmp / "config.json", config)
         write_json(tmp / SIDECAR, sidecar)
-    print(f"extended {base_dir} → {out}: +{len(added)} text tokens ({', '.join(new_languages) or 'no new language'}; "
-          f"emotions: {', '.join(emotions) or 'none'}); train with model.source={out} model.build_tiny=false")
+    print(
+        f"extended {base_dir} → {out}: +{len(added)} text tokens ({', '.join(new_languages) or 'no new language'}; "
+        f"emotions: {', '.join(emotions) or 'none'}); train with model.source={out} model.build_tiny=false"
+    )
     return out
 
 
@@ -188,15 +211,20 @@ def tokens_to_add(cfg: DictConfig, old_tokenizer, texts: Dict[str, List[str]]) -
     new_languages = [x for x in wanted if old_tokenizer.token_to_id(language_token(x)) is None]
     for language in new_languages:
         if not texts.get(language):
-            raise ValueError(f"no {language!r} text in {cfg.data.name}'s manifests to train its tokens on (languages there: {', '.join(sorted(texts))})")
+            raise ValueError(
+                f"no {language!r} text in {cfg.data.name}'s manifests to train its tokens on (languages there: {', '.join(sorted(texts))})"
+            )
     emotions = [e for e in cfg.emotions if old_tokenizer.token_to_id(f"[{e}]") is None]
     if not new_languages and not emotions:
-        log.warning("nothing to add: the base already has %s", ", ".join(wanted + list(cfg.emotions)) or "everything asked")
+        log.warning(
+            "nothing to add: the base already has %s", ", ".join(wanted + list(cfg.emotions)) or "everything asked"
+        )
     return new_languages, emotions
 
 
-def extend_vocabulary(vocab_json: dict, texts: Dict[str, List[str]], new_languages: List[str], emotions: List[str],
-                      bpe_vocab_size: int) -> Tuple[List[str], int]:
+def extend_vocabulary(
+    vocab_json: dict, texts: Dict[str, List[str]], new_languages: List[str], emotions: List[str], bpe_vocab_size: int
+) -> Tuple[List[str], int]:
     """Merge each new language's BPE into vocab_json, then its `[xx]` and the `[emotion]` tokens;
     returns the added tokens in id order and the number of text tokens now. Fails if a new
     language's corpus, or a letter its cleaner declares, still encodes to [UNK]."""
@@ -206,20 +234,33 @@ def extend_vocabulary(vocab_json: dict, texts: Dict[str, List[str]], new_languag
     for language in new_languages:
         bpe = train_language_bpe(texts[language], bpe_vocab_size, language_letters(language))
         added += merge_vocabulary(vocab_json, bpe, [])
-    added += merge_vocabulary(vocab_json, {"vocab": {}, "merges": []}, [language_token(x) for x in new_languages] + [f"[{e}]" for e in emotions])
+    added += merge_vocabulary(
+        vocab_json,
+        {"vocab": {}, "merges": []},
+        [language_token(x) for x in new_languages] + [f"[{e}]" for e in emotions],
+    )
     new_tokenizer = Tokenizer.from_str(json.dumps(vocab_json))
     unk = new_tokenizer.token_to_id("[UNK]")
     for language in new_languages:  # the corpus and every declared letter encode without [UNK]
         unknown = sum(new_tokenizer.encode(t).ids.count(unk) for t in texts[language])
         unknown_letters = [ch for ch in language_letters(language) if unk in new_tokenizer.encode(ch).ids]
         if unknown or unknown_letters:
-            raise AssertionError(f"{unknown} [UNK] tokens left in the {language!r} corpus after extension "
-                                 f"(letters without a token: {''.join(unknown_letters) or 'none'})")
+            raise AssertionError(
+                f"{unknown} [UNK] tokens left in the {language!r} corpus after extension "
+                f"(letters without a token: {''.join(unknown_letters) or 'none'})"
+            )
     return added, max(new_tokenizer.get_vocab().values()) + 1
 
 
-def grown_checkpoint(base_dir: Path, old_tokenizer, added: List[str], number_tokens: int, base_languages: List[str],
-                     new_languages: List[str], emotions: List[str]) -> dict:
+def grown_checkpoint(
+    base_dir: Path,
+    old_tokenizer,
+    added: List[str],
+    number_tokens: int,
+    base_languages: List[str],
+    new_languages: List[str],
+    emotions: List[str],
+) -> dict:
     """The base's model.pth with a row per added token appended to the text embedding and head."""
     check_weights_file(base_dir / "model.pth")
     checkpoint = torch.load(base_dir / "model.pth", map_location="cpu", weights_only=True)
@@ -227,13 +268,26 @@ def grown_checkpoint(base_dir: Path, old_tokenizer, added: List[str], number_tok
     for key in VOCAB_ROWS:
         old = state[key]
         if old.shape[0] != number_tokens - len(added):
-            raise ValueError(f"{base_dir / 'model.pth'}: {key} has {old.shape[0]} rows but vocab.json has {number_tokens - len(added)} tokens")
-        state[key] = torch.cat([old, initial_rows(old_tokenizer, added, base_languages, new_languages, emotions, old)]) if added else old
+            raise ValueError(
+                f"{base_dir / 'model.pth'}: {key} has {old.shape[0]} rows but vocab.json has {number_tokens - len(added)} tokens"
+            )
+        state[key] = (
+            torch.cat([old, initial_rows(old_tokenizer, added, base_languages, new_languages, emotions, old)])
+            if added
+            else old
+        )
     return checkpoint
 
 
-def extended_sidecar(cfg: DictConfig, base_sidecar: dict, texts: Dict[str, List[str]], new_languages: List[str],
-                     emotions: List[str], added: int, number_tokens: int) -> dict:
+def extended_sidecar(
+    cfg: DictConfig,
+    base_sidecar: dict,
+    texts: Dict[str, List[str]],
+    new_languages: List[str],
+    emotions: List[str],
+    added: int,
+    number_tokens: int,
+) -> dict:
     """xtts_ft.json of the extended model: the base's, with what this extension (and any earlier
     one of the base) added under "extension"."""
     previous = base_sidecar.get("extension", {})
@@ -252,6 +306,10 @@ def extended_sidecar(cfg: DictConfig, base_sidecar: dict, texts: Dict[str, List[
         **{k: v for k, v in base_sidecar.items() if k not in ("extension", "base")},
         "kind": "extended",
         "xtts_ft_version": __version__,
-        "base": {"source": str(cfg.model.source), "name": cfg.model.name, "kind": base_sidecar.get("kind", "released")},
+        "base": {
+            "source": str(cfg.model.source),
+            "name": cfg.model.name,
+            "kind": base_sidecar.get("kind", "released"),
+        },
         "extension": extension,
     }

@@ -14,7 +14,6 @@ are where the stages really wrote.
 from __future__ import annotations
 
 import difflib
-
 import json
 import shlex
 import time
@@ -51,7 +50,9 @@ def load_recipe(recipe: str) -> dict:
         raise ValueError(f"{path}: `stages` must be a non-empty list of {{stage, overrides}}")
     for i, entry in enumerate(stages):
         if entry.get("stage") not in STAGES or entry["stage"] == "pipeline":
-            raise ValueError(f"{path}: stages[{i}].stage={entry.get('stage')!r} is not one of {', '.join(STAGES[:-1])}")
+            raise ValueError(
+                f"{path}: stages[{i}].stage={entry.get('stage')!r} is not one of {', '.join(STAGES[:-1])}"
+            )
     return spec
 
 
@@ -115,7 +116,11 @@ def plan(cfg: DictConfig) -> List[Tuple[str, List[str], DictConfig]]:
     for (stage, overrides), base in zip(entries, bases):
         extra = [o for o in cfg.overrides if applicable(o, base)]
         # prepare: rebuild, not "up to date" (unless the recipe or the user set the stage's force themselves)
-        if cfg.get("force") and "force" in base and not any(o.split("=")[0].lstrip("+~") == "force" for o in overrides + extra):
+        if (
+            cfg.get("force")
+            and "force" in base
+            and not any(o.split("=")[0].lstrip("+~") == "force" for o in overrides + extra)
+        ):
             extra.append("force=true")
         planned.append((stage, overrides + extra, compose(stage, overrides + extra) if extra else base))
     return planned

@@ -33,12 +33,22 @@ from omegaconf import DictConfig
 from xtts_ft import __version__
 from xtts_ft.asr import transcribe_words
 from xtts_ft.config import to_container
+from xtts_ft.data.cleaners import CLEANERS, COQUI_LANGUAGES
 from xtts_ft.data.clips import AudioJob, AudioSettings, AudioWorkers, Rejected, read_done, remove_bookkeeping
 from xtts_ft.data.formatters import read_corpus
 from xtts_ft.data.sample import Sample, read_manifest, write_manifest
-from xtts_ft.data.cleaners import CLEANERS, COQUI_LANGUAGES
-from xtts_ft.data.text import (LEADING_TAG, as_read, base_language, clean_text, cleaner_name, describe_characters, language_token, token_ids,
-                               unescape_entities, unknown_characters)
+from xtts_ft.data.text import (
+    LEADING_TAG,
+    as_read,
+    base_language,
+    clean_text,
+    cleaner_name,
+    describe_characters,
+    language_token,
+    token_ids,
+    unescape_entities,
+    unknown_characters,
+)
 from xtts_ft.io_utils import file_hash, resumable_dir, write_json, write_jsonl, write_text
 from xtts_ft.model.constants import DECODER_SAMPLE_RATE, GPT_SAMPLE_RATE
 
@@ -58,25 +68,34 @@ MARKUP = re.compile(r"(?<!<)<[^<>\s]{1,40}>(?!>)|\[[^\[\]]{1,40}\]|\{[^{}]{1,40}
 def check_text(raw: str, language: str, cfg: DictConfig, tokenizer) -> str:
     tags = MARKUP.findall(unescape_entities(raw))  # &lt;unk&gt; is <unk>
     if tags:
-        raise Rejected("annotation_markup", f"the transcript has annotation markup {' '.join(dict.fromkeys(tags))}, which "
-                       "the model would learn to say; fix: remove the tags from the transcript (an emotion label goes "
-                       "in the source's emotion column, not in the text)")
+        raise Rejected(
+            "annotation_markup",
+            f"the transcript has annotation markup {' '.join(dict.fromkeys(tags))}, which "
+            "the model would learn to say; fix: remove the tags from the transcript (an emotion label goes "
+            "in the source's emotion column, not in the text)",
+        )
     text = clean_text(raw, language)
     if not text:
         raise Rejected("empty_text", "the transcript is empty")
     if not any(ch.isalnum() for ch in LEADING_TAG.sub("", text, count=1)):  # "...", "?!", "-": nothing to say
-        raise Rejected("empty_text", f"the transcript {raw.strip()!r} has no letter or digit: nothing for the model to say")
+        raise Rejected(
+            "empty_text", f"the transcript {raw.strip()!r} has no letter or digit: nothing for the model to say"
+        )
     if len(text) > cfg.max_text_chars:
         raise Rejected("text_too_long", f"{len(text)} characters > max_text_chars={cfg.max_text_chars}")
     # A language the base has no [xx] token for is checked after `xtts-ft extend` adds it (train-gpt
     # skips, with a reason, any clip the extended vocabulary cannot encode).
     if tokenizer is not None and tokenizer.token_to_id(language_token(language)) is not None:
-        read = as_read(text, language)  # zh, ko, ja: what training's tokenizer reads (pinyin, romanized); the manifest keeps the text
+        read = as_read(
+            text, language
+        )  # zh, ko, ja: what training's tokenizer reads (pinyin, romanized); the manifest keeps the text
         ids = token_ids(tokenizer, read, language)
         unk = tokenizer.token_to_id("[UNK]")
         if unk in ids:
             unknown = unknown_characters(tokenizer, read)
-            raise Rejected("unknown_characters", f"not in the model's vocabulary: {describe_characters(unknown) or '?'}")
+            raise Rejected(
+                "unknown_characters", f"not in the model's vocabulary: {describe_characters(unknown) or '?'}"
+            )
         if len(ids) > cfg.max_text_tokens:
             raise Rejected("too_many_tokens", f"{len(ids)} tokens > max_text_tokens={cfg.max_text_tokens}")
     return text
@@ -90,8 +109,14 @@ def on_disk(path: Path) -> Path:
         return path
     found = Path(path.anchor)
     for part in path.parts[1:] if path.anchor else path.parts:
-        found = next((found / p for p in dict.fromkeys((part, unicodedata.normalize("NFC", part), unicodedata.normalize("NFD", part)))
-                      if (found / p).exists()), None)
+        found = next(
+            (
+                found / p
+                for p in dict.fromkeys((part, unicodedata.normalize("NFC", part), unicodedata.normalize("NFD", part)))
+                if (found / p).exists()
+            ),
+            None,
+        )
         if found is None:
             return path
     return found
@@ -102,12 +127,18 @@ def check_path(record: dict, root: Path, seen: set) -> Path:
     # the corpus, but a symlink the user put inside it (a symlinked wavs/ on another disk) is followed.
     audio_path = Path(os.path.abspath(str(record["audio"])))
     if not audio_path.is_relative_to(os.path.abspath(root)):
-        raise Rejected("outside_root", f"{audio_path} is outside the corpus root {root} (the source's path); fix: set the "
-                                       "source's path to a folder holding both the metadata and the audio, or move the audio inside it")
+        raise Rejected(
+            "outside_root",
+            f"{audio_path} is outside the corpus root {root} (the source's path); fix: set the "
+            "source's path to a folder holding both the metadata and the audio, or move the audio inside it",
+        )
     audio_path = on_disk(audio_path)
     if audio_path.is_dir():  # the row's audio field is empty, or names a folder
-        what = "the row names no audio file (its audio field is empty)" if audio_path == Path(os.path.abspath(root)) else \
-            f"{audio_path} is a folder, not an audio file"
+        what = (
+            "the row names no audio file (its audio field is empty)"
+            if audio_path == Path(os.path.abspath(root))
+            else f"{audio_path} is a folder, not an audio file"
+        )
         raise Rejected("missing_file", what)
     if not audio_path.is_file():
         hint = " (a Windows path? write / between folders, not \\)" if "\\" in str(record["audio"]) else ""
@@ -158,16 +189,25 @@ def split_by_speaker(samples: List[Sample], cfg: DictConfig) -> Tuple[List[Sampl
             for speaker in order:
                 if total < target and n_eval[speaker] < len(shuffled[speaker]) - 1:
                     n_eval[speaker], total, spared = n_eval[speaker] + 1, total + 1, True
-    train = [clip for speaker in shuffled for clip in shuffled[speaker][n_eval[speaker]:]]
-    evaluation = [clip for speaker in shuffled for clip in shuffled[speaker][:n_eval[speaker]]]
+    train = [clip for speaker in shuffled for clip in shuffled[speaker][n_eval[speaker] :]]
+    evaluation = [clip for speaker in shuffled for clip in shuffled[speaker][: n_eval[speaker]]]
     if not evaluation or not train:
-        why = ("each split needs a speaker with at least 2 clips" if all(len(c) < 2 for c in shuffled.values()) else
-               f"eval_fraction={cfg.eval_fraction} with min_eval_per_speaker={cfg.min_eval_per_speaker} gives no clip to eval")
+        why = (
+            "each split needs a speaker with at least 2 clips"
+            if all(len(c) < 2 for c in shuffled.values())
+            else f"eval_fraction={cfg.eval_fraction} with min_eval_per_speaker={cfg.min_eval_per_speaker} gives no clip to eval"
+        )
         raise ValueError(f"cannot build both a train and an eval split from {len(samples)} kept clip(s): {why}")
     if len(evaluation) > max(2 * target, target + 2):
-        log.warning("eval takes %d of %d clips (eval_fraction=%s asks for about %d): min_eval_per_speaker=%d gives each speaker "
-                    "with 2 clips or more that many; set min_eval_per_speaker=0 to take eval_fraction of the whole corpus",
-                    len(evaluation), len(samples), cfg.eval_fraction, target, cfg.min_eval_per_speaker)
+        log.warning(
+            "eval takes %d of %d clips (eval_fraction=%s asks for about %d): min_eval_per_speaker=%d gives each speaker "
+            "with 2 clips or more that many; set min_eval_per_speaker=0 to take eval_fraction of the whole corpus",
+            len(evaluation),
+            len(samples),
+            cfg.eval_fraction,
+            target,
+            cfg.min_eval_per_speaker,
+        )
     return train, evaluation
 
 
@@ -180,8 +220,10 @@ def drop_summary(dropped: List[dict], written_to: Path) -> str:
     example = next(d for d in dropped if d["reason"] == common)
     counts = ", ".join(f"{reason} {count}" for reason, count in reasons.most_common())
     where = "" if example["message"].startswith(example["source_line"]) else f"{example['source_line']}: "
-    return (f"; {len(dropped)} record(s) were dropped ({counts}), e.g. {where}{example['message']} "
-            f"— every dropped record and its reason: {written_to}")
+    return (
+        f"; {len(dropped)} record(s) were dropped ({counts}), e.g. {where}{example['message']} "
+        f"— every dropped record and its reason: {written_to}"
+    )
 
 
 def vocab_file(cfg: DictConfig) -> Optional[Path]:
@@ -206,9 +248,13 @@ def read_records(cfg: DictConfig) -> List[tuple]:
             root = Path(source.path)
         # A long_recordings source is cut on faster-whisper's timed words by its asr_model
         # (data/ runs no ASR itself: the stage hands it one).
-        transcribe = partial(transcribe_words, model=source.asr_model) if source.formatter == "long_recordings" else None
-        records += [(len(records) + 1 + i, index, source, root, r)
-                    for i, r in enumerate(read_corpus(Path(source.path), source, transcribe))]
+        transcribe = (
+            partial(transcribe_words, model=source.asr_model) if source.formatter == "long_recordings" else None
+        )
+        records += [
+            (len(records) + 1 + i, index, source, root, r)
+            for i, r in enumerate(read_corpus(Path(source.path), source, transcribe))
+        ]
     return records
 
 
@@ -216,9 +262,13 @@ def input_key(cfg: DictConfig, records: List[tuple], vocab: Optional[Path]) -> s
     """A digest of everything the prepared dataset depends on: the settings (not where outputs go,
     nor how many workers), the vocabulary, and every record with its audio file's size and mtime."""
     settings = {k: v for k, v in to_container(cfg).items() if k not in ("paths", "num_workers", "force")}
-    digest = hashlib.sha256(json.dumps(
-        {"xtts_ft": __version__, "settings": settings, "vocab": file_hash(vocab) if vocab else None}, sort_keys=True, default=str
-    ).encode())
+    digest = hashlib.sha256(
+        json.dumps(
+            {"xtts_ft": __version__, "settings": settings, "vocab": file_hash(vocab) if vocab else None},
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
     for _, index, _, _, record in records:
         try:
             found = os.stat(on_disk(Path(str(record["audio"])))) if record.get("audio") else None
@@ -279,13 +329,17 @@ def check_output_dir(cfg: DictConfig, out: Path) -> None:
             if value and Path(value).resolve().is_relative_to(resolved):
                 raise ValueError(
                     f"data.sources[{index}].{key}={value} lies inside the dataset folder {out}, which prepare replaces "
-                    "whole when it rebuilds it — fix: write the dataset elsewhere (paths.processed_dir=... or data.name=...)")
+                    "whole when it rebuilds it — fix: write the dataset elsewhere (paths.processed_dir=... or data.name=...)"
+                )
     if out.is_dir() and any(out.iterdir()) and not (out / "stats.json").is_file():
         raise FileExistsError(
             f"{out} exists and is not a dataset prepare wrote (no stats.json); prepare replaces only its own datasets — "
-            "fix: choose another data.name or paths.processed_dir, or move that folder away yourself")
+            "fix: choose another data.name or paths.processed_dir, or move that folder away yourself"
+        )
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is a file, not a dataset folder — fix: choose another data.name or paths.processed_dir")
+        raise FileExistsError(
+            f"{out} exists and is a file, not a dataset folder — fix: choose another data.name or paths.processed_dir"
+        )
     # A dataset prepared from other corpora altogether: most likely data.sources was given without its own
     # data.name (the default's, e.g. demo). A rebuild that keeps any of its sources (one added, settings
     # changed) goes ahead; this one needs force=true.
@@ -295,7 +349,8 @@ def check_output_dir(cfg: DictConfig, out: Path) -> None:
         raise FileExistsError(
             f"{out} holds the dataset {out.name!r} prepared from {', '.join(sorted(before))}; these sources are "
             f"{', '.join(sorted(now))}, and a rebuild would replace it — fix: give the new dataset its own name, "
-            f"data.name=<name>, or prepare's force=true to replace this one")
+            f"data.name=<name>, or prepare's force=true to replace this one"
+        )
 
 
 def source_paths(cfg: DictConfig) -> set:
@@ -323,6 +378,7 @@ def check_languages(cfg: DictConfig, tokenizer) -> None:
     """A source's language code, checked before any work: an upper-case code of a known language is
     an error (`EN` would get the basic cleaner and skip the vocabulary check); a code neither the
     base model nor a cleaner knows is said once (a new language is fine, a typo is not)."""
+
     def known(code: str) -> bool:
         has_token = tokenizer is not None and tokenizer.token_to_id(language_token(code)) is not None
         return has_token or base_language(code) in CLEANERS or base_language(code) in COQUI_LANGUAGES
@@ -330,13 +386,18 @@ def check_languages(cfg: DictConfig, tokenizer) -> None:
     for language in dict.fromkeys(str(source.language) for source in cfg.data.sources):
         base = base_language(language)  # a region may be written in capitals: en-US, pt-BR
         if base != base.lower() and known(base.lower()):
-            fixed = base.lower() + language[len(base):]
-            raise ValueError(f"data.sources[].language={language!r}: language codes are lower case — fix: language: {fixed}")
+            fixed = base.lower() + language[len(base) :]
+            raise ValueError(
+                f"data.sources[].language={language!r}: language codes are lower case — fix: language: {fixed}"
+            )
         if not known(language):
-            log.warning("language %r is not one of the base model's languages and has no cleaner of its own: its text gets the "
-                        "basic cleaner (numbers are not spelled out), and its characters are checked only after `xtts-ft extend "
-                        "languages=[%s]` adds it. A new language is fine; if it is a typo, correct data.sources[].language.",
-                        language, language)
+            log.warning(
+                "language %r is not one of the base model's languages and has no cleaner of its own: its text gets the "
+                "basic cleaner (numbers are not spelled out), and its characters are checked only after `xtts-ft extend "
+                "languages=[%s]` adds it. A new language is fine; if it is a typo, correct data.sources[].language.",
+                language,
+                language,
+            )
 
 
 def run(cfg: DictConfig) -> Path:
@@ -358,14 +419,24 @@ def run(cfg: DictConfig) -> Path:
 
         check_settings(cfg)  # a bad setting fails before any audio work
     if cfg.sample_rate != GPT_SAMPLE_RATE:
-        log.warning("sample_rate=%d: the clips are written at %d Hz, but XTTS's GPT, DVAE and speaker encoder hear %d Hz, so "
-                    "training resamples every clip%s — fix: sample_rate=%d (the default)", cfg.sample_rate, cfg.sample_rate,
-                    GPT_SAMPLE_RATE, f" (nothing above {cfg.sample_rate // 2} Hz survives)" if cfg.sample_rate < GPT_SAMPLE_RATE else "",
-                    GPT_SAMPLE_RATE)
+        log.warning(
+            "sample_rate=%d: the clips are written at %d Hz, but XTTS's GPT, DVAE and speaker encoder hear %d Hz, so "
+            "training resamples every clip%s — fix: sample_rate=%d (the default)",
+            cfg.sample_rate,
+            cfg.sample_rate,
+            GPT_SAMPLE_RATE,
+            f" (nothing above {cfg.sample_rate // 2} Hz survives)" if cfg.sample_rate < GPT_SAMPLE_RATE else "",
+            GPT_SAMPLE_RATE,
+        )
     dropped: List[Tuple[int, dict]] = []  # (position in the corpus, entry): written in corpus order
 
     def drop(position: int, record: dict, language: str, rejected: Rejected, **details) -> None:
-        dropped.append((position, {**record, "language": language, "reason": rejected.reason, "message": str(rejected), **details}))
+        dropped.append(
+            (
+                position,
+                {**record, "language": language, "reason": rejected.reason, "message": str(rejected), **details},
+            )
+        )
         log.info("dropped %s (%s): %s", record["source_line"], rejected.reason, rejected)
 
     # Built aside; an interrupted run's clips are kept there and reused by the next run on the
@@ -412,8 +483,10 @@ def check_and_process(records: List[tuple], tmp: Path, cfg: DictConfig, tokenize
                 workers.submit(job)
             pending.append((position, record, source, text, job))
         fresh = iter(workers.results())  # the submitted jobs' results, in submission order
-    return [(position, record, source, text, job, done[job.name] if job.name in done else next(fresh))
-            for position, record, source, text, job in pending]
+    return [
+        (position, record, source, text, job, done[job.name] if job.name in done else next(fresh))
+        for position, record, source, text, job in pending
+    ]
 
 
 LOUDNESS_SLACK = 1.0  # LU: a clip this much below loudness_lufs (held back by the peak limit) is reported
@@ -442,17 +515,30 @@ def kept_samples(checked: List[tuple], cfg: DictConfig, drop) -> Tuple[List[Samp
     if quiet:
         # The -1 dBFS peak limit wins over the target: said, so a corpus of peaky clips is not taken as normalised.
         worst = max(quiet, key=lambda q: q[1])
-        log.warning("%d clip(s) stay below loudness_lufs=%s: reaching it would push their peaks past -1 dBFS (by %.1f LU on average; "
-                    "the most, %.1f LU, %s) — kept as they are; fix: a lower loudness_lufs (loudness_lufs=%.0f reaches them all), or a "
-                    "limiter on the corpus", len(quiet), cfg.loudness_lufs, sum(q[1] for q in quiet) / len(quiet), worst[1],
-                    worst[0]["source_line"], math.floor(cfg.loudness_lufs - worst[1]))
+        log.warning(
+            "%d clip(s) stay below loudness_lufs=%s: reaching it would push their peaks past -1 dBFS (by %.1f LU on average; "
+            "the most, %.1f LU, %s) — kept as they are; fix: a lower loudness_lufs (loudness_lufs=%.0f reaches them all), or a "
+            "limiter on the corpus",
+            len(quiet),
+            cfg.loudness_lufs,
+            sum(q[1] for q in quiet) / len(quiet),
+            worst[1],
+            worst[0]["source_line"],
+            math.floor(cfg.loudness_lufs - worst[1]),
+        )
     if repeats:
         # Kept (the user decides), but said: the same recording in train and eval inflates the eval
         # scores, and one recording with two texts teaches neither.
-        examples = "; ".join(f"{r['source_line']} ({Path(str(r['audio'])).name}) = {f['source_line']} ({Path(str(f['audio'])).name})"
-                             for r, f in repeats[:3])
-        log.warning("%d clip(s) are the same audio as an earlier clip, e.g. %s — kept; the same recording in train and eval "
-                    "inflates eval scores — fix: remove the repeated rows", len(repeats), examples)
+        examples = "; ".join(
+            f"{r['source_line']} ({Path(str(r['audio'])).name}) = {f['source_line']} ({Path(str(f['audio'])).name})"
+            for r, f in repeats[:3]
+        )
+        log.warning(
+            "%d clip(s) are the same audio as an earlier clip, e.g. %s — kept; the same recording in train and eval "
+            "inflates eval scores — fix: remove the repeated rows",
+            len(repeats),
+            examples,
+        )
     return kept, origins
 
 
@@ -476,8 +562,9 @@ def clip_sample(record: dict, source, text: str, job: AudioJob, clip, cfg: DictC
     )
 
 
-def write_dataset(tmp: Path, kept: List[Sample], dropped: List[dict], validation: Optional[dict], key: str,
-                  cfg: DictConfig) -> Tuple[List[Sample], List[Sample]]:
+def write_dataset(
+    tmp: Path, kept: List[Sample], dropped: List[dict], validation: Optional[dict], key: str, cfg: DictConfig
+) -> Tuple[List[Sample], List[Sample]]:
     """dropped.jsonl, the train/eval split and its manifests, stats.json; returns (train, eval)."""
     write_jsonl(tmp / "dropped.jsonl", dropped)  # first: if no split can be made, the error points here
     try:
@@ -486,8 +573,14 @@ def write_dataset(tmp: Path, kept: List[Sample], dropped: List[dict], validation
         raise ValueError(f"{err}{drop_summary(dropped, tmp / 'dropped.jsonl')}") from None
     write_manifest(tmp / "train.jsonl", train)
     write_manifest(tmp / "eval.jsonl", evaluation)
-    write_json(tmp / "stats.json", {**dataset_stats(train, evaluation, dropped, cfg),
-                                    **({"transcript_validation": validation} if validation else {}), "input_key": key})
+    write_json(
+        tmp / "stats.json",
+        {
+            **dataset_stats(train, evaluation, dropped, cfg),
+            **({"transcript_validation": validation} if validation else {}),
+            "input_key": key,
+        },
+    )
     return train, evaluation
 
 
@@ -499,8 +592,11 @@ def validate_transcripts(kept: List[Sample], origins: List[tuple], tmp: Path, cf
 
     # A long recording's clips were cut on ASR word timestamps and their text *is* an ASR transcript:
     # the segmenter's own checks hold for them, a second ASR pass would only score Whisper against itself.
-    skipped = {f"data.sources[{i}] ({source.path})": "its clips' texts are ASR transcripts (long_recordings)"
-               for i, source in enumerate(cfg.data.sources) if source.formatter == "long_recordings"}
+    skipped = {
+        f"data.sources[{i}] ({source.path})": "its clips' texts are ASR transcripts (long_recordings)"
+        for i, source in enumerate(cfg.data.sources)
+        if source.formatter == "long_recordings"
+    }
     checkable = [k for k, (_, _, source) in enumerate(origins) if source.formatter != "long_recordings"]
     cache = Path(cfg.paths.processed_dir) / "cache" / cfg.data.name / "transcripts"
     checks, summary = check_transcripts([kept[k] for k in checkable], tmp, cfg, cache)
@@ -515,15 +611,25 @@ def validate_transcripts(kept: List[Sample], origins: List[tuple], tmp: Path, cf
     if cfg.transcript_action == "drop":
         for k, check in mismatched.items():
             position, record, source = origins[k]
-            drop(position, record, source.language,
-                 Rejected("transcript_mismatch", f"the ASR heard {check.asr_text!r}: CER {check.asr_cer:.2f} against the "
-                          f"transcript > max_transcript_cer={cfg.max_transcript_cer} (clip kept for listening: {kept[k].audio})"),
-                 asr_text=check.asr_text, asr_cer=check.asr_cer)
+            drop(
+                position,
+                record,
+                source.language,
+                Rejected(
+                    "transcript_mismatch",
+                    f"the ASR heard {check.asr_text!r}: CER {check.asr_cer:.2f} against the "
+                    f"transcript > max_transcript_cer={cfg.max_transcript_cer} (clip kept for listening: {kept[k].audio})",
+                ),
+                asr_text=check.asr_text,
+                asr_cer=check.asr_cer,
+            )
     summary[{"drop": "dropped", "flag": "flagged"}[cfg.transcript_action]] = len(mismatched)
     summary["not_validated_sources"] = skipped
     write_text(tmp / "validation.md", report([kept[k] for k in checkable], checks, summary, skipped))
-    print(f"transcripts: {summary['clips']} clip(s) checked ({summary['speed'] or '–'}× real time), "
-          f"{len(mismatched)} above max_transcript_cer={cfg.max_transcript_cer} ({cfg.transcript_action}) → {output_dir(cfg) / 'validation.md'}")
+    print(
+        f"transcripts: {summary['clips']} clip(s) checked ({summary['speed'] or '–'}× real time), "
+        f"{len(mismatched)} above max_transcript_cer={cfg.max_transcript_cer} ({cfg.transcript_action}) → {output_dir(cfg) / 'validation.md'}"
+    )
     return summary
 
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from xtts_ft.model.layout import EXPORT_FILES, STOCK_FILES, check_layout
 from xtts_ft.model.loading import hub_endpoint
 
+
 def outputs(cfg: DictConfig) -> List[Path]:
     return []  # nothing local: the pipeline always re-runs a push it is asked for
 
@@ -43,7 +44,9 @@ def hub_failure(where: str, err: Exception) -> RuntimeError:
         fix = f"the Hub answered HTTP {status}"
     else:
         fix = "check the network (or endpoint=), and log in with `hf auth login` or set HF_TOKEN"
-    return RuntimeError(f"push to {where} failed ({type(err).__name__}: {first_line}). Fix: {fix}; dry_run=true shows what would be sent.")
+    return RuntimeError(
+        f"push to {where} failed ({type(err).__name__}: {first_line}). Fix: {fix}; dry_run=true shows what would be sent."
+    )
 
 
 def visibility(api, cfg: DictConfig) -> Tuple[str, Optional[str]]:
@@ -61,7 +64,9 @@ def visibility(api, cfg: DictConfig) -> Tuple[str, Optional[str]]:
         return f"a new {wanted} repo", None
     actual = "private" if info.private else "public"
     if info.private or not cfg.private:
-        note = "" if actual == wanted else f" (private={cfg.private} does not change an existing repo: it stays {actual})"
+        note = (
+            "" if actual == wanted else f" (private={cfg.private} does not change an existing repo: it stays {actual})"
+        )
         return f"the existing {actual} repo{note}", None
     return f"the existing {actual} repo", (
         f"{cfg.repo_id} exists and is public, but private=true: pushing would publish this model. "
@@ -86,7 +91,10 @@ def run(cfg: DictConfig) -> List[Path]:
     except network_errors() as err:
         if not cfg.dry_run:
             raise hub_failure(where, err) from None
-        repo, refusal = f"could not check whether it exists ({type(err).__name__}): new → {'private' if cfg.private else 'public'}, existing → unchanged", None
+        repo, refusal = (
+            f"could not check whether it exists ({type(err).__name__}): new → {'private' if cfg.private else 'public'}, existing → unchanged",
+            None,
+        )
     if cfg.dry_run:
         card = (export_dir / "README.md").read_text(encoding="utf-8")
         print(f"dry run: would push to {where} ({repo}, branch {cfg.revision or 'main'}):\n{listing}")
@@ -110,5 +118,7 @@ def run(cfg: DictConfig) -> List[Path]:
         )
     except network_errors() as err:  # offline, no token, no rights: one clear message, never the token
         raise hub_failure(where, err) from None
-    print(f"pushed {len(files)} files to {where} ({repo}):\n{listing}\ncommit: {getattr(commit, 'commit_url', commit)}")
+    print(
+        f"pushed {len(files)} files to {where} ({repo}):\n{listing}\ncommit: {getattr(commit, 'commit_url', commit)}"
+    )
     return files

@@ -80,18 +80,24 @@ def generate(
     if len(text) > max_text_chars:  # the page caps typing; an API call could still send a book
         raise error(f"The text is {len(text)} characters long; this page takes at most {max_text_chars}.")
     if language not in synthesizer.languages:
-        raise error(f"Choose a language: {language!r} is not one of this model's ({', '.join(synthesizer.languages)}).")
+        raise error(
+            f"Choose a language: {language!r} is not one of this model's ({', '.join(synthesizer.languages)})."
+        )
     named = voice if voice and voice != REFERENCE_VOICE else None
     if named is None and not reference:
         raise error("Upload or record a reference clip (3-10 s of the voice to clone), or choose a named voice.")
     if named is not None and reference:
         # The synthesizer takes exactly one voice; guessing which one was meant would surprise someone.
-        raise error(f"Both a reference clip and the named voice {named!r} are set: clear the clip, or set the voice to {REFERENCE_VOICE!r}.")
+        raise error(
+            f"Both a reference clip and the named voice {named!r} are set: clear the clip, or set the voice to {REFERENCE_VOICE!r}."
+        )
     if reference:
         megabytes = os.path.getsize(reference) / 2**20 if os.path.isfile(reference) else 0.0
         if megabytes > max_upload_mb:  # gradio refuses larger uploads; a path sent through the API is checked here
-            raise error(f"The reference clip is {megabytes:.1f} MB; this page takes at most {max_upload_mb:g} MB "
-                        "(3-10 s of audio is all it needs).")
+            raise error(
+                f"The reference clip is {megabytes:.1f} MB; this page takes at most {max_upload_mb:g} MB "
+                "(3-10 s of audio is all it needs)."
+            )
         try:  # read it here (cached per file) so an unreadable or too short upload gets its own message
             synthesizer.clone_voice(reference)
         except (RuntimeError, ValueError, OSError) as exc:
@@ -112,15 +118,24 @@ def generate(
     pcm = (np.clip(result.wav, -1.0, 1.0) * 32767).astype(np.int16)
     sentences = len(result.stopped)
     cut = sentences - sum(result.stopped)
-    stop = ("the GPT stopped by itself" if cut == 0 else
-            f"cut by the babble guard in {cut} of {sentences} sentence{'s' if sentences > 1 else ''} (the GPT did not stop)")
-    status = (f"{result.duration:.2f} s at {result.sample_rate} Hz in {result.seconds_to_generate:.2f} s "
-              f"(real-time factor {result.real_time_factor:.2f}); {stop}")
+    stop = (
+        "the GPT stopped by itself"
+        if cut == 0
+        else f"cut by the babble guard in {cut} of {sentences} sentence{'s' if sentences > 1 else ''} (the GPT did not stop)"
+    )
+    status = (
+        f"{result.duration:.2f} s at {result.sample_rate} Hz in {result.seconds_to_generate:.2f} s "
+        f"(real-time factor {result.real_time_factor:.2f}); {stop}"
+    )
     return (result.sample_rate, pcm), status
 
 
-def build_app(synthesizer: "XttsSynthesizer", title: Optional[str] = None, max_text_chars: int = MAX_TEXT_CHARS,
-              max_upload_mb: float = MAX_UPLOAD_MB) -> "gr.Blocks":
+def build_app(
+    synthesizer: "XttsSynthesizer",
+    title: Optional[str] = None,
+    max_text_chars: int = MAX_TEXT_CHARS,
+    max_upload_mb: float = MAX_UPLOAD_MB,
+) -> "gr.Blocks":
     """The page, built but not launched (tests call it and drive the result)."""
     gr = import_gradio()
     options = choices(synthesizer)
@@ -133,34 +148,76 @@ def build_app(synthesizer: "XttsSynthesizer", title: Optional[str] = None, max_t
         )
         with gr.Row():
             with gr.Column():
-                text = gr.Textbox(label="Text", lines=3, placeholder="The birch canoe slid on the smooth planks.", elem_id="text",
-                                  max_length=max_text_chars)
+                text = gr.Textbox(
+                    label="Text",
+                    lines=3,
+                    placeholder="The birch canoe slid on the smooth planks.",
+                    elem_id="text",
+                    max_length=max_text_chars,
+                )
                 with gr.Row():
-                    language = gr.Dropdown(languages, value="en" if "en" in languages else languages[0],
-                                           label="Language", elem_id="language")
-                    emotion = gr.Dropdown(options["emotion"], value=NO_EMOTION, label="Emotion", elem_id="emotion",
-                                          interactive=len(options["emotion"]) > 1)
-                reference = gr.Audio(label="Reference voice (3-10 s clip to clone)", type="filepath",
-                                     sources=["upload", "microphone"], elem_id="reference")
+                    language = gr.Dropdown(
+                        languages,
+                        value="en" if "en" in languages else languages[0],
+                        label="Language",
+                        elem_id="language",
+                    )
+                    emotion = gr.Dropdown(
+                        options["emotion"],
+                        value=NO_EMOTION,
+                        label="Emotion",
+                        elem_id="emotion",
+                        interactive=len(options["emotion"]) > 1,
+                    )
+                reference = gr.Audio(
+                    label="Reference voice (3-10 s clip to clone)",
+                    type="filepath",
+                    sources=["upload", "microphone"],
+                    elem_id="reference",
+                )
                 # Only exports with speakers_xtts.pth have named voices; without, the dropdown would only confuse.
-                voice = gr.Dropdown(options["voice"], value=REFERENCE_VOICE, label="Voice", elem_id="voice",
-                                    visible=len(options["voice"]) > 1)
+                voice = gr.Dropdown(
+                    options["voice"],
+                    value=REFERENCE_VOICE,
+                    label="Voice",
+                    elem_id="voice",
+                    visible=len(options["voice"]) > 1,
+                )
                 seed = gr.Number(value=0, precision=0, label="Seed (empty: random)", elem_id="seed")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
                 # The browser's own player (not gradio's waveform view): plain <audio src=...>, works everywhere.
-                output = gr.Audio(label=f"Speech ({synthesizer.sample_rate} Hz)", type="numpy", format="wav",
-                                  interactive=False, elem_id="output",
-                                  waveform_options=gr.WaveformOptions(show_recording_waveform=False))
+                output = gr.Audio(
+                    label=f"Speech ({synthesizer.sample_rate} Hz)",
+                    type="numpy",
+                    format="wav",
+                    interactive=False,
+                    elem_id="output",
+                    waveform_options=gr.WaveformOptions(show_recording_waveform=False),
+                )
                 status = gr.Textbox(label="Status", interactive=False, elem_id="status")
 
         def on_generate(text, language, emotion, reference, voice, seed):
-            return generate(synthesizer, text, language, emotion, reference, voice, seed,
-                            max_text_chars=max_text_chars, max_upload_mb=max_upload_mb)
+            return generate(
+                synthesizer,
+                text,
+                language,
+                emotion,
+                reference,
+                voice,
+                seed,
+                max_text_chars=max_text_chars,
+                max_upload_mb=max_upload_mb,
+            )
 
         # One synthesis at a time: the synthesizer's voice cache and torch's global seed are not thread-safe.
-        button.click(on_generate, inputs=[text, language, emotion, reference, voice, seed],
-                     outputs=[output, status], api_name="generate", concurrency_limit=1)
+        button.click(
+            on_generate,
+            inputs=[text, language, emotion, reference, voice, seed],
+            outputs=[output, status],
+            api_name="generate",
+            concurrency_limit=1,
+        )
     return app
 
 
@@ -175,8 +232,10 @@ def login(cfg: DictConfig) -> Optional[Tuple[str, str]]:
         return user, password
     public = "share=true" if cfg.share else f"host={cfg.host}" if cfg.host not in LOCAL_HOSTS else None
     if public and not cfg.allow_unauthenticated:
-        raise ValueError(f"{public} serves the page beyond this machine, and no login is set "
-                         "— fix: auth=user:password (or allow_unauthenticated=true to serve it to anyone)")
+        raise ValueError(
+            f"{public} serves the page beyond this machine, and no login is set "
+            "— fix: auth=user:password (or allow_unauthenticated=true to serve it to anyone)"
+        )
     return None
 
 
@@ -185,12 +244,22 @@ def run(cfg: DictConfig) -> None:
     import_gradio()  # fail before the model loads, not after
     from xtts_ft.inference import XttsSynthesizer
 
-    synthesizer = XttsSynthesizer(cfg.checkpoint, device=cfg.device, revision=cfg.revision,
-                                  voice_cache_size=cfg.voice_cache_size, max_reference_seconds=cfg.max_reference_seconds)
+    synthesizer = XttsSynthesizer(
+        cfg.checkpoint,
+        device=cfg.device,
+        revision=cfg.revision,
+        voice_cache_size=cfg.voice_cache_size,
+        max_reference_seconds=cfg.max_reference_seconds,
+    )
     app = build_app(synthesizer, max_text_chars=cfg.max_text_chars, max_upload_mb=cfg.max_upload_mb)
     # Hydra sets the root logger to INFO; gradio's start-up probes of its own server would each log a line.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # Blocks until Ctrl-C. share=true asks gradio for a temporary public *.gradio.live link (needs internet).
     # max_file_size: gradio refuses a larger upload before storing it.
-    app.launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share, auth=auth,
-               max_file_size=int(cfg.max_upload_mb * 2**20))
+    app.launch(
+        server_name=cfg.host,
+        server_port=cfg.port,
+        share=cfg.share,
+        auth=auth,
+        max_file_size=int(cfg.max_upload_mb * 2**20),
+    )

@@ -10,8 +10,8 @@ everything. The file is written atomically and read with weights_only loading.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -55,7 +55,10 @@ def cached_features(
     for clip in tqdm(clips, desc=desc, unit="clip", leave=False, disable=len(clips) < 50):
         # Relative to the cache: the processed directory can move with its cache.
         stat = Path(clip).stat()
-        key, version = os.path.relpath(Path(clip).resolve(), cache_path.parent.resolve()), f"{stat.st_size}:{stat.st_mtime_ns}"
+        key, version = (
+            os.path.relpath(Path(clip).resolve(), cache_path.parent.resolve()),
+            f"{stat.st_size}:{stat.st_mtime_ns}",
+        )
         if inputs is not None:
             version += f"|{inputs[len(tensors)]}"
         entry = entries.get(key)
@@ -69,7 +72,9 @@ def cached_features(
     return tensors, computed
 
 
-def attach_codes(items, features: "GptFeatures", cache_path: Path, dvae_hash: str, device, runtime: "Runtime", desc: str):
+def attach_codes(
+    items, features: "GptFeatures", cache_path: Path, dvae_hash: str, device, runtime: "Runtime", desc: str
+):
     """Each item (GPT or decoder training) with its DVAE codes, computed once per clip and cached
     in `cache_path` (rank 0 fills the cache first, the other ranks then read it)."""
 

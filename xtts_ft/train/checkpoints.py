@@ -27,8 +27,10 @@ def check_format(payload: dict, path: Path) -> None:
     """Refuse a state or checkpoint written by a newer xtts-ft, whose keys this code may misread."""
     version = payload.get("format_version", 1)
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise NewerFormatError(f"{path} has format_version {version}, newer than this xtts-ft reads ({FORMAT_VERSION}): "
-                         "upgrade xtts-ft to use it")
+        raise NewerFormatError(
+            f"{path} has format_version {version}, newer than this xtts-ft reads ({FORMAT_VERSION}): "
+            "upgrade xtts-ft to use it"
+        )
 
 
 def load_state(state_path: Path, part: str) -> dict:

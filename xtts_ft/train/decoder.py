@@ -49,7 +49,14 @@ from xtts_ft.data.sample import read_manifest, resolve_audio, stays_inside
 from xtts_ft.data.sampler import LengthBucketSampler
 from xtts_ft.io_utils import file_hash, tensors_hash, torch_save, write_json, write_jsonl
 from xtts_ft.model.constants import DECODER_HOP, DECODER_SAMPLE_RATE, GPT_SAMPLE_RATE
-from xtts_ft.model.decoder import build_discriminator, build_losses, decoder_frames, decoder_input, gpt_latents, vocoder_loss_config
+from xtts_ft.model.decoder import (
+    build_discriminator,
+    build_losses,
+    decoder_frames,
+    decoder_input,
+    gpt_latents,
+    vocoder_loss_config,
+)
 from xtts_ft.model.features import GptFeatures
 from xtts_ft.model.loading import load_dvae, load_xtts, resolve_model_cfg
 from xtts_ft.train import checkpoints as ckpt
@@ -61,7 +68,15 @@ from xtts_ft.train.steps import check_diverged, mean_over_ranks, position_rng
 
 log = logging.getLogger(__name__)
 # Logged per step, in this order (coqui's loss names; 0 where a loss is off).
-LOSS_KEYS = ("loss", "G_l1_spec_loss", "G_stft_loss_mg", "G_stft_loss_sc", "G_mse_fake_loss", "G_feat_match_loss", "D_loss")
+LOSS_KEYS = (
+    "loss",
+    "G_l1_spec_loss",
+    "G_stft_loss_mg",
+    "G_stft_loss_sc",
+    "G_mse_fake_loss",
+    "G_feat_match_loss",
+    "D_loss",
+)
 LOSS_TAGS = ("loss_gen", "loss_mel", "loss_stft_mag", "loss_stft_sc", "loss_adv", "loss_feat_match", "loss_disc")
 
 
@@ -86,7 +101,9 @@ def gpt_weights(cfg: DictConfig) -> tuple[str, Optional[dict]]:
         if choice == "auto":
             return "base", None
         raise FileNotFoundError(f"gpt={choice}: no such train-gpt state or checkpoint (use auto, base or a path)")
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: the optimizer state is never read
+    state = torch.load(
+        path, map_location="cpu", weights_only=True, mmap=True
+    )  # mmap: the optimizer state is never read
     ckpt.check_format(state, path)
     if "gpt" not in state:
         raise ValueError(f"gpt={choice}: {path} holds no GPT weights (expected a train-gpt state.pt or checkpoint)")
@@ -104,13 +121,17 @@ def target_paths(manifest: Path) -> dict:
             )
         target = sample.extra["audio_24k"]
         if not isinstance(target, str) or not stays_inside(target):
-            raise ValueError(f"{manifest}: audio_24k {target!r} of {sample.audio} is not inside the manifest's folder; "
-                             "manifest rows name their clips relative to it: prepare the data again with decoder_copies=true")
+            raise ValueError(
+                f"{manifest}: audio_24k {target!r} of {sample.audio} is not inside the manifest's folder; "
+                "manifest rows name their clips relative to it: prepare the data again with decoder_copies=true"
+            )
         targets[resolve_audio(manifest, sample)] = (manifest.parent / target).resolve()
     return targets
 
 
-def attach_latents(items: List[GptItem], xtts, config, cache_path: Path, model_hash: str, seed: int, runtime: rt.Runtime, desc: str):
+def attach_latents(
+    items: List[GptItem], xtts, config, cache_path: Path, model_hash: str, seed: int, runtime: rt.Runtime, desc: str
+):
     """Each item's (latents, speaker embedding), computed once per clip and reference (rank 0 first)."""
     from xtts_ft.inference import XttsSynthesizer
 
@@ -152,13 +173,24 @@ def build_items(gpt_items: List[GptItem], values: List[dict], targets: dict, min
         target = targets[item.audio]
         info = sf.info(str(target))
         if info.samplerate != DECODER_SAMPLE_RATE:
-            raise ValueError(f"{target} is at {info.samplerate} Hz; decoder targets must be {DECODER_SAMPLE_RATE} Hz (run prepare again)")
+            raise ValueError(
+                f"{target} is at {info.samplerate} Hz; decoder targets must be {DECODER_SAMPLE_RATE} Hz (run prepare again)"
+            )
         frames = decoder_frames(decoder, value["latents"].shape[0])
         if frames < min_frames:
-            skipped.append({"audio": str(item.audio), "reason": "shorter_than_segment",
-                            "message": f"{frames} decoder frames < segment of {min_frames}"})
+            skipped.append(
+                {
+                    "audio": str(item.audio),
+                    "reason": "shorter_than_segment",
+                    "message": f"{frames} decoder frames < segment of {min_frames}",
+                }
+            )
             continue
-        kept.append(DecoderItem(item.audio, target, item.speaker, item.language, item.duration, value["latents"], value["speaker"]))
+        kept.append(
+            DecoderItem(
+                item.audio, target, item.speaker, item.language, item.duration, value["latents"], value["speaker"]
+            )
+        )
     return kept, skipped
 
 
@@ -213,28 +245,44 @@ def load_discriminator_init(path: str) -> dict:
     if "discriminator" in state:
         state = state["discriminator"]
     if not state:
-        raise ValueError(f"discriminator={path}: it holds no discriminator (was that run trained with adversarial=false?)")
+        raise ValueError(
+            f"discriminator={path}: it holds no discriminator (was that run trained with adversarial=false?)"
+        )
     return state
-
 
 
 def segment_sampler(items: List[DecoderItem], cfg: DictConfig, runtime: rt.Runtime):
     """The GPT recipe's deterministic sampler; no length bucketing (every segment has one length)."""
     return LengthBucketSampler(
-        [i.duration for i in items], [i.language for i in items], cfg.batch_size, cfg.grad_accum_steps,
-        runtime.world_size, runtime.rank, cfg.seed, bucket_batches=1,
+        [i.duration for i in items],
+        [i.language for i in items],
+        cfg.batch_size,
+        cfg.grad_accum_steps,
+        runtime.world_size,
+        runtime.rank,
+        cfg.seed,
+        bucket_batches=1,
     )
 
 
 def segment_frames(cfg: DictConfig) -> int:
     """The training segment in decoder frames, refused where the hop or the spectral losses cannot use it."""
     if cfg.segment_samples <= 0 or cfg.segment_samples % DECODER_HOP:
-        raise ValueError(f"segment_samples={cfg.segment_samples}: use a positive multiple of the decoder's hop ({DECODER_HOP})")
+        raise ValueError(
+            f"segment_samples={cfg.segment_samples}: use a positive multiple of the decoder's hop ({DECODER_HOP})"
+        )
     # torch.stft's reflect padding (n_fft/2 each side) needs a longer signal than that.
-    loss_config = vocoder_loss_config(DECODER_SAMPLE_RATE, cfg.mel_loss_weight, cfg.stft_loss_weight, cfg.adv_loss_weight, cfg.feat_match_loss_weight)
-    n_fft = max([loss_config.l1_spec_loss_params["n_fft"]] + (list(loss_config.stft_loss_params["n_ffts"]) if cfg.stft_loss_weight > 0 else []))
+    loss_config = vocoder_loss_config(
+        DECODER_SAMPLE_RATE, cfg.mel_loss_weight, cfg.stft_loss_weight, cfg.adv_loss_weight, cfg.feat_match_loss_weight
+    )
+    n_fft = max(
+        [loss_config.l1_spec_loss_params["n_fft"]]
+        + (list(loss_config.stft_loss_params["n_ffts"]) if cfg.stft_loss_weight > 0 else [])
+    )
     if cfg.segment_samples <= n_fft // 2:
-        raise ValueError(f"segment_samples={cfg.segment_samples}: the spectral losses need more than {n_fft // 2} samples (their largest FFT is {n_fft})")
+        raise ValueError(
+            f"segment_samples={cfg.segment_samples}: the spectral losses need more than {n_fft // 2} samples (their largest FFT is {n_fft})"
+        )
     return cfg.segment_samples // DECODER_HOP
 
 
@@ -269,8 +317,16 @@ class DecoderRecipe:
         self.discriminator = build_discriminator().to(self.device).train() if cfg.adversarial else None
         if self.discriminator is not None and cfg.discriminator:
             self.discriminator.load_state_dict(load_discriminator_init(cfg.discriminator))
-        self.gen_loss, self.disc_loss = (m.to(self.device) for m in build_losses(
-            DECODER_SAMPLE_RATE, cfg.mel_loss_weight, cfg.stft_loss_weight, cfg.adv_loss_weight, cfg.feat_match_loss_weight))
+        self.gen_loss, self.disc_loss = (
+            m.to(self.device)
+            for m in build_losses(
+                DECODER_SAMPLE_RATE,
+                cfg.mel_loss_weight,
+                cfg.stft_loss_weight,
+                cfg.adv_loss_weight,
+                cfg.feat_match_loss_weight,
+            )
+        )
         self.setup_optimizers()
 
     def setup_frozen_model(self):
@@ -302,21 +358,43 @@ class DecoderRecipe:
         dvae_hash = file_hash(Path(self.model_dir) / "dvae.pth", Path(self.model_dir) / "mel_stats.pth")
         # Everything the latents depend on besides the clip, its reference and its text.
         latent_hash = tensors_hash(
-            xtts.gpt.state_dict(), xtts.hifigan_decoder.speaker_encoder.state_dict(), {"mel_stats": xtts.mel_stats},
+            xtts.gpt.state_dict(),
+            xtts.hifigan_decoder.speaker_encoder.state_dict(),
+            {"mel_stats": xtts.mel_stats},
             extra=f"decoder-latents-v1:{config.gpt_cond_len}:{config.gpt_cond_chunk_len}:{config.max_ref_len}:{dvae_hash}",
         )
         splits, skipped, started, computed = {}, [], time.perf_counter(), 0
         for split, manifest in manifests.items():
             targets = target_paths(manifest)
-            items, dropped = encode_samples(read_manifest(manifest), xtts.tokenizer, cfg.max_text_tokens, max_samples, manifest)
-            items, _ = attach_codes(items, features, data_dir / f"{split}.codes.pt", dvae_hash, self.device, runtime, f"DVAE codes ({split})")
-            values, n = attach_latents(items, xtts, config, data_dir / f"{split}.decoder_latents.pt", latent_hash, cfg.seed, runtime,
-                                       f"decoder latents ({split})")
+            items, dropped = encode_samples(
+                read_manifest(manifest), xtts.tokenizer, cfg.max_text_tokens, max_samples, manifest
+            )
+            items, _ = attach_codes(
+                items,
+                features,
+                data_dir / f"{split}.codes.pt",
+                dvae_hash,
+                self.device,
+                runtime,
+                f"DVAE codes ({split})",
+            )
+            values, n = attach_latents(
+                items,
+                xtts,
+                config,
+                data_dir / f"{split}.decoder_latents.pt",
+                latent_hash,
+                cfg.seed,
+                runtime,
+                f"decoder latents ({split})",
+            )
             kept, short = build_items(items, values, targets, self.segment_frames, xtts.hifigan_decoder)
             splits[split], skipped, computed = kept, skipped + dropped + short, computed + n
         self.train_items, self.eval_items = splits["train"], splits["eval"][: cfg.eval_clips]
         if computed:
-            print(f"computed decoder latents for {computed} clip(s) in {time.perf_counter() - started:.1f} s (cached in {data_dir})")
+            print(
+                f"computed decoder latents for {computed} clip(s) in {time.perf_counter() - started:.1f} s (cached in {data_dir})"
+            )
         if skipped and runtime.is_main:
             write_jsonl(out / "skipped.jsonl", skipped)
             log.warning("skipped %d clip(s) the decoder cannot train on; see %s", len(skipped), out / "skipped.jsonl")
@@ -340,11 +418,15 @@ class DecoderRecipe:
             if self.discriminator is not None:
                 self.disc_model = torch.nn.parallel.DistributedDataParallel(self.discriminator, device_ids=ids)
         betas = tuple(cfg.betas)
-        self.opt_gen = torch.optim.AdamW(self.generator.parameters(), lr=cfg.lr_gen, betas=betas, weight_decay=cfg.weight_decay)
+        self.opt_gen = torch.optim.AdamW(
+            self.generator.parameters(), lr=cfg.lr_gen, betas=betas, weight_decay=cfg.weight_decay
+        )
         self.sched_gen = torch.optim.lr_scheduler.ExponentialLR(self.opt_gen, gamma=cfg.lr_gamma)
         self.opt_disc = self.sched_disc = None
         if self.discriminator is not None:
-            self.opt_disc = torch.optim.AdamW(self.discriminator.parameters(), lr=cfg.lr_disc, betas=betas, weight_decay=cfg.weight_decay)
+            self.opt_disc = torch.optim.AdamW(
+                self.discriminator.parameters(), lr=cfg.lr_disc, betas=betas, weight_decay=cfg.weight_decay
+            )
             self.sched_disc = torch.optim.lr_scheduler.ExponentialLR(self.opt_disc, gamma=cfg.lr_gamma)
         # One scaler for both optimizers (torch's recipe for several losses and optimizers).
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
@@ -357,7 +439,9 @@ class DecoderRecipe:
         state = ckpt.load_state(state_path, "decoder")
         ckpt.check_sampler_key(state_path, state.get("sampler", {}), self.sampler_key)
         if (state["discriminator"] is not None) != (self.discriminator is not None):
-            raise ValueError(f"{state_path} was trained with adversarial={not cfg.adversarial}; resume it the same way or use another run_name")
+            raise ValueError(
+                f"{state_path} was trained with adversarial={not cfg.adversarial}; resume it the same way or use another run_name"
+            )
         self.generator.load_state_dict(state["decoder"])
         self.opt_gen.load_state_dict(state["opt_gen"])
         self.sched_gen.load_state_dict(state["sched_gen"])
@@ -371,8 +455,12 @@ class DecoderRecipe:
         self.best_score = state["best_eval_loss"]
         self.last_eval = state.get("last_eval", {})
         if state["gpt"]["hash"] != self.gpt_hash:
-            log.warning("%s was trained on latents of another GPT (%s); continuing on those of %s",
-                        state_path, state["gpt"]["source"], self.gpt_source)
+            log.warning(
+                "%s was trained on latents of another GPT (%s); continuing on those of %s",
+                state_path,
+                state["gpt"]["source"],
+                self.gpt_source,
+            )
         if self.runtime.is_main:
             print(f"resuming {state_path} at step {self.step}")
 
@@ -386,7 +474,9 @@ class DecoderRecipe:
         if evals and self.step == 0:
             self.evaluate()  # the decoder before fine-tuning: the baseline the eval loss must beat
         steps = self.sampler.steps(self.epoch, self.batch_in_epoch)
-        self.progress = tqdm(total=cfg.max_steps, initial=self.step, desc="train-decoder", unit="step", disable=not runtime.is_main)
+        self.progress = tqdm(
+            total=cfg.max_steps, initial=self.step, desc="train-decoder", unit="step", disable=not runtime.is_main
+        )
         while self.step < cfg.max_steps:
             step_started = time.perf_counter()
             plan = next(steps)
@@ -404,11 +494,15 @@ class DecoderRecipe:
         self.progress.close()
         if self.writer is not None:
             self.writer.close()
-        if runtime.is_main and (not self.state_path.is_file() or not is_done(self.out, cfg.max_steps)):  # e.g. max_steps already reached
+        if runtime.is_main and (
+            not self.state_path.is_file() or not is_done(self.out, cfg.max_steps)
+        ):  # e.g. max_steps already reached
             self.save_state()
         runtime.barrier()
         if runtime.is_main:
-            print(f"trained the decoder for {self.step} steps → {self.state_path} (TensorBoard: {self.out / 'tensorboard'})")
+            print(
+                f"trained the decoder for {self.step} steps → {self.state_path} (TensorBoard: {self.out / 'tensorboard'})"
+            )
         return self.state_path
 
     def train_step(self, plan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -433,9 +527,15 @@ class DecoderRecipe:
             self.scaler.unscale_(self.opt_disc)
             disc_norm = torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), clip)
         readings = ", ".join(f"{tag} {float(v):.4g}" for tag, v in zip(LOSS_TAGS, losses))
-        check_diverged(losses, [grad_norm, disc_norm], cfg.precision, self.step + 1,
-                       f"{readings}, grad norm {float(grad_norm):.4g} (discriminator {float(disc_norm):.4g})",
-                       self.state_path, "Lower lr_gen/lr_disc or use precision=fp32.")
+        check_diverged(
+            losses,
+            [grad_norm, disc_norm],
+            cfg.precision,
+            self.step + 1,
+            f"{readings}, grad norm {float(grad_norm):.4g} (discriminator {float(disc_norm):.4g})",
+            self.state_path,
+            "Lower lr_gen/lr_disc or use precision=fp32.",
+        )
         if self.opt_disc is not None:
             self.scaler.step(self.opt_disc)
             self.sched_disc.step()
@@ -464,7 +564,10 @@ class DecoderRecipe:
             g_out = self.generator_step(wav, target, feats_real, adversarial_now)
         values = {**g_out, "D_loss": d_out.get("loss", 0.0)}
         self.segments_seen += len(indices)
-        return torch.stack([torch.as_tensor(values.get(k, 0.0), device=device).detach().float() for k in LOSS_KEYS]) / cfg.grad_accum_steps
+        return (
+            torch.stack([torch.as_tensor(values.get(k, 0.0), device=device).detach().float() for k in LOSS_KEYS])
+            / cfg.grad_accum_steps
+        )
 
     def discriminator_step(self, wav: torch.Tensor, target: torch.Tensor) -> tuple[dict, Optional[list]]:
         """The discriminator's loss on the generated (detached) and real segments, backward; returns
@@ -479,7 +582,9 @@ class DecoderRecipe:
         feats_real = [[f[n:].detach().float() for f in fs] for fs in feats]
         return d_out, feats_real
 
-    def generator_step(self, wav: torch.Tensor, target: torch.Tensor, feats_real: Optional[list], adversarial_now: bool) -> dict:
+    def generator_step(
+        self, wav: torch.Tensor, target: torch.Tensor, feats_real: Optional[list], adversarial_now: bool
+    ) -> dict:
         """The generator's spectral losses and, once the discriminator warmed up, its adversarial and
         feature-matching losses; backward. Returns coqui's loss dict."""
         scores_fake = feats_fake = None
@@ -516,18 +621,29 @@ class DecoderRecipe:
         """Mel loss of whole eval clips, their audio and mel images to TensorBoard (the targets once,
         at step 0); best.pt on a new lowest loss after training began (rank 0)."""
         cfg, writer, step = self.cfg, self.writer, self.step
-        loss, pairs = evaluate_clips(self.generator, self.decoder, self.gen_loss, self.eval_items, self.device, cfg.precision)
+        loss, pairs = evaluate_clips(
+            self.generator, self.decoder, self.gen_loss, self.eval_items, self.device, cfg.precision
+        )
         writer.add_scalar("eval/loss_mel", loss, step)
         for n, (wav, target) in enumerate(pairs[: cfg.eval_audio]):
-            writer.add_audio(f"eval_audio/{n}", torch.from_numpy(wav).unsqueeze(0), step, sample_rate=DECODER_SAMPLE_RATE)
+            writer.add_audio(
+                f"eval_audio/{n}", torch.from_numpy(wav).unsqueeze(0), step, sample_rate=DECODER_SAMPLE_RATE
+            )
             writer.add_image(f"eval_mel/{n}", mel_image(wav, DECODER_SAMPLE_RATE), step, dataformats="HW")
             if step == 0:  # what the decoder should say, once
-                writer.add_audio(f"eval_target/{n}", torch.from_numpy(target).unsqueeze(0), step, sample_rate=DECODER_SAMPLE_RATE)
-                writer.add_image(f"eval_target_mel/{n}", mel_image(target, DECODER_SAMPLE_RATE), step, dataformats="HW")
+                writer.add_audio(
+                    f"eval_target/{n}", torch.from_numpy(target).unsqueeze(0), step, sample_rate=DECODER_SAMPLE_RATE
+                )
+                writer.add_image(
+                    f"eval_target_mel/{n}", mel_image(target, DECODER_SAMPLE_RATE), step, dataformats="HW"
+                )
         self.last_eval = {"step": step, "eval/loss_mel": loss}
         if step > 0 and loss < self.best_score:
             self.best_score = loss
-            torch_save({"decoder": self.generator.state_dict(), **self.description(), "eval_loss": loss}, self.checkpoints / "best.pt")
+            torch_save(
+                {"decoder": self.generator.state_dict(), **self.description(), "eval_loss": loss},
+                self.checkpoints / "best.pt",
+            )
 
     def description(self) -> dict:
         """What every state and checkpoint of this run says about itself: what export needs besides
@@ -563,11 +679,18 @@ class DecoderRecipe:
             **self.description(),
         }
         torch_save(state, self.state_path)
-        ckpt.save_checkpoint(self.checkpoints, self.step, {"decoder": weights, **self.description()}, self.cfg.keep_last)
+        ckpt.save_checkpoint(
+            self.checkpoints, self.step, {"decoder": weights, **self.description()}, self.cfg.keep_last
+        )
         write_json(
             self.out / "progress.json",
-            {"step": self.step, "max_steps": self.cfg.max_steps, "train_seconds": round(self.train_seconds, 3),
-             "segments": self.segments_seen, "world_size": self.runtime.world_size},
+            {
+                "step": self.step,
+                "max_steps": self.cfg.max_steps,
+                "train_seconds": round(self.train_seconds, 3),
+                "segments": self.segments_seen,
+                "world_size": self.runtime.world_size,
+            },
         )
 
     def cleanup(self) -> None:

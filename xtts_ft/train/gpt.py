@@ -59,7 +59,9 @@ def parameter_groups(gpt: torch.nn.Module, weight_decay: float, spare=()) -> lis
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue
-            skip = isinstance(module, no_decay_modules) or name.endswith("bias") or param.ndim < 2 or id(param) in spared
+            skip = (
+                isinstance(module, no_decay_modules) or name.endswith("bias") or param.ndim < 2 or id(param) in spared
+            )
             (no_decay if skip else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -136,7 +138,11 @@ def make_optimizer(gpt, cfg) -> torch.optim.Optimizer:
     # torch's default per-tensor loop on 2 CPU cores for 50M parameters (0.86 s vs 1.25 s a step).
     spare = lora.no_decay_parameters(gpt) if cfg.method == "lora" else ()
     return torch.optim.AdamW(
-        parameter_groups(gpt, cfg.weight_decay, spare), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=True
+        parameter_groups(gpt, cfg.weight_decay, spare),
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        weight_decay=cfg.weight_decay,
+        fused=True,
     )
 
 
@@ -176,7 +182,11 @@ def evaluate_loss(gpt, features, items, cfg, device) -> dict:
         batches += 1
     gpt.train(was_training)
     text, mel = (float(v) for v in totals / max(batches, 1))
-    return {"eval/loss_text_ce": text, "eval/loss_mel_ce": mel, "eval/loss": cfg.text_ce_weight * text + cfg.mel_ce_weight * mel}
+    return {
+        "eval/loss_text_ce": text,
+        "eval/loss_mel_ce": mel,
+        "eval/loss": cfg.text_ce_weight * text + cfg.mel_ce_weight * mel,
+    }
 
 
 @torch.no_grad()
@@ -197,8 +207,12 @@ def log_eval_audio(writer, xtts, config, gpt, items, cfg, step: int) -> dict:
     try:
         synthesizer = XttsSynthesizer.from_model(config, xtts)  # fresh voice cache: the GPT changed
         for n, sentence in enumerate(cfg.eval_sentences):
-            result = synthesizer.synthesize(sentence, reference.language, reference=reference.audio, decoding={"seed": cfg.seed})
-            writer.add_audio(f"eval_audio/{n}", torch.from_numpy(result.wav).unsqueeze(0), step, sample_rate=result.sample_rate)
+            result = synthesizer.synthesize(
+                sentence, reference.language, reference=reference.audio, decoding={"seed": cfg.seed}
+            )
+            writer.add_audio(
+                f"eval_audio/{n}", torch.from_numpy(result.wav).unsqueeze(0), step, sample_rate=result.sample_rate
+            )
             writer.add_image(f"eval_mel/{n}", mel_image(result.wav, result.sample_rate), step, dataformats="HW")
             if cfg.best_metric == "cer":
                 transcript = asr.transcribe(result.wav, result.sample_rate, reference.language, cfg.eval_asr_model)
@@ -217,7 +231,9 @@ def check_best_metric(cfg: DictConfig) -> None:
         raise ValueError(f"best_metric={cfg.best_metric}: choose eval_loss or cer")
     if cfg.best_metric == "cer":
         if not cfg.eval_sentences or cfg.eval_every <= 0:
-            raise ValueError("best_metric=cer scores the eval sentences' synthesis: give eval_sentences=[...] and eval_every > 0")
+            raise ValueError(
+                "best_metric=cer scores the eval sentences' synthesis: give eval_sentences=[...] and eval_every > 0"
+            )
         asr.require(cfg.eval_asr_model, cfg.eval_language, setting="eval_asr_model")  # e.g. bundled is English-only
 
 
@@ -226,17 +242,23 @@ def check_method(cfg: DictConfig) -> None:
     if cfg.method not in ("full", "lora"):
         raise ValueError(f"method={cfg.method}: choose full or lora")
     if cfg.method == "lora" and (cfg.train_last_layers > 0 or cfg.freeze_text_embeddings):
-        raise ValueError("method=lora trains LoRA adapters (lora.*) and the extended vocabulary's new rows; "
-                         "train_last_layers and freeze_text_embeddings choose layers of a full fine-tune: leave them unset")
+        raise ValueError(
+            "method=lora trains LoRA adapters (lora.*) and the extended vocabulary's new rows; "
+            "train_last_layers and freeze_text_embeddings choose layers of a full fine-tune: leave them unset"
+        )
 
 
 def check_checkpointing(cfg: DictConfig) -> None:
     """grad_checkpointing_keeps says what checkpointing keeps: without grad_checkpointing it would do nothing."""
     if cfg.grad_checkpointing_keeps not in CHECKPOINT_KEEPS:
-        raise ValueError(f"grad_checkpointing_keeps={cfg.grad_checkpointing_keeps}: choose {' or '.join(CHECKPOINT_KEEPS)}")
+        raise ValueError(
+            f"grad_checkpointing_keeps={cfg.grad_checkpointing_keeps}: choose {' or '.join(CHECKPOINT_KEEPS)}"
+        )
     if cfg.grad_checkpointing_keeps != "nothing" and not cfg.grad_checkpointing:
-        raise ValueError(f"grad_checkpointing_keeps={cfg.grad_checkpointing_keeps} chooses what gradient checkpointing "
-                         "keeps, and checkpointing is off: add grad_checkpointing=true")
+        raise ValueError(
+            f"grad_checkpointing_keeps={cfg.grad_checkpointing_keeps} chooses what gradient checkpointing "
+            "keeps, and checkpointing is off: add grad_checkpointing=true"
+        )
 
 
 def training_weights(gpt, keys) -> dict:
@@ -250,8 +272,14 @@ def setup_lora(gpt, cfg: DictConfig, model_dir: Path) -> None:
     lora.apply_lora(gpt, cfg.lora, new_rows)
     trainable = sum(p.numel() for p in gpt.parameters() if p.requires_grad)
     total = sum(p.numel() for n, p in gpt.named_parameters() if "lora_" not in n and "modules_to_save" not in n)
-    log.info("LoRA rank %d on %s: %.2fM trainable parameters of %.1fM (%d new token rows)",
-             cfg.lora.rank, ", ".join(cfg.lora.targets), trainable / 1e6, total / 1e6, len(new_rows))
+    log.info(
+        "LoRA rank %d on %s: %.2fM trainable parameters of %.1fM (%d new token rows)",
+        cfg.lora.rank,
+        ", ".join(cfg.lora.targets),
+        trainable / 1e6,
+        total / 1e6,
+        len(new_rows),
+    )
 
 
 def check_resumable_method(state_path: Path, state: dict, cfg: DictConfig, base_hash: str) -> None:
@@ -259,17 +287,26 @@ def check_resumable_method(state_path: Path, state: dict, cfg: DictConfig, base_
     a LoRA adapter means nothing on other base weights; a full fine-tune holds every weight itself."""
     saved = (state.get("config") or {}).get("method", "full")
     if saved != cfg.method:
-        raise ValueError(f"{state_path} was trained with method={saved}, not method={cfg.method}: "
-                         f"resume it with method={saved}, or use another run_name")
+        raise ValueError(
+            f"{state_path} was trained with method={saved}, not method={cfg.method}: "
+            f"resume it with method={saved}, or use another run_name"
+        )
     if cfg.method == "lora" and state.get("base_model_hash") not in (None, base_hash):
-        raise ValueError(f"{state_path} holds a LoRA adapter of another base model (model.pth changed since): "
-                         "its adapter means nothing on these weights; use the run's own base or another run_name")
+        raise ValueError(
+            f"{state_path} holds a LoRA adapter of another base model (model.pth changed since): "
+            "its adapter means nothing on these weights; use the run's own base or another run_name"
+        )
     saved_dropout = ((state.get("config") or {}).get("lora") or {}).get("dropout")
     if cfg.method == "lora" and saved_dropout is not None and float(saved_dropout) != float(cfg.lora.dropout):
         # Dropout holds no weights, so the adapter loads either way; but the run would change course
         # silently (e.g. a run begun when lora.dropout defaulted to 0.05, resumed under today's 0).
-        log.warning("%s was trained with lora.dropout=%s; resuming with lora.dropout=%s (add lora.dropout=%s to keep it)",
-                    state_path, saved_dropout, cfg.lora.dropout, saved_dropout)
+        log.warning(
+            "%s was trained with lora.dropout=%s; resuming with lora.dropout=%s (add lora.dropout=%s to keep it)",
+            state_path,
+            saved_dropout,
+            cfg.lora.dropout,
+            saved_dropout,
+        )
 
 
 class GptRecipe:
@@ -312,7 +349,11 @@ class GptRecipe:
         if cfg.grad_checkpointing:
             enable_activation_checkpointing(gpt.gpt, cfg.grad_checkpointing_keeps)
         # What a state holds: every GPT weight (full), or only the trainable tensors (lora: adapter, new rows).
-        self.weight_keys = {n for n, p in gpt.named_parameters() if p.requires_grad} if cfg.method == "lora" else set(gpt.state_dict())
+        self.weight_keys = (
+            {n for n, p in gpt.named_parameters() if p.requires_grad}
+            if cfg.method == "lora"
+            else set(gpt.state_dict())
+        )
         dvae, mel_stats = load_dvae(self.model_dir, self.xtts.args.gpt_num_audio_tokens)
         self.features = GptFeatures(dvae, mel_stats, self.xtts.args.gpt_use_perceiver_resampler).to(self.device)
         rt.return_freed_host_memory()  # the loader's copy of the weights
@@ -324,24 +365,45 @@ class GptRecipe:
         max_samples = int(cfg.max_audio_seconds * GPT_SAMPLE_RATE)
         manifests = {split: data_dir / f"{split}.jsonl" for split in ("train", "eval")}
         tokenizer = self.xtts.tokenizer
-        train_items, skipped = encode_samples(read_manifest(manifests["train"]), tokenizer, cfg.max_text_tokens, max_samples, manifests["train"])
-        eval_items, eval_skipped = encode_samples(read_manifest(manifests["eval"]), tokenizer, cfg.max_text_tokens, max_samples, manifests["eval"])
+        train_items, skipped = encode_samples(
+            read_manifest(manifests["train"]), tokenizer, cfg.max_text_tokens, max_samples, manifests["train"]
+        )
+        eval_items, eval_skipped = encode_samples(
+            read_manifest(manifests["eval"]), tokenizer, cfg.max_text_tokens, max_samples, manifests["eval"]
+        )
         if (skipped or eval_skipped) and runtime.is_main:
             write_jsonl(out / "skipped.jsonl", skipped + eval_skipped)
-            log.warning("skipped %d clip(s) the GPT cannot train on; see %s", len(skipped) + len(eval_skipped), out / "skipped.jsonl")
+            log.warning(
+                "skipped %d clip(s) the GPT cannot train on; see %s",
+                len(skipped) + len(eval_skipped),
+                out / "skipped.jsonl",
+            )
         if not train_items:
             raise ValueError(f"no trainable clips in {manifests['train']} (see {out / 'skipped.jsonl'})")
         # Audio codes once: the DVAE is frozen, so a clip's codes never change while it and the DVAE don't.
         dvae_hash = file_hash(Path(self.model_dir) / "dvae.pth", Path(self.model_dir) / "mel_stats.pth")
         started, features, device = time.perf_counter(), self.features, self.device
-        self.train_items, computed = attach_codes(train_items, features, data_dir / "train.codes.pt", dvae_hash, device, runtime, "DVAE codes (train)")
-        self.eval_items, eval_computed = attach_codes(eval_items, features, data_dir / "eval.codes.pt", dvae_hash, device, runtime, "DVAE codes (eval)")
+        self.train_items, computed = attach_codes(
+            train_items, features, data_dir / "train.codes.pt", dvae_hash, device, runtime, "DVAE codes (train)"
+        )
+        self.eval_items, eval_computed = attach_codes(
+            eval_items, features, data_dir / "eval.codes.pt", dvae_hash, device, runtime, "DVAE codes (eval)"
+        )
         if computed + eval_computed:
-            print(f"computed DVAE codes for {computed + eval_computed} clip(s) in {time.perf_counter() - started:.1f} s (cached in {data_dir})")
+            print(
+                f"computed DVAE codes for {computed + eval_computed} clip(s) in {time.perf_counter() - started:.1f} s (cached in {data_dir})"
+            )
         self.pick_references = ReferencePicker(self.train_items)  # the speaker groups, built once
         self.sampler = LengthBucketSampler(
-            [i.duration for i in self.train_items], [i.language for i in self.train_items], cfg.batch_size, cfg.grad_accum_steps,
-            runtime.world_size, runtime.rank, cfg.seed, cfg.bucket_batches, dict(cfg.language_weights),
+            [i.duration for i in self.train_items],
+            [i.language for i in self.train_items],
+            cfg.batch_size,
+            cfg.grad_accum_steps,
+            runtime.world_size,
+            runtime.rank,
+            cfg.seed,
+            cfg.bucket_batches,
+            dict(cfg.language_weights),
         )
         self.sampler_key = {  # what the sampler's saved position is tied to
             "manifest": manifest_hash(manifests["train"]),
@@ -356,7 +418,9 @@ class GptRecipe:
         cfg, gpt, device = self.cfg, self.gpt, self.device
         self.model = gpt
         if self.runtime.distributed:
-            self.model = torch.nn.parallel.DistributedDataParallel(gpt, device_ids=[device] if device.type == "cuda" else None)
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                gpt, device_ids=[device] if device.type == "cuda" else None
+            )
         self.trainable = [p for p in gpt.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(gpt, cfg)
         warmup = max(cfg.warmup_steps, 1)
@@ -394,7 +458,9 @@ class GptRecipe:
         if runtime.is_main:
             self.writer = summary_writer(self.out, self.step)
         steps = self.sampler.steps(self.epoch, self.batch_in_epoch)
-        self.progress = tqdm(total=cfg.max_steps, initial=self.step, desc="train-gpt", unit="step", disable=not runtime.is_main)
+        self.progress = tqdm(
+            total=cfg.max_steps, initial=self.step, desc="train-gpt", unit="step", disable=not runtime.is_main
+        )
         while self.step < cfg.max_steps:
             step_started = time.perf_counter()
             plan = next(steps)
@@ -405,14 +471,21 @@ class GptRecipe:
             self.progress.update(1)
             if self.step % cfg.log_every == 0 or self.step == 1 or self.step == cfg.max_steps:
                 self.log_step(mean_over_ranks(losses, runtime), grad_norm)
-            if runtime.is_main and self.eval_items and cfg.eval_every > 0 and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
+            if (
+                runtime.is_main
+                and self.eval_items
+                and cfg.eval_every > 0
+                and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps)
+            ):
                 self.evaluate()
             if runtime.is_main and (self.step % cfg.save_every == 0 or self.step == cfg.max_steps):
                 self.save_state()
         self.progress.close()
         if self.writer is not None:
             self.writer.close()
-        if runtime.is_main and (not self.state_path.is_file() or not is_done(self.out, cfg.max_steps)):  # e.g. max_steps already reached
+        if runtime.is_main and (
+            not self.state_path.is_file() or not is_done(self.out, cfg.max_steps)
+        ):  # e.g. max_steps already reached
             self.save_state()
         runtime.barrier()
         if runtime.is_main:
@@ -424,7 +497,9 @@ class GptRecipe:
         (CPU) and the gradient norm before clipping."""
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
-        losses = torch.zeros(2, device=self.device)  # summed on the device: one host sync per step, not per micro-batch
+        losses = torch.zeros(
+            2, device=self.device
+        )  # summed on the device: one host sync per step, not per micro-batch
         for a, indices in enumerate(plan.micro_batches):
             rng = micro_batch_rng(cfg.seed, plan.epoch, plan.batch, plan.micro_offset + a)
             last = a == len(plan.micro_batches) - 1
@@ -433,9 +508,13 @@ class GptRecipe:
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         check_diverged(
-            losses, [grad_norm], cfg.precision, self.step + 1,
+            losses,
+            [grad_norm],
+            cfg.precision,
+            self.step + 1,
             f"loss text {losses[0]:.4g}, audio {losses[1]:.4g}, grad norm {float(grad_norm):.4g}",
-            self.state_path, "Lower lr, raise warmup_steps or use precision=fp32.",
+            self.state_path,
+            "Lower lr, raise warmup_steps or use precision=fp32.",
         )
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -445,8 +524,12 @@ class GptRecipe:
     def micro_step(self, indices, rng: np.random.Generator, last: bool) -> torch.Tensor:
         """Forward and backward of one micro-batch; returns its (text, mel) losses / grad_accum_steps."""
         cfg = self.cfg
-        batch = collate([self.train_items[i] for i in indices], self.pick_references(indices, rng),
-                        (cfg.cond_min_seconds, cfg.cond_max_seconds), rng)
+        batch = collate(
+            [self.train_items[i] for i in indices],
+            self.pick_references(indices, rng),
+            (cfg.cond_min_seconds, cfg.cond_max_seconds),
+            rng,
+        )
         # DDP all-reduces gradients only after the last micro-batch of the step.
         sync = self.model.no_sync() if self.runtime.distributed and not last else contextlib.nullcontext()
         with sync:
@@ -494,8 +577,15 @@ class GptRecipe:
 
     def save_best(self, metrics: dict) -> None:
         """checkpoints/best.pt: the weights of the best eval so far, describing themselves."""
-        torch_save({"gpt": training_weights(self.gpt, self.weight_keys), **self.description(), "eval_loss": metrics["eval/loss"],
-                    **({"cer": metrics["eval/cer"]} if "eval/cer" in metrics else {})}, self.checkpoints / "best.pt")
+        torch_save(
+            {
+                "gpt": training_weights(self.gpt, self.weight_keys),
+                **self.description(),
+                "eval_loss": metrics["eval/loss"],
+                **({"cer": metrics["eval/cer"]} if "eval/cer" in metrics else {}),
+            },
+            self.checkpoints / "best.pt",
+        )
 
     def description(self) -> dict:
         """What every state and checkpoint of this run says about itself: what export needs besides
@@ -532,8 +622,14 @@ class GptRecipe:
         # Throughput of this process's training steps (evals and checkpoint writes excluded).
         write_json(
             self.out / "progress.json",
-            {"step": self.step, "max_steps": self.cfg.max_steps, "train_seconds": round(self.train_seconds, 3), "samples": self.samples_seen,
-             "audio_seconds": round(self.audio_seconds, 2), "world_size": self.runtime.world_size},
+            {
+                "step": self.step,
+                "max_steps": self.cfg.max_steps,
+                "train_seconds": round(self.train_seconds, 3),
+                "samples": self.samples_seen,
+                "audio_seconds": round(self.audio_seconds, 2),
+                "world_size": self.runtime.world_size,
+            },
         )
 
     def cleanup(self) -> None:

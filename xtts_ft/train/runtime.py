@@ -125,7 +125,11 @@ def autocast(precision: str, device: torch.device):
 
 
 def warn_slow_bf16(precision: str, device: torch.device) -> None:
-    if precision == "bf16" and device.type == "cpu" and torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
+    if (
+        precision == "bf16"
+        and device.type == "cpu"
+        and torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX")
+    ):
         log.warning(
             "precision=bf16 on a CPU without native bf16 kernels (capability %s): autocast emulates them, "
             "measured ~90x slower than fp32 here. Use precision=fp32 (grad_checkpointing=true saves memory).",

@@ -20,8 +20,15 @@ def position_rng(seed: int, *position: int) -> np.random.Generator:
     return rng
 
 
-def check_diverged(losses: torch.Tensor, grad_norms: Sequence[torch.Tensor], precision: str, step: int, readings: str,
-                   state_path: Path, advice: str) -> None:
+def check_diverged(
+    losses: torch.Tensor,
+    grad_norms: Sequence[torch.Tensor],
+    precision: str,
+    step: int,
+    readings: str,
+    state_path: Path,
+    advice: str,
+) -> None:
     """Stop, saving nothing, when a loss or (outside fp16) a gradient norm is not finite.
 
     Gradients are all-reduced, so every rank sees the same norms and stops together. fp16
@@ -32,7 +39,9 @@ def check_diverged(losses: torch.Tensor, grad_norms: Sequence[torch.Tensor], pre
     if bool(torch.isfinite(losses).all()) and norms_ok:
         return
     last_good = state_path if state_path.is_file() else "none (no state saved yet)"
-    raise FloatingPointError(f"training diverged at step {step}: {readings}. Stopped without saving; the last good state is {last_good}. {advice}")
+    raise FloatingPointError(
+        f"training diverged at step {step}: {readings}. Stopped without saving; the last good state is {last_good}. {advice}"
+    )
 
 
 def mean_over_ranks(losses: torch.Tensor, runtime: rt.Runtime) -> torch.Tensor:

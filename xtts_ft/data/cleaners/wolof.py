@@ -30,8 +30,18 @@ ABBREVIATIONS = {"dr": "doktoor", "mme": "madaam", "n°": "nimero", "nº": "nime
 NUMERO = re.compile(r"(?<![^\W\d_])no\.?\s?(?=\d)", flags=re.IGNORECASE)  # nº and n° are in ABBREVIATIONS
 # Spaces on both sides: "10°C" reads "degre c", not "degrec" (spaces are collapsed afterwards).
 # Currencies by their own names (extend for a corpus's habits; FCFA and CFA are written in letters already).
-SYMBOLS = {"%": " ci téeméer ", "&": " ak ", "+": " ak ", "=": " yem ak ", "€": " euro ", "$": " dolaar ", "°": " degre ",
-           "£": " pound ", "¥": " yen ", "₦": " naira "}
+SYMBOLS = {
+    "%": " ci téeméer ",
+    "&": " ak ",
+    "+": " ak ",
+    "=": " yem ak ",
+    "€": " euro ",
+    "$": " dolaar ",
+    "°": " degre ",
+    "£": " pound ",
+    "¥": " yen ",
+    "₦": " naira ",
+}
 CURRENCIES = "$€£¥₦"
 # Kept: the sentence punctuation XTTS sees in every language, and the apostrophe/hyphen inside words.
 KEPT_PUNCTUATION = set(".,;:!?'-")
@@ -101,9 +111,11 @@ THOUSANDS = re.compile(r"[1-9]\d{0,2}(?:[ .]\d{3})+(?:,\d+)?")
 # English thousands (1,000,000; 1,234.56): two comma groups or more, or comma groups before a decimal point:
 # a lone "1,234" stays the Senegalese decimal comma.
 ENGLISH_THOUSANDS = re.compile(r"[1-9]\d{0,2}(?:(?:,\d{3}){2,}(?:\.\d+)?|(?:,\d{3})+\.\d+)(?!\d)")
-NUMBER = re.compile(r"(?:(?<![^\s(\[{\"«=:])[-−](?=\d))?"
-                    r"(?:[1-9]\d{0,2}(?:(?:,\d{3}){2,}(?:\.\d+)?|(?:,\d{3})+\.\d+)(?!\d)"
-                    r"|[1-9]\d{0,2}(?:[ .]\d{3})+(?!\d)(?:,\d+)?|\d+(?:[,.]\d+)?)")
+NUMBER = re.compile(
+    r"(?:(?<![^\s(\[{\"«=:])[-−](?=\d))?"
+    r"(?:[1-9]\d{0,2}(?:(?:,\d{3}){2,}(?:\.\d+)?|(?:,\d{3})+\.\d+)(?!\d)"
+    r"|[1-9]\d{0,2}(?:[ .]\d{3})+(?!\d)(?:,\d+)?|\d+(?:[,.]\d+)?)"
+)
 # Phone numbers (77 123 45 67, 33 821 00 00, 01 23 45 67 89): groups of two or three digits, at least
 # three, one of the later ones of two digits (so 12 345 678 stays a number in thousands). Read group
 # by group, as people say them; a group is read as a number ("00" as "tus tus").
@@ -114,8 +126,14 @@ def spell_phone(match: re.Match) -> str:
     groups = match.group(0).split(" ")
     if all(len(g) == 3 for g in groups[1:]):
         return match.group(0)  # thousands: NUMBER reads it
-    return " " + " ".join(number_to_words(int(g)) if not g.startswith("0") else " ".join(number_to_words(int(d)) for d in g)
-                          for g in groups) + " "
+    return (
+        " "
+        + " ".join(
+            number_to_words(int(g)) if not g.startswith("0") else " ".join(number_to_words(int(d)) for d in g)
+            for g in groups
+        )
+        + " "
+    )
 
 
 # Dates and versions (12.05.2023, 1.2.3): numbers joined by two dots or more that are not thousands
@@ -135,7 +153,9 @@ ZEROS_IN_GROUP = re.compile(r"(?:(?<=[:/])|(?<![\d.,])(?=0+\d+[:/]\d))0+(?=\d)")
 
 
 ABBREVIATION = re.compile(
-    r"(?<![^\W\d_])(" + "|".join(re.escape(a) for a in sorted(ABBREVIATIONS, key=len, reverse=True)) + r")(\.(?=\s+\w|[,;:!?])|(?![^\W\d_]))",
+    r"(?<![^\W\d_])("
+    + "|".join(re.escape(a) for a in sorted(ABBREVIATIONS, key=len, reverse=True))
+    + r")(\.(?=\s+\w|[,;:!?])|(?![^\W\d_]))",
     flags=re.IGNORECASE,
 )
 
@@ -146,13 +166,17 @@ def expand_abbreviations(text: str) -> str:
     # either side ("n°5", "3Mme"): numbers become words after this, and the result must not
     # change when cleaned again.
     text = NUMERO.sub("nimero ", text)
-    return ABBREVIATION.sub(lambda m: f" {ABBREVIATIONS[m.group(1).lower()]} ", text)  # "N°2e": the number stands apart
+    return ABBREVIATION.sub(
+        lambda m: f" {ABBREVIATIONS[m.group(1).lower()]} ", text
+    )  # "N°2e": the number stands apart
 
 
 # A currency sign written before the amount ("$100", "$1 000") is read after it, as the words are
 # said; before a range ("$5-10") it stays where it is.
-CURRENCY_FIRST = re.compile(r"([" + re.escape(CURRENCIES) + r"])\s?((?:[1-9]\d{0,2}(?:(?:,\d{3}){2,}(?:\.\d+)?|(?:,\d{3})+\.\d+)(?!\d)"
-                            r"|(?:[1-9]\d{0,2}(?:[ .]\d{3})+(?!\d)|\d+)(?:[,.]\d+)?))(?!\d|[-−]\d)")  # not a range
+CURRENCY_FIRST = re.compile(
+    r"([" + re.escape(CURRENCIES) + r"])\s?((?:[1-9]\d{0,2}(?:(?:,\d{3}){2,}(?:\.\d+)?|(?:,\d{3})+\.\d+)(?!\d)"
+    r"|(?:[1-9]\d{0,2}(?:[ .]\d{3})+(?!\d)|\d+)(?:[,.]\d+)?))(?!\d|[-−]\d)"
+)  # not a range
 
 
 # Number characters of their own: a vulgar fraction is read as "a ci b" ("a of b", as % is "ci téeméer":
@@ -180,8 +204,10 @@ HOURS = re.compile(r"(?<![\w.,])(\d{1,2}) ?h(?: ?(\d{2})(?: ?(?:mn|min))?)?(?![^
 # Ordinals written with digits: the Wolof suffix ("2eel", "2eelu xët" with its connective) or the French
 # one Senegalese text borrows ("2e", "3ème", "1er"): the number's words with -eel ("ñaareel", "ñetteel");
 # the first is "njëkk".
-ORDINAL = re.compile(r"(?<![\w.,])(\d{1,12})(eelu|éelu|eel|éel|èmes|ème|emes|eme|ères|ère|eres|ere|ers|er|res|re|es|e|è|nde|nd)(?!\w)(-(?=\d))?",
-                     flags=re.IGNORECASE)  # a hyphen after it, before a number, is a range ("2e-3e"), not a minus
+ORDINAL = re.compile(
+    r"(?<![\w.,])(\d{1,12})(eelu|éelu|eel|éel|èmes|ème|emes|eme|ères|ère|eres|ere|ers|er|res|re|es|e|è|nde|nd)(?!\w)(-(?=\d))?",
+    flags=re.IGNORECASE,
+)  # a hyphen after it, before a number, is a range ("2e-3e"), not a minus
 
 
 def spell_ordinal(match: re.Match) -> str:
@@ -207,7 +233,9 @@ def spell_hours(match: re.Match) -> str:
 
 def wolof_cleaner(text: str) -> str:
     text = FRACTION.sub(spell_fraction, unicodedata.normalize("NFC", text)).replace("‰", " ci junni ")
-    text = SUPERSCRIPT.sub(lambda m: " " + unicodedata.normalize("NFKC", m.group(0)), text)  # m², 10²: not "m2", not 102
+    text = SUPERSCRIPT.sub(
+        lambda m: " " + unicodedata.normalize("NFKC", m.group(0)), text
+    )  # m², 10²: not "m2", not 102
     text = unicodedata.normalize("NFKC", NOT_SAID.sub("", text))
     text = text.translate(APOSTROPHES).replace("–", "-").replace("—", ", ")
     text = HOURS.sub(spell_hours, text)
@@ -226,7 +254,11 @@ def wolof_cleaner(text: str) -> str:
     # Letters and the marks written on them (Wolofal, the Arabic script: its vowel signs are combining marks).
     kept = []
     for ch in text:
-        mark = unicodedata.category(ch) == "Mn" and kept and (kept[-1].isalpha() or unicodedata.category(kept[-1]) == "Mn")
+        mark = (
+            unicodedata.category(ch) == "Mn"
+            and kept
+            and (kept[-1].isalpha() or unicodedata.category(kept[-1]) == "Mn")
+        )
         kept.append(ch if ch.isalpha() or mark or ch.isspace() or ch in KEPT_PUNCTUATION else " ")
     text = "".join(kept)
     text = re.sub(r"\s+([.,;:!?])", r"\1", text)  # no space before punctuation ("waaw ." → "waaw.")
