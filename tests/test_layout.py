@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "xtts_ft"
 
 # Lower layers first. A module may import its own layer's package (data → data) and any lower layer.
 LAYERS = (
+    ("errors",),  # the user's mistakes, by type: imported by every layer
     ("io_utils", "model.constants"),  # leaves: atomic writes and locks; rates and hops
     ("data",),  # Samples, manifests, audio, formatters, cleaners, batches, samplers
     ("model", "config"),  # loading, tokenizer, decoder framing, LoRA, model cards; the config schema
@@ -85,7 +86,7 @@ def test_no_stage_imports_another_stage():
 
 
 def test_data_imports_nothing_above_it():
-    allowed = {"xtts_ft.io_utils", "xtts_ft.model.constants"}
+    allowed = {"xtts_ft.errors", "xtts_ft.io_utils", "xtts_ft.model.constants"}
     leaks = [
         f"{name} → {target}"
         for name, targets in GRAPH.items()
@@ -121,8 +122,8 @@ def test_no_import_cycle():
 
 def test_the_checks_above_catch_what_they_look_for():
     """The rules see real violations: an upward arrow, a stage-to-stage import, a cycle."""
-    assert layer_of("xtts_ft.data.text") == (1, "data") and layer_of("xtts_ft.stages.prepare")[1] == "stages"
-    assert layer_of("xtts_ft.model.constants") == (0, "model.constants")
+    assert layer_of("xtts_ft.data.text") == (2, "data") and layer_of("xtts_ft.stages.prepare")[1] == "stages"
+    assert layer_of("xtts_ft.model.constants") == (1, "model.constants")
     down, up = layer_of("xtts_ft.stages.export")[0], layer_of("xtts_ft.model.loading")[0]
     assert down > up
     assert "xtts_ft.model.card" in GRAPH["xtts_ft.stages.export"]  # `from xtts_ft.model.card import model_card`

@@ -17,7 +17,6 @@ go to runs/.hydra/<stage>/<time>/.
 from __future__ import annotations
 
 import contextlib
-import dis
 import os
 import re
 import sys
@@ -138,27 +137,18 @@ GENERIC_FIX = "correct the setting or file named above (`xtts-ft <verb> --help` 
 
 
 def is_user_error(error: BaseException) -> bool:
-    """Hydra's word on a bad override, or an error xtts-ft raises on purpose (a `raise` in this
-    package: its message was written for the user). Anything raised inside a library is a bug and
+    """A mistake the user can fix, by its type: a `UserError` (raised on purpose, with its fix),
+    Hydra's word on a bad override, a required setting (`???`) left out, or the system's word on a
+    file (an OSError naming it: missing, not readable, the disk full). Anything else is a bug and
     keeps its traceback."""
     from hydra.errors import HydraException
     from omegaconf.errors import MissingMandatoryValue
 
-    if isinstance(error, (HydraException, MissingMandatoryValue)):  # a required setting (`???`) left out
+    from xtts_ft.errors import UserError
+
+    if isinstance(error, (UserError, HydraException, MissingMandatoryValue)):
         return True
-    if not isinstance(error, (ValueError, KeyError, OSError, RuntimeError)):
-        return False
-    last = error.__traceback__
-    while last is not None and last.tb_next is not None:
-        last = last.tb_next
-    if last is None:
-        return False
-    code = last.tb_frame.f_code
-    if not Path(code.co_filename).resolve().is_relative_to(PACKAGE_DIR):
-        return False
-    # An OSError names its file; others count when a `raise` raised them (read from the bytecode,
-    # not the source line: a file edited since it was imported cannot mislead it).
-    return isinstance(error, OSError) or code.co_code[last.tb_lasti] == dis.opmap["RAISE_VARARGS"]
+    return isinstance(error, OSError) and error.filename is not None
 
 
 def one_line(error: BaseException) -> str:
@@ -171,15 +161,13 @@ def one_line(error: BaseException) -> str:
         return f"error: {key} is required and was not given — fix: give it a value, {key}=<value>{where}"
     message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
     message = " ".join(line.strip() for line in message.splitlines() if line.strip())
-    if not re.search(
-        r"\bfix:", message, flags=re.IGNORECASE
-    ):  # a message with its own fix ("...; fix: ...") gets no generic one
-        verb = (
-            sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in VERBS else "<verb>"
-        )  # the command that failed, named
-        fix = next(
-            (fix for kind, fix in FIX_BY_TYPE.items() if isinstance(error, kind)), GENERIC_FIX.replace("<verb>", verb)
-        )
+    fix = getattr(error, "fix", None)
+    # A message that says its own fix ("...; fix: ...") gets no generic one.
+    if fix is None and not re.search(r"\bfix:", message, flags=re.IGNORECASE):
+        verb = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in VERBS else "<verb>"  # the command that failed
+        generic = GENERIC_FIX.replace("<verb>", verb)
+        fix = next((fix for kind, fix in FIX_BY_TYPE.items() if isinstance(error, kind)), generic)
+    if fix is not None:
         message += f" — fix: {fix}"
     return f"error: {message}"
 

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from xtts_ft.errors import ConfigValueError  # noqa: F401  (re-exported: stages and tests import it from here)
 from xtts_ft.model.constants import GPT_SAMPLE_RATE
 
 CONF_DIR = Path(__file__).parent / "conf"
@@ -393,10 +394,6 @@ class PipelineConfig:
     recipe: str = MISSING  # a folder name under recipes/ or a path to a recipe.yaml
     force: bool = False  # re-run stages whose outputs already exist (prepare gets force=true: a rebuild; training runs are continued)
     overrides: List[str] = field(default_factory=list)  # appended to every stage
-
-
-class ConfigValueError(ValueError):
-    """A composed config holds a value its stage cannot run with."""
 
 
 AT_LEAST_1 = ("an integer ≥ 1", lambda v: v >= 1)
