@@ -3,7 +3,7 @@ seconds per CPU second with the bundled Whisper tiny.en, today's path against th
 
 Makes (or reuses) an espeak-ng English corpus (`scripts/make_bench_corpus.py`), runs `prepare` on
 it once without validation so the clips are the WAVs prepare writes, then runs the validation
-(`xtts_ft.validation.check_transcripts`, as prepare calls it, with a fresh transcript cache each
+(`xtts_ft.evaluation.validation.check_transcripts`, as prepare calls it, with a fresh transcript cache each
 time) once per path and repeat, the paths interleaved:
 
 - `before`: the path as it was: one window of packed clips at a time through faster-whisper's own
@@ -16,7 +16,7 @@ time) once per path and repeat, the paths interleaved:
   sent its last clip to be heard again even when a timestamp had closed after its last sound);
 - `align-all`: the code now, but words aligned in every window (before, a segment whose
   timestamps lie within one clip was not yet taken whole without aligning its words);
-- `after`: the code in xtts_ft.validation now (one voice per window, longest clips first).
+- `after`: the code in xtts_ft.evaluation.validation now (one voice per window, longest clips first).
 
 Reported per run: audio seconds, wall seconds, × real time, CPU seconds of this process, audio
 seconds per CPU second (the figure other load on the machine disturbs least: with both cores
@@ -51,10 +51,10 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from make_bench_corpus import make_corpus  # noqa: E402
 
-from xtts_ft import asr, validation  # noqa: E402
 from xtts_ft.config import compose  # noqa: E402
 from xtts_ft.data.audio import load_audio  # noqa: E402
 from xtts_ft.data.sample import read_manifest  # noqa: E402
+from xtts_ft.evaluation import asr, validation  # noqa: E402
 from xtts_ft.io_utils import file_hash  # noqa: E402
 
 # --- the path before: one window at a time through faster-whisper's sequential loop -----------

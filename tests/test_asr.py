@@ -1,4 +1,4 @@
-"""The ASR layer (xtts_ft.asr) on a tiny MMS-like CTC model built and saved here: the real
+"""The ASR layer (xtts_ft.evaluation.asr) on a tiny MMS-like CTC model built and saved here: the real
 transformers loading path (vocab.json per language, adapter.<lang>.safetensors, target_lang)."""
 
 import json
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from xtts_ft import asr, metrics
+from xtts_ft.evaluation import asr, metrics
 
 SPECIAL = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4}
 ALPHABETS = {"wol": "abcdefgijklmnopqrstuwxyñëéó", "fra": "abcdefghijklmnopqrstuvwxyzéèàç"}

@@ -9,8 +9,8 @@ import soundfile as sf
 
 from tests.test_asr import espeak as espeak_voice
 from tests.test_asr import tiny_mms  # noqa: F401  (the session fixture: a tiny MMS-like CTC model)
-from xtts_ft import asr, metrics
 from xtts_ft.config import compose
+from xtts_ft.evaluation import asr, metrics
 from xtts_ft.stages import evaluate
 
 

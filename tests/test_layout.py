@@ -16,9 +16,8 @@ LAYERS = (
     ("io_utils", "model.constants"),  # leaves: atomic writes and locks; rates and hops
     ("data",),  # Samples, manifests, audio, formatters, cleaners, batches, samplers
     ("model", "config"),  # loading, tokenizer, decoder framing, LoRA, model cards; the config schema
-    ("asr",),  # speech recognition backends (Whisper, 🤗 transformers)
-    ("metrics",),  # objective metrics: plain functions over arrays
-    ("inference", "validation"),  # the one synthesis path; transcript validation (ASR + metrics)
+    ("inference",),  # the one synthesis path
+    ("evaluation",),  # ASR, metrics, transcript validation, scoring checkpoints (through inference)
     ("train",),  # the training recipes and what they share
     ("stages",),  # one thin module per verb
     ("cli",),  # the command line, which reaches the stages

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from xtts_ft import metrics
-from xtts_ft.asr import transcribe_words
 from xtts_ft.data.segment import group_words, segment_recording, segment_text
+from xtts_ft.evaluation import metrics
+from xtts_ft.evaluation.asr import transcribe_words
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",

@@ -386,7 +386,7 @@ def test_best_checkpoint_by_cer_of_the_eval_sentences(tmp_path, tiny_model_dir, 
     cers = {e.step: e.value for e in events.Scalars("eval/cer")}
     assert sorted(cers) == [3, 6]
     # Each logged CER is the CER of the transcript logged beside it (texts cleaned as English on both sides).
-    from xtts_ft.metrics import cer
+    from xtts_ft.evaluation.metrics import cer
 
     heard = {
         e.step: e.tensor_proto.string_val[0].decode().split(" → ", 1)

@@ -1,4 +1,4 @@
-"""Transcript validation in prepare (xtts_ft.validation): swapped transcripts are found by the
+"""Transcript validation in prepare (xtts_ft.evaluation.validation): swapped transcripts are found by the
 bundled English ASR on the demo corpus, languages without ASR are said to be not validated."""
 
 import json
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import DEMO
-from xtts_ft import validation
 from xtts_ft.config import compose
 from xtts_ft.data.sample import read_manifest
+from xtts_ft.evaluation import validation
 from xtts_ft.stages import prepare
 
 SWAPS = [("andy_002", "andy_009"), ("andy_004", "andy_011")]
@@ -203,8 +203,8 @@ def test_clips_heard_alone_are_packed_alone():
 
 def test_each_clips_speaker_reaches_the_packing(monkeypatch, tmp_path):
     """hear() → transcribe_clips → transcribe_packed → pack: the manifest's speakers decide the windows."""
-    from xtts_ft import asr
     from xtts_ft.data.sample import Sample
+    from xtts_ft.evaluation import asr
 
     model, seen = SkippingWhisper(), []
     packing = validation.pack
@@ -246,8 +246,8 @@ def _hear_demo_windows(monkeypatch, straddles) -> tuple:
     saying which windows' segments run over a clip's edge; the texts and the windows aligned."""
     from faster_whisper import WhisperModel
 
-    from xtts_ft import asr
     from xtts_ft.data.audio import load_audio
+    from xtts_ft.evaluation import asr
 
     aligned = []
     find_alignment = WhisperModel.find_alignment

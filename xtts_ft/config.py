@@ -107,7 +107,7 @@ class PrepareConfig:
     eval_fraction: float = 0.1
     min_eval_per_speaker: int = 1
     seed: int = 0
-    # Transcript validation (xtts_ft/validation.py): each kept clip transcribed by its language's ASR
+    # Transcript validation (xtts_ft/evaluation/validation.py): each kept clip transcribed by its language's ASR
     # (`transcript_asr` as evaluate's `asr`: bundled = the offline English Whisper tiny.en; a language
     # none knows is not validated), its CER stored as `asr_cer`; above `max_transcript_cer` it is
     # dropped as `transcript_mismatch` (transcript_action=drop) or kept and marked (flag).
@@ -201,7 +201,7 @@ class TrainGptConfig:
     # best.pt is the checkpoint with the lowest eval_loss, or the lowest CER of the eval sentences'
     # synthesis heard by ASR (cer: catches babbling and dropped words that the loss does not see).
     best_metric: str = "eval_loss"
-    # ASR for best_metric=cer: a model name/path or a per-language mapping as evaluate's `asr` (xtts_ft.asr)
+    # ASR for best_metric=cer: a model name/path or a per-language mapping as evaluate's `asr` (xtts_ft.evaluation.asr)
     eval_asr_model: Any = "bundled"
     save_every: int = 500
     keep_last: int = 3  # weight-only checkpoints kept under checkpoints/ (best.pt is kept apart)
@@ -372,7 +372,7 @@ class EvaluateConfig:
     out_dir: str = MISSING
     max_utterances: int = 8  # manifest rows; for shipped probes, per language
     device: str = "auto"
-    # ASR (xtts_ft.asr): one model for every language it knows, or per language
+    # ASR (xtts_ft.evaluation.asr): one model for every language it knows, or per language
     # {default: bundled, wo: {model: facebook/mms-1b-all, language: wol}}; "bundled" = the offline
     # English Whisper tiny.en. A language no entry can transcribe is reported "not scored".
     asr: Any = "bundled"

@@ -1,7 +1,7 @@
 """Segmenting a long untranscribed recording (a podcast, an audiobook chapter) into training clips.
 
 An ASR the caller hands in (`transcribe_words`; the prepare stage passes faster-whisper's
-from `xtts_ft.asr`, data/ runs no model itself) transcribes the recording with word
+from `xtts_ft.evaluation.asr`, data/ runs no model itself) transcribes the recording with word
 timestamps; `group_words` (pure, no model) turns the words into segments: a segment ends only
 after a word that ends a sentence, consecutive sentences are merged while they fit
 `target_seconds`, a sentence longer than `max_seconds` is split at its largest pause (or

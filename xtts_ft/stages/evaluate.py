@@ -6,7 +6,7 @@ per-language sentences; `short` is one- to three-word utterances, where fine-tun
 spoken in the voice of `reference=`. Every checkpoint (an export, a model directory, a Hub id)
 speaks every probe in a language it has, through the shared inference module.
 
-Per utterance: CER/WER through the ASR configured for its language (`asr=`, xtts_ft.asr; a
+Per utterance: CER/WER through the ASR configured for its language (`asr=`, xtts_ft.evaluation.asr; a
 language without one is "not scored (no ASR for xx)"), speaker similarity to the reference,
 DNSMOS, the duration against the recording and against a per-language expectation from the text,
 ASR insertions and deletions, a hallucination/truncation flag with its reasons, real-time factor,
@@ -35,10 +35,10 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from xtts_ft import asr, metrics
 from xtts_ft.data.audio import load_audio, write_wav
 from xtts_ft.data.sample import read_manifest, resolve_audio
 from xtts_ft.data.text import describe_characters
+from xtts_ft.evaluation import asr, metrics
 from xtts_ft.inference import XttsSynthesizer
 from xtts_ft.io_utils import write_json, write_text
 from xtts_ft.model.loading import resolve_model_dir

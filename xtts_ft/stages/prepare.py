@@ -31,7 +31,6 @@ from typing import Dict, List, Optional, Tuple
 from omegaconf import DictConfig
 
 from xtts_ft import __version__
-from xtts_ft.asr import transcribe_words
 from xtts_ft.config import to_container
 from xtts_ft.data.cleaners import CLEANERS, COQUI_LANGUAGES
 from xtts_ft.data.clips import AudioJob, AudioSettings, AudioWorkers, Rejected, read_done, remove_bookkeeping
@@ -49,6 +48,7 @@ from xtts_ft.data.text import (
     unescape_entities,
     unknown_characters,
 )
+from xtts_ft.evaluation.asr import transcribe_words
 from xtts_ft.io_utils import file_hash, resumable_dir, write_json, write_jsonl, write_text
 from xtts_ft.model.constants import DECODER_SAMPLE_RATE, GPT_SAMPLE_RATE
 
@@ -415,7 +415,7 @@ def run(cfg: DictConfig) -> Path:
         return out
 
     if cfg.validate_transcripts:
-        from xtts_ft.validation import check_settings
+        from xtts_ft.evaluation.validation import check_settings
 
         check_settings(cfg)  # a bad setting fails before any audio work
     if cfg.sample_rate != GPT_SAMPLE_RATE:
@@ -585,10 +585,10 @@ def write_dataset(
 
 
 def validate_transcripts(kept: List[Sample], origins: List[tuple], tmp: Path, cfg: DictConfig, drop) -> dict:
-    """Transcribe every kept clip (xtts_ft.validation), store `asr_text`/`asr_cer` in its Sample and mark
+    """Transcribe every kept clip (xtts_ft.evaluation.validation), store `asr_text`/`asr_cer` in its Sample and mark
     those above max_transcript_cer `transcript_mismatch` (`drop` them with transcript_action=drop; the
     caller removes them from the kept list); writes validation.md; returns the summary for stats.json."""
-    from xtts_ft.validation import check_transcripts, is_mismatch, report
+    from xtts_ft.evaluation.validation import check_transcripts, is_mismatch, report
 
     # A long recording's clips were cut on ASR word timestamps and their text *is* an ASR transcript:
     # the segmenter's own checks hold for them, a second ASR pass would only score Whisper against itself.

@@ -193,7 +193,7 @@ def evaluate_loss(gpt, features, items, cfg, device) -> dict:
 def log_eval_audio(writer, xtts, config, gpt, items, cfg, step: int) -> dict:
     """Synthesize the eval sentences with the current GPT, through the shared inference module;
     with best_metric=cer, also transcribe them (ASR) and return {"eval/cer": mean CER}."""
-    from xtts_ft import asr, metrics
+    from xtts_ft.evaluation import asr, metrics
     from xtts_ft.inference import XttsSynthesizer
 
     if not cfg.eval_sentences or not items:
@@ -225,7 +225,7 @@ def log_eval_audio(writer, xtts, config, gpt, items, cfg, step: int) -> dict:
 
 def check_best_metric(cfg: DictConfig) -> None:
     """best_metric=cer needs sentences to speak and an ASR model for their language: fail at start."""
-    from xtts_ft import asr
+    from xtts_ft.evaluation import asr
 
     if cfg.best_metric not in ("eval_loss", "cer"):
         raise ValueError(f"best_metric={cfg.best_metric}: choose eval_loss or cer")

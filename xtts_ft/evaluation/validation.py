@@ -1,7 +1,7 @@
 """Transcript validation for `prepare validate_transcripts=true`: does each clip say its text?
 
 Every kept clip is transcribed by the ASR configured for its language (`transcript_asr`, the same
-per-language choice as evaluate's `asr`, xtts_ft.asr) and its CER against the cleaned transcript
+per-language choice as evaluate's `asr`, xtts_ft.evaluation.asr) and its CER against the cleaned transcript
 computed with the language's own cleaner on both sides. A language no ASR knows is not validated,
 and said so: never scored by a model of another language.
 
@@ -30,9 +30,9 @@ from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tu
 
 import numpy as np
 
-from xtts_ft import asr, metrics
 from xtts_ft.data.audio import load_audio
 from xtts_ft.data.sample import Sample
+from xtts_ft.evaluation import asr, metrics
 from xtts_ft.io_utils import file_hash
 
 log = logging.getLogger(__name__)

