@@ -16,9 +16,16 @@ CLI = [sys.executable, "-m", "xtts_ft.cli"]
 
 
 def test_help_lists_every_verb():
+    from xtts_ft.cli import VERBS
+    from xtts_ft.config import STAGES
+
     result = subprocess.run(CLI + ["--help"], capture_output=True, text=True, check=True)
-    for verb in ("prepare", "train-gpt", "export", "synth", "evaluate", "pipeline", "demo"):
-        assert verb in result.stdout
+    listed = result.stdout.split("verbs:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert [line.split()[0] for line in listed] == list(VERBS)
+    # Every stage module has its verb, and every verb runs a stage (`demo`: the pipeline with recipe=demo).
+    modules = {path.stem for path in (REPO / "xtts_ft" / "stages").glob("*.py") if path.stem != "__init__"}
+    assert set(STAGES) == modules  # the registry xtts_ft.stages.load reaches them by
+    assert {verb.replace("-", "_") for verb in VERBS if verb != "demo"} == modules
 
 
 def test_unknown_verb_fails():
@@ -240,7 +247,7 @@ def test_cfg_help_and_info_never_run_a_stage(verb, flags, monkeypatch, capsys):
 
 
 def test_readme_plain_overrides_form_reaches_every_stage_and_outputs_follow(monkeypatch, tmp_path, capsys):
-    """The README's own line: `xtts-ft pipeline recipe=demo overrides='[paths.runs_dir=/scratch/runs]'`
+    """The docs' own line (docs/recipes.md): `xtts-ft pipeline recipe=demo overrides='[paths.runs_dir=/scratch/runs]'`
     (Hydra's grammar rejects `=` inside an unquoted list element)."""
     import shlex
 
@@ -274,7 +281,24 @@ def test_plain_list_elements_keep_their_own_brackets_and_quotes():
     assert pipeline_overrides("overrides=[]") == []
 
 
-@pytest.mark.parametrize("recipe", ["demo", "wolof", "wolof/tiny", "emotion", "emotion/tiny"])
+def shipped_recipes() -> list:
+    """Every recipe the package ships, named as `recipe=` takes it (as `xtts-ft pipeline --help` lists
+    them): each folder's recipe.yaml by the folder's name, each variant beside it as <folder>/<variant>."""
+    from xtts_ft.config import RECIPES_DIR
+
+    recipes = sorted(p.parent.name for p in RECIPES_DIR.glob("*/recipe.yaml"))
+    variants = sorted(f"{p.parent.name}/{p.stem}" for p in RECIPES_DIR.glob("*/*.yaml") if p.name != "recipe.yaml")
+    return recipes + variants
+
+
+def test_the_recipes_found_are_those_pipeline_help_lists():
+    from xtts_ft.cli import recipes_help
+
+    assert {"demo", "wolof", "wolof/tiny", "emotion", "emotion/tiny"} <= set(shipped_recipes())
+    assert f"recipes: {', '.join(shipped_recipes())} (in " in recipes_help("pipeline")
+
+
+@pytest.mark.parametrize("recipe", shipped_recipes())
 def test_every_recipe_lists_its_outputs_where_paths_put_them(recipe):
     cfg = compose("pipeline", [f"recipe={recipe}"])
     cfg.overrides = [f"paths.{key}=/moved/{key}" for key in ("processed_dir", "runs_dir", "exports_dir", "models_dir")]
@@ -358,11 +382,17 @@ def test_the_generic_fix_names_the_command_that_failed(monkeypatch):
 
 
 def test_bugs_keep_their_traceback():
-    from xtts_ft.cli import PACKAGE_DIR, is_user_error
+    """One line for a mistake the user can fix, by its type; a traceback for anything else, wherever it
+    was raised (inside xtts_ft's own files or a library's)."""
+    from hydra.errors import OverrideParseException
+    from omegaconf.errors import MissingMandatoryValue
+
+    from xtts_ft import errors
+    from xtts_ft.cli import PACKAGE_DIR, is_user_error, one_line
 
     def raised_by(source: str) -> BaseException:
         """The error a function in (a stand-in file of) the package raises."""
-        namespace = {}
+        namespace = {"errors": errors}
         exec(compile(source, str(PACKAGE_DIR / "stand_in.py"), "exec"), namespace)
         try:
             namespace["f"]()
@@ -370,14 +400,39 @@ def test_bugs_keep_their_traceback():
             return error
         raise AssertionError("f did not raise")
 
-    assert is_user_error(raised_by("def f():\n    raise ValueError('language xx is not in this model')"))
-    assert is_user_error(raised_by("def f():\n    open('/no/such/file')"))  # an OSError names its file
-    assert not is_user_error(raised_by("def f():\n    int('x')"))  # a library's ValueError inside xtts_ft: a bug
-    assert not is_user_error(raised_by("def f():\n    return {}['k']"))
+    # Every kind of UserError: one line, and still the built-in a Python caller catches.
+    for kind, builtin in [
+        (errors.BadValue, ValueError),
+        (errors.MissingFile, FileNotFoundError),
+        (errors.FileInTheWay, FileExistsError),
+        (errors.MissingPackage, ImportError),
+        (errors.RunRefused, RuntimeError),
+        (errors.ConfigValueError, ValueError),
+    ]:
+        error = raised_by(f"def f():\n    raise errors.{kind.__name__}('language xx is not in this model')")
+        assert type(error) is kind and isinstance(error, builtin) and is_user_error(error)
+    # A plain ValueError or RuntimeError is a bug, even one raised on purpose inside xtts_ft.
+    assert not is_user_error(raised_by("def f():\n    raise ValueError('an invariant broke')"))
+    assert not is_user_error(raised_by("def f():\n    raise RuntimeError('an invariant broke')"))
+    assert not is_user_error(raised_by("def f():\n    int('x')"))  # a library's ValueError inside xtts_ft
+    assert not is_user_error(raised_by("def f():\n    return {}['k']"))  # a KeyError
     try:
         np.zeros(-1)
     except ValueError as library:  # raised outside xtts_ft
         assert not is_user_error(library)
+    # The system's word on a file it names is the user's to fix; an OSError naming no file is not.
+    assert is_user_error(raised_by("def f():\n    open('/no/such/file')"))
+    assert not is_user_error(raised_by("def f():\n    raise OSError(5, 'Input/output error')"))
+    # Hydra's word on an override, and a required setting left out.
+    assert is_user_error(OverrideParseException("max_steps==5", "mismatched input '='"))
+    assert is_user_error(MissingMandatoryValue("Missing mandatory value: data.name"))
+    # A UserError's own fix is printed after its message; without one, the generic fix by type.
+    assert one_line(errors.BadValue("max_steps=-5 is odd", fix="max_steps=<an integer ≥ 1>")) == (
+        "error: max_steps=-5 is odd — fix: max_steps=<an integer ≥ 1>"
+    )
+    assert one_line(errors.MissingFile("no x.wav")) == (
+        "error: no x.wav — fix: check the path (a relative path starts in the current directory)"
+    )
 
 
 def test_ctrl_c_is_one_line_and_exit_status_130(capsys, monkeypatch):
@@ -405,12 +460,17 @@ def test_non_ascii_text_needs_no_extra_quoting(capsys):
     assert cli.quoted_if_needed("'+voices={a: b}'") == "'+voices={a: b}'"
 
 
-def readme_command_lines() -> list:
-    """Every `xtts-ft ...` line in the README's bash blocks (continuations joined, comments cut)."""
+# The pages whose `xtts-ft` lines a reader copies: the README's quickstart and every docs/ page.
+DOC_PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def page_command_lines(text: str) -> list:
+    """Every `xtts-ft ...` line of one page's bash blocks (continuations joined, comments cut), a
+    torchrun line's `-m xtts_ft.cli ...` as the `xtts-ft ...` it runs, and the inline ones in the prose
+    but for templates (`recipe=<name>`, `checkpoint=N`, elisions)."""
     import re
     import shlex
 
-    text = (REPO / "README.md").read_text(encoding="utf-8")
     lines = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         pending = ""
@@ -421,32 +481,144 @@ def readme_command_lines() -> list:
             except ValueError:  # a quote still open: the command goes on on the next line
                 continue
             pending = ""
+            if "xtts_ft.cli" in words:  # torchrun ... -m xtts_ft.cli <verb> ...
+                words = ["xtts-ft", *words[words.index("xtts_ft.cli") + 1 :]]
             if words[:1] == ["xtts-ft"]:
                 lines.append([w for w in words if w != "..."])  # "..." stands for "and your other settings"
-    # Inline ones in the prose too, but for templates (`recipe=<name>`, `checkpoint=N`, elisions).
     for span in re.findall(r"`(xtts-ft [^`]+)`", text):
         if not re.search(r"<|\.\.\.|…|=N\b", span):
             lines.append(shlex.split(span))
     return lines
 
 
-def test_every_readme_command_line_composes(monkeypatch, capsys):
-    """Each `xtts-ft` line the README shows parses and composes into a valid configuration
-    (`--cfg job`: printed, nothing run) — the README's own examples cannot rot unseen."""
+def doc_command_lines() -> list:
+    """(page, words) for every `xtts-ft` line of README.md and docs/*.md."""
+    return [(page.name, words) for page in DOC_PAGES for words in page_command_lines(page.read_text(encoding="utf-8"))]
+
+
+def first_job_of_sweep(args: list) -> list:
+    """`-m lr=1e-5,5e-6 ...` → `lr=1e-5 ...`: a Hydra multirun's first job, as Hydra composes it."""
+    from xtts_ft.cli import split_top_level
+
+    if "-m" not in args and "--multirun" not in args:
+        return args
+    firsts = []
+    for arg in args:
+        if arg in ("-m", "--multirun"):
+            continue
+        key, sep, value = arg.partition("=")
+        firsts.append(f"{key}={split_top_level(value)[0]}" if sep and value and value[0] not in "[{'\"" else arg)
+    return firsts
+
+
+def stage_config_problem(cfg, stage: str):
+    """Why a composed stage config would not run: a value `validate` refuses, a required `???` left
+    empty, an interpolation that does not resolve. None when the stage would take it."""
+    from omegaconf import OmegaConf
+
+    from xtts_ft.config import validate
+
+    try:
+        validate(cfg, stage)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            return f"{stage}: required {', '.join(missing)} left empty (???)"
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except Exception as error:  # ConfigValueError, Hydra's and OmegaConf's errors: each is a reason
+        return f"{stage}: {type(error).__name__}: {error}"
+    return None
+
+
+def command_line_problem(words: list):
+    """Why `xtts-ft <verb> ...` would not run as written, checked as the verb itself would take it;
+    None when it would. A stage verb: its config composed from the line's overrides (as the CLI hands
+    them to Hydra: xtts_ft.config.compose) and validated. `pipeline`/`demo`: the pipeline's config as
+    the CLI builds it, then every stage of its plan composed with the overrides it gets, each validated.
+    Nothing runs."""
+    import contextlib
+    import io
+    from unittest import mock
+
+    from xtts_ft import cli
+    from xtts_ft.config import compose
+
+    verb, args = words[1], first_job_of_sweep(words[2:])
+    if verb in ("pipeline", "demo"):
+        shown = []
+        with mock.patch.object(pipeline, "show", lambda cfg, resolve=False: shown.append(cfg) or ""):
+            try:
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+                    cli.main([verb, *args, "--cfg", "job"])
+            except SystemExit as stop:
+                return f"exit {stop.code}: {err.getvalue().strip()}"
+        try:
+            planned = pipeline.plan(shown[0])
+        except Exception as error:
+            return f"{type(error).__name__}: {error}"
+        problems = [stage_config_problem(stage_cfg, stage) for stage, _, stage_cfg in planned]
+        return "; ".join(p for p in problems if p) or None
+    stage = verb.replace("-", "_")
+    _, overrides = cli.split_hydra_args(args)
+    try:
+        cfg = compose(stage, overrides)
+    except Exception as error:  # Hydra's parse and composition errors, ConfigValueError
+        return f"{type(error).__name__}: {error}"
+    return stage_config_problem(cfg, stage)
+
+
+def test_every_readme_and_docs_command_line_is_valid_as_run(monkeypatch, capsys):
+    """Each `xtts-ft` line README.md and docs/*.md show is a command its verb would run: it parses
+    through the CLI (`--cfg job`: printed, nothing run), and its configuration — each planned stage's,
+    for a pipeline — passes `validate` with every required value given. The docs cannot rot unseen."""
     from xtts_ft import cli
 
-    lines = readme_command_lines()
-    assert len(lines) >= 20
+    lines = doc_command_lines()
+    pages = {page for page, _ in lines}
+    assert len(lines) >= 40 and {"README.md", "prepare.md", "train.md", "synth.md"} <= pages, pages
     _no_stage_may_run(monkeypatch)
-    for words in lines:
+    for page, words in lines:
         args = words[1:]
-        if "-m" in args:  # a sweep: its first job, as Hydra will compose it
-            args = [a.split(",")[0] if "=" in a and not a.startswith(("'", "[")) else a for a in args if a != "-m"]
+        where = f"{page}: `{' '.join(words)}`"
         monkeypatch.setattr(sys, "argv", list(sys.argv))
+        asks_help = "--help" in args  # prints the settings (Hydra then exits 0): there is no run to validate
         try:
-            cli.main([*args, "--cfg", "job"])
+            cli.main(args if asks_help else [*first_job_of_sweep(args), "--cfg", "job"])
         except SystemExit as stop:
-            pytest.fail(
-                f"README line `{' '.join(words)}` does not compose (exit {stop.code}): {capsys.readouterr().err}"
-            )
-        assert capsys.readouterr().out.strip(), " ".join(words)
+            if not (asks_help and stop.code in (0, None)):
+                pytest.fail(f"{where} does not compose (exit {stop.code}): {capsys.readouterr().err}")
+        assert capsys.readouterr().out.strip(), where
+        if asks_help:
+            continue
+        problem = command_line_problem(words)
+        assert problem is None, f"{where} would not run: {problem}"
+
+
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ("xtts-ft train-gpt max_steps=0", "max_steps=0 is not an integer ≥ 1"),
+        ("xtts-ft train-gpt lr=-1", "lr=-1.0 is not a number > 0"),
+        ("xtts-ft train-gpt +max_step=5", "max_step is not a setting of train_gpt"),
+        ("xtts-ft train-gpt max_step=5", "ConfigCompositionException"),
+        ("xtts-ft synth text=Hello.", "required checkpoint left empty"),
+        ("xtts-ft export", "run_name"),
+        ("xtts-ft prepare data.name=x 'data.sources=[{path: /x, formatter: table}]'", "data.sources[0].language"),
+        ("xtts-ft train-gpt -m lr=1e-5,-1", None),  # the sweep's first job is fine ...
+        ("xtts-ft train-gpt -m lr=-1,1e-5", "lr=-1.0 is not"),  # ... and a bad first one is caught
+        ("xtts-ft demo max_step=5", "did you mean max_steps"),
+        ("xtts-ft demo batch_size=0", "batch_size=0 is not an integer ≥ 1"),
+        ("xtts-ft pipeline recipe=wolof/tiny lr=-1", "lr=-1.0 is not"),
+        ("xtts-ft synth checkpoint=exports/demo text=Hello.", None),
+        ("xtts-ft pipeline recipe=demo", None),
+    ],
+)
+def test_the_docs_checker_rejects_what_no_verb_would_run(line, reason):
+    """The checker of the test above catches what it looks for: out-of-range values, unknown keys,
+    required values left empty, in stage verbs and in a pipeline's planned stages."""
+    import shlex
+
+    problem = command_line_problem(shlex.split(line))
+    if reason is None:
+        assert problem is None, problem
+    else:
+        assert problem is not None and reason in problem, problem

@@ -16,8 +16,9 @@ import soundfile as sf
 from omegaconf import OmegaConf
 
 from xtts_ft.config import ColumnsConfig, SourceConfig, compose
-from xtts_ft.data import clips
+from xtts_ft.data import clips, dataset, records
 from xtts_ft.data.formatters import read_corpus
+from xtts_ft.data.prepared import up_to_date
 from xtts_ft.data.sample import Sample, read_manifest, resolve_audio
 from xtts_ft.stages import prepare
 
@@ -238,7 +239,7 @@ def test_transcripts_with_annotation_markup_are_dropped_not_spoken(tmp_path):
     ]
     assert "annotation markup <unk>, which the model would learn to say; fix: remove the tags" in dropped[0]["message"]
     assert sorted(s.text for s in _kept(out)) == ["so this (the last one) is it.", "so this is it."]
-    assert not prepare.MARKUP.search("Mu ne <<waaw>> rekk")  # French quotes typed as << >> are not a tag
+    assert not records.MARKUP.search("Mu ne <<waaw>> rekk")  # French quotes typed as << >> are not a tag
 
 
 def test_a_huge_file_is_too_long_by_its_header_and_never_decoded(tmp_path, monkeypatch):
@@ -268,7 +269,7 @@ def test_a_worker_that_dies_names_its_clip_and_the_next_run_skips_it(tmp_path, m
     (root / "metadata.csv").write_text("\n".join(["audio_file|text|speaker_name", *rows]) + "\n")
     victim = root / "wavs" / "c00.wav"  # the first chunk: always a spawned worker's (it cannot be taken back)
     original, stat = victim.read_bytes(), victim.stat()
-    check_path = prepare.check_path
+    check_path = records.check_path
 
     def swap_for_a_fifo(record, corpus_root, seen):  # after the check: the worker will block reading it
         path = check_path(record, corpus_root, seen)
@@ -293,7 +294,7 @@ def test_a_worker_that_dies_names_its_clip_and_the_next_run_skips_it(tmp_path, m
             unblock.write(b"x")
 
     monkeypatch.setattr(clips, "CLIPS_PER_WORKER", 1)
-    monkeypatch.setattr(prepare, "check_path", swap_for_a_fifo)
+    monkeypatch.setattr(dataset, "check_path", swap_for_a_fifo)  # where check_and_process looks it up
     killer = threading.Thread(target=kill_the_worker_on_the_victim, daemon=True)
     killer.start()
     with pytest.raises(RuntimeError, match=rf"audio worker process died while processing {victim} .*worker_crashed"):
@@ -301,7 +302,7 @@ def test_a_worker_that_dies_names_its_clip_and_the_next_run_skips_it(tmp_path, m
     killer.join()
     assert not (tmp_path / "out" / "t").exists()
 
-    monkeypatch.setattr(prepare, "check_path", check_path)
+    monkeypatch.setattr(dataset, "check_path", check_path)
     victim.unlink()
     victim.write_bytes(original)  # the file as it was: the same inputs, so the next run resumes
     os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
@@ -465,7 +466,7 @@ def test_prepare_never_replaces_a_folder_it_did_not_write(tmp_path):
     assert compose("prepare", ["data.name=wolof/v2"]).data.name == "wolof/v2"  # a folder inside processed_dir: fine
     # Markup written as HTML entities is markup too.
     with pytest.raises(clips.Rejected, match="annotation markup <unk>"):
-        prepare.check_text("&lt;unk&gt; so this is it", "en", compose("prepare", []), None)
+        records.check_text("&lt;unk&gt; so this is it", "en", compose("prepare", []), None)
 
 
 def test_numbers_coqui_cannot_spell_stay_digits(tiny_model_dir, caplog, monkeypatch):
@@ -500,7 +501,7 @@ def test_a_clip_deleted_from_the_dataset_is_rebuilt_and_an_empty_audio_field_is_
     assert messages["Windows."].endswith("(a Windows path? write / between folders, not \\)")
     clip = out / _kept(out)[0].audio
     clip.unlink()
-    assert not prepare.up_to_date(out, json.loads((out / "stats.json").read_text())["input_key"])  # was: "up to date"
+    assert not up_to_date(out, json.loads((out / "stats.json").read_text())["input_key"])  # was: "up to date"
     _prepare(tmp_path, root)
     assert clip.is_file()
 
@@ -646,9 +647,9 @@ def test_a_language_code_is_checked_before_any_work(tmp_path, caplog):
         prepare.run(cfg)
     assert not (tmp_path / "out").exists()
     cfg.data.sources[0].language = "en-US"  # a region in capitals is fine
-    prepare.check_languages(cfg, None)
+    records.check_languages(cfg, None)
     cfg.data.sources[0].language = "xx"  # a new language (or a typo): said once, and prepared
-    with caplog.at_level("WARNING", logger="xtts_ft.stages.prepare"):
+    with caplog.at_level("WARNING", logger="xtts_ft.data.records"):
         prepare.run(cfg)
     assert [
         r.getMessage() for r in caplog.records if "'xx' is not one of the base model's languages" in r.getMessage()
@@ -656,7 +657,8 @@ def test_a_language_code_is_checked_before_any_work(tmp_path, caplog):
 
 
 def test_a_metadata_file_that_cannot_be_read_is_named(tmp_path, monkeypatch):
-    from xtts_ft.cli import is_user_error
+    from xtts_ft.cli import is_user_error, one_line
+    from xtts_ft.errors import UserError
 
     root = _corpus(tmp_path / "corpus", {"wavs/a.wav": "First one."})
     real = Path.read_bytes
@@ -671,7 +673,10 @@ def test_a_metadata_file_that_cannot_be_read_is_named(tmp_path, monkeypatch):
         OSError, match=r"cannot read metadata file .*metadata.csv: Permission denied; check that it is readable"
     ) as error:
         read_corpus(root, _source(root, "coqui_csv"))
-    assert is_user_error(error.value)  # one line on the console, not a traceback
+    # A UserError by type (the OSError names no file of its own): one line on the console, not a
+    # traceback, still with the system's errno.
+    assert isinstance(error.value, UserError) and is_user_error(error.value) and error.value.errno == 13
+    assert one_line(error.value).startswith("error: [Errno 13] cannot read metadata file ")
 
 
 def test_a_dc_offset_is_removed_and_a_hot_float_file_is_not_clipped(tmp_path):

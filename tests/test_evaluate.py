@@ -10,7 +10,8 @@ import soundfile as sf
 from tests.test_asr import espeak as espeak_voice
 from tests.test_asr import tiny_mms  # noqa: F401  (the session fixture: a tiny MMS-like CTC model)
 from xtts_ft.config import compose
-from xtts_ft.evaluation import asr, metrics
+from xtts_ft.evaluation import asr, forgetting, metrics, probes, scoring
+from xtts_ft.evaluation.report import paper_metrics
 from xtts_ft.stages import evaluate
 
 
@@ -138,16 +139,51 @@ def test_expected_seconds_follow_the_language():
     assert metrics.expected_seconds("a" * 130, "wo", {"wo": 13.0}) == pytest.approx(10.3)
 
 
+def perturbed_copy(export, out, scale: float = 0.5):
+    """A copy of `export` whose GPT weights are moved by seeded noise (half their spread): another model that
+    says other things, the same files otherwise."""
+    import torch
+
+    shutil.copytree(export, out)
+    checkpoint = torch.load(out / "model.pth", map_location="cpu", weights_only=False)
+    generator = torch.Generator().manual_seed(1)
+    for key, value in checkpoint["model"].items():
+        if key.startswith("gpt.") and value.is_floating_point():
+            noise = torch.randn(value.shape, generator=generator) * scale * (value.float().std().nan_to_num() + 1e-3)
+            checkpoint["model"][key] = (value.float() + noise).to(value.dtype)
+    torch.save(checkpoint, out / "model.pth")
+    return out
+
+
 def test_two_checkpoints_on_a_shipped_probe_set_with_plots_and_metrics_in_the_export(
     exported, prepared, tmp_path, monkeypatch
 ):
+    import dataclasses
+
+    import soxr
+
     loads = []
-    load_audio = evaluate.load_audio
+    load_audio = scoring.load_audio
     monkeypatch.setattr(
-        evaluate, "load_audio", lambda path, rate: loads.append((str(path), rate)) or load_audio(path, rate)
+        scoring, "load_audio", lambda path, rate: loads.append((str(path), rate)) or load_audio(path, rate)
     )
-    other = tmp_path / "other"
-    shutil.copytree(exported, other)
+    # The tiny models' own audio has no voice in it. So that the metrics also meet speech, the first model's first
+    # clip is espeak-ng (the reference's voice) reading the probe, then what the model said (one clip: DNSMOS costs
+    # seconds a clip); the others are the model alone.
+    spoken = {}
+
+    class Speaking(scoring.XttsSynthesizer):
+        def iter_synthesize(self, requests, *args, **kwargs):
+            for i, result in super().iter_synthesize(requests, *args, **kwargs):
+                spoken[(self.model_dir.name, i)] = result.wav
+                if i == 0 and self.model_dir == exported:
+                    speech, rate = espeak(requests[i]["text"])
+                    speech = soxr.resample(speech, rate, result.sample_rate).astype(np.float32)
+                    result = dataclasses.replace(result, wav=np.concatenate([speech, result.wav]))
+                yield i, result
+
+    monkeypatch.setattr(scoring, "XttsSynthesizer", Speaking)
+    other = perturbed_copy(exported, tmp_path / "other")
     reference = sorted((prepared / "wavs").glob("0_wavs__alicia*"))[0]
     cfg = compose(
         "evaluate",
@@ -173,14 +209,27 @@ def test_two_checkpoints_on_a_shipped_probe_set_with_plots_and_metrics_in_the_ex
     assert list(dict.fromkeys(table["model"])) == [exported.name, "other"]
     assert len(table) == 8 and set(table["language"]) == {"en", "fr"}  # 2 models x 2 languages x 2 probes
     assert loads == [(str(reference), 16000)]  # the one reference is decoded and embedded once, not 8 times
+    # The spoken clip has a voice: similarity, DNSMOS and CER are numbers, in range (espeak-ng: robotic, not bad);
+    # the tiny export's own audio has none: NaN and `no_speech`, not the score of silence.
+    said = table.iloc[0]
+    assert table[table["model"] == exported.name]["no_speech"].tolist() == [False, True, True, True]
+    assert 0.3 < said["speaker_similarity"] <= 1.0 and 1.5 < said["dnsmos"] < 4.0, said
+    assert said["cer"] <= 0.5 and not said["asr_heard_nothing"], said["transcript"]
+    assert (table["speaker_similarity"].isna() == table["no_speech"]).all()
+    assert (table["dnsmos"].isna() == table["no_speech"]).all()
     first = sf.read(str(tmp_path / "eval" / table["wav"][0]), dtype="float32")
     assert table["speaker_similarity"][0] == pytest.approx(
-        metrics.speaker_similarity(*first, *sf.read(str(reference), dtype="float32")), abs=0.02, nan_ok=True
+        metrics.speaker_similarity(*first, *sf.read(str(reference), dtype="float32")), abs=0.02
     )
-    assert (table["speaker_similarity"].isna() == table["no_speech"]).all()
     assert table[table["language"] == "en"]["cer"].notna().all()
-    # The bundled Whisper is English-only: French is reported not scored, not scored by an English model.
+    # The two models said different things, and each clip was measured on its own model's audio (its loudness).
+    for i in range(4):
+        ours, theirs = spoken[(exported.name, i)], spoken[("other", i)]
+        assert ours.size != theirs.size or np.abs(ours - theirs).max() > 1e-3
+    base, tuned = (table[table["model"] == name].set_index("utterance") for name in (exported.name, "other"))
+    assert (base["rms_dbfs"] != tuned["rms_dbfs"]).all()
     french = table[table["language"] == "fr"]
+    # The bundled Whisper is English-only: French is reported not scored, not scored by an English model.
     assert french["cer"].isna().all() and french["transcript"].isna().all()
     assert (french["asr"] == "not scored (no ASR for fr: asr=bundled is an English-only Whisper)").all()
     for png in ("metrics.png", "durations.png"):
@@ -200,7 +249,7 @@ def test_two_checkpoints_on_a_shipped_probe_set_with_plots_and_metrics_in_the_ex
 
 
 def test_paper_numbers_ship_with_the_package():
-    paper = evaluate.paper_metrics()
+    paper = paper_metrics()
     assert len(paper) == 16 and "hi" not in paper.index
     assert paper.loc["en", "cer_percent"] == 0.54 and paper["utmos"].between(2.5, 4.5).all()
 
@@ -209,9 +258,9 @@ def test_evaluate_needs_probes_and_a_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="give checkpoint="):
         evaluate.checkpoints(compose("evaluate", [f"out_dir={tmp_path}"]))
     with pytest.raises(ValueError, match="needs reference="):
-        evaluate.probe_rows(compose("evaluate", [f"out_dir={tmp_path}", "probes=short"]))
+        probes.probe_rows(compose("evaluate", [f"out_dir={tmp_path}", "probes=short"]))
     with pytest.raises(ValueError, match="shipped probe sets are sentences, short"):
-        evaluate.shipped_probes("long")
+        probes.shipped_probes("long")
 
 
 def test_probes_with_nothing_to_score_are_left_out_and_said(tmp_path, prepared, caplog):
@@ -225,14 +274,12 @@ def test_probes_with_nothing_to_score_are_left_out_and_said(tmp_path, prepared, 
         for text in ("Hello there.", "?!...")
     ]
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with caplog.at_level("WARNING", logger="xtts_ft.stages.evaluate"):
-        probes = evaluate.probe_rows(compose("evaluate", [f"manifest={manifest}", f"out_dir={tmp_path / 'e'}"]))
-    assert [p["text"] for p in probes] == ["Hello there."]
+    with caplog.at_level("WARNING", logger="xtts_ft.evaluation.probes"):
+        kept = probes.probe_rows(compose("evaluate", [f"manifest={manifest}", f"out_dir={tmp_path / 'e'}"]))
+    assert [p["text"] for p in kept] == ["Hello there."]
     assert [r.getMessage() for r in caplog.records] == ["1 probe(s) have no words to score, left out: probes: '?!...'"]
     with pytest.raises(ValueError, match=r"languages=\['fr'\] keeps none of the probes \(their languages: en\)"):
-        evaluate.probe_rows(
-            compose("evaluate", [f"manifest={manifest}", f"out_dir={tmp_path / 'e'}", "languages=[fr]"])
-        )
+        probes.probe_rows(compose("evaluate", [f"manifest={manifest}", f"out_dir={tmp_path / 'e'}", "languages=[fr]"]))
 
 
 @pytest.mark.slow
@@ -329,14 +376,14 @@ def test_metrics_say_no_speech_instead_of_scoring_silence(monkeypatch):
     # ASR: silence is heard as nothing, which is a CER of 1 with the flag, not a missing value.
     english = asr.require("bundled", "en")
     heard = {
-        name: evaluate.asr_scores(audio, rate, text, "en", english)
+        name: scoring.asr_scores(audio, rate, text, "en", english)
         for name, audio in (("silence", silence), ("noise", noise), ("voice", voice))
     }
     assert heard["silence"] == {"transcript": "", "cer": 1.0, "wer": 1.0, "asr_heard_nothing": True}
     assert heard["noise"]["cer"] > 0.8 and heard["voice"]["cer"] < 0.2, heard
     assert not heard["voice"]["asr_heard_nothing"]
     # No ASR for a language: NaN that the `asr` column explains, never a score from another language's model.
-    assert np.isnan(evaluate.asr_scores(voice, rate, text, "fr", None)["cer"])
+    assert np.isnan(scoring.asr_scores(voice, rate, text, "fr", None)["cer"])
 
 
 def test_forgetting_compares_each_fine_tune_with_the_base_on_the_base_languages():
@@ -351,15 +398,15 @@ def test_forgetting_compares_each_fine_tune_with_the_base_on_the_base_languages(
             [("base", "en"), ("base", "fr"), ("tuned", "en"), ("tuned", "wo")], names=["model", "language"]
         ),
     )
-    forgotten = evaluate.forgetting(summary)
+    forgotten = forgetting.forgetting(summary)
     assert forgotten[["model", "base", "language"]].values.tolist() == [
         ["tuned", "base", "en"]
     ]  # wo is new, fr not probed
     row = forgotten.iloc[0]
     assert (row["cer_base"], row["cer"], row["cer_change"]) == (0.10, 0.25, pytest.approx(0.15))
     assert row["flagged_change"] == 0.25 and np.isnan(row["speaker_similarity_change"])  # not measurable: blank, not 0
-    assert evaluate.forgetting(summary.loc[["base"]]).empty
-    assert "checkpoints=[<base>,<fine-tune>]" in evaluate.forgetting_md(evaluate.forgetting(summary.loc[["base"]]))
+    assert forgetting.forgetting(summary.loc[["base"]]).empty
+    assert "checkpoints=[<base>,<fine-tune>]" in forgetting.forgetting_md(forgetting.forgetting(summary.loc[["base"]]))
 
 
 def test_base_against_fine_tune_writes_forgetting_to_report_sidecar_and_card(

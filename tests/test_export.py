@@ -136,23 +136,24 @@ def _export_cfg(workdir, *extra):
 
 
 def test_export_replaces_only_its_own_exports(tmp_path, workdir, trained, tiny_model_dir):
+    from xtts_ft.errors import FileInTheWay
     from xtts_ft.stages import export
 
     run_dir = trained.parent
     before = sorted(p.name for p in run_dir.iterdir())
     with pytest.raises(
-        FileExistsError,
+        FileInTheWay,
         match=rf"out_dir={run_dir} exists and is not an xtts-ft export \(no xtts_ft.json of kind 'export'\)",
     ):
         export.run(_export_cfg(workdir, f"out_dir={run_dir}"))
     assert sorted(p.name for p in run_dir.iterdir()) == before and trained.is_file()  # the training run is untouched
     # A base model (its sidecar has another kind) and a folder of anything are refused as well.
-    with pytest.raises(FileExistsError, match="is not an xtts-ft export"):
+    with pytest.raises(FileInTheWay, match="is not an xtts-ft export"):
         export.run(_export_cfg(workdir, f"out_dir={tiny_model_dir}"))
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "todo.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="Choose another out_dir, or move that directory away yourself"):
+    with pytest.raises(FileInTheWay, match="Choose another out_dir, or move that directory away yourself"):
         export.run(_export_cfg(workdir, f"out_dir={notes}"))
     assert (notes / "todo.txt").read_text() == "keep me"
 
@@ -164,7 +165,7 @@ def test_export_replaces_only_its_own_exports(tmp_path, workdir, trained, tiny_m
     export.run(_export_cfg(workdir, f"out_dir={out}"))
     assert not (out / "stale.txt").exists() and is_export(out)
     # ... unless overwrite=false.
-    with pytest.raises(FileExistsError, match="exists; pass overwrite=true to replace it"):
+    with pytest.raises(FileInTheWay, match="exists; pass overwrite=true to replace it"):
         export.run(_export_cfg(workdir, f"out_dir={out}", "overwrite=false"))
 
 
@@ -182,16 +183,16 @@ def test_exports_made_before_the_sidecar_had_a_kind_are_still_exports(tmp_path):
 
 
 def test_an_export_writes_only_the_listed_files(tmp_path, exported):
-    from xtts_ft.stages import export
+    from xtts_ft.model.export import check_listed
 
     assert set(p.name for p in exported.iterdir()) <= set(EXPORT_FILES)
-    export.check_listed(exported)
+    check_listed(exported)
     (tmp_path / "model.pth").write_bytes(b"x")
     (tmp_path / "voices.extra").write_bytes(b"x")
     with pytest.raises(
         RuntimeError, match="export wrote voices.extra, which xtts_ft.model.layout.EXPORT_FILES does not list"
     ):
-        export.check_listed(tmp_path)
+        check_listed(tmp_path)
 
 
 def _run_copy(tmp_path, trained):
@@ -208,6 +209,7 @@ def _run_copy(tmp_path, trained):
 
 def test_a_checkpoint_describes_itself_and_exports_without_its_state(tmp_path, trained, tiny_model_dir):
     from xtts_ft.config import compose
+    from xtts_ft.errors import MissingFile
     from xtts_ft.io_utils import file_hash
     from xtts_ft.stages import export
 
@@ -232,7 +234,7 @@ def test_a_checkpoint_describes_itself_and_exports_without_its_state(tmp_path, t
         assert record["base_model"]["kind"] == "tiny-random" and record["training"]["run_name"] == "demo"
         weights = torch.load(out / "model.pth", map_location="cpu", weights_only=True)["model"]
         assert all(torch.equal(weights[f"gpt.{k}"], v) for k, v in checkpoint["gpt"].items())
-    with pytest.raises(FileNotFoundError, match="state.pt does not exist"):  # latest is the state, which is gone
+    with pytest.raises(MissingFile, match="state.pt does not exist"):  # latest is the state, which is gone
         export.run(compose("export", overrides + [f"out_dir={tmp_path / 'latest'}"]))
 
 

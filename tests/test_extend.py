@@ -253,13 +253,14 @@ def test_characters_the_vocabulary_lacks_are_reported_once(extended, caplog):
 
 
 def test_extending_twice_or_without_the_corpus_language_is_refused(workdir, extended, wolof_prepared):
+    from xtts_ft.errors import BadValue, FileInTheWay
     from xtts_ft.stages import extend
 
     cfg = compose("extend", wolof_overrides(workdir) + ["model=tiny", "languages=[wo]"])
-    with pytest.raises(FileExistsError, match="overwrite=true"):
+    with pytest.raises(FileInTheWay, match="overwrite=true"):
         extend.run(cfg)
     cfg = compose("extend", wolof_overrides(workdir) + ["model=tiny", "languages=[ff]", f"out_dir={workdir / 'ff'}"])
-    with pytest.raises(ValueError, match="no 'ff' text"):
+    with pytest.raises(BadValue, match="no 'ff' text"):
         extend.run(cfg)
     # overwrite=true replaces only a model extend wrote: never a folder a typo names.
     mine = workdir / "my-notes"
@@ -268,7 +269,7 @@ def test_extending_twice_or_without_the_corpus_language_is_refused(workdir, exte
     cfg = compose(
         "extend", wolof_overrides(workdir) + ["model=tiny", "languages=[wo]", f"out_dir={mine}", "overwrite=true"]
     )
-    with pytest.raises(FileExistsError, match="is not a model extend wrote"):
+    with pytest.raises(FileInTheWay, match="is not a model extend wrote"):
         extend.run(cfg)
     assert (mine / "notes.txt").read_text() == "mine"
 

@@ -9,6 +9,15 @@ import soundfile as sf
 from xtts_ft.inference import split_sentences
 
 
+@pytest.fixture(autouse=True)
+def _kernel_tricks_on(monkeypatch):
+    """The tests here check cpu_kernels' tricks as they run by default: an XTTS_FT_PLAIN_KERNELS left set in the
+    environment would switch them off (the plain path's test sets it itself)."""
+    from xtts_ft.inference import PLAIN_KERNELS_ENV
+
+    monkeypatch.delenv(PLAIN_KERNELS_ENV, raising=False)
+
+
 def _reference(prepared):
     return next((prepared / "wavs").glob("0_wavs__alicia*.wav"))
 
@@ -25,12 +34,23 @@ def test_synthesis_is_24khz_finite_and_not_silent(synthesizer, prepared):
 
 
 def test_same_seed_same_audio_and_latents_are_cached(synthesizer, prepared, monkeypatch):
-    from collections import OrderedDict
+    """The second call with the same reference skips the voice's work: the conditioning latents and the
+    speaker embedding are computed once, on the first."""
+    from collections import Counter, OrderedDict
 
     monkeypatch.setattr(synthesizer, "_voices", OrderedDict())  # whatever other tests left there
+    computed = Counter()
+    xtts = type(synthesizer.model)
+    for name in ("get_gpt_cond_latents", "get_speaker_embedding"):
+        real = getattr(xtts, name)
+        monkeypatch.setattr(
+            xtts, name, lambda self, *a, _real=real, _name=name, **k: computed.update([_name]) or _real(self, *a, **k)
+        )
     kwargs = dict(text="Hello there.", language="en", reference=_reference(prepared), decoding={"seed": 3})
     first = synthesizer.synthesize(**kwargs)
+    assert computed == {"get_gpt_cond_latents": 1, "get_speaker_embedding": 1}
     second = synthesizer.synthesize(**kwargs)
+    assert computed == {"get_gpt_cond_latents": 1, "get_speaker_embedding": 1}  # the cached voice, not recomputed
     assert np.array_equal(first.wav, second.wav)
     assert len(synthesizer._voices) == 1
 
@@ -49,24 +69,32 @@ def test_voice_cache_is_bounded_and_drops_the_least_recently_used(synthesizer, p
 
 
 def test_only_the_start_of_a_long_reference_is_decoded(synthesizer, tmp_path, monkeypatch):
-    import xtts_ft.inference as inference
-
+    """The spy sits on libsndfile's decoding call (soundfile.SoundFile.read): what was asked of the file and
+    what it gave, not the size of what reached the model."""
     long_clip = tmp_path / "an-hour-would-do-the-same.flac"
     rng = np.random.default_rng(0)
     sf.write(str(long_clip), (0.1 * rng.standard_normal(60 * 16000)).astype(np.float32), 16000)
-    decoded = []
-    load_audio = inference.load_audio
-    monkeypatch.setattr(inference, "load_audio", lambda *a, **k: decoded.append(load_audio(*a, **k)) or decoded[-1])
+    decoded = []  # (file, frames asked for, frames decoded) of every decoding read
+    real_read = sf.SoundFile.read
+
+    def read(self, frames=-1, *args, **kwargs):
+        data = real_read(self, frames, *args, **kwargs)
+        decoded.append((Path(self.name).name, frames, data.shape[0]))
+        return data
+
+    monkeypatch.setattr(sf.SoundFile, "read", read)
     monkeypatch.setattr(synthesizer, "max_reference_seconds", 4.0)
     synthesizer.clone_voice(long_clip)
-    assert decoded[0].size == 4 * 22050  # 4 s read (and resampled), not 60
+    assert sf.info(str(long_clip)).frames == 60 * 16000
+    assert decoded == [(long_clip.name, 4 * 16000, 4 * 16000)]  # 4 s of the 60 decoded, once
 
 
 def test_the_babble_guard_caps_a_sentence_that_does_not_stop(tiny_model_dir):
     """The untrained tiny model never emits its stop token for this seed: generation runs until
     the guard's cap, 2 s + max_seconds_per_char per character, and is reported as cut."""
     from tests.conftest import DEMO
-    from xtts_ft.inference import CODES_PER_SECOND, XttsSynthesizer
+    from xtts_ft.inference import XttsSynthesizer
+    from xtts_ft.model.constants import CODES_PER_SECOND
 
     synthesizer = XttsSynthesizer(tiny_model_dir, device="cpu")
     text = "Hello there."
@@ -142,6 +170,12 @@ def test_bad_requests_are_clear_errors(synthesizer, prepared, tmp_path):
 
 
 def test_streaming_yields_chunks_that_add_up_to_the_whole(synthesizer, prepared):
+    """The chunks' audio is the whole synthesis's (same seed: the same codes). Streamed as one chunk, a
+    sentence is synthesize()'s audio to float rounding (its latents come from the generate, not from
+    Xtts.inference's second GPT pass). Cut into chunks, each chunk but the last was decoded before the
+    later codes were known (the decoder's convolutions look both ways, over thousands of samples), so
+    those differ from the whole by the missing context; the last chunk, decoded from every code, is
+    the whole's audio to float rounding past its cross-fade."""
     kwargs = dict(
         text="The birch canoe slid on the smooth planks.",
         language="en",
@@ -149,6 +183,8 @@ def test_streaming_yields_chunks_that_add_up_to_the_whole(synthesizer, prepared)
         decoding={"seed": 0},
     )
     whole = synthesizer.synthesize(**kwargs)
+    peak = float(np.abs(whole.wav).max())
+    [one] = list(synthesizer.stream(**kwargs, first_chunk_codes=1000, chunk_codes=1000))
     # The trained tiny GPT stops after a few codes: tiny chunks make several. The first, after 1 code,
     # decodes to the 1024 samples held back for the cross-fade: it is not yielded empty.
     chunks = list(synthesizer.stream(**kwargs, first_chunk_codes=1, chunk_codes=2))
@@ -156,7 +192,14 @@ def test_streaming_yields_chunks_that_add_up_to_the_whole(synthesizer, prepared)
     assert all(c.sample_rate == 24000 and c.wav.dtype == np.float32 and c.wav.size > 0 for c in chunks)
     times = [c.seconds_since_start for c in chunks]
     assert times == sorted(times) and 0 < times[0] < times[-1]  # the first chunk comes before the end
-    assert sum(c.wav.size for c in chunks) == whole.wav.size
+    streamed = np.concatenate([c.wav for c in chunks])
+    assert streamed.size == whole.wav.size
+    past_fade = chunks[-1].wav.size - 1024  # the last chunk's samples after its cross-fade with the one before
+    # Measured: 5e-7 of the peak for the one chunk and past the last fade; ~2% of it near the earlier seams.
+    np.testing.assert_allclose(one.wav, whole.wav, rtol=0, atol=1e-5 * peak)
+    assert past_fade > 0
+    np.testing.assert_allclose(streamed[-past_fade:], whole.wav[-past_fade:], rtol=0, atol=1e-5 * peak)
+    assert np.abs(streamed - whole.wav).max() <= 0.05 * peak
 
 
 # Streaming, on the untrained tiny model: it never stops, so a sentence runs to its babble guard.
@@ -217,7 +260,7 @@ def test_a_short_first_chunk_then_the_usual_ones(untrained):
     then the end. The first holds ~8 codes of audio less the 1024 samples held back for the
     cross-fade, the next two ~20, the last the held-back 1024; the whole is as long as with 20-code chunks (the same codes under the same seed) and as
     the babble guard's cap, which holds although its setting is restored as soon as the GPT starts."""
-    from xtts_ft.inference import CODES_PER_SECOND
+    from xtts_ft.model.constants import CODES_PER_SECOND
 
     kwargs = dict(text="Hello there.", language="en", reference=_demo_reference(), decoding=STREAM_DECODING)
     max_codes = int((2.0 + 0.02 * len(kwargs["text"])) * CODES_PER_SECOND)
@@ -584,6 +627,60 @@ def test_fused_gelu_is_gpt2s_gelu_new_to_float_rounding_and_is_put_back(untraine
     assert "forward" not in vars(module[1])
 
 
+def test_plain_kernels_give_the_codes_of_the_fast_path(untrained, prepared, monkeypatch):
+    """XTTS_FT_PLAIN_KERNELS=1 (read when a batch runs) switches off every trick of cpu_kernels: no weight is
+    packed, no Conv1D or GELU forward is replaced, no cache layer grows in place. A seeded batch then gets
+    exactly the code ids it gets with the tricks on (packed products forced on here, where timing might not
+    choose them), and its audio to float rounding."""
+    import torch
+    from transformers.activations import NewGELUActivation
+    from transformers.pytorch_utils import Conv1D
+
+    from xtts_ft.inference import PLAIN_KERNELS_ENV, PackedProducts, cpu_kernels
+
+    requests = _mixed_requests(prepared)
+    decoding = {**BATCH_DECODING, "seed": 5}
+    gpt = untrained.model.gpt.gpt
+    layers = [m for m in gpt.modules() if isinstance(m, Conv1D)]
+    gelus = [m for m in gpt.modules() if isinstance(m, NewGELUActivation)]
+    assert layers and gelus
+    runs = []  # per generate: its rows' codes, and which tricks were on while it ran
+    grown = []  # each in-place cache update
+
+    def generate(sentences, settings, _real=untrained._generate):
+        tricks = {
+            "packed": any("forward" in vars(layer) for layer in layers),
+            "gelu": any("forward" in vars(act) for act in gelus),
+        }
+        rows = _real(sentences, settings)
+        runs[-1].append(([row.codes for row in rows], {**tricks, "grown": bool(grown)}))
+        return rows
+
+    real_update = cpu_kernels._InPlaceGrowth.update
+    monkeypatch.setattr(untrained, "_generate", generate)
+    monkeypatch.setattr(
+        cpu_kernels._InPlaceGrowth, "update", lambda self, *a, **k: grown.append(1) or real_update(self, *a, **k)
+    )
+    monkeypatch.setattr(PackedProducts, "packed_is_faster", lambda self, weight, rows, packed=None: True)
+    results = {}
+    for plain in (False, True):
+        if plain:
+            monkeypatch.setenv(PLAIN_KERNELS_ENV, "1")
+        runs.append([])
+        grown.clear()
+        results[plain] = untrained.synthesize_many(requests, decoding, batch_size=4)
+    fast, plain = runs
+    assert len(fast) == len(plain) == 2  # 5 sentences: a batch of 4, then one
+    assert fast[0][1] == {"packed": PackedProducts.available(), "gelu": True, "grown": True}
+    assert all(tricks == {"packed": False, "gelu": False, "grown": False} for _, tricks in plain)
+    for (fast_codes, _), (plain_codes, _) in zip(fast, plain):
+        assert len(fast_codes) == len(plain_codes)
+        assert all(torch.equal(a, b) for a, b in zip(fast_codes, plain_codes))
+    for a, b in zip(results[False], results[True]):
+        assert a.stopped == b.stopped and a.wav.shape == b.wav.shape
+        assert np.abs(a.wav - b.wav).max() <= 1e-5 * max(1.0, np.abs(b.wav).max())
+
+
 def test_sampled_codes_follow_each_sentences_seed_not_its_batch(untrained, prepared):
     """Sampling: a sentence's codes come from its own seeded stream, so batch size 1, 2 or 5 gives the
     same codes; another seed gives other codes."""
@@ -672,18 +769,24 @@ def test_synth_stage_streams_with_its_chunk_sizes(exported, prepared, tmp_path, 
     assert not (tmp_path / "bad.wav").exists()
 
 
-def test_a_batch_into_an_earlier_batchs_folder_never_leaves_its_old_index(exported, prepared, tmp_path):
+def test_a_batch_into_an_earlier_batchs_folder_never_leaves_its_old_index(exported, prepared, tmp_path, monkeypatch):
     """`synth texts=... out_dir=` over an earlier batch's folder: the old index goes before any WAV is replaced, so a
-    run that fails part-way leaves no index describing the new audio; a finished run writes its own. An out_dir
-    that is a file is refused before the model loads."""
+    run that fails part-way (here: the disk fills after the first new WAV is written) leaves no index describing
+    the new audio; a request refused before any synthesis leaves none either; a finished run writes its own. An
+    out_dir that is a file is refused before the model loads."""
+    import xtts_ft.inference.synthesizer as synthesizer_module
     from xtts_ft.config import compose
     from xtts_ft.stages import synth
 
     out = tmp_path / "batch"
     out.mkdir()
-    (out / "index.jsonl").write_text('{"name": "0000", "text": "an earlier text"}\n')
+    earlier_index = '{"name": "0000", "text": "an earlier text"}\n'
+    (out / "index.jsonl").write_text(earlier_index)
+    earlier_wav = np.zeros(24000, dtype=np.float32)  # the earlier batch's WAVs: a second of silence each
+    for name in ("0000", "0001"):
+        sf.write(str(out / f"{name}.wav"), earlier_wav, 24000)
     texts = tmp_path / "texts.csv"
-    texts.write_text("text,language\nOne.,en\nTwo.,xx\n")
+    texts.write_text("text,language\nOne.,en\nTwo.,en\n")
     base = [
         f"checkpoint={exported}",
         f"texts={texts}",
@@ -693,6 +796,26 @@ def test_a_batch_into_an_earlier_batchs_folder_never_leaves_its_old_index(export
         "decoding.seed=0",
         "decoding.max_seconds_per_char=0.02",
     ]
+    written = []  # (WAV, whether an index was there when it was written)
+    write_wav = synthesizer_module.write_wav
+
+    def disk_full_after_one(path, audio, rate):
+        if written:
+            raise OSError(28, "No space left on device", str(path))
+        written.append((Path(path).name, (out / "index.jsonl").exists()))
+        write_wav(path, audio, rate)
+
+    monkeypatch.setattr(synthesizer_module, "write_wav", disk_full_after_one)
+    with pytest.raises(OSError, match="No space left on device"):
+        synth.run(compose("synth", base))
+    monkeypatch.undo()
+    [(name, index_there)] = written
+    audio, _ = sf.read(str(out / name), dtype="float32")
+    assert not np.array_equal(audio, earlier_wav) and not index_there  # new audio written (the old index gone), then
+    assert not (out / "index.jsonl").exists()  # the failure: no index describes the new audio, nor the old
+
+    (out / "index.jsonl").write_text(earlier_index)
+    texts.write_text("text,language\nOne.,en\nTwo.,xx\n")
     with pytest.raises(ValueError, match=r"texts.csv, line 3: language 'xx'"):
         synth.run(compose("synth", base))
     assert not (out / "index.jsonl").exists()

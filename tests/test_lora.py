@@ -14,6 +14,7 @@ import torch
 from tests.conftest import REPO, TRAIN_OVERRIDES, demo_overrides
 from xtts_ft.config import compose
 from xtts_ft.model import lora
+from xtts_ft.model.export import sha256
 from xtts_ft.model.layout import EXPORT_FILES
 from xtts_ft.model.loading import load_xtts
 from xtts_ft.stages import export, push, train_gpt
@@ -270,9 +271,9 @@ def test_adapter_export_records_its_base_and_push_sends_it(lora_exports, wolof_e
     record = json.loads((last / "xtts_ft.json").read_text())
     adapter = record["adapter"]
     assert adapter["files"] == ["adapter_config.json", "adapter_model.safetensors"] and adapter["rank"] == 4
-    assert adapter["base_model"]["source"] == str(wolof_extended) and adapter["base_model"][
-        "model_sha256"
-    ] == export.sha256(wolof_extended / "model.pth")
+    assert adapter["base_model"]["source"] == str(wolof_extended) and adapter["base_model"]["model_sha256"] == sha256(
+        wolof_extended / "model.pth"
+    )
     assert record["training"]["method"] == "lora"
     config = json.loads((last / "adapter_config.json").read_text())
     assert (

@@ -1,5 +1,7 @@
+import dataclasses
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,7 +9,7 @@ import soundfile as sf
 
 from tests.conftest import demo_overrides
 from xtts_ft.config import compose
-from xtts_ft.data import clips
+from xtts_ft.data import clips, records
 from xtts_ft.data.sample import read_manifest
 from xtts_ft.stages import prepare
 
@@ -105,7 +107,7 @@ def test_the_same_recording_under_two_names_is_said(tmp_path, caplog):
     shutil.copy(root / "wavs" / "a.wav", root / "wavs" / "b.wav")
     sf.write(root / "wavs" / "c.flac", sf.read(root / "wavs" / "a.wav", dtype="int16")[0], 22050, subtype="PCM_16")
     sf.write(root / "wavs" / "d.wav", (0.1 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), 22050, subtype="PCM_16")
-    with caplog.at_level("WARNING", logger="xtts_ft.stages.prepare"):
+    with caplog.at_level("WARNING", logger="xtts_ft.data.dataset"):
         out = _prepare(tmp_path, root, overrides=("max_text_tokens=0", "eval_fraction=0.5"))
     [warning] = [r.getMessage() for r in caplog.records if "same audio" in r.getMessage()]
     csv = root / "metadata.csv"
@@ -157,11 +159,11 @@ def test_too_few_clips_for_an_eval_split_is_a_clear_error(tmp_path):
 def test_eval_fraction_of_a_corpus_of_many_speakers_with_few_clips(caplog):
     """Common Voice's shape: 10 speakers x 2 clips. By default each speaker gives one clip (half the corpus,
     said); min_eval_per_speaker=0 takes eval_fraction of the whole corpus (was: each share rounds to none: an error)."""
+    from xtts_ft.data.dataset import split_by_speaker
     from xtts_ft.data.sample import Sample
-    from xtts_ft.stages.prepare import split_by_speaker
 
     samples = [Sample(f"wavs/{s}_{k}.wav", "text", f"spk{s}", "en", 2.0) for s in range(10) for k in range(2)]
-    with caplog.at_level("WARNING", logger="xtts_ft.stages.prepare"):
+    with caplog.at_level("WARNING", logger="xtts_ft.data.dataset"):
         train, evaluation = split_by_speaker(samples, compose("prepare", []))
     assert (len(train), len(evaluation)) == (10, 10)
     assert [r.getMessage()[:35] for r in caplog.records] == ["eval takes 10 of 20 clips (eval_fra"]
@@ -172,8 +174,8 @@ def test_eval_fraction_of_a_corpus_of_many_speakers_with_few_clips(caplog):
         split_by_speaker(samples, compose("prepare", ["min_eval_per_speaker=0", "eval_fraction=0"]))
 
 
-def test_korean_and_chinese_texts_are_checked_as_xtts_reads_them(tiny_model_dir):
-    """Training's tokenizer reads Korean romanized and Chinese as pinyin: prepare counted the Hangul's tokens."""
+def test_korean_texts_are_checked_as_xtts_reads_them(tiny_model_dir):
+    """Training's tokenizer reads Korean romanized: prepare counted the Hangul's tokens."""
     from tokenizers import Tokenizer
 
     from xtts_ft.data.text import as_read, clean_text, token_ids
@@ -183,18 +185,41 @@ def test_korean_and_chinese_texts_are_checked_as_xtts_reads_them(tiny_model_dir)
     assert as_read(clean_text(text, "ko"), "ko") == "oneul nal-ssiga jeongmal johne-yo."
     read = len(token_ids(tokenizer, as_read(clean_text(text, "ko"), "ko"), "ko"))
     assert read > len(token_ids(tokenizer, clean_text(text, "ko"), "ko"))
-    assert prepare.check_text(text, "ko", compose("prepare", [f"max_text_tokens={read}"]), tokenizer) == clean_text(
+    assert records.check_text(text, "ko", compose("prepare", [f"max_text_tokens={read}"]), tokenizer) == clean_text(
         text, "ko"
     )
     with pytest.raises(clips.Rejected, match=f"{read} tokens > max_text_tokens={read - 1}"):
-        prepare.check_text(text, "ko", compose("prepare", [f"max_text_tokens={read - 1}"]), tokenizer)
-    try:
-        import pypinyin  # noqa: F401  (coqui-tts[zh])
-    except ImportError:
-        with pytest.raises(
-            RuntimeError, match=r"XTTS reads 'zh' text as pinyin, .* — fix: pip install 'coqui-tts\[zh\]'"
-        ):
-            prepare.check_text("你好。", "zh", compose("prepare", []), tokenizer)
+        records.check_text(text, "ko", compose("prepare", [f"max_text_tokens={read - 1}"]), tokenizer)
+
+
+def test_chinese_texts_are_checked_as_pinyin(tiny_model_dir):
+    """Training's tokenizer reads Chinese as pinyin: its tokens are counted on the pinyin, not the Hanzi."""
+    pytest.importorskip("pypinyin", reason="coqui-tts[zh] (pypinyin) is not installed: Chinese is not read as pinyin")
+    from tokenizers import Tokenizer
+
+    from xtts_ft.data.text import as_read, clean_text, token_ids
+
+    tokenizer = Tokenizer.from_file(str(tiny_model_dir / "vocab.json"))
+    text = "今天天气很好。"
+    assert as_read(clean_text(text, "zh"), "zh") == "jin1tian1tian1qi4hen3hao3,"
+    read = len(token_ids(tokenizer, as_read(clean_text(text, "zh"), "zh"), "zh"))
+    assert read > len(token_ids(tokenizer, clean_text(text, "zh"), "zh"))
+    assert records.check_text(text, "zh", compose("prepare", [f"max_text_tokens={read}"]), tokenizer) == clean_text(
+        text, "zh"
+    )
+    with pytest.raises(clips.Rejected, match=f"{read} tokens > max_text_tokens={read - 1}"):
+        records.check_text(text, "zh", compose("prepare", [f"max_text_tokens={read - 1}"]), tokenizer)
+
+
+def test_a_chinese_text_without_pypinyin_names_the_fix(tiny_model_dir, monkeypatch):
+    """Without coqui-tts[zh], a Chinese text cannot be read as training reads it: the error says what to install.
+    (pypinyin is hidden here whether or not it is installed: None in sys.modules makes its import fail.)"""
+    from tokenizers import Tokenizer
+
+    monkeypatch.setitem(sys.modules, "pypinyin", None)
+    tokenizer = Tokenizer.from_file(str(tiny_model_dir / "vocab.json"))
+    with pytest.raises(RuntimeError, match=r"XTTS reads 'zh' text as pinyin, .* — fix: pip install 'coqui-tts\[zh\]'"):
+        records.check_text("你好。", "zh", compose("prepare", []), tokenizer)
 
 
 def test_bad_header_names_the_file(tmp_path):
@@ -447,7 +472,7 @@ def test_a_clip_the_peak_limit_keeps_below_the_loudness_target_is_reported(tmp_p
     clicked = _tone(seconds=2.0, rate=22050, amplitude=0.02)
     clicked[22050] = 0.9
     sf.write(root / "wavs" / "click.wav", clicked, 22050, subtype="FLOAT")
-    with caplog.at_level("WARNING", logger="xtts_ft.stages.prepare"):
+    with caplog.at_level("WARNING", logger="xtts_ft.data.dataset"):
         out = _prepare(tmp_path, root, overrides=["max_text_tokens=0", "loudness_lufs=-14"])
     [warning] = [r.getMessage() for r in caplog.records if "loudness_lufs" in r.getMessage()]
     assert warning.startswith(
@@ -462,14 +487,16 @@ def test_a_clip_the_peak_limit_keeps_below_the_loudness_target_is_reported(tmp_p
 
 def test_a_ledger_line_from_before_digests_gets_its_clips_digest(tmp_path):
     """An interrupted run's ledger written before clips carried a digest: the resumed run hashes the clip it
-    finds, so a repeated recording among those clips is still recognised."""
-    import hashlib
-
+    finds, so a repeated recording among those clips is still recognised. The digest it reads back must be
+    the one the audio worker gave the same clip when it wrote it (two paths: either formula wrong fails)."""
+    sf.write(tmp_path / "source.wav", _tone(seconds=1.5), 22050)
     (tmp_path / "wavs").mkdir()
-    (tmp_path / "wavs" / "a.wav").write_bytes(b"RIFF clip bytes")
-    entry = {"name": "a.wav", "samples": 10, "source_rate": 22050, "clipped_fraction": 0.0, "has_24k": False}
-    (tmp_path / ".done-1.jsonl").write_text(json.dumps(entry) + "\n")
-    assert clips.read_done(tmp_path)["a.wav"].digest == hashlib.blake2b(b"RIFF clip bytes", digest_size=16).hexdigest()
+    settings = clips.AudioSettings.from_config(compose("prepare", []))
+    written = clips.run_audio_job(clips.AudioJob(tmp_path / "source.wav", "a.wav"), settings, tmp_path)
+    assert isinstance(written, clips.ClipInfo) and len(written.digest) == 32
+    old_line = {k: v for k, v in dataclasses.asdict(written).items() if k not in ("digest", "loudness_shortfall")}
+    (tmp_path / ".done-1.jsonl").write_text(json.dumps({"name": "a.wav", **old_line}) + "\n")
+    assert clips.read_done(tmp_path)["a.wav"].digest == written.digest
 
 
 def test_worker_processes_give_the_same_dataset(tmp_path, prepared, workdir, monkeypatch):

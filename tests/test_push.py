@@ -10,6 +10,7 @@ import soundfile as sf
 from tests.conftest import demo_overrides
 from tests.fake_hub import FakeHub
 from xtts_ft.config import compose
+from xtts_ft.errors import MissingFile, RunRefused
 from xtts_ft.model.layout import ADAPTER_FILES, EXPORT_FILES
 from xtts_ft.stages import export, push, synth
 
@@ -154,7 +155,7 @@ def test_an_existing_public_repo_is_not_called_private(workdir, exported, monkey
     sent = []
     monkeypatch.setattr(HfApi, "create_repo", lambda self, *a, **kw: sent.append("create_repo"))
     monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: sent.append("upload_folder"))
-    with pytest.raises(PermissionError, match="pushing would publish this model. Pass private=false"):
+    with pytest.raises(RunRefused, match="pushing would publish this model. Pass private=false"):
         push.run(_cfg(workdir))
     assert sent == []
     # Asked for public, it goes ahead; an existing private repo stays private and the output says so.
@@ -234,7 +235,7 @@ def test_refused_credentials_say_log_in(workdir, exported, monkeypatch):
 
     monkeypatch.setattr(HfApi, "repo_info", unauthorized)
     with pytest.raises(
-        RuntimeError, match=r"failed \(HfHubHTTPError: 401 Client Error: Unauthorized\). Fix: log in with"
+        RunRefused, match=r"failed \(HfHubHTTPError: 401 Client Error: Unauthorized\). Fix: log in with"
     ):
         push.run(_cfg(workdir))
 
@@ -242,7 +243,7 @@ def test_refused_credentials_say_log_in(workdir, exported, monkeypatch):
 def test_offline_push_fails_fast_with_a_clear_message(workdir, exported, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", SECRET)
     with pytest.raises(
-        RuntimeError, match=r"push to http://127.0.0.1:9/someone/xtts-demo failed .*Fix: check the network"
+        RunRefused, match=r"push to http://127.0.0.1:9/someone/xtts-demo failed .*Fix: check the network"
     ) as err:
         push.run(_cfg(workdir, "endpoint=http://127.0.0.1:9"))
     assert SECRET not in str(err.value)
@@ -252,7 +253,7 @@ def test_pushing_something_that_is_not_an_export_is_refused(tmp_path, workdir):
     (tmp_path / "half").mkdir()
     with pytest.raises(FileNotFoundError, match="is not an XTTS-v2 model directory: missing"):
         push.run(_cfg(workdir, f"export_dir={tmp_path / 'half'}"))
-    with pytest.raises(FileNotFoundError, match="does not exist; run `xtts-ft export"):
+    with pytest.raises(MissingFile, match="does not exist; run `xtts-ft export"):
         push.run(_cfg(workdir, f"export_dir={tmp_path / 'nothing'}"))
 
 

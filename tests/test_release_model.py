@@ -50,7 +50,7 @@ def vocab_with(merges) -> dict:
     ],
 )
 def test_merge_vocabulary_takes_either_merge_format_and_keeps_the_bases(base_merges, new_merges):
-    from xtts_ft.stages.extend import merge_vocabulary
+    from xtts_ft.model.extension import merge_vocabulary
 
     vocab_json = vocab_with(base_merges)
     before = dict(vocab_json["model"]["vocab"])
@@ -83,7 +83,7 @@ def test_merge_vocabulary_takes_either_merge_format_and_keeps_the_bases(base_mer
 
 
 def test_a_malformed_merge_is_named():
-    from xtts_ft.stages.extend import merge_pair
+    from xtts_ft.model.extension import merge_pair
 
     with pytest.raises(ValueError, match="malformed BPE merge 'ab'"):
         merge_pair("ab")

@@ -219,25 +219,55 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_state(tmp_path, tiny_m
     assert json.loads((state_path.parent / "progress.json").read_text())["step"] == 2
 
 
+def _train_watching_the_mlps(overrides: list) -> tuple:
+    """train_gpt.run, and what the GPT-2 blocks' MLPs did in training mode (evals run in eval mode):
+    how many times they started (a checkpointed block runs its forward again in backward, to recompute
+    what it did not keep), the autocast dtype each start saw (None: no autocast), and the dtypes of
+    their outputs. Starts, not ends: torch's recomputation stops early, inside the MLP, once it has
+    recomputed the last tensor backward needs, so a recomputed MLP never returns."""
+    seen = {"calls": 0, "autocast": set(), "dtypes": set()}
+
+    def count(module, args):
+        if type(module).__name__ == "GPT2MLP" and module.training:
+            device = args[0].device.type
+            seen["calls"] += 1
+            seen["autocast"].add(torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None)
+
+    def watch(module, args, output):
+        if type(module).__name__ == "GPT2MLP" and module.training:
+            seen["dtypes"].add(output.dtype)
+
+    handles = [
+        torch.nn.modules.module.register_module_forward_pre_hook(count),
+        torch.nn.modules.module.register_module_forward_hook(watch),
+    ]
+    try:
+        return train_gpt.run(compose("train_gpt", overrides)), seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def test_gradient_checkpointing_changes_memory_not_results(tmp_path, tiny_model_dir, prepared, workdir):
     overrides = demo_overrides(workdir) + TRAIN_OVERRIDES + QUIET + ["max_steps=3"]
-    plain = train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'a'}"]))
-    ckpt = train_gpt.run(
-        compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'b'}", "grad_checkpointing=true"])
+    plain, plain_seen = _train_watching_the_mlps(overrides + [f"paths.runs_dir={tmp_path / 'a'}"])
+    assert plain_seen["calls"] > 0 and plain_seen["autocast"] == {None} and plain_seen["dtypes"] == {torch.float32}
+    ckpt, ckpt_seen = _train_watching_the_mlps(
+        overrides + [f"paths.runs_dir={tmp_path / 'b'}", "grad_checkpointing=true"]
     )
+    # Checkpointing took effect: every block ran its forward twice, once more in backward.
+    assert ckpt_seen == {**plain_seen, "calls": 2 * plain_seen["calls"]}
     np.testing.assert_allclose([v for _, v in _losses(ckpt.parent)], [v for _, v in _losses(plain.parent)], rtol=1e-5)
     # Selective checkpointing recomputes dropout too: the same masks (its saved RNG state), the same steps.
-    selective = train_gpt.run(
-        compose(
-            "train_gpt",
-            overrides
-            + [
-                f"paths.runs_dir={tmp_path / 's'}",
-                "grad_checkpointing=true",
-                "grad_checkpointing_keeps=linear_outputs",
-            ],
-        )
+    selective, selective_seen = _train_watching_the_mlps(
+        overrides
+        + [
+            f"paths.runs_dir={tmp_path / 's'}",
+            "grad_checkpointing=true",
+            "grad_checkpointing_keeps=linear_outputs",
+        ]
     )
+    assert selective_seen == {**plain_seen, "calls": 2 * plain_seen["calls"]}
     np.testing.assert_allclose(
         [v for _, v in _losses(selective.parent)], [v for _, v in _losses(plain.parent)], rtol=1e-5
     )
@@ -260,22 +290,23 @@ def test_gradient_checkpointing_changes_memory_not_results(tmp_path, tiny_model_
                 ],
             )
         )
-    bf16 = train_gpt.run(compose("train_gpt", overrides + [f"paths.runs_dir={tmp_path / 'c'}", "precision=bf16"]))
+    bf16, bf16_seen = _train_watching_the_mlps(overrides + [f"paths.runs_dir={tmp_path / 'c'}", "precision=bf16"])
+    # bf16 took effect: the blocks ran under bfloat16 autocast and computed in bfloat16, once each.
+    assert bf16_seen == {"calls": plain_seen["calls"], "autocast": {torch.bfloat16}, "dtypes": {torch.bfloat16}}
     bf16_losses = [v for _, v in _losses(bf16.parent)]
     assert np.isfinite(bf16_losses).all()
     np.testing.assert_allclose(bf16_losses, [v for _, v in _losses(plain.parent)], rtol=0.05)  # close, not equal
-    bf16_selective = train_gpt.run(
-        compose(
-            "train_gpt",
-            overrides
-            + [
-                f"paths.runs_dir={tmp_path / 'f'}",
-                "precision=bf16",
-                "grad_checkpointing=true",
-                "grad_checkpointing_keeps=linear_outputs",
-            ],
-        )
+    bf16_selective, bf16_selective_seen = _train_watching_the_mlps(
+        overrides
+        + [
+            f"paths.runs_dir={tmp_path / 'f'}",
+            "precision=bf16",
+            "grad_checkpointing=true",
+            "grad_checkpointing_keeps=linear_outputs",
+        ]
     )
+    # The recomputation in backward runs under autocast too: bfloat16 only, twice per block.
+    assert bf16_selective_seen == {**bf16_seen, "calls": 2 * plain_seen["calls"]}
     np.testing.assert_allclose(
         [v for _, v in _losses(bf16_selective.parent)], bf16_losses, rtol=1e-3
     )  # recomputed under autocast alike

@@ -17,6 +17,8 @@ import soundfile as sf
 gr = pytest.importorskip("gradio", reason="the web demo needs the `web` extra: pip install 'xtts-ft[web]'")
 
 from xtts_ft.config import compose  # noqa: E402
+from xtts_ft.errors import BadValue, MissingPackage  # noqa: E402
+from xtts_ft.serving import web as page  # noqa: E402
 from xtts_ft.stages import web  # noqa: E402
 
 
@@ -29,13 +31,13 @@ def _component(app, elem_id):
 
 
 def test_page_offers_the_models_languages_emotions_and_voices(synthesizer):
-    app = web.build_app(synthesizer)
+    app = page.build_app(synthesizer)
     assert isinstance(app, gr.Blocks)
     language = _component(app, "language")
     assert [value for _, value in language.choices] == synthesizer.languages
     assert language.value == "en"
     # The demo export has no emotion tokens, presets or named voices: only the defaults.
-    assert [value for _, value in _component(app, "emotion").choices] == [web.NO_EMOTION]
+    assert [value for _, value in _component(app, "emotion").choices] == [page.NO_EMOTION]
     assert _component(app, "voice").visible is False
     assert _component(app, "reference").type == "filepath"
     assert "generate" in {dep.api_name for dep in app.fns.values()}
@@ -48,16 +50,16 @@ def test_choices_list_tokens_then_presets_once_and_named_voices():
         emotion_presets={"sad": {}, "whisper": {}},
         voice_names=["alicia"],
     )
-    assert web.choices(model) == {
+    assert page.choices(model) == {
         "language": ["en", "wo"],
-        "emotion": [web.NO_EMOTION, "happy", "sad", "whisper"],
-        "voice": [web.REFERENCE_VOICE, "alicia"],
+        "emotion": [page.NO_EMOTION, "happy", "sad", "whisper"],
+        "voice": [page.REFERENCE_VOICE, "alicia"],
     }
 
 
 def test_generate_gives_24khz_audio_and_a_status_line(synthesizer, prepared):
-    (rate, wav), status = web.generate(
-        synthesizer, "Hello there.", "en", web.NO_EMOTION, _reference(prepared), web.REFERENCE_VOICE, 0
+    (rate, wav), status = page.generate(
+        synthesizer, "Hello there.", "en", page.NO_EMOTION, _reference(prepared), page.REFERENCE_VOICE, 0
     )
     assert rate == 24000
     assert wav.dtype == np.int16 and wav.ndim == 1 and wav.size > 0.1 * rate
@@ -99,8 +101,8 @@ def _stub(stopped):
 def test_status_line_reports_each_cut_sentence(stopped, ending, tmp_path):
     reference = tmp_path / "r.wav"
     reference.write_bytes(b"RIFF")
-    _, status = web.generate(
-        _stub(stopped), "Hello there.", "en", web.NO_EMOTION, str(reference), web.REFERENCE_VOICE, 0
+    _, status = page.generate(
+        _stub(stopped), "Hello there.", "en", page.NO_EMOTION, str(reference), page.REFERENCE_VOICE, 0
     )
     assert status == "1.00 s at 24000 Hz in 0.50 s (real-time factor 0.50)" + ending
 
@@ -109,15 +111,15 @@ def test_text_and_upload_limits(tmp_path):
     big = tmp_path / "big.wav"
     big.write_bytes(b"\0" * (2 * 2**20 + 1))
     with pytest.raises(gr.Error, match="The text is 12 characters long; this page takes at most 10"):
-        web.generate(
-            _stub([True]), "Hello there.", "en", web.NO_EMOTION, str(big), web.REFERENCE_VOICE, 0, max_text_chars=10
+        page.generate(
+            _stub([True]), "Hello there.", "en", page.NO_EMOTION, str(big), page.REFERENCE_VOICE, 0, max_text_chars=10
         )
     with pytest.raises(gr.Error, match="The reference clip is 2.0 MB; this page takes at most 2 MB"):
-        web.generate(
-            _stub([True]), "Hello there.", "en", web.NO_EMOTION, str(big), web.REFERENCE_VOICE, 0, max_upload_mb=2
+        page.generate(
+            _stub([True]), "Hello there.", "en", page.NO_EMOTION, str(big), page.REFERENCE_VOICE, 0, max_upload_mb=2
         )
-    (_, pcm), _ = web.generate(
-        _stub([True]), "Hello there.", "en", web.NO_EMOTION, str(big), web.REFERENCE_VOICE, 0, max_upload_mb=3
+    (_, pcm), _ = page.generate(
+        _stub([True]), "Hello there.", "en", page.NO_EMOTION, str(big), page.REFERENCE_VOICE, 0, max_upload_mb=3
     )
     assert pcm.size == 24000
 
@@ -135,7 +137,7 @@ def test_text_and_upload_limits(tmp_path):
     ],
 )
 def test_serving_beyond_this_machine_needs_a_login(overrides, refused):
-    with pytest.raises(ValueError, match=refused):
+    with pytest.raises(BadValue, match=refused):
         web.run(compose("web", ["checkpoint=never-loaded", *overrides]))  # refused before the model loads
 
 
@@ -165,11 +167,11 @@ def test_named_voice_and_emotion_preset_of_an_export(workdir, exported, prepared
         )
     )
     synthesizer = XttsSynthesizer(out, device="cpu")
-    app = web.build_app(synthesizer)
-    assert [value for _, value in _component(app, "emotion").choices] == [web.NO_EMOTION, "calm"]
+    app = page.build_app(synthesizer)
+    assert [value for _, value in _component(app, "emotion").choices] == [page.NO_EMOTION, "calm"]
     voice = _component(app, "voice")
-    assert voice.visible is True and [value for _, value in voice.choices] == [web.REFERENCE_VOICE, "alicia"]
-    (rate, wav), status = web.generate(synthesizer, "Hello there.", "en", "calm", None, "alicia", 1)
+    assert voice.visible is True and [value for _, value in voice.choices] == [page.REFERENCE_VOICE, "alicia"]
+    (rate, wav), status = page.generate(synthesizer, "Hello there.", "en", "calm", None, "alicia", 1)
     # The page's request is the module's: same voice, preset and seed, same samples.
     direct = synthesizer.synthesize(
         text="Hello there.", language="en", voice="alicia", emotion="calm", decoding={"seed": 1}
@@ -181,19 +183,19 @@ def test_named_voice_and_emotion_preset_of_an_export(workdir, exported, prepared
 @pytest.mark.parametrize(
     "text, language, reference, voice, emotion, message",
     [
-        ("  ", "en", "ref", web.REFERENCE_VOICE, web.NO_EMOTION, "Type a text"),
-        ("Hi.", "xx", "ref", web.REFERENCE_VOICE, web.NO_EMOTION, "'xx' is not one of this model's"),
-        ("Hi.", "en", None, web.REFERENCE_VOICE, web.NO_EMOTION, "Upload or record a reference clip"),
-        ("Hi.", "en", "ref", "alicia", web.NO_EMOTION, "Both a reference clip and the named voice 'alicia'"),
-        ("Hi.", "en", None, "bob", web.NO_EMOTION, "no voice named 'bob'"),
-        ("Hi.", "en", "ref", web.REFERENCE_VOICE, "furious", "this model has no emotion 'furious'"),
-        ("Hi.", "en", "not-audio", web.REFERENCE_VOICE, web.NO_EMOTION, "Cannot use this reference clip"),
+        ("  ", "en", "ref", page.REFERENCE_VOICE, page.NO_EMOTION, "Type a text"),
+        ("Hi.", "xx", "ref", page.REFERENCE_VOICE, page.NO_EMOTION, "'xx' is not one of this model's"),
+        ("Hi.", "en", None, page.REFERENCE_VOICE, page.NO_EMOTION, "Upload or record a reference clip"),
+        ("Hi.", "en", "ref", "alicia", page.NO_EMOTION, "Both a reference clip and the named voice 'alicia'"),
+        ("Hi.", "en", None, "bob", page.NO_EMOTION, "no voice named 'bob'"),
+        ("Hi.", "en", "ref", page.REFERENCE_VOICE, "furious", "this model has no emotion 'furious'"),
+        ("Hi.", "en", "not-audio", page.REFERENCE_VOICE, page.NO_EMOTION, "Cannot use this reference clip"),
         (
             "Hi.",
             "en",
             "short",
-            web.REFERENCE_VOICE,
-            web.NO_EMOTION,
+            page.REFERENCE_VOICE,
+            page.NO_EMOTION,
             "Cannot use this reference clip: .* give at least 0.5 s",
         ),
     ],
@@ -207,13 +209,13 @@ def test_bad_input_is_a_message_on_the_page(
     sf.write(str(short), np.zeros(2205, dtype=np.float32), 22050)
     reference = {"ref": _reference(prepared), "not-audio": str(not_audio), "short": str(short), None: None}[reference]
     with pytest.raises(gr.Error, match=message):
-        web.generate(synthesizer, text, language, emotion, reference, voice, 0)
+        page.generate(synthesizer, text, language, emotion, reference, voice, 0)
 
 
 def test_missing_gradio_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)  # makes `import gradio` raise ImportError
-    with pytest.raises(ImportError, match=r"pip install 'xtts-ft\[web\]'"):
-        web.build_app(object())
+    with pytest.raises(MissingPackage, match=r"pip install 'xtts-ft\[web\]'"):
+        page.build_app(object())
 
 
 def test_run_serves_the_export_where_asked(exported, monkeypatch):
@@ -271,7 +273,7 @@ def test_browser_types_uploads_generates_and_gets_24khz_audio(synthesizer, prepa
     synthesize = synthesizer.synthesize
     monkeypatch.setattr(synthesizer, "synthesize", lambda **kwargs: requests.append(kwargs) or synthesize(**kwargs))
 
-    app = web.build_app(synthesizer)
+    app = page.build_app(synthesizer)
     app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(), quiet=True)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM

@@ -102,6 +102,7 @@ def run_pipeline(verb: str, args: List[str]) -> None:
     """`xtts-ft demo paths.runs_dir=/x model.device=cuda`: keys the pipeline does not have go to every
     stage that has them. --help, --cfg and --info print and run nothing."""
     from xtts_ft.config import compose
+    from xtts_ft.errors import BadValue
     from xtts_ft.stages import pipeline
 
     options, arguments = split_hydra_args(args)
@@ -122,7 +123,7 @@ def run_pipeline(verb: str, args: List[str]) -> None:
     elif "--info" in options or "-i" in options:
         print(pipeline.describe(cfg))
     elif options:
-        raise ValueError(
+        raise BadValue(
             f"xtts-ft {verb} does not take {' '.join(options)} — fix: leave it out "
             f"(the pipeline takes --help, --cfg job [--resolve] and --info)"
         )

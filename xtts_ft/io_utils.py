@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Optional
 
+from xtts_ft.errors import RunRefused
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -172,7 +174,7 @@ class FileLock:
         f.seek(0)
         holder = "; ".join(live_holders(f.read())) or "another process"
         f.close()
-        raise RuntimeError(message.format(holder=holder)) from None
+        raise RunRefused(message.format(holder=holder)) from None
 
     def __exit__(self, *exc) -> None:
         if self._file is not None:

@@ -17,15 +17,18 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from xtts_ft.errors import UserError
+
 # Containers libsndfile cannot decode (AAC, WMA, video): the fix is a conversion.
 CONVERT_FIRST = (".m4a", ".aac", ".mp4", ".wma", ".webm", ".mkv", ".mov", ".amr")
 
 
-class UnreadableAudio(RuntimeError):
-    """Audio soundfile cannot read (corrupt, truncated, a format it does not know, no permission)."""
+class UnreadableAudio(UserError, RuntimeError):
+    """Audio soundfile cannot read (corrupt, truncated, cut short, empty, a format it does not know, no
+    permission): the user's file, named. Still a RuntimeError, which callers catch to drop the clip."""
 
 
-def unreadable(path: Path, err: Exception) -> RuntimeError:
+def unreadable(path: Path, err: Exception) -> UnreadableAudio:
     """The error for audio soundfile cannot read, with the likely cause and its fix."""
     path = Path(path)
     if path.suffix.lower() in CONVERT_FIRST:
@@ -59,9 +62,9 @@ def header_seconds(path: Path) -> float:
     try:
         status = os.stat(path)
     except OSError as err:
-        raise RuntimeError(f"cannot read audio {path}: {err.strerror or err}") from err
+        raise UnreadableAudio(f"cannot read audio {path}: {err.strerror or err}") from err
     if stat.S_ISREG(status.st_mode) and status.st_size == 0:
-        raise RuntimeError(f"audio {path} is an empty file (0 bytes); copy it again from its source")
+        raise UnreadableAudio(f"audio {path} is an empty file (0 bytes); copy it again from its source")
     try:
         info = sf.info(str(path))
     except Exception as err:  # as read_mono: several types for corrupt or truncated files
@@ -69,7 +72,7 @@ def header_seconds(path: Path) -> float:
     shortfall = wav_shortfall(path)
     if shortfall is not None:
         declared, held = shortfall
-        raise RuntimeError(
+        raise UnreadableAudio(
             f"audio {path} is cut short: its header promises {declared:.2f} s, the file holds {held:.2f} s "
             "(an interrupted copy or download?); copy it again from its source"
         )

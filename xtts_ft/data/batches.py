@@ -17,6 +17,7 @@ import torch
 
 from xtts_ft.data.audio import load_audio
 from xtts_ft.data.sample import Sample, resolve_audio
+from xtts_ft.errors import BadValue, MissingFile
 from xtts_ft.model.constants import GPT_SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def emotion_labels(samples: List[Sample], tokenizer, manifest: Path) -> bool:
         return False
     unknown = [label for label in labels if label not in tokens]
     if unknown:
-        raise ValueError(
+        raise BadValue(
             f"{manifest}: emotion label(s) {', '.join(unknown)} have no token in the model "
             f"(its emotion tokens: {', '.join(tokens)}); extend it with emotions=[{','.join(labels)}]"
         )
@@ -87,7 +88,7 @@ def encode_samples(samples: List[Sample], tokenizer, max_text_tokens: int, max_s
             try:
                 num_samples = sf.info(str(audio)).frames
             except (RuntimeError, sf.LibsndfileError) as err:
-                raise FileNotFoundError(
+                raise MissingFile(
                     f"{manifest}: clip {audio} is missing or unreadable ({err}); run `xtts-ft prepare` again"
                 ) from None
             kept.append(GptItem(audio, torch.tensor(tokens, dtype=torch.long), s.speaker, s.language, num_samples))

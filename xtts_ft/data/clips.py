@@ -24,6 +24,7 @@ import numpy as np
 import soxr
 
 from xtts_ft.data.audio import encode_wav, header_seconds, read_mono, trim_bounds
+from xtts_ft.errors import RunRefused
 from xtts_ft.model.constants import DECODER_SAMPLE_RATE
 
 CLIPS_PER_WORKER = 64
@@ -451,15 +452,15 @@ class AudioWorkers:
         except BrokenProcessPool:
             raise self._worker_died() from None
 
-    def _worker_died(self) -> RuntimeError:
+    def _worker_died(self) -> RunRefused:
         self.pool.shutdown(wait=True)  # the other workers stop, and un-mark their clips, first
         crashed = crashed_clips(self.out)
         if not crashed:
-            return RuntimeError(
+            return RunRefused(
                 "an audio worker process died between clips (killed for lack of memory?); "
                 "run prepare again: it continues with the clips not done yet"
             )
-        return RuntimeError(
+        return RunRefused(
             f"an audio worker process died while processing {', '.join(crashed.values())} (killed for lack of "
             "memory? a crash in its decoder?); run prepare again: it keeps the clips already done and skips "
             "this one as `worker_crashed` (listed in dropped.jsonl)"

@@ -19,10 +19,21 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
+from xtts_ft.errors import BadValue, MissingFile, MissingPackage, RunRefused, UserError
+
 Record = Dict[str, object]
 Cells = List[str]
 
 log = logging.getLogger(__name__)
+
+
+class UnreadableMetadata(UserError, OSError):
+    """A metadata file that is there but cannot be read (permissions, a disk or network error): the
+    user's to fix, and an OSError carrying the system's errno as before (`[Errno 13] cannot read ...`)."""
+
+    def __init__(self, errno: Optional[int], message: str):
+        OSError.__init__(self, errno, message)
+        self.fix = None
 
 
 def rejected_row(where: str, row: str, reason: str, message: str) -> Record:
@@ -35,7 +46,7 @@ def source_encoding(source) -> str:
     try:
         codecs.lookup(encoding)
     except LookupError:
-        raise ValueError(
+        raise BadValue(
             f"data.sources[…].encoding={encoding!r} (source {source.path}) is not an encoding Python knows; "
             "use e.g. utf-8, latin-1, cp1252, utf-16"
         ) from None
@@ -56,11 +67,11 @@ def text_lines(path: Path, encoding: str = "utf-8") -> Iterator[Tuple[int, Union
     whose lines all end in `\\r` alone (classic Mac OS) is split on it.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"metadata file {path} does not exist")
+        raise MissingFile(f"metadata file {path} does not exist")
     try:
         data = path.read_bytes()
     except OSError as err:  # permissions, an I/O error: name the file and what to do
-        raise OSError(
+        raise UnreadableMetadata(
             err.errno,
             f"cannot read metadata file {path}: {err.strerror or err}; check that it is readable "
             "(permissions, a disk or network error)",
@@ -72,7 +83,7 @@ def text_lines(path: Path, encoding: str = "utf-8") -> Iterator[Tuple[int, Union
                 "\n" if "\n" in text or "\r" not in text else "\r"
             )  # classic Mac OS ends lines with \r alone
         except UnicodeDecodeError as err:
-            raise ValueError(
+            raise BadValue(
                 f"{path}: not valid {encoding} at byte {err.start} ({err.reason}); "
                 "set data.sources[i].encoding to the file's encoding"
             ) from None
@@ -80,7 +91,7 @@ def text_lines(path: Path, encoding: str = "utf-8") -> Iterator[Tuple[int, Union
             yield lineno, (line.lstrip("\ufeff") if lineno == 1 else line).removesuffix("\r")
         return
     if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):  # Excel's "Unicode text", Windows Notepad
-        raise ValueError(
+        raise BadValue(
             f"{path} starts with a UTF-16 byte-order mark: it is not {encoding} — fix: set "
             "data.sources[i].encoding=utf-16"
         )
@@ -184,11 +195,11 @@ def headed_rows(
     rows = _cells(path, delimiter, encoding, quoted)
     for where, raw, cells in rows:
         if isinstance(cells, dict):
-            raise ValueError(f"{where}: the header cannot be read: {cells['rejected'][1]}")
+            raise BadValue(f"{where}: the header cannot be read: {cells['rejected'][1]}")
         header = [cell.strip() for cell in cells]
         break
     else:
-        raise ValueError(f"{path}: empty file (no header)")
+        raise BadValue(f"{path}: empty file (no header)")
     name = {"|": "`|`", "\t": "tab", ",": "`,`"}.get(delimiter, repr(delimiter))
 
     def records() -> Iterator[Tuple[str, Union[dict, Record]]]:
@@ -313,7 +324,7 @@ def _require_columns(where: str, header: List[str], columns: Dict[str, str]) -> 
             if other
             else ""
         )
-        raise ValueError(
+        raise BadValue(
             f"{where}: no column {', '.join(missing)} (columns found: {', '.join(map(repr, header))}){hint}"
         )
 
@@ -323,7 +334,7 @@ def coqui_csv(root: Path, source) -> List[Record]:
     path = root / source.metadata
     header, rows = headed_rows(path, "|", source_encoding(source), quoted=False)
     if not {"audio_file", "text"} <= set(header):
-        raise ValueError(
+        raise BadValue(
             f"{path}:1: header must name `audio_file|text|speaker_name`, found {'|'.join(map(repr, header))}"
         )
     records = []
@@ -384,7 +395,7 @@ def vctk(root: Path, source) -> List[Record]:
     the _mic2 recording where a copy holds no _mic1 one) or wav48/<spk>/<spk>_<id>.wav (0.80)."""
     txt_dir = root / "txt"
     if not txt_dir.is_dir():
-        raise FileNotFoundError(f"{txt_dir} does not exist: not a VCTK layout (txt/<speaker>/*.txt)")
+        raise MissingFile(f"{txt_dir} does not exist: not a VCTK layout (txt/<speaker>/*.txt)")
     encoding = source_encoding(source)
     records = []
     for txt in sorted(txt_dir.glob("*/*.txt")):
@@ -503,16 +514,26 @@ def long_recordings(root: Path, source, transcribe_words: Optional[Callable]) ->
     the target length) is not transcribed again; a changed recording or setting re-segments it.
     Pieces the segmenter rejects come back as records carrying their reason.
     """
-    from xtts_ft.data.audio import UnreadableAudio
-    from xtts_ft.data.segment import segment_recording
-    from xtts_ft.io_utils import write_json
-
     out_dir = Path(source.cache_dir)
     recordings = sorted(
         p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and out_dir not in p.parents
     )
     if not recordings:
-        raise FileNotFoundError(f"no audio ({', '.join(AUDIO_EXTENSIONS)}) under {root}")
+        raise MissingFile(f"no audio ({', '.join(AUDIO_EXTENSIONS)}) under {root}")
+    names = segment_names(root, recordings)
+    if transcribe_words is None:
+        raise ValueError(
+            f"{source.path}: the long_recordings formatter needs an ASR to cut on "
+            "(read_corpus(..., transcribe_words=...), as the prepare stage passes it)"
+        )
+    records = []
+    for recording in recordings:
+        records += recording_records(recording, names[recording], source, out_dir, transcribe_words)
+    return records
+
+
+def segment_names(root: Path, recordings: List[Path]) -> Dict[Path, str]:
+    """The name each recording's segment files take: its stem, unless another recording has that stem."""
     # Segment files are named by the recording's stem; recorders reuse names in each day's folder
     # (day1/take.wav, day2/take.wav): such recordings are named by their path in the corpus instead.
     stems = Counter(recording.stem for recording in recordings)
@@ -525,66 +546,67 @@ def long_recordings(root: Path, source, transcribe_words: Optional[Callable]) ->
     taken = Counter(names.values())
     clashes = [r for r in recordings if taken[names[r]] > 1]
     if clashes:  # a path-made name that another recording has as its own (a/take.wav beside a__take.wav)
-        raise ValueError(
+        raise BadValue(
             f"{clashes[0]} and {clashes[1]} would both be segmented as {names[clashes[0]]!r}: their segments "
             "would overwrite each other in the cache — fix: rename one, or prepare the folders as separate sources"
         )
-    if transcribe_words is None:
-        raise ValueError(
-            f"{source.path}: the long_recordings formatter needs an ASR to cut on "
-            "(read_corpus(..., transcribe_words=...), as the prepare stage passes it)"
-        )
-    records = []
-    for recording in recordings:
-        name = names[recording]
-        index = out_dir / f"{name}.segments.json"
-        stat = recording.stat()
-        key = {
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
-            "asr_model": source.asr_model,
-            "language": source.language,
-            "target_seconds": float(source.target_seconds),
+    return names
+
+
+def recording_records(recording: Path, name: str, source, out_dir: Path, transcribe_words: Callable) -> List[Record]:
+    """One recording's segments and dropped pieces as records, from its cached segmentation when that
+    was made with the same settings; an unreadable recording is one `unreadable_audio` record."""
+    from xtts_ft.data.audio import UnreadableAudio
+    from xtts_ft.data.segment import segment_recording
+    from xtts_ft.io_utils import write_json
+
+    index = out_dir / f"{name}.segments.json"
+    stat = recording.stat()
+    key = {
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "asr_model": source.asr_model,
+        "language": source.language,
+        "target_seconds": float(source.target_seconds),
+    }
+    cached = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
+    if cached.get("key") == key:
+        segments, dropped = cached["segments"], cached["dropped"]
+    else:
+        for stale in out_dir.glob(f"{glob.escape(name)}_[0-9][0-9][0-9][0-9].wav"):
+            stale.unlink()  # a shorter re-segmentation must not leave old clips looking current
+        try:
+            segments, dropped = segment_recording(
+                recording,
+                out_dir,
+                source.language,
+                transcribe_words,
+                target_seconds=source.target_seconds,
+                name=name,
+            )
+        except UnreadableAudio as error:  # dropped with its reason, as any formatter's unreadable clip; not cached
+            return [
+                {
+                    "audio": str(recording),
+                    "text": "",
+                    "speaker": source.speaker or name,
+                    "source_line": str(recording),
+                    "rejected": ["unreadable_audio", str(error)],
+                }
+            ]
+        write_json(index, {"key": key, "segments": segments, "dropped": dropped})
+    speaker = source.speaker or name
+    records = [{**seg, "speaker": speaker, "recording": str(recording)} for seg in segments]
+    records += [
+        {
+            "audio": str(recording),
+            "text": d.get("text", ""),
+            "speaker": speaker,
+            "source_line": d["source_line"],
+            "rejected": [d["reason"], d["message"]],
         }
-        cached = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
-        if cached.get("key") == key:
-            segments, dropped = cached["segments"], cached["dropped"]
-        else:
-            for stale in out_dir.glob(f"{glob.escape(name)}_[0-9][0-9][0-9][0-9].wav"):
-                stale.unlink()  # a shorter re-segmentation must not leave old clips looking current
-            try:
-                segments, dropped = segment_recording(
-                    recording,
-                    out_dir,
-                    source.language,
-                    transcribe_words,
-                    target_seconds=source.target_seconds,
-                    name=name,
-                )
-            except UnreadableAudio as error:  # dropped with its reason, as any formatter's unreadable clip; not cached
-                records.append(
-                    {
-                        "audio": str(recording),
-                        "text": "",
-                        "speaker": source.speaker or name,
-                        "source_line": str(recording),
-                        "rejected": ["unreadable_audio", str(error)],
-                    }
-                )
-                continue
-            write_json(index, {"key": key, "segments": segments, "dropped": dropped})
-        speaker = source.speaker or name
-        records += [{**seg, "speaker": speaker, "recording": str(recording)} for seg in segments]
-        records += [
-            {
-                "audio": str(recording),
-                "text": d.get("text", ""),
-                "speaker": speaker,
-                "source_line": d["source_line"],
-                "rejected": [d["reason"], d["message"]],
-            }
-            for d in dropped
-        ]
+        for d in dropped
+    ]
     return records
 
 
@@ -594,35 +616,18 @@ def hf_dataset(path: str, source) -> List[Record]:
     Audio is read undecoded (`Audio(decode=False)`) and its bytes written to `source.cache_dir`,
     so our own soundfile path decodes it and no extra codec stack is needed.
     """
-    from xtts_ft.io_utils import atomic_path, write_json
+    from xtts_ft.io_utils import write_json
 
     try:
         import datasets
     except ImportError as err:
-        raise ImportError("formatter hf needs the `datasets` package: pip install 'xtts-ft[hf]'") from err
+        raise MissingPackage("formatter hf needs the `datasets` package: pip install 'xtts-ft[hf]'") from err
 
-    local = Path(path)
-    if local.is_dir() and any(
-        (local / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")
-    ):
-        loaded = datasets.load_from_disk(str(local))
-        dataset = loaded[source.split] if isinstance(loaded, datasets.DatasetDict) else loaded
-    elif local.suffix == ".parquet" or (local.is_dir() and any(local.glob("*.parquet"))):
-        files = [str(local)] if local.is_file() else sorted(str(p) for p in local.glob("*.parquet"))
-        dataset = datasets.load_dataset("parquet", data_files=files, split="train")
-    else:
-        try:
-            dataset = datasets.load_dataset(path, split=source.split)
-        except Exception as err:
-            raise RuntimeError(
-                f"cannot load dataset {path!r} split {source.split!r} ({type(err).__name__}: {err})"
-            ) from err
+    dataset = load_hf_dataset(datasets, path, source)
     columns = dict(source.columns)
     missing = [f"{role}={columns[role]!r}" for role in ("audio", "text") if columns[role] not in dataset.column_names]
     if missing:
-        raise ValueError(
-            f"dataset {path}: no column {', '.join(missing)} (columns: {', '.join(dataset.column_names)})"
-        )
+        raise BadValue(f"dataset {path}: no column {', '.join(missing)} (columns: {', '.join(dataset.column_names)})")
     dataset = dataset.cast_column(columns["audio"], datasets.Audio(decode=False))
     out_dir = Path(source.cache_dir)
     # The cache holds one dataset version: rows are files named by index, so another version
@@ -641,36 +646,60 @@ def hf_dataset(path: str, source) -> List[Record]:
             stale.unlink()
         version_file.unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = []
-    for i, row in enumerate(dataset):
-        audio = row[columns["audio"]] or {}
-        suffix = Path(audio.get("path") or "x.wav").suffix or ".wav"
-        target = out_dir / f"{i:07d}{suffix}"
-        if not target.is_file():
-            data = audio.get("bytes")
-            if data is None and audio.get("path") and Path(audio["path"]).is_file():
-                data = Path(audio["path"]).read_bytes()
-            if data is not None:  # atomic: a half-written file would be reused as if complete
-                with atomic_path(target) as tmp:
-                    tmp.write_bytes(data)
-            # (no data at all: the missing target becomes `missing_file` in dropped.jsonl)
-        extra = {
-            k: v
-            for k, v in row.items()
-            if k not in {c for c in columns.values() if c} and isinstance(v, (str, int, float, bool))
-        }
-        record = {
-            **extra,
-            "audio": str(target),
-            "text": str(row.get(columns["text"]) or ""),
-            "speaker": str(row.get(columns.get("speaker") or "") or source.speaker or "speaker"),
-            "source_line": f"{path}[{source.split}][{i}]",
-        }
-        if columns.get("emotion") and str(row.get(columns["emotion"]) or "").strip():
-            record["emotion"] = str(row[columns["emotion"]]).strip()
-        records.append(record)
+    records = [
+        hf_record(i, row, columns, out_dir, f"{path}[{source.split}][{i}]", source) for i, row in enumerate(dataset)
+    ]
     write_json(version_file, version)
     return records
+
+
+def load_hf_dataset(datasets, path: str, source):
+    """The split of a `save_to_disk` directory, the parquet file(s) at `path`, or the Hub dataset `path`."""
+    local = Path(path)
+    if local.is_dir() and any(
+        (local / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")
+    ):
+        loaded = datasets.load_from_disk(str(local))
+        return loaded[source.split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    if local.suffix == ".parquet" or (local.is_dir() and any(local.glob("*.parquet"))):
+        files = [str(local)] if local.is_file() else sorted(str(p) for p in local.glob("*.parquet"))
+        return datasets.load_dataset("parquet", data_files=files, split="train")
+    try:
+        return datasets.load_dataset(path, split=source.split)
+    except Exception as err:
+        raise RunRefused(f"cannot load dataset {path!r} split {source.split!r} ({type(err).__name__}: {err})") from err
+
+
+def hf_record(index: int, row: dict, columns: Dict[str, str], out_dir: Path, where: str, source) -> Record:
+    """One dataset row as a record, its audio bytes written to `out_dir/<index>.<suffix>` (once)."""
+    from xtts_ft.io_utils import atomic_path
+
+    audio = row[columns["audio"]] or {}
+    suffix = Path(audio.get("path") or "x.wav").suffix or ".wav"
+    target = out_dir / f"{index:07d}{suffix}"
+    if not target.is_file():
+        data = audio.get("bytes")
+        if data is None and audio.get("path") and Path(audio["path"]).is_file():
+            data = Path(audio["path"]).read_bytes()
+        if data is not None:  # atomic: a half-written file would be reused as if complete
+            with atomic_path(target) as tmp:
+                tmp.write_bytes(data)
+        # (no data at all: the missing target becomes `missing_file` in dropped.jsonl)
+    extra = {
+        k: v
+        for k, v in row.items()
+        if k not in {c for c in columns.values() if c} and isinstance(v, (str, int, float, bool))
+    }
+    record = {
+        **extra,
+        "audio": str(target),
+        "text": str(row.get(columns["text"]) or ""),
+        "speaker": str(row.get(columns.get("speaker") or "") or source.speaker or "speaker"),
+        "source_line": where,
+    }
+    if columns.get("emotion") and str(row.get(columns["emotion"]) or "").strip():
+        record["emotion"] = str(row[columns["emotion"]]).strip()
+    return record
 
 
 # Each called as formatter(root, source); long_recordings also takes the ASR (read_corpus passes it).
@@ -691,10 +720,10 @@ def read_corpus(root: Path, source, transcribe_words: Optional[Callable] = None)
     if source.formatter == "hf":  # `path` may be a Hub id, not a directory
         return hf_dataset(source.path, source)
     if source.formatter not in FORMATTERS:
-        raise ValueError(f"unknown formatter {source.formatter!r}; choose one of {', '.join([*FORMATTERS, 'hf'])}")
+        raise BadValue(f"unknown formatter {source.formatter!r}; choose one of {', '.join([*FORMATTERS, 'hf'])}")
     if not root.is_dir():
         hint = f" (relative to the current directory {Path.cwd()})" if not root.is_absolute() else ""
-        raise FileNotFoundError(f"corpus directory {root} does not exist{hint}")
+        raise MissingFile(f"corpus directory {root} does not exist{hint}")
     if source.formatter == "long_recordings":
         return long_recordings(root, source, transcribe_words)
     return FORMATTERS[source.formatter](root, source)

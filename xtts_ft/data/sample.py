@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, List, Optional
 
+from xtts_ft.errors import BadValue, MissingFile
 from xtts_ft.io_utils import write_jsonl
 
 
@@ -36,12 +37,12 @@ class Sample:
     def from_json(cls, row: dict[str, Any], where: str = "") -> "Sample":
         missing = [k for k in ("audio", "text", "speaker", "language", "duration") if k not in row]
         if missing:
-            raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
+            raise BadValue(f"{where}: missing field(s) {', '.join(missing)}")
         known = {"audio", "text", "speaker", "language", "duration", "emotion"}
         try:
             duration = float(row["duration"])
         except (TypeError, ValueError):
-            raise ValueError(
+            raise BadValue(
                 f"{where}: duration {row['duration']!r} is not a number of seconds — fix: the clip's length, "
                 "e.g. 3.2 (prepare writes it)"
             ) from None
@@ -59,7 +60,7 @@ class Sample:
 def read_manifest(path: Path) -> List[Sample]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist; run `xtts-ft prepare` first")
+        raise MissingFile(f"manifest {path} does not exist; run `xtts-ft prepare` first")
     samples = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").split("\n"), start=1):  # -sig: a BOM is dropped
         if not line.strip():
@@ -68,7 +69,7 @@ def read_manifest(path: Path) -> List[Sample]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+            raise BadValue(f"{where}: not valid JSON ({err.msg})") from None
         samples.append(Sample.from_json(row, where))
     return samples
 
@@ -87,7 +88,7 @@ def stays_inside(relative: str) -> bool:
 def resolve_audio(manifest: Path, sample: Sample) -> Path:
     """The sample's audio file: a path inside the manifest's folder (a row naming any other file is an error)."""
     if not stays_inside(sample.audio):
-        raise ValueError(
+        raise BadValue(
             f"{manifest}: audio {sample.audio!r} is not inside the manifest's folder {Path(manifest).parent}; "
             "manifest rows name their clips relative to it (e.g. wavs/x.wav): fix the row, or prepare the data again"
         )

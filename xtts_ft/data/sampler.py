@@ -23,6 +23,8 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
+from xtts_ft.errors import BadValue
+
 
 @dataclass(frozen=True)
 class Step:
@@ -57,11 +59,11 @@ class LengthBucketSampler:
         self.language_weights = dict(language_weights or {})
         unknown = set(self.language_weights) - set(self.languages)
         if unknown:
-            raise ValueError(
+            raise BadValue(
                 f"language_weights name {', '.join(sorted(unknown))}, absent from the training data ({', '.join(sorted(set(self.languages)))})"
             )
         if any(w < 0 for w in self.language_weights.values()):
-            raise ValueError(f"language_weights must be >= 0: {self.language_weights}")
+            raise BadValue(f"language_weights must be >= 0: {self.language_weights}")
         self.epoch_samples(0)  # fail now, not at the first step, when the weights leave nothing
 
     def _rng(self, epoch: int, purpose: int) -> np.random.Generator:
@@ -80,7 +82,7 @@ class LengthBucketSampler:
             if extra:
                 chosen.extend(rng.choice(members, size=extra, replace=False))
         if not chosen:
-            raise ValueError(f"language_weights {self.language_weights} leave no sample in the epoch")
+            raise BadValue(f"language_weights {self.language_weights} leave no sample in the epoch")
         return np.sort(np.array(chosen, dtype=np.int64), kind="stable")
 
     def epoch_batches(self, epoch: int) -> List[List[int]]:

@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from xtts_ft.data.audio import load_audio, write_wav
+from xtts_ft.errors import BadValue, MissingFile
 from xtts_ft.model.constants import GPT_SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -153,14 +154,7 @@ def segment_recording(
     min_seconds. An empty transcript gives ([], []).
     """
     audio_path, out_dir = Path(audio_path), Path(out_dir)
-    if not audio_path.is_file():
-        raise FileNotFoundError(f"recording {audio_path} does not exist")
-    if not 0 < min_seconds <= target_seconds <= max_seconds:
-        raise ValueError(
-            f"need 0 < min_seconds ({min_seconds}) <= target_seconds ({target_seconds}) <= max_seconds ({max_seconds})"
-        )
-    if max_seconds - 2 * pad_seconds < min_seconds:
-        raise ValueError(f"pad_seconds={pad_seconds} on both sides leaves no room under max_seconds={max_seconds}")
+    check_segmenting(audio_path, target_seconds, max_seconds, min_seconds, pad_seconds)
 
     words = [w for w in transcribe_words(load_audio(audio_path, WHISPER_RATE), language) if w[0].strip()]
     # Budgets are for the written clip, so leave room for the padding on both sides.
@@ -171,14 +165,45 @@ def segment_recording(
         log.info("%s: no segment kept (%d words transcribed)", audio_path, len(words))
     # Cut from a load at the target rate (one resampling from the source, not two via 16 kHz).
     audio = load_audio(audio_path, sample_rate) if groups else np.zeros(0, np.float32)
-    duration = len(audio) / sample_rate
+    segments = write_segments(
+        audio, sample_rate, words, groups, pad_seconds, out_dir, name or audio_path.stem, audio_path
+    )
+    dropped = [dropped_entry(reason, piece, audio_path, min_seconds, max_seconds) for reason, piece in dropped_pieces]
+    return segments, dropped
 
+
+def check_segmenting(
+    audio_path: Path, target_seconds: float, max_seconds: float, min_seconds: float, pad_seconds: float
+) -> None:
+    """The recording exists and the lengths asked for leave room for a clip."""
+    if not audio_path.is_file():
+        raise MissingFile(f"recording {audio_path} does not exist")
+    if not 0 < min_seconds <= target_seconds <= max_seconds:
+        raise BadValue(
+            f"need 0 < min_seconds ({min_seconds}) <= target_seconds ({target_seconds}) <= max_seconds ({max_seconds})"
+        )
+    if max_seconds - 2 * pad_seconds < min_seconds:
+        raise BadValue(f"pad_seconds={pad_seconds} on both sides leaves no room under max_seconds={max_seconds}")
+
+
+def write_segments(
+    audio: np.ndarray,
+    sample_rate: int,
+    words: List[Word],
+    groups: List[List[Word]],
+    pad_seconds: float,
+    out_dir: Path,
+    name: str,
+    audio_path: Path,
+) -> List[Dict[str, object]]:
+    """Write each group's padded audio to `out_dir/<name>_<index:04d>.wav`; return the segments' records."""
+    duration = len(audio) / sample_rate
     position = {word: i for i, word in enumerate(words)}  # a dict: list.index would be quadratic
     segments = []
     for index, group in enumerate(groups):
         first, last = position[group[0]], position[group[-1]]
         start, end = cut_bounds(words, first, last, pad_seconds, duration)
-        wav = out_dir / f"{name or audio_path.stem}_{index:04d}.wav"
+        wav = out_dir / f"{name}_{index:04d}.wav"
         write_wav(wav, audio[round(start * sample_rate) : round(end * sample_rate)], sample_rate)
         segments.append(
             {
@@ -189,25 +214,26 @@ def segment_recording(
                 "source_line": f"{audio_path}@{start:.2f}-{end:.2f}",
             }
         )
+    return segments
 
-    dropped = []
-    for reason, piece in dropped_pieces:
-        start, end = piece[0][1], piece[-1][2]
-        limit = (
-            f"shorter than min_seconds={min_seconds}"
-            if reason == "segment_too_short"
-            else (
-                f"longer than max_seconds={max_seconds} with padding and no pause of {MIN_SPLIT_PAUSE} s to split at"
-            )
-        )
-        entry = {
-            "text": segment_text(piece),
-            "start": start,
-            "end": end,
-            "source_line": f"{audio_path}@{start:.2f}-{end:.2f}",
-            "reason": reason,
-            "message": f"{end - start:.2f} s of speech, {limit}",
-        }
-        log.info("dropped %s (%s): %s", entry["source_line"], reason, entry["message"])
-        dropped.append(entry)
-    return segments, dropped
+
+def dropped_entry(
+    reason: str, piece: List[Word], audio_path: Path, min_seconds: float, max_seconds: float
+) -> Dict[str, object]:
+    """The record of a dropped piece, with its reason and the limit it broke (logged too)."""
+    start, end = piece[0][1], piece[-1][2]
+    limit = (
+        f"shorter than min_seconds={min_seconds}"
+        if reason == "segment_too_short"
+        else (f"longer than max_seconds={max_seconds} with padding and no pause of {MIN_SPLIT_PAUSE} s to split at")
+    )
+    entry = {
+        "text": segment_text(piece),
+        "start": start,
+        "end": end,
+        "source_line": f"{audio_path}@{start:.2f}-{end:.2f}",
+        "reason": reason,
+        "message": f"{end - start:.2f} s of speech, {limit}",
+    }
+    log.info("dropped %s (%s): %s", entry["source_line"], reason, entry["message"])
+    return entry

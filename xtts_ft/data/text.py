@@ -26,6 +26,7 @@ from xtts_ft.data.cleaners import (
     language_letters,
     register_cleaner,
 )
+from xtts_ft.errors import RunRefused
 
 # The registry's names are re-exported: `xtts_ft.data.text` is where they have always been imported from.
 __all__ = [
@@ -176,10 +177,10 @@ def as_read(text: str, language: str) -> str:
         raise reader_missing(language, error) from error
 
 
-def reader_missing(language: str, error: ImportError) -> RuntimeError:
+def reader_missing(language: str, error: ImportError) -> RunRefused:
     """The error for a zh/ko/ja text whose romanizing package (pypinyin, hangul-romanize, cutlet) is not installed."""
     reading, packages = READ_AS[base_language(language)]
-    return RuntimeError(
+    return RunRefused(
         f"XTTS reads {language!r} text as {reading}, which needs a package not installed ({error}) "
         f"— fix: pip install '{packages}'"
     )

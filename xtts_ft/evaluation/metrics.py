@@ -22,6 +22,8 @@ from typing import Optional
 
 import numpy as np
 
+from xtts_ft.errors import MissingFile, MissingPackage, RunRefused
+
 # ASR lives in xtts_ft.evaluation.asr; `metrics.transcribe` (a transcript to score) stays importable from here.
 from xtts_ft.evaluation.asr import transcribe  # noqa: F401
 
@@ -63,7 +65,7 @@ def speaker_encoder():
     try:
         from resemblyzer import VoiceEncoder
     except ImportError as err:
-        raise ImportError(
+        raise MissingPackage(
             "speaker similarity needs resemblyzer (and webrtcvad-wheels): pip install 'xtts-ft[eval]'"
         ) from err
     return VoiceEncoder("cpu", verbose=False)
@@ -75,14 +77,14 @@ def ecapa_encoder(path: str):
     `speechbrain/spkrec-ecapa-voxceleb`: hyperparams.yaml + embedding_model.ckpt)."""
     model_dir = Path(path).expanduser()
     if not (model_dir / "hyperparams.yaml").is_file():
-        raise FileNotFoundError(
+        raise MissingFile(
             f"speaker_model={path}: no SpeechBrain model there (expected {model_dir / 'hyperparams.yaml'}); download one where "
             "you have network (`hf download speechbrain/spkrec-ecapa-voxceleb --local-dir DIR`) or use speaker_model=resemblyzer"
         )
     try:
         from speechbrain.inference.speaker import EncoderClassifier
     except ImportError as err:
-        raise ImportError("speaker_model=<ECAPA directory> needs speechbrain: pip install speechbrain") from err
+        raise MissingPackage("speaker_model=<ECAPA directory> needs speechbrain: pip install speechbrain") from err
     return EncoderClassifier.from_hparams(source=str(model_dir), savedir=str(model_dir), run_opts={"device": "cpu"})
 
 
@@ -148,7 +150,7 @@ def dnsmos(audio: np.ndarray, sample_rate: int) -> dict:
     try:
         from speechmos import dnsmos as dnsmos_model
     except ImportError as err:
-        raise ImportError("DNSMOS needs speechmos (bundles the ONNX models): pip install 'xtts-ft[eval]'") from err
+        raise MissingPackage("DNSMOS needs speechmos (bundles the ONNX models): pip install 'xtts-ft[eval]'") from err
     import soxr
 
     audio = np.asarray(audio, dtype=np.float32)
@@ -169,14 +171,14 @@ def utmos_model(path: str):
 
     repo = Path(path).expanduser()
     if not (repo / "hubconf.py").is_file():
-        raise FileNotFoundError(
+        raise MissingFile(
             f"utmos_model={path}: no torch.hub repository there (expected {repo / 'hubconf.py'}); clone "
             "https://github.com/tarepan/SpeechMOS where you have network, or use the bundled DNSMOS (utmos_model=null)"
         )
     try:
         return torch.hub.load(str(repo), "utmos22_strong", source="local", trust_repo=True).eval()
     except Exception as err:  # most often: its checkpoint is not in the hub cache and there is no network
-        raise RuntimeError(f"cannot load UTMOS from {repo} ({type(err).__name__}: {err})") from err
+        raise RunRefused(f"cannot load UTMOS from {repo} ({type(err).__name__}: {err})") from err
 
 
 def utmos(audio: np.ndarray, sample_rate: int, path: str) -> float:

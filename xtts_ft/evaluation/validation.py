@@ -32,6 +32,7 @@ import numpy as np
 
 from xtts_ft.data.audio import load_audio
 from xtts_ft.data.sample import Sample
+from xtts_ft.errors import ConfigValueError
 from xtts_ft.evaluation import asr, metrics
 from xtts_ft.io_utils import file_hash
 
@@ -59,12 +60,12 @@ class Checked:
 
 def check_settings(cfg) -> None:
     if cfg.transcript_action not in ACTIONS:
-        raise ValueError(
+        raise ConfigValueError(
             f"transcript_action={cfg.transcript_action}: choose drop (clips above max_transcript_cer are "
             "dropped as transcript_mismatch) or flag (kept, marked transcript_mismatch in the manifest)"
         )
     if not cfg.max_transcript_cer > 0:
-        raise ValueError(
+        raise ConfigValueError(
             f"max_transcript_cer={cfg.max_transcript_cer}: a CER above which a clip's transcript is "
             "taken as wrong, > 0 (e.g. 0.5)"
         )

@@ -11,6 +11,8 @@ import json
 import re
 from pathlib import Path
 
+from xtts_ft.errors import BadValue, MissingFile
+
 STOCK_FILES = ("config.json", "model.pth", "vocab.json", "dvae.pth", "mel_stats.pth", "speakers_xtts.pth")
 SIDECAR = "xtts_ft.json"
 EMOTIONS_FILE = "emotions_xtts.pth"  # an export's emotion presets (name → conditioning latents)
@@ -45,7 +47,7 @@ def read_sidecar(model_dir: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg})") from None
+        raise BadValue(f"{path}: not valid JSON ({err.msg})") from None
 
 
 def is_export(model_dir: Path) -> bool:
@@ -70,7 +72,7 @@ def dvae_kwargs(state: dict, where: str = "dvae.pth") -> dict:
         codebook_dim, num_tokens = state["codebook.embed"].shape
         first = state["encoder.0.0.weight"]
     except KeyError as err:
-        raise ValueError(
+        raise BadValue(
             f"{where} is not an XTTS DVAE state dict: it has no {err.args[0]} (keys: {', '.join(list(state)[:5])} ...)"
         ) from None
     strided = {int(m.group(1)) for k in state if (m := re.fullmatch(r"encoder\.(\d+)\.0\.weight", k))}
@@ -92,7 +94,7 @@ def dvae_kwargs(state: dict, where: str = "dvae.pth") -> dict:
 def check_layout(model_dir: Path, required=("config.json", "model.pth", "vocab.json")) -> None:
     missing = [name for name in required if not (Path(model_dir) / name).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{model_dir} is not an XTTS-v2 model directory: missing {', '.join(missing)} "
             f"(the stock layout is {', '.join(STOCK_FILES)})"
         )

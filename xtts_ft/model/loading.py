@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import torch
 
+from xtts_ft.errors import BadValue, MissingFile, RunRefused
 from xtts_ft.model.layout import EXPORT_FILES, check_layout, dvae_kwargs, read_sidecar
 from xtts_ft.model.quiet import unused_gpt2_token_ids_unreported
 
@@ -43,7 +44,7 @@ def hub_endpoint(
     url = (endpoint or constants.ENDPOINT).rstrip("/")
     parts = urlsplit(url)
     if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in LOCAL_HOSTS):
-        raise ValueError(f"Hub endpoint {url} is not https: the token would be sent in clear text. {fix}")
+        raise BadValue(f"Hub endpoint {url} is not https: the token would be sent in clear text. {fix}")
     return url
 
 
@@ -61,7 +62,7 @@ def download_from_hub(repo_id: str, revision: Optional[str] = None) -> Path:
         # was pushed comes back whole. (A stock release simply lacks the extra ones.)
         return Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=list(EXPORT_FILES)))
     except Exception as err:  # offline, unknown repo, gated repo: all end the same way for the user
-        raise RuntimeError(
+        raise RunRefused(
             f"cannot fetch {repo_id!r} from the Hugging Face Hub ({type(err).__name__}: {err}). "
             f"If this machine is offline, download it where you have network "
             f"(`huggingface-cli download {repo_id}`) and pass the local directory instead (e.g. checkpoint=/path/to/XTTS-v2, "
@@ -87,13 +88,13 @@ def resolve_model_dir(
             return download_from_hub(source, revision)
         except RuntimeError as err:
             if path.parent.is_dir() and str(path.parent) not in (".", ""):  # exports/nope: most likely a local folder
-                raise FileNotFoundError(
+                raise MissingFile(
                     f"{source}: no such folder here ({path.parent} has no {path.name!r}), and no model "
                     f"of that name could be fetched from the Hub — fix: the path of an export or model "
                     f"folder, e.g. {path.parent}/<name>"
                 ) from err
             raise
-    raise FileNotFoundError(f"model source {source!r} is neither a directory nor a Hub id (owner/name)")
+    raise MissingFile(f"model source {source!r} is neither a directory nor a Hub id (owner/name)")
 
 
 def resolve_vocab(model_cfg) -> Path:
@@ -107,11 +108,11 @@ def resolve_vocab(model_cfg) -> Path:
         try:
             return Path(hf_hub_download(model_cfg.source, "vocab.json", revision=model_cfg.get("revision")))
         except Exception as err:
-            raise RuntimeError(
+            raise RunRefused(
                 f"cannot fetch vocab.json of {model_cfg.source!r} from the Hub ({type(err).__name__}); "
                 "pass a local model directory (model.source=/path/to/XTTS-v2) or max_text_tokens=0 to skip token checks"
             ) from err
-    raise FileNotFoundError(f"model source {model_cfg.source!r} is neither a directory nor a Hub id (owner/name)")
+    raise MissingFile(f"model source {model_cfg.source!r} is neither a directory nor a Hub id (owner/name)")
 
 
 def resolve_model_cfg(model_cfg) -> Path:
@@ -137,7 +138,7 @@ def load_xtts(
             # eval=False: the inference wrapper is built below, with valid token ids.
             model.load_checkpoint(config, checkpoint_dir=str(model_dir), eval=False)
         except Exception as err:
-            failure = ValueError(f"coqui-tts could not load {model_dir / 'model.pth'} ({type(err).__name__}: {err})")
+            failure = BadValue(f"coqui-tts could not load {model_dir / 'model.pth'} ({type(err).__name__}: {err})")
             if not for_inference:
                 raise failure from err
             try:  # a checkpoint saved with the wrapper's keys (coqui's trainer) loads only through coqui's eval path
@@ -199,15 +200,15 @@ def check_weights_file(path: Path) -> None:
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as f:
             if f.read(2) != b"\x80\x02":  # the pre-1.6 torch format starts with a pickle protocol-2 header
-                raise ValueError(f"{path} is truncated or corrupted (not a complete torch weights file)")
+                raise BadValue(f"{path} is truncated or corrupted (not a complete torch weights file)")
         return
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise ValueError(f"{path} is truncated or corrupted ({err})") from None
+        raise BadValue(f"{path} is truncated or corrupted ({err})") from None
     if bad is not None:
-        raise ValueError(f"{path} is corrupted: its entry {bad} fails its checksum (altered or partly written)")
+        raise BadValue(f"{path} is corrupted: its entry {bad} fails its checksum (altered or partly written)")
 
 
 def load_dvae(model_dir: Path, num_audio_tokens: int | None = None):
@@ -220,12 +221,12 @@ def load_dvae(model_dir: Path, num_audio_tokens: int | None = None):
 
     path = Path(model_dir) / "dvae.pth"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: training needs the base's DVAE (the stock layout has dvae.pth)")
+        raise MissingFile(f"{path} is missing: training needs the base's DVAE (the stock layout has dvae.pth)")
     check_weights_file(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     kwargs = dvae_kwargs(state, where=str(path))
     if num_audio_tokens is not None and kwargs["num_tokens"] > num_audio_tokens - 2:
-        raise ValueError(
+        raise BadValue(
             f"{path} has {kwargs['num_tokens']} codes but the GPT in {Path(model_dir) / 'config.json'} has "
             f"gpt_num_audio_tokens={num_audio_tokens} (codes + start + stop): they belong to different models; "
             f"use the dvae.pth released with this model (or set gpt_num_audio_tokens={kwargs['num_tokens'] + 2})"
@@ -234,7 +235,7 @@ def load_dvae(model_dir: Path, num_audio_tokens: int | None = None):
     # Not strict: extra (unused) keys are tolerated as in coqui's trainer; missing ones are not.
     missing = dvae.load_state_dict(state, strict=False).missing_keys
     if missing:
-        raise ValueError(f"{path} lacks DVAE weights: {', '.join(missing[:5])} ...")
+        raise BadValue(f"{path} lacks DVAE weights: {', '.join(missing[:5])} ...")
     dvae.eval().requires_grad_(False)
     mel_stats = torch.load(Path(model_dir) / "mel_stats.pth", map_location="cpu", weights_only=True)
     return dvae, mel_stats

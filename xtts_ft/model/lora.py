@@ -20,6 +20,7 @@ from typing import Dict, Iterable, List
 
 import torch
 
+from xtts_ft.errors import BadValue, MissingFile, RunRefused
 from xtts_ft.model.layout import ADAPTER_FILES, SIDECAR, read_sidecar
 from xtts_ft.model.loading import looks_like_hub_id
 
@@ -166,7 +167,7 @@ def load_adapter_weights(gpt: torch.nn.Module, weights: dict, where: str) -> Non
     trainable = {n for n, p in gpt.named_parameters() if p.requires_grad}
     missing = sorted(trainable & set(result.missing_keys))
     if result.unexpected_keys or missing:
-        raise ValueError(
+        raise BadValue(
             f"{where} does not fit this LoRA set-up (lora.* or the base model changed since it was saved): "
             f"unexpected {', '.join(result.unexpected_keys[:3]) or 'none'}; missing {', '.join(missing[:3]) or 'none'}. "
             "Resume with the run's own lora settings and base, or use another run_name."
@@ -215,13 +216,13 @@ def resolve_adapter_dir(source: str, revision: str | None = None) -> Path:
                 snapshot_download(repo_id=str(source), revision=revision, allow_patterns=[*ADAPTER_FILES, SIDECAR])
             )
         except Exception as err:  # offline, unknown or gated repo
-            raise RuntimeError(
+            raise RunRefused(
                 f"cannot fetch the adapter {source!r} from the Hugging Face Hub ({type(err).__name__}: {err}); "
                 "download it where you have network and pass the local folder"
             ) from err
     missing = [name for name in ADAPTER_FILES if not (path / name).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFile(
             f"adapter {source}: no {', '.join(missing)} there (a LoRA adapter is PEFT's "
             f"{' + '.join(ADAPTER_FILES)}: `xtts-ft export adapter=true` writes them)"
         )
@@ -241,7 +242,7 @@ def check_adapter_base(adapter_dir: Path, model_dir: Path) -> None:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     if digest.hexdigest() != expected["model_sha256"]:
-        raise ValueError(
+        raise BadValue(
             f"adapter {adapter_dir} was trained on {expected.get('source')} (model.pth sha256 "
             f"{expected['model_sha256'][:12]}…), not on {model_dir}: load it over that base"
         )

@@ -33,6 +33,7 @@ from xtts_ft.data.text import (
     reader_missing,
     unknown_characters,
 )
+from xtts_ft.errors import BadValue
 
 LEADING_TAG = re.compile(r"^\s*\[([^\[\]\s]+)\]\s*")
 log = logging.getLogger(__name__)
@@ -84,11 +85,11 @@ class XttsTokenizer(VoiceBpeTokenizer):
         emotion = emotion or tagged
         lang = base_language(lang)
         if language_token(lang) not in self.vocab:
-            raise ValueError(
+            raise BadValue(
                 f"this model has no {language_token(lang)} token; its languages: {', '.join(self.languages())}"
             )
         if emotion is not None and emotion not in self.emotion_tokens:
-            raise ValueError(
+            raise BadValue(
                 f"this model has no [{emotion}] emotion token; its emotion tokens: {', '.join(self.emotion_tokens) or 'none'} "
                 "(add some with `xtts-ft extend emotions=[...]`, or use an emotion preset of the export)"
             )

@@ -11,11 +11,12 @@ import importlib
 from types import ModuleType
 
 from xtts_ft.config import STAGES
+from xtts_ft.errors import BadValue
 
 
 def load(name: str) -> ModuleType:
     """The module of stage `name` (`train_gpt` or `train-gpt`)."""
     stage = name.replace("-", "_")
     if stage not in STAGES:
-        raise ValueError(f"unknown stage {name!r}; choose one of {', '.join(STAGES)}")
+        raise BadValue(f"unknown stage {name!r}; choose one of {', '.join(STAGES)}")
     return importlib.import_module(f"xtts_ft.stages.{stage}")

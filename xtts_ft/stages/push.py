@@ -12,6 +12,7 @@ from typing import List, Optional, Tuple
 
 from omegaconf import DictConfig
 
+from xtts_ft.errors import MissingFile, RunRefused
 from xtts_ft.model.layout import EXPORT_FILES, STOCK_FILES, check_layout
 from xtts_ft.model.loading import hub_endpoint
 
@@ -23,7 +24,7 @@ def outputs(cfg: DictConfig) -> List[Path]:
 def files_to_send(export_dir: Path) -> List[Path]:
     check_layout(export_dir, required=STOCK_FILES)
     if not (export_dir / "README.md").is_file():
-        raise FileNotFoundError(f"{export_dir} has no README.md model card; export it with `xtts-ft export` first")
+        raise MissingFile(f"{export_dir} has no README.md model card; export it with `xtts-ft export` first")
     return [export_dir / name for name in EXPORT_FILES if (export_dir / name).is_file()]
 
 
@@ -35,7 +36,7 @@ def network_errors() -> Tuple[type, ...]:
     return (OSError, errors.HTTPError)  # HTTPError: the transport's base error, which huggingface_hub re-raises
 
 
-def hub_failure(where: str, err: Exception) -> RuntimeError:
+def hub_failure(where: str, err: Exception) -> RunRefused:
     status = getattr(getattr(err, "response", None), "status_code", None)
     first_line = str(err).splitlines()[0] if str(err) else ""
     if status in (401, 403):
@@ -44,7 +45,7 @@ def hub_failure(where: str, err: Exception) -> RuntimeError:
         fix = f"the Hub answered HTTP {status}"
     else:
         fix = "check the network (or endpoint=), and log in with `hf auth login` or set HF_TOKEN"
-    return RuntimeError(
+    return RunRefused(
         f"push to {where} failed ({type(err).__name__}: {first_line}). Fix: {fix}; dry_run=true shows what would be sent."
     )
 
@@ -77,7 +78,7 @@ def visibility(api, cfg: DictConfig) -> Tuple[str, Optional[str]]:
 def run(cfg: DictConfig) -> List[Path]:
     export_dir = Path(cfg.export_dir)
     if not export_dir.is_dir():
-        raise FileNotFoundError(f"export {export_dir} does not exist; run `xtts-ft export run_name=...` first")
+        raise MissingFile(f"export {export_dir} does not exist; run `xtts-ft export run_name=...` first")
     files = files_to_send(export_dir)
     endpoint = hub_endpoint(cfg.endpoint)
     where = f"{endpoint}/{cfg.repo_id}"
@@ -103,7 +104,7 @@ def run(cfg: DictConfig) -> List[Path]:
         print(f"\n--- README.md (model card) ---\n{card}")
         return files
     if refusal:
-        raise PermissionError(refusal)
+        raise RunRefused(refusal)
     try:
         api.create_repo(cfg.repo_id, repo_type="model", private=cfg.private, exist_ok=True)
         if cfg.revision:

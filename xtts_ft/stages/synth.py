@@ -9,6 +9,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from xtts_ft.data.audio import write_wav
+from xtts_ft.errors import BadValue
 from xtts_ft.inference import XttsSynthesizer, read_requests
 from xtts_ft.io_utils import write_jsonl
 
@@ -19,9 +20,9 @@ def outputs(cfg: DictConfig) -> List[Path]:
 
 def run(cfg: DictConfig) -> Path:
     if not cfg.texts and Path(cfg.out).suffix.lower() != ".wav":
-        raise ValueError(f"out={cfg.out}: synth writes WAV files — fix: out=<name>.wav")
+        raise BadValue(f"out={cfg.out}: synth writes WAV files — fix: out=<name>.wav")
     if cfg.texts and Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
-        raise ValueError(f"out_dir={cfg.out_dir} is a file — fix: out_dir=<a folder> (made if missing)")
+        raise BadValue(f"out_dir={cfg.out_dir} is a file — fix: out_dir=<a folder> (made if missing)")
     synthesizer = XttsSynthesizer(cfg.checkpoint, device=cfg.device)
     if cfg.texts:  # a batch: one WAV per text in out_dir, plus an index
         requests = read_requests(cfg.texts, cfg.language, cfg.reference, cfg.voice, cfg.emotion)
@@ -44,7 +45,7 @@ def run(cfg: DictConfig) -> Path:
         print(f"wrote {len(rows)} WAVs to {cfg.out_dir} (index: {Path(cfg.out_dir) / 'index.jsonl'}){note}")
         return Path(cfg.out_dir)
     if cfg.text is None:
-        raise ValueError("give text=... (one text) or texts=<file.txt|.csv> (a batch)")
+        raise BadValue("give text=... (one text) or texts=<file.txt|.csv> (a batch)")
     # Exactly one of a reference clip and a named voice (an export's speakers_xtts.pth).
     request = dict(
         text=cfg.text,
@@ -58,7 +59,7 @@ def run(cfg: DictConfig) -> Path:
         for key in ("stream_first_chunk_codes", "stream_chunk_codes"):  # said with the setting's own name
             value = cfg[key]
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
+                raise BadValue(
                     f"{key}={value!r} — fix: {key}=<an integer ≥ 1> (GPT codes per chunk, ~0.046 s of audio each)"
                 )
         chunks = list(

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from xtts_ft.errors import BadValue
 from xtts_ft.io_utils import torch_save
 
 FORMAT_VERSION = 2
 
 
-class NewerFormatError(ValueError):
+class NewerFormatError(BadValue):
     """A state or checkpoint written by a newer xtts-ft (not a damaged file: nothing to salvage)."""
 
 
@@ -54,7 +55,7 @@ def load_state(state_path: Path, part: str) -> dict:
     else:
         check_format(state, state_path)
         return state
-    raise ValueError(f"{problem}. {salvage(state_path.parent, part)}")
+    raise BadValue(f"{problem}. {salvage(state_path.parent, part)}")
 
 
 def salvage(out: Path, part: str) -> str:
@@ -82,7 +83,7 @@ def check_sampler_key(state_path: Path, saved: dict, current: dict) -> None:
     """A saved sampler position means something only for the same data path (manifest, batch, seed)."""
     changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
     if changed:
-        raise ValueError(
+        raise BadValue(
             f"{state_path} was trained with another data path ("
             + "; ".join(f"{k}: {old} → {new}" for k, (old, new) in changed.items())
             + "): its sampler position means nothing here. Use another run_name, or delete the run to start over."

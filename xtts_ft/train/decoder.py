@@ -47,6 +47,7 @@ from xtts_ft.config import to_container
 from xtts_ft.data.batches import GptItem, ReferencePicker, encode_samples
 from xtts_ft.data.sample import read_manifest, resolve_audio, stays_inside
 from xtts_ft.data.sampler import LengthBucketSampler
+from xtts_ft.errors import BadValue, MissingFile
 from xtts_ft.io_utils import file_hash, tensors_hash, torch_save, write_json, write_jsonl
 from xtts_ft.model.constants import DECODER_HOP, DECODER_SAMPLE_RATE, GPT_SAMPLE_RATE
 from xtts_ft.model.decoder import (
@@ -100,13 +101,13 @@ def gpt_weights(cfg: DictConfig) -> tuple[str, Optional[dict]]:
     if not path.is_file():
         if choice == "auto":
             return "base", None
-        raise FileNotFoundError(f"gpt={choice}: no such train-gpt state or checkpoint (use auto, base or a path)")
+        raise MissingFile(f"gpt={choice}: no such train-gpt state or checkpoint (use auto, base or a path)")
     state = torch.load(
         path, map_location="cpu", weights_only=True, mmap=True
     )  # mmap: the optimizer state is never read
     ckpt.check_format(state, path)
     if "gpt" not in state:
-        raise ValueError(f"gpt={choice}: {path} holds no GPT weights (expected a train-gpt state.pt or checkpoint)")
+        raise BadValue(f"gpt={choice}: {path} holds no GPT weights (expected a train-gpt state.pt or checkpoint)")
     return str(path), state
 
 
@@ -115,13 +116,13 @@ def target_paths(manifest: Path) -> dict:
     targets = {}
     for sample in read_manifest(manifest):
         if "audio_24k" not in sample.extra:
-            raise ValueError(
+            raise BadValue(
                 f"{manifest} has no 24 kHz copies (sample {sample.audio}): the decoder trains on audio at its "
                 "output rate. Prepare the data again with decoder_copies=true."
             )
         target = sample.extra["audio_24k"]
         if not isinstance(target, str) or not stays_inside(target):
-            raise ValueError(
+            raise BadValue(
                 f"{manifest}: audio_24k {target!r} of {sample.audio} is not inside the manifest's folder; "
                 "manifest rows name their clips relative to it: prepare the data again with decoder_copies=true"
             )
@@ -173,7 +174,7 @@ def build_items(gpt_items: List[GptItem], values: List[dict], targets: dict, min
         target = targets[item.audio]
         info = sf.info(str(target))
         if info.samplerate != DECODER_SAMPLE_RATE:
-            raise ValueError(
+            raise BadValue(
                 f"{target} is at {info.samplerate} Hz; decoder targets must be {DECODER_SAMPLE_RATE} Hz (run prepare again)"
             )
         frames = decoder_frames(decoder, value["latents"].shape[0])
@@ -240,12 +241,12 @@ def evaluate_clips(generator, decoder, gen_loss, items: List[DecoderItem], devic
 def load_discriminator_init(path: str) -> dict:
     """A discriminator to start from: a train-decoder state.pt, or a file holding its state dict."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"discriminator={path}: no such file")
+        raise MissingFile(f"discriminator={path}: no such file")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if "discriminator" in state:
         state = state["discriminator"]
     if not state:
-        raise ValueError(
+        raise BadValue(
             f"discriminator={path}: it holds no discriminator (was that run trained with adversarial=false?)"
         )
     return state
@@ -268,7 +269,7 @@ def segment_sampler(items: List[DecoderItem], cfg: DictConfig, runtime: rt.Runti
 def segment_frames(cfg: DictConfig) -> int:
     """The training segment in decoder frames, refused where the hop or the spectral losses cannot use it."""
     if cfg.segment_samples <= 0 or cfg.segment_samples % DECODER_HOP:
-        raise ValueError(
+        raise BadValue(
             f"segment_samples={cfg.segment_samples}: use a positive multiple of the decoder's hop ({DECODER_HOP})"
         )
     # torch.stft's reflect padding (n_fft/2 each side) needs a longer signal than that.
@@ -280,7 +281,7 @@ def segment_frames(cfg: DictConfig) -> int:
         + (list(loss_config.stft_loss_params["n_ffts"]) if cfg.stft_loss_weight > 0 else [])
     )
     if cfg.segment_samples <= n_fft // 2:
-        raise ValueError(
+        raise BadValue(
             f"segment_samples={cfg.segment_samples}: the spectral losses need more than {n_fft // 2} samples (their largest FFT is {n_fft})"
         )
     return cfg.segment_samples // DECODER_HOP
@@ -399,7 +400,7 @@ class DecoderRecipe:
             write_jsonl(out / "skipped.jsonl", skipped)
             log.warning("skipped %d clip(s) the decoder cannot train on; see %s", len(skipped), out / "skipped.jsonl")
         if not self.train_items:
-            raise ValueError(f"no trainable clips in {manifests['train']} (see {out / 'skipped.jsonl'})")
+            raise BadValue(f"no trainable clips in {manifests['train']} (see {out / 'skipped.jsonl'})")
 
     def setup_optimizers(self) -> None:
         """The sampler, DDP around each network under torchrun, an AdamW and a decay per network, the fp16 scaler."""
@@ -439,7 +440,7 @@ class DecoderRecipe:
         state = ckpt.load_state(state_path, "decoder")
         ckpt.check_sampler_key(state_path, state.get("sampler", {}), self.sampler_key)
         if (state["discriminator"] is not None) != (self.discriminator is not None):
-            raise ValueError(
+            raise BadValue(
                 f"{state_path} was trained with adversarial={not cfg.adversarial}; resume it the same way or use another run_name"
             )
         self.generator.load_state_dict(state["decoder"])

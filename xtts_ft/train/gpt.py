@@ -32,6 +32,7 @@ from xtts_ft.config import to_container
 from xtts_ft.data.batches import ReferencePicker, collate, encode_samples
 from xtts_ft.data.sample import read_manifest
 from xtts_ft.data.sampler import LengthBucketSampler
+from xtts_ft.errors import BadValue
 from xtts_ft.io_utils import file_hash, torch_save, write_json, write_jsonl
 from xtts_ft.model import lora
 from xtts_ft.model.constants import GPT_SAMPLE_RATE
@@ -72,7 +73,7 @@ def select_trainable(gpt: torch.nn.Module, freeze_text_embeddings: bool, train_l
     blocks = gpt.gpt.h
     if train_last_layers > 0:
         if train_last_layers > len(blocks):
-            raise ValueError(f"train_last_layers={train_last_layers} but the GPT has {len(blocks)} layers")
+            raise BadValue(f"train_last_layers={train_last_layers} but the GPT has {len(blocks)} layers")
         gpt.requires_grad_(False)
         for module in [*blocks[-train_last_layers:], gpt.gpt.ln_f, gpt.final_norm, gpt.text_head, gpt.mel_head]:
             module.requires_grad_(True)
@@ -119,7 +120,7 @@ def enable_activation_checkpointing(transformer, keeps: str = "nothing") -> None
     as the main input says exactly that.
     """
     if keeps not in CHECKPOINT_KEEPS:
-        raise ValueError(f"grad_checkpointing_keeps={keeps}: choose {' or '.join(CHECKPOINT_KEEPS)}")
+        raise BadValue(f"grad_checkpointing_keeps={keeps}: choose {' or '.join(CHECKPOINT_KEEPS)}")
     kwargs = {"use_reentrant": False}
     if keeps == "linear_outputs":
         from torch.utils.checkpoint import create_selective_checkpoint_contexts
@@ -228,10 +229,10 @@ def check_best_metric(cfg: DictConfig) -> None:
     from xtts_ft.evaluation import asr
 
     if cfg.best_metric not in ("eval_loss", "cer"):
-        raise ValueError(f"best_metric={cfg.best_metric}: choose eval_loss or cer")
+        raise BadValue(f"best_metric={cfg.best_metric}: choose eval_loss or cer")
     if cfg.best_metric == "cer":
         if not cfg.eval_sentences or cfg.eval_every <= 0:
-            raise ValueError(
+            raise BadValue(
                 "best_metric=cer scores the eval sentences' synthesis: give eval_sentences=[...] and eval_every > 0"
             )
         asr.require(cfg.eval_asr_model, cfg.eval_language, setting="eval_asr_model")  # e.g. bundled is English-only
@@ -240,9 +241,9 @@ def check_best_metric(cfg: DictConfig) -> None:
 def check_method(cfg: DictConfig) -> None:
     """method=lora trains adapters, not chosen layers: the full-fine-tune selectors make no sense there."""
     if cfg.method not in ("full", "lora"):
-        raise ValueError(f"method={cfg.method}: choose full or lora")
+        raise BadValue(f"method={cfg.method}: choose full or lora")
     if cfg.method == "lora" and (cfg.train_last_layers > 0 or cfg.freeze_text_embeddings):
-        raise ValueError(
+        raise BadValue(
             "method=lora trains LoRA adapters (lora.*) and the extended vocabulary's new rows; "
             "train_last_layers and freeze_text_embeddings choose layers of a full fine-tune: leave them unset"
         )
@@ -251,11 +252,11 @@ def check_method(cfg: DictConfig) -> None:
 def check_checkpointing(cfg: DictConfig) -> None:
     """grad_checkpointing_keeps says what checkpointing keeps: without grad_checkpointing it would do nothing."""
     if cfg.grad_checkpointing_keeps not in CHECKPOINT_KEEPS:
-        raise ValueError(
+        raise BadValue(
             f"grad_checkpointing_keeps={cfg.grad_checkpointing_keeps}: choose {' or '.join(CHECKPOINT_KEEPS)}"
         )
     if cfg.grad_checkpointing_keeps != "nothing" and not cfg.grad_checkpointing:
-        raise ValueError(
+        raise BadValue(
             f"grad_checkpointing_keeps={cfg.grad_checkpointing_keeps} chooses what gradient checkpointing "
             "keeps, and checkpointing is off: add grad_checkpointing=true"
         )
@@ -287,12 +288,12 @@ def check_resumable_method(state_path: Path, state: dict, cfg: DictConfig, base_
     a LoRA adapter means nothing on other base weights; a full fine-tune holds every weight itself."""
     saved = (state.get("config") or {}).get("method", "full")
     if saved != cfg.method:
-        raise ValueError(
+        raise BadValue(
             f"{state_path} was trained with method={saved}, not method={cfg.method}: "
             f"resume it with method={saved}, or use another run_name"
         )
     if cfg.method == "lora" and state.get("base_model_hash") not in (None, base_hash):
-        raise ValueError(
+        raise BadValue(
             f"{state_path} holds a LoRA adapter of another base model (model.pth changed since): "
             "its adapter means nothing on these weights; use the run's own base or another run_name"
         )
@@ -379,7 +380,7 @@ class GptRecipe:
                 out / "skipped.jsonl",
             )
         if not train_items:
-            raise ValueError(f"no trainable clips in {manifests['train']} (see {out / 'skipped.jsonl'})")
+            raise BadValue(f"no trainable clips in {manifests['train']} (see {out / 'skipped.jsonl'})")
         # Audio codes once: the DVAE is frozen, so a clip's codes never change while it and the DVAE don't.
         dvae_hash = file_hash(Path(self.model_dir) / "dvae.pth", Path(self.model_dir) / "mel_stats.pth")
         started, features, device = time.perf_counter(), self.features, self.device

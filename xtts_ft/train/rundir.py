@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from xtts_ft.errors import FileInTheWay
 from xtts_ft.train import runtime as rt
 
 
@@ -39,7 +40,7 @@ def check_fresh(state_path: Path, resume: bool) -> None:
     """Refuse to start over a run that exists unless asked to continue it."""
     if state_path.is_file() and not resume:
         out = state_path.parent
-        raise FileExistsError(
+        raise FileInTheWay(
             f"{out} already holds a training run; resume=true continues it. To start over, delete {out} or choose another run_name."
         )
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from xtts_ft.errors import BadValue
 from xtts_ft.io_utils import FileLock, dir_lock_path
 from xtts_ft.model.loading import pick_device
 
@@ -114,11 +115,11 @@ def return_freed_host_memory() -> bool:
 def autocast(precision: str, device: torch.device):
     """bf16/fp16 autocast where asked (fp16 only on CUDA); fp32: no autocast."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
+        raise BadValue(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision=fp16 needs a CUDA device; on CPU use precision=bf16")
+        raise BadValue("precision=fp16 needs a CUDA device; on CPU use precision=bf16")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"{torch.cuda.get_device_name(device)} does not support bf16; use precision=fp16")
+        raise BadValue(f"{torch.cuda.get_device_name(device)} does not support bf16; use precision=fp16")
     if PRECISIONS[precision] is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])

@@ -9,7 +9,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from xtts_ft.errors import RunRefused
 from xtts_ft.train import runtime as rt
+
+
+class TrainingDiverged(RunRefused, FloatingPointError):
+    """A loss or gradient norm went non-finite under the user's settings (lr, warm-up, precision):
+    the run stops with what to change. Still a FloatingPointError, as it was before the kinds."""
 
 
 def position_rng(seed: int, *position: int) -> np.random.Generator:
@@ -39,7 +45,7 @@ def check_diverged(
     if bool(torch.isfinite(losses).all()) and norms_ok:
         return
     last_good = state_path if state_path.is_file() else "none (no state saved yet)"
-    raise FloatingPointError(
+    raise TrainingDiverged(
         f"training diverged at step {step}: {readings}. Stopped without saving; the last good state is {last_good}. {advice}"
     )
 
