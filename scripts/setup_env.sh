@@ -12,7 +12,7 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
 missing=()
-# chromium + chromium-driver: the web demo's browser test (tests/test_web.py, selenium).
+# chromium + chromium-driver: the web demo's browser test (tests/stages/test_web.py, selenium).
 for pkg in espeak-ng ffmpeg chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done

@@ -8,21 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.settings import DECODER_OVERRIDES, TRAIN_OVERRIDES, decoder_data_overrides, demo_overrides
+from tests.helpers.speech import build_tiny_mms
 from xtts_ft.config import compose
-
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "data" / "demo"
-
-
-def demo_overrides(tmp: Path) -> list:
-    return [
-        f"data.sources.0.path={DEMO / 'en'}",
-        f"data.sources.1.path={DEMO / 'fr'}",
-        f"paths.processed_dir={tmp / 'processed'}",
-        f"paths.runs_dir={tmp / 'runs'}",
-        f"paths.exports_dir={tmp / 'exports'}",
-        f"paths.models_dir={tmp / 'models'}",
-    ]
 
 
 @pytest.fixture(scope="session")
@@ -42,17 +30,6 @@ def prepared(workdir, tiny_model_dir) -> Path:  # its vocabulary checks the text
     from xtts_ft.stages import prepare
 
     return prepare.run(compose("prepare", demo_overrides(workdir)))
-
-
-TRAIN_OVERRIDES = [
-    "model=tiny",
-    "run_name=demo",
-    "lr=1e-3",
-    "batch_size=4",
-    "log_every=1",
-    "eval_every=10",
-    "save_every=10",
-]
 
 
 @pytest.fixture(scope="session")
@@ -78,30 +55,6 @@ def synthesizer(exported):
     return XttsSynthesizer(exported, device="cpu")
 
 
-def decoder_data_overrides(tmp: Path) -> list:
-    """The demo corpus prepared with 24 kHz copies (the decoder's targets), beside the plain one."""
-    return [
-        o if not o.startswith("paths.processed_dir=") else f"paths.processed_dir={tmp / 'processed_24k'}"
-        for o in demo_overrides(tmp)
-    ]
-
-
-# Affordable decoder runs: the real-sized generator on 2048-sample segments (8 decoder frames).
-DECODER_OVERRIDES = [
-    "model=tiny",
-    "run_name=demo",
-    "gpt=base",
-    "batch_size=2",
-    "segment_samples=2048",
-    "log_every=1",
-    "eval_every=0",
-    "adversarial=false",
-    "lr_gen=1e-3",
-    "lr_disc=1e-3",
-    "keep_last=1",
-]
-
-
 @pytest.fixture(scope="session")
 def prepared_24k(workdir, tiny_model_dir) -> Path:
     from xtts_ft.stages import prepare
@@ -120,6 +73,11 @@ def decoder_trained(workdir, prepared_24k) -> Path:
         + [f"paths.runs_dir={workdir / 'runs_decoder'}", "max_steps=3"]
     )
     return train_decoder.run(compose("train_decoder", overrides))
+
+
+@pytest.fixture(scope="session")
+def tiny_mms(workdir) -> Path:
+    return build_tiny_mms(workdir / "models" / "tiny-mms")
 
 
 def hub_reachable() -> bool:

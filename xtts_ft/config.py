@@ -10,7 +10,7 @@ YAML names its schema first in its defaults list: Hydra merges the YAML into the
 OmegaConf checks every value and every override against these types.
 
 So a field here holds no value: it is `MISSING` (a nested part: its dataclass), and changing a
-default is one edit, in the YAML (tests/test_config.py keeps it so). The exceptions are
+default is one edit, in the YAML (tests/unit/config/test_config.py keeps it so). The exceptions are
 SourceConfig and ColumnsConfig, the entries of the list `data.sources`: a list entry takes its
 defaults from its type, which no YAML file can give, so theirs are written here (and only here).
 `compose(stage, overrides)` builds a stage config the way the CLI does, for tests and notebooks.

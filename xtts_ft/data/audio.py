@@ -134,7 +134,7 @@ def trim_bounds(audio: np.ndarray, top_db: float, frame_length: int = 2048, hop_
 
     The same rule as librosa.effects.trim (centred RMS frames, dB relative to the loudest
     frame), in numpy: librosa's first call costs ~4 s of lazy imports and JIT in every worker
-    process, more than a whole corpus of short clips takes. tests/test_audio.py checks they agree.
+    process, more than a whole corpus of short clips takes. tests/unit/data/test_audio.py checks they agree.
     """
     padded = np.pad(audio, frame_length // 2)
     # Frame energies from one running sum (each sample squared once, not once per overlapping frame).

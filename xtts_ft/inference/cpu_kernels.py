@@ -10,7 +10,7 @@
 - the instance-attribute patch helpers they share.
 
 Each gives the same results as the plain code to float rounding (the codes of a seeded batch are the same:
-tests/test_inference.py checks it). Each can be switched off: with the environment variable
+tests/unit/inference/test_inference.py checks it). Each can be switched off: with the environment variable
 `XTTS_FT_PLAIN_KERNELS=1` (read when a batch runs, not at import, so it may be set or unset between
 batches), nothing is packed, timed or patched: torch's and transformers' own code runs, e.g. to rule the
 tricks out when looking for a bug or to compare against them.

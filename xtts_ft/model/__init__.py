@@ -1,1 +1,3 @@
-"""Model: loading the base XTTS (local directory or Hub id), the tiny builder, the DVAE."""
+"""Model: XTTS itself as files and modules: loading a base (local directory, Hub id or the tiny
+builder), the tokenizer, extending a vocabulary, building an export in the stock layout, the model card,
+DVAE features, the decoder's framing and losses, LoRA."""

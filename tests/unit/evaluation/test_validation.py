@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests.conftest import DEMO
+from tests.helpers.settings import DEMO
 from xtts_ft.config import compose
 from xtts_ft.data.sample import read_manifest
 from xtts_ft.evaluation import validation

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "xtts_ft"
+PACKAGE = Path(__file__).resolve().parents[2] / "xtts_ft"
 
 # Lower layers first. A module may import its own layer's package (data → data) and any lower layer.
 LAYERS = (

@@ -92,7 +92,7 @@ def test_only_the_start_of_a_long_reference_is_decoded(synthesizer, tmp_path, mo
 def test_the_babble_guard_caps_a_sentence_that_does_not_stop(tiny_model_dir):
     """The untrained tiny model never emits its stop token for this seed: generation runs until
     the guard's cap, 2 s + max_seconds_per_char per character, and is reported as cut."""
-    from tests.conftest import DEMO
+    from tests.helpers.settings import DEMO
     from xtts_ft.inference import XttsSynthesizer
     from xtts_ft.model.constants import CODES_PER_SECOND
 
@@ -137,7 +137,7 @@ def test_load_and_synthesis_print_no_transformers_noise(tiny_model_dir, tmp_path
     import subprocess
     import sys
 
-    from tests.conftest import DEMO
+    from tests.helpers.settings import DEMO
 
     script = (
         "from xtts_ft.inference import XttsSynthesizer\n"
@@ -207,7 +207,7 @@ STREAM_DECODING = {"seed": 0, "max_seconds_per_char": 0.02}
 
 
 def _demo_reference():
-    from tests.conftest import DEMO
+    from tests.helpers.settings import DEMO
 
     return DEMO / "en" / "wavs" / "alicia_000.flac"
 

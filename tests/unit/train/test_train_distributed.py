@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import REPO, TRAIN_OVERRIDES, demo_overrides
+from tests.helpers.settings import REPO, TRAIN_OVERRIDES, demo_overrides
 from xtts_ft.config import compose
 from xtts_ft.model.loading import load_xtts
 from xtts_ft.stages import train_gpt

@@ -12,7 +12,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import REPO, TRAIN_OVERRIDES, demo_overrides
+from tests.helpers.settings import REPO, TRAIN_OVERRIDES, demo_overrides
 from xtts_ft.config import compose
 from xtts_ft.data.audio import load_audio
 from xtts_ft.data.batches import ReferencePicker, collate, encode_samples

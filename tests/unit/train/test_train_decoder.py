@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import DECODER_OVERRIDES, REPO, decoder_data_overrides, demo_overrides
+from tests.helpers.settings import DECODER_OVERRIDES, REPO, decoder_data_overrides, demo_overrides
 from xtts_ft.config import compose
 from xtts_ft.model.constants import DECODER_HOP
 from xtts_ft.model.decoder import decoder_frames, decoder_input, decoder_samples, gpt_latents

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO, TRAIN_OVERRIDES, demo_overrides
+from tests.helpers.settings import REPO, TRAIN_OVERRIDES, demo_overrides
 from xtts_ft.config import compose
 from xtts_ft.model import lora
 from xtts_ft.model.export import sha256
@@ -265,7 +265,7 @@ def test_adapter_export_records_its_base_and_push_sends_it(lora_exports, wolof_e
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    from tests.test_push import _hub_error
+    from tests.helpers.fake_hub import hub_error as _hub_error
 
     last, _ = lora_exports
     record = json.loads((last / "xtts_ft.json").read_text())

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from tests.conftest import demo_overrides
+from tests.helpers.settings import demo_overrides
 from xtts_ft.config import compose
 from xtts_ft.data import clips, records
 from xtts_ft.data.sample import read_manifest

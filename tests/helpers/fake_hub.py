@@ -142,3 +142,12 @@ class FakeHub:
                 return self._missing()
 
         return Handler
+
+
+def hub_error(cls, status: int, message: str):
+    """A huggingface_hub error of class `cls` as the Hub answers it (status code, message)."""
+    import httpx2  # huggingface_hub's HTTP client: its errors carry the response
+
+    return cls(
+        message, response=httpx2.Response(status, request=httpx2.Request("GET", "https://huggingface.co/api/models/x"))
+    )

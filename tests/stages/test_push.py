@@ -1,5 +1,5 @@
 """`xtts-ft push`: what goes to the Hub and what comes back. The round trip runs through
-huggingface_hub itself against a local stand-in for the Hub (tests/fake_hub.py, real HTTP on
+huggingface_hub itself against a local stand-in for the Hub (tests/helpers/fake_hub.py, real HTTP on
 localhost); the other tests replace single HfApi calls; offline behaviour is tested against an
 address that refuses."""
 
@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.conftest import demo_overrides
-from tests.fake_hub import FakeHub
+from tests.helpers.fake_hub import FakeHub
+from tests.helpers.fake_hub import hub_error as _hub_error
+from tests.helpers.settings import demo_overrides
 from xtts_ft.config import compose
 from xtts_ft.errors import MissingFile, RunRefused
 from xtts_ft.model.layout import ADAPTER_FILES, EXPORT_FILES
@@ -44,14 +45,6 @@ def full_export(tmp_path_factory, workdir, trained, prepared):
     )
 
 
-def _hub_error(cls, status: int, message: str):
-    import httpx2  # huggingface_hub's HTTP client: its errors carry the response
-
-    return cls(
-        message, response=httpx2.Response(status, request=httpx2.Request("GET", "https://huggingface.co/api/models/x"))
-    )
-
-
 @pytest.fixture
 def no_repo(monkeypatch):
     """repo_info as the Hub answers for a repo that does not exist yet."""
@@ -79,7 +72,7 @@ def test_every_file_of_an_export_survives_push_and_download(full_export, workdir
     from huggingface_hub import constants
 
     on_disk = sorted(p.name for p in full_export.iterdir())
-    # Every kind of file an export may hold, but a LoRA adapter's (tests/test_lora.py pushes those).
+    # Every kind of file an export may hold, but a LoRA adapter's (tests/stages/test_lora.py pushes those).
     assert on_disk == sorted(set(EXPORT_FILES) - set(ADAPTER_FILES))
     # The stand-in speaks the Hub's plain-HTTP protocol, not its Xet storage: huggingface_hub's
     # single-commit upload (what it does without hf_xet) is the path exercised.

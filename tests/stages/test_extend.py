@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO, demo_overrides
+from tests.helpers.settings import REPO, demo_overrides
 from xtts_ft.config import compose
 from xtts_ft.data.cleaners.wolof import number_to_words
 from xtts_ft.data.text import clean_text
@@ -451,7 +451,7 @@ def test_tiny_recipe_runs_end_to_end(tmp_path, monkeypatch, recipe, data, check)
 @pytest.mark.slow
 def test_evaluate_scores_wolof_with_the_ctc_model_configured_for_it(wolof_export, wolof_prepared, workdir, tmp_path):
     """Whisper has no Wolof: a (tiny, local) MMS-like CTC model configured for wo gives a Wolof CER."""
-    from tests.test_asr import build_tiny_mms
+    from tests.helpers.speech import build_tiny_mms
     from xtts_ft.stages import evaluate
 
     mms = build_tiny_mms(workdir / "models" / "tiny-mms")

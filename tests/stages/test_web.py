@@ -148,7 +148,7 @@ def test_login_from_auth_or_an_explicit_choice_to_serve_anyone():
 
 
 def test_named_voice_and_emotion_preset_of_an_export(workdir, exported, prepared, tmp_path):
-    from tests.conftest import demo_overrides
+    from tests.helpers.settings import demo_overrides
     from xtts_ft.inference import XttsSynthesizer
     from xtts_ft.stages import export
 

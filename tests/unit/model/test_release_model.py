@@ -1,6 +1,6 @@
 """The released XTTS-v2's formats, not only our tiny twin: the flagship Wolof chain (prepare → extend
 `[wo]` → train-gpt → train-decoder → export → plain coqui-tts → push's file list → synth → evaluate) on a
-base written by plain coqui-tts / `tokenizers` in the release's formats (tests/release_model.py), at a
+base written by plain coqui-tts / `tokenizers` in the release's formats (tests/helpers/release_model.py), at a
 small width and, marked slow, at the release's sizes; and `extend`'s vocabulary merge in either BPE
 merge format."""
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO
-from tests.release_model import VOICES, build_release_like
+from tests.helpers.release_model import VOICES, build_release_like
+from tests.helpers.settings import REPO
 from xtts_ft.config import compose
 
 WOLOF_DEMO = REPO / "data" / "wolof_demo"
@@ -294,7 +294,7 @@ def test_a_dvae_of_another_size_loads_from_its_own_shapes(tmp_path, release_chai
     """coqui's XttsConfig() default (8194 audio tokens, an 8192-code DVAE) in the stock layout."""
     from TTS.tts.layers.xtts.dvae import DiscreteVAE
 
-    from tests.release_model import SMALL_DVAE
+    from tests.helpers.release_model import SMALL_DVAE
     from xtts_ft.model.loading import load_dvae
 
     _, base, _, _, _ = release_chain

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 import yaml
 
-from tests.conftest import DEMO, REPO, demo_overrides
+from tests.helpers.settings import DEMO, REPO, demo_overrides
 from xtts_ft.config import compose
 from xtts_ft.stages import pipeline
 

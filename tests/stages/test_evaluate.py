@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from tests.test_asr import espeak as espeak_voice
-from tests.test_asr import tiny_mms  # noqa: F401  (the session fixture: a tiny MMS-like CTC model)
+from tests.helpers.speech import espeak as espeak_voice
 from xtts_ft.config import compose
 from xtts_ft.evaluation import asr, forgetting, metrics, probes, scoring
 from xtts_ft.evaluation.report import paper_metrics
@@ -287,7 +286,7 @@ def test_the_comparison_notebook_runs(exported, tiny_model_dir, prepared, tmp_pa
     import nbformat
     from nbclient import NotebookClient
 
-    from tests.conftest import REPO
+    from tests.helpers.settings import REPO
 
     reference = sorted((prepared / "wavs").glob("0_wavs__alicia*"))[0]
     monkeypatch.setenv("XTTS_FT_CHECKPOINTS", f"{exported},{tiny_model_dir}")

@@ -81,7 +81,7 @@ def test_plain_coqui_tts_loads_the_export_and_speaks_like_our_module(exported, p
 def test_half_precision_safetensors_and_named_voices(tmp_path, workdir, exported, prepared):
     from safetensors.torch import load_file
 
-    from tests.conftest import demo_overrides
+    from tests.helpers.settings import demo_overrides
     from xtts_ft.config import compose
     from xtts_ft.inference import XttsSynthesizer
     from xtts_ft.stages import export
@@ -127,7 +127,7 @@ def test_half_precision_safetensors_and_named_voices(tmp_path, workdir, exported
 
 
 def _export_cfg(workdir, *extra):
-    from tests.conftest import demo_overrides
+    from tests.helpers.settings import demo_overrides
     from xtts_ft.config import compose
 
     return compose(
@@ -199,7 +199,7 @@ def _run_copy(tmp_path, trained):
     """A copy of the shared training run (runs/demo/gpt) to alter, and the export overrides that read it."""
     import shutil
 
-    from tests.conftest import demo_overrides
+    from tests.helpers.settings import demo_overrides
 
     runs = tmp_path / "runs"
     shutil.copytree(trained.parent, runs / "demo" / "gpt")
