@@ -132,6 +132,8 @@ def run_pipeline(verb: str, args: List[str]) -> None:
 
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# The verb `main` is running, for the generic fix to name (`run_stage` hands Hydra an argv of its own).
+RUNNING_VERB: Optional[str] = None
 # The fix printed after a user error whose message does not carry its own.
 FIX_BY_TYPE = {FileNotFoundError: "check the path (a relative path starts in the current directory)"}
 GENERIC_FIX = "correct the setting or file named above (`xtts-ft <verb> --help` lists the settings)"
@@ -165,7 +167,7 @@ def one_line(error: BaseException) -> str:
     fix = getattr(error, "fix", None)
     # A message that says its own fix ("...; fix: ...") gets no generic one.
     if fix is None and not re.search(r"\bfix:", message, flags=re.IGNORECASE):
-        verb = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in VERBS else "<verb>"  # the command that failed
+        verb = RUNNING_VERB or (sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in VERBS else "<verb>")
         generic = GENERIC_FIX.replace("<verb>", verb)
         fix = next((fix for kind, fix in FIX_BY_TYPE.items() if isinstance(error, kind)), generic)
     if fix is not None:
@@ -291,6 +293,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     verb, args = argv[0], argv[1:]
     if verb not in VERBS:
         sys.exit(f"xtts-ft: unknown verb {verb!r}\n\n{usage()}")
+    global RUNNING_VERB
+    RUNNING_VERB = verb
     if verb in ("demo", "pipeline"):
         with user_errors_in_one_line():
             run_pipeline(verb, ["recipe=demo", *args] if verb == "demo" else args)

@@ -381,6 +381,15 @@ def test_the_generic_fix_names_the_command_that_failed(monkeypatch):
     assert one_line(ValueError("a value is odd")).endswith("(`xtts-ft <verb> --help` lists the settings)")
 
 
+def test_the_generic_fix_names_the_verb_the_cli_ran(tiny_model_dir, tmp_path):
+    """Hydra runs a stage under an argv of its own (`xtts-ft synth`, no verb at [1]): the fix still names it."""
+    command = CLI + ["synth", f"checkpoint={tiny_model_dir}", "language=en", f"out={tmp_path / 'x.wav'}"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and last.startswith("error: give text=..."), result.stderr[-2000:]
+    assert last.endswith("(`xtts-ft synth --help` lists the settings)"), last
+
+
 def test_bugs_keep_their_traceback():
     """One line for a mistake the user can fix, by its type; a traceback for anything else, wherever it
     was raised (inside xtts_ft's own files or a library's)."""

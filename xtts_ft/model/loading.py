@@ -63,10 +63,10 @@ def download_from_hub(repo_id: str, revision: Optional[str] = None) -> Path:
         return Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=list(EXPORT_FILES)))
     except Exception as err:  # offline, unknown repo, gated repo: all end the same way for the user
         raise RunRefused(
-            f"cannot fetch {repo_id!r} from the Hugging Face Hub ({type(err).__name__}: {err}). "
-            f"If this machine is offline, download it where you have network "
-            f"(`huggingface-cli download {repo_id}`) and pass the local directory instead (e.g. checkpoint=/path/to/XTTS-v2, "
-            f"or model.source=/path/to/XTTS-v2 for the training stages)"
+            f"cannot fetch {repo_id!r} from the Hugging Face Hub ({type(err).__name__}: {err})",
+            fix=f"if this machine is offline, download it where you have network (`hf download {repo_id} "
+            f"--local-dir XTTS-v2`) and pass the local directory instead (checkpoint=/path/to/XTTS-v2, or "
+            f"model.source=/path/to/XTTS-v2 for the training stages)",
         ) from err
 
 
@@ -109,8 +109,9 @@ def resolve_vocab(model_cfg) -> Path:
             return Path(hf_hub_download(model_cfg.source, "vocab.json", revision=model_cfg.get("revision")))
         except Exception as err:
             raise RunRefused(
-                f"cannot fetch vocab.json of {model_cfg.source!r} from the Hub ({type(err).__name__}); "
-                "pass a local model directory (model.source=/path/to/XTTS-v2) or max_text_tokens=0 to skip token checks"
+                f"cannot fetch vocab.json of {model_cfg.source!r} from the Hub ({type(err).__name__})",
+                fix="pass a local model directory (model.source=/path/to/XTTS-v2) or max_text_tokens=0 to skip "
+                "token checks",
             ) from err
     raise MissingFile(f"model source {model_cfg.source!r} is neither a directory nor a Hub id (owner/name)")
 

@@ -217,8 +217,9 @@ def resolve_adapter_dir(source: str, revision: str | None = None) -> Path:
             )
         except Exception as err:  # offline, unknown or gated repo
             raise RunRefused(
-                f"cannot fetch the adapter {source!r} from the Hugging Face Hub ({type(err).__name__}: {err}); "
-                "download it where you have network and pass the local folder"
+                f"cannot fetch the adapter {source!r} from the Hugging Face Hub ({type(err).__name__}: {err})",
+                fix=f"download it where you have network (`hf download {source} --local-dir <folder>`) and pass "
+                "the local folder",
             ) from err
     missing = [name for name in ADAPTER_FILES if not (path / name).is_file()]
     if missing:

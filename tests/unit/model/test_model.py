@@ -74,8 +74,14 @@ def test_model_source_resolution(tmp_path, monkeypatch):
 def test_offline_hub_id_fails_with_the_fix(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(RuntimeError, match="model.source=/path/to/XTTS-v2"):
+    from xtts_ft.cli import one_line
+
+    with pytest.raises(RuntimeError, match="cannot fetch 'coqui/XTTS-v2' from the Hugging Face Hub") as offline:
         resolve_model_dir("coqui/XTTS-v2")
+    # One fix, naming the CLI huggingface_hub installs (`hf`), and no generic tail after it.
+    line = one_line(offline.value)
+    assert line.count("fix:") == 1 and "`hf download coqui/XTTS-v2 --local-dir XTTS-v2`" in line, line
+    assert line.endswith("model.source=/path/to/XTTS-v2 for the training stages)"), line
     # A relative path that reads like owner/name but whose folder is here (exports/nope): said as a missing folder.
     (tmp_path / "exports").mkdir()
     monkeypatch.chdir(tmp_path)
