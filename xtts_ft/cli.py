@@ -295,11 +295,14 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit(f"xtts-ft: unknown verb {verb!r}\n\n{usage()}")
     global RUNNING_VERB
     RUNNING_VERB = verb
-    if verb in ("demo", "pipeline"):
-        with user_errors_in_one_line():
-            run_pipeline(verb, ["recipe=demo", *args] if verb == "demo" else args)
-    else:
-        run_stage(verb, args)
+    try:
+        if verb in ("demo", "pipeline"):
+            with user_errors_in_one_line():
+                run_pipeline(verb, ["recipe=demo", *args] if verb == "demo" else args)
+        else:
+            run_stage(verb, args)
+    finally:  # a notebook or a test may call main() again, or one_line() on its own
+        RUNNING_VERB = None
 
 
 if __name__ == "__main__":
