@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian machine: apt packages, a virtual environment in .venv,
-# xtts-ft with its dev/eval/hub/hf/web extras. `make demo` and `make test` call it first; a second
+# xtts-ft with its dev/eval/hub/hf/web/serve/cluster extras. `make demo` and `make test` call it first; a second
 # run does nothing unless pyproject.toml or this script changed.
 #
 # torch is pinned here, before the package: torch==2.14.1 (a CUDA build that also runs on CPU)
@@ -33,7 +33,7 @@ if [ ! -f "$stamp" ]; then
   echo "installing xtts-ft into $VENV (first time: a few minutes, ~7 GB with torch's CUDA libraries)"
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q torch==2.14.1 torchaudio==2.11.0 torchcodec==0.17.0
-  "$VENV/bin/pip" install -q -e ".[dev,eval,hub,hf,web]"
+  "$VENV/bin/pip" install -q -e ".[dev,eval,hub,hf,web,serve,cluster]"
   # resemblyzer depends on `webrtcvad`, which imports pkg_resources (gone from new setuptools);
   # `webrtcvad-wheels` ships the same module without that import.
   "$VENV/bin/pip" uninstall -y -q webrtcvad >/dev/null 2>&1 || true
