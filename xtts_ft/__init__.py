@@ -9,6 +9,11 @@ Notebook entry points:
     cfg = compose("prepare", ["data=demo"])
 """
 
+from xtts_ft import console as _console
+
+# The `xtts_ft` logger's console for notebooks and the Python API: it steps aside where logging has one.
+_console.install_fallback()
+
 __all__ = ["compose", "XttsSynthesizer"]
 __version__ = "0.1.0"
 

@@ -10,7 +10,8 @@ YAML names its schema first in its defaults list: Hydra merges the YAML into the
 OmegaConf checks every value and every override against these types.
 
 So a field here holds no value: it is `MISSING` (a nested part: its dataclass), and changing a
-default is one edit, in the YAML (tests/unit/config/test_config.py keeps it so). The exceptions are
+default is one edit, in the YAML (tests/unit/config/test_config.py keeps it so); the comment beside
+it is what `xtts-ft <verb> --help` prints for that setting (`setting_descriptions`). The exceptions are
 SourceConfig and ColumnsConfig, the entries of the list `data.sources`: a list entry takes its
 defaults from its type, which no YAML file can give, so theirs are written here (and only here).
 `compose(stage, overrides)` builds a stage config the way the CLI does, for tests and notebooks.
@@ -25,13 +26,26 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from xtts_ft.errors import BadValue, ConfigValueError  # noqa: F401  (re-exported: stages and tests import it from here)
 
 CONF_DIR = Path(__file__).parent / "conf"
 RECIPES_DIR = Path(__file__).parent / "recipes"
-STAGES = ("prepare", "extend", "train_gpt", "train_decoder", "export", "synth", "evaluate", "push", "web", "pipeline")
+STAGES = (
+    "prepare",
+    "extend",
+    "train_gpt",
+    "train_decoder",
+    "export",
+    "synth",
+    "evaluate",
+    "push",
+    "web",
+    "serve",
+    "pipeline",
+)
 
 
 @dataclass
@@ -252,6 +266,7 @@ class ExportConfig:
     half: bool = MISSING
     safetensors: bool = MISSING
     adapter: bool = MISSING
+    metrics: Optional[str] = MISSING
     voices: Dict[str, str] = MISSING
     emotions: Dict[str, str] = MISSING
 
@@ -269,6 +284,7 @@ class PushConfig:
     commit_message: str = MISSING
     dry_run: bool = MISSING
     endpoint: Optional[str] = MISSING
+    adapter_only: Optional[bool] = MISSING
 
 
 @dataclass
@@ -322,6 +338,33 @@ class WebConfig:
     max_upload_mb: float = MISSING
     max_reference_seconds: float = MISSING
     voice_cache_size: int = MISSING
+
+
+@dataclass
+class ServeConfig:
+    """Values: conf/serve.yaml."""
+
+    checkpoint: str = MISSING
+    revision: Optional[str] = MISSING
+    name: Optional[str] = MISSING
+    adapters: Any = MISSING
+    voices: Optional[str] = MISSING
+    device: str = MISSING
+    host: str = MISSING
+    port: int = MISSING
+    api_key: Optional[str] = MISSING
+    allow_unauthenticated: bool = MISSING
+    max_batch_size: int = MISSING
+    max_wait_ms: float = MISSING
+    max_queue: int = MISSING
+    max_input_chars: int = MISSING
+    default_language: str = MISSING
+    response_format: str = MISSING
+    max_upload_mb: float = MISSING
+    max_upload_seconds: float = MISSING
+    max_reference_seconds: float = MISSING
+    max_uploaded_voices: int = MISSING
+    drain_seconds: float = MISSING
 
 
 @dataclass
@@ -415,6 +458,13 @@ VALUE_CHECKS = {
     "max_upload_mb": POSITIVE,
     "max_reference_seconds": POSITIVE,
     "voice_cache_size": AT_LEAST_1,
+    "max_batch_size": AT_LEAST_1,
+    "max_queue": AT_LEAST_1,
+    "max_input_chars": AT_LEAST_1,
+    "max_wait_ms": NON_NEGATIVE,
+    "max_upload_seconds": POSITIVE,
+    "max_uploaded_voices": AT_LEAST_0,
+    "drain_seconds": NON_NEGATIVE,
 }
 # Pairs that must be ordered: (smaller, larger).
 ORDERED = [("min_seconds", "max_seconds"), ("cond_min_seconds", "cond_max_seconds")]
@@ -473,25 +523,27 @@ def validate(cfg: DictConfig, stage: Optional[str] = None) -> DictConfig:
         for key in cfg.keys():
             if key not in known and key != "hydra":
                 close = difflib.get_close_matches(str(key), known, n=1)
+                verb = stage.replace("_", "-")
                 raise ConfigValueError(
-                    f"{key} is not a setting of {stage} — fix: "
-                    + (f"did you mean {close[0]}=...?" if close else f"see `xtts-ft {stage.replace('_', '-')} --help`")
+                    f"{key} is not a setting of {verb}",
+                    fix=f"did you mean {close[0]}=...?" if close else f"`xtts-ft {verb} --help` lists the settings",
                 )
     for key, (what, test) in VALUE_CHECKS.items():
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         if value is not None and not test(value):
-            raise ConfigValueError(f"{key}={value} is not {what} — fix: {key}=<{what}>")
+            raise ConfigValueError(f"{key}={value} is not {what}", fix=f"{key}=<{what}>")
     for key, parent in FOLDER_NAMES.items():
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         problem = folder_name_problem(str(value), RESERVED_NAMES.get(key, ())) if value is not None else None
         if problem:
             raise ConfigValueError(
-                f"{key}={value!r} {problem}: it names a folder under paths.{parent} — fix: {key}=<a name such as mine>"
+                f"{key}={value!r} {problem}: it names a folder under paths.{parent}",
+                fix=f"{key}=<a name such as mine>",
             )
     for low, high in ORDERED:
         smaller, larger = (OmegaConf.select(cfg, key, default=None, throw_on_missing=False) for key in (low, high))
         if smaller is not None and larger is not None and smaller > larger:
-            raise ConfigValueError(f"{low}={smaller} is above {high}={larger} — fix: make {low} ≤ {high}")
+            raise ConfigValueError(f"{low}={smaller} is above {high}={larger}", fix=f"make {low} ≤ {high}")
     return cfg
 
 
@@ -507,6 +559,7 @@ SCHEMAS = {
     "push": PushConfig,
     "pipeline": PipelineConfig,
     "web": WebConfig,
+    "serve": ServeConfig,
 }
 
 
@@ -523,10 +576,238 @@ def compose(stage: str, overrides: Optional[List[str]] = None) -> DictConfig:
 
     stage = stage.replace("-", "_")
     if stage not in STAGES:
-        raise BadValue(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+        raise BadValue(f"unknown stage {stage!r}", fix=f"choose one of {', '.join(STAGES)}")
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return validate(hydra_compose(config_name=stage, overrides=list(overrides or [])), stage)
+        try:
+            cfg = hydra_compose(config_name=stage, overrides=list(overrides or []))
+        except HydraException as error:
+            raise override_error(error, stage) from error
+        return validate(cfg, stage)
+
+
+# --- an override Hydra cannot apply, told in one line ------------------------------------------
+
+
+class OverrideError(ConfigValueError, ConfigCompositionException):
+    """An override Hydra could not apply (an unknown key or group option, a value of the wrong type, one
+    its grammar cannot read), said in one line with its fix and a near name. Still Hydra's
+    ConfigCompositionException, for a caller that catches that."""
+
+
+def schema_settings(schema: type, prefix: str = "") -> Dict[str, Any]:
+    """{dotted key: type hint} of every setting of a schema, the nested parts' too (not a list's entries)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(schema)
+    found = {}
+    for item in dataclasses.fields(schema):
+        hint = hints[item.name]
+        if dataclasses.is_dataclass(hint):
+            found.update(schema_settings(hint, f"{prefix}{item.name}."))
+        else:
+            found[prefix + item.name] = hint
+    return found
+
+
+def type_name(hint: Any) -> str:
+    """`int`, `list[float]`, `str or null`: a setting's type as the help page and the errors say it."""
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union and type(None) in args:
+        return " or ".join([type_name(a) for a in args if a is not type(None)] + ["null"])
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(type_name(a) for a in args)}]"
+    return "any" if hint is Any else getattr(hint, "__name__", str(hint))
+
+
+TYPE_EXAMPLES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a text"}
+
+
+def expected_value(hint: Any) -> str:
+    """What `key=<...>` wants, in words: "an integer", "a list, e.g. [a,b]", "a number or null"."""
+    words = []
+    for part in type_name(hint).split(" or "):
+        if part.startswith("list["):
+            words.append("a list, e.g. [a,b]")
+        elif part.startswith("dict["):
+            words.append("a mapping, e.g. {key: value}")
+        else:
+            words.append(TYPE_EXAMPLES.get(part, part))
+    return " or ".join(words)
+
+
+def near_names(name: str, candidates: List[str]) -> List[str]:
+    """The candidates close to `name` (difflib), whole dotted keys first, then by their last part
+    (`temprature` → decoding.temperature)."""
+    import difflib
+
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.7)
+    if not close:
+        leaf = name.rsplit(".", 1)[-1]
+        by_leaf = {}
+        for candidate in candidates:
+            by_leaf.setdefault(candidate.rsplit(".", 1)[-1], []).append(candidate)
+        for match in difflib.get_close_matches(leaf, list(by_leaf), n=3, cutoff=0.7):
+            close += by_leaf[match]
+    return close[:3]
+
+
+def value_type(key: str, settings: Dict[str, Any], owner: Any = None) -> Any:
+    """The type a value at `key` must have: a setting's (`max_steps`), a list element's (`betas[0]`), a
+    mapping value's (`language_weights.en`), or a field of the dataclass that holds it (a source's)."""
+    import dataclasses
+    import typing
+
+    if key in settings:
+        return settings[key]
+    parent, _, leaf = re.sub(r"\[(\d+)\]$", r".\1", key).rpartition(".")
+    args = typing.get_args(settings.get(parent, None))
+    if typing.get_origin(settings.get(parent)) in (list, dict) and args:
+        return args[-1]
+    if owner is not None and dataclasses.is_dataclass(owner):
+        return typing.get_type_hints(owner).get(leaf or key)
+    return None
+
+
+def group_options(group: str) -> List[str]:
+    """The options of a config group (`data` → demo, ljspeech, ...): its YAML files under conf/."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) if (CONF_DIR / group).is_dir() else []
+
+
+def override_error(error: Exception, stage: str) -> OverrideError:
+    """Hydra's word on an override (several lines, with its own advice: `+max_step=5`, which would add a
+    key the stage ignores) as our one line: what is wrong, the fix, a near name where there is one."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    verb = stage.replace("_", "-")
+    see_help = f"`xtts-ft {verb} --help` lists the settings"
+    cause = error.__cause__
+    settings = schema_settings(SCHEMAS[stage]) if stage in SCHEMAS else {}
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file and "/" in error.missing_cfg_file:
+        group, option = error.missing_cfg_file.rsplit("/", 1)
+        options = list(error.options or []) or group_options(group)
+        close = near_names(option, options)
+        return OverrideError(
+            f"{group}={option}: there is no {group} option {option!r}",
+            fix=(f"did you mean {group}={close[0]}? " if close else f"{group}=<an option>; ")
+            + f"the options: {', '.join(options) or 'none'}",
+        )
+    if isinstance(error, OverrideParseException):
+        reason = " ".join(str(error.message).split("\n")[0].split())
+        return OverrideError(
+            f"cannot read the override {error.override!r} ({reason})",
+            fix="write key=value; quote a value that holds spaces, brackets or commas, as 'text=\"Hi, you.\"' "
+            "(a list: key=[a,b])",
+        )
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None):
+        key, owner = str(cause.full_key), cause.object_type
+        if owner is not None and owner is not SCHEMAS.get(stage) and key not in settings and "." not in key:
+            entry = next((name for name, hint in settings.items() if owner.__name__ in str(hint)), None)
+            if entry:  # a key inside a list entry, e.g. data.sources=[{languag: en}]
+                close = near_names(key, list(schema_settings(owner)))
+                return OverrideError(
+                    f"{key} is not a key of an entry of {entry}",
+                    fix=f"did you mean {close[0]}?"
+                    if close
+                    else f"use the keys of {owner.__name__} in xtts_ft/config.py",
+                )
+        parts = sorted({name.rsplit(".", 1)[0] for name in settings if "." in name})  # data, model, lora, ...
+        close = near_names(key, list(settings) + parts)
+        return OverrideError(
+            f"{key} is not a setting of {verb}",
+            fix=f"did you mean {' or '.join(close)}? ({see_help})" if close else see_help,
+        )
+    if isinstance(cause, ValidationError) and getattr(cause, "full_key", None):
+        key = str(cause.full_key)
+        hint = value_type(key, settings, cause.object_type)
+        wanted = expected_value(hint) if hint is not None else "a value of its type"
+        value = "null" if getattr(cause, "value", None) is None else cause.value
+        return OverrideError(
+            f"{key}={value} is not {wanted}" if hint is not None else f"{key}={value}: {str(cause).splitlines()[0]}",
+            fix=f"{key}=<{wanted}>",
+        )
+    message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    message = message.split(" Config search path:")[0]
+    added = re.search(r"An item is already at '([^']+)'", message)
+    if added:
+        return OverrideError(
+            f"{added.group(1)} is a setting already: + adds a new key", fix=f"drop the +: {added.group(1)}=..."
+        )
+    return OverrideError(message, fix=see_help)
+
+
+# --- what each setting does: the comment beside its default -----------------------------------
+
+
+def split_comment(text: str) -> tuple:
+    """`value  # what it does` → ("value", "what it does"); a # inside quotes stays in the value."""
+    quote = None
+    for index, char in enumerate(text):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (index == 0 or text[index - 1].isspace()):
+            return text[:index].strip(), text[index + 1 :].strip()
+    return text.strip(), ""
+
+
+def is_section_title(line: str, block: List[str], after_blank: bool, inline: str) -> bool:
+    """`# Optimisation (AdamW).` over a run of settings (after a blank line: a short title, or one line over a
+    setting with its own comment) introduces the section, it does not describe the first setting under it."""
+    short = len(line) <= 40 and line.endswith(".") and ". " not in line
+    return after_blank and ((short and (len(block) > 1 or bool(inline))) or (len(block) == 1 and bool(inline)))
+
+
+def yaml_comments(path: Path) -> Dict[str, str]:
+    """{dotted key: its description} from one conf/ YAML file: the comment after the key, and the comment
+    lines directly above it (a section title left out). This is the one place a setting is described:
+    beside its default, where a reader of the YAML sees it, and `xtts-ft <verb> --help` prints it."""
+    found, parents, block, block_after_blank, after_blank = {}, [], [], False, True
+    for line in path.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not stripped:
+            block, after_blank = [], True
+            continue
+        if stripped.startswith("#"):
+            if not block:
+                block_after_blank = after_blank
+            block.append(stripped.lstrip("#").strip())
+            continue
+        match = re.match(r"^( *)([A-Za-z_]\w*):(.*)$", line)
+        if match:
+            indent, key = len(match.group(1)), match.group(2)
+            while parents and parents[-1][0] >= indent:
+                parents.pop()
+            value, inline = split_comment(match.group(3))
+            if block and is_section_title(block[0], block, block_after_blank, inline):
+                block = block[1:]
+            above = " ".join(block)
+            found[".".join([name for _, name in parents] + [key])] = (
+                f"{above} ({inline})" if above and inline else above or inline
+            )
+            if not value:  # a mapping follows
+                parents.append((indent, key))
+        block, after_blank = [], False
+    return found
+
+
+def setting_descriptions(stage: str) -> Dict[str, str]:
+    """{dotted key: description} for every setting of a stage, from the YAML files its config is made of
+    (conf/<stage>.yaml and the shared parts its defaults list names: paths, decoding, data/model defaults)."""
+    stage = stage.replace("-", "_")
+    own = OmegaConf.load(CONF_DIR / f"{stage}.yaml")
+    parts = [
+        entry for entry in own.get("defaults", []) if isinstance(entry, str) and (CONF_DIR / f"{entry}.yaml").is_file()
+    ]
+    found = {}
+    for name in [*parts, stage]:
+        found.update(yaml_comments(CONF_DIR / f"{name}.yaml"))
+    return found
 
 
 def default_paths() -> DictConfig:

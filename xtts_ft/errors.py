@@ -47,3 +47,8 @@ class RunRefused(UserError, RuntimeError):
 
 class ConfigValueError(BadValue):
     """A composed config holds a value its stage cannot run with."""
+
+
+class DiskFull(UserError, OSError):
+    """A write failed for want of space: names the file, the space it needed and the space free
+    (`xtts_ft.io_utils.disk_full_error`)."""

@@ -5,14 +5,15 @@ A recipe (`recipes/<name>/recipe.yaml`, or a variant `recipes/<name>/<variant>.y
 `xtts-ft <stage> overrides...`. Extra overrides given to the pipeline go to every stage whose
 config has that key; one that no stage has is an error before anything runs (a typo would
 otherwise be dropped silently). The recipe's `outputs` name their places with `${paths.*}`,
-resolved as the stages saw them (`output_locations`).
+resolved as the stages saw them (`output_locations`). A stage that runs again because an earlier one
+ran is said to (`stage_heading`): nothing re-runs silently.
 """
 
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -124,3 +125,11 @@ def output_locations(outputs: dict, planned: List[Tuple[str, List[str], DictConf
     paths = next((c.paths for _, _, c in planned if "paths" in c), default_paths())
     context = OmegaConf.create({"paths": OmegaConf.to_container(paths, resolve=True), "outputs": outputs})
     return OmegaConf.to_container(context, resolve=True)["outputs"]
+
+
+def stage_heading(stage: str, upstream: Optional[str], was_done: Callable[[], bool]) -> str:
+    """The line a pipeline logs before it runs `stage`: with why, when the stage had run already and runs again
+    because `upstream`, an earlier stage, ran (so what it made is stale). `was_done` is asked only then."""
+    if upstream and was_done():
+        return f"── {stage}: runs again, as {upstream} ran before it (its inputs changed)"
+    return f"── {stage}"

@@ -297,8 +297,9 @@ def test_a_worker_that_dies_names_its_clip_and_the_next_run_skips_it(tmp_path, m
     monkeypatch.setattr(dataset, "check_path", swap_for_a_fifo)  # where check_and_process looks it up
     killer = threading.Thread(target=kill_the_worker_on_the_victim, daemon=True)
     killer.start()
-    with pytest.raises(RuntimeError, match=rf"audio worker process died while processing {victim} .*worker_crashed"):
+    with pytest.raises(RuntimeError, match=rf"audio worker process died while processing {victim} ") as died:
         _prepare(tmp_path, root, "num_workers=2")
+    assert "worker_crashed" in died.value.fix  # the fix: run again, the clip is skipped as `worker_crashed`
     killer.join()
     assert not (tmp_path / "out" / "t").exists()
 
@@ -750,3 +751,41 @@ def test_a_jsonl_text_that_is_a_list_is_malformed_not_markup(tmp_path):
     )
     assert _summary(records) == [(1, "malformed_row"), (2, "b.wav", "Fine.", "j")]
     assert "text ('sentence') is a JSON list, not a string or number" in records[0]["rejected"][1]
+
+
+def test_a_metadata_file_without_rows_is_named_and_no_empty_bar_is_shown(tmp_path, capsys, caplog):
+    """Was: "cannot build both a train and an eval split from 0 kept clip(s)... add data", after a `0clip`
+    progress bar printed twice (issue 31, item 8)."""
+    from xtts_ft.errors import BadValue
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "metadata.csv").write_text("audio_file|text|speaker_name\n")
+    with pytest.raises(BadValue) as raised:
+        _prepare(tmp_path, root)
+    assert str(raised.value) == (
+        f"data.sources[0] (coqui_csv): {root / 'metadata.csv'} has no rows (only its header): nothing to prepare"
+    )
+    assert raised.value.fix.startswith("add one line per clip under the header `audio_file|text|speaker_name`")
+    (root / "metadata.csv").write_text("")
+    with pytest.raises(BadValue, match=r"ljspeech\): .*metadata.csv has no rows \(it is empty\)"):
+        _prepare(tmp_path, root, formatter="ljspeech")
+    assert not (tmp_path / "out" / "t").exists()
+
+    # Beside a source with rows, an empty one is said, and the others are prepared.
+    good = _corpus(tmp_path / "good", {"wavs/a.wav": "First one.", "wavs/b.wav": "Second one."})
+    sources = f"data.sources=[{{path: {good}, formatter: coqui_csv, language: en}}, {{path: {root}, formatter: ljspeech, language: en}}]"
+    with caplog.at_level(logging.WARNING, logger="xtts_ft.data.records"):
+        out = _prepare(tmp_path, good, sources)
+    assert len(_kept(out)) == 2
+    assert (
+        f"data.sources[1] (ljspeech): {root / 'metadata.csv'} has no rows (it is empty); prepared from the other sources"
+        in caplog.text
+    )
+
+    # Rows, but none with work for the audio: no `0clip` bar.
+    (root / "metadata.csv").write_text("audio_file|text|speaker_name\nwavs/gone.wav|One.|s\nwavs/gone2.wav|Two.|s\n")
+    capsys.readouterr()
+    with pytest.raises(BadValue, match=r"2 record\(s\) were dropped \(missing_file 2\)"):
+        _prepare(tmp_path, root, "data.name=u")
+    assert "prepare audio" not in capsys.readouterr().err

@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 import subprocess
 
@@ -35,7 +36,16 @@ def test_speaker_similarity_separates_voices(prepared):
     assert 0.5 < same <= 1.0
 
 
+def files_under(folder) -> dict:
+    """Every file below `folder`, path -> its bytes' digest: what a run left changed or added."""
+    import hashlib
+
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_evaluate_stage_writes_a_table_and_report(exported, prepared, tmp_path, tiny_mms):  # noqa: F811
+    """Evaluate writes under out_dir and nowhere else by default (it rewrote the card of every export it
+    scored); the report says honestly what it measured."""
     cfg = compose(
         "evaluate",
         [
@@ -43,11 +53,18 @@ def test_evaluate_stage_writes_a_table_and_report(exported, prepared, tmp_path, 
             f"manifest={prepared / 'eval.jsonl'}",
             f"out_dir={tmp_path}",
             "max_utterances=3",
-            "write_metrics=false",
             f"asr={{default: bundled, fr: {tiny_mms}}}",
         ],
     )
+    before = {**files_under(exported), **files_under(prepared)}
     table = evaluate.run(cfg)
+    assert {**files_under(exported), **files_under(prepared)} == before  # the export's card and record untouched
+    # What its card would record is in out_dir, for `export ... metrics=<out_dir>`.
+    (entry,) = json.loads((tmp_path / "metrics.json").read_text())["models"]
+    assert entry["checkpoint"] == str(exported) and entry["metrics"]["per_language"]["en"]["utterances"] == 2
+    from xtts_ft.model.export import sha256
+
+    assert entry["model_sha256"] == sha256(exported / "model.pth")
     assert list(table["language"]) == ["en", "en", "fr"]
     assert (table["seconds"] > 0).all() and np.isfinite(table["rtf"]).all()
     # The tiny model's 0.28 s have no voice in them: nothing to compare, so NaN and a flag, not the
@@ -70,6 +87,11 @@ def test_evaluate_stage_writes_a_table_and_report(exported, prepared, tmp_path, 
     assert "- `en`: faster-whisper `Whisper tiny.en, bundled` (en)\n- `fr`: transformers" in report
     assert "## Not measurable" in report
     assert set(table["model"]) == {exported.name} and table["flagged"].dtype == bool
+    # No probe set was used: no "shipped probe sets in the voice of `None`"; indexes as columns, not tuples;
+    # CER a fraction everywhere, said once, the paper's percent converted beside it.
+    assert "None" not in report.split("## Summary")[0] and "voice of their own recording." in report
+    assert "('" not in report and re.search(rf"\| {exported.name} +\| en +\|", report)
+    assert "CER and WER are fractions" in report and "paper_cer " in report and "cer_percent" not in report
 
 
 def test_text_with_characters_the_vocabulary_lacks_is_flagged(exported, prepared, tmp_path):
@@ -154,9 +176,7 @@ def perturbed_copy(export, out, scale: float = 0.5):
     return out
 
 
-def test_two_checkpoints_on_a_shipped_probe_set_with_plots_and_metrics_in_the_export(
-    exported, prepared, tmp_path, monkeypatch
-):
+def test_two_checkpoints_on_a_shipped_probe_set_with_plots(exported, prepared, tmp_path, monkeypatch):
     import dataclasses
 
     import soxr
@@ -193,18 +213,10 @@ def test_two_checkpoints_on_a_shipped_probe_set_with_plots_and_metrics_in_the_ex
             "languages=[en,fr]",
             "max_utterances=2",
             f"out_dir={tmp_path / 'eval'}",
-            "write_metrics=true",
         ],
     )
     cfg.checkpoints = [str(exported), str(other)]
-    before = (exported / "xtts_ft.json").read_text()
-    try:
-        table = evaluate.run(cfg)
-    finally:
-        (exported / "xtts_ft.json").write_text(before)  # the shared fixture stays as the other tests expect
-        from xtts_ft.model.card import model_card
-
-        (exported / "README.md").write_text(model_card(json.loads(before)))
+    table = evaluate.run(cfg)
     assert list(dict.fromkeys(table["model"])) == [exported.name, "other"]
     assert len(table) == 8 and set(table["language"]) == {"en", "fr"}  # 2 models x 2 languages x 2 probes
     assert loads == [(str(reference), 16000)]  # the one reference is decoded and embedded once, not 8 times
@@ -236,15 +248,30 @@ def test_two_checkpoints_on_a_shipped_probe_set_with_plots_and_metrics_in_the_ex
     summary = pd.read_csv(tmp_path / "eval" / "summary.csv")
     assert len(summary) == 4 and summary["utterances"].tolist() == [2, 2, 2, 2]
     report = (tmp_path / "eval" / "report.md").read_text()
-    assert "Beside the published XTTS v2.0.2" in report and "0.54" in report  # the paper's English CER (%)
+    # The paper's English CER, 0.54 %, as a fraction like ours.
+    assert "Beside the published XTTS v2.0.2" in report and re.search(r"\| +0\.0054 \|", report)
     assert "- `fr`: not scored (no ASR for fr: asr=bundled is an English-only Whisper)" in report
-    record = json.loads((other / "xtts_ft.json").read_text())["metrics"]
-    english = record["per_language"]["en"]
-    assert english["utterances"] == 2 and english["cer"] == pytest.approx(
-        table[(table["model"] == "other") & (table["language"] == "en")]["cer"].mean(), abs=1e-4
-    )
-    card = (other / "README.md").read_text()
-    assert "| en |" in card and "not comparable" in card
+    # `other` is a sibling of the first (both from the tiny base), not its fine-tune: compared side by side,
+    # never as what it "forgot"; and neither export's record was touched.
+    assert "`other` is not compared with the first model: it was not fine-tuned from it (its base is " in report
+    assert pd.read_csv(tmp_path / "eval" / "forgetting.csv").empty
+    assert json.loads((other / "xtts_ft.json").read_text())["metrics"] == {}
+
+
+def test_metrics_go_into_a_card_only_for_a_base_and_its_own_fine_tune(exported, prepared, tmp_path):
+    """write_metrics=true would write "Forgetting: against the base <first>" into each later export's card:
+    refused, before any synthesis, when the first is not that export's base (here a sibling export)."""
+    from xtts_ft.errors import RunRefused
+
+    other = perturbed_copy(exported, tmp_path / "other")
+    reference = sorted((prepared / "wavs").glob("0_wavs__alicia*"))[0]
+    overrides = ["probes=short", f"reference={reference}", f"out_dir={tmp_path / 'eval'}", "write_metrics=true"]
+    cfg = compose("evaluate", overrides)
+    cfg.checkpoints = [str(exported), str(other)]
+    with pytest.raises(RunRefused, match=r"but .*other was not fine-tuned from it \(its base is .*tiny-xtts\)") as err:
+        evaluate.run(cfg)
+    assert "put its own base first" in err.value.fix and "write_metrics=false" in err.value.fix
+    assert not (tmp_path / "eval").exists()
 
 
 def test_paper_numbers_ship_with_the_package():
@@ -254,11 +281,11 @@ def test_paper_numbers_ship_with_the_package():
 
 
 def test_evaluate_needs_probes_and_a_checkpoint(tmp_path):
-    with pytest.raises(ValueError, match="give checkpoint="):
+    with pytest.raises(ValueError, match="no model to evaluate"):
         evaluate.checkpoints(compose("evaluate", [f"out_dir={tmp_path}"]))
-    with pytest.raises(ValueError, match="needs reference="):
+    with pytest.raises(ValueError, match="needs a reference recording"):
         probes.probe_rows(compose("evaluate", [f"out_dir={tmp_path}", "probes=short"]))
-    with pytest.raises(ValueError, match="shipped probe sets are sentences, short"):
+    with pytest.raises(ValueError, match="'long' is not a shipped probe set"):
         probes.shipped_probes("long")
 
 
@@ -447,7 +474,12 @@ def test_base_against_fine_tune_writes_forgetting_to_report_sidecar_and_card(
     assert f"## Forgetting\n\nThe first model, `{tiny_model_dir.name}`, is the base" in report
     english = record["forgetting"]["per_language"]["en"]
     assert record["forgetting"]["base"] == str(tiny_model_dir)
+    assert record["per_language"]["en"]["utterances"] == 2 and record["per_language"]["en"]["cer"] == pytest.approx(
+        means.loc[exported.name, "cer"], abs=1e-4
+    )
     assert english["cer_change"] == pytest.approx(forgotten["cer_change"][0], abs=1e-4) and english["utterances"] == 2
     assert (
         f"### Forgetting: against the base `{tiny_model_dir}`" in card and "| en | " in card.split("### Forgetting")[1]
     )
+    asr_line = next(line for line in card.splitlines() if "ASR" in line)
+    assert "ASR: en: faster-whisper `Whisper tiny.en, bundled` (en);" in asr_line  # no backticks around backticks

@@ -36,7 +36,12 @@ def test_sidecar_and_model_card_describe_the_export(exported):
     assert "en" in record["languages"] and "fr" in record["languages"]
     assert len(record["files"]["model.pth"]) == 64
     card = (exported / "README.md").read_text()
-    assert card.startswith("---\n") and "base_model: " in card and "pipeline_tag: text-to-speech" in card
+    assert card.startswith("---\n") and "pipeline_tag: text-to-speech" in card
+    # The tiny base is on no Hub: the Hub metadata names no base_model rather than a path of this machine.
+    assert "base_model:" not in card and record["base_model"]["hub_id"] is None
+    assert "(tiny-random; model.pth sha256 `" in card and "a local model, not on the Hub" in card
+    assert record["training"]["checkpoint"] == {"choice": "latest", "step": 30, "run_steps": 30}
+    assert "Exported: the last saved step, 30 of 30 (`checkpoint=latest`)." in card
 
 
 @pytest.mark.slow
@@ -153,7 +158,7 @@ def test_export_replaces_only_its_own_exports(tmp_path, workdir, trained, tiny_m
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "todo.txt").write_text("keep me")
-    with pytest.raises(FileInTheWay, match="Choose another out_dir, or move that directory away yourself"):
+    with pytest.raises(FileInTheWay, match="export only ever replaces its own exports"):
         export.run(_export_cfg(workdir, f"out_dir={notes}"))
     assert (notes / "todo.txt").read_text() == "keep me"
 
@@ -165,7 +170,7 @@ def test_export_replaces_only_its_own_exports(tmp_path, workdir, trained, tiny_m
     export.run(_export_cfg(workdir, f"out_dir={out}"))
     assert not (out / "stale.txt").exists() and is_export(out)
     # ... unless overwrite=false.
-    with pytest.raises(FileInTheWay, match="exists; pass overwrite=true to replace it"):
+    with pytest.raises(FileInTheWay, match="exists$"):
         export.run(_export_cfg(workdir, f"out_dir={out}", "overwrite=false"))
 
 
@@ -234,6 +239,22 @@ def test_a_checkpoint_describes_itself_and_exports_without_its_state(tmp_path, t
         assert record["base_model"]["kind"] == "tiny-random" and record["training"]["run_name"] == "demo"
         weights = torch.load(out / "model.pth", map_location="cpu", weights_only=True)["model"]
         assert all(torch.equal(weights[f"gpt.{k}"], v) for k, v in checkpoint["gpt"].items())
+        # The card says which step went out and why (the run went on to step 30: progress.json).
+        card = (out / "README.md").read_text()
+        if choice == "best":
+            assert record["training"]["checkpoint"] == {
+                "choice": "best",
+                "step": best["step"],
+                "metric": "eval_loss",
+                "value": round(best["eval_loss"], 4),
+                "run_steps": 30,
+            }
+            assert (
+                f"Exported: the best eval loss {best['eval_loss']:.3g} at step {best['step']} of 30 (`checkpoint=best`)."
+                in card
+            )
+        else:
+            assert "Exported: step 20 of 30, chosen by number (`checkpoint=20`)." in card
     with pytest.raises(MissingFile, match="state.pt does not exist"):  # latest is the state, which is gone
         export.run(compose("export", overrides + [f"out_dir={tmp_path / 'latest'}"]))
 
@@ -282,3 +303,59 @@ def test_a_newer_format_version_is_refused_by_name(tmp_path, trained):
         export.run(compose("export", overrides + [f"out_dir={tmp_path / 'latest'}"]))
     with pytest.raises(ValueError, match=rf"state.pt {newer}"):  # nor does a training resume it
         checkpoints.load_state(run_dir / "state.pt", "gpt")
+
+
+def shipped_recipes() -> list:
+    from xtts_ft.config import RECIPES_DIR
+
+    return sorted(
+        p.parent.name if p.name == "recipe.yaml" else f"{p.parent.name}/{p.stem}" for p in RECIPES_DIR.glob("*/*.yaml")
+    )
+
+
+@pytest.mark.parametrize("recipe", shipped_recipes())
+def test_recipes_export_the_best_checkpoint_when_evals_ran(recipe):
+    """A run that evaluated exports the step of its best eval, not the last one (the demo's eval loss was lowest at
+    step 200 of 600); a decoder trained after it voices that same GPT; and the recipe's evaluate records its
+    metrics in the export's card by asking for it (write_metrics=true)."""
+    from xtts_ft.config import compose
+    from xtts_ft.recipe_plan import plan
+
+    stages = {}
+    for stage, _, cfg in plan(compose("pipeline", [f"recipe={recipe}"])):
+        stages.setdefault(stage, cfg)
+    export = stages["export"]
+    gpt, decoder = stages.get("train_gpt"), stages.get("train_decoder")
+    if gpt is not None and gpt.eval_every > 0:
+        assert export.checkpoint == "best", f"{recipe}: train_gpt evaluates every {gpt.eval_every} steps"
+        if decoder is not None:
+            assert str(decoder.gpt).endswith(f"{export.run_name}/gpt/checkpoints/best.pt"), decoder.gpt
+    if decoder is not None and decoder.eval_every > 0:
+        assert export.decoder_checkpoint == "best", f"{recipe}: train_decoder evaluates every {decoder.eval_every}"
+    if "evaluate" in stages:
+        evaluated = [str(c) for c in [stages["evaluate"].checkpoint, *stages["evaluate"].checkpoints] if c]
+        assert stages["evaluate"].write_metrics and str(export.out_dir) in evaluated, recipe
+
+
+def test_metrics_go_into_a_new_export_by_name_and_only_those_of_the_same_model(tmp_path, workdir, exported):
+    """`export metrics=<evaluate out_dir>` records that evaluation's summary of this very model (the same run
+    and checkpoint export to the same model.pth bytes); one of another model is refused, naming what it scored."""
+    from tests.helpers.settings import demo_overrides
+    from xtts_ft.config import compose
+    from xtts_ft.model.export import sha256
+    from xtts_ft.stages import export
+
+    metrics = {"evaluated_at": "2026-01-01T00:00:00+00:00", "probes": "eval.jsonl", "metric_models": {}}
+    metrics["per_language"] = {"en": {"cer": 0.25, "utterances": 2}}
+    entry = {"label": "demo", "checkpoint": str(exported), "model_sha256": sha256(exported / "model.pth")}
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps({"models": [{**entry, "metrics": metrics}]}))
+    paths = [o for o in demo_overrides(workdir) if o.startswith("paths.")] + ["run_name=demo"]
+    out = export.run(compose("export", paths + [f"out_dir={tmp_path / 'again'}", f"metrics={tmp_path / 'eval'}"]))
+    assert json.loads((out / "xtts_ft.json").read_text())["metrics"] == metrics
+    assert "| en | 0.25 |" in (out / "README.md").read_text()
+    other = {**entry, "checkpoint": "exports/other", "model_sha256": "0" * 64, "metrics": metrics}
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps({"models": [other]}))
+    with pytest.raises(ValueError, match=r"that evaluation scored exports/other, not this export"):
+        export.run(compose("export", paths + [f"out_dir={tmp_path / 'third'}", f"metrics={tmp_path / 'eval'}"]))
+    assert not (tmp_path / "third").exists()

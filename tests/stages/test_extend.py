@@ -257,8 +257,9 @@ def test_extending_twice_or_without_the_corpus_language_is_refused(workdir, exte
     from xtts_ft.stages import extend
 
     cfg = compose("extend", wolof_overrides(workdir) + ["model=tiny", "languages=[wo]"])
-    with pytest.raises(FileInTheWay, match="overwrite=true"):
+    with pytest.raises(FileInTheWay, match="wolof_demo-extended exists") as refused:
         extend.run(cfg)
+    assert "overwrite=true" in refused.value.fix
     cfg = compose("extend", wolof_overrides(workdir) + ["model=tiny", "languages=[ff]", f"out_dir={workdir / 'ff'}"])
     with pytest.raises(BadValue, match="no 'ff' text"):
         extend.run(cfg)

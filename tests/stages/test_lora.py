@@ -152,7 +152,7 @@ def test_killed_lora_run_resumes_on_the_same_trajectory(tmp_path, tiny_model_dir
     for key, value in a["gpt"].items():
         torch.testing.assert_close(b["gpt"][key], value, rtol=1e-5, atol=1e-6, msg=key)
     # A LoRA state does not continue as a full fine-tune (nor the reverse).
-    with pytest.raises(ValueError, match="was trained with method=lora, not method=full: resume it with method=lora"):
+    with pytest.raises(ValueError, match="was trained with method=lora, not method=full$"):
         train_gpt.run(compose("train_gpt", [o for o in killed if o not in LORA] + ["max_steps=13"]))
 
 
@@ -316,9 +316,7 @@ def test_adapter_export_of_a_full_run_or_on_another_base_is_refused(
         ValueError, match="adapter=true: .*state.pt is a full fine-tune \\(method=full\\), which has no adapter"
     ):
         export.run(compose("export", _paths(workdir) + ["run_name=demo", f"out_dir={tmp_path / 'x'}", "adapter=true"]))
-    with pytest.raises(
-        ValueError, match="was trained on .*wolof_demo-extended .*not on .*tiny-xtts: load it over that base"
-    ):
+    with pytest.raises(ValueError, match="was trained on .*wolof_demo-extended .*not on .*tiny-xtts"):
         XttsSynthesizer(tiny_model_dir, device="cpu", adapter=lora_exports[0])
 
 

@@ -724,3 +724,52 @@ def test_two_runs_on_one_dataset_at_once_are_refused(tmp_path):
     with FileLock(tmp_path / "out" / ".t.lock", "held by {holder}"):
         with pytest.raises(RuntimeError, match=r"out/t is being written by another process \(pid \d+"):
             _prepare(tmp_path, root)
+
+
+def test_a_rebuild_says_which_settings_changed_and_keeps_the_old_dataset_until_done(tmp_path, caplog):
+    """Was: `xtts-ft demo` after `prepare validate_transcripts=true` rebuilt the dataset without validation, and
+    said nothing (issue 31, item 2)."""
+    import logging
+
+    rows = [f"wavs/c{i}.wav|clip number {i}|s{i % 2}" for i in range(4)]
+    root = _corpus(tmp_path, rows)
+    for i in range(5):
+        sf.write(root / "wavs" / f"c{i}.wav", _tone(seconds=0.8 + 0.1 * i), 22050)
+
+    def rebuilding(*overrides):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="xtts_ft.stages.prepare"):
+            out = _prepare(tmp_path, root, overrides=("max_text_tokens=0", *overrides))
+        return out, [r.getMessage() for r in caplog.records if "rebuilding" in r.getMessage()]
+
+    out, said = rebuilding()
+    assert said == []  # a first build has nothing to explain
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["inputs"]["records"] == 4 and stats["config"]["seed"] == 0  # the settings themselves, kept
+    assert rebuilding() == (out, [])  # up to date: no rebuild
+    assert rebuilding("seed=1", "min_seconds=0.4")[1] == [
+        f"prepare: rebuilding {out} — settings changed: min_seconds 0.5 → 0.4, seed 0 → 1"
+    ]
+
+    (root / "metadata.csv").write_text("\n".join(["audio_file|text|speaker_name", *rows, "wavs/c4.wav|one more|s0"]))
+    assert rebuilding("seed=1", "min_seconds=0.4")[1] == [
+        f"prepare: rebuilding {out} — the corpus changed (5 records, 4 before)"
+    ]
+
+    # A dataset written before stats.json kept `inputs`, by `prepare validate_transcripts=true`: the demo's
+    # prepare, with the default, names the setting it undoes.
+    stats = json.loads((out / "stats.json").read_text())
+    stats["config"]["validate_transcripts"] = True
+    stats["input_key"] = "made with other settings"
+    del stats["inputs"]
+    (out / "stats.json").write_text(json.dumps(stats))
+    assert rebuilding("seed=1", "min_seconds=0.4")[1] == [
+        f"prepare: rebuilding {out} — settings changed: validate_transcripts true → false"
+    ]
+
+    # A rebuild that fails leaves the dataset it would have replaced as it was.
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match="cannot build both a train and an eval split"):
+        rebuilding("seed=1", "min_seconds=5")
+    assert caplog.records[0].getMessage() == f"prepare: rebuilding {out} — settings changed: min_seconds 0.4 → 5.0"
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

@@ -3,13 +3,20 @@ huggingface_hub itself against a local stand-in for the Hub (tests/helpers/fake_
 localhost); the other tests replace single HfApi calls; offline behaviour is tested against an
 address that refuses."""
 
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from tests.helpers.fake_hub import FakeHub
 from tests.helpers.fake_hub import hub_error as _hub_error
-from tests.helpers.settings import demo_overrides
+from tests.helpers.settings import REPO, demo_overrides
 from xtts_ft.config import compose
 from xtts_ft.errors import MissingFile, RunRefused
 from xtts_ft.model.layout import ADAPTER_FILES, EXPORT_FILES
@@ -104,8 +111,9 @@ def test_every_file_of_an_export_survives_push_and_download(full_export, workdir
         )
     downloaded = next((tmp_path / "hf_cache").glob("models--someone--xtts-demo/snapshots/*"))
     assert sorted(p.name for p in downloaded.iterdir()) == on_disk
-    for name in on_disk:
-        assert (downloaded / name).read_bytes() == (full_export / name).read_bytes(), name
+    for name in on_disk:  # the card and the record go in their public form (no local path: the test below)
+        if name not in ("README.md", "xtts_ft.json"):
+            assert (downloaded / name).read_bytes() == (full_export / name).read_bytes(), name
     # The same request on the local export gives the same audio: nothing was lost on the way.
     local = synth.run(
         compose(
@@ -147,7 +155,7 @@ def test_an_existing_public_repo_is_not_called_private(workdir, exported, monkey
     # The real push refuses before sending anything.
     sent = []
     monkeypatch.setattr(HfApi, "create_repo", lambda self, *a, **kw: sent.append("create_repo"))
-    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: sent.append("upload_folder"))
+    monkeypatch.setattr(HfApi, "create_commit", lambda self, **kw: sent.append("create_commit"))
     with pytest.raises(RunRefused, match="pushing would publish this model. Pass private=false"):
         push.run(_cfg(workdir))
     assert sent == []
@@ -155,7 +163,7 @@ def test_an_existing_public_repo_is_not_called_private(workdir, exported, monkey
     push.run(_cfg(workdir, "private=false"))
     _existing_repo(monkeypatch, private=True)
     push.run(_cfg(workdir, "private=false"))
-    assert sent == ["create_repo", "upload_folder"] * 2
+    assert sent == ["create_repo", "create_commit"] * 2
     assert (
         "the existing private repo (private=False does not change an existing repo: it stays private)"
         in capsys.readouterr().out
@@ -172,21 +180,21 @@ def test_push_sends_the_export_and_never_shows_the_token(workdir, exported, no_r
         HfApi, "create_branch", lambda self, repo_id, **kw: calls.append(("create_branch", repo_id, kw))
     )
 
-    def upload_folder(self, **kw):
-        calls.append(("upload_folder", kw["repo_id"], kw))
+    def create_commit(self, **kw):
+        calls.append(("create_commit", kw["repo_id"], kw))
         return type("Commit", (), {"commit_url": "https://huggingface.co/someone/xtts-demo/commit/abc"})()
 
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
     push.run(_cfg(workdir, "revision=v1", "private=false"))
-    assert [c[0] for c in calls] == ["create_repo", "create_branch", "upload_folder"]
+    assert [c[0] for c in calls] == ["create_repo", "create_branch", "create_commit"]
     assert calls[0][2]["private"] is False and calls[0][2]["exist_ok"] is True
     assert calls[1][2]["branch"] == "v1"
     upload = calls[2][2]
     # Exactly the files this export has (it has no presets, voices file aside, nor safetensors).
-    assert (
-        sorted(upload["allow_patterns"]) == sorted(p.name for p in exported.iterdir()) and upload["revision"] == "v1"
-    )
-    assert upload["folder_path"] == str(exported)
+    sent = {op.path_in_repo: op.path_or_fileobj for op in upload["operations"]}
+    assert sorted(sent) == sorted(p.name for p in exported.iterdir()) and upload["revision"] == "v1"
+    assert sent["model.pth"] == str(exported / "model.pth")  # the weights as they are; the card rewritten
+    assert sent["README.md"].startswith(b"---\n")
     out = capsys.readouterr()
     assert f"pushed {len(list(exported.iterdir()))} files" in out.out and SECRET not in out.out + out.err
 
@@ -212,9 +220,9 @@ def test_a_programming_error_is_not_reported_as_the_network(workdir, exported, n
     monkeypatch.setattr(HfApi, "create_repo", lambda self, *a, **kw: None)
 
     def broken(self, **kw):
-        raise TypeError("upload_folder() got an unexpected keyword argument 'allow_pattern'")
+        raise TypeError("create_commit() got an unexpected keyword argument 'operation'")
 
-    monkeypatch.setattr(HfApi, "upload_folder", broken)
+    monkeypatch.setattr(HfApi, "create_commit", broken)
     with pytest.raises(TypeError, match="unexpected keyword argument"):
         push.run(_cfg(workdir))
 
@@ -246,7 +254,7 @@ def test_pushing_something_that_is_not_an_export_is_refused(tmp_path, workdir):
     (tmp_path / "half").mkdir()
     with pytest.raises(FileNotFoundError, match="is not an XTTS-v2 model directory: missing"):
         push.run(_cfg(workdir, f"export_dir={tmp_path / 'half'}"))
-    with pytest.raises(MissingFile, match="does not exist; run `xtts-ft export"):
+    with pytest.raises(MissingFile, match="export .*nothing does not exist$"):
         push.run(_cfg(workdir, f"export_dir={tmp_path / 'nothing'}"))
 
 
@@ -270,3 +278,136 @@ def test_a_download_with_a_token_never_goes_over_plain_http(monkeypatch, tmp_pat
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored token either
     assert resolve_model_dir("owner/model") == tmp_path and asked[0]["repo_id"] == "owner/model"
+
+
+def _push_to(hub, monkeypatch, workdir, export_dir, *extra):
+    """A real push through huggingface_hub to the local stand-in (its plain-HTTP single-commit path)."""
+    import huggingface_hub.hf_api as hf_api
+
+    monkeypatch.setattr(hf_api, "is_xet_available", lambda: False)
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    return push.run(_cfg(workdir, f"export_dir={export_dir}", f"endpoint={hub.endpoint}", *extra))
+
+
+def _local_places(workdir, export_dir) -> set:
+    """Paths of this machine a pushed file must not hold: the tests' tmp folder, the export's folder, the
+    checkout (the working directory, where data/demo lies), the home, and the repo's relative paths."""
+    places = {str(workdir), str(export_dir.resolve().parent), str(REPO), os.getcwd(), "models/tiny-xtts", "data/demo"}
+    if len(Path.home().parts) > 2:  # /root (a container's home) is too short to tell from chance bytes
+        places.add(str(Path.home()))
+    return places
+
+
+def _readable(data: bytes) -> list:
+    """A file's bytes, and each member of a zip (a torch file: its pickle holds any string the file keeps)."""
+    parts = [data]
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            parts += [archive.read(name) for name in archive.namelist()]
+    return parts
+
+
+def test_nothing_pushed_holds_a_path_of_this_machine(full_export, workdir, monkeypatch):
+    """Every file that reaches the Hub, text or binary (model.pth's pickle included), is free of this machine's
+    paths: the base is named by Hub id or name (no `base_model: <a local path>`), the corpus by name."""
+    with FakeHub() as hub:
+        _push_to(hub, monkeypatch, workdir, full_export)
+        sent = hub.repos["someone/xtts-demo"]["files"]
+    assert sorted(sent) == sorted(p.name for p in full_export.iterdir())
+    places = _local_places(workdir, full_export)
+    for name, data in sent.items():
+        leaks = [place for place in places if any(place.encode() in part for part in _readable(data))]
+        assert not leaks, f"{name} holds {leaks}"
+    record = json.loads(sent["xtts_ft.json"])
+    assert record["base_model"]["source"] == "tiny-xtts" and record["base_model"]["hub_id"] is None
+    assert record["data"]["source_paths"] == ["demo/en", "demo/fr"]  # relative to the corpus root
+    card = sent["README.md"].decode()
+    assert "base_model:" not in card and "`tiny-xtts` (tiny-random; model.pth sha256 `" in card
+    # The export folder itself keeps its provenance, for later local loads.
+    assert json.loads((full_export / "xtts_ft.json").read_text())["base_model"]["source"] == str(
+        workdir / "models" / "tiny-xtts"
+    )
+
+
+@pytest.fixture
+def adapter_export(tmp_path, exported, tiny_model_dir):
+    """`exported` dressed as an `adapter=true` export whose base came from the Hub (`someone/tiny-base`, the tiny
+    model's hash): PEFT's two files beside it and the record's `adapter`, as export writes them."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    out = tmp_path / "lora"
+    shutil.copytree(exported, out)
+    record = json.loads((out / "xtts_ft.json").read_text())
+    record["base_model"].update(source="someone/tiny-base", hub_id="someone/tiny-base", revision=None)
+    record["adapter"] = {
+        "format": "peft-lora",
+        "files": list(ADAPTER_FILES),
+        "base_model": {"source": "someone/tiny-base", "model_sha256": record["base_model"]["model_sha256"]},
+        **{"rank": 4, "alpha": 8, "dropout": 0.0, "targets": ["c_attn"], "train_heads": False},
+    }
+    (out / "xtts_ft.json").write_text(json.dumps(record))
+    config = {"peft_type": "LORA", "r": 4, "base_model_name_or_path": str(tiny_model_dir)}
+    (out / "adapter_config.json").write_text(json.dumps(config))
+    save_file({"lora_A": torch.zeros(4, 2)}, str(out / "adapter_model.safetensors"))
+    return out
+
+
+def _snippet_calls_fit_the_api(snippet: str) -> None:
+    """The card's Python runs its import, and its calls bind to XttsSynthesizer's and synthesize's signatures."""
+    import ast
+    import inspect
+
+    from xtts_ft.inference import XttsSynthesizer
+
+    tree = ast.parse(snippet)
+    calls = {
+        (c.func.id if isinstance(c.func, ast.Name) else c.func.attr): c
+        for c in ast.walk(tree)
+        if isinstance(c, ast.Call)
+    }
+    assert set(calls) == {"XttsSynthesizer", "synthesize"}, snippet
+    for name, target, bound in (
+        ("XttsSynthesizer", XttsSynthesizer, ()),
+        ("synthesize", XttsSynthesizer.synthesize, (0,)),
+    ):
+        call = calls[name]
+        inspect.signature(target).bind(
+            *bound,
+            *[ast.literal_eval(a) for a in call.args],
+            **{k.arg: ast.literal_eval(k.value) for k in call.keywords},
+        )
+    exec(compile(ast.Module([tree.body[0]], []), "card", "exec"), {})  # from xtts_ft import XttsSynthesizer
+
+
+def test_an_adapter_export_pushes_the_adapter_alone_with_a_card_that_loads_it(
+    adapter_export, exported, workdir, monkeypatch
+):
+    with FakeHub() as hub:
+        _push_to(hub, monkeypatch, workdir, adapter_export)
+        sent = hub.repos["someone/xtts-demo"]["files"]
+        # adapter_only=false: the merged model too; the adapter's base not on the Hub: everything, and it says why.
+        assert "model.pth" in [
+            f.name for f in _push_to(hub, monkeypatch, workdir, adapter_export, "dry_run=true", "adapter_only=false")
+        ]
+        record = json.loads((adapter_export / "xtts_ft.json").read_text())
+        record["base_model"].update(source=str(exported), hub_id=None)
+        (adapter_export / "xtts_ft.json").write_text(json.dumps(record))
+        assert "model.pth" in [f.name for f in _push_to(hub, monkeypatch, workdir, adapter_export, "dry_run=true")]
+        with pytest.raises(ValueError, match="adapter_only=true: .* has no LoRA adapter"):
+            _push_to(hub, monkeypatch, workdir, exported, "dry_run=true", "adapter_only=true")
+        # A file that would still publish a path of this machine stops the push, naming it.
+        (adapter_export / "config.json").write_text(json.dumps({"output_path": str(workdir / "runs")}))
+        with pytest.raises(RunRefused, match=r"config.json of .* holds .*, a path of this machine"):
+            _push_to(hub, monkeypatch, workdir, adapter_export, "dry_run=true")
+    assert sorted(sent) == sorted([*ADAPTER_FILES, "xtts_ft.json", "README.md"])  # not the 1.8 GB model.pth
+    assert json.loads(sent["adapter_config.json"])["base_model_name_or_path"] == "someone/tiny-base"
+    card = sent["README.md"].decode()
+    sha = json.loads(sent["xtts_ft.json"])["adapter"]["base_model"]["model_sha256"]
+    assert "base_model: someone/tiny-base\n" in card and "# demo — XTTS-v2 LoRA adapter" in card
+    assert f"`someone/tiny-base` (tiny-random; model.pth sha256 `{sha[:12]}…`)" in card
+    assert "This repo holds only the adapter" in card and "## Use with coqui-tts" not in card
+    snippet = card.split("```python\n")[1].split("```")[0]
+    assert 'XttsSynthesizer("someone/tiny-base", adapter="someone/xtts-demo")' in snippet
+    _snippet_calls_fit_the_api(snippet)

@@ -73,7 +73,7 @@ def test_generate_gives_24khz_audio_and_a_status_line(synthesizer, prepared):
     assert direct.wav.size == wav.size
     assert status.endswith(
         "; the GPT stopped by itself"
-        if all(direct.stopped)
+        if direct.stopped
         else "; cut by the babble guard in 1 of 1 sentence (the GPT did not stop)"
     )
 

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "xtts_ft"
 # Lower layers first. A module may import its own layer's package (data → data) and any lower layer.
 LAYERS = (
     ("errors",),  # the user's mistakes, by type: imported by every layer
-    ("io_utils", "model.constants"),  # leaves: atomic writes and locks; rates and hops
+    ("io_utils", "model.constants", "console"),  # leaves: atomic writes and locks; rates and hops; the console
     ("data",),  # Samples, manifests, audio, formatters, cleaners, batches, samplers
     ("model", "config"),  # loading, tokenizer, decoder framing, LoRA, model cards; the config schema
     ("recipe_plan",),  # a pipeline recipe read and planned: its stages' composed configs (over config)

@@ -60,7 +60,8 @@ def emotion_labels(samples: List[Sample], tokenizer, manifest: Path) -> bool:
     if unknown:
         raise BadValue(
             f"{manifest}: emotion label(s) {', '.join(unknown)} have no token in the model "
-            f"(its emotion tokens: {', '.join(tokens)}); extend it with emotions=[{','.join(labels)}]"
+            f"(its emotion tokens: {', '.join(tokens)})",
+            fix=f"extend the model with emotions=[{','.join(labels)}] (`xtts-ft extend`)",
         )
     return True
 
@@ -89,7 +90,7 @@ def encode_samples(samples: List[Sample], tokenizer, max_text_tokens: int, max_s
                 num_samples = sf.info(str(audio)).frames
             except (RuntimeError, sf.LibsndfileError) as err:
                 raise MissingFile(
-                    f"{manifest}: clip {audio} is missing or unreadable ({err}); run `xtts-ft prepare` again"
+                    f"{manifest}: clip {audio} is missing or unreadable ({err})", fix="run `xtts-ft prepare` again"
                 ) from None
             kept.append(GptItem(audio, torch.tensor(tokens, dtype=torch.long), s.speaker, s.language, num_samples))
     return kept, skipped

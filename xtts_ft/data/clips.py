@@ -457,13 +457,14 @@ class AudioWorkers:
         crashed = crashed_clips(self.out)
         if not crashed:
             return RunRefused(
-                "an audio worker process died between clips (killed for lack of memory?); "
-                "run prepare again: it continues with the clips not done yet"
+                "an audio worker process died between clips (killed for lack of memory?)",
+                fix="run prepare again: it continues with the clips not done yet",
             )
         return RunRefused(
             f"an audio worker process died while processing {', '.join(crashed.values())} (killed for lack of "
-            "memory? a crash in its decoder?); run prepare again: it keeps the clips already done and skips "
-            "this one as `worker_crashed` (listed in dropped.jsonl)"
+            "memory? a crash in its decoder?)",
+            fix="run prepare again: it keeps the clips already done and skips this one as `worker_crashed` "
+            "(listed in dropped.jsonl)",
         )
 
     def _results(self) -> List[Union[ClipInfo, Rejected]]:
@@ -478,7 +479,7 @@ class AudioWorkers:
         results: List[Union[ClipInfo, Rejected, None]] = [None] * total
         stored: set = set()  # indices of sent chunks whose results are in `results`
         front = 0  # the workers finish chunks from the front: the first one not yet stored
-        with tqdm(total=total, desc="prepare audio", unit="clip") as progress:
+        with tqdm(total=total, desc="prepare audio", unit="clip", disable=total == 0) as progress:
 
             def store(first: int, end: int, values: list) -> None:
                 results[first:end] = values

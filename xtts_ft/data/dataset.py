@@ -56,7 +56,7 @@ def check_and_process(records: List[tuple], tmp: Path, cfg, tokenizer, drop) -> 
     for each record that passed, `clip` being the audio worker's ClipInfo, or its Rejected."""
     done = read_done(tmp)
     if done:
-        print(f"resuming an interrupted run: {len(done)} clip(s) already processed")
+        log.info(f"resuming an interrupted run: {len(done)} clip(s) already processed")
     settings = AudioSettings.from_config(cfg)
     with AudioWorkers(settings, tmp, cfg.num_workers, expected_jobs=len(records) - len(done)) as workers:
         # Cheap checks here while the audio workers start; each record that passes goes to them at once.
@@ -218,10 +218,18 @@ def drop_summary(dropped: List[dict], written_to: Path) -> str:
 
 
 def write_dataset(
-    tmp: Path, kept: List[Sample], dropped: List[dict], validation: Optional[dict], key: str, cfg, config: dict
+    tmp: Path,
+    kept: List[Sample],
+    dropped: List[dict],
+    validation: Optional[dict],
+    key: str,
+    cfg,
+    config: dict,
+    inputs: Optional[dict] = None,
 ) -> Tuple[List[Sample], List[Sample]]:
     """dropped.jsonl, the train/eval split and its manifests, stats.json (`config`: the resolved stage
-    config it records); returns (train, eval)."""
+    config it records; `inputs`: the parts of `key`, xtts_ft.data.prepared.dataset_inputs, kept so that
+    a later rebuild can say what changed); returns (train, eval)."""
     write_jsonl(tmp / "dropped.jsonl", dropped)  # first: if no split can be made, the error points here
     try:
         train, evaluation = split_by_speaker(kept, cfg)
@@ -235,6 +243,7 @@ def write_dataset(
             **dataset_stats(train, evaluation, dropped, cfg, config),
             **({"transcript_validation": validation} if validation else {}),
             "input_key": key,
+            **({"inputs": {k: v for k, v in inputs.items() if k != "key"}} if inputs else {}),
         },
     )
     return train, evaluation

@@ -47,8 +47,8 @@ def source_encoding(source) -> str:
         codecs.lookup(encoding)
     except LookupError:
         raise BadValue(
-            f"data.sources[…].encoding={encoding!r} (source {source.path}) is not an encoding Python knows; "
-            "use e.g. utf-8, latin-1, cp1252, utf-16"
+            f"data.sources[…].encoding={encoding!r} (source {source.path}) is not an encoding Python knows",
+            fix="use e.g. utf-8, latin-1, cp1252, utf-16",
         ) from None
     return encoding
 
@@ -84,8 +84,8 @@ def text_lines(path: Path, encoding: str = "utf-8") -> Iterator[Tuple[int, Union
             )  # classic Mac OS ends lines with \r alone
         except UnicodeDecodeError as err:
             raise BadValue(
-                f"{path}: not valid {encoding} at byte {err.start} ({err.reason}); "
-                "set data.sources[i].encoding to the file's encoding"
+                f"{path}: not valid {encoding} at byte {err.start} ({err.reason})",
+                fix="set data.sources[i].encoding to the file's encoding",
             ) from None
         for lineno, line in enumerate(lines[:-1] if lines[-1] == "" else lines, start=1):
             yield lineno, (line.lstrip("\ufeff") if lineno == 1 else line).removesuffix("\r")
@@ -621,7 +621,7 @@ def hf_dataset(path: str, source) -> List[Record]:
     try:
         import datasets
     except ImportError as err:
-        raise MissingPackage("formatter hf needs the `datasets` package: pip install 'xtts-ft[hf]'") from err
+        raise MissingPackage("formatter hf needs the `datasets` package", fix="pip install 'xtts-ft[hf]'") from err
 
     dataset = load_hf_dataset(datasets, path, source)
     columns = dict(source.columns)
@@ -720,7 +720,9 @@ def read_corpus(root: Path, source, transcribe_words: Optional[Callable] = None)
     if source.formatter == "hf":  # `path` may be a Hub id, not a directory
         return hf_dataset(source.path, source)
     if source.formatter not in FORMATTERS:
-        raise BadValue(f"unknown formatter {source.formatter!r}; choose one of {', '.join([*FORMATTERS, 'hf'])}")
+        raise BadValue(
+            f"unknown formatter {source.formatter!r}", fix=f"choose one of {', '.join([*FORMATTERS, 'hf'])}"
+        )
     if not root.is_dir():
         hint = f" (relative to the current directory {Path.cwd()})" if not root.is_absolute() else ""
         raise MissingFile(f"corpus directory {root} does not exist{hint}")

@@ -4,7 +4,9 @@ Owns reading every configured source into records (in corpus order, each with th
 must lie in), the checks of a record's text (annotation markup, empty, too long, the base model's
 vocabulary and token count, as XTTS's tokenizer reads it) and of its audio path (inside the corpus,
 present, not used twice), the clip's unique output name, and the sources' language codes. A failed
-record check raises `Rejected` with its stable reason; the caller drops the record with it.
+record check raises `Rejected` with its stable reason; the caller drops the record with it. A source
+that gives no rows at all (a header-only metadata file) is named with its file: an error when every
+source is empty, a warning when others have rows.
 
 The tokenizer (the base model's `tokenizers` object) and the ASR for long recordings are handed in
 by the stage: data/ loads no model.
@@ -34,7 +36,7 @@ from xtts_ft.data.text import (
     unescape_entities,
     unknown_characters,
 )
-from xtts_ft.errors import ConfigValueError
+from xtts_ft.errors import BadValue, ConfigValueError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ def read_records(cfg, transcribe_words: Callable) -> List[tuple]:
     the ASR a long_recordings source is cut with (its timed words); sets an hf or long_recordings
     source's cache_dir where the config leaves it unset."""
     records: List[tuple] = []
+    empty: List[tuple] = []  # (source index, source, root) of the sources that gave no row
     for index, source in enumerate(cfg.data.sources):
         if source.formatter in ("hf", "long_recordings"):
             if source.cache_dir is None:
@@ -62,11 +65,77 @@ def read_records(cfg, transcribe_words: Callable) -> List[tuple]:
         transcribe = (
             partial(transcribe_words, model=source.asr_model) if source.formatter == "long_recordings" else None
         )
-        records += [
-            (len(records) + 1 + i, index, source, root, r)
-            for i, r in enumerate(read_corpus(Path(source.path), source, transcribe))
-        ]
+        read = read_corpus(Path(source.path), source, transcribe)
+        if not read:
+            empty.append((index, source, Path(source.path)))
+        records += [(len(records) + 1 + i, index, source, root, r) for i, r in enumerate(read)]
+    check_rows(empty, len(cfg.data.sources))
     return records
+
+
+# What one row of each layout looks like: the fix for a metadata file with none.
+ROW_EXAMPLES = {
+    "coqui_csv": "one line per clip under the header `audio_file|text|speaker_name`, e.g. `wavs/0001.wav|Hello there.|anna`",
+    "ljspeech": "one line per clip, `id|text|normalized text`, e.g. `LJ001-0001|Hello there.|Hello there.` (audio in wavs/<id>.wav)",
+    "common_voice": "one row per clip under the header (client_id, path, sentence), audio in clips/",
+    "table": "one row per clip under the header, with the audio and text columns data.sources[].columns names",
+    "audiofolder": "one row per clip under the header, with `file_name` and the text column",
+    "vctk": "one transcript per clip, txt/<speaker>/<speaker>_<id>.txt beside its audio",
+}
+
+
+def rows_file(source, root: Path) -> Path:
+    """The file (or folder) a source's rows are read from, as its formatter reads them, to name it."""
+    if source.formatter == "hf":
+        return Path(str(source.path))
+    if source.formatter == "vctk":
+        return root / "txt"
+    if source.formatter == "common_voice":
+        return root / (source.metadata if source.metadata.endswith(".tsv") else "validated.tsv")
+    if source.formatter == "audiofolder" and source.metadata == "metadata.csv":
+        return root / ("metadata.csv" if (root / "metadata.csv").is_file() else "metadata.jsonl")
+    if source.formatter == "long_recordings":
+        return root
+    return root / source.metadata
+
+
+def check_rows(empty: List[tuple], sources: int) -> None:
+    """A source that gave no row at all: with no other source, nothing can be prepared — an error naming the file,
+    not the split that could not be made after it; beside sources with rows, said (most likely the wrong file)."""
+    if not empty:
+        return
+    named = [
+        (
+            f"data.sources[{index}] ({source.formatter}): {rows_file(source, root)} has no rows{why_no_rows(source, root)}",
+            source,
+        )
+        for index, source, root in empty
+    ]
+    if len(empty) < sources:
+        for what, source in named:
+            log.warning("%s; prepared from the other sources. To use it, add %s", what, row_example(source))
+        return
+    raise BadValue(
+        f"{'; '.join(what for what, _ in named)}: nothing to prepare",
+        fix=f"add {row_example(named[0][1])}, or point data.sources[].path at the corpus",
+    )
+
+
+def why_no_rows(source, root: Path) -> str:
+    """What a metadata file without rows holds: only its header, or nothing; "" for a folder or a Hub dataset."""
+    path = rows_file(source, root)
+    try:
+        if not path.is_file():
+            return ""
+        return (
+            " (only its header)" if path.read_bytes().strip() and source.formatter != "ljspeech" else " (it is empty)"
+        )
+    except OSError:
+        return ""
+
+
+def row_example(source) -> str:
+    return ROW_EXAMPLES.get(source.formatter, "one row per clip")
 
 
 def check_text(raw: str, language: str, cfg, tokenizer) -> str:

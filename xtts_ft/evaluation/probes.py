@@ -29,7 +29,8 @@ PROBE_SETS = ("sentences", "short")
 def shipped_probes(name: str) -> pd.DataFrame:
     if name not in PROBE_SETS:
         raise ConfigValueError(
-            f"probes={name!r}: shipped probe sets are {', '.join(PROBE_SETS)} (or pass manifest=<eval.jsonl>)"
+            f"probes={name!r} is not a shipped probe set",
+            fix=f"probes=<one of {', '.join(PROBE_SETS)}>, or manifest=<eval.jsonl>",
         )
     with resources.files("xtts_ft").joinpath("probes", f"{name}.tsv").open(encoding="utf-8") as f:
         return pd.read_csv(f, sep="\t", dtype=str, keep_default_na=False)
@@ -56,7 +57,9 @@ def manifest_probes(manifest: Path, max_utterances: int) -> List[dict]:
 def shipped_probe_rows(name: str, reference_audio, max_utterances: int) -> List[dict]:
     """The first `max_utterances` texts per language of a shipped probe set, in the voice of `reference_audio`."""
     if not reference_audio:
-        raise ConfigValueError(f"probes={name} needs reference=<audio file> (the voice that speaks them)")
+        raise ConfigValueError(
+            f"probes={name} needs a reference recording (the voice that speaks them)", fix="reference=<audio file>"
+        )
     reference = Path(reference_audio)
     if not reference.is_file():
         raise MissingFile(f"reference audio {reference} does not exist")
@@ -85,7 +88,7 @@ def probe_rows(cfg: DictConfig) -> List[dict]:
         rows += shipped_probe_rows(cfg.probes, cfg.reference, cfg.max_utterances)
     if not rows:
         raise ConfigValueError(
-            "nothing to evaluate: give manifest=<eval.jsonl> and/or probes=sentences|short reference=<audio>"
+            "nothing to evaluate", fix="give manifest=<eval.jsonl> and/or probes=sentences|short reference=<audio>"
         )
     if cfg.languages:
         kept = [r for r in rows if r["language"] in cfg.languages]

@@ -72,23 +72,38 @@ def asr_by_language(table: pd.DataFrame) -> Dict[str, str]:
     }
 
 
+def summary_md(summary: pd.DataFrame, digits: int = 3) -> str:
+    """A table indexed by (model, language) with `model` and `language` as columns, not tuples."""
+    return summary.reset_index().round(digits).to_markdown(index=False)
+
+
 def not_measured_md(table: pd.DataFrame) -> str:
     counts = table.groupby(["model", "language"], sort=False)[COUNT_COLUMNS].sum()
     counts = counts[(counts > 0).any(axis=1)]
-    return counts.to_markdown() if len(counts) else "none: every clip had a voice and every ASR transcript had words"
+    return summary_md(counts) if len(counts) else "none: every clip had a voice and every ASR transcript had words"
 
 
 def beside_paper(summary: pd.DataFrame) -> pd.DataFrame:
-    """Our CER (%), speaker similarity and DNSMOS per model and language, the paper's numbers beside them."""
+    """Our CER, speaker similarity and DNSMOS per model and language, the paper's numbers beside them;
+    CER a fraction on both sides, as everywhere in the report (the paper's percent divided by 100)."""
     ours = summary.reset_index()
     beside = ours[["model", "language", "cer", "speaker_similarity", "dnsmos"]].copy()
-    beside["cer"] = beside["cer"] * 100
-    return beside.join(
-        paper_metrics().rename(
-            columns={"cer_percent": "paper_cer_percent", "utmos": "paper_utmos", "secs": "paper_secs"}
-        ),
-        on="language",
+    paper = paper_metrics()
+    paper = pd.DataFrame(
+        {"paper_cer": paper["cer_percent"] / 100, "paper_utmos": paper["utmos"], "paper_secs": paper["secs"]}
     )
+    return beside.join(paper, on="language")
+
+
+def voices_md(cfg: DictConfig) -> str:
+    """Whose voice the probes were spoken in: each manifest row its own recording's, a shipped set `reference`'s."""
+    voices = []
+    if cfg.manifest:
+        voices.append("a manifest's rows are spoken in the voice of their own recording")
+    if cfg.probes:
+        voices.append(f"the shipped probe set `{cfg.probes}` in the voice of `{Path(str(cfg.reference)).name}`")
+    sentence = "; ".join(voices)
+    return f"{sentence[:1].upper()}{sentence[1:]}." if voices else ""
 
 
 def flagged_md(table: pd.DataFrame) -> str:
@@ -103,6 +118,7 @@ def report(
     plots: List[str],
     labels: dict,
     forgotten: Optional[pd.DataFrame] = None,
+    not_fine_tunes: Optional[Dict[str, str]] = None,
 ) -> str:
     models_md = "\n".join(f"- `{label}`: `{checkpoint}`" for label, checkpoint in labels.items())
     return f"""# Evaluation
@@ -110,16 +126,17 @@ def report(
 Models:
 {models_md}
 
-Probes: {", ".join(sorted(set(table["probe_set"])))} ({len(table)} utterance(s) in all). A manifest's rows are
-spoken in the voice of their own recording; shipped probe sets in the voice of `{cfg.reference}`.
+Probes: {", ".join(sorted(set(table["probe_set"])))} ({len(table)} utterance(s) in all). {voices_md(cfg)}
 
 ## Summary per model and language
 
-{summary.round(3).to_markdown()}
+CER and WER are fractions (0.05 = 5 %) here and in every table below.
+
+{summary_md(summary)}
 
 ## Forgetting
 
-{forgetting_md(forgetting(summary) if forgotten is None else forgotten)}
+{forgetting_md(forgetting(summary) if forgotten is None else forgotten, not_fine_tunes)}
 
 ## ASR per language
 
@@ -145,10 +162,10 @@ characters the model's vocabulary lacks, which it read as [UNK]; its scores meas
 
 ## Beside the published XTTS v2.0.2
 
-{beside_paper(summary).round(3).to_markdown(index=False)}
+{beside_paper(summary).round(4).to_markdown(index=False)}
 
-**Different protocols — do not compare directly.** The paper: 240 FLORES+ sentences per language, CER (%)
-from Whisper large-v3, SECS from ECAPA2, UTMOS. Here: CER/WER from the ASR listed per language above. Speaker similarity: resemblyzer
+**Different protocols — do not compare directly.** The paper: 240 FLORES+ sentences per language, CER
+(published in %, a fraction here) from Whisper large-v3, SECS from ECAPA2, UTMOS. Here: CER/WER from the ASR listed per language above. Speaker similarity: resemblyzer
 (cosine; same voice ≈ 0.85+, different ≈ 0.6 on espeak-ng speech). Quality: DNSMOS overall (P.835, 1-5),
 not UTMOS.
 
@@ -170,26 +187,16 @@ def rounded(row) -> dict:
     return {k: (None if pd.isna(v) else round(float(v), 4)) for k, v in row.items()}
 
 
-def record_metrics(
-    checkpoint: Path,
-    summary: Optional[pd.DataFrame],
+def metrics_record(
+    summary: pd.DataFrame,
     cfg: DictConfig,
     table: pd.DataFrame,
     forgotten: Optional[pd.DataFrame] = None,
     labels: Optional[dict] = None,
-) -> None:
-    """Write the per-language summary (and, for a fine-tune evaluated beside its base, what it forgot)
-    into an xtts-ft export's xtts_ft.json and model card."""
-    from xtts_ft.model.card import model_card
-    from xtts_ft.model.layout import SIDECAR
-
-    sidecar = checkpoint / SIDECAR
-    if summary is None or not sidecar.is_file():
-        return
-    record = json.loads(sidecar.read_text(encoding="utf-8"))
-    if "training" not in record:  # a base model or an extended base, not an export: no card to update
-        return
-    record["metrics"] = {
+) -> dict:
+    """What an export's xtts_ft.json (and card) records of one model's evaluation: its summary per language
+    and, for a fine-tune evaluated after its base, what it forgot."""
+    metrics = {
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "probes": ", ".join(filter(None, [Path(cfg.manifest).name if cfg.manifest else None, cfg.probes])),
         "metric_models": {
@@ -201,11 +208,57 @@ def record_metrics(
     }
     if forgotten is not None and len(forgotten):
         base = forgotten["base"].iloc[0]
-        record["metrics"]["forgetting"] = {
+        metrics["forgetting"] = {
             "base": (labels or {}).get(base, base),
             "per_language": {
                 row["language"]: rounded(row.drop(["model", "base", "language"])) for _, row in forgotten.iterrows()
             },
         }
+    return metrics
+
+
+def evaluated_models(
+    summary: pd.DataFrame,
+    cfg: DictConfig,
+    table: pd.DataFrame,
+    forgotten: pd.DataFrame,
+    labels: Dict[str, str],
+    model_dirs: Dict[str, Path],
+) -> List[dict]:
+    """metrics.json: for each model evaluated, its checkpoint, its model.pth hash (an xtts-ft export's: what
+    `export metrics=<out_dir>` matches) and the metrics its card would record."""
+    from xtts_ft.model.export import sha256
+    from xtts_ft.model.layout import is_export
+
+    entries = []
+    for label, checkpoint in labels.items():
+        if label not in summary.index.get_level_values(0):
+            continue
+        model_dir = Path(model_dirs[checkpoint])
+        mine = forgotten[forgotten["model"] == label] if len(forgotten) else None
+        entries.append(
+            {
+                "label": label,
+                "checkpoint": checkpoint,
+                "model_sha256": sha256(model_dir / "model.pth") if is_export(model_dir) else None,
+                "metrics": metrics_record(summary.loc[label], cfg, table, mine, labels),
+            }
+        )
+    return entries
+
+
+def record_metrics(checkpoint: Path, metrics: dict) -> None:
+    """Write an evaluation's metrics into an xtts-ft export's xtts_ft.json and model card (`write_metrics=true`);
+    anything else (a base model, an extended base) has no card to update."""
+    from xtts_ft.model.card import model_card
+    from xtts_ft.model.layout import SIDECAR
+
+    sidecar = checkpoint / SIDECAR
+    if not sidecar.is_file():
+        return
+    record = json.loads(sidecar.read_text(encoding="utf-8"))
+    if "training" not in record:  # a base model or an extended base, not an export: no card to update
+        return
+    record["metrics"] = metrics
     write_json(sidecar, record)
     write_text(checkpoint / "README.md", model_card(record))

@@ -179,7 +179,7 @@ def score_utterance(
         "duration_ratio": metrics.duration_ratio(result.duration, probe["reference_seconds"]),
         "rms_dbfs": metrics.rms_dbfs(result.wav),
         "rtf": result.real_time_factor,
-        "stopped": all(result.stopped),
+        "stopped": result.stopped,
         "no_speech": not metrics.speech_seconds(result.wav, result.sample_rate),
         "speaker_similarity": float(
             np.dot(metrics.speaker_embedding(result.wav, result.sample_rate, cfg.speaker_model), reference_voice)

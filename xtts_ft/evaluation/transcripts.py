@@ -8,6 +8,7 @@ Sample, the dropped records with transcript_action=drop, validation.md, and stat
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import List
 
@@ -15,6 +16,8 @@ from xtts_ft.data.clips import Rejected
 from xtts_ft.data.sample import Sample
 from xtts_ft.evaluation.validation import check_transcripts, is_mismatch, report
 from xtts_ft.io_utils import write_text
+
+log = logging.getLogger(__name__)
 
 
 def validate_transcripts(kept: List[Sample], origins: List[tuple], tmp: Path, out: Path, cfg, drop) -> dict:
@@ -58,7 +61,7 @@ def validate_transcripts(kept: List[Sample], origins: List[tuple], tmp: Path, ou
     summary[{"drop": "dropped", "flag": "flagged"}[cfg.transcript_action]] = len(mismatched)
     summary["not_validated_sources"] = skipped
     write_text(tmp / "validation.md", report([kept[k] for k in checkable], checks, summary, skipped))
-    print(
+    log.info(
         f"transcripts: {summary['clips']} clip(s) checked ({summary['speed'] or '–'}× real time), "
         f"{len(mismatched)} above max_transcript_cer={cfg.max_transcript_cer} ({cfg.transcript_action}) → {out / 'validation.md'}"
     )

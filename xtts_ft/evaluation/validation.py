@@ -30,6 +30,7 @@ from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tu
 
 import numpy as np
 
+from xtts_ft.console import progress
 from xtts_ft.data.audio import load_audio
 from xtts_ft.data.sample import Sample
 from xtts_ft.errors import ConfigValueError
@@ -61,8 +62,9 @@ class Checked:
 def check_settings(cfg) -> None:
     if cfg.transcript_action not in ACTIONS:
         raise ConfigValueError(
-            f"transcript_action={cfg.transcript_action}: choose drop (clips above max_transcript_cer are "
-            "dropped as transcript_mismatch) or flag (kept, marked transcript_mismatch in the manifest)"
+            f"transcript_action={cfg.transcript_action} is not an action",
+            fix="transcript_action=drop (clips above max_transcript_cer are dropped as transcript_mismatch) or flag "
+            "(kept, marked transcript_mismatch in the manifest)",
         )
     if not cfg.max_transcript_cer > 0:
         raise ConfigValueError(
@@ -190,20 +192,27 @@ def transcribe_clips(
     Audio is read a batch of windows at a time: a large corpus never sits in memory."""
     hashes = [file_hash(p) for p in paths]
     todo = [i for i, h in enumerate(hashes) if h not in cache.texts]
-    if choice.backend == "whisper":
-        model = asr.whisper_model(choice.model, cpu_threads=1, num_workers=WORKERS)  # a worker per core: see WORKERS
-        transcribe_packed(
-            model,
-            lambda k: load_audio(paths[todo[k]], asr.ASR_RATE),
-            [seconds[i] for i in todo],
-            choice.language,
-            cache.solo,
-            lambda texts: cache.add({hashes[todo[k]]: text for k, text in texts.items()}),
-            [voices[i] for i in todo] if voices is not None else None,
-        )
-    else:
-        for i in todo:
-            cache.add({hashes[i]: choice.transcribe(load_audio(paths[i], asr.ASR_RATE), asr.ASR_RATE)})
+    what = f"{choice.language}, each clip alone" if cache.solo else choice.language
+    with progress(total=len(todo), desc=f"validate transcripts ({what})", unit="clip") as bar:
+
+        def store(texts: Dict[int, str]) -> None:  # clips k of `todo`, heard
+            cache.add({hashes[todo[k]]: text for k, text in texts.items()})
+            bar.update(len(texts))
+
+        if choice.backend == "whisper":
+            model = asr.whisper_model(choice.model, cpu_threads=1, num_workers=WORKERS)  # a worker per core
+            transcribe_packed(
+                model,
+                lambda k: load_audio(paths[todo[k]], asr.ASR_RATE),
+                [seconds[i] for i in todo],
+                choice.language,
+                cache.solo,
+                store,
+                [voices[i] for i in todo] if voices is not None else None,
+            )
+        else:
+            for k, i in enumerate(todo):
+                store({k: choice.transcribe(load_audio(paths[i], asr.ASR_RATE), asr.ASR_RATE)})
     return [cache.texts[h] for h in hashes], sum(seconds[i] for i in todo)
 
 

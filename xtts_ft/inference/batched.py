@@ -11,6 +11,7 @@ The CPU tricks a batch runs with live in cpu_kernels.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ class Sentence:
     voice: Voice
     max_codes: int  # its babble guard
     seed: int  # its own sampling stream (see SeededDraw)
+    adapter: Optional[str] = None  # its LoRA adapter in a batch of mixed adapters (see mixed_adapters); None: none
 
 
 class SeededDraw:
@@ -115,24 +117,30 @@ def text_embedding(gpt, sentence: Sentence) -> torch.Tensor:
     return (gpt.text_embedding(text) + gpt.text_pos_embedding(text))[0]
 
 
-def _distinct_voices(sentences: List[Sentence]) -> Tuple[List[torch.Tensor], List[int]]:
-    """(each distinct voice's latents, (length, width); the index of each row's voice among them)."""
+def _distinct_voices(sentences: List[Sentence]) -> Tuple[List[torch.Tensor], List[Optional[str]], List[int]]:
+    """(each distinct voice's latents, (length, width); the adapter it goes through; the index of each row's
+    voice among them). A voice is distinct per adapter: a LoRA adapter changes its keys and values."""
     voices: List[torch.Tensor] = []
+    adapters: List[Optional[str]] = []
     voice_of_row = []
     for sentence in sentences:
         latents = sentence.voice.gpt_cond_latent  # (1, length, width)
         same = (
-            k for k, v in enumerate(voices) if v is latents or (v.shape == latents.shape and torch.equal(v, latents))
+            k
+            for k, v in enumerate(voices)
+            if adapters[k] == sentence.adapter
+            and (v is latents or (v.shape == latents.shape and torch.equal(v, latents)))
         )
         k = next(same, None)
         if k is None:
             voices.append(latents)
+            adapters.append(sentence.adapter)
             k = len(voices) - 1
         voice_of_row.append(k)
-    return [v[0] for v in voices], voice_of_row
+    return [v[0] for v in voices], adapters, voice_of_row
 
 
-def prefill(gpt, sentences: List[Sentence], device: torch.device):
+def prefill(gpt, sentences: List[Sentence], device: torch.device, adapters=None):
     """The GPT's pass over every row's prompt, each distinct voice's conditioning latents computed once.
 
     A row's prompt is its voice's conditioning latents (32 of the 70-odd positions of a short
@@ -143,9 +151,14 @@ def prefill(gpt, sentences: List[Sentence], device: torch.device):
     after them to the longest voice's), then its text padded before it to the longest text; the
     voices go through the GPT once each, their cache is copied to the rows that use them, and the
     texts go through after. Returns (the rows' prompts embedded, attention mask with a last column
-    for the start-of-audio token, the cache)."""
-    voices, voice_of_row = _distinct_voices(sentences)
-    texts = [text_embedding(gpt, s) for s in sentences]
+    for the start-of-audio token, the cache). `adapters` (a mixed_adapters.RowAdapters): each pass goes
+    through its rows' own LoRA adapters."""
+    adapters = adapters or _NO_ADAPTERS
+    voices, voice_adapters, voice_of_row = _distinct_voices(sentences)
+    texts = []
+    for s in sentences:
+        with adapters.rows([s.adapter]):  # trainable token rows of an adapter's extended vocabulary
+            texts.append(text_embedding(gpt, s))
     voice_width, text_width = max(v.shape[0] for v in voices), max(t.shape[0] for t in texts)
     rows = torch.tensor(voice_of_row, device=device)
     voice_block = torch.stack([F.pad(v, (0, 0, 0, voice_width - v.shape[0])) for v in voices])
@@ -162,15 +175,28 @@ def prefill(gpt, sentences: List[Sentence], device: torch.device):
         [voice_mask[rows], text_mask, torch.ones((len(sentences), 1), dtype=torch.long, device=device)], dim=1
     )
     transformer = gpt.gpt_inference.transformer
-    cache = transformer(inputs_embeds=voice_block, attention_mask=voice_mask, use_cache=True).past_key_values
+    with adapters.rows(voice_adapters):
+        cache = transformer(inputs_embeds=voice_block, attention_mask=voice_mask, use_cache=True).past_key_values
     if voice_of_row != list(range(len(sentences))):
         cache.reorder_cache(rows)  # each row gets its voice's keys and values
-    transformer(inputs_embeds=text_block, attention_mask=mask[:, :-1], past_key_values=cache, use_cache=True)
+    with adapters.rows([s.adapter for s in sentences]):
+        transformer(inputs_embeds=text_block, attention_mask=mask[:, :-1], past_key_values=cache, use_cache=True)
     return torch.cat([voice_block[rows], text_block], dim=1), mask, cache
 
 
+class _NoAdapters:
+    """A batch without LoRA adapters per row: every pass as it is."""
+
+    @staticmethod
+    def rows(names):
+        return contextlib.nullcontext()
+
+
+_NO_ADAPTERS = _NoAdapters()
+
+
 @torch.no_grad()
-def generate(gpt, sentences: List[Sentence], settings: dict, device: torch.device) -> List[Generated]:
+def generate(gpt, sentences: List[Sentence], settings: dict, device: torch.device, adapters=None) -> List[Generated]:
     """One transformers generate for all rows: codes, stopped by itself, and latents per row.
 
     The prompts are padded to one length (see prefill) and the padding masked out, so every row's
@@ -182,8 +208,12 @@ def generate(gpt, sentences: List[Sentence], settings: dict, device: torch.devic
     (coqui's inference_stream speaks these too). Xtts.inference instead runs the GPT over the text
     and codes once more: the same positions and weights, so the same latents up to float rounding
     (≤ 2e-6 at full size, BENCHMARKS.md), for a pass that cost a quarter of a batch's time on CPU.
-    Not thread-safe (nor is the synthesizer): the hook hears every forward of the GPT."""
-    prompts, mask, cache = prefill(gpt, sentences, device)
+    Not thread-safe (nor is the synthesizer): the hook hears every forward of the GPT.
+
+    `adapters` (a mixed_adapters.RowAdapters, hooked): each row goes through its sentence's LoRA adapter.
+    (A batch whose rows come and go, as a server's does, runs continuous.RunningBatch instead.)"""
+    adapters = adapters or _NO_ADAPTERS
+    prompts, mask, cache = prefill(gpt, sentences, device, adapters)
     width = prompts.shape[1]
     max_codes = [s.max_codes for s in sentences]
     # coqui's forward reads the prompt's length from the stored prefix (the codes' positions count from it).
@@ -193,7 +223,8 @@ def generate(gpt, sentences: List[Sentence], settings: dict, device: torch.devic
     inputs = torch.ones((len(sentences), width + 1), dtype=torch.long, device=device)
     inputs[:, -1] = gpt.start_audio_token
     processors = _logits_processors(settings, [s.seed for s in sentences], device)
-    generated, steps = _generate_reading_latents(gpt, inputs, mask, cache, processors, max_codes, device)
+    with adapters.rows([s.adapter for s in sentences]):
+        generated, steps = _generate_reading_latents(gpt, inputs, mask, cache, processors, max_codes, device)
     return _rows(gpt, generated[:, width + 1 :], steps, max_codes)
 
 

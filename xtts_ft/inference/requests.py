@@ -138,7 +138,8 @@ def _checked_name(path: Path, line: int, row: dict, named: Dict[str, int]) -> Op
     if os.path.normpath(name) in named:
         raise BadValue(
             f"{path}, line {line}: name {name!r} is already used on line {named[os.path.normpath(name)]}; "
-            "each name becomes <out_dir>/<name>.wav, so one would overwrite the other: make them unique"
+            "each name becomes <out_dir>/<name>.wav, so one would overwrite the other",
+            fix="make the names unique",
         )
     named[os.path.normpath(name)] = line
     return name

@@ -8,6 +8,11 @@ never torchaudio.load) and caches their conditioning latents per reference file,
 model's config.json unless overridden. One text goes through coqui's Xtts.inference (`synthesize`), or,
 streamed, through our loop over coqui's streaming generator (`stream`, see streaming); many texts
 through our batched generate (`iter_synthesize` and the calls over it, see batched).
+
+Every call samples from a seed: `seed=` (or `decoding={"seed": ...}`, the same value if both are given),
+or, unseeded, a fresh one drawn from torch's global RNG, so two unseeded calls differ. The seed used comes
+back with the audio (`Synthesis.seed`, `AudioChunk.seed`): passed as `seed=` to the same call, it gives that
+audio again.
 """
 
 from __future__ import annotations
@@ -278,12 +283,16 @@ class XttsSynthesizer:
         voice: Optional[str] = None,
         decoding: Optional[dict] = None,
         emotion: Optional[str] = None,
+        seed: Optional[int] = None,
     ) -> Synthesis:
         """One text → its audio, through coqui's own Xtts.inference, sentence by sentence, each under the
         babble guard. The voice: `reference` (an audio clip to clone) or `voice` (a named voice of the
         export), exactly one; `emotion`: an emotion token of the model or a preset of the export;
-        `decoding`: config.json's decoding settings overridden (DECODING_KEYS), `seed` and
-        `max_seconds_per_char` (the babble guard's rate, default 0.25). A bad request is a UserError."""
+        `decoding`: config.json's decoding settings overridden (DECODING_KEYS) and `max_seconds_per_char`
+        (the babble guard's rate, default 0.25). `seed`: the sampling seed (`decoding["seed"]` too; both
+        given must agree). Unseeded calls draw a fresh seed, so two of them differ; pass seed= for repeatable
+        audio — the result's `seed` is the one used. A bad request is a UserError."""
+        decoding, seed = with_seed(decoding, seed)
         request = self._request(text, language, reference, voice, decoding, emotion)
         started = time.perf_counter()
         pieces, stopped = [], []
@@ -302,7 +311,7 @@ class XttsSynthesizer:
             stopped.append(codes < max_codes)
             pieces.append(np.asarray(out["wav"], dtype=np.float32).reshape(-1))
         elapsed = time.perf_counter() - started
-        return Synthesis(np.concatenate(pieces), self.sample_rate, elapsed, stopped)
+        return Synthesis(np.concatenate(pieces), self.sample_rate, elapsed, stopped, seed)
 
     def stream(
         self,
@@ -314,6 +323,7 @@ class XttsSynthesizer:
         chunk_codes: int = 20,
         emotion: Optional[str] = None,
         first_chunk_codes: int = 8,
+        seed: Optional[int] = None,
     ) -> Iterator[AudioChunk]:
         """Audio as it is generated, each chunk with the seconds since audio was first asked for (the
         first one's is the time to first audio): a sentence's first chunk after `first_chunk_codes` GPT codes, the
@@ -326,27 +336,29 @@ class XttsSynthesizer:
         BENCHMARKS.md; 20 codes took 0.47). Fewer codes buy little (the prompt pass and a decoder
         call are paid anyway) and leave the decoder almost no context. Later chunks are longer (20:
         ~0.93 s) because each chunk re-decodes all of the sentence's latents so far: fewer, longer
-        chunks cost less in all. Bad sizes, text or voice are refused here, before any audio."""
+        chunks cost less in all. Bad sizes, text or voice are refused here, before any audio. `seed` as in
+        `synthesize` (unseeded: a fresh one, in every chunk's `seed`)."""
         for name, value in (("first_chunk_codes", first_chunk_codes), ("chunk_codes", chunk_codes)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise BadValue(
                     f"{name}={value!r} — fix: {name}=<an integer ≥ 1> (GPT codes per chunk, ~0.046 s of audio each)"
                 )
+        decoding, seed = with_seed(decoding, seed)
         request = self._request(text, language, reference, voice, decoding, emotion)
-        return streaming.stream_chunks(self, request, first_chunk_codes, chunk_codes)
+        return _seed_in_chunks(streaming.stream_chunks(self, request, first_chunk_codes, chunk_codes), seed)
 
     def synthesize_many(
-        self, requests: List[dict], decoding: Optional[dict] = None, batch_size: int = 8
+        self, requests: List[dict], decoding: Optional[dict] = None, batch_size: int = 8, seed: Optional[int] = None
     ) -> List[Synthesis]:
         """Each request (text, language, reference or voice, optional emotion) → its Synthesis, in order;
         see iter_synthesize."""
         results: List[Optional[Synthesis]] = [None] * len(requests)
-        for i, result in self.iter_synthesize(requests, decoding, batch_size):
+        for i, result in self.iter_synthesize(requests, decoding, batch_size, seed):
             results[i] = result
         return results
 
     def iter_synthesize(
-        self, requests: List[dict], decoding: Optional[dict] = None, batch_size: int = 8
+        self, requests: List[dict], decoding: Optional[dict] = None, batch_size: int = 8, seed: Optional[int] = None
     ) -> Iterator[Tuple[int, Synthesis]]:
         """(request index, Synthesis) as each request is done. The GPT decodes up to `batch_size`
         sentences — of any requests, voices and languages — in one generate, then the decoder speaks
@@ -356,14 +368,24 @@ class XttsSynthesizer:
         seed + k), so the codes do not depend on batch_size or on the other requests, and the audio
         only to float rounding (another row's padding changes the order of a few sums). Every request
         is checked before any is synthesized. A Synthesis's seconds_to_generate holds its share of
-        its batches' decode time."""
+        its batches' decode time. `seed` (or `decoding["seed"]`; both given must agree) seeds every request;
+        unseeded, each request draws a fresh one. A Synthesis's `seed` is its request's: the request alone,
+        synthesized here with that seed, gets the same codes."""
         if batch_size < 1:
             raise BadValue(
                 f"batch_size={batch_size} — fix: batch_size=<an integer ≥ 1> (1 decodes one sentence at a time)"
             )
-        sentences = [s for i, request in enumerate(requests) for s in self._sentences(i, request, decoding)]
+        decoding, shared = with_seed(decoding, seed, draw=False)
+        seeds = [shared if shared is not None else fresh_seed() for _ in requests]  # all drawn before any is used
+        sentences = [
+            s
+            for i, request in enumerate(requests)
+            for s in self._sentences(i, request, {**decoding, "seed": seeds[i]})
+        ]
         settings = self.decoding_settings(decoding)
-        yield from batched.synthesized_batches(self, sentences, settings, batch_size)
+        for i, result in batched.synthesized_batches(self, sentences, settings, batch_size):
+            result.seed = seeds[i]
+            yield i, result
 
     # The batched path's steps, as methods: tests and scripts/bench_inference.py call (and replace) them on an
     # instance, and synthesized_batches goes through them.
@@ -378,18 +400,23 @@ class XttsSynthesizer:
         return cpu_kernels.batch_kernels(self._packed_products, self.model.gpt.gpt, packed, rows)
 
     def synthesize_batch(
-        self, requests: List[dict], out_dir: Union[str, Path], decoding: Optional[dict] = None, batch_size: int = 8
+        self,
+        requests: List[dict],
+        out_dir: Union[str, Path],
+        decoding: Optional[dict] = None,
+        batch_size: int = 8,
+        seed: Optional[int] = None,
     ) -> List[dict]:
         """Each request (text, language, reference or voice, optional name) → <out_dir>/<name>.wav,
         `batch_size` sentences per GPT generate (iter_synthesize), each file written as soon as its
         request is done, with a progress bar; returns one row per request, in request order (file,
-        duration, RTF, stopped)."""
+        duration, RTF, stopped, the seed it was sampled with)."""
         from tqdm import tqdm
 
         out_dir = Path(out_dir)
         names = _output_names(requests, out_dir)
         rows: List[Optional[dict]] = [None] * len(requests)
-        done = self.iter_synthesize(requests, decoding, batch_size)
+        done = self.iter_synthesize(requests, decoding, batch_size, seed)
         for i, result in tqdm(done, total=len(requests), desc="synth", unit="text"):
             name, request = names[i], requests[i]
             path = out_dir / f"{name}.wav"
@@ -402,7 +429,8 @@ class XttsSynthesizer:
                 "emotion": request.get("emotion"),
                 "seconds": round(result.duration, 3),
                 "rtf": round(result.real_time_factor, 3),
-                "stopped": all(result.stopped),
+                "stopped": result.stopped,
+                "seed": result.seed,
             }
         return rows
 
@@ -411,6 +439,36 @@ class XttsSynthesizer:
         result = self.synthesize(**kwargs)
         write_wav(Path(out), result.wav, result.sample_rate)
         return result
+
+
+def fresh_seed() -> int:
+    """A new sampling seed from torch's global RNG: different at each call (and in each process), yet
+    repeatable after `torch.manual_seed`."""
+    return int(torch.randint(2**62, ()))
+
+
+def with_seed(decoding: Optional[dict], seed: Optional[int], draw: bool = True) -> Tuple[dict, Optional[int]]:
+    """(`decoding` with the call's seed in it, that seed): `seed=` or `decoding["seed"]` — both given must be the
+    same number, else it is refused — or, unseeded, a fresh one (`draw=False`: None, decoding left unseeded)."""
+    decoding = dict(decoding or {})
+    given = [value for value in (seed, decoding.get("seed")) if value is not None]
+    for value in given:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise BadValue(f"seed={value!r} is not an integer — fix: seed=<an integer>, e.g. seed=0")
+    if len({int(value) for value in given}) > 1:
+        raise BadValue(
+            f"seed={seed} and decoding['seed']={decoding['seed']} disagree — fix: give the seed once (seed=...)"
+        )
+    chosen = int(given[0]) if given else (fresh_seed() if draw else None)
+    if chosen is not None:
+        decoding["seed"] = chosen
+    return decoding, chosen
+
+
+def _seed_in_chunks(chunks: Iterator[AudioChunk], seed: int) -> Iterator[AudioChunk]:
+    for chunk in chunks:
+        chunk.seed = seed
+        yield chunk
 
 
 def _output_names(requests: List[dict], out_dir: Path) -> List[str]:
@@ -432,6 +490,7 @@ def _output_names(requests: List[dict], out_dir: Path) -> List[str]:
     if repeated:
         raise BadValue(
             f"name(s) {', '.join(map(repr, repeated))} are given to more than one request (an unnamed "
-            "request i is named after its index, e.g. 0003); each becomes <out_dir>/<name>.wav: make them unique"
+            "request i is named after its index, e.g. 0003); each becomes <out_dir>/<name>.wav",
+            fix="make the names unique",
         )
     return names

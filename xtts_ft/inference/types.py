@@ -5,7 +5,7 @@ as checked once (`PreparedRequest`) for every synthesis path to read."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -21,10 +21,20 @@ class Voice:
 
 @dataclass
 class Synthesis:
+    """One text's audio and how it was made. `stopped` is one flag (every sentence ended by the GPT's own stop
+    token); `stopped_per_sentence` holds it sentence by sentence. `seed` is the sampling seed the call used,
+    the one given or, unseeded, the one drawn: passed back as `seed=` to the same call, it gives this audio again."""
+
     wav: np.ndarray  # float32 mono at `sample_rate`
     sample_rate: int
     seconds_to_generate: float
-    stopped: List[bool]  # per sentence: the GPT emitted its stop token (False: cut by the babble guard)
+    stopped_per_sentence: List[bool]  # in text order: the GPT emitted its stop token (False: cut by the babble guard)
+    seed: Optional[int] = None  # the sampling seed used (None: made by a caller that does not say)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether every sentence ended by the GPT's own stop token (none was cut by the babble guard)."""
+        return all(self.stopped_per_sentence)
 
     @property
     def duration(self) -> float:
@@ -40,6 +50,7 @@ class AudioChunk:
     wav: np.ndarray  # float32 mono at `sample_rate`
     sample_rate: int
     seconds_since_start: float  # of the stream() call: the first chunk's is the time to first audio
+    seed: Optional[int] = None  # the stream's sampling seed (given, or drawn when unseeded): stream(seed=...) again
 
 
 @dataclass(frozen=True)

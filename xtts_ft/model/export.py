@@ -12,6 +12,7 @@ which the model card, push and every later load read. Export replaces only its o
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 from datetime import datetime, timezone
@@ -21,11 +22,12 @@ import torch
 from omegaconf import OmegaConf
 
 from xtts_ft import __version__
-from xtts_ft.errors import BadValue, FileInTheWay
-from xtts_ft.io_utils import file_hash, tensors_hash
+from xtts_ft.errors import BadValue, FileInTheWay, MissingFile
+from xtts_ft.io_utils import check_free_space, file_hash, files_bytes, tensor_bytes, tensors_hash
 from xtts_ft.model import lora
 from xtts_ft.model.layout import EXPORT_FILES, EXPORT_KIND, SIDECAR, is_export, read_sidecar
 from xtts_ft.model.loading import load_xtts, resolve_model_cfg
+from xtts_ft.model.public import hub_id_of
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +52,11 @@ def check_replaceable(out: Path, overwrite: bool) -> None:
     if not is_export(out):
         raise FileInTheWay(
             f"out_dir={out} exists and is not an xtts-ft export (no {SIDECAR} of kind {EXPORT_KIND!r}); export only "
-            "ever replaces its own exports. Choose another out_dir, or move that directory away yourself."
+            "ever replaces its own exports",
+            fix="choose another out_dir, or move that directory away yourself",
         )
     if not overwrite:
-        raise FileInTheWay(f"{out} exists; pass overwrite=true to replace it")
+        raise FileInTheWay(f"{out} exists", fix="pass overwrite=true to replace it")
 
 
 def base_model_dir(state: dict | None, decoder_state: dict | None, gpt_path: Path, decoder_path: Path) -> Path:
@@ -93,15 +96,16 @@ def load_trained_gpt(xtts, state: dict, base_dir: Path, state_path: Path, with_a
     if not lora.is_lora_state(state):
         if with_adapter:
             raise BadValue(
-                f"adapter=true: {state_path} is a full fine-tune (method=full), which has no adapter; "
-                "export it without adapter=true, or train with method=lora"
+                f"adapter=true: {state_path} is a full fine-tune (method=full), which has no adapter",
+                fix="export it without adapter=true, or train with method=lora",
             )
         xtts.gpt.load_state_dict(state["gpt"])
         return {}
     if state.get("base_model_hash") and file_hash(base_dir / "model.pth") != state["base_model_hash"]:
         raise BadValue(
             f"{state_path} is a LoRA adapter of another {base_dir / 'model.pth'} (the file changed since "
-            "training): merging it there would make a model nobody trained. Export with the run's own base."
+            "training): merging it there would make a model nobody trained",
+            fix="export with the run's own base",
         )
     model = lora.trained_adapter(xtts.gpt, state, base_dir, str(state_path))
     files = lora.adapter_files(model, str(state["config"]["model"]["source"])) if with_adapter else {}
@@ -121,6 +125,8 @@ def write_model_files(
     weights = {k: v for k, v in xtts.state_dict().items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
     if half:  # coqui's loader copies them into its fp32 model: half the file, same model up to fp16 rounding
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+    need = tensor_bytes(weights) * (2 if safetensors else 1) + files_bytes(base_dir / n for n in COPIED_FILES)
+    check_free_space(export_dir.parent, need, "the export")  # a warning now, not a full disk halfway
     torch.save({"model": weights}, export_dir / "model.pth")
     if safetensors:
         from safetensors.torch import save_file
@@ -201,6 +207,7 @@ def export_record(
             "name": train_cfg["model"]["name"],
             "kind": base_sidecar.get("kind", "released"),
             "model_sha256": sha256(base_dir / "model.pth"),
+            **hub_origin(train_cfg["model"], base_dir, base_sidecar),
         },
         "languages": list(config.languages),
         "emotion_tokens": base_sidecar.get("extension", {}).get("emotion_tokens", []),
@@ -214,6 +221,61 @@ def export_record(
         # tokenizer of every later load reads it from here.
         **({"extension": base_sidecar["extension"]} if "extension" in base_sidecar else {}),
     }
+
+
+def hub_origin(model_cfg: dict, base_dir: Path, base_sidecar: dict) -> dict:
+    """What the Hub has of the base, recorded while the base is at hand (push names it so, never by a local
+    path): `hub_id` and `revision` when these very weights came from the Hub (a Hub id, or a Hub cache
+    snapshot), else `derived_from`, the Hub model an extended base was made from (or None)."""
+    hub_id, revision = hub_id_of(model_cfg["source"], base_dir.resolve())
+    origin = {"hub_id": hub_id, "revision": model_cfg.get("revision") or revision}
+    if not hub_id:
+        below = (base_sidecar.get("base") or {}).get("source")  # an extended base: the model extend started from
+        origin["derived_from"] = hub_id_of(below)[0] if below else None
+    return origin
+
+
+def exported_checkpoint(state: dict, choice: str, run_steps: int | None) -> dict:
+    """Which step of the GPT run the export holds and why: the latest state, the best eval (its metric and
+    value), or a step chosen by number; `run_steps`: how far the run went."""
+    record = {"choice": choice if choice in ("latest", "best") else "step", "step": state["step"]}
+    if choice == "best":
+        metric = state.get("best_metric", "eval_loss")
+        value = state.get("cer") if metric == "cer" else state.get("eval_loss")
+        record.update(metric=metric, value=None if value is None else round(float(value), 4))
+    record["run_steps"] = max(run_steps or 0, state["step"])
+    return record
+
+
+def evaluated_metrics(source: Path, model_sha256: str) -> dict:
+    """`export metrics=<evaluate out_dir or its metrics.json>`: the metrics that evaluation recorded for this
+    very model (matched by model.pth hash: the same run and checkpoint export to the same bytes)."""
+    path = source / "metrics.json" if source.is_dir() else source
+    if not path.is_file():
+        raise MissingFile(
+            f"metrics={source}: no metrics.json there",
+            fix="give the out_dir of an `xtts-ft evaluate` run of this export (evaluate writes metrics.json there)",
+        )
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))["models"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise BadValue(f"metrics={source}: {path} is not an evaluation's metrics.json ({err})") from None
+    for entry in entries:
+        if entry.get("model_sha256") == model_sha256:
+            return entry["metrics"]
+    scored = ", ".join(str(entry.get("checkpoint")) for entry in entries) or "no model"
+    raise BadValue(
+        f"metrics={source}: that evaluation scored {scored}, not this export (model.pth sha256 {model_sha256[:12]}…)",
+        fix="evaluate this export, then export it again with metrics=<that out_dir> (or evaluate it with write_metrics=true)",
+    )
+
+
+def run_steps(run_dir: Path) -> int | None:
+    """The last step a training run saved (progress.json), None when it says nothing."""
+    try:
+        return int(json.loads((run_dir / "progress.json").read_text(encoding="utf-8"))["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def training_record(state: dict | None, decoder_state: dict | None) -> dict:

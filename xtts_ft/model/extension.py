@@ -32,11 +32,12 @@ VOCAB_ROWS = ("gpt.text_embedding.weight", "gpt.text_head.weight", "gpt.text_hea
 def check_replaceable(out: Path, overwrite: bool) -> None:
     """Extend replaces only its own models, and only when told to (overwrite=true)."""
     if out.exists() and not overwrite:
-        raise FileInTheWay(f"{out} exists; pass overwrite=true to replace it")
+        raise FileInTheWay(f"{out} exists", fix="pass overwrite=true to replace it")
     if out.is_dir() and any(out.iterdir()) and read_sidecar(out).get("kind") != "extended":  # overwrite=true
         raise FileInTheWay(
             f"out_dir={out} exists and is not a model extend wrote (no {SIDECAR} of kind 'extended'); extend replaces "
-            "only its own models — fix: choose another out_dir, or move that directory away yourself"
+            "only its own models",
+            fix="choose another out_dir, or move that directory away yourself",
         )
 
 

@@ -229,8 +229,8 @@ def load_dvae(model_dir: Path, num_audio_tokens: int | None = None):
     if num_audio_tokens is not None and kwargs["num_tokens"] > num_audio_tokens - 2:
         raise BadValue(
             f"{path} has {kwargs['num_tokens']} codes but the GPT in {Path(model_dir) / 'config.json'} has "
-            f"gpt_num_audio_tokens={num_audio_tokens} (codes + start + stop): they belong to different models; "
-            f"use the dvae.pth released with this model (or set gpt_num_audio_tokens={kwargs['num_tokens'] + 2})"
+            f"gpt_num_audio_tokens={num_audio_tokens} (codes + start + stop): they belong to different models",
+            fix=f"use the dvae.pth released with this model (or set gpt_num_audio_tokens={kwargs['num_tokens'] + 2})",
         )
     dvae = DiscreteVAE(**kwargs)
     # Not strict: extra (unused) keys are tolerated as in coqui's trainer; missing ones are not.

@@ -169,8 +169,8 @@ def load_adapter_weights(gpt: torch.nn.Module, weights: dict, where: str) -> Non
     if result.unexpected_keys or missing:
         raise BadValue(
             f"{where} does not fit this LoRA set-up (lora.* or the base model changed since it was saved): "
-            f"unexpected {', '.join(result.unexpected_keys[:3]) or 'none'}; missing {', '.join(missing[:3]) or 'none'}. "
-            "Resume with the run's own lora settings and base, or use another run_name."
+            f"unexpected {', '.join(result.unexpected_keys[:3]) or 'none'}; missing {', '.join(missing[:3]) or 'none'}",
+            fix="resume with the run's own lora settings and base, or use another run_name",
         )
 
 
@@ -245,5 +245,6 @@ def check_adapter_base(adapter_dir: Path, model_dir: Path) -> None:
     if digest.hexdigest() != expected["model_sha256"]:
         raise BadValue(
             f"adapter {adapter_dir} was trained on {expected.get('source')} (model.pth sha256 "
-            f"{expected['model_sha256'][:12]}…), not on {model_dir}: load it over that base"
+            f"{expected['model_sha256'][:12]}…), not on {model_dir}",
+            fix="load it over that base",
         )

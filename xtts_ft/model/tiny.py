@@ -40,7 +40,10 @@ def build_tokenizer(path: Path, vocab_size: int = 320) -> None:
 
     tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=ALPHABET)
+    # show_progress=False: tokenizers' own bar is written to fd 1 by Rust, around our console (blank lines in a pipe).
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=ALPHABET, show_progress=False
+    )
     tokenizer.train_from_iterator(BPE_TEXT, trainer=trainer)
     tokenizer.save(str(path))
 

@@ -90,8 +90,8 @@ class XttsTokenizer(VoiceBpeTokenizer):
             )
         if emotion is not None and emotion not in self.emotion_tokens:
             raise BadValue(
-                f"this model has no [{emotion}] emotion token; its emotion tokens: {', '.join(self.emotion_tokens) or 'none'} "
-                "(add some with `xtts-ft extend emotions=[...]`, or use an emotion preset of the export)"
+                f"this model has no [{emotion}] emotion token; its emotion tokens: {', '.join(self.emotion_tokens) or 'none'}",
+                fix="add some with `xtts-ft extend emotions=[...]`, or use an emotion preset of the export",
             )
         self.check_input_length(txt, lang)
         txt = self.preprocess_text(txt, lang)

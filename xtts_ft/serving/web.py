@@ -12,6 +12,7 @@ functions here, so importing this module (or the CLI) never needs it.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
@@ -31,6 +32,8 @@ MAX_UPLOAD_MB = 20.0
 REFERENCE_VOICE = "reference clip (upload)"  # the voice dropdown's entry for "use the upload"
 INSTALL_HINT = "the web demo needs gradio: pip install 'xtts-ft[web]'"
 
+log = logging.getLogger(__name__)
+
 
 def import_gradio():
     try:
@@ -38,6 +41,23 @@ def import_gradio():
     except ImportError as error:
         raise MissingPackage(INSTALL_HINT) from error
     return gradio
+
+
+def launch(app: "gr.Blocks", host: str, port: int, share: bool, **options) -> None:
+    """Serve the page (until Ctrl-C, unless `options` say otherwise), with our word on the console, not
+    gradio's: its start-up lines tell the user to "set `share=True` in `launch()`", a call they never
+    make. Gradio's quiet mode keeps them off; what is left of its own (the public URL of share=true, a
+    link it could not make) still prints. `options` go to gradio's launch (auth, max_file_size, ...)."""
+    # Hydra sets the root logger to INFO; gradio's start-up probes of its own server would each log a line.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    address = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    public = (
+        "share=true: gradio is asked for a temporary public *.gradio.live link (needs internet)"
+        if share
+        else "share=true adds a temporary public link, auth=user:password a login"
+    )
+    log.info(f"starting the page at {address} (Ctrl-C stops it); {public}")
+    app.launch(server_name=host, server_port=port, share=share, quiet=True, **options)
 
 
 def choices(synthesizer: "XttsSynthesizer") -> Dict[str, List[str]]:
@@ -115,8 +135,8 @@ def generate(
         raise error(str(exc.args[0] if exc.args else exc)) from exc
     # 16-bit PCM: what a browser plays everywhere, and gradio writes it without converting.
     pcm = (np.clip(result.wav, -1.0, 1.0) * 32767).astype(np.int16)
-    sentences = len(result.stopped)
-    cut = sentences - sum(result.stopped)
+    sentences = len(result.stopped_per_sentence)
+    cut = sentences - sum(result.stopped_per_sentence)
     stop = (
         "the GPT stopped by itself"
         if cut == 0

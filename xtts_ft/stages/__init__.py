@@ -18,5 +18,5 @@ def load(name: str) -> ModuleType:
     """The module of stage `name` (`train_gpt` or `train-gpt`)."""
     stage = name.replace("-", "_")
     if stage not in STAGES:
-        raise BadValue(f"unknown stage {name!r}; choose one of {', '.join(STAGES)}")
+        raise BadValue(f"unknown stage {name!r}", fix=f"choose one of {', '.join(STAGES)}")
     return importlib.import_module(f"xtts_ft.stages.{stage}")

@@ -14,6 +14,7 @@ and compared, and only then moved into place.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import List
 
@@ -28,9 +29,12 @@ from xtts_ft.model.export import (
     base_model_dir,
     check_listed,
     check_replaceable,
+    evaluated_metrics,
     export_record,
+    exported_checkpoint,
     load_trained_decoder,
     load_trained_gpt,
+    run_steps,
     trained_gpt_weights,
     verify_export,
     voice_latents,
@@ -39,6 +43,8 @@ from xtts_ft.model.export import (
 from xtts_ft.model.layout import EMOTIONS_FILE, SIDECAR
 from xtts_ft.model.loading import load_xtts
 from xtts_ft.train.export_source import training_source
+
+log = logging.getLogger(__name__)
 
 
 def training_state_path(cfg: DictConfig) -> Path:
@@ -62,7 +68,8 @@ def run(cfg: DictConfig) -> Path:
     decoder_state = training_source(cfg, decoder_path, "decoder")
     if state is None and decoder_state is None:
         raise MissingFile(
-            f"training state {gpt_path} does not exist (nor {decoder_path}); run `xtts-ft train-gpt` (and/or `xtts-ft train-decoder`) first"
+            f"training state {gpt_path} does not exist (nor {decoder_path})",
+            fix="run `xtts-ft train-gpt` (and/or `xtts-ft train-decoder`) first",
         )
     base_dir = base_model_dir(state, decoder_state, gpt_path, decoder_path)
     config, xtts = load_xtts(base_dir, "cpu", for_inference=False)
@@ -91,12 +98,18 @@ def run(cfg: DictConfig) -> Path:
             weights_dtype="float16" if cfg.half else "float32",
             safetensors=bool(cfg.safetensors),
         )
+        if cfg.metrics:  # an evaluation of this very model, recorded by name (evaluate itself writes no card)
+            sidecar["metrics"] = evaluated_metrics(Path(cfg.metrics), sidecar["files"]["model.pth"])
+        if state:  # which step went out, and why (the card says it)
+            sidecar["training"]["checkpoint"] = exported_checkpoint(
+                state, str(cfg.checkpoint), run_steps(gpt_path.parent)
+            )
         if adapter:
             sidecar["adapter"] = adapter_record(state, sidecar["base_model"])
         write_json(tmp / SIDECAR, sidecar)
         write_text(tmp / "README.md", model_card(sidecar))
         check_listed(tmp)
-    print(f"exported {out} ({(out / 'model.pth').stat().st_size / 2**20:.1f} MiB model.pth)")
+    log.info(f"exported {out} ({(out / 'model.pth').stat().st_size / 2**20:.1f} MiB model.pth)")
     return out
 
 

@@ -1,5 +1,5 @@
 """Stage `extend`: a base model + a prepared corpus → an extended base that knows new languages
-and emotion tokens, in the stock layout, ready for `train-gpt model.source=<it>`.
+and emotion tokens, in the stock layout, ready for `train-gpt model=extended`.
 
 What it does, in the order a person would do it by hand (and what breaks when a step is missed):
 1. trains a BPE on the new language's cleaned manifest text and merges it into vocab.json:
@@ -22,6 +22,7 @@ has one); a language without a registered cleaner gets the basic one, and the re
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Dict, List
@@ -42,6 +43,8 @@ from xtts_ft.model.extension import (
 from xtts_ft.model.layout import SIDECAR, STOCK_FILES, read_sidecar
 from xtts_ft.model.loading import resolve_model_cfg
 
+log = logging.getLogger(__name__)
+
 
 def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.out_dir)
@@ -58,10 +61,22 @@ def corpus_texts(cfg: DictConfig) -> Dict[str, List[str]]:
     for split in ("train", "eval"):
         path = data_dir / f"{split}.jsonl"
         if not path.is_file():
-            raise MissingFile(f"{path} does not exist: run `xtts-ft prepare data={cfg.data.name}` first")
+            raise MissingFile(f"{path} does not exist", fix=f"run `xtts-ft prepare data={cfg.data.name}` first")
         for sample in read_manifest(path):
             texts.setdefault(base_language(sample.language), []).append(sample.text)
     return texts
+
+
+def training_command(cfg: DictConfig, out: Path) -> str:
+    """How to train on the extended base, as the README and docs/extend.md teach it: `model=extended`
+    (conf/model/extended.yaml: <paths.models_dir>/<data.name>-extended), with what this run moved."""
+    from xtts_ft.config import default_paths
+
+    command = f"xtts-ft train-gpt data={cfg.data.name} model=extended"
+    models_dir = str(cfg.paths.models_dir)
+    if out != Path(models_dir) / f"{cfg.data.name}-extended":  # out_dir= put it elsewhere
+        return f"{command} model.source={out}"
+    return command + (f" paths.models_dir={models_dir}" if models_dir != default_paths().models_dir else "")
 
 
 def run(cfg: DictConfig) -> Path:
@@ -100,8 +115,8 @@ def run(cfg: DictConfig) -> Path:
         write_json(tmp / "vocab.json", vocab_json)
         write_json(tmp / "config.json", config)
         write_json(tmp / SIDECAR, sidecar)
-    print(
+    log.info(
         f"extended {base_dir} → {out}: +{len(added)} text tokens ({', '.join(new_languages) or 'no new language'}; "
-        f"emotions: {', '.join(emotions) or 'none'}); train with model.source={out} model.build_tiny=false"
+        f"emotions: {', '.join(emotions) or 'none'}); train on it: {training_command(cfg, out)}"
     )
     return out

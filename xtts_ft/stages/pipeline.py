@@ -11,7 +11,7 @@ are where the stages really wrote.
 
 from __future__ import annotations
 
-import json
+import logging
 import shlex
 import time
 from pathlib import Path
@@ -20,7 +20,9 @@ from typing import List
 from omegaconf import DictConfig, OmegaConf
 
 from xtts_ft import stages
-from xtts_ft.recipe_plan import load_recipe, output_locations, plan, recipe_path
+from xtts_ft.recipe_plan import load_recipe, output_locations, plan, recipe_path, stage_heading
+
+log = logging.getLogger(__name__)
 
 
 def show(cfg: DictConfig, resolve: bool = False) -> str:
@@ -46,6 +48,16 @@ def stage_done(module, cfg: DictConfig) -> bool:
     return all(Path(p).exists() for p in module.outputs(cfg))
 
 
+def summary(report: List[dict]) -> str:
+    """The run in one line: each stage that ran and its time, then those done already."""
+    ran = [f"{s['stage']} {s['seconds']:.1f} s" for s in report if not s["skipped"]]
+    done = [s["stage"] for s in report if s["skipped"]]
+    if not ran:
+        return f"── nothing to run: {', '.join(done)} done already (force=true re-runs them)"
+    line = f"── finished in {sum(s['seconds'] for s in report if not s['skipped']):.1f} s: {', '.join(ran)}"
+    return line + (f" (done already: {', '.join(done)})" if done else "")
+
+
 def run(cfg: DictConfig) -> List[dict]:
     recipe = load_recipe(cfg.recipe)
     planned = plan(cfg)
@@ -54,17 +66,19 @@ def run(cfg: DictConfig) -> List[dict]:
     for stage, _, stage_cfg in planned:
         module = stages.load(stage)
         if not cfg.force and not upstream_ran and stage_done(module, stage_cfg):
-            print(f"── {stage}: done already, skipping (force=true re-runs it)")
+            log.info(f"── {stage}: done already, skipping (force=true re-runs it)")
             report.append({"stage": stage, "skipped": True})
             continue
-        print(f"── {stage}")
+        log.info(stage_heading(stage, upstream_ran, lambda: stage_done(module, stage_cfg)))
         started = time.perf_counter()
         module.run(stage_cfg)
-        upstream_ran = True
+        upstream_ran = upstream_ran or stage  # the first stage that ran: what made the later ones stale
         report.append({"stage": stage, "skipped": False, "seconds": round(time.perf_counter() - started, 1)})
-    print("pipeline:", json.dumps(report))
+    log.info(summary(report))
     if recipe.get("outputs"):
-        print("\noutputs:")
-        for what, where in output_locations(recipe["outputs"], planned).items():
-            print(f"  {what}:\n    {where}")
+        lines = [f"  {what}:\n    {where}" for what, where in output_locations(recipe["outputs"], planned).items()]
+        log.info("\n".join(["outputs:", *lines]))
+    if recipe.get("next"):  # what to do with the outputs: commands, their paths where the stages wrote
+        steps = [f"  {what}:\n    {command}" for what, command in output_locations(recipe["next"], planned).items()]
+        log.info("\n".join(["next:", *steps]))
     return report

@@ -10,7 +10,9 @@ xtts_ft.evaluation.transcripts validates its transcripts when asked).
 The output directory is built aside (`.<name>.partial`) and moved into place at the end, so
 an interrupted run never leaves a dataset that looks complete; the next run on the same
 inputs continues from the clips already done. A run whose corpus and settings have not changed
-since the last one (`input_key` in stats.json, xtts_ft.data.prepared) does nothing.
+since the last one (`input_key` in stats.json, xtts_ft.data.prepared) does nothing; one that
+rebuilds says why in one line (each changed setting old → new, the corpus, the vocabulary), and the
+dataset it replaces stays in place until the new one is complete.
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ from omegaconf import DictConfig
 from xtts_ft.config import to_container
 from xtts_ft.data.clips import remove_bookkeeping
 from xtts_ft.data.dataset import Drops, check_and_process, kept_samples, write_dataset
-from xtts_ft.data.prepared import check_output_dir, input_key, outputs_of, up_to_date
-from xtts_ft.data.records import check_languages, read_records
+from xtts_ft.data.prepared import check_output_dir, dataset_inputs, input_key, outputs_of, rebuild_reason, up_to_date
+from xtts_ft.data.records import check_languages, on_disk, read_records
 from xtts_ft.errors import ConfigValueError
 from xtts_ft.evaluation.asr import transcribe_words
 from xtts_ft.evaluation.transcripts import validate_transcripts
 from xtts_ft.evaluation.validation import check_settings
-from xtts_ft.io_utils import resumable_dir
+from xtts_ft.io_utils import check_free_space, files_bytes, resumable_dir
 from xtts_ft.model.constants import GPT_SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -60,14 +62,21 @@ def run(cfg: DictConfig) -> Path:
     tokenizer = load_tokenizer(vocab)
     check_languages(cfg, tokenizer)
     records = read_records(cfg, transcribe_words)
-    key = input_key(to_container(cfg), records, vocab)
+    inputs = dataset_inputs(to_container(cfg), records, vocab)
+    key = inputs["key"]
     if not cfg.force and up_to_date(out, key):
-        print(f"{out} is up to date: same corpus, same settings (force=true rebuilds it)")
+        log.info(f"{out} is up to date: same corpus, same settings (force=true rebuilds it)")
         return out
 
+    reason = rebuild_reason(out, inputs, to_container(cfg), cfg.force)
+    if reason:  # never silently: a pipeline's prepare with other settings replaces the user's own dataset
+        log.info("prepare: rebuilding %s — %s", out, reason)
     if cfg.validate_transcripts:
         check_settings(cfg)  # a bad setting fails before any audio work
     check_sample_rate(cfg)
+    # It writes at least the source audio's bytes (twice with decoder_copies): a full disk foreseen, not met halfway.
+    sources = [on_disk(Path(str(r[-1]["audio"]))) for r in records if r[-1].get("audio")]
+    check_free_space(out.parent, files_bytes(sources) * (2 if cfg.decoder_copies else 1), "prepare")
     drop = Drops()
     # Built aside; an interrupted run's clips are kept there and reused by the next run on the
     # same inputs (any change to them starts afresh). `out` only ever holds a finished dataset.
@@ -78,9 +87,9 @@ def run(cfg: DictConfig) -> Path:
         if validation and cfg.transcript_action == "drop":
             kept = [s for s in kept if not s.extra.get("transcript_mismatch")]
         dropped = drop.in_order()
-        train, evaluation = write_dataset(tmp, kept, dropped, validation, key, cfg, to_container(cfg))
+        train, evaluation = write_dataset(tmp, kept, dropped, validation, key, cfg, to_container(cfg), inputs)
         remove_bookkeeping(tmp)
-    print(f"prepared {len(train)} train + {len(evaluation)} eval clips, dropped {len(dropped)} → {out}")
+    log.info(f"prepared {len(train)} train + {len(evaluation)} eval clips, dropped {len(dropped)} → {out}")
     return out
 
 

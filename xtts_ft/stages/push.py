@@ -1,5 +1,11 @@
 """Stage `push`: an export → a Hugging Face Hub model repo, with its generated model card.
 
+What goes is the export's public view (xtts_ft.model.public): the model card and xtts_ft.json
+written again with the base named by its Hub id (or by name, with a note) and the corpus by name,
+and no path of this machine in any file — checked on every file sent, a push that would publish
+one is refused. An `adapter=true` export sends its LoRA adapter alone (`adapter_only`, by default
+when its base is on the Hub), with a card that shows how to load base + adapter.
+
 The token comes from huggingface_hub's usual places (HF_TOKEN, `hf auth login`); it is never
 printed or logged, and never sent over plain http (except to this machine). `dry_run=true` lists
 exactly the files and the card that would be sent, and what the repo's visibility will be.
@@ -7,6 +13,7 @@ exactly the files and the card that would be sent, and what the repo's visibilit
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -15,6 +22,9 @@ from omegaconf import DictConfig
 from xtts_ft.errors import MissingFile, RunRefused
 from xtts_ft.model.layout import EXPORT_FILES, STOCK_FILES, check_layout
 from xtts_ft.model.loading import hub_endpoint
+from xtts_ft.model.publish import public_payload, size_mib
+
+log = logging.getLogger(__name__)
 
 
 def outputs(cfg: DictConfig) -> List[Path]:
@@ -24,7 +34,7 @@ def outputs(cfg: DictConfig) -> List[Path]:
 def files_to_send(export_dir: Path) -> List[Path]:
     check_layout(export_dir, required=STOCK_FILES)
     if not (export_dir / "README.md").is_file():
-        raise MissingFile(f"{export_dir} has no README.md model card; export it with `xtts-ft export` first")
+        raise MissingFile(f"{export_dir} has no README.md model card", fix="export it with `xtts-ft export` first")
     return [export_dir / name for name in EXPORT_FILES if (export_dir / name).is_file()]
 
 
@@ -78,13 +88,16 @@ def visibility(api, cfg: DictConfig) -> Tuple[str, Optional[str]]:
 def run(cfg: DictConfig) -> List[Path]:
     export_dir = Path(cfg.export_dir)
     if not export_dir.is_dir():
-        raise MissingFile(f"export {export_dir} does not exist; run `xtts-ft export run_name=...` first")
-    files = files_to_send(export_dir)
+        raise MissingFile(f"export {export_dir} does not exist", fix="run `xtts-ft export run_name=...` first")
+    payload, what = public_payload(export_dir, files_to_send(export_dir), cfg.repo_id, cfg.adapter_only)
+    files = [export_dir / name for name in payload]
     endpoint = hub_endpoint(cfg.endpoint)
     where = f"{endpoint}/{cfg.repo_id}"
-    listing = "\n".join(f"  {f.name:<20} {f.stat().st_size / 2**20:10.1f} MiB" for f in files)
+    listing = (f"  sending {what}\n" if what else "") + "\n".join(
+        f"  {name:<26} {size_mib(content):10.1f} MiB" for name, content in payload.items()
+    )
 
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     api = HfApi(endpoint=endpoint)
     try:
@@ -97,11 +110,11 @@ def run(cfg: DictConfig) -> List[Path]:
             None,
         )
     if cfg.dry_run:
-        card = (export_dir / "README.md").read_text(encoding="utf-8")
-        print(f"dry run: would push to {where} ({repo}, branch {cfg.revision or 'main'}):\n{listing}")
+        card = payload["README.md"].decode() if isinstance(payload.get("README.md"), bytes) else ""
+        log.info(f"dry run: would push to {where} ({repo}, branch {cfg.revision or 'main'}):\n{listing}")
         if refusal:
-            print(f"but the push would be refused: {refusal}")
-        print(f"\n--- README.md (model card) ---\n{card}")
+            log.info(f"but the push would be refused: {refusal}")
+        log.info(f"\n--- README.md (model card) ---\n{card}")
         return files
     if refusal:
         raise RunRefused(refusal)
@@ -109,17 +122,19 @@ def run(cfg: DictConfig) -> List[Path]:
         api.create_repo(cfg.repo_id, repo_type="model", private=cfg.private, exist_ok=True)
         if cfg.revision:
             api.create_branch(cfg.repo_id, branch=cfg.revision, repo_type="model", exist_ok=True)
-        commit = api.upload_folder(
+        commit = api.create_commit(
             repo_id=cfg.repo_id,
-            folder_path=str(export_dir),
+            operations=[
+                CommitOperationAdd(name, content if isinstance(content, bytes) else str(content))
+                for name, content in payload.items()
+            ],
             repo_type="model",
             revision=cfg.revision,
             commit_message=cfg.commit_message,
-            allow_patterns=[f.name for f in files],
         )
     except network_errors() as err:  # offline, no token, no rights: one clear message, never the token
         raise hub_failure(where, err) from None
-    print(
+    log.info(
         f"pushed {len(files)} files to {where} ({repo}):\n{listing}\ncommit: {getattr(commit, 'commit_url', commit)}"
     )
     return files

@@ -9,13 +9,12 @@ importing this module (or the CLI) never needs it.
 
 from __future__ import annotations
 
-import logging
 from typing import Optional, Tuple
 
 from omegaconf import DictConfig
 
 from xtts_ft.errors import BadValue
-from xtts_ft.serving.web import build_app, import_gradio
+from xtts_ft.serving.web import build_app, import_gradio, launch
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -51,14 +50,6 @@ def run(cfg: DictConfig) -> None:
         max_reference_seconds=cfg.max_reference_seconds,
     )
     app = build_app(synthesizer, max_text_chars=cfg.max_text_chars, max_upload_mb=cfg.max_upload_mb)
-    # Hydra sets the root logger to INFO; gradio's start-up probes of its own server would each log a line.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    # Blocks until Ctrl-C. share=true asks gradio for a temporary public *.gradio.live link (needs internet).
+    # Blocks until Ctrl-C; says where, in our words (gradio's own start-up lines name its `share=True`).
     # max_file_size: gradio refuses a larger upload before storing it.
-    app.launch(
-        server_name=cfg.host,
-        server_port=cfg.port,
-        share=cfg.share,
-        auth=auth,
-        max_file_size=int(cfg.max_upload_mb * 2**20),
-    )
+    launch(app, cfg.host, cfg.port, cfg.share, auth=auth, max_file_size=int(cfg.max_upload_mb * 2**20))

@@ -35,10 +35,12 @@ def cached_features(
     compute: Callable[[Path], Any],
     desc: str = "caching features",
     inputs: Optional[Sequence[str]] = None,
+    save: bool = True,
 ) -> tuple[List[Any], int]:
     """One value (a tensor or a dict of tensors) per clip, from the cache where valid; returns
     (values, how many were computed). `inputs`, one string per clip, names whatever else a clip's
-    value depends on (e.g. its reference clip and text): an entry is recomputed when it changes."""
+    value depends on (e.g. its reference clip and text): an entry is recomputed when it changes.
+    save=False: what was computed stays in memory (a training rank other than 0 never writes)."""
     cache_path = Path(cache_path)
     entries: Dict[str, dict] = {}
     if cache_path.is_file():
@@ -67,9 +69,31 @@ def cached_features(
             computed += 1
         fresh[key] = entry
         tensors.append(entry["value"])
-    if computed or set(fresh) != set(entries):
+    if save and (computed or set(fresh) != set(entries)):
         torch_save({"model_hash": model_hash, "entries": fresh}, cache_path)
     return tensors, computed
+
+
+def cached_features_on_ranks(
+    runtime: "Runtime",
+    cache_path: Path,
+    model_hash: str,
+    clips: Sequence[Path],
+    compute: Callable[[Path], Any],
+    desc: str,
+    inputs: Optional[Sequence[str]] = None,
+) -> tuple[List[Any], int]:
+    """`cached_features` in a distributed run: global rank 0 fills the cache first, the other ranks
+    then read it. Only rank 0 writes it: a rank that finds an entry stale or missing (on a node whose
+    copy of the dataset differs) computes it for itself and leaves the file alone, so no other rank
+    (a second node's local rank 0 included) writes beside rank 0 or over it."""
+    computed = 0
+    if runtime.is_main:
+        values, computed = cached_features(cache_path, model_hash, clips, compute, desc, inputs)
+    runtime.barrier()
+    if not runtime.is_main:
+        values, _ = cached_features(cache_path, model_hash, clips, compute, desc, inputs, save=False)
+    return values, computed
 
 
 def attach_codes(
@@ -83,10 +107,5 @@ def attach_codes(
         wav = torch.from_numpy(load_audio(clip, GPT_SAMPLE_RATE)).unsqueeze(0).to(device)
         return features.audio_codes(wav).squeeze(0).to(torch.int16).cpu()
 
-    computed = 0
-    if runtime.is_main:
-        codes, computed = cached_features(cache_path, dvae_hash, [i.audio for i in items], compute, desc)
-    runtime.barrier()
-    if not runtime.is_main:
-        codes, _ = cached_features(cache_path, dvae_hash, [i.audio for i in items], compute, desc)
+    codes, computed = cached_features_on_ranks(runtime, cache_path, dvae_hash, [i.audio for i in items], compute, desc)
     return [item.with_codes(c) for item, c in zip(items, codes)], computed

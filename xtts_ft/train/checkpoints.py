@@ -8,15 +8,27 @@ weights, `format_version`, `step`, `base_model_dir` and `base_model_hash` (model
 the run's resolved `config`, `data_stats`, the metric where known and, for the decoder, which GPT
 it voiced (`gpt`: source and hash), so that export needs nothing but the checkpoint. Files from
 before (no `format_version`, "version 1") still load; a newer version is refused by name.
+
+The state it replaces is kept beside the newest, as state.prev.pt (rotated atomically: at every
+moment state.pt and state.prev.pt are each a complete state), so a newest state that cannot be
+read (a CRC error, a truncated copy) costs the steps since the previous save, not the run. At
+rest that is two states on disk, and three while one is written (the new one is complete before
+the older is let go); `check_run_space` warns before the first step when they, the kept
+checkpoints and an export will not fit.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 from pathlib import Path
+from typing import Iterable, Optional
 
-from xtts_ft.errors import BadValue
-from xtts_ft.io_utils import torch_save
+from xtts_ft.errors import BadValue, DiskFull
+from xtts_ft.io_utils import check_free_space, disk_full_error, files_bytes, human_bytes, tensor_bytes, torch_save
 
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 
 
@@ -34,11 +46,38 @@ def check_format(payload: dict, path: Path) -> None:
         )
 
 
-def load_state(state_path: Path, part: str) -> dict:
-    """The training state to resume (`part`: gpt | decoder, what its checkpoints hold). A corrupt or
-    truncated state is named, with what can still be saved: the checkpoints hold the weights (and
-    what an export records) but no optimizer, scheduler, RNG or sampler position, so resuming from
-    one would not continue this run: it is offered for export instead of pretending."""
+def previous_path(state_path: Path) -> Path:
+    """Where the state before the newest is kept: state.prev.pt beside state.pt."""
+    return Path(state_path).with_name(f"{Path(state_path).stem}.prev.pt")
+
+
+def save_state(state: dict, state_path: Path) -> None:
+    """state.pt, written atomically; the state it replaces becomes state.prev.pt only once the new
+    one is complete on disk (a hard link, then renames: no moment without either)."""
+    state_path = Path(state_path)
+    previous = previous_path(state_path)
+
+    def keep_the_replaced_state() -> None:
+        if state_path.is_file():
+            link_atomically(state_path, previous)
+
+    torch_save(state, state_path, before_replace=keep_the_replaced_state)
+
+
+def link_atomically(source: Path, target: Path) -> None:
+    """`target` becomes a second name of `source`'s bytes (a hard link: no copy), replacing what it
+    was in one rename; a copy on a file system without hard links."""
+    link = target.with_name(f".{target.name}.link")
+    link.unlink(missing_ok=True)
+    try:
+        os.link(source, link)
+    except OSError:
+        shutil.copyfile(source, link)
+    os.replace(link, target)
+
+
+def read_state(state_path: Path) -> dict:
+    """A training state, every tensor's CRC checked; BadValue naming the file when it cannot be read."""
     from pickle import UnpicklingError
 
     import torch
@@ -49,12 +88,54 @@ def load_state(state_path: Path, part: str) -> dict:
         check_weights_file(state_path)  # every tensor's CRC: a truncated or altered file fails here
         state = torch.load(state_path, map_location="cpu", weights_only=True)
     except ValueError as err:  # check_weights_file's message names the file and the fault
-        problem = str(err)
+        raise BadValue(str(err)) from None
     except (RuntimeError, EOFError, UnpicklingError) as err:
-        problem = f"{state_path} cannot be read as a training state ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-    else:
-        check_format(state, state_path)
-        return state
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise BadValue(f"{state_path} cannot be read as a training state ({type(err).__name__}: {first})") from None
+    check_format(state, state_path)
+    return state
+
+
+def load_state(state_path: Path, part: str) -> dict:
+    """The training state to resume (`part`: gpt | decoder, what its checkpoints hold).
+
+    A newest state that cannot be read falls back to the previous one (state.prev.pt), said in one
+    line: the run continues exactly from that step. The unreadable file is kept aside
+    (state.unreadable.pt) and the previous one becomes state.pt, so the next save rotates good
+    states only. With neither readable, the error says what can still be saved: the checkpoints
+    hold the weights (and what an export records) but no optimizer, scheduler, RNG or sampler
+    position, so resuming from one would not continue this run: it is offered for export instead.
+    """
+    state_path = Path(state_path)
+    try:
+        return read_state(state_path)
+    except NewerFormatError:
+        raise
+    except BadValue as err:
+        problem = str(err)
+    previous = previous_path(state_path)
+    if previous.is_file():
+        try:
+            state = read_state(previous)
+        except NewerFormatError:
+            raise
+        except BadValue:
+            problem += f"; the previous state {previous} cannot be read either"
+        else:
+            # The previous state becomes the newest (the next save keeps it as previous); at no moment is
+            # there no state.pt, and the unreadable bytes stay for a look.
+            aside = state_path.with_name(f"{state_path.stem}.unreadable.pt")
+            link_atomically(state_path, aside)
+            link_atomically(previous, state_path)
+            log.warning(
+                "%s; resuming from the previous state, step %d (%s); the unreadable file is kept as %s (%s: delete it)",
+                problem,
+                state["step"],
+                previous,
+                aside,
+                human_bytes(aside.stat().st_size),
+            )
+            return state
     raise BadValue(f"{problem}. {salvage(state_path.parent, part)}")
 
 
@@ -86,7 +167,8 @@ def check_sampler_key(state_path: Path, saved: dict, current: dict) -> None:
         raise BadValue(
             f"{state_path} was trained with another data path ("
             + "; ".join(f"{k}: {old} → {new}" for k, (old, new) in changed.items())
-            + "): its sampler position means nothing here. Use another run_name, or delete the run to start over."
+            + "): its sampler position means nothing here",
+            fix="use another run_name, or delete the run to start over",
         )
 
 
@@ -95,3 +177,75 @@ def save_checkpoint(checkpoints: Path, step: int, payload: dict, keep_last: int)
     torch_save(payload, checkpoints / f"step_{step:08d}.pt")
     for old in sorted(checkpoints.glob("step_*.pt"))[: -keep_last or None]:
         old.unlink()
+
+
+def state_step(state_path: Path) -> Optional[int]:
+    """The step of the newest readable state (state.pt, else state.prev.pt), read without loading its
+    tensors; None when there is none."""
+    import torch
+
+    for path in (Path(state_path), previous_path(state_path)):
+        try:
+            return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+        except Exception:  # missing or unreadable: the next one, then none
+            continue
+    return None
+
+
+RESUME_FIX = "free space on that disk, or move paths.runs_dir (with this run in it) to a disk with room; then run the same command to resume"
+
+
+def disk_full_in_run(error: Exception, out: Path) -> DiskFull:
+    """A full disk during a training run (a `DiskFull`, or the system's ENOSPC from a writer of its
+    own), in one line: the file, the space it needed and the space free, which state is intact
+    (its step), and how to resume."""
+    state_path = Path(out) / "state.pt"
+    step = state_step(state_path)
+    intact = (
+        f"the last state, step {step} ({state_path}), is intact"
+        if step is not None
+        else "no training state was saved yet: the run starts again from step 0"
+    )
+    path = Path(getattr(error, "path", None) or getattr(error, "filename", None) or out)
+    in_run = Path(out).resolve() in path.resolve().parents or path.resolve() == Path(out).resolve()
+    fix = RESUME_FIX if in_run else "free space on that disk; then run the same command to resume"
+    return disk_full_error(path, getattr(error, "need_bytes", None), intact=intact, fix=fix)
+
+
+def moments_bytes(optimizers: Iterable) -> int:
+    """What AdamW keeps per trainable parameter once it has stepped: two moments of its size."""
+    total = 0
+    for optimizer in optimizers:
+        for group in [] if optimizer is None else optimizer.param_groups:
+            total += sum(2 * p.numel() * p.element_size() for p in group["params"] if p.requires_grad)
+    return total
+
+
+def device_of(path: Path) -> int:
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return os.stat(path).st_dev
+
+
+def check_run_space(out: Path, cfg, weights: list, optimizers: Iterable, model_dir: Path) -> bool:
+    """Before the first step: warn (one line) when what the run will write does not fit in the space
+    free: state.pt and state.prev.pt (three states while one is written), the kept step checkpoints
+    (keep_last, one more while the oldest is let go) and best.pt, then an export in paths.exports_dir.
+    `weights`: the tensors a state holds, what a checkpoint holds first; `optimizers`: AdamW's."""
+    out, export_dir = Path(out), Path(cfg.paths.exports_dir)
+    checkpoint = tensor_bytes(weights[0])
+    state = sum(tensor_bytes(w) for w in weights) + moments_bytes(optimizers)
+    kept = cfg.keep_last or max(cfg.max_steps // max(cfg.save_every, 1), 1)
+    present = files_bytes([out / "state.pt", previous_path(out / "state.pt"), *(out / "checkpoints").glob("*.pt")])
+    run_need = max(3 * state + (kept + 2) * checkpoint - present, 0)
+    export = files_bytes(p for p in Path(model_dir).iterdir() if p.is_file())
+    what = (
+        f"this run (state.pt + state.prev.pt, three while one is saved, of {human_bytes(state)} each; "
+        f"{kept} step checkpoints + best.pt of {human_bytes(checkpoint)} each"
+    )
+    fix = "free space, lower keep_last, or move paths.runs_dir (and paths.exports_dir) to a disk with room"
+    if device_of(out) == device_of(export_dir):
+        return check_free_space(out, run_need + export, f"{what}; an export of {human_bytes(export)})", fix)
+    fits = check_free_space(out, run_need, f"{what})", fix)
+    return check_free_space(export_dir, export, f"its export ({human_bytes(export)})", fix) and fits

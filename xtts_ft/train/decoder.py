@@ -62,8 +62,9 @@ from xtts_ft.model.features import GptFeatures
 from xtts_ft.model.loading import load_dvae, load_xtts, resolve_model_cfg
 from xtts_ft.train import checkpoints as ckpt
 from xtts_ft.train import runtime as rt
-from xtts_ft.train.cache import attach_codes, cached_features
+from xtts_ft.train.cache import attach_codes, cached_features_on_ranks
 from xtts_ft.train.logs import mel_image, summary_writer
+from xtts_ft.train.preemption import stop_if_asked
 from xtts_ft.train.rundir import check_fresh, is_done, manifest_hash, start_run_dir
 from xtts_ft.train.steps import check_diverged, mean_over_ranks, position_rng
 
@@ -101,7 +102,7 @@ def gpt_weights(cfg: DictConfig) -> tuple[str, Optional[dict]]:
     if not path.is_file():
         if choice == "auto":
             return "base", None
-        raise MissingFile(f"gpt={choice}: no such train-gpt state or checkpoint (use auto, base or a path)")
+        raise MissingFile(f"gpt={choice}: no such train-gpt state or checkpoint", fix="gpt=auto, base or a path")
     state = torch.load(
         path, map_location="cpu", weights_only=True, mmap=True
     )  # mmap: the optimizer state is never read
@@ -118,13 +119,15 @@ def target_paths(manifest: Path) -> dict:
         if "audio_24k" not in sample.extra:
             raise BadValue(
                 f"{manifest} has no 24 kHz copies (sample {sample.audio}): the decoder trains on audio at its "
-                "output rate. Prepare the data again with decoder_copies=true."
+                "output rate",
+                fix="prepare the data again with decoder_copies=true",
             )
         target = sample.extra["audio_24k"]
         if not isinstance(target, str) or not stays_inside(target):
             raise BadValue(
                 f"{manifest}: audio_24k {target!r} of {sample.audio} is not inside the manifest's folder; "
-                "manifest rows name their clips relative to it: prepare the data again with decoder_copies=true"
+                "manifest rows name their clips relative to it",
+                fix="prepare the data again with decoder_copies=true",
             )
         targets[resolve_audio(manifest, sample)] = (manifest.parent / target).resolve()
     return targets
@@ -158,13 +161,7 @@ def attach_latents(
 
     inputs = [describe(item, ref) for item, ref in zip(items, references)]
     clips = [item.audio for item in items]
-    computed = 0
-    if runtime.is_main:
-        values, computed = cached_features(cache_path, model_hash, clips, compute, desc, inputs)
-    runtime.barrier()
-    if not runtime.is_main:
-        values, _ = cached_features(cache_path, model_hash, clips, compute, desc, inputs)
-    return values, computed
+    return cached_features_on_ranks(runtime, cache_path, model_hash, clips, compute, desc, inputs)
 
 
 def build_items(gpt_items: List[GptItem], values: List[dict], targets: dict, min_frames: int, decoder):
@@ -175,7 +172,8 @@ def build_items(gpt_items: List[GptItem], values: List[dict], targets: dict, min
         info = sf.info(str(target))
         if info.samplerate != DECODER_SAMPLE_RATE:
             raise BadValue(
-                f"{target} is at {info.samplerate} Hz; decoder targets must be {DECODER_SAMPLE_RATE} Hz (run prepare again)"
+                f"{target} is at {info.samplerate} Hz; decoder targets must be {DECODER_SAMPLE_RATE} Hz",
+                fix="run prepare again",
             )
         frames = decoder_frames(decoder, value["latents"].shape[0])
         if frames < min_frames:
@@ -270,7 +268,8 @@ def segment_frames(cfg: DictConfig) -> int:
     """The training segment in decoder frames, refused where the hop or the spectral losses cannot use it."""
     if cfg.segment_samples <= 0 or cfg.segment_samples % DECODER_HOP:
         raise BadValue(
-            f"segment_samples={cfg.segment_samples}: use a positive multiple of the decoder's hop ({DECODER_HOP})"
+            f"segment_samples={cfg.segment_samples} is not a positive multiple of the decoder's hop ({DECODER_HOP})",
+            fix=f"segment_samples=<a multiple of {DECODER_HOP}>",
         )
     # torch.stft's reflect padding (n_fft/2 each side) needs a longer signal than that.
     loss_config = vocoder_loss_config(
@@ -393,7 +392,7 @@ class DecoderRecipe:
             splits[split], skipped, computed = kept, skipped + dropped + short, computed + n
         self.train_items, self.eval_items = splits["train"], splits["eval"][: cfg.eval_clips]
         if computed:
-            print(
+            log.info(
                 f"computed decoder latents for {computed} clip(s) in {time.perf_counter() - started:.1f} s (cached in {data_dir})"
             )
         if skipped and runtime.is_main:
@@ -441,7 +440,8 @@ class DecoderRecipe:
         ckpt.check_sampler_key(state_path, state.get("sampler", {}), self.sampler_key)
         if (state["discriminator"] is not None) != (self.discriminator is not None):
             raise BadValue(
-                f"{state_path} was trained with adversarial={not cfg.adversarial}; resume it the same way or use another run_name"
+                f"{state_path} was trained with adversarial={not cfg.adversarial}",
+                fix=f"resume it with adversarial={not cfg.adversarial}, or use another run_name",
             )
         self.generator.load_state_dict(state["decoder"])
         self.opt_gen.load_state_dict(state["opt_gen"])
@@ -463,7 +463,7 @@ class DecoderRecipe:
                 self.gpt_source,
             )
         if self.runtime.is_main:
-            print(f"resuming {state_path} at step {self.step}")
+            log.info(f"resuming {state_path} at step {self.step}")
 
     def train(self) -> Path:
         """The loop: an eval of the decoder as it was, then one optimizer step per sampler step,
@@ -471,6 +471,9 @@ class DecoderRecipe:
         cfg, runtime = self.cfg, self.runtime
         self.data_stats = start_run_dir(cfg, self.out, self.data_dir, runtime.is_main)
         self.writer = summary_writer(self.out, self.step) if runtime.is_main else None
+        if runtime.is_main:  # warns if what the run will write does not fit
+            weights = [self.generator.state_dict(), self.discriminator.state_dict() if self.discriminator else {}]
+            ckpt.check_run_space(self.out, cfg, weights, [self.opt_gen, self.opt_disc], self.model_dir)
         evals = runtime.is_main and bool(self.eval_items) and cfg.eval_every > 0
         if evals and self.step == 0:
             self.evaluate()  # the decoder before fine-tuning: the baseline the eval loss must beat
@@ -479,6 +482,7 @@ class DecoderRecipe:
             total=cfg.max_steps, initial=self.step, desc="train-decoder", unit="step", disable=not runtime.is_main
         )
         while self.step < cfg.max_steps:
+            stop_if_asked(runtime, self.step, self.save_state, self.out)  # SIGTERM/SIGUSR1: save, stop
             step_started = time.perf_counter()
             plan = next(steps)
             losses, grad_norm, disc_norm = self.train_step(plan)
@@ -501,7 +505,7 @@ class DecoderRecipe:
             self.save_state()
         runtime.barrier()
         if runtime.is_main:
-            print(
+            log.info(
                 f"trained the decoder for {self.step} steps → {self.state_path} (TensorBoard: {self.out / 'tensorboard'})"
             )
         return self.state_path
@@ -679,7 +683,7 @@ class DecoderRecipe:
             "best_eval_loss": self.best_score,
             **self.description(),
         }
-        torch_save(state, self.state_path)
+        ckpt.save_state(state, self.state_path)  # the state it replaces kept as state.prev.pt
         ckpt.save_checkpoint(
             self.checkpoints, self.step, {"decoder": weights, **self.description()}, self.cfg.keep_last
         )

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def load_training_state(path: Path) -> dict:
     """A training state or checkpoint, refused by name when unreadable or of a newer format."""
     if not path.is_file():
-        raise MissingFile(f"training state {path} does not exist; run `xtts-ft train-gpt` first")
+        raise MissingFile(f"training state {path} does not exist", fix="run `xtts-ft train-gpt` first")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -44,12 +44,14 @@ def chosen_weights(cfg: DictConfig, run_dir: Path, part: str = "gpt") -> dict:
         path = run_dir / "checkpoints" / f"step_{int(choice):08d}.pt"
     else:
         raise BadValue(
-            f"{'checkpoint' if part == 'gpt' else 'decoder_checkpoint'}={choice}: use latest, best or a step number"
+            f"{'checkpoint' if part == 'gpt' else 'decoder_checkpoint'}={choice} is not a checkpoint",
+            fix="latest, best or a step number",
         )
     if not path.is_file():
         kept = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
         raise MissingFile(
-            f"checkpoint={choice}: {path} does not exist (kept: {', '.join(kept) or 'none'}; or use latest)"
+            f"checkpoint={choice}: {path} does not exist (kept: {', '.join(kept) or 'none'})",
+            fix="checkpoint=<one of those>, or latest",
         )
     return load_training_state(path)
 

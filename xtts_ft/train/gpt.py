@@ -42,6 +42,7 @@ from xtts_ft.train import checkpoints as ckpt
 from xtts_ft.train import runtime as rt
 from xtts_ft.train.cache import attach_codes
 from xtts_ft.train.logs import mel_image, summary_writer
+from xtts_ft.train.preemption import stop_if_asked
 from xtts_ft.train.rundir import check_fresh, is_done, manifest_hash, start_run_dir
 from xtts_ft.train.steps import check_diverged, mean_over_ranks, position_rng
 
@@ -120,7 +121,9 @@ def enable_activation_checkpointing(transformer, keeps: str = "nothing") -> None
     as the main input says exactly that.
     """
     if keeps not in CHECKPOINT_KEEPS:
-        raise BadValue(f"grad_checkpointing_keeps={keeps}: choose {' or '.join(CHECKPOINT_KEEPS)}")
+        raise BadValue(
+            f"grad_checkpointing_keeps={keeps} is not a choice", fix=f"choose {' or '.join(CHECKPOINT_KEEPS)}"
+        )
     kwargs = {"use_reentrant": False}
     if keeps == "linear_outputs":
         from torch.utils.checkpoint import create_selective_checkpoint_contexts
@@ -229,11 +232,12 @@ def check_best_metric(cfg: DictConfig) -> None:
     from xtts_ft.evaluation import asr
 
     if cfg.best_metric not in ("eval_loss", "cer"):
-        raise BadValue(f"best_metric={cfg.best_metric}: choose eval_loss or cer")
+        raise BadValue(f"best_metric={cfg.best_metric} is not a metric", fix="best_metric=eval_loss or cer")
     if cfg.best_metric == "cer":
         if not cfg.eval_sentences or cfg.eval_every <= 0:
             raise BadValue(
-                "best_metric=cer scores the eval sentences' synthesis: give eval_sentences=[...] and eval_every > 0"
+                "best_metric=cer scores the eval sentences' synthesis, and there are none",
+                fix="give eval_sentences=[...] and eval_every > 0",
             )
         asr.require(cfg.eval_asr_model, cfg.eval_language, setting="eval_asr_model")  # e.g. bundled is English-only
 
@@ -241,7 +245,7 @@ def check_best_metric(cfg: DictConfig) -> None:
 def check_method(cfg: DictConfig) -> None:
     """method=lora trains adapters, not chosen layers: the full-fine-tune selectors make no sense there."""
     if cfg.method not in ("full", "lora"):
-        raise BadValue(f"method={cfg.method}: choose full or lora")
+        raise BadValue(f"method={cfg.method} is not a method", fix="method=full or lora")
     if cfg.method == "lora" and (cfg.train_last_layers > 0 or cfg.freeze_text_embeddings):
         raise BadValue(
             "method=lora trains LoRA adapters (lora.*) and the extended vocabulary's new rows; "
@@ -253,12 +257,14 @@ def check_checkpointing(cfg: DictConfig) -> None:
     """grad_checkpointing_keeps says what checkpointing keeps: without grad_checkpointing it would do nothing."""
     if cfg.grad_checkpointing_keeps not in CHECKPOINT_KEEPS:
         raise BadValue(
-            f"grad_checkpointing_keeps={cfg.grad_checkpointing_keeps}: choose {' or '.join(CHECKPOINT_KEEPS)}"
+            f"grad_checkpointing_keeps={cfg.grad_checkpointing_keeps} is not a choice",
+            fix=f"choose {' or '.join(CHECKPOINT_KEEPS)}",
         )
     if cfg.grad_checkpointing_keeps != "nothing" and not cfg.grad_checkpointing:
         raise BadValue(
             f"grad_checkpointing_keeps={cfg.grad_checkpointing_keeps} chooses what gradient checkpointing "
-            "keeps, and checkpointing is off: add grad_checkpointing=true"
+            "keeps, and checkpointing is off",
+            fix="add grad_checkpointing=true",
         )
 
 
@@ -289,13 +295,14 @@ def check_resumable_method(state_path: Path, state: dict, cfg: DictConfig, base_
     saved = (state.get("config") or {}).get("method", "full")
     if saved != cfg.method:
         raise BadValue(
-            f"{state_path} was trained with method={saved}, not method={cfg.method}: "
-            f"resume it with method={saved}, or use another run_name"
+            f"{state_path} was trained with method={saved}, not method={cfg.method}",
+            fix=f"resume it with method={saved}, or use another run_name",
         )
     if cfg.method == "lora" and state.get("base_model_hash") not in (None, base_hash):
         raise BadValue(
             f"{state_path} holds a LoRA adapter of another base model (model.pth changed since): "
-            "its adapter means nothing on these weights; use the run's own base or another run_name"
+            "its adapter means nothing on these weights",
+            fix="use the run's own base or another run_name",
         )
     saved_dropout = ((state.get("config") or {}).get("lora") or {}).get("dropout")
     if cfg.method == "lora" and saved_dropout is not None and float(saved_dropout) != float(cfg.lora.dropout):
@@ -391,7 +398,7 @@ class GptRecipe:
             eval_items, features, data_dir / "eval.codes.pt", dvae_hash, device, runtime, "DVAE codes (eval)"
         )
         if computed + eval_computed:
-            print(
+            log.info(
                 f"computed DVAE codes for {computed + eval_computed} clip(s) in {time.perf_counter() - started:.1f} s (cached in {data_dir})"
             )
         self.pick_references = ReferencePicker(self.train_items)  # the speaker groups, built once
@@ -450,7 +457,7 @@ class GptRecipe:
             self.best_score = state["best_eval_loss"]
         self.last_eval = state.get("last_eval", {})
         if self.runtime.is_main:
-            print(f"resuming {state_path} at step {self.step}")
+            log.info(f"resuming {state_path} at step {self.step}")
 
     def train(self) -> Path:
         """The loop: one optimizer step per sampler step, logged, evaluated and saved on schedule."""
@@ -458,11 +465,14 @@ class GptRecipe:
         self.data_stats = start_run_dir(cfg, self.out, self.data_dir, runtime.is_main)
         if runtime.is_main:
             self.writer = summary_writer(self.out, self.step)
+            weights = [training_weights(self.gpt, self.weight_keys)]
+            ckpt.check_run_space(self.out, cfg, weights, [self.optimizer], self.model_dir)  # warns if it will not fit
         steps = self.sampler.steps(self.epoch, self.batch_in_epoch)
         self.progress = tqdm(
             total=cfg.max_steps, initial=self.step, desc="train-gpt", unit="step", disable=not runtime.is_main
         )
         while self.step < cfg.max_steps:
+            stop_if_asked(runtime, self.step, self.save_state, self.out)  # SIGTERM/SIGUSR1: save, stop
             step_started = time.perf_counter()
             plan = next(steps)
             losses, grad_norm = self.train_step(plan)
@@ -490,7 +500,9 @@ class GptRecipe:
             self.save_state()
         runtime.barrier()
         if runtime.is_main:
-            print(f"trained GPT for {self.step} steps → {self.state_path} (TensorBoard: {self.out / 'tensorboard'})")
+            log.info(
+                f"trained GPT for {self.step} steps → {self.state_path} (TensorBoard: {self.out / 'tensorboard'})"
+            )
         return self.state_path
 
     def train_step(self, plan) -> tuple[torch.Tensor, torch.Tensor]:
@@ -618,7 +630,7 @@ class GptRecipe:
             "best_eval_loss": self.best_score,  # of `best_metric` (named so for older states)
             **self.description(),
         }
-        torch_save(state, self.state_path)
+        ckpt.save_state(state, self.state_path)  # the state it replaces kept as state.prev.pt
         ckpt.save_checkpoint(self.checkpoints, self.step, {"gpt": weights, **self.description()}, self.cfg.keep_last)
         # Throughput of this process's training steps (evals and checkpoint writes excluded).
         write_json(

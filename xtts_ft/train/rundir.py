@@ -1,6 +1,8 @@
 """The run directory of a training stage (runs/<run_name>/gpt or /decoder): starting a run under
-its locks, refusing to start over an existing run, the resolved config written beside it, the
-prepared data's statistics it records, and whether it is done (progress.json)."""
+its locks (noting stop signals for the loop, `xtts_ft.train.preemption`; a full disk said in one
+line with the step that is intact), refusing to start over an existing run, the resolved config
+written beside it, the prepared data's statistics it records, and whether it is done
+(progress.json)."""
 
 from __future__ import annotations
 
@@ -11,12 +13,28 @@ from pathlib import Path
 from typing import Any, Callable
 
 from xtts_ft.errors import FileInTheWay
+from xtts_ft.io_utils import is_out_of_space
 from xtts_ft.train import runtime as rt
 
 
 def run_locked(cfg, out: Path, train: Callable[[Any, rt.Runtime, Path], Path]) -> Path:
     """Start the process (one rank under torchrun), hold the run directory's lock on rank 0 and the
-    dataset's shared lock on every rank, train."""
+    dataset's shared lock on every rank, train: a stop signal is noted for the loop to stop at a step
+    boundary, and a write that runs out of space is one line saying which state is intact."""
+    from xtts_ft.train import checkpoints as ckpt
+    from xtts_ft.train.preemption import stopping_on_signals
+
+    try:
+        with stopping_on_signals():
+            return locked(cfg, out, train)
+    except (OSError, RuntimeError) as error:
+        if not is_out_of_space(error, out):
+            raise
+        raise ckpt.disk_full_in_run(error, out) from error
+
+
+def locked(cfg, out: Path, train: Callable[[Any, rt.Runtime, Path], Path]) -> Path:
+    """The process started, the locks held (the run directory's on rank 0, the dataset's on every rank): train."""
     runtime = rt.start(cfg.model.device, cfg.num_threads)
     # train-gpt only: its length-bucketed steps change memory size; the decoder's fixed segments do not.
     if runtime.device.type == "cpu" and cfg.get("keep_freed_memory", False):
@@ -41,7 +59,8 @@ def check_fresh(state_path: Path, resume: bool) -> None:
     if state_path.is_file() and not resume:
         out = state_path.parent
         raise FileInTheWay(
-            f"{out} already holds a training run; resume=true continues it. To start over, delete {out} or choose another run_name."
+            f"{out} already holds a training run",
+            fix=f"resume=true continues it; to start over, delete {out} or choose another run_name",
         )
 
 

@@ -1,19 +1,22 @@
-"""The process a training recipe runs in: distributed set-up (torchrun), the device, mixed
-precision, the run-directory and dataset locks and memory figures."""
+"""The process a training recipe runs in: distributed set-up (torchrun on one node or several, a
+submitit job's tasks, srun's), the device, mixed precision, the run-directory and dataset locks (and
+what a shared file system needs for them) and memory figures."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import resource
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
 
-from xtts_ft.errors import BadValue
+from xtts_ft.errors import BadValue, MissingPackage, RunRefused
 from xtts_ft.io_utils import FileLock, dir_lock_path
 from xtts_ft.model.loading import pick_device
 
@@ -44,10 +47,57 @@ class Runtime:
             dist.destroy_process_group()
 
 
-def start(device: str = "auto", num_threads: int = 0) -> Runtime:
-    """A single process, or one rank of a torchrun launch (WORLD_SIZE/RANK/LOCAL_RANK set).
+def job_ranks() -> Optional[Dict[str, str]]:
+    """torch.distributed's env:// variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) for a
+    job whose tasks a scheduler started, torchrun aside; None for a single process or when torchrun (or the
+    user) has set WORLD_SIZE already.
 
-    NCCL on GPUs (one per local rank), gloo on CPU.
+    - A submitit job (`hydra/launcher=slurm` or `local`, SUBMITIT_EXECUTOR set): submitit's JobEnvironment
+      gives the global and local rank and the task count; the master is the job's first host, its port
+      derived from the job id (the same on every task, and again when the job is requeued) unless
+      MASTER_PORT is set.
+    - `srun` without submitit (SLURM_STEP_NUM_TASKS set: a batch script's own shell, one process, is not a
+      rank): SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS and the first node of SLURM_JOB_NODELIST.
+    """
+    if "WORLD_SIZE" in os.environ:
+        return None
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        from submitit.helpers import TorchDistributedEnvironment
+
+        job = TorchDistributedEnvironment()
+        ranks = (job.rank, job.world_size, job.local_rank, job.master_addr, job.master_port)
+    elif int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
+        try:
+            from submitit.slurm.slurm import SlurmJobEnvironment  # reads SLURM's compressed node lists
+        except ImportError:
+            raise MissingPackage(
+                "a training under srun needs submitit to read the SLURM job's node list",
+                fix="pip install 'xtts-ft[cluster]', or launch the ranks with torchrun",
+            ) from None
+        job = SlurmJobEnvironment()
+        port = os.environ.get("MASTER_PORT") or str(20000 + int(job.raw_job_id) % 40000)
+        ranks = (job.global_rank, job.num_tasks, job.local_rank, job.hostnames[0], port)
+    else:
+        return None
+    rank, world_size, local_rank, addr, port = ranks
+    if world_size <= 1:
+        return None
+    return {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+        "LOCAL_RANK": str(local_rank),
+        "MASTER_ADDR": os.environ.get("MASTER_ADDR", str(addr)),
+        "MASTER_PORT": str(port),
+    }
+
+
+def start(device: str = "auto", num_threads: int = 0) -> Runtime:
+    """A single process, or one rank of a distributed launch: torchrun (WORLD_SIZE/RANK/LOCAL_RANK set, on
+    one node or several), a submitit job's task (hydra/launcher=slurm|local) or an srun task (`job_ranks`).
+
+    NCCL on GPUs (one per local rank), gloo on CPU. The rank is the global one (RANK, across nodes): only
+    rank 0 writes the run (state, checkpoints, TensorBoard, caches, the run lock); a node's local rank 0 is
+    not the main process.
     """
     if num_threads > 0:
         torch.set_num_threads(num_threads)
@@ -55,13 +105,18 @@ def start(device: str = "auto", num_threads: int = 0) -> Runtime:
         # coqui's trainer dataset module pins torch to one thread when imported; undo that unless
         # the user asked for it.
         torch.set_num_threads(os.cpu_count())
+    scheduled = job_ranks()
+    if scheduled is not None:
+        os.environ.update(scheduled)  # init_process_group's env:// reads them
+        log.info("rank %s of %s from the job environment", scheduled["RANK"], scheduled["WORLD_SIZE"])
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Runtime(0, 1, pick_device(device))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device_ = pick_device(device)
     if device_.type == "cuda":
-        device_ = torch.device("cuda", local_rank)
+        # A scheduler may show each task only its own GPU (--gpus-per-task): then it is cuda:0.
+        device_ = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device_)
         backend = "nccl"
     else:
@@ -115,11 +170,11 @@ def return_freed_host_memory() -> bool:
 def autocast(precision: str, device: torch.device):
     """bf16/fp16 autocast where asked (fp16 only on CUDA); fp32: no autocast."""
     if precision not in PRECISIONS:
-        raise BadValue(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
+        raise BadValue(f"precision={precision!r} is not a precision", fix=f"choose one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type != "cuda":
-        raise BadValue("precision=fp16 needs a CUDA device; on CPU use precision=bf16")
+        raise BadValue("precision=fp16 needs a CUDA device", fix="on CPU use precision=bf16")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise BadValue(f"{torch.cuda.get_device_name(device)} does not support bf16; use precision=fp16")
+        raise BadValue(f"{torch.cuda.get_device_name(device)} does not support bf16", fix="use precision=fp16")
     if PRECISIONS[precision] is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
@@ -144,8 +199,37 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-class RunLock(FileLock):
-    """An exclusive lock on a run directory (`run.lock` in it), held while a run writes into it."""
+# What flock(2) answers on a file system that does not lock: NFSv3 without lockd (ENOLCK), Lustre mounted
+# without `-o flock` (ENOSYS), and some FUSE or object-store mounts (EOPNOTSUPP, EINVAL).
+NO_LOCKS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
+
+
+class ClusterFileLock(FileLock):
+    """A FileLock (flock) that says what to change when the file system cannot lock.
+
+    flock works across the nodes of a cluster on NFSv4 (locks are part of the protocol), on NFSv3 with
+    lockd (the Linux client turns flock into NFS locks) and on Lustre mounted with `-o flock`; on a
+    Lustre mount with `-o localflock` it only locks within one node. The lock file names its holder
+    (label, pid, host): a refusal says which run on which node holds it.
+    """
+
+    def __enter__(self) -> "FileLock":
+        try:
+            return super().__enter__()
+        except OSError as error:
+            if error.errno not in NO_LOCKS:
+                raise
+            raise RunRefused(
+                f"the file system holding {self.path} cannot lock files ({os.strerror(error.errno)}), and the "
+                "training locks its run directory and its dataset there",
+                fix="mount Lustre with -o flock, run lockd for NFSv3 (NFSv4 locks as it is), or move paths.runs_dir "
+                "and paths.processed_dir to a file system that locks",
+            ) from None
+
+
+class RunLock(ClusterFileLock):
+    """An exclusive lock on a run directory (`run.lock` in it), held while a run writes into it (by
+    global rank 0 alone)."""
 
     def __init__(self, run_dir: Path):
         super().__init__(
@@ -154,10 +238,12 @@ class RunLock(FileLock):
         )
 
 
-class DatasetReadLock(FileLock):
+class DatasetReadLock(ClusterFileLock):
     """A shared lock on a prepared dataset, held by every training run reading it: `prepare` takes
     the same lock exclusively to replace the dataset, so it refuses, naming the run, instead of
-    pulling the clips out from under it (and a run does not start on a dataset being replaced)."""
+    pulling the clips out from under it (and a run does not start on a dataset being replaced).
+    Every rank holds it (a shared lock: they do not exclude each other), so a node reading its own
+    copy of the dataset protects that copy too."""
 
     def __init__(self, data_dir: Path, run_dir: Path):
         super().__init__(

@@ -105,7 +105,7 @@ def test_the_babble_guard_caps_a_sentence_that_does_not_stop(tiny_model_dir):
         decoding={"seed": 0, "max_seconds_per_char": 0.1},
     )
     max_codes = int((2.0 + 0.1 * len(text)) * CODES_PER_SECOND)  # 68 codes of 1024 samples at 22.05 kHz
-    assert result.stopped == [False]
+    assert result.stopped is False and result.stopped_per_sentence == [False]
     assert abs(result.wav.size - max_codes * 1024 * 24000 / 22050) <= 256  # one decoder hop of rounding
 
     # The characters counted are those said: a number as its words (Wolof's run 5-10 times the digits).
@@ -121,7 +121,7 @@ def test_the_babble_guard_caps_a_sentence_that_does_not_stop(tiny_model_dir):
         decoding={"seed": 0, "max_seconds_per_char": 0.1},
     )
     max_codes = int((2.0 + 0.1 * len(said)) * CODES_PER_SECOND)
-    assert result.stopped == [False]
+    assert result.stopped is False and result.stopped_per_sentence == [False]
     assert abs(result.wav.size - max_codes * 1024 * 24000 / 22050) <= 256
     wolof = "Am na 1 987 654 xar."
     assert (
@@ -143,7 +143,7 @@ def test_load_and_synthesis_print_no_transformers_noise(tiny_model_dir, tmp_path
         "from xtts_ft.inference import XttsSynthesizer\n"
         f"s = XttsSynthesizer({str(tiny_model_dir)!r}, device='cpu')\n"
         f"r = s.synthesize(text='Hello there. Good morning.', language='en', reference={str(DEMO / 'en' / 'wavs' / 'alicia_000.flac')!r})\n"
-        "print('SYNTHESIZED', len(r.stopped))\n"
+        "print('SYNTHESIZED', len(r.stopped_per_sentence))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert "SYNTHESIZED 2" in result.stdout, result.stderr[-2000:]
@@ -707,7 +707,7 @@ def test_batched_audio_is_the_audio_of_synthesize(synthesizer, prepared):
         alone = synthesizer.synthesize(**request, decoding=decoding)
         assert result.wav.shape == alone.wav.shape and result.stopped == alone.stopped
         assert np.abs(result.wav - alone.wav).max() <= 1e-5 * max(1.0, np.abs(alone.wav).max())
-    assert [len(r.stopped) for r in batched] == [1, 2] and all(r.seconds_to_generate > 0 for r in batched)
+    assert [len(r.stopped_per_sentence) for r in batched] == [1, 2] and all(r.seconds_to_generate > 0 for r in batched)
 
 
 def test_a_bad_request_fails_before_any_synthesis(synthesizer, prepared, monkeypatch):
@@ -764,7 +764,7 @@ def test_synth_stage_streams_with_its_chunk_sizes(exported, prepared, tmp_path, 
     printed = capsys.readouterr().out
     chunks = int(re.search(r"in (\d+) streamed chunks; first audio after [0-9.]+ s", printed).group(1))
     assert rate == 24000 and audio.size > 0 and chunks >= 3  # the trained tiny GPT stops after a few codes
-    with pytest.raises(ValueError, match="^stream_chunk_codes=0 — fix"):
+    with pytest.raises(ValueError, match="^stream_chunk_codes=0 is not an integer ≥ 1"):
         synth.run(compose("synth", base + [f"out={tmp_path / 'bad.wav'}", "stream_chunk_codes=0"]))
     assert not (tmp_path / "bad.wav").exists()
 
@@ -814,18 +814,26 @@ def test_a_batch_into_an_earlier_batchs_folder_never_leaves_its_old_index(export
     assert not np.array_equal(audio, earlier_wav) and not index_there  # new audio written (the old index gone), then
     assert not (out / "index.jsonl").exists()  # the failure: no index describes the new audio, nor the old
 
-    (out / "index.jsonl").write_text(earlier_index)
+    (out / "index.jsonl").write_text(earlier_index)  # the earlier batch again, whole: its index and its WAVs
+    for name in ("0000", "0001"):
+        sf.write(str(out / f"{name}.wav"), earlier_wav, 24000)
     texts.write_text("text,language\nOne.,en\nTwo.,xx\n")
     with pytest.raises(ValueError, match=r"texts.csv, line 3: language 'xx'"):
         synth.run(compose("synth", base))
-    assert not (out / "index.jsonl").exists()
+    # Every row is checked before the model loads: a refused batch leaves the earlier one as it was.
+    assert (out / "index.jsonl").read_text() == earlier_index
+    assert all(
+        np.array_equal(sf.read(str(out / f"{n}.wav"), dtype="float32")[0], earlier_wav) for n in ("0000", "0001")
+    )
     texts.write_text("text\nOne.\n")
     synth.run(compose("synth", base))
     assert [json.loads(line)["text"] for line in (out / "index.jsonl").read_text().splitlines()] == ["One."]
-    with pytest.raises(ValueError, match=r"out_dir=.*texts.csv is a file — fix: out_dir=<a folder>"):
+    with pytest.raises(ValueError, match=r"out_dir=.*texts.csv is a file") as refused:
         synth.run(compose("synth", [o if not o.startswith("out_dir=") else f"out_dir={texts}" for o in base]))
-    with pytest.raises(ValueError, match=r"out=.*hello.mp3: synth writes WAV files — fix: out=<name>.wav"):
+    assert refused.value.fix.startswith("out_dir=<a folder>")
+    with pytest.raises(ValueError, match=r"out=.*hello.mp3: synth writes WAV files") as refused:
         synth.run(compose("synth", [f"checkpoint={exported}", "text=Hi.", f"out={tmp_path / 'hello.mp3'}"]))
+    assert refused.value.fix.startswith("out=<name>.wav")
 
 
 def test_timing_the_packed_products_leaves_torchs_global_rng_alone():

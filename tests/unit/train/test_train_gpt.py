@@ -144,7 +144,7 @@ def test_export_picks_the_best_or_a_kept_step(tmp_path, workdir, trained):
     torch.testing.assert_close(weights["gpt.mel_head.weight"], best["gpt"]["mel_head.weight"], rtol=0, atol=0)
     with pytest.raises(FileNotFoundError, match="step_00000005.pt does not exist.*kept: best.pt, step_00000010.pt"):
         export.run(compose("export", paths + ["checkpoint=5", f"out_dir={tmp_path / 'five'}"]))
-    with pytest.raises(ValueError, match="checkpoint=newest: use latest, best or a step number"):
+    with pytest.raises(ValueError, match="checkpoint=newest is not a checkpoint"):
         export.run(compose("export", paths + ["checkpoint=newest", f"out_dir={tmp_path / 'newest'}"]))
 
 
@@ -190,7 +190,7 @@ def test_resume_refuses_a_changed_data_path(tmp_path, tiny_model_dir, prepared, 
     train_gpt.run(compose("train_gpt", overrides + ["max_steps=1"]))
     with pytest.raises(ValueError, match="global_batch: 4 → 2"):
         train_gpt.run(compose("train_gpt", overrides + ["max_steps=2", "batch_size=2"]))
-    with pytest.raises(FileExistsError, match="already holds a training run; resume=true continues it"):
+    with pytest.raises(FileExistsError, match="already holds a training run$"):
         train_gpt.run(compose("train_gpt", overrides + ["max_steps=2", "resume=false"]))
 
 
@@ -271,14 +271,14 @@ def test_gradient_checkpointing_changes_memory_not_results(tmp_path, tiny_model_
     np.testing.assert_allclose(
         [v for _, v in _losses(selective.parent)], [v for _, v in _losses(plain.parent)], rtol=1e-5
     )
-    with pytest.raises(ValueError, match="add grad_checkpointing=true"):
+    with pytest.raises(ValueError, match="and checkpointing is off$"):
         train_gpt.run(
             compose(
                 "train_gpt",
                 overrides + [f"paths.runs_dir={tmp_path / 'e'}", "grad_checkpointing_keeps=linear_outputs"],
             )
         )
-    with pytest.raises(ValueError, match="grad_checkpointing_keeps=everything: choose nothing or linear_outputs"):
+    with pytest.raises(ValueError, match="grad_checkpointing_keeps=everything is not a choice"):
         train_gpt.run(
             compose(
                 "train_gpt",
@@ -394,7 +394,7 @@ def test_weight_decay_spares_biases_norms_and_embeddings(tiny_model_dir):
 
 def test_missing_manifest_is_a_clear_error(tmp_path, tiny_model_dir, workdir):
     overrides = demo_overrides(workdir) + TRAIN_OVERRIDES + [f"paths.processed_dir={tmp_path}", "max_steps=1"]
-    with pytest.raises(FileNotFoundError, match="run `xtts-ft prepare` first"):
+    with pytest.raises(FileNotFoundError, match="manifest .* does not exist$"):
         train_gpt.run(compose("train_gpt", overrides))
 
 
@@ -513,6 +513,7 @@ def test_a_corrupt_state_is_named_with_the_newest_intact_checkpoint(tmp_path, ti
     state_path = train_gpt.run(compose("train_gpt", overrides + ["max_steps=2"]))
     truncated = state_path.read_bytes()[:-4096]  # a copy cut short, a disk that filled up
     state_path.write_bytes(truncated)
+    (state_path.parent / "state.prev.pt").unlink()  # and the previous state lost: nothing left to resume from
     checkpoints = state_path.parent / "checkpoints"
     altered = bytearray((checkpoints / "step_00000002.pt").read_bytes())
     altered[len(altered) // 2] ^= 0xFF  # one flipped bit in a tensor: its CRC fails
