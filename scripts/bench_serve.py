@@ -180,7 +180,10 @@ def main() -> None:
     parser.add_argument("--codes", type=int, default=48, help="GPT codes per sentence (21.5 per second of audio)")
     parser.add_argument("--clients", default="1,4,8,16")
     parser.add_argument("--requests", type=int, default=32, help="requests per setting")
-    parser.add_argument("--rss-requests", type=int, default=500)
+    parser.add_argument("--rss-requests", type=int, default=500, help="0: no RSS measurement")
+    parser.add_argument(
+        "--skip-one-by-one", action="store_true", help="no one-at-a-time server (ours against synthesize_many only)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny model, clients 1,4, 8 requests, 24 for RSS")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/xtts_ft_bench_inference"))
@@ -203,13 +206,18 @@ def main() -> None:
     synthesizer.synthesize(texts[0], "en", reference=REFERENCE, seed=0)  # warm-up: voice latents, allocator
     synthesizer.synthesize_many(requests[:8], {"seed": 0}, 8)  # warm-up: the batch kernels' set-up (timing, packing)
 
-    started = time.perf_counter()
-    synthesizer.synthesize_many(requests, {"seed": 0}, 8)
-    many = {"requests": len(texts), "wall_s": time.perf_counter() - started}
+    def many_8() -> float:
+        started = time.perf_counter()
+        synthesizer.synthesize_many(requests, {"seed": 0}, 8)
+        return time.perf_counter() - started
+
+    many = {"requests": len(texts), "wall_s": many_8()}
     many["requests_per_s"] = len(texts) / many["wall_s"]
     print(f"many-8: {many['requests_per_s']:.3f} requests/s", flush=True)
 
-    results = {"ours": [], "ours_stream": [], "one_by_one": [], "many_8": many}
+    # many_8_around: synthesize_many timed again right before and right after each of our non-streamed runs, so
+    # that the ratio compares the two under the same load (other jobs on a shared machine come and go).
+    results = {"ours": [], "ours_stream": [], "one_by_one": [], "many_8": many, "many_8_around": []}
     metrics = ServerMetrics()
     ours = SpeechScheduler(
         models, max_batch_size=8, max_wait_ms=20, max_queue=4096, on_batch=metrics.batch_rows.observe
@@ -217,18 +225,25 @@ def main() -> None:
     ours.add_voice("alicia", REFERENCE)
     baseline = OneByOne(models)
     baseline.add_voice("alicia", REFERENCE)
-    for name, scheduler in (("ours", ours), ("one_by_one", baseline)):
+    servers = [("ours", ours)] + ([] if args.skip_one_by_one else [("one_by_one", baseline)])
+    for name, scheduler in servers:
         served = Served(scheduler, metrics if name == "ours" else None)
         try:
             warm = min(8, max(clients))  # warm-up through HTTP, at the largest batch the runs will have
             run_clients(served.url, warm, texts[:warm], stream=False)
             for n in clients:
+                before = many_8() if name == "ours" else None
                 results[name].append(run_clients(served.url, n, texts, stream=False))
                 print(f"{name} {n} clients: {json.dumps(results[name][-1])}", flush=True)
                 if name == "ours":
+                    walls = [before, many_8()]
+                    around = {"clients": n, "wall_s": walls, "requests_per_s": 2 * len(texts) / sum(walls)}
+                    results["many_8_around"].append(around)
+                    print(f"many-8 around {n} clients: {json.dumps(around)}", flush=True)
+                if name == "ours":
                     results["ours_stream"].append(run_clients(served.url, n, texts, stream=True))
                     print(f"ours streamed {n} clients: {json.dumps(results['ours_stream'][-1])}", flush=True)
-            if name == "ours":
+            if name == "ours" and args.rss_requests > 0:
                 rss = {"before": rss_bytes()}
                 batch = (texts * (1 + args.rss_requests // len(texts)))[: args.rss_requests]
                 run_clients(served.url, min(8, max(clients)), batch, stream=False)
@@ -260,19 +275,22 @@ def main() -> None:
 
 def report(results: dict, clients: list) -> str:
     one = {row["clients"]: row for row in results["one_by_one"]}
+    around = {row["clients"]: row["requests_per_s"] for row in results.get("many_8_around", [])}
     streamed = {row["clients"]: row for row in results["ours_stream"]}
     lines = [
         "| clients | ours req/s | one-by-one req/s | ratio | ours p50 / p95 s | one-by-one p50 / p95 s | "
         "ours streamed TTFA p50 s | TTFA / one-by-one p50 | vs many-8 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    nothing = {"requests_per_s": float("nan"), "p50_s": float("nan"), "p95_s": float("nan")}  # --skip-one-by-one
     for row in results["ours"]:
-        n, base, ttfa = row["clients"], one[row["clients"]], streamed[row["clients"]].get("ttfa_p50_s", float("nan"))
+        n, ttfa = row["clients"], streamed[row["clients"]].get("ttfa_p50_s", float("nan"))
+        base = one.get(n, nothing)
         lines.append(
             f"| {n} | {row['requests_per_s']:.3f} | {base['requests_per_s']:.3f} | "
             f"{row['requests_per_s'] / base['requests_per_s']:.2f}x | {row['p50_s']:.2f} / {row['p95_s']:.2f} | "
             f"{base['p50_s']:.2f} / {base['p95_s']:.2f} | {ttfa:.2f} | {ttfa / base['p50_s']:.2f} | "
-            f"{row['requests_per_s'] / results['many_8']['requests_per_s']:.2f}x |"
+            f"{row['requests_per_s'] / around.get(n, results['many_8']['requests_per_s']):.2f}x |"
         )
     rss = results.get("rss")
     if rss:

@@ -29,6 +29,7 @@ VERBS = {
     "extend": "add languages ([xx] + BPE tokens) and emotion tokens to a base → models/<name>-extended",
     "train-gpt": "fine-tune the GPT on a prepared dataset → runs/<run_name>/gpt/",
     "train-decoder": "fine-tune the HiFiGAN decoder on the GPT's latents → runs/<run_name>/decoder/",
+    "train-dvae": "fine-tune the DVAE (mel → audio codes), measuring code drift → runs/<run_name>/dvae/",
     "export": "training state → exports/<run_name>/ in the stock XTTS-v2 layout",
     "synth": "clone a voice and speak a text → a 24 kHz WAV",
     "web": "a Gradio page to try an export in the browser (needs the `web` extra)",
@@ -61,6 +62,10 @@ EXAMPLES = {
     "train-decoder": [
         "xtts-ft train-decoder data=demo model=tiny max_steps=200",
         "xtts-ft train-decoder data=demo model=tiny max_steps=200 adversarial=false",
+    ],
+    "train-dvae": [
+        "xtts-ft train-dvae data=demo model=tiny max_steps=200",
+        "xtts-ft train-dvae data=demo model=tiny max_steps=200 mode=full",
     ],
     "export": ["xtts-ft export run_name=demo", "xtts-ft export run_name=demo checkpoint=best half=true"],
     "synth": [

@@ -38,6 +38,7 @@ STAGES = (
     "extend",
     "train_gpt",
     "train_decoder",
+    "train_dvae",
     "export",
     "synth",
     "evaluate",
@@ -210,6 +211,7 @@ class TrainGptConfig:
     save_every: int = MISSING
     keep_last: int = MISSING
     resume: bool = MISSING
+    dvae: Optional[str] = MISSING
 
 
 @dataclass
@@ -222,6 +224,7 @@ class TrainDecoderConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     run_name: str = MISSING
     gpt: str = MISSING
+    dvae: Optional[str] = MISSING
     seed: int = MISSING
     max_steps: int = MISSING
     batch_size: int = MISSING
@@ -254,6 +257,37 @@ class TrainDecoderConfig:
 
 
 @dataclass
+class TrainDvaeConfig:
+    """Fine-tune the DVAE (mel → audio codes) on the prepared clips. Values: conf/train_dvae.yaml."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    run_name: str = MISSING
+    resume: bool = MISSING
+    seed: int = MISSING
+    mode: str = MISSING
+    max_steps: int = MISSING
+    batch_size: int = MISSING
+    grad_accum_steps: int = MISSING
+    segment_seconds: float = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    betas: List[float] = MISSING
+    warmup_steps: int = MISSING
+    grad_clip: float = MISSING
+    commitment_weight: float = MISSING
+    precision: str = MISSING
+    num_threads: int = MISSING
+    log_every: int = MISSING
+    eval_every: int = MISSING
+    eval_clips: int = MISSING
+    eval_audio: int = MISSING
+    save_every: int = MISSING
+    keep_last: int = MISSING
+
+
+@dataclass
 class ExportConfig:
     """Values: conf/export.yaml."""
 
@@ -269,6 +303,7 @@ class ExportConfig:
     metrics: Optional[str] = MISSING
     voices: Dict[str, str] = MISSING
     emotions: Dict[str, str] = MISSING
+    dvae: Optional[str] = MISSING
 
 
 @dataclass
@@ -437,6 +472,8 @@ VALUE_CHECKS = {
     "weight_decay": NON_NEGATIVE,
     "grad_clip": NON_NEGATIVE,
     "text_ce_weight": NON_NEGATIVE,
+    "commitment_weight": NON_NEGATIVE,
+    "segment_seconds": POSITIVE,
     "mel_ce_weight": NON_NEGATIVE,
     "sample_rate": POSITIVE,
     "min_seconds": NON_NEGATIVE,
@@ -553,6 +590,7 @@ SCHEMAS = {
     "extend": ExtendConfig,
     "train_gpt": TrainGptConfig,
     "train_decoder": TrainDecoderConfig,
+    "train_dvae": TrainDvaeConfig,
     "export": ExportConfig,
     "synth": SynthConfig,
     "evaluate": EvaluateConfig,

@@ -6,7 +6,8 @@ A recipe (`recipes/<name>/recipe.yaml`, or a variant `recipes/<name>/<variant>.y
 config has that key; one that no stage has is an error before anything runs (a typo would
 otherwise be dropped silently). The recipe's `outputs` name their places with `${paths.*}`,
 resolved as the stages saw them (`output_locations`). A stage that runs again because an earlier one
-ran is said to (`stage_heading`): nothing re-runs silently.
+ran is said to (`stage_heading`): nothing re-runs silently. A recipe that trains the DVAE must train the
+GPT after it (`check_gpt_follows_dvae`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from xtts_ft.config import RECIPES_DIR, STAGES, compose, default_paths
-from xtts_ft.errors import BadValue, ConfigValueError, MissingFile
+from xtts_ft.errors import BadValue, ConfigValueError, MissingFile, RunRefused
 
 
 def recipe_path(recipe: str) -> Path:
@@ -46,7 +47,21 @@ def load_recipe(recipe: str) -> dict:
     for i, entry in enumerate(stages):
         if entry.get("stage") not in STAGES or entry["stage"] == "pipeline":
             raise BadValue(f"{path}: stages[{i}].stage={entry.get('stage')!r} is not one of {', '.join(STAGES[:-1])}")
+    check_gpt_follows_dvae(path, [entry["stage"] for entry in stages])
     return spec
+
+
+def check_gpt_follows_dvae(path: Path, stages: List[str]) -> None:
+    """A recipe that trains the DVAE trains the GPT after it (issue 34): a new DVAE changes the codes the
+    GPT predicts, so a GPT trained before it (or the base's) would be paired with codes it never learnt."""
+    if "train_dvae" not in stages:
+        return
+    last = len(stages) - 1 - stages[::-1].index("train_dvae")
+    if "train_gpt" not in stages[last + 1 :]:
+        raise RunRefused(
+            f"{path}: stages[{last}] train_dvae has no train_gpt after it, and the GPT must learn the new DVAE's codes",
+            fix="add a train_gpt stage after it with dvae=${paths.runs_dir}/<run_name>/dvae (its train-dvae run)",
+        )
 
 
 _ABSENT = object()

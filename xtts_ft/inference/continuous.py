@@ -59,6 +59,7 @@ class RunningBatch:
         self.processors = batched._logits_processors(settings, [], device)
         self.draw = self.processors[-1]  # SeededDraw: its generators are the rows'
 
+    @torch.no_grad()  # the weights require grad (the synthesizer leaves them as loaded): no graph in the cache
     def admit(self, sentences: List[batched.Sentence], tags: List[Any]) -> None:
         """New rows: their prompts through the GPT (batched.prefill, among themselves), their cache joined to
         the batch's, both padded on the left to one length (the padding masked)."""
@@ -80,6 +81,7 @@ class RunningBatch:
             self.rows.append(LiveRow(sentence, tag, generator))
         self.draw.generators = [row.generator for row in self.rows]
 
+    @torch.no_grad()
     def retire(self, leaving: List[LiveRow]) -> None:
         """Rows out of the batch; the cache's positions that only they used go too."""
         gone = set(map(id, leaving))

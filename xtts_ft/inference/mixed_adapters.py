@@ -69,3 +69,40 @@ class RowAdapters:
             yield
         finally:
             self._names = before
+
+
+def conditioning_adapters(peft_model) -> List[str]:
+    """The loaded adapters with LoRA layers on the conditioning path (coqui's conditioning encoder and perceiver,
+    which turn a reference clip into a voice's latents; `lora.targets` may name their layers): under these a
+    voice's latents differ from the base's, so a server computes them once per such adapter. Our default
+    targets (the GPT-2 blocks' layers) leave the path alone: none."""
+    from peft.tuners.lora import LoraLayer
+
+    names: set = set()
+    for module_name, module in peft_model.named_modules():
+        if isinstance(module, LoraLayer) and "conditioning" in module_name:
+            names.update(module.lora_A.keys())
+            names.update(getattr(module, "lora_embedding_A", {}).keys())
+    return sorted(names)
+
+
+@contextlib.contextmanager
+def through_adapter(synthesizer, name: Optional[str]) -> Iterator[None]:
+    """Within: `synthesizer` (with a PEFT model) runs through adapter `name` alone (None: the bare base), e.g. to
+    compute a voice's latents as `synthesize` would under it; its adapter state (which one is active, layers
+    enabled or not: a running mixed batch enables them) is put back after."""
+    from peft.tuners.lora import LoraLayer
+
+    peft_model = synthesizer._peft
+    disabled = any(m.disable_adapters for m in peft_model.modules() if isinstance(m, LoraLayer))
+    active = peft_model.active_adapter
+    active = active[0] if isinstance(active, (list, tuple)) else active
+    synthesizer.use_adapter(name)
+    try:
+        yield
+    finally:
+        peft_model.base_model.enable_adapter_layers()
+        peft_model.set_adapter(active)
+        if disabled:
+            peft_model.base_model.disable_adapter_layers()
+        synthesizer._voices.clear()  # its cached latents came through `name`

@@ -25,6 +25,7 @@ from xtts_ft import __version__
 from xtts_ft.errors import BadValue, FileInTheWay, MissingFile
 from xtts_ft.io_utils import check_free_space, file_hash, files_bytes, tensor_bytes, tensors_hash
 from xtts_ft.model import lora
+from xtts_ft.model.dvae_pairing import DVAE_FILES  # copied from the DVAE the GPT trained on, not the base
 from xtts_ft.model.layout import EXPORT_FILES, EXPORT_KIND, SIDECAR, is_export, read_sidecar
 from xtts_ft.model.loading import load_xtts, resolve_model_cfg
 from xtts_ft.model.public import hub_id_of
@@ -118,14 +119,29 @@ def trained_gpt_weights(xtts, state: dict | None) -> dict:
     return (xtts.gpt.state_dict() if lora.is_lora_state(state) else state["gpt"]) if state else {}
 
 
+def copied_sources(base_dir: Path, dvae_dir: Path | None) -> dict:
+    """Each stock file an export copies → where from: the base's, but dvae.pth and mel_stats.pth from the
+    DVAE the GPT trained on (None: the base's)."""
+    return {name: (dvae_dir if dvae_dir and name in DVAE_FILES else base_dir) / name for name in COPIED_FILES}
+
+
 def write_model_files(
-    export_dir: Path, xtts, config, base_dir: Path, adapter: dict, half: bool, safetensors: bool
+    export_dir: Path,
+    xtts,
+    config,
+    base_dir: Path,
+    adapter: dict,
+    half: bool,
+    safetensors: bool,
+    dvae_dir: Path | None = None,
 ) -> None:
-    """model.pth (and model.safetensors), config.json, the base's other stock files and the adapter's."""
+    """model.pth (and model.safetensors), config.json, the DVAE (`dvae_dir`, default the base's), the base's
+    other stock files and the adapter's."""
     weights = {k: v for k, v in xtts.state_dict().items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
     if half:  # coqui's loader copies them into its fp32 model: half the file, same model up to fp16 rounding
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
-    need = tensor_bytes(weights) * (2 if safetensors else 1) + files_bytes(base_dir / n for n in COPIED_FILES)
+    sources = copied_sources(base_dir, dvae_dir)
+    need = tensor_bytes(weights) * (2 if safetensors else 1) + files_bytes(sources.values())
     check_free_space(export_dir.parent, need, "the export")  # a warning now, not a full disk halfway
     torch.save({"model": weights}, export_dir / "model.pth")
     if safetensors:
@@ -139,8 +155,8 @@ def write_model_files(
         )
     config.model_args.tokenizer_file = ""  # read vocab.json beside model.pth, not a path on this machine
     config.save_json(str(export_dir / "config.json"))
-    for name in COPIED_FILES:
-        shutil.copy2(base_dir / name, export_dir / name)
+    for name, source in sources.items():
+        shutil.copy2(source, export_dir / name)
     for name, data in adapter.items():  # PEFT's adapter files, beside the merged model
         (export_dir / name).write_bytes(data)
 
@@ -190,10 +206,15 @@ def voice_latents(voice) -> dict:
 
 
 def export_record(
-    state: dict | None, base_dir: Path, export_dir: Path, config, decoder_state: dict | None = None
+    state: dict | None,
+    base_dir: Path,
+    export_dir: Path,
+    config,
+    decoder_state: dict | None = None,
+    dvae_hash: str | None = None,
 ) -> dict:
-    """xtts_ft.json: what produced the export (base model, training, data, hashes) and what it
-    carries over from its base (the tiny DVAE's shape, what `xtts-ft extend` added)."""
+    """xtts_ft.json: what produced the export (base model, training, data, hashes, the shipped DVAE's
+    `dvae_hash`) and what it carries over from its base (the tiny DVAE's shape, what `xtts-ft extend` added)."""
     main = state or decoder_state
     train_cfg = main["config"]
     stats = main.get("data_stats", {})
@@ -215,6 +236,8 @@ def export_record(
         "data": stats,
         "metrics": {},
         "files": {name: sha256(export_dir / name) for name in ("model.pth", "config.json", "vocab.json")},
+        # The DVAE shipped: the one whose codes the GPT trained on (a later fine-tune of the export checks it).
+        **({"dvae_hash": dvae_hash} if dvae_hash else {}),
         # The tiny model's DVAE differs from the released one; keep its shape with the export.
         **({"dvae": base_sidecar["dvae"]} if "dvae" in base_sidecar else {}),
         # What `xtts-ft extend` added (languages, emotion tokens, char limits, cleaners): the

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import torch
 
 from xtts_ft.errors import BadValue, MissingFile, RunRefused
+from xtts_ft.io_utils import file_hash
 from xtts_ft.model.layout import EXPORT_FILES, check_layout, dvae_kwargs, read_sidecar
 from xtts_ft.model.quiet import unused_gpt2_token_ids_unreported
 
@@ -212,6 +213,13 @@ def check_weights_file(path: Path) -> None:
         raise BadValue(f"{path} is corrupted: its entry {bad} fails its checksum (altered or partly written)")
 
 
+def dvae_hash(dvae_dir: Path) -> str:
+    """The identity of a DVAE: a digest of its dvae.pth and mel_stats.pth (the mel normalisation
+    its encoder reads). Code caches are keyed by it; a GPT run records the one whose codes it
+    trained on, and export refuses to pair a GPT with another (issue 34)."""
+    return file_hash(Path(dvae_dir) / "dvae.pth", Path(dvae_dir) / "mel_stats.pth")
+
+
 def load_dvae(model_dir: Path, num_audio_tokens: int | None = None):
     """The frozen DVAE (mel → audio codes) and its mel normalisation, for training only.
 
@@ -228,8 +236,9 @@ def load_dvae(model_dir: Path, num_audio_tokens: int | None = None):
     kwargs = dvae_kwargs(state, where=str(path))
     if num_audio_tokens is not None and kwargs["num_tokens"] > num_audio_tokens - 2:
         raise BadValue(
-            f"{path} has {kwargs['num_tokens']} codes but the GPT in {Path(model_dir) / 'config.json'} has "
-            f"gpt_num_audio_tokens={num_audio_tokens} (codes + start + stop): they belong to different models",
+            f"{path} has {kwargs['num_tokens']} codes but the GPT "
+            f"{'in ' + str(Path(model_dir) / 'config.json') + ' ' if (Path(model_dir) / 'config.json').is_file() else ''}"
+            f"has gpt_num_audio_tokens={num_audio_tokens} (codes + start + stop): they belong to different models",
             fix=f"use the dvae.pth released with this model (or set gpt_num_audio_tokens={kwargs['num_tokens'] + 2})",
         )
     dvae = DiscreteVAE(**kwargs)

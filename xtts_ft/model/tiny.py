@@ -80,6 +80,9 @@ def calibrate_codebook(dvae, dvae_mel, seed: int = 0) -> None:
     pick = torch.randperm(frames.shape[0], generator=torch.Generator().manual_seed(seed))[: dvae.codebook.n_embed]
     dvae.codebook.embed.copy_(frames[pick].T)
     dvae.codebook.embed_avg.copy_(frames[pick].T)
+    # One use per code, as if each had been seen once: embed == embed_avg / cluster_size, and the codebook's
+    # moving average (train-dvae mode=full) starts from counts a trained DVAE would have, not from zero.
+    dvae.codebook.cluster_size.fill_(1.0)
 
 
 def build_tiny_xtts(out_dir: Path, seed: int = 0, gpt: dict | None = None, dvae: dict | None = None) -> Path:

@@ -3,15 +3,15 @@ adapters, each request's audio handed back in order as its codes arrive. The HTT
 request into a `SpeechJob`, `submit`s it and writes out its `JobHandle.chunks()`; the engine knows no HTTP.
 
 One worker thread owns the models. A job's text is cut into sentences as `synthesize` cuts it; each sentence
-is a row of the queue. A batch starts with the rows that arrived within `max_wait_ms` of the oldest waiting
-one (up to `max_batch_size`), whatever their voices, and whatever their adapters over one base (PEFT's
-mixed-adapter batch, inference.mixed_adapters); rows of another model (a full export is its own
-synthesizer) or other decoding settings wait for a batch of their own. The batch then runs step by step
-(inference.continuous.RunningBatch): after each step every row is looked at (`_after_step`): a streaming row
-is decoded by the HiFiGAN decoder every few codes (the first chunk short, as `stream` does), a row that
-ended is spoken at once, a cancelled row or one whose logits were not finite stops there; ended rows leave
-the batch and rows of its group that arrived meanwhile join it, so the batch stays full while clients keep
-sending.
+is a row of the queue. A batch starts with the rows that arrived within `max_wait_ms` of each other (each
+arrival keeps it open `max_wait_ms` more, up to `max_batch_size` rows), whatever their voices, and whatever
+their adapters over one base (PEFT's mixed-adapter batch, inference.mixed_adapters); rows of another model (a
+full export is its own synthesizer) or other decoding settings wait for a batch of their own. The batch then
+runs step by step (inference.continuous.RunningBatch): after each step every row is looked at (`_after_step`):
+a streaming row is decoded by the HiFiGAN decoder every few codes (the first chunk short, as `stream` does), a
+row that ended is spoken at once, a cancelled row or one whose logits were not finite stops there; ended rows
+leave the batch and rows of its group that arrived meanwhile join it, so the batch stays full while clients
+keep sending.
 
 A row's codes depend only on its own text, voice, adapter and seed (batched.SeededDraw: sentence k of a job
 draws from seed + k), never on what shares its batch or when it joined: under greedy decoding they are the
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from xtts_ft.errors import BadValue, UserError
 from xtts_ft.inference import DECODING_KEYS, Voice, XttsSynthesizer, batched
 from xtts_ft.inference.continuous import LiveRow, RunningBatch
-from xtts_ft.inference.mixed_adapters import RowAdapters
+from xtts_ft.inference.mixed_adapters import RowAdapters, conditioning_adapters, through_adapter
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +130,16 @@ class JobHandle:
 
     def chunks(self, timeout_s: Optional[float] = None) -> Iterator[np.ndarray]:
         """float32 mono chunks at `sample_rate`, in order; raises JobFailed if the model failed for this job,
-        TimeoutError if no chunk came within `timeout_s`."""
+        TimeoutError if no chunk came within `timeout_s`. Once cancelled it ends, chunks made before the cancel
+        but not yet read included."""
         while True:
             try:
                 kind, value = self._events.get(timeout=timeout_s)
             except queue.Empty:
                 raise TimeoutError(f"no audio for {timeout_s} s") from None
             if kind == "chunk":
-                yield value
+                if not self.cancelled:
+                    yield value
                 continue
             self._events.put((kind, value))  # the end stays readable for another reader
             if kind == "error":
@@ -202,7 +204,7 @@ class _Row:
 
 class SpeechScheduler:
     """The engine: `models` (name → ServedModel), `max_batch_size` rows per generate, a batch started once
-    its oldest row has waited `max_wait_ms` (or it is full), at most `max_queue` rows waiting (then
+    no row of its group has arrived for `max_wait_ms` (or it is full), at most `max_queue` rows waiting (then
     QueueFull), `on_batch(rows)` called as each batch starts (metrics)."""
 
     def __init__(
@@ -224,6 +226,7 @@ class SpeechScheduler:
             if int(value) < 1:
                 raise BadValue(f"{name}={value} — fix: {name}=<an integer ≥ 1>")
         self.models = dict(models)
+        self._conditioning_keys = {name: _conditioning_key(served) for name, served in self.models.items()}
         self.max_batch_size, self.max_queue = int(max_batch_size), int(max_queue)
         self.max_wait_s = max(0.0, float(max_wait_ms)) / 1000
         self.on_batch = on_batch
@@ -232,12 +235,14 @@ class SpeechScheduler:
         self._active: List[_Row] = []  # the batch now running
         self._model_lock = threading.Lock()  # the models are used by one thread at a time (voices, batches)
         self._references: Dict[str, Union[Path, Voice]] = {}
-        self._voices: Dict[Tuple[int, str], Voice] = {}  # (synthesizer id, voice name) → its conditioning
+        # (synthesizer id, adapter on the conditioning path or None, voice name) → its conditioning
+        self._voices: Dict[Tuple[int, Optional[str], str], Voice] = {}
         self._kernels: Dict[int, "_Kernels"] = {}
         self._accepting, self._stopping = True, False
         self._thread: Optional[threading.Thread] = None
         self._tasks: Deque[Tuple[Callable[[], Any], Any]] = deque()  # (task, its Future) for the worker
         self._rows_done: Deque[float] = deque(maxlen=64)  # when rows left their batch: the engine's pace
+        self._batch_ended = -math.inf  # time.monotonic() when the last batch's last rows left it
         # A test seam, not reachable from a request: jobs for which the model's logits are made NaN.
         self._nan_logits_for: Callable[[SpeechJob], bool] = lambda job: False
 
@@ -250,27 +255,32 @@ class SpeechScheduler:
         return list(distinct.values())
 
     def add_voice(self, name: str, reference: Union[str, Path, Voice]) -> None:
-        """A voice named `name`: a reference clip (its conditioning computed once per synthesizer, now) or a
-        Voice (e.g. a saved .pt). A name already there is replaced."""
+        """A voice named `name`: a reference clip (its conditioning computed once per synthesizer, now, and once
+        more per served adapter on the conditioning path) or a Voice (e.g. a saved .pt). A name already there is
+        replaced."""
         if not name or not isinstance(name, str):
             raise BadValue(f"voice name {name!r} — fix: give a non-empty name")
+        keys = {(id(s.synthesizer), self._conditioning_keys[n]): s.synthesizer for n, s in self.models.items()}
 
-        def conditioning() -> Dict[int, Voice]:
+        def conditioning() -> Dict[Tuple[int, Optional[str]], Voice]:
             computed = {}
-            for synthesizer in self._synthesizers():
+            for (synthesizer_id, adapter), synthesizer in keys.items():
                 if isinstance(reference, Voice):
                     device = synthesizer.device
                     voice = Voice(reference.gpt_cond_latent.to(device), reference.speaker_embedding.to(device))
+                elif any(k == synthesizer_id and a is not None for k, a in keys):  # adapters differ on this path
+                    with through_adapter(synthesizer, adapter):
+                        voice = synthesizer.clone_voice(reference)
                 else:
                     voice = synthesizer.clone_voice(reference)
-                computed[id(synthesizer)] = voice
+                computed[(synthesizer_id, adapter)] = voice
             return computed
 
         computed = self._in_worker(conditioning)
         with self._lock:
             self._references[name] = reference if isinstance(reference, Voice) else Path(reference)
             for key, voice in computed.items():
-                self._voices[(key, name)] = voice
+                self._voices[(*key, name)] = voice
 
     def _in_worker(self, task: Callable[[], Any]) -> Any:
         """`task()` run by the worker between two steps of its batch (the models are its own), or here when no
@@ -304,12 +314,13 @@ class SpeechScheduler:
         named = [n for s in self._synthesizers() for n in s.voice_names if n not in self._references]
         return list(self._references) + sorted(set(named))
 
-    def _voice(self, synthesizer: XttsSynthesizer, name: str) -> Voice:
-        voice = self._voices.get((id(synthesizer), name))
+    def _voice(self, synthesizer: XttsSynthesizer, name: str, adapter: Optional[str] = None) -> Voice:
+        """Voice `name` for rows of `synthesizer` through `adapter` (a _conditioning_key)."""
+        voice = self._voices.get((id(synthesizer), adapter, name))
         if voice is not None:
             return voice
-        if name in synthesizer.voice_names:
-            voice = self._voices[(id(synthesizer), name)] = synthesizer.named_voice(name)
+        if name in synthesizer.voice_names:  # stored latents: the same under every adapter
+            voice = self._voices[(id(synthesizer), adapter, name)] = synthesizer.named_voice(name)
             return voice
         known = self.voice_names()
         raise BadField(
@@ -349,7 +360,7 @@ class SpeechScheduler:
                 fix=f"speed between {SPEED_RANGE[0]} and {SPEED_RANGE[1]}",
             )
         decoding = self._decoding(job)
-        voice = self._voice(synthesizer, job.voice)
+        voice = self._voice(synthesizer, job.voice, self._conditioning_keys[job.model])
         try:
             voice, token = synthesizer.with_emotion(voice, job.emotion)
             sentences = synthesizer._tokenized_sentences(text, language, f"[{token}]" if token else "")
@@ -476,7 +487,7 @@ class SpeechScheduler:
 
     def _next_batch(self) -> Optional[List[_Row]]:
         """The rows a batch starts with: the oldest row's group, up to max_batch_size rows in arrival order, once
-        that many wait or the oldest has waited max_wait_ms; None once stopping."""
+        that many wait or none of the group has arrived for max_wait_ms (see _wait_left); None once stopping."""
         with self._lock:
             while True:
                 if self._stopping:
@@ -490,11 +501,24 @@ class SpeechScheduler:
                     self._lock.wait()
                     continue
                 oldest = self._queue[0]
-                waiting = sum(1 for row in self._queue if row.group == oldest.group)
-                wait = oldest.enqueued + self.max_wait_s - time.monotonic()
-                if waiting >= self.max_batch_size or wait <= 0 or not self._accepting:
+                group = [row for row in self._queue if row.group == oldest.group]
+                wait = self._wait_left(oldest, group[-1])
+                if len(group) >= self.max_batch_size or wait <= 0 or not self._accepting:
                     return self._take(oldest.group, self.max_batch_size)
                 self._lock.wait(wait)
+
+    def _wait_left(self, oldest: _Row, newest: _Row) -> float:
+        """Seconds a batch not yet full still waits for company: rows that arrive within max_wait_ms of each
+        other share it, each arrival keeping it open max_wait_ms more. Clients that send together reach the
+        queue spread out (HTTP parsing, tens of ms apart on a busy CPU); a row that misses the start joins
+        after the first step, prefilled on its own, and ends a step later than the rest: with a window counted
+        from the oldest row alone, that cost 8 clients a few % of synthesize_many's requests/s. It never
+        waits more than max_batch_size windows from the oldest row (each arrival adds a row, and a full
+        batch starts at once). The end of the last batch counts as an arrival: its clients, just answered,
+        send their next requests now (one that sends request after request is back within a window), where
+        the rows already waiting would start without the last of them."""
+        opened, latest = max(oldest.enqueued, self._batch_ended), max(newest.enqueued, self._batch_ended)
+        return min(latest + self.max_wait_s, opened + self.max_batch_size * self.max_wait_s) - time.monotonic()
 
     def _take(self, group: tuple, most: int) -> List[_Row]:
         """Up to `most` waiting rows of `group`, in arrival order, up to the first row of another group (that
@@ -523,6 +547,7 @@ class SpeechScheduler:
         batch = None
         try:
             with self._model_lock, contextlib.ExitStack() as stack:
+                stack.enter_context(torch.no_grad())  # inference only: no autograd graph (the weights require grad)
                 adapters = None
                 if getattr(synthesizer, "_peft", None) is not None:
                     adapters = stack.enter_context(RowAdapters(synthesizer._peft).hooked())
@@ -536,11 +561,14 @@ class SpeechScheduler:
                         self._rows_done.extend([time.monotonic()] * len(leaving))
                         gone = set(id(live.tag) for live in leaving)
                         self._active = [row for row in self._active if id(row) not in gone]
-                    if joining:
-                        batch.admit([row.sentence for row in joining], joining)
+                    if joining:  # their prompts' pass with the batch kernels too (GELU fused), as synthesize_many's
+                        rows_after = len(batch.rows) + len(joining)
+                        with synthesizer._batch_kernels(kernels.packed(rows_after), rows_after):
+                            batch.admit([row.sentence for row in joining], joining)
                         if self.on_batch is not None:
                             self.on_batch(len(batch.rows))
                     if not batch.rows:
+                        self._batch_ended = time.monotonic()
                         break
                     with batch.kernels(synthesizer, kernels.packed(len(batch.rows))):
                         leaving, joining = self._steps(batch, group, synthesizer.model)
@@ -554,7 +582,8 @@ class SpeechScheduler:
     def _steps(self, batch: RunningBatch, group: tuple, model) -> Tuple[List[LiveRow], List[_Row]]:
         """Step the batch as it is until rows should join it, or half of it has ended: (the ended rows, to
         leave; the rows to join). An ended row stays in the tensors until then (its audio has gone out): taking
-        it out copies the whole cache, which costs about what a few steps of an extra row do."""
+        it out copies the whole cache, which costs about what a few steps of an extra row do. Once every row has
+        ended none joins: the next batch starts in _next_batch, with its wait for company (see _wait_left)."""
         ended: set = set()
         while True:
             self._run_tasks()  # e.g. a voice uploaded meanwhile: its conditioning does not wait for the batch
@@ -562,9 +591,20 @@ class SpeechScheduler:
             for live in batch.rows:
                 if id(live) not in ended and _after_step(model, live):
                     ended.add(id(live))
+            if len(ended) == len(batch.rows):  # the next batch starts afresh, after its own wait for company
+                return list(batch.rows), []
             joining = self._joining(group, self.max_batch_size - len(batch.rows) + len(ended))
             if joining or 2 * len(ended) >= len(batch.rows):
                 return [live for live in batch.rows if id(live) in ended], joining
+
+
+def _conditioning_key(served: ServedModel) -> Optional[str]:
+    """Whose latents a voice has for `served`'s rows: its adapter's if that adapter is on the conditioning path
+    (mixed_adapters.conditioning_adapters), else the base's (None)."""
+    peft_model = getattr(served.synthesizer, "_peft", None)
+    if served.adapter is None or peft_model is None:
+        return None
+    return served.adapter if served.adapter in conditioning_adapters(peft_model) else None
 
 
 @contextlib.contextmanager

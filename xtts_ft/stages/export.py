@@ -6,7 +6,8 @@ from the run's state.pt (checkpoint=latest), or from a checkpoint (best or a ste
 (`xtts_ft.train.export_source`).
 
 The export is the product: `config.json`, `model.pth` (GPT + HiFiGAN decoder + mel stats
-only: no optimizer, no DVAE), `vocab.json`, `dvae.pth`, `mel_stats.pth`,
+only: no optimizer, no DVAE), `vocab.json`, `dvae.pth` and `mel_stats.pth` (of the DVAE the GPT
+trained on: `xtts_ft.model.dvae_pairing` refuses any other),
 `speakers_xtts.pth` as coqui-tts expects them, plus `xtts_ft.json` (what produced it) and a
 model card. It is built aside (`xtts_ft.model.export`), reloaded with coqui-tts's own loader
 and compared, and only then moved into place.
@@ -24,6 +25,7 @@ from omegaconf import DictConfig
 from xtts_ft.errors import BadValue, MissingFile
 from xtts_ft.io_utils import atomic_dir, write_json, write_text
 from xtts_ft.model.card import model_card
+from xtts_ft.model.dvae_pairing import shipped_dvae
 from xtts_ft.model.export import (
     adapter_record,
     base_model_dir,
@@ -72,6 +74,8 @@ def run(cfg: DictConfig) -> Path:
             fix="run `xtts-ft train-gpt` (and/or `xtts-ft train-decoder`) first",
         )
     base_dir = base_model_dir(state, decoder_state, gpt_path, decoder_path)
+    # The DVAE whose codes the GPT trained on (dvae=null), or the one given: refused if the GPT or decoder did not.
+    dvae_dir, dvae_hash = shipped_dvae(cfg.dvae, state, decoder_state, base_dir, gpt_path, decoder_path)
     config, xtts = load_xtts(base_dir, "cpu", for_inference=False)
     adapter = {}
     if state:
@@ -82,7 +86,7 @@ def run(cfg: DictConfig) -> Path:
         load_trained_decoder(xtts, decoder_state)
 
     with atomic_dir(out) as tmp:
-        write_model_files(tmp, xtts, config, base_dir, adapter, half=cfg.half, safetensors=cfg.safetensors)
+        write_model_files(tmp, xtts, config, base_dir, adapter, cfg.half, cfg.safetensors, dvae_dir)
         verify_export(
             tmp,
             trained_gpt_weights(xtts, state),
@@ -91,7 +95,7 @@ def run(cfg: DictConfig) -> Path:
         )
         voices = add_named_voices(tmp, dict(cfg.voices)) if cfg.voices else []
         emotions = add_emotion_presets(tmp, dict(cfg.emotions)) if cfg.emotions else []
-        sidecar = export_record(state, base_dir, tmp, config, decoder_state)
+        sidecar = export_record(state, base_dir, tmp, config, decoder_state, dvae_hash)
         sidecar.update(
             voices=voices,
             emotion_presets=emotions,

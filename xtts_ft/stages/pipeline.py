@@ -1,6 +1,8 @@
 """Stage `pipeline`: run a recipe's stages in order, skipping those whose outputs exist.
 
-Once a stage runs, every later stage runs too (its inputs changed).
+Once a stage runs, every later stage runs too (its inputs changed): a train_dvae that ran makes the
+train_gpt after it run again, which warns with the measured code drift when the GPT weights it continues
+learnt the old DVAE's codes (and export refuses to ship the new DVAE with them).
 
 The recipe is read and planned by `xtts_ft.recipe_plan`: its stages, each composed like
 `xtts-ft <stage> overrides...` with the pipeline's extra overrides where they apply (every

@@ -11,10 +11,11 @@ before (no `format_version`, "version 1") still load; a newer version is refused
 
 The state it replaces is kept beside the newest, as state.prev.pt (rotated atomically: at every
 moment state.pt and state.prev.pt are each a complete state), so a newest state that cannot be
-read (a CRC error, a truncated copy) costs the steps since the previous save, not the run. At
-rest that is two states on disk, and three while one is written (the new one is complete before
-the older is let go); `check_run_space` warns before the first step when they, the kept
-checkpoints and an export will not fit.
+read (a CRC error, a truncated copy) costs the steps since the previous save, not the run; the
+run resumes from the previous one, and `export checkpoint=latest` exports it. At rest that is two
+states on disk, and three while one is written (the new one is complete before the older is let
+go); `check_run_space` warns before the first step when they, the kept checkpoints and an export
+will not fit.
 """
 
 from __future__ import annotations
@@ -134,6 +135,28 @@ def load_state(state_path: Path, part: str) -> dict:
                 previous,
                 aside,
                 human_bytes(aside.stat().st_size),
+            )
+            return state
+    raise BadValue(f"{problem}. {salvage(state_path.parent, part)}")
+
+
+def previous_state_for_export(state_path: Path, part: str, problem: str) -> dict:
+    """What `export checkpoint=latest` takes when state.pt cannot be read (`problem` says why): the
+    previous state, state.prev.pt, CRC-checked, said in one line naming the step exported (the
+    run resumes from the same state, so both agree on what "latest" is). Export only reads: nothing
+    in the run dir is renamed. With neither readable, BadValue with what can still be exported."""
+    state_path = Path(state_path)
+    previous = previous_path(state_path)
+    if previous.is_file():
+        try:
+            state = read_state(previous)
+        except NewerFormatError:
+            raise
+        except BadValue:
+            problem += f"; the previous state {previous} cannot be read either"
+        else:
+            log.warning(
+                "%s; exporting the previous state instead: %s step %d (%s)", problem, part, state["step"], previous
             )
             return state
     raise BadValue(f"{problem}. {salvage(state_path.parent, part)}")

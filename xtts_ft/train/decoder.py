@@ -58,8 +58,9 @@ from xtts_ft.model.decoder import (
     gpt_latents,
     vocoder_loss_config,
 )
+from xtts_ft.model.dvae_pairing import check_teacher_dvae, dvae_dir_of, recorded_dvae
 from xtts_ft.model.features import GptFeatures
-from xtts_ft.model.loading import load_dvae, load_xtts, resolve_model_cfg
+from xtts_ft.model.loading import dvae_hash, load_dvae, load_xtts, resolve_model_cfg
 from xtts_ft.train import checkpoints as ckpt
 from xtts_ft.train import runtime as rt
 from xtts_ft.train.cache import attach_codes, cached_features_on_ranks
@@ -333,9 +334,10 @@ class DecoderRecipe:
         """The base model with every part frozen, its GPT replaced by the one whose latents the decoder voices."""
         cfg = self.cfg
         self.model_dir = resolve_model_cfg(cfg.model)
+        self.gpt_source, gpt_state = gpt_weights(cfg)
+        self.pair_dvae(gpt_state)  # before loading the model: a mismatch is refused at once
         config, xtts = load_xtts(self.model_dir, self.device, for_inference=False)
         xtts.requires_grad_(False)
-        self.gpt_source, gpt_state = gpt_weights(cfg)
         if gpt_state is not None:  # full weights, or a LoRA adapter merged into the base's (train-gpt method=lora)
             from xtts_ft.model.lora import load_trained_gpt
 
@@ -347,21 +349,32 @@ class DecoderRecipe:
         rt.return_freed_host_memory()  # the loader's copy of the weights
         return config, xtts
 
+    def pair_dvae(self, gpt_state: Optional[dict]) -> None:
+        """The DVAE (dvae=null: the base's) whose codes the GPT is teacher-forced on: the one that GPT
+        trained on (its run records it; the base's GPT, the base's DVAE), else refused naming both."""
+        self.dvae_dir = dvae_dir_of(self.cfg.dvae, self.model_dir)
+        self.dvae_hash = dvae_hash(self.dvae_dir)
+        if not (gpt_state or {}).get("dvae_hash") and Path(self.dvae_dir).resolve() == Path(self.model_dir).resolve():
+            return  # the base's GPT (or a run from before runs recorded it) on the base's DVAE
+        gpt_hash, gpt_dir = recorded_dvae(gpt_state, self.model_dir)
+        gpt_name = "base model's GPT" if gpt_state is None else f"GPT in {self.gpt_source}"
+        check_teacher_dvae(gpt_name, gpt_hash, gpt_dir, self.dvae_hash, self.dvae_dir, self.model_dir)
+
     def setup_data(self, config, xtts) -> None:
         """The GPT's items (tokens, limits, cached DVAE codes), then latents (cached) and 24 kHz targets."""
         cfg, runtime, out = self.cfg, self.runtime, self.out
         self.data_dir = data_dir = Path(cfg.paths.processed_dir) / cfg.data.name
         self.manifests = manifests = {split: data_dir / f"{split}.jsonl" for split in ("train", "eval")}
         max_samples = int(cfg.max_audio_seconds * GPT_SAMPLE_RATE)
-        dvae, mel_stats = load_dvae(self.model_dir, xtts.args.gpt_num_audio_tokens)
+        dvae, mel_stats = load_dvae(self.dvae_dir, xtts.args.gpt_num_audio_tokens)
         features = GptFeatures(dvae, mel_stats, xtts.args.gpt_use_perceiver_resampler).to(self.device)
-        dvae_hash = file_hash(Path(self.model_dir) / "dvae.pth", Path(self.model_dir) / "mel_stats.pth")
+        dvae_key = self.dvae_hash  # keys the code cache and the latents' (a new DVAE re-caches both)
         # Everything the latents depend on besides the clip, its reference and its text.
         latent_hash = tensors_hash(
             xtts.gpt.state_dict(),
             xtts.hifigan_decoder.speaker_encoder.state_dict(),
             {"mel_stats": xtts.mel_stats},
-            extra=f"decoder-latents-v1:{config.gpt_cond_len}:{config.gpt_cond_chunk_len}:{config.max_ref_len}:{dvae_hash}",
+            extra=f"decoder-latents-v1:{config.gpt_cond_len}:{config.gpt_cond_chunk_len}:{config.max_ref_len}:{dvae_key}",
         )
         splits, skipped, started, computed = {}, [], time.perf_counter(), 0
         for split, manifest in manifests.items():
@@ -373,7 +386,7 @@ class DecoderRecipe:
                 items,
                 features,
                 data_dir / f"{split}.codes.pt",
-                dvae_hash,
+                dvae_key,
                 self.device,
                 runtime,
                 f"DVAE codes ({split})",
@@ -661,6 +674,8 @@ class DecoderRecipe:
             "config": to_container(self.cfg),
             "data_stats": self.data_stats,
             "gpt": {"source": self.gpt_source, "hash": self.gpt_hash},
+            "dvae_hash": self.dvae_hash,  # the DVAE whose codes the GPT was teacher-forced on (issue 34)
+            "dvae_dir": str(Path(self.dvae_dir).resolve()),
             "last_eval": self.last_eval,
         }
 

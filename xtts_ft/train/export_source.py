@@ -59,8 +59,8 @@ def chosen_weights(cfg: DictConfig, run_dir: Path, part: str = "gpt") -> dict:
 def training_source(cfg: DictConfig, state_path: Path, part: str) -> dict | None:
     """What to export of one run (part = gpt | decoder), None where the run does not exist.
 
-    checkpoint=latest: state.pt. A chosen checkpoint that describes itself (format_version 2+):
-    the checkpoint alone, state.pt is not read. An older checkpoint: state.pt with the
+    checkpoint=latest: state.pt (state.prev.pt, said in one line, when state.pt cannot be read).
+    A chosen checkpoint that describes itself (format_version 2+): the checkpoint alone, state.pt is not read. An older checkpoint: state.pt with the
     checkpoint's weights and step, or the checkpoint alone when state.pt cannot be read but the
     checkpoint carries the run's config (a run whose state.pt was lost still exports its kept steps).
     """
@@ -76,8 +76,8 @@ def training_source(cfg: DictConfig, state_path: Path, part: str) -> dict | None
     except ckpt.NewerFormatError:
         raise
     except (ValueError, FileNotFoundError) as err:
-        if not chosen:  # latest: say what can still be exported
-            raise BadValue(f"{err}. {ckpt.salvage(run_dir, part)}") from None
+        if not chosen:  # latest: the previous state (state.prev.pt), else say what can still be exported
+            return ckpt.previous_state_for_export(state_path, part, str(err))
         if "config" not in chosen:  # a checkpoint from before checkpoints described themselves
             raise
         log.warning("%s cannot be read; exporting %s step %d from its checkpoint", state_path, part, chosen["step"])

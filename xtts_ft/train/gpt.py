@@ -3,7 +3,8 @@ setup(cfg), load_state(), train() (the loop written out), save_state(), cleanup(
 GPT-specific pieces it calls (trainable parts, optimizer groups, losses, evals).
 
 An explicit loop rather than coqui's GPTTrainer: the DVAE, HiFiGAN decoder and speaker encoder
-stay frozen; the DVAE codes of every clip are computed once and cached next to the manifest; the
+stay frozen; the DVAE codes of every clip are computed once and cached next to the manifest, keyed
+by the DVAE's hash (the base's, or `dvae=`'s: the run records it, `xtts_ft.model.dvae_pairing`); the
 sampler is deterministic (`xtts_ft.data.sampler`) and every micro-batch seeds its own randomness
 (reference crop, dropout), so a run continues exactly after a kill and a torchrun launch over N
 processes follows the same trajectory as one process accumulating N micro-batches.
@@ -36,8 +37,9 @@ from xtts_ft.errors import BadValue
 from xtts_ft.io_utils import file_hash, torch_save, write_json, write_jsonl
 from xtts_ft.model import lora
 from xtts_ft.model.constants import GPT_SAMPLE_RATE
+from xtts_ft.model.dvae_pairing import dvae_dir_of, recorded_dvae, retrain_warning
 from xtts_ft.model.features import GptFeatures
-from xtts_ft.model.loading import init_gpt_for_inference, load_dvae, load_xtts, resolve_model_cfg
+from xtts_ft.model.loading import dvae_hash, init_gpt_for_inference, load_dvae, load_xtts, resolve_model_cfg
 from xtts_ft.train import checkpoints as ckpt
 from xtts_ft.train import runtime as rt
 from xtts_ft.train.cache import attach_codes
@@ -362,7 +364,10 @@ class GptRecipe:
             if cfg.method == "lora"
             else set(gpt.state_dict())
         )
-        dvae, mel_stats = load_dvae(self.model_dir, self.xtts.args.gpt_num_audio_tokens)
+        # The DVAE whose codes the GPT learns (dvae=null: the base's); its hash keys the code cache and the run.
+        self.dvae_dir = dvae_dir_of(cfg.dvae, self.model_dir)
+        self.dvae_hash = dvae_hash(self.dvae_dir)
+        dvae, mel_stats = load_dvae(self.dvae_dir, self.xtts.args.gpt_num_audio_tokens)
         self.features = GptFeatures(dvae, mel_stats, self.xtts.args.gpt_use_perceiver_resampler).to(self.device)
         rt.return_freed_host_memory()  # the loader's copy of the weights
 
@@ -389,17 +394,18 @@ class GptRecipe:
         if not train_items:
             raise BadValue(f"no trainable clips in {manifests['train']} (see {out / 'skipped.jsonl'})")
         # Audio codes once: the DVAE is frozen, so a clip's codes never change while it and the DVAE don't.
-        dvae_hash = file_hash(Path(self.model_dir) / "dvae.pth", Path(self.model_dir) / "mel_stats.pth")
-        started, features, device = time.perf_counter(), self.features, self.device
+        # The cache is keyed by the DVAE's hash: another DVAE (dvae=) re-caches every clip's codes.
+        started, features, device, key = time.perf_counter(), self.features, self.device, self.dvae_hash
         self.train_items, computed = attach_codes(
-            train_items, features, data_dir / "train.codes.pt", dvae_hash, device, runtime, "DVAE codes (train)"
+            train_items, features, data_dir / "train.codes.pt", key, device, runtime, "DVAE codes (train)"
         )
         self.eval_items, eval_computed = attach_codes(
-            eval_items, features, data_dir / "eval.codes.pt", dvae_hash, device, runtime, "DVAE codes (eval)"
+            eval_items, features, data_dir / "eval.codes.pt", key, device, runtime, "DVAE codes (eval)"
         )
         if computed + eval_computed:
             log.info(
-                f"computed DVAE codes for {computed + eval_computed} clip(s) in {time.perf_counter() - started:.1f} s (cached in {data_dir})"
+                f"computed DVAE codes for {computed + eval_computed} clip(s) in {time.perf_counter() - started:.1f} s "
+                f"with DVAE {key[:12]}… ({self.dvae_dir}; cached in {data_dir}, keyed by that DVAE)"
             )
         self.pick_references = ReferencePicker(self.train_items)  # the speaker groups, built once
         self.sampler = LengthBucketSampler(
@@ -439,10 +445,12 @@ class GptRecipe:
         """Continue the same run if a training state exists (same data path, method and base)."""
         cfg, state_path = self.cfg, self.state_path
         if not state_path.is_file():
+            self.warn_on_dvae_change(None, str(self.model_dir))  # the base's GPT learnt the base's DVAE
             return
         state = ckpt.load_state(state_path, "gpt")
         ckpt.check_sampler_key(state_path, state.get("sampler", {}), self.sampler_key)
         check_resumable_method(state_path, state, cfg, self.base_hash)
+        self.warn_on_dvae_change(state, str(state_path))
         if cfg.method == "lora":
             lora.load_adapter_weights(self.gpt, state["gpt"], str(state_path))
         else:
@@ -458,6 +466,17 @@ class GptRecipe:
         self.last_eval = state.get("last_eval", {})
         if self.runtime.is_main:
             log.info(f"resuming {state_path} at step {self.step}")
+
+    def warn_on_dvae_change(self, state: dict | None, weights_where: str) -> None:
+        """The GPT weights this run starts from (the base's, or a resumed state's) learnt another DVAE's codes
+        than this run's: the intended retrain onto a new DVAE, or a resume across a DVAE change; either way
+        the GPT must relearn the codes, and the warning says how many changed (train-dvae's measured drift)."""
+        both_the_bases = Path(self.dvae_dir).resolve() == Path(self.model_dir).resolve()
+        if not self.runtime.is_main or (both_the_bases and not (state or {}).get("dvae_hash")):
+            return
+        trained_hash, trained_dir = recorded_dvae(state, self.model_dir)
+        if trained_hash != self.dvae_hash:
+            log.warning(retrain_warning(weights_where, trained_hash, self.dvae_hash, self.dvae_dir, trained_dir))
 
     def train(self) -> Path:
         """The loop: one optimizer step per sampler step, logged, evaluated and saved on schedule."""
@@ -608,6 +627,8 @@ class GptRecipe:
             "step": self.step,
             "base_model_dir": str(Path(self.model_dir).resolve()),
             "base_model_hash": self.base_hash,
+            "dvae_hash": self.dvae_hash,  # the DVAE whose codes the GPT trained on: export ships it (issue 34)
+            "dvae_dir": str(Path(self.dvae_dir).resolve()),
             "config": to_container(self.cfg),
             "data_stats": self.data_stats,
             "best_metric": self.cfg.best_metric,

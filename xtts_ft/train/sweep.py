@@ -18,7 +18,7 @@ from typing import Any, List
 
 from xtts_ft.errors import RunRefused
 
-TRAINING_VERBS = ("train-gpt", "train-decoder")
+TRAINING_VERBS = ("train-gpt", "train-decoder", "train-dvae")
 SWEEP_SUFFIX = "-sweep"
 KEY_VALUE_SEPARATOR, PAIR_SEPARATOR = "-", "_"
 

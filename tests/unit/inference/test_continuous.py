@@ -36,6 +36,8 @@ def test_rows_joining_and_leaving_a_running_batch_get_the_codes_they_get_alone(u
     alone = [untrained._generate([s], settings)[0] for s in sentences]
     batch = RunningBatch(untrained.model.gpt, settings, untrained.device)
     batch.admit(sentences[:2], [0, 1])
+    # The prompts' pass builds no autograd graph (the weights require grad): the cache holds plain tensors.
+    assert not any(layer.keys.requires_grad or layer.values.requires_grad for layer in batch.cache.layers)
     sizes, done = [], {}
     waiting = list(enumerate(sentences))[2:]
     while batch.rows or waiting:

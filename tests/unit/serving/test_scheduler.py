@@ -28,7 +28,7 @@ SHORT = {"max_seconds_per_char": 0.02}
 GREEDY = {**SHORT, "top_k": 1}
 
 
-def _random_adapter(model_dir, out_dir, seed: int):
+def _random_adapter(model_dir, out_dir, seed: int, targets=("c_attn", "c_proj", "c_fc")):
     """A real PEFT LoRA adapter folder over the tiny base (our lora_config, PEFT's save_pretrained), its LoRA
     weights random so that it changes the model as much as a trained one would."""
     from peft import get_peft_model
@@ -37,7 +37,7 @@ def _random_adapter(model_dir, out_dir, seed: int):
     from xtts_ft.model.loading import load_xtts
 
     _, xtts = load_xtts(model_dir, "cpu", for_inference=False)
-    cfg = {"rank": 4, "alpha": 8, "dropout": 0.0, "targets": ["c_attn", "c_proj", "c_fc"], "train_heads": False}
+    cfg = {"rank": 4, "alpha": 8, "dropout": 0.0, "targets": list(targets), "train_heads": False}
     model = get_peft_model(xtts.gpt, lora.lora_config(cfg, []))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -138,6 +138,34 @@ def test_a_jobs_audio_is_that_of_synthesize_whatever_shares_its_batch(served, en
     assert set(solo.batch_sizes) == {1}
 
 
+def test_an_adapter_on_the_conditioning_path_gets_its_own_voice_latents(tiny_model_dir, tmp_path):
+    """An adapter whose LoRA layers reach the conditioning path (lora.targets naming the perceiver's layers, which
+    turn a reference clip into a voice's latents): its rows and the base's, sharing one batch and one voice, each
+    get synthesize()'s audio under their own adapter (the voice's latents computed per such adapter, not once
+    under whichever adapter was active)."""
+    from xtts_ft.inference import XttsSynthesizer
+    from xtts_ft.inference.mixed_adapters import conditioning_adapters
+
+    adapter = _random_adapter(tiny_model_dir, tmp_path / "c", 3, targets=("c_attn", "to_q", "to_kv"))
+    synthesizer = XttsSynthesizer(tiny_model_dir, device="cpu", adapter=adapter)  # loaded last: the active one
+    assert conditioning_adapters(synthesizer._peft) == ["default"]
+    models = {"base": ServedModel(synthesizer), "c": ServedModel(synthesizer, "default")}
+    sizes = []
+    scheduler = _scheduler(models, max_batch_size=4, max_wait_ms=1000, on_batch=sizes.append)
+    scheduler.start()
+    try:
+        jobs = [SpeechJob(model, "Hello there.", "alicia", "en", seed=1, decoding=GREEDY) for model in models]
+        together = [handle.audio(timeout_s=60) for handle in [scheduler.submit(job) for job in jobs]]
+    finally:
+        scheduler.stop()
+    assert sizes == [2]  # one batch
+    for job, audio in zip(jobs, together):
+        synthesizer.use_adapter(models[job.model].adapter)
+        alone = synthesizer.synthesize(job.text, job.language, reference=ALICIA, decoding=GREEDY)
+        assert _close(audio, alone.wav), job.model
+    assert not _close(*together)
+
+
 def test_concurrent_clients_share_batches_and_get_their_audio_in_order(engine):
     """Jobs submitted from several threads at once run in batches of more than one row; a job of three
     sentences gets its sentences' audio in text order (each as synthesize would speak it alone), whichever
@@ -166,6 +194,55 @@ def test_concurrent_clients_share_batches_and_get_their_audio_in_order(engine):
         alone = scheduler.submit(_with(three, text=sentence)).audio(timeout_s=60)
         assert _close(piece, alone), sentence
     assert ordered.first_audio_at is not None and ordered.done
+
+
+def test_jobs_arriving_within_max_wait_of_each_other_start_one_batch(engine):
+    """The window is counted from the latest arrival, not the oldest: three jobs 0.6 s apart with max_wait_ms=1000
+    (1.2 s from first to last) start as ONE batch, none joining it after its first step (a late joiner is
+    prefilled on its own and ends a step later than the rest)."""
+    scheduler = engine(max_batch_size=8, max_wait_ms=1000)
+    handles = []
+    for k in range(3):
+        if k:
+            time.sleep(0.6)
+        handles.append(scheduler.submit(_with(JOBS[k], decoding=SHORT)))
+    for handle in handles:
+        assert handle.audio(timeout_s=60).size > 0
+    assert scheduler.batch_sizes == [3]
+
+
+def test_the_end_of_a_batch_opens_the_window_for_the_next(engine):
+    """A batch's end counts as an arrival: a job that waited through another group's batch does not start alone
+    the moment it ends, and the job sent right after (a client just answered, back with its next request)
+    shares its first step."""
+    scheduler = engine(max_batch_size=2, max_wait_ms=400)
+    # Each step of the first batch made slower (through the test seam the engine calls at every step): ~1 s.
+    scheduler._nan_logits_for = lambda job: time.sleep(0.04) or False
+    long = SpeechJob("a", "The birch canoe slid on the smooth planks of the old dock.", "annie", "en", decoding=SHORT)
+    first = scheduler.submit(long)
+    deadline = time.monotonic() + 60
+    while not scheduler.batch_sizes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    waited = scheduler.submit(_with(JOBS[0], decoding=GREEDY))  # other decoding settings: it cannot join
+    assert first.audio(timeout_s=60).size > 0
+    time.sleep(0.1)  # the client's round trip
+    sent_after = scheduler.submit(_with(JOBS[1], decoding=GREEDY))
+    for handle in (waited, sent_after):
+        assert handle.audio(timeout_s=60).size > 0
+    assert scheduler.batch_sizes == [1, 2]
+
+
+def test_the_wait_for_company_is_bounded_by_max_batch_size_windows(served):
+    """A trickle of arrivals keeps a batch open only up to max_batch_size windows after its oldest row."""
+    from types import SimpleNamespace
+
+    scheduler = _scheduler(served[1], max_batch_size=4, max_wait_ms=100)  # not started
+    now = time.monotonic()
+    alone = SimpleNamespace(enqueued=now)
+    assert 0.08 <= scheduler._wait_left(alone, alone) <= 0.1  # one window
+    oldest, newest = SimpleNamespace(enqueued=now - 0.35), SimpleNamespace(enqueued=now - 0.01)
+    assert 0.03 <= scheduler._wait_left(oldest, newest) <= 0.05  # 4 windows (0.4 s) from the oldest, not 0.09
+    assert scheduler._wait_left(oldest, SimpleNamespace(enqueued=now - 0.2)) < 0  # quiet for a window: go
 
 
 def test_a_streaming_job_gets_chunks_as_its_codes_arrive(engine):
