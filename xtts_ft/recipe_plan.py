@@ -13,6 +13,7 @@ GPT after it (`check_gpt_follows_dvae`).
 from __future__ import annotations
 
 import difflib
+import logging
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
@@ -22,6 +23,8 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from xtts_ft.config import RECIPES_DIR, STAGES, compose, default_paths
 from xtts_ft.errors import BadValue, ConfigValueError, MissingFile, RunRefused
+
+log = logging.getLogger(__name__)
 
 
 def recipe_path(recipe: str) -> Path:
@@ -48,6 +51,7 @@ def load_recipe(recipe: str) -> dict:
         if entry.get("stage") not in STAGES or entry["stage"] == "pipeline":
             raise BadValue(f"{path}: stages[{i}].stage={entry.get('stage')!r} is not one of {', '.join(STAGES[:-1])}")
     check_gpt_follows_dvae(path, [entry["stage"] for entry in stages])
+    warn_gpt_ignores_dvae(path, stages)
     return spec
 
 
@@ -62,6 +66,26 @@ def check_gpt_follows_dvae(path: Path, stages: List[str]) -> None:
             f"{path}: stages[{last}] train_dvae has no train_gpt after it, and the GPT must learn the new DVAE's codes",
             fix="add a train_gpt stage after it with dvae=${paths.runs_dir}/<run_name>/dvae (its train-dvae run)",
         )
+
+
+def warn_gpt_ignores_dvae(path: Path, stages: List[dict]) -> None:
+    """A train_gpt after train_dvae without `dvae=` trains on the base's codes: safe (export ships the DVAE the GPT
+    trained on) but the trained DVAE is then unused, which is surely not what the recipe meant."""
+    names = [entry["stage"] for entry in stages]
+    if "train_dvae" not in names:
+        return
+    first = names.index("train_dvae")
+    for i, entry in enumerate(stages[first + 1 :], start=first + 1):
+        overrides = [str(o).strip("'\"") for o in entry.get("overrides") or []]
+        if entry["stage"] == "train_gpt" and not any(o.startswith("dvae=") for o in overrides):
+            log.warning(
+                "%s: stages[%d] train_gpt has no dvae= override: it trains on the base's DVAE codes and the DVAE of "
+                "stages[%d] goes unused (add dvae=${paths.runs_dir}/<run_name>/dvae, unless the pipeline's "
+                "overrides set it)",
+                path,
+                i,
+                first,
+            )
 
 
 _ABSENT = object()

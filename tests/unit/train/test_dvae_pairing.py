@@ -130,7 +130,21 @@ def test_a_recipe_that_trains_the_dvae_must_train_the_gpt_after_it(tmp_path, sta
     with pytest.raises(RunRefused, match=rf"^{path}: stages\[1\] train_dvae has no train_gpt after it") as refused:
         recipe_plan.load_recipe(str(path))
     assert "add a train_gpt stage after it with dvae=" in refused.value.fix
-    recipe_plan.load_recipe(str(recipe(tmp_path, ["prepare", "train_dvae", "train_gpt", "export"])))
+
+
+def test_a_gpt_after_the_dvae_that_does_not_train_on_it_is_warned_about(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="xtts_ft.recipe_plan"):
+        recipe_plan.load_recipe(str(recipe(tmp_path, ["prepare", "train_dvae", "train_gpt", "export"])))
+    assert "stages[2] train_gpt has no dvae= override" in caplog.text
+    path = tmp_path / "uses.yaml"
+    path.write_text(
+        "stages:\n  - stage: train_dvae\n  - stage: train_gpt\n    overrides: ['dvae=${paths.runs_dir}/x/dvae']\n",
+        encoding="utf-8",
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="xtts_ft.recipe_plan"):
+        recipe_plan.load_recipe(str(path))
+    assert "no dvae= override" not in caplog.text
 
 
 def test_a_dvae_that_trained_again_makes_the_gpt_after_it_train_again(tmp_path, monkeypatch, caplog):
