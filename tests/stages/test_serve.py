@@ -258,7 +258,9 @@ def test_bad_requests_get_openai_errors(served, change, status, param):
     error = raised.value
     assert error.status_code == status, error.body
     assert set(error.body) >= {"message", "type", "param", "code"} and error.body["param"] == param
-    assert error.body["message"]
+    assert " — fix: " in error.body["message"], error.body  # every refusal says what to send instead
+    if param == "temprature":  # a misspelt extra field is named with the one it was likely meant to be
+        assert error.body["message"].endswith("— fix: did you mean 'temperature'?"), error.body
 
 
 def test_keys_json_and_unknown_routes_are_refused_and_the_server_serves_on(served):
@@ -270,7 +272,7 @@ def test_keys_json_and_unknown_routes_are_refused_and_the_server_serves_on(serve
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     for body in ('{"model": "demo", "input": ', "[1, 2]", '{"model": "demo"}'):
         answer = httpx.post(f"{served.url}/v1/audio/speech", content=body, headers=headers, timeout=30)
-        assert answer.status_code in (400, 422) and answer.json()["error"]["message"], body
+        assert answer.status_code in (400, 422) and " — fix: " in answer.json()["error"]["message"], body
     assert httpx.get(f"{served.url}/v1/nothing", headers=headers).json()["error"]["type"] == "invalid_request_error"
     health = httpx.get(f"{served.url}/health").json()  # no key needed: load balancers probe it
     assert health["ready"] is True and health["models"] == ["demo", "wo"]

@@ -16,6 +16,7 @@ SIGTERM (or Ctrl-C) drains: new requests get 503, the requests in flight finish,
 from __future__ import annotations
 
 import asyncio
+import difflib
 import hmac
 import logging
 import shutil
@@ -84,6 +85,27 @@ class ApiError(Exception):
 
 def error_body(message: str, type_: str, param: Optional[str] = None, code: Optional[str] = None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def invalid_message(first: Mapping[str, Any], where: List[str]) -> str:
+    """What pydantic found wrong with a request body (its first error), in one line."""
+    if first.get("type") == "json_invalid":
+        return f"the body is not valid JSON: {first.get('ctx', {}).get('error', '')}"
+    return f"{'.'.join(where) or 'body'}: {first.get('msg', 'invalid')}"
+
+
+def invalid_fix(first: Mapping[str, Any], param: Optional[str]) -> str:
+    """What to send instead, for invalid_message's error: the field a misspelt name was likely meant to be."""
+    kind = first.get("type")
+    if kind == "json_invalid" or param is None:
+        return 'send a JSON object, e.g. {"model": "<GET /v1/models>", "voice": "<GET /v1/voices>", "input": "Hello."}'
+    if kind == "extra_forbidden":
+        near = difflib.get_close_matches(param or "", list(SpeechRequest.model_fields), n=1)
+        known = ", ".join(SpeechRequest.model_fields)
+        return f"did you mean {near[0]!r}?" if near else f"remove {param!r}; the fields are {known}"
+    if kind == "missing":
+        return f"add {param!r} to the request"
+    return f'give {param} a value of the type the message names (docs/serve.md\'s "The request" lists every field)'
 
 
 def api_error(error: BaseException) -> ApiError:
@@ -207,11 +229,8 @@ def build_app(server: SpeechServer) -> FastAPI:
     async def on_invalid(request: Request, error: RequestValidationError):
         first = error.errors()[0] if error.errors() else {}
         where = [str(part) for part in first.get("loc", ()) if part != "body"]
-        if first.get("type") == "json_invalid":
-            message, param = f"the body is not valid JSON: {first.get('ctx', {}).get('error', '')}", None
-        else:
-            param = where[0] if where else None
-            message = f"{'.'.join(where) or 'body'}: {first.get('msg', 'invalid')}"
+        param = where[0] if where and first.get("type") != "json_invalid" else None
+        message = f"{invalid_message(first, where)} — fix: {invalid_fix(first, param)}"
         return JSONResponse(error_body(message, "invalid_request_error", param, "invalid_request"), 400)
 
     @app.exception_handler(StarletteHTTPException)

@@ -345,12 +345,17 @@ class SpeechScheduler:
         if not text.strip():
             raise BadField("input", "the input is empty", fix='give something to say, e.g. "Hello there."')
         if not any(ch.isalnum() for ch in text):  # the model would babble until its guard stops it
-            raise BadField("input", f"the input {text.strip()[:40]!r} has no words, only punctuation or symbols")
+            raise BadField(
+                "input",
+                f"the input {text.strip()[:40]!r} has no words, only punctuation or symbols",
+                fix='give words to say, e.g. "Hello there."',
+            )
         language = job.language.split("-")[0] if job.language != "zh-cn" else job.language
         if language not in synthesizer.languages:
             raise BadField(
                 "language",
                 f"language {job.language!r} is not one of model {job.model!r}'s: {', '.join(synthesizer.languages)}",
+                fix="language=<one of those> (GET /v1/models lists each model's languages)",
             )
         speed = float(job.speed)
         if not (SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]):
